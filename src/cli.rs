@@ -1,0 +1,199 @@
+//! The command line: `oneloop serve` and `oneloop client`.
+//!
+//! Exit codes follow the contract: 0 on success, 1 when the job fails (a bind failure, a client
+//! that cannot connect), 2 for a bad command line (clap's own code for usage errors, which it
+//! prints with a pointer to `--help`).
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use log::error;
+
+use crate::client::ClientArgs;
+use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE};
+use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
+use crate::service::{Address, ServiceSpec, DEFAULT_SERVICES};
+
+/// oneloop: one thread, one event loop, thousands of connections.
+#[derive(Debug, Parser)]
+#[command(name = "oneloop", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve protocols from one event loop.
+    Serve(ServeArgs),
+    /// Connect to a service: send MESSAGE words, or stdin lines, and print the replies.
+    Client(ClientArgs),
+}
+
+/// `oneloop serve [OPTIONS] [SERVICE...]`
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp or echo; ADDRESS is HOST:PORT
+    /// or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port).
+    /// [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<ServiceSpec>,
+
+    /// Longest line accepted by line protocols (timestamp), not counting its newline. Past it
+    /// the client gets `error line too long` and is disconnected.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = positive_size)]
+    pub max_line: usize,
+
+    /// Reply bytes queued for one connection past which the server stops reading from it until
+    /// the client has read them.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_OUTPUT_LIMIT, value_parser = positive_size)]
+    pub output_limit: usize,
+}
+
+/// Parses a byte count of at least 1.
+fn positive_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number of bytes")),
+    }
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Client(args) => crate::client::run(&args),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` picks what (`oneloop=trace` narrates every event). By default
+/// only warnings and errors are shown, so stdout and stderr stay quiet in normal service.
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_micros()
+        .init();
+}
+
+/// Prints a usage error in clap's style and returns clap's usage exit code (2).
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    let error = Cli::command().error(clap::error::ErrorKind::ValueValidation, message);
+    let _ = error.print();
+    ExitCode::from(2)
+}
+
+/// Which services this build can serve; the others are refused before anything is bound.
+fn check_supported(service: &ServiceSpec) -> Result<(), String> {
+    match (&service.address, service.protocol) {
+        (Address::Tcp(_), ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo) => {
+            Ok(())
+        }
+        (Address::Tcp(_), protocol) => Err(format!(
+            "{service}: the {protocol} protocol is not served yet (this build serves upper, \
+             timestamp and echo)"
+        )),
+        (address, _) => Err(format!(
+            "{service}: {} services are not served yet (this build serves tcp)",
+            address.transport()
+        )),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let services = if args.services.is_empty() {
+        DEFAULT_SERVICES
+            .iter()
+            .map(|text| text.parse().expect("default services parse"))
+            .collect()
+    } else {
+        args.services
+    };
+    if let Some(message) = services.iter().find_map(|s| check_supported(s).err()) {
+        return usage_error(message);
+    }
+    reactor::log_fd_limit(&crate::sys::raise_fd_limit());
+    let config = Config {
+        limits: Limits {
+            max_line: args.max_line,
+        },
+        output_limit: args.output_limit,
+    };
+    let mut reactor = match Reactor::bind(&services, config) {
+        Ok(reactor) => reactor,
+        Err(e) => {
+            eprintln!("oneloop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = announce(&reactor) {
+        // Whoever started us stopped listening; serving can still be useful.
+        log::warn!("cannot print the listening lines: {e}");
+    }
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("event loop failed: {e}");
+            eprintln!("oneloop: event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints one `listening PROTOCOL TRANSPORT ADDRESS` line per service and flushes: scripts and
+/// tests wait for these lines to learn the real ports.
+fn announce(reactor: &Reactor) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    for line in reactor.listening() {
+        writeln!(stdout, "{line}")?;
+    }
+    stdout.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let cli = Cli::try_parse_from(["oneloop", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert!(args.services.is_empty());
+        assert_eq!(args.max_line, 65536);
+        assert_eq!(args.output_limit, 1048576);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for argv in [
+            &["oneloop", "serve", "bogus"][..],
+            &["oneloop", "serve", "--max-line", "0"],
+            &["oneloop", "serve", "--output-limit", "lots"],
+            &["oneloop", "frobnicate"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_services_are_named() {
+        let chat: ServiceSpec = "chat@127.0.0.1:0".parse().unwrap();
+        assert!(check_supported(&chat).unwrap_err().contains("chat"));
+        let udp: ServiceSpec = "echo@udp:127.0.0.1:0".parse().unwrap();
+        assert!(check_supported(&udp).unwrap_err().contains("udp"));
+        let tcp: ServiceSpec = "echo@127.0.0.1:0".parse().unwrap();
+        assert!(check_supported(&tcp).is_ok());
+    }
+}

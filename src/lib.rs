@@ -1,0 +1,36 @@
+//! # oneloop
+//!
+//! One thread, one [`mio::Poll`] loop, thousands of connections.
+//!
+//! oneloop serves the classic socket-tutorial protocols (an upper-casing "translation" server, a
+//! timestamp server, echo) from a single event loop, and exists to show — in code a newcomer can
+//! read and in numbers a benchmark can check — why that loop beats a thread or a process per
+//! connection.
+//!
+//! ## Layout
+//!
+//! * [`protocol`] — the protocols as *sans-I/O* state machines: bytes (and the time) in, reply
+//!   bytes out. No socket, no clock, no file inside, so the same code runs under the reactor and
+//!   under every comparison model, and tests can split input at every offset.
+//! * [`reactor`] — the event loop: one `mio::Poll`, listeners on reserved tokens, connections in a
+//!   [`slab::Slab`], and the per-connection state machine that moves bytes between sockets and
+//!   protocols. Start reading at [`reactor::Reactor::run`]: the whole loop fits on one screen.
+//! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing.
+//! * [`clock`] — the caller's side of "sans-I/O time": reads the clocks once per loop turn and
+//!   caches the formatted `ctime` text.
+//! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
+//! * [`cli`] — the command line (clap), and the exit-code policy.
+//! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`).
+//!
+//! The public interface (command line, output lines, protocols, limits) is fixed by the project's
+//! contract; `README.md` summarises it and `docs/ARCHITECTURE.md` walks through the loop.
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod protocol;
+pub mod reactor;
+pub mod service;
+pub mod sys;

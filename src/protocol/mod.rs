@@ -1,0 +1,233 @@
+//! The protocols, as sans-I/O state machines.
+//!
+//! A protocol here never touches a socket, a clock or a file. The driver (the reactor, or one of
+//! the comparison models) reads bytes from wherever they come from and calls
+//! [`Session::on_input`]; the session appends its replies to an output buffer the driver owns and
+//! says whether the conversation goes on ([`Flow`]). That split is what lets
+//!
+//! * the same protocol code run under the event loop and under the serial, threaded, pool and
+//!   forking models it is compared against, so a benchmark compares *models*, not protocols;
+//! * tests feed input split at every offset, with no network, and check that the output does not
+//!   depend on how TCP happened to chunk the stream.
+//!
+//! ## The input contract
+//!
+//! The driver reports, with every batch of bytes, whether it has now read *everything the peer has
+//! sent so far* ([`Arrival::Drained`]) or stopped early because a buffer or a fairness budget ran
+//! out ([`Arrival::Partial`]). "Drained" is the "peer paused" signal of the timestamp protocol:
+//! the seeds' clients send a message without a newline and wait for the answer, so bytes pending
+//! when the peer pauses are a message. Stream transforms (upper, echo) ignore it.
+//!
+//! At end of stream the driver calls [`Session::on_end`], which flushes anything still held (an
+//! unterminated line, an incomplete UTF-8 sequence).
+//!
+//! ## Memory
+//!
+//! A session holds only what the protocol must remember between reads — at most three bytes of a
+//! split UTF-8 character for `upper`, the unanswered tail of a line (bounded by `--max-line`) for
+//! `timestamp`. It keeps no read or write buffer of its own: those belong to the driver, which
+//! can share one read buffer among thousands of connections.
+
+pub mod echo;
+pub mod timestamp;
+pub mod upper;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::clock::Now;
+
+pub use echo::Echo;
+pub use timestamp::Timestamp;
+pub use upper::Upper;
+
+/// The protocols the contract names, whether or not this build serves them yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProtocolKind {
+    /// Upper-cases a byte stream (the seeds' "translation" server).
+    Upper,
+    /// Stamps each message with `[ctime] ` (the seeds' timestamp server).
+    Timestamp,
+    /// Sends every byte back (RFC 862).
+    Echo,
+    /// Line-based group chat.
+    Chat,
+    /// File upload with a size header.
+    Upload,
+}
+
+impl ProtocolKind {
+    /// Every protocol, in the order the contract lists them.
+    pub const ALL: [ProtocolKind; 5] = [
+        ProtocolKind::Upper,
+        ProtocolKind::Timestamp,
+        ProtocolKind::Echo,
+        ProtocolKind::Chat,
+        ProtocolKind::Upload,
+    ];
+
+    /// The name used on the command line and in `listening` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtocolKind::Upper => "upper",
+            ProtocolKind::Timestamp => "timestamp",
+            ProtocolKind::Echo => "echo",
+            ProtocolKind::Chat => "chat",
+            ProtocolKind::Upload => "upload",
+        }
+    }
+}
+
+impl fmt::Display for ProtocolKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ProtocolKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ProtocolKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown protocol {name:?} (expected upper, timestamp, echo, chat or upload)"
+                )
+            })
+    }
+}
+
+/// Whether a batch of input is everything the peer has sent so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// The driver stopped early (its buffer filled, or the connection used up its turn): more
+    /// bytes may already be waiting.
+    Partial,
+    /// The driver has read everything available: the peer is now waiting for replies.
+    Drained,
+}
+
+/// What the driver does after handing input to a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Flow {
+    /// Keep reading and serving.
+    Continue,
+    /// The protocol has ended the conversation (its last reply, e.g. an `error ...` line, is in
+    /// the output): write what is pending, then close without reading more requests.
+    Close,
+}
+
+/// Per-session limits from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest line, in bytes not counting its `\n`, that line protocols accept (`--max-line`).
+    pub max_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: DEFAULT_MAX_LINE,
+        }
+    }
+}
+
+/// Default for `--max-line`: 64 KiB, Redis's inline-request limit.
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+
+/// The reply a line protocol sends before closing a connection whose line passed `--max-line`.
+pub const LINE_TOO_LONG_REPLY: &[u8] = b"error line too long\n";
+
+/// One connection's protocol state, for the protocols that map a byte stream to a byte stream.
+///
+/// An enum rather than a trait object: the reactor keeps one per connection in a slab, and an
+/// enum needs no extra allocation and dispatches with a jump table.
+#[derive(Debug)]
+pub enum Session {
+    /// An `upper` session.
+    Upper(Upper),
+    /// A `timestamp` session.
+    Timestamp(Timestamp),
+    /// An `echo` session.
+    Echo(Echo),
+}
+
+impl Session {
+    /// A fresh session of `kind`, or `None` for protocols that are not byte-stream transforms
+    /// (chat, upload), which this build does not serve yet.
+    pub fn new(kind: ProtocolKind, limits: Limits) -> Option<Session> {
+        match kind {
+            ProtocolKind::Upper => Some(Session::Upper(Upper::default())),
+            ProtocolKind::Timestamp => Some(Session::Timestamp(Timestamp::new(limits.max_line))),
+            ProtocolKind::Echo => Some(Session::Echo(Echo)),
+            ProtocolKind::Chat | ProtocolKind::Upload => None,
+        }
+    }
+
+    /// Consumes all of `input`, appending replies to `out`.
+    pub fn on_input(
+        &mut self,
+        input: &[u8],
+        arrival: Arrival,
+        now: &Now,
+        out: &mut Vec<u8>,
+    ) -> Flow {
+        match self {
+            Session::Upper(upper) => {
+                upper.on_input(input, out);
+                Flow::Continue
+            }
+            Session::Timestamp(timestamp) => timestamp.on_input(input, arrival, now, out),
+            Session::Echo(_) => {
+                out.extend_from_slice(input);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The peer will send nothing more: appends the replies to anything still held.
+    pub fn on_end(&mut self, now: &Now, out: &mut Vec<u8>) {
+        match self {
+            Session::Upper(upper) => upper.on_end(out),
+            Session::Timestamp(timestamp) => timestamp.on_end(now, out),
+            Session::Echo(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers shared by the protocol unit tests.
+    use super::*;
+    use std::time::Instant;
+
+    /// A fixed moment, so expected output can be written down.
+    pub fn fixed_now() -> Now {
+        Now::with_ctime(Instant::now(), "Wed Sep  9 16:42:46 2026")
+    }
+
+    /// Feeds `input` cut at `cuts` (sorted offsets), each piece with the given arrival, then ends
+    /// the stream; returns all output and whether the session asked to close.
+    pub fn feed(
+        session: &mut Session,
+        input: &[u8],
+        cuts: &[usize],
+        arrival: Arrival,
+    ) -> (Vec<u8>, Flow) {
+        let now = fixed_now();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            let cut = cut.clamp(start, input.len());
+            if session.on_input(&input[start..cut], arrival, &now, &mut out) == Flow::Close {
+                return (out, Flow::Close);
+            }
+            start = cut;
+        }
+        session.on_end(&now, &mut out);
+        (out, Flow::Continue)
+    }
+}

@@ -1,0 +1,465 @@
+//! One client connection: a socket, its protocol session, the replies it has not taken yet, and
+//! the phase it is in.
+//!
+//! The reactor calls [`Connection::drive`] whenever the connection might be able to make
+//! progress — an event arrived for it, or it stopped last turn with work left. `drive` does all
+//! the I/O it can without blocking and returns a [`Verdict`]; it never assumes that one event
+//! means one message, or that an event means the operation will succeed (readiness is a hint:
+//! the `read` or `write` call gives the answer).
+//!
+//! The rules it follows, one per edge-triggered pitfall:
+//!
+//! * **Drain or budget.** Read until the socket is drained or the turn's budget
+//!   ([`MAX_READ_BYTES_PER_TURN`]) is spent; write until done or `WouldBlock`. A budgeted
+//!   connection says so (`still_ready`) because no new edge will come for bytes already waiting.
+//! * **A short read means drained.** A TCP `read` that returns less than asked has emptied the
+//!   receive queue (on Linux, which tokio relies on too), so the extra `read` that would only
+//!   return `WouldBlock` is skipped: one `read` per request. Except when the poller has said the
+//!   peer closed its side: the FIN may have come in the same edge as the last bytes, and no
+//!   further edge will announce it, so the connection keeps reading until the `read` returns 0.
+//! * **Write eagerly, subscribe lazily.** Replies are written the moment they exist, from a
+//!   buffer shared by every connection; only bytes the socket refuses are copied into the
+//!   connection's own [`Unsent`] queue, and only then does the connection want `WRITABLE`.
+//! * **Back-pressure.** Past `--output-limit` queued bytes, the connection stops reading, so a
+//!   peer that never reads cannot make the server buffer without bound.
+//! * **Lingering close.** After a final error reply, shut down the write side and read and
+//!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
+//!   the peer's kernel throw away the reply it has not read yet.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use log::{debug, trace};
+use mio::net::TcpStream;
+use mio::Interest;
+
+use crate::clock::Now;
+use crate::protocol::{Arrival, Flow, Session};
+
+/// Input bytes one connection may consume per loop turn before the others get theirs. Four full
+/// reads of the shared buffer: large enough for bulk transfers to be efficient, small enough that
+/// a client that never stops sending cannot starve the rest.
+pub const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
+
+/// Size of the read buffer the loop shares among all connections (one `read` call's maximum).
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long a lingering close waits for the peer to finish sending before closing anyway.
+/// Apache's lingering close uses the same two seconds.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Buffers the loop owns and lends to whichever connection it is driving. Sharing them is what
+/// keeps an idle connection down to a few dozen bytes: it holds no buffer of its own.
+#[derive(Debug)]
+pub struct SharedBuffers {
+    /// Where every `read` lands.
+    read: Box<[u8]>,
+    /// Where protocols write replies before they are sent.
+    replies: Vec<u8>,
+    /// `--output-limit`: queued reply bytes past which a connection stops reading.
+    output_limit: usize,
+}
+
+impl SharedBuffers {
+    /// Buffers for a loop whose connections may queue up to `output_limit` reply bytes.
+    pub fn new(output_limit: usize) -> SharedBuffers {
+        SharedBuffers {
+            read: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            replies: Vec::with_capacity(READ_BUFFER_BYTES),
+            output_limit,
+        }
+    }
+}
+
+/// The stages of a connection's life. Every transition is in [`Connection::drive`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading requests and writing replies (reading pauses while the queue is over the limit).
+    Serving,
+    /// The peer shut down its sending side: no more requests will come. Write what is queued,
+    /// then close.
+    Draining,
+    /// The protocol ended the conversation (its last reply is queued): write it, then shut down
+    /// our sending side and linger.
+    Ending,
+    /// Our sending side is shut down; read and discard until the peer closes or the deadline
+    /// passes, so unread input does not turn our close into an RST.
+    Lingering {
+        /// When to give up waiting and close.
+        until: Instant,
+    },
+    /// Finished. The loop removes it from the slab after the current batch of events.
+    Closed,
+}
+
+/// What a call to [`Connection::drive`] leaves for the loop to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Stopped on the turn's budget with input probably still waiting: serve it again before
+    /// blocking in `poll`, since no new readiness edge will announce bytes that already arrived.
+    pub still_ready: bool,
+    /// A deadline the loop must wake up for (the end of a linger).
+    pub wake_at: Option<Instant>,
+}
+
+/// Reply bytes the socket has not accepted yet, oldest first.
+///
+/// Empty — and unallocated — whenever the peer keeps up, which is the steady state.
+#[derive(Debug, Default)]
+pub struct Unsent {
+    bytes: Vec<u8>,
+    /// How much of the front of `bytes` has already been written.
+    written: usize,
+}
+
+impl Unsent {
+    /// Queued bytes not yet written.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.written
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.bytes[self.written..]
+    }
+
+    fn push(&mut self, more: &[u8]) {
+        // Move the unwritten rest to the front only when that halves the buffer, so each byte is
+        // moved O(1) times however the writes are split.
+        if self.written > 0 && self.written >= self.bytes.len() / 2 {
+            self.bytes.drain(..self.written);
+            self.written = 0;
+        }
+        self.bytes.extend_from_slice(more);
+    }
+
+    fn consume(&mut self, count: usize) {
+        self.written += count;
+        if self.written == self.bytes.len() {
+            // Drained: give the memory back, so a connection that once had a burst of output
+            // does not keep its high-water mark while idle.
+            self.bytes = Vec::new();
+            self.written = 0;
+        }
+    }
+}
+
+/// One accepted client.
+#[derive(Debug)]
+pub struct Connection {
+    /// A serial number for logs, and to tell a reused slab key's new connection from the old
+    /// one's leftover timers.
+    pub id: u64,
+    /// The socket.
+    pub stream: TcpStream,
+    /// The protocol's state for this client.
+    session: Session,
+    /// Replies waiting for the socket to accept them.
+    unsent: Unsent,
+    /// Where in its life the connection is.
+    phase: Phase,
+    /// The interest currently registered with the poller, to skip redundant `epoll_ctl` calls.
+    pub registered: Interest,
+    /// Whether the connection's token is in the loop's still-ready queue.
+    pub queued: bool,
+    /// The poller reported the peer's side closed (or an error): a short read no longer means
+    /// the end of what there is to read, because end of stream is still to be read.
+    peer_closing: bool,
+}
+
+impl Connection {
+    /// A connection that has just been accepted and registered for `READABLE`.
+    pub fn new(id: u64, stream: TcpStream, session: Session) -> Connection {
+        Connection {
+            id,
+            stream,
+            session,
+            unsent: Unsent::default(),
+            phase: Phase::Serving,
+            registered: Interest::READABLE,
+            queued: false,
+            peer_closing: false,
+        }
+    }
+
+    /// Records the poller's hint that the peer has closed its sending side or the socket has an
+    /// error, so the next [`drive`](Self::drive) reads on to the end of stream.
+    pub fn note_peer_closing(&mut self) {
+        self.peer_closing = true;
+    }
+
+    /// Whether the connection has finished and awaits removal.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The interest the connection needs registered now.
+    ///
+    /// `WRITABLE` only while replies are queued (a socket with room would otherwise wake the loop
+    /// for nothing); `READABLE` only while the connection would act on input.
+    pub fn wanted_interest(&self, output_limit: usize) -> Option<Interest> {
+        match self.phase {
+            Phase::Serving if self.unsent.len() > output_limit => Some(Interest::WRITABLE),
+            Phase::Serving if self.unsent.is_empty() => Some(Interest::READABLE),
+            Phase::Serving => Some(Interest::READABLE | Interest::WRITABLE),
+            Phase::Draining | Phase::Ending => Some(Interest::WRITABLE),
+            Phase::Lingering { .. } => Some(Interest::READABLE),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Does all the I/O the connection can do now without blocking.
+    pub fn drive(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
+        let mut verdict = Verdict::default();
+        if !self.unsent.is_empty() {
+            self.flush();
+        }
+        match self.phase {
+            Phase::Serving => verdict.still_ready = self.read_requests(shared, now),
+            Phase::Lingering { .. } => verdict.still_ready = self.discard_input(shared),
+            Phase::Draining | Phase::Ending | Phase::Closed => {}
+        }
+        // Phases that wait for the queue to empty move on once it has.
+        if self.unsent.is_empty() {
+            match self.phase {
+                Phase::Draining => self.close("peer finished and every reply is written"),
+                Phase::Ending => {
+                    let until = now.instant + LINGER;
+                    trace!(
+                        "conn #{}: last reply written; shutting down writes, lingering",
+                        self.id
+                    );
+                    // Fails only if the peer is already gone, which the next read will report.
+                    let _ = self.stream.shutdown(Shutdown::Write);
+                    self.phase = Phase::Lingering { until };
+                    verdict.wake_at = Some(until);
+                    verdict.still_ready = self.discard_input(shared);
+                }
+                _ => {}
+            }
+        }
+        verdict
+    }
+
+    /// A timer the connection asked for has fired.
+    pub fn on_deadline(&mut self, now: &Now) {
+        if let Phase::Lingering { until } = self.phase {
+            if until <= now.instant {
+                self.close("linger time is over");
+            }
+        }
+    }
+
+    /// Reads and answers requests until the socket is drained, the budget is spent, the reply
+    /// queue passes its limit, or the conversation ends. Returns whether it stopped on the budget.
+    fn read_requests(&mut self, shared: &mut SharedBuffers, now: &Now) -> bool {
+        let mut budget = MAX_READ_BYTES_PER_TURN;
+        while self.phase == Phase::Serving {
+            if self.unsent.len() > shared.output_limit {
+                trace!(
+                    "conn #{}: {} reply bytes queued, over the limit: not reading until they drain",
+                    self.id,
+                    self.unsent.len()
+                );
+                return false;
+            }
+            if budget == 0 {
+                trace!("conn #{}: read budget spent; serving others first", self.id);
+                return true;
+            }
+            let asked = budget.min(shared.read.len());
+            let arrival = match self.stream.read(&mut shared.read[..asked]) {
+                Ok(0) => {
+                    trace!(
+                        "conn #{}: read end of stream (peer shut down writes)",
+                        self.id
+                    );
+                    shared.replies.clear();
+                    self.session.on_end(now, &mut shared.replies);
+                    self.phase = Phase::Draining;
+                    self.send(&shared.replies);
+                    return false;
+                }
+                Ok(count) => {
+                    budget -= count;
+                    trace!("conn #{}: read {count} bytes", self.id);
+                    let arrival = if count < asked {
+                        Arrival::Drained
+                    } else {
+                        Arrival::Partial
+                    };
+                    shared.replies.clear();
+                    let flow = self.session.on_input(
+                        &shared.read[..count],
+                        arrival,
+                        now,
+                        &mut shared.replies,
+                    );
+                    self.send(&shared.replies);
+                    if flow == Flow::Close && self.phase == Phase::Serving {
+                        debug!("conn #{}: protocol ended the conversation", self.id);
+                        self.phase = Phase::Ending;
+                    }
+                    if self.peer_closing {
+                        // The end of stream is waiting behind these bytes: read on to it.
+                        continue;
+                    }
+                    arrival
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The previous read filled the buffer exactly; now the peer has paused.
+                    shared.replies.clear();
+                    let flow =
+                        self.session
+                            .on_input(&[], Arrival::Drained, now, &mut shared.replies);
+                    debug_assert_eq!(flow, Flow::Continue, "empty input cannot break a limit");
+                    self.send(&shared.replies);
+                    Arrival::Drained
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Arrival::Partial,
+                Err(e) => {
+                    self.close_on_error("read", &e);
+                    return false;
+                }
+            };
+            if arrival == Arrival::Drained {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Lingering: reads and throws away whatever the peer still sends, until it closes.
+    fn discard_input(&mut self, shared: &mut SharedBuffers) -> bool {
+        let mut budget = MAX_READ_BYTES_PER_TURN;
+        loop {
+            if budget == 0 {
+                return true;
+            }
+            match self.stream.read(&mut shared.read) {
+                Ok(0) => {
+                    self.close("peer closed while we lingered");
+                    return false;
+                }
+                Ok(count) => {
+                    trace!("conn #{}: lingering, discarded {count} bytes", self.id);
+                    budget = budget.saturating_sub(count);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_on_error("read while lingering", &e);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Sends `replies` after anything already queued; queues whatever the socket will not take.
+    fn send(&mut self, replies: &[u8]) {
+        if replies.is_empty() || self.phase == Phase::Closed {
+            return;
+        }
+        if !self.unsent.is_empty() {
+            self.unsent.push(replies);
+            self.flush();
+            return;
+        }
+        match write_until_blocked(&mut self.stream, replies) {
+            Ok(written) => {
+                trace!("conn #{}: wrote {written} bytes", self.id);
+                if written < replies.len() {
+                    self.unsent.push(&replies[written..]);
+                    trace!(
+                        "conn #{}: socket full, {} bytes queued; waiting for WRITABLE",
+                        self.id,
+                        self.unsent.len()
+                    );
+                }
+            }
+            Err(e) => self.close_on_error("write", &e),
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes.
+    fn flush(&mut self) {
+        match write_until_blocked(&mut self.stream, self.unsent.pending()) {
+            Ok(written) => {
+                trace!(
+                    "conn #{}: wrote {written} queued bytes, {} still queued",
+                    self.id,
+                    self.unsent.len() - written
+                );
+                self.unsent.consume(written);
+            }
+            Err(e) => self.close_on_error("write", &e),
+        }
+    }
+
+    fn close(&mut self, why: &str) {
+        trace!("conn #{}: closing: {why}", self.id);
+        self.phase = Phase::Closed;
+        self.unsent = Unsent::default();
+    }
+
+    /// A client's socket error ends that client only, logged at debug: resets and broken pipes
+    /// are everyday events for a server, not failures of it.
+    fn close_on_error(&mut self, during: &str, error: &io::Error) {
+        debug!("conn #{}: {during} failed: {error}; closing", self.id);
+        self.close("socket error");
+    }
+}
+
+/// Writes until `bytes` are all written or the socket would block; returns how many were written.
+fn write_until_blocked(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(count) => written += count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsent_frees_its_buffer_once_drained() {
+        let mut unsent = Unsent::default();
+        unsent.push(b"hello world");
+        unsent.consume(6);
+        assert_eq!(unsent.pending(), b"world");
+        unsent.push(b"!");
+        assert_eq!(unsent.pending(), b"world!");
+        unsent.consume(6);
+        assert!(unsent.is_empty());
+        assert_eq!(unsent.bytes.capacity(), 0);
+    }
+
+    #[test]
+    fn unsent_compacts_only_when_half_is_written() {
+        let mut unsent = Unsent::default();
+        unsent.push(&[1; 10]);
+        unsent.consume(3);
+        unsent.push(&[2; 2]);
+        assert_eq!(
+            unsent.written, 3,
+            "no move while most of the buffer is unwritten"
+        );
+        unsent.consume(4);
+        unsent.push(&[3; 1]);
+        assert_eq!(unsent.written, 0);
+        assert_eq!(unsent.pending(), &[1, 1, 1, 2, 2, 3]);
+    }
+}

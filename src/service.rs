@@ -1,0 +1,199 @@
+//! What `serve` is asked to serve: `PROTOCOL@ADDRESS` specs.
+//!
+//! ```
+//! use oneloop::service::{Address, ServiceSpec};
+//! use oneloop::protocol::ProtocolKind;
+//!
+//! let spec: ServiceSpec = "upper@127.0.0.1:9999".parse().unwrap();
+//! assert_eq!(spec.protocol, ProtocolKind::Upper);
+//! assert_eq!(spec.address, Address::Tcp("127.0.0.1:9999".parse().unwrap()));
+//! assert!("upper@nowhere".parse::<ServiceSpec>().is_err());
+//! ```
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::protocol::ProtocolKind;
+
+/// The services `serve` runs when none is named: the seeds' upper, timestamp and echo servers.
+pub const DEFAULT_SERVICES: [&str; 3] = [
+    "upper@127.0.0.1:9999",
+    "timestamp@127.0.0.1:21567",
+    "echo@127.0.0.1:9000",
+];
+
+/// Where a service listens, or where a client connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP address: `HOST:PORT` or `tcp:HOST:PORT`.
+    Tcp(SocketAddr),
+    /// A UDP address: `udp:HOST:PORT`.
+    Udp(SocketAddr),
+    /// A Unix stream socket: `unix:PATH`.
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// The transport's name as the `listening` line prints it: `tcp`, `udp` or `unix`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Address::Tcp(_) => "tcp",
+            Address::Udp(_) => "udp",
+            Address::Unix(_) => "unix",
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    /// The address without its transport: `127.0.0.1:9999`, `[::1]:7000` or the socket path.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) | Address::Udp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl FromStr for Address {
+    type Err = String;
+
+    /// Parses `HOST:PORT`, `tcp:HOST:PORT`, `udp:HOST:PORT` or `unix:PATH`.
+    ///
+    /// HOST is an IP address (IPv6 in brackets) or a name such as `localhost`, which is resolved
+    /// here and the first address used, as `nc` does.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/tmp/chat.sock".into());
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        if let Some(host_port) = text.strip_prefix("udp:") {
+            return parse_host_port(host_port).map(Address::Udp);
+        }
+        let host_port = text.strip_prefix("tcp:").unwrap_or(text);
+        parse_host_port(host_port).map(Address::Tcp)
+    }
+}
+
+/// Parses `HOST:PORT` into one socket address.
+fn parse_host_port(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "{text:?} is not HOST:PORT (e.g. 127.0.0.1:9999 or [::1]:9999)"
+        ));
+    };
+    if host.is_empty() || host.contains(':') {
+        // Bare IPv6 needs brackets: `::1:80` is ambiguous.
+        return Err(format!(
+            "{text:?} is not HOST:PORT (IPv6 goes in brackets: [::1]:9999)"
+        ));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} in {text:?} is not a port number (0-65535)"))?;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
+/// One `PROTOCOL@ADDRESS` service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// What is spoken.
+    pub protocol: ProtocolKind,
+    /// Where it listens.
+    pub address: Address,
+}
+
+impl FromStr for ServiceSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (protocol, address) = text.split_once('@').ok_or_else(|| {
+            format!("{text:?} is not PROTOCOL@ADDRESS (e.g. echo@127.0.0.1:9000)")
+        })?;
+        let protocol: ProtocolKind = protocol.parse()?;
+        let address: Address = address.parse()?;
+        if matches!(address, Address::Udp(_))
+            && matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload)
+        {
+            return Err(format!("{protocol} runs over tcp or unix, not udp"));
+        }
+        Ok(ServiceSpec { protocol, address })
+    }
+}
+
+impl fmt::Display for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}",
+            self.protocol,
+            self.address.transport(),
+            self.address
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> Result<ServiceSpec, String> {
+        text.parse()
+    }
+
+    #[test]
+    fn parses_every_transport() {
+        let tcp = spec("echo@tcp:127.0.0.1:0").unwrap();
+        assert_eq!(tcp.address, Address::Tcp("127.0.0.1:0".parse().unwrap()));
+        let v6 = spec("upper@[::1]:7000").unwrap();
+        assert_eq!(v6.address, Address::Tcp("[::1]:7000".parse().unwrap()));
+        let udp = spec("echo@udp:[::1]:7000").unwrap();
+        assert_eq!(udp.address.transport(), "udp");
+        let unix = spec("chat@unix:/tmp/chat.sock").unwrap();
+        assert_eq!(unix.address, Address::Unix("/tmp/chat.sock".into()));
+        assert_eq!(unix.protocol, ProtocolKind::Chat);
+    }
+
+    #[test]
+    fn defaults_parse() {
+        for text in DEFAULT_SERVICES {
+            spec(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn resolves_localhost() {
+        let s = spec("echo@localhost:9").unwrap();
+        match s.address {
+            Address::Tcp(addr) => assert!(addr.ip().is_loopback()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_a_reason() {
+        for (text, needle) in [
+            ("echo", "PROTOCOL@ADDRESS"),
+            ("ping@127.0.0.1:1", "unknown protocol"),
+            ("echo@127.0.0.1", "HOST:PORT"),
+            ("echo@127.0.0.1:99999", "port number"),
+            ("echo@::1:80", "brackets"),
+            ("echo@unix:", "socket path"),
+            ("chat@udp:127.0.0.1:1", "not udp"),
+            ("upload@udp:127.0.0.1:1", "not udp"),
+        ] {
+            let err = spec(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}
