@@ -85,13 +85,19 @@ fn talk(args: &ClientArgs) -> io::Result<()> {
     print_until_closed(&stream)
 }
 
-/// Sends each input line as it comes, then shuts down the sending side at end of input.
-fn forward_lines(input: impl BufRead, mut socket: TcpStream) {
-    for line in input.split(b'\n') {
-        let Ok(mut line) = line else { break };
-        line.push(b'\n');
-        if socket.write_all(&line).is_err() {
-            return; // The server is gone; the reading side reports why.
+/// Sends each input line as it comes (exactly as typed, newline included), then shuts down the
+/// sending side at end of input.
+fn forward_lines(mut input: impl BufRead, mut socket: TcpStream) {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if socket.write_all(&line).is_err() {
+                    return; // The server is gone; the reading side reports why.
+                }
+            }
         }
     }
     let _ = socket.shutdown(Shutdown::Write);
