@@ -1,0 +1,914 @@
+//! The harness every black-box test shares: start the real `oneloop` binary on port-0 addresses,
+//! learn its ports from the `listening` lines, talk to it over loopback with a deadline on every
+//! read, and kill it (by PID) when the test is done.
+//!
+//! Nothing here reaches into the server: the only things a test knows are what the contract
+//! promises — the command line, the `listening` lines, the bytes on the wire, the exit code.
+//!
+//! Every wait is bounded by [`DEADLINE`], so a server that hangs fails the test with a message
+//! instead of hanging the suite.
+#![allow(dead_code)] // Each test binary uses a different subset of the helpers.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The longest any single wait may take: a read, the `listening` lines, a child's exit.
+/// Generous because a loaded two-core machine running debug builds can be slow; a healthy server
+/// answers in milliseconds, so reaching it means something is wrong.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The binary under test, as Cargo built it for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_oneloop");
+
+/// One `listening PROTOCOL TRANSPORT ADDRESS` line, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    /// `upper`, `timestamp`, `echo`, ...
+    pub protocol: String,
+    /// `tcp` in this build.
+    pub transport: String,
+    /// The bound address, with the real port.
+    pub addr: SocketAddr,
+}
+
+/// Why a server did not come up: it exited before printing its `listening` lines.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// What it wrote on stderr.
+    pub stderr: String,
+}
+
+/// A running `oneloop serve`, killed and reaped when dropped.
+pub struct Server {
+    child: Child,
+    listening: Vec<Listening>,
+    /// Lines on stdout after the `listening` ones (the contract says there are none).
+    stdout_rest: Receiver<String>,
+    stderr_path: PathBuf,
+}
+
+/// Gives each server's stderr file a unique name within this test process.
+static NEXT_SERVER: AtomicUsize = AtomicUsize::new(0);
+
+impl Server {
+    /// Starts `oneloop serve ARGS...` and waits for its `listening` lines; panics if they do not
+    /// come within [`DEADLINE`] or the server exits first.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the server (e.g. `TZ`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        match Server::try_start_with_env(args, env) {
+            Ok(server) => server,
+            Err(failure) => panic!(
+                "oneloop serve {args:?} exited with {} before listening; stderr:\n{}",
+                failure.status, failure.stderr
+            ),
+        }
+    }
+
+    /// Like [`Server::start`], but a server that exits before listening (a bind failure, a
+    /// refused option) is reported instead of panicking, for tests that may have to skip.
+    pub fn try_start(args: &[&str]) -> Result<Server, StartFailure> {
+        Server::try_start_with_env(args, &[])
+    }
+
+    /// [`Server::try_start`] with extra environment variables for the server.
+    pub fn try_start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Server, StartFailure> {
+        Server::launch(args, env, None)
+    }
+
+    /// Like [`Server::start`], with the server's open-file limit (soft and hard) set to
+    /// `fd_limit`, for tests of what happens when it runs out of descriptors. The limit is set by
+    /// `sh`, which then `exec`s the server, so the PID is still the server's.
+    pub fn start_with_fd_limit(fd_limit: u32, args: &[&str]) -> Server {
+        match Server::launch(args, &[], Some(fd_limit)) {
+            Ok(server) => server,
+            Err(failure) => panic!(
+                "oneloop serve {args:?} (fd limit {fd_limit}) exited with {} before listening; \
+                 stderr:\n{}",
+                failure.status, failure.stderr
+            ),
+        }
+    }
+
+    fn launch(
+        args: &[&str],
+        env: &[(&str, &str)],
+        fd_limit: Option<u32>,
+    ) -> Result<Server, StartFailure> {
+        let stderr_path = std::env::temp_dir().join(format!(
+            "oneloop-test-{}-{}.stderr",
+            std::process::id(),
+            NEXT_SERVER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let stderr_file = fs::File::create(&stderr_path).expect("create the stderr file");
+        let mut command = match fd_limit {
+            None => Command::new(BIN),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                // `$0` is the binary, `$@` the rest: no quoting of test arguments needed.
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+        };
+        let mut child = command
+            .arg("serve")
+            .args(args)
+            // Quiet logs: a test that needs them can read the stderr file.
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr_file)
+            .spawn()
+            .expect("spawn oneloop");
+        let lines = spawn_line_reader(child.stdout.take().expect("piped stdout"));
+        let mut server = Server {
+            child,
+            listening: Vec::new(),
+            stdout_rest: lines,
+            stderr_path,
+        };
+        let expected = expected_services(args);
+        let deadline = Instant::now() + DEADLINE;
+        while server.listening.len() < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match server.stdout_rest.recv_timeout(left) {
+                Ok(line) => server.listening.push(parse_listening(&line)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Stdout closed: the server is exiting. Reap it and say why.
+                    let status = server.wait_for_exit();
+                    return Err(StartFailure {
+                        status,
+                        stderr: server.stderr(),
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "oneloop serve {args:?}: only {} of {expected} listening lines after {:?}; \
+                     stderr:\n{}",
+                    server.listening.len(),
+                    DEADLINE,
+                    server.stderr()
+                ),
+            }
+        }
+        Ok(server)
+    }
+
+    /// Every `listening` line, in the order printed.
+    pub fn listening(&self) -> &[Listening] {
+        &self.listening
+    }
+
+    /// The address of the (first) service speaking `protocol`.
+    pub fn addr(&self, protocol: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|l| l.protocol == protocol)
+            .unwrap_or_else(|| panic!("no {protocol} service in {:?}", self.listening))
+            .addr
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Lines the server printed on stdout after its `listening` lines (none, by contract).
+    pub fn extra_stdout(&self) -> Vec<String> {
+        self.stdout_rest.try_iter().collect()
+    }
+
+    /// Panics if the server has exited (crashed) — call at the end of a test to make sure the
+    /// server survived what the test did to it.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "the server exited with {status}; stderr:\n{}",
+                self.stderr()
+            );
+        }
+    }
+
+    /// The server's resident set size in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// How many file descriptors the server has open (entries in `/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read the server's /proc fd directory")
+            .count()
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`, ...) to the server's PID, with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} {} failed", self.pid());
+    }
+
+    /// Waits (up to [`DEADLINE`]) for the server to exit and returns its status; kills it if it
+    /// does not.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait for the killed server");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // `Child::kill` signals this child's PID only; `wait` reaps it so no zombie is left.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// How many `listening` lines `serve ARGS` should print: one per `PROTOCOL@ADDRESS`, or the three
+/// default services when none is given.
+fn expected_services(args: &[&str]) -> usize {
+    match args.iter().filter(|a| a.contains('@')).count() {
+        0 => 3,
+        n => n,
+    }
+}
+
+/// Parses `listening PROTOCOL TRANSPORT ADDRESS`, strictly.
+pub fn parse_listening(line: &str) -> Listening {
+    let words: Vec<&str> = line.split(' ').collect();
+    match words.as_slice() {
+        ["listening", protocol, transport, address] => Listening {
+            protocol: protocol.to_string(),
+            transport: transport.to_string(),
+            addr: address
+                .parse()
+                .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")),
+        },
+        _ => panic!("not a `listening PROTOCOL TRANSPORT ADDRESS` line: {line:?}"),
+    }
+}
+
+/// Forwards each stdout line of the child to a channel until stdout closes.
+fn spawn_line_reader(stdout: ChildStdout) -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// `VmRSS` of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("unparsable {line:?}"))
+}
+
+/// Raises this test process's own open-file limit (for tests that open thousands of sockets);
+/// returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    oneloop::sys::raise_fd_limit()
+        .expect("raise RLIMIT_NOFILE")
+        .now
+}
+
+/// Connects with [`DEADLINE`] as the read and write timeout, so no later read can hang.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    stream
+}
+
+/// Writes all of `bytes`, panicking with context on failure.
+pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    stream
+        .write_all(bytes)
+        .unwrap_or_else(|e| panic!("write {} bytes: {e}", bytes.len()));
+}
+
+/// Shuts down the sending side: the server sees end of stream.
+pub fn half_close(stream: &TcpStream) {
+    stream.shutdown(Shutdown::Write).expect("shutdown(Write)");
+}
+
+/// One `read` (the seeds' `recv(1024)`), within the deadline; panics on timeout, error or EOF.
+pub fn read_once(stream: &mut TcpStream, max: usize) -> Vec<u8> {
+    let mut buffer = vec![0; max];
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    match stream.read(&mut buffer) {
+        Ok(0) => panic!("the server closed the connection instead of answering"),
+        Ok(count) => {
+            buffer.truncate(count);
+            buffer
+        }
+        Err(e) => panic!("no reply within {DEADLINE:?}: {e}"),
+    }
+}
+
+/// Reads exactly `count` bytes (and not one more), within [`DEADLINE`] overall. Panics on EOF,
+/// error or timeout, showing what had arrived.
+pub fn read_exact_within(stream: &mut TcpStream, count: usize) -> Vec<u8> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut got = Vec::with_capacity(count);
+    let mut buffer = vec![0; 64 * 1024];
+    while got.len() < count {
+        let want = (count - got.len()).min(buffer.len());
+        let read = read_step(stream, deadline, &mut buffer[..want], &got);
+        got.extend_from_slice(&buffer[..read]);
+    }
+    got
+}
+
+/// Reads into `got` until `done(got)` holds, within [`DEADLINE`] overall. Each read takes what
+/// has arrived (up to 64 KiB), so use it only when nothing beyond the awaited reply is coming.
+/// Panics on EOF, error or timeout, showing what had arrived.
+pub fn read_until_within(
+    stream: &mut TcpStream,
+    got: &mut Vec<u8>,
+    mut done: impl FnMut(&[u8]) -> bool,
+) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut buffer = vec![0; 64 * 1024];
+    while !done(got) {
+        let read = read_step(stream, deadline, &mut buffer, got);
+        got.extend_from_slice(&buffer[..read]);
+    }
+}
+
+/// One read of at least one byte before `deadline`; panics (showing `so_far`) on EOF, an error or
+/// the deadline.
+fn read_step(stream: &mut TcpStream, deadline: Instant, buffer: &mut [u8], so_far: &[u8]) -> usize {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            panic!(
+                "reply incomplete after {DEADLINE:?}; got {} bytes: {:?}",
+                so_far.len(),
+                Snippet(so_far)
+            );
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(buffer) {
+            Ok(0) => panic!(
+                "unexpected end of stream after {} bytes: {:?}",
+                so_far.len(),
+                Snippet(so_far)
+            ),
+            Ok(count) => return count,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!(
+                "read failed ({e}) after {} bytes: {:?}",
+                so_far.len(),
+                Snippet(so_far)
+            ),
+        }
+    }
+}
+
+/// Reads until the server closes, within [`DEADLINE`] overall. The close must be clean: a reset
+/// (or any other error) panics, showing what had arrived.
+pub fn read_to_end_within(stream: &mut TcpStream) -> Vec<u8> {
+    match try_read_to_end_within(stream) {
+        (got, Ok(())) => got,
+        (got, Err(e)) => panic!(
+            "expected a clean end of stream, got `{e}` ({:?}) after {} bytes: {:?}",
+            e.kind(),
+            got.len(),
+            Snippet(&got)
+        ),
+    }
+}
+
+/// Reads until end of stream or an error, within [`DEADLINE`]; returns the bytes and how the
+/// stream ended. Panics only on the deadline.
+pub fn try_read_to_end_within(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut got = Vec::new();
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            panic!(
+                "no end of stream within {DEADLINE:?}; got {} bytes: {:?}",
+                got.len(),
+                Snippet(&got)
+            );
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) => return (got, Ok(())),
+            Ok(count) => got.extend_from_slice(&buffer[..count]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+/// Whether this host can listen on the IPv6 loopback (containers often cannot).
+pub fn ipv6_loopback_available() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// A deterministic pseudo-random byte stream (xorshift64*), so a writer and a checker can
+/// produce the same bytes independently without holding them all in memory.
+pub struct Pseudo(u64);
+
+impl Pseudo {
+    /// A stream from a non-zero seed.
+    pub fn new(seed: u64) -> Pseudo {
+        Pseudo(seed | 1)
+    }
+
+    /// Fills `buffer` with the next bytes of the stream.
+    pub fn fill(&mut self, buffer: &mut [u8]) {
+        for chunk in buffer.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let word = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
+/// The outcome of running the binary to completion.
+#[derive(Debug)]
+pub struct Run {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// The exit code; panics if it was killed by a signal.
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+}
+
+/// Runs `oneloop ARGS...` with `stdin` as its input and waits (up to [`DEADLINE`]) for it to
+/// exit; a run that outlives the deadline is killed and the test fails.
+pub fn run(args: &[&str], stdin: &[u8]) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oneloop");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_vec();
+    // A separate thread, so a child that does not read its input cannot block us.
+    let feeder = thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let stdout = collect(child.stdout.take().expect("piped stdout"));
+    let stderr = collect(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("oneloop {args:?} still running after {DEADLINE:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = feeder.join();
+    Run {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// A running `oneloop` (not `serve`) with piped standard streams, for talking to it
+/// interactively; killed and reaped when dropped.
+pub struct Interactive {
+    child: Child,
+    /// Its standard input; `None` once closed.
+    pub stdin: Option<std::process::ChildStdin>,
+    stdout: Receiver<Vec<u8>>,
+    /// Everything read from its standard output so far.
+    pub output: Vec<u8>,
+}
+
+impl Interactive {
+    /// Starts `oneloop ARGS...`.
+    pub fn start(args: &[&str]) -> Interactive {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn oneloop");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buffer = [0; 4096];
+            while let Ok(count @ 1..) = stdout.read(&mut buffer) {
+                if sender.send(buffer[..count].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Interactive {
+            stdin: child.stdin.take(),
+            child,
+            stdout: receiver,
+            output: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes` to its standard input.
+    pub fn type_in(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(bytes).expect("write to the child's stdin");
+        stdin.flush().expect("flush the child's stdin");
+    }
+
+    /// Reads its standard output until `output` ends with `expected`, within [`DEADLINE`].
+    pub fn expect_output_ending(&mut self, expected: &[u8]) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.output.ends_with(expected) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(bytes) => self.output.extend_from_slice(&bytes),
+                Err(_) => panic!(
+                    "waited for {:?}; the output so far is {:?}",
+                    Snippet(expected),
+                    Snippet(&self.output)
+                ),
+            }
+        }
+    }
+
+    /// Closes its standard input and waits (up to [`DEADLINE`]) for it to exit.
+    pub fn finish(&mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {DEADLINE:?} after its input ended"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a pipe to its end on a thread.
+fn collect(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Asserts two byte strings are equal; on failure shows where they first differ instead of
+/// printing megabytes.
+pub fn assert_bytes_eq(got: &[u8], expected: &[u8], what: &str) {
+    if got == expected {
+        return;
+    }
+    let first = got
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(expected.len()));
+    let around = first.saturating_sub(16);
+    panic!(
+        "{what}: got {} bytes, expected {}; first difference at offset {first}:\n  got      \
+         {:?}\n  expected {:?}",
+        got.len(),
+        expected.len(),
+        Snippet(&got[around..got.len().min(first + 48)]),
+        Snippet(&expected[around..expected.len().min(first + 48)]),
+    );
+}
+
+/// Shows long byte strings as their start, length and end, so a failure message stays readable.
+pub struct Snippet<'a>(pub &'a [u8]);
+
+impl std::fmt::Debug for Snippet<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 200;
+        let bytes = self.0;
+        if bytes.len() <= 2 * SHOWN {
+            write!(f, "\"{}\"", bytes.escape_ascii())
+        } else {
+            write!(
+                f,
+                "\"{}\" ... ({} bytes) ... \"{}\"",
+                bytes[..SHOWN].escape_ascii(),
+                bytes.len(),
+                bytes[bytes.len() - SHOWN..].escape_ascii()
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The timestamp protocol's `[Www Mmm dd hh:mm:ss yyyy] ` prefix.
+
+/// Length of `[` + ctime + `] `.
+pub const STAMP_LEN: usize = 1 + 24 + 2;
+
+const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// A `time.ctime()` moment, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctime {
+    /// Seconds since 1970-01-01 00:00:00 *in the same (local) zone* — only differences matter.
+    pub local_seconds: i64,
+}
+
+/// Parses Python's `time.ctime()` text strictly: `Www Mmm dd hh:mm:ss yyyy`, the day padded with
+/// a space, and the weekday the one that date really falls on.
+pub fn parse_ctime(text: &[u8]) -> Result<Ctime, String> {
+    let text = std::str::from_utf8(text).map_err(|_| format!("not UTF-8: {text:?}"))?;
+    let fail = |why: &str| format!("{text:?} is not ctime text: {why}");
+    let b = text.as_bytes();
+    if b.len() != 24 {
+        return Err(fail("not 24 characters"));
+    }
+    if b[3] != b' ' || b[7] != b' ' || b[10] != b' ' || b[19] != b' ' {
+        return Err(fail("separators"));
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return Err(fail("time separators"));
+    }
+    let weekday = WEEKDAYS
+        .iter()
+        .position(|&w| w == &text[0..3])
+        .ok_or_else(|| fail("weekday"))?;
+    let month = MONTHS
+        .iter()
+        .position(|&m| m == &text[4..7])
+        .ok_or_else(|| fail("month"))? as i64
+        + 1;
+    let day = match (b[8], b[9]) {
+        (b' ', d @ b'1'..=b'9') => i64::from(d - b'0'),
+        (t @ b'1'..=b'3', d @ b'0'..=b'9') => i64::from(t - b'0') * 10 + i64::from(d - b'0'),
+        _ => return Err(fail("day (space-padded, no leading zero)")),
+    };
+    let number = |range: std::ops::Range<usize>| -> Result<i64, String> {
+        let digits = &text[range];
+        if digits.bytes().all(|c| c.is_ascii_digit()) {
+            Ok(digits.parse().unwrap())
+        } else {
+            Err(fail("digits"))
+        }
+    };
+    let (hour, minute, second, year) = (
+        number(11..13)?,
+        number(14..16)?,
+        number(17..19)?,
+        number(20..24)?,
+    );
+    if hour > 23 || minute > 59 || second > 60 || day > days_in_month(year, month) {
+        return Err(fail("field out of range"));
+    }
+    let days = days_from_civil(year, month, day);
+    // 1970-01-01 was a Thursday (index 3 with Monday = 0).
+    if (days + 3).rem_euclid(7) as usize != weekday {
+        return Err(fail("weekday does not match the date"));
+    }
+    Ok(Ctime {
+        local_seconds: days * 86_400 + hour * 3600 + minute * 60 + second,
+    })
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The current local time as `time.ctime()` text, from an independent source: Python if it is
+/// installed, else `date`, run with `env` added (e.g. the `TZ` a server was given). `None` if
+/// neither is available (tests then check only the shape).
+pub fn local_ctime_now(env: &[(&str, &str)]) -> Option<Ctime> {
+    let attempts: [(&str, &[&str]); 2] = [
+        ("python3", &["-c", "import time; print(time.ctime())"]),
+        ("date", &["+%a %b %e %H:%M:%S %Y"]),
+    ];
+    for (program, args) in attempts {
+        let Ok(output) = Command::new(program)
+            .args(args)
+            .env("LC_ALL", "C")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        if !output.status.success() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        if let Ok(ctime) = parse_ctime(text.trim_end_matches('\n').as_bytes()) {
+            return Some(ctime);
+        }
+    }
+    None
+}
+
+/// One stamped piece of a timestamp reply: its time and its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamped {
+    /// The stamp's time.
+    pub time: Ctime,
+    /// The bytes after `] `, up to the next stamp.
+    pub payload: Vec<u8>,
+}
+
+/// Splits a timestamp reply into stamped pieces, checking every stamp strictly. A payload runs
+/// to the next `[`, so callers must send payloads without `[`. A payload may contain a newline
+/// only as its last byte (one message per stamp).
+pub fn parse_stamped(reply: &[u8]) -> Result<Vec<Stamped>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = reply;
+    while !rest.is_empty() {
+        if rest.len() < STAMP_LEN || rest[0] != b'[' || &rest[25..27] != b"] " {
+            return Err(format!(
+                "expected a `[ctime] ` stamp at {:?}",
+                Snippet(rest)
+            ));
+        }
+        let time = parse_ctime(&rest[1..25])?;
+        rest = &rest[STAMP_LEN..];
+        let end = rest.iter().position(|&b| b == b'[').unwrap_or(rest.len());
+        let payload = &rest[..end];
+        if let Some(newline) = payload.iter().position(|&b| b == b'\n') {
+            if newline != payload.len() - 1 {
+                return Err(format!(
+                    "a stamped piece holds more than one line: {:?}",
+                    Snippet(payload)
+                ));
+            }
+        }
+        pieces.push(Stamped {
+            time,
+            payload: payload.to_vec(),
+        });
+        rest = &rest[end..];
+    }
+    Ok(pieces)
+}
+
+/// Checks a (long) timestamp reply against the bytes that were sent, without building the
+/// pieces: every stamp well formed (each distinct ctime text parsed strictly once), every piece
+/// non-empty and holding at most one line, and the payloads joining into exactly `sent`. Payloads
+/// must contain no `[`. Returns how many stamped pieces there were.
+pub fn check_stamped_reply(reply: &[u8], sent: &[u8]) -> Result<usize, String> {
+    let mut last_ctime: &[u8] = &[];
+    let mut pieces = 0;
+    let mut at = 0; // in `reply`
+    let mut matched = 0; // of `sent`
+    while at < reply.len() {
+        let stamp = reply.get(at..at + STAMP_LEN).unwrap_or(&reply[at..]);
+        if stamp.len() < STAMP_LEN || stamp[0] != b'[' || &stamp[25..27] != b"] " {
+            return Err(format!(
+                "expected a `[ctime] ` stamp at reply offset {at}: {:?}",
+                Snippet(&reply[at..reply.len().min(at + 64)])
+            ));
+        }
+        let ctime = &stamp[1..25];
+        if ctime != last_ctime {
+            parse_ctime(ctime)?;
+            last_ctime = ctime;
+        }
+        at += STAMP_LEN;
+        let start = at;
+        while at < reply.len() && reply[at] != b'[' {
+            if matched >= sent.len() || reply[at] != sent[matched] {
+                return Err(format!(
+                    "payload byte {matched} (reply offset {at}) is {:?}, sent {:?}",
+                    reply[at] as char,
+                    sent.get(matched).map(|&b| b as char)
+                ));
+            }
+            let newline = reply[at] == b'\n';
+            at += 1;
+            matched += 1;
+            if newline && at < reply.len() && reply[at] != b'[' {
+                return Err(format!("a stamped piece holds more than one line at {at}"));
+            }
+        }
+        if at == start {
+            return Err(format!("an empty stamped piece at reply offset {start}"));
+        }
+        pieces += 1;
+    }
+    if matched != sent.len() {
+        return Err(format!(
+            "the payloads hold {matched} bytes of the {} sent",
+            sent.len()
+        ));
+    }
+    Ok(pieces)
+}
+
+/// Payload bytes in a (possibly partial) timestamp reply whose payloads contain no `[`: the
+/// length minus one stamp per `[`. Smaller than the true count while a stamp is cut short, so it
+/// reaches the expected total only once the whole reply is in.
+pub fn stamped_payload_len(reply: &[u8]) -> usize {
+    let stamps = reply.iter().filter(|&&b| b == b'[').count();
+    reply.len().saturating_sub(stamps * STAMP_LEN)
+}
