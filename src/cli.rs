@@ -11,8 +11,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 use log::error;
 
 use crate::client::ClientArgs;
+use crate::models::{self, Model};
 use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE};
-use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
+use crate::reactor::{self, BoundListener, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
 use crate::service::{Address, ServiceSpec, DEFAULT_SERVICES};
 
 /// oneloop: one thread, one event loop, thousands of connections.
@@ -41,6 +42,15 @@ pub struct ServeArgs {
     /// [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]
     #[arg(value_name = "SERVICE")]
     pub services: Vec<ServiceSpec>,
+
+    /// How connections are served: one event loop (reactor), or one of the classic models it is
+    /// compared against.
+    #[arg(long, value_enum, default_value_t = Model::Reactor)]
+    pub model: Model,
+
+    /// Worker threads for `--model pool` [default: 4 per CPU core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub threads: Option<u32>,
 
     /// Longest line accepted by line protocols (timestamp), not counting its newline. Past it
     /// the client gets `error line too long` and is disconnected.
@@ -117,39 +127,58 @@ fn serve(args: ServeArgs) -> ExitCode {
         return usage_error(message);
     }
     reactor::log_fd_limit(&crate::sys::raise_fd_limit());
-    let config = Config {
-        limits: Limits {
-            max_line: args.max_line,
-        },
-        output_limit: args.output_limit,
+    let limits = Limits {
+        max_line: args.max_line,
     };
-    let mut reactor = match Reactor::bind(&services, config) {
-        Ok(reactor) => reactor,
+    let listeners = match reactor::bind_services(&services) {
+        Ok(listeners) => listeners,
         Err(e) => {
             eprintln!("oneloop: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = announce(&reactor) {
+    if let Err(e) = announce(&listeners) {
         // Whoever started us stopped listening; serving can still be useful.
         log::warn!("cannot print the listening lines: {e}");
     }
-    match reactor.run() {
+    let served = match args.model {
+        Model::Reactor => Reactor::new(
+            listeners,
+            Config {
+                limits,
+                output_limit: args.output_limit,
+            },
+        )
+        .and_then(|mut reactor| reactor.run()),
+        Model::Serial => models::serial::run(listeners, limits),
+        Model::Threaded => models::threaded::run(listeners, limits),
+        Model::Pool => models::pool::run(listeners, limits, pool_size(args.threads)),
+        Model::Forking => models::forking::run(listeners, limits),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("event loop failed: {e}");
-            eprintln!("oneloop: event loop failed: {e}");
+            error!("{} model failed: {e}", args.model.name());
+            eprintln!("oneloop: {} model failed: {e}", args.model.name());
             ExitCode::FAILURE
         }
     }
 }
 
+/// `--threads`, or 4 workers per CPU core: enough that a few slow clients do not idle the pool.
+fn pool_size(threads: Option<u32>) -> usize {
+    threads.map_or_else(
+        || std::thread::available_parallelism().map_or(4, |cores| cores.get() * 4),
+        |n| n as usize,
+    )
+}
+
 /// Prints one `listening PROTOCOL TRANSPORT ADDRESS` line per service and flushes: scripts and
 /// tests wait for these lines to learn the real ports.
-fn announce(reactor: &Reactor) -> io::Result<()> {
+fn announce(listeners: &[BoundListener]) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
-    for line in reactor.listening() {
-        writeln!(stdout, "{line}")?;
+    for listener in listeners {
+        writeln!(stdout, "{}", listener.listening())?;
     }
     stdout.flush()
 }
@@ -172,6 +201,22 @@ mod tests {
         assert!(args.services.is_empty());
         assert_eq!(args.max_line, 65536);
         assert_eq!(args.output_limit, 1048576);
+        assert_eq!(args.model, Model::Reactor);
+    }
+
+    #[test]
+    fn models_parse() {
+        for name in ["reactor", "serial", "threaded", "pool", "forking"] {
+            let cli = Cli::try_parse_from(["oneloop", "serve", "--model", name]).unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("not serve")
+            };
+            assert_eq!(args.model.name(), name);
+        }
+        let err = Cli::try_parse_from(["oneloop", "serve", "--model", "fibers"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["oneloop", "serve", "--threads", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -15,12 +15,15 @@
 //! * [`reactor`] — the event loop: one `mio::Poll`, listeners on reserved tokens, connections in a
 //!   [`slab::Slab`], and the per-connection state machine that moves bytes between sockets and
 //!   protocols. Start reading at [`reactor::Reactor::run`]: the whole loop fits on one screen.
+//! * [`models`] — the classic models the reactor is compared against (serial, thread per
+//!   connection, thread pool, process per connection), with blocking sockets, driving the same
+//!   protocol sessions.
 //! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing.
 //! * [`clock`] — the caller's side of "sans-I/O time": reads the clocks once per loop turn and
 //!   caches the formatted `ctime` text.
 //! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
 //! * [`cli`] — the command line (clap), and the exit-code policy.
-//! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`).
+//! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`).
 //!
 //! The public interface (command line, output lines, protocols, limits) is fixed by the project's
 //! contract; `README.md` summarises it and `docs/ARCHITECTURE.md` walks through the loop.
@@ -30,6 +33,7 @@
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod models;
 pub mod protocol;
 pub mod reactor;
 pub mod service;

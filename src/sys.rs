@@ -42,6 +42,73 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
     })
 }
 
+/// Which side of a [`fork_single_threaded`] the caller is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// The new process.
+    Child,
+    /// The original process; the child has this process id.
+    Parent {
+        /// The child's process id.
+        child: i32,
+    },
+}
+
+/// `fork()`, refused unless this process has exactly one thread.
+///
+/// After a fork, the child has only the thread that called it; a lock another thread held at
+/// that moment (the allocator's, a logger's) stays locked in the child for ever. With one thread
+/// there is no such lock, which is why the forking model's parent never starts a thread, and why
+/// this checks rather than trusts that.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork a process with {threads} threads"
+        )));
+    }
+    // SAFETY: fork takes no arguments; the process is single-threaded (checked above), so the
+    // child's copy of memory holds no lock owned by a thread that no longer exists.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        child => Ok(Forked::Parent { child }),
+    }
+}
+
+/// Ends a forked child at once, without running the parent's exit handlers or flushing buffers
+/// that were copied from the parent (which would print the parent's pending output twice).
+pub fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit takes a plain integer and never returns; no Rust state is relied on after.
+    unsafe { libc::_exit(code) }
+}
+
+/// Collects every child process that has exited, without blocking, so none lingers as a zombie.
+/// Returns how many were collected.
+pub fn reap_exited_children() -> usize {
+    let mut reaped = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int through a pointer to a valid local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            // 0: children remain but none has exited; -1: no children (ECHILD) or EINTR.
+            return reaped;
+        }
+        reaped += 1;
+    }
+}
+
+/// The number of threads in this process, from `/proc/self/status`.
+pub fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
+}
+
 /// Describes an OS error the way `strerror` does, lower-cased and without Rust's
 /// `(os error N)` suffix: `address already in use`.
 pub fn os_reason(error: &io::Error) -> String {
@@ -66,6 +133,14 @@ mod tests {
         let limit = raise_fd_limit().unwrap();
         assert_eq!(limit.now, limit.hard);
         assert!(limit.now >= limit.before);
+    }
+
+    #[test]
+    fn fork_is_refused_with_threads() {
+        // The test harness runs tests on several threads, so this process has more than one.
+        let _other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(1)));
+        let error = fork_single_threaded().unwrap_err();
+        assert!(error.to_string().contains("threads"), "{error}");
     }
 
     #[test]

@@ -80,6 +80,11 @@ impl Upper {
 /// Upper-cases `bytes` into `out`, passing invalid sequences through. Returns the length of an
 /// incomplete UTF-8 sequence at the very end (0–3 bytes), which it leaves unconverted.
 pub fn upper_into(bytes: &[u8], out: &mut Vec<u8>) -> usize {
+    if bytes.is_ascii() {
+        // The common case, checked a word at a time: no UTF-8 decoding needed at all.
+        push_ascii_upper(bytes, out);
+        return 0;
+    }
     out.reserve(bytes.len());
     let mut chunks = bytes.utf8_chunks().peekable();
     while let Some(chunk) = chunks.next() {
@@ -108,11 +113,7 @@ fn push_upper_str(text: &str, out: &mut Vec<u8>) {
             .bytes()
             .position(|b| !b.is_ascii())
             .unwrap_or(rest.len());
-        out.extend(
-            rest.as_bytes()[..ascii_len]
-                .iter()
-                .map(u8::to_ascii_uppercase),
-        );
+        push_ascii_upper(&rest.as_bytes()[..ascii_len], out);
         rest = &rest[ascii_len..];
         let mut chars = rest.chars();
         if let Some(c) = chars.next() {
@@ -120,6 +121,14 @@ fn push_upper_str(text: &str, out: &mut Vec<u8>) {
             rest = chars.as_str();
         }
     }
+}
+
+/// Appends ASCII bytes upper-cased: copy, then convert in place — both simple loops the compiler
+/// vectorises, unlike a byte-at-a-time `map`.
+fn push_ascii_upper(ascii: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(ascii);
+    out[start..].make_ascii_uppercase();
 }
 
 /// Appends the full upper-case mapping of one character (which may be several characters).

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::protocol::ProtocolKind;
-use crate::service::Address;
+use crate::service::{Address, ServiceSpec};
 
 /// The backlog requested from `listen`; the kernel silently lowers it to `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;
@@ -29,6 +29,77 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// A bound, non-blocking listening socket and the protocol its connections speak. The reactor and
+/// the comparison models start from the same list of these.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// The listening socket (non-blocking).
+    pub socket: std::net::TcpListener,
+    /// What its connections speak.
+    pub protocol: ProtocolKind,
+    /// The address actually bound (the real port when port 0 was asked for).
+    pub local: SocketAddr,
+}
+
+impl BoundListener {
+    /// The `listening PROTOCOL TRANSPORT ADDRESS` line for this listener.
+    pub fn listening(&self) -> Listening {
+        Listening {
+            protocol: self.protocol,
+            address: Address::Tcp(self.local),
+        }
+    }
+}
+
+/// Binds every service, in order; the first failure is returned (earlier sockets are closed).
+pub fn bind_services(services: &[ServiceSpec]) -> Result<Vec<BoundListener>, BindError> {
+    services
+        .iter()
+        .map(|service| {
+            let fail = |source| BindError {
+                protocol: service.protocol,
+                address: service.address.clone(),
+                source,
+            };
+            let Address::Tcp(addr) = service.address else {
+                return Err(fail(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "only tcp services are served by this build",
+                )));
+            };
+            let socket = bind_tcp(addr).map_err(fail)?;
+            let local = socket.local_addr().map_err(fail)?;
+            Ok(BoundListener {
+                socket,
+                protocol: service.protocol,
+                local,
+            })
+        })
+        .collect()
+}
+
+/// A bound service, as the `listening` line reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    /// What it speaks.
+    pub protocol: ProtocolKind,
+    /// The address actually bound.
+    pub address: Address,
+}
+
+impl fmt::Display for Listening {
+    /// `listening upper tcp 127.0.0.1:40123`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listening {} {} {}",
+            self.protocol,
+            self.address.transport(),
+            self.address
+        )
+    }
 }
 
 /// A service that could not be bound: which one, and the OS's reason.

@@ -38,10 +38,9 @@ use slab::Slab;
 
 use crate::clock::{Clock, Now};
 use crate::protocol::{Limits, ProtocolKind, Session};
-use crate::service::{Address, ServiceSpec};
 
 pub use connection::{Connection, SharedBuffers, Verdict};
-pub use listener::BindError;
+pub use listener::{bind_services, BindError, BoundListener, Listening};
 
 /// Tokens at and above this value are listeners (listener `i` is `LISTENER_TOKEN_BASE + i`).
 pub const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
@@ -72,28 +71,6 @@ impl Default for Config {
             limits: Limits::default(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
         }
-    }
-}
-
-/// A bound service, as the `listening` line reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listening {
-    /// What it speaks.
-    pub protocol: ProtocolKind,
-    /// The address actually bound (the real port when port 0 was asked for).
-    pub address: Address,
-}
-
-impl std::fmt::Display for Listening {
-    /// `listening upper tcp 127.0.0.1:40123`
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "listening {} {} {}",
-            self.protocol,
-            self.address.transport(),
-            self.address
-        )
     }
 }
 
@@ -132,44 +109,31 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// Binds every service. Nothing is served until [`Reactor::run`].
-    pub fn bind(services: &[ServiceSpec], config: Config) -> Result<Reactor, BindError> {
-        let poll = Poll::new().map_err(|source| BindError {
-            protocol: services.first().map_or(ProtocolKind::Echo, |s| s.protocol),
-            address: Address::Tcp(SocketAddr::from(([0, 0, 0, 0], 0))),
-            source,
-        })?;
-        let mut listeners = Vec::with_capacity(services.len());
-        for (index, service) in services.iter().enumerate() {
-            let fail = |source| BindError {
-                protocol: service.protocol,
-                address: service.address.clone(),
-                source,
-            };
-            let Address::Tcp(addr) = service.address else {
-                return Err(fail(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "only tcp services are served by this build",
-                )));
-            };
-            let std_listener = listener::bind_tcp(addr).map_err(fail)?;
-            let local = std_listener.local_addr().map_err(fail)?;
-            let mut socket = TcpListener::from_std(std_listener);
-            poll.registry()
-                .register(
+    /// A reactor serving `listeners`. Nothing is served until [`Reactor::run`].
+    pub fn new(listeners: Vec<BoundListener>, config: Config) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let listeners = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(index, bound)| {
+                let mut socket = TcpListener::from_std(bound.socket);
+                poll.registry().register(
                     &mut socket,
                     Token(LISTENER_TOKEN_BASE + index),
                     Interest::READABLE,
-                )
-                .map_err(fail)?;
-            debug!("listener {index}: {} on tcp {local}", service.protocol);
-            listeners.push(Listener {
-                socket,
-                protocol: service.protocol,
-                local,
-                queued: false,
-            });
-        }
+                )?;
+                debug!(
+                    "listener {index}: {} on tcp {}",
+                    bound.protocol, bound.local
+                );
+                Ok(Listener {
+                    socket,
+                    protocol: bound.protocol,
+                    local: bound.local,
+                    queued: false,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Reactor {
             poll,
             listeners,
@@ -182,17 +146,6 @@ impl Reactor {
             timers: BinaryHeap::new(),
             next_connection_id: 1,
         })
-    }
-
-    /// The bound services, in the order they were given.
-    pub fn listening(&self) -> Vec<Listening> {
-        self.listeners
-            .iter()
-            .map(|l| Listening {
-                protocol: l.protocol,
-                address: Address::Tcp(l.local),
-            })
-            .collect()
     }
 
     /// How many client connections are open.

@@ -1,0 +1,675 @@
+//! `cargo bench --bench models`: every model serving the same protocol, under the same load.
+//!
+//! For each cell — model × protocol × concurrent connections (and one pipelined cell) — the bench
+//! starts the real `oneloop serve --model M` binary on a loopback port, runs `oneloop load --json`
+//! against it in a separate process, and samples the server from `/proc` while the load runs:
+//!
+//! * requests/s and latency p50/p99, as the load generator measured them;
+//! * **server CPU per request** — the server's user+system time over the load's whole run
+//!   (children included, for `forking`) divided by the requests completed in that run. Server and
+//!   load generator share two cores, so when the machine is saturated requests/s mostly measures
+//!   the machine; CPU per request is the fair efficiency figure;
+//! * peak memory — the server's RSS (for `forking`, plus each child's PSS, which splits the
+//!   pages parent and children share instead of counting them in every child) — and the peak
+//!   number of threads and processes.
+//!
+//! Each cell runs several times and the median run (by requests/s) is reported. Results go to
+//! stdout as a table and to `target/oneloop-bench/` as `results.csv`, `results.json` and an SVG
+//! chart `results.svg`.
+//!
+//! `ONELOOP_BENCH_QUICK=1` runs each cell once, briefly, at fewer connection counts (about a
+//! minute); the default run takes about five minutes on two cores.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_oneloop");
+
+/// Worker threads for the `pool` model. A closed-loop client keeps every connection open for the
+/// whole run, so a pool serves at most this many connections; cells with more are skipped.
+const POOL_THREADS: usize = 64;
+
+/// /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 per second for user space.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    runs: usize,
+    duration_s: f64,
+    warmup_s: f64,
+    connection_counts: &'static [usize],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Cell {
+    model: &'static str,
+    protocol: &'static str,
+    connections: usize,
+    pipeline: usize,
+}
+
+impl Cell {
+    fn label(&self) -> String {
+        format!(
+            "{:<8} {:<5} {:>5} conn{}",
+            self.model,
+            self.protocol,
+            self.connections,
+            if self.pipeline > 1 {
+                format!(" pipeline {}", self.pipeline)
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    /// Why a model cannot sensibly run this cell, if it cannot.
+    fn skip_reason(&self) -> Option<String> {
+        match self.model {
+            "serial" if self.connections > 1 => Some(
+                "serial serves one connection at a time: in a closed loop the others would never \
+                 be answered"
+                    .into(),
+            ),
+            "pool" if self.connections > POOL_THREADS => Some(format!(
+                "a pool of {POOL_THREADS} workers serves {POOL_THREADS} connections at once: the \
+                 rest would wait for a worker for the whole run"
+            )),
+            "forking" if self.connections > 1000 => {
+                Some("5,000 processes would measure the process table, not the server".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One run's figures.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    requests: f64,
+    errors: f64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_per_request: f64,
+    peak_memory_kib: f64,
+    peak_threads: f64,
+    peak_processes: f64,
+    load_cpu_percent: f64,
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is a filter on the cell label.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let quick = std::env::var_os("ONELOOP_BENCH_QUICK").is_some();
+    let settings = if quick {
+        Settings {
+            runs: 1,
+            duration_s: 1.0,
+            warmup_s: 0.3,
+            connection_counts: &[1, 50, 1000],
+        }
+    } else {
+        Settings {
+            runs: 3,
+            duration_s: 2.0,
+            warmup_s: 0.5,
+            connection_counts: &[1, 50, 1000, 5000],
+        }
+    };
+    if let Err(e) = oneloop::sys::raise_fd_limit() {
+        eprintln!("warning: cannot raise the open-file limit: {e}");
+    }
+
+    let mut cells = Vec::new();
+    for model in ["reactor", "threaded", "pool", "forking", "serial"] {
+        for protocol in ["echo", "upper"] {
+            for &connections in settings.connection_counts {
+                cells.push(Cell {
+                    model,
+                    protocol,
+                    connections,
+                    pipeline: 1,
+                });
+            }
+            cells.push(Cell {
+                model,
+                protocol,
+                connections: 1000,
+                pipeline: 16,
+            });
+        }
+    }
+    cells.retain(|cell| filter.iter().all(|f| cell.label().contains(f.as_str())));
+
+    println!(
+        "oneloop models bench: {} run(s) of {} s per cell (+{} s warm-up), 64-byte requests{}",
+        settings.runs,
+        settings.duration_s,
+        settings.warmup_s,
+        if quick { " [quick]" } else { "" }
+    );
+    println!(
+        "{:<40} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6} {:>7}",
+        "cell", "req/s", "p50 µs", "p99 µs", "cpu µs/req", "peak KiB", "threads", "procs", "errors"
+    );
+    let started = Instant::now();
+    let mut results: Vec<(Cell, Option<Sample>, Option<String>)> = Vec::new();
+    for cell in cells {
+        if let Some(reason) = cell.skip_reason() {
+            println!("{:<40} skipped: {reason}", cell.label());
+            results.push((cell, None, Some(reason)));
+            continue;
+        }
+        let mut samples: Vec<Sample> = (0..settings.runs)
+            .filter_map(|_| match run_cell(&cell, &settings) {
+                Ok(sample) => Some(sample),
+                Err(e) => {
+                    eprintln!("{}: run failed: {e}", cell.label());
+                    None
+                }
+            })
+            .collect();
+        if samples.is_empty() {
+            results.push((cell, None, Some("every run failed".into())));
+            continue;
+        }
+        samples.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let median = samples[samples.len() / 2].clone();
+        println!(
+            "{:<40} {:>10.0} {:>9.0} {:>9.0} {:>10.1} {:>10.0} {:>8.0} {:>6.0} {:>7.0}",
+            cell.label(),
+            median.rps,
+            median.p50_us,
+            median.p99_us,
+            median.cpu_us_per_request,
+            median.peak_memory_kib,
+            median.peak_threads,
+            median.peak_processes,
+            median.errors
+        );
+        results.push((cell, Some(median), None));
+    }
+    println!("(took {:.0} s)", started.elapsed().as_secs_f64());
+    print_ratios(&results);
+    if let Err(e) = write_outputs(&results, &settings) {
+        eprintln!("cannot write results: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Starts the server, runs the load against it while sampling the server, stops the server.
+fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
+    let mut server = Server::start(cell)?;
+    let pid = server.child.id();
+    let cpu_before = cpu_ticks_with_children(pid);
+
+    let peaks = Arc::new(Peaks::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peaks, stop) = (Arc::clone(&peaks), Arc::clone(&stop));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peaks.sample(pid);
+                thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let output = Command::new(BINARY)
+        .args([
+            "load",
+            &server.address,
+            "--protocol",
+            cell.protocol,
+            "--connections",
+            &cell.connections.to_string(),
+            "--pipeline",
+            &cell.pipeline.to_string(),
+            "--size",
+            "64",
+            "--duration",
+            &settings.duration_s.to_string(),
+            "--warmup",
+            &settings.warmup_s.to_string(),
+            "--json",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run the load generator: {e}"))?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    // Let the server finish closing the connections (and, for forking, reap its children), so
+    // their CPU time is counted.
+    thread::sleep(Duration::from_millis(700));
+    let cpu_after = cpu_ticks_with_children(pid);
+    server.stop();
+
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "load printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })?;
+    let number = |key: &str| report.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    // CPU is measured over the whole load run, warm-up included, so divide by every request
+    // completed in it.
+    let all_requests = report
+        .get("requests_total")
+        .and_then(|v| v.as_f64())
+        .unwrap_or_else(|| number("requests"));
+    let cpu_seconds = (cpu_after.saturating_sub(cpu_before)) as f64 / TICKS_PER_SECOND;
+    Ok(Sample {
+        requests: number("requests"),
+        errors: number("errors"),
+        rps: number("rps"),
+        p50_us: number("p50_us"),
+        p99_us: number("p99_us"),
+        cpu_us_per_request: if all_requests > 0.0 {
+            cpu_seconds * 1e6 / all_requests
+        } else {
+            f64::NAN
+        },
+        peak_memory_kib: peaks.memory_kib.load(Ordering::Relaxed) as f64,
+        peak_threads: peaks.threads.load(Ordering::Relaxed) as f64,
+        peak_processes: peaks.processes.load(Ordering::Relaxed) as f64,
+        load_cpu_percent: number("client_cpu_percent"),
+    })
+}
+
+/// A server process, stopped (by its PID) on drop.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(cell: &Cell) -> Result<Server, String> {
+        let mut child = Command::new(BINARY)
+            .args([
+                "serve",
+                "--model",
+                cell.model,
+                "--threads",
+                &POOL_THREADS.to_string(),
+                &format!("{}@127.0.0.1:0", cell.protocol),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("server printed nothing: {e}"))?;
+        // `listening PROTOCOL tcp ADDRESS`
+        let address = line
+            .split_whitespace()
+            .nth(3)
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?
+            .to_string();
+        Ok(Server { child, address })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The largest figures seen while sampling a server.
+#[derive(Default)]
+struct Peaks {
+    memory_kib: std::sync::atomic::AtomicU64,
+    threads: std::sync::atomic::AtomicU64,
+    processes: std::sync::atomic::AtomicU64,
+}
+
+impl Peaks {
+    fn sample(&self, pid: u32) {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mut memory = status_field(&status, "VmRSS:");
+        let threads = status_field(&status, "Threads:");
+        let children = children_of(pid);
+        for child in &children {
+            let rollup =
+                fs::read_to_string(format!("/proc/{child}/smaps_rollup")).unwrap_or_default();
+            memory += status_field(&rollup, "Pss:");
+        }
+        self.memory_kib.fetch_max(memory, Ordering::Relaxed);
+        self.threads.fetch_max(threads, Ordering::Relaxed);
+        self.processes
+            .fetch_max(1 + children.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn status_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// utime + stime of the process and of its children: those already reaped (cutime + cstime) and
+/// those still running.
+fn cpu_ticks_with_children(pid: u32) -> u64 {
+    let own = stat_ticks(pid, true);
+    own + children_of(pid)
+        .into_iter()
+        .map(|child| stat_ticks(child, false))
+        .sum::<u64>()
+}
+
+fn stat_ticks(pid: u32, with_reaped_children: bool) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may contain spaces; fields after its closing ')' are plain.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // After ')': state is index 0, so utime (field 14) is index 11, stime 12, cutime 13, cstime 14.
+    let get = |i: usize| fields.get(i).copied().unwrap_or(0);
+    get(11)
+        + get(12)
+        + if with_reaped_children {
+            get(13) + get(14)
+        } else {
+            0
+        }
+}
+
+fn find<'a>(
+    results: &'a [(Cell, Option<Sample>, Option<String>)],
+    model: &str,
+    protocol: &str,
+    connections: usize,
+) -> Option<&'a Sample> {
+    results.iter().find_map(|(cell, sample, _)| {
+        (cell.model == model
+            && cell.protocol == protocol
+            && cell.connections == connections
+            && cell.pipeline == 1)
+            .then_some(sample.as_ref())
+            .flatten()
+    })
+}
+
+/// The issue's targets, as ratios the reader can check at a glance.
+fn print_ratios(results: &[(Cell, Option<Sample>, Option<String>)]) {
+    println!();
+    for protocol in ["echo", "upper"] {
+        for connections in [50, 1000] {
+            let (Some(reactor), Some(threaded)) = (
+                find(results, "reactor", protocol, connections),
+                find(results, "threaded", protocol, connections),
+            ) else {
+                continue;
+            };
+            println!(
+                "reactor vs threaded, {protocol}, {connections} connections: {:.2}x the req/s, \
+                 {:.2}x the CPU per request, {:.3}x the peak memory",
+                reactor.rps / threaded.rps,
+                reactor.cpu_us_per_request / threaded.cpu_us_per_request,
+                reactor.peak_memory_kib / threaded.peak_memory_kib
+            );
+        }
+    }
+    for protocol in ["echo", "upper"] {
+        let Some(reactor) = find(results, "reactor", protocol, 1) else {
+            continue;
+        };
+        for other in ["serial", "threaded"] {
+            if let Some(sample) = find(results, other, protocol, 1) {
+                println!(
+                    "reactor vs {other}, {protocol}, 1 connection: {:.2}x the req/s",
+                    reactor.rps / sample.rps
+                );
+            }
+        }
+    }
+}
+
+fn output_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target>/tmp`; the results belong next to it.
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(&tmp).join("oneloop-bench")
+}
+
+fn write_outputs(
+    results: &[(Cell, Option<Sample>, Option<String>)],
+    settings: &Settings,
+) -> std::io::Result<()> {
+    let dir = output_dir();
+    fs::create_dir_all(&dir)?;
+    let mut csv = String::from(
+        "model,protocol,connections,pipeline,requests,errors,rps,p50_us,p99_us,\
+         cpu_us_per_request,peak_memory_kib,peak_threads,peak_processes,load_cpu_percent,skipped\n",
+    );
+    let mut rows = Vec::new();
+    for (cell, sample, skipped) in results {
+        let s = sample.clone().unwrap_or_default();
+        let skipped = skipped.clone().unwrap_or_default();
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{:.0},{:.0},{:.0},{:.2},{:.0},{:.0},{:.0},{:.0},\"{}\"",
+            cell.model,
+            cell.protocol,
+            cell.connections,
+            cell.pipeline,
+            s.requests,
+            s.errors,
+            s.rps,
+            s.p50_us,
+            s.p99_us,
+            s.cpu_us_per_request,
+            s.peak_memory_kib,
+            s.peak_threads,
+            s.peak_processes,
+            s.load_cpu_percent,
+            skipped.replace('"', "'")
+        );
+        rows.push(serde_json::json!({
+            "model": cell.model, "protocol": cell.protocol, "connections": cell.connections,
+            "pipeline": cell.pipeline,
+            "skipped": if skipped.is_empty() { serde_json::Value::Null } else { skipped.into() },
+            "requests": s.requests, "errors": s.errors, "rps": s.rps,
+            "p50_us": s.p50_us, "p99_us": s.p99_us,
+            "cpu_us_per_request": if s.cpu_us_per_request.is_finite() { s.cpu_us_per_request } else { 0.0 },
+            "peak_memory_kib": s.peak_memory_kib, "peak_threads": s.peak_threads,
+            "peak_processes": s.peak_processes, "load_cpu_percent": s.load_cpu_percent,
+        }));
+    }
+    fs::write(dir.join("results.csv"), csv)?;
+    let json = serde_json::json!({
+        "settings": {
+            "runs_per_cell": settings.runs, "duration_s": settings.duration_s,
+            "warmup_s": settings.warmup_s, "request_bytes": 64, "pool_threads": POOL_THREADS,
+            "cores": thread::available_parallelism().map_or(0, |n| n.get()),
+        },
+        "results": rows,
+    });
+    fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json).expect("plain values serialise"),
+    )?;
+    fs::write(dir.join("results.svg"), chart(results))?;
+    println!(
+        "\nwrote {}/results.csv, results.json, results.svg",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Requests/s against connections (log scale), one line per model, echo and upper side by side.
+fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
+    const PANEL_W: f64 = 460.0;
+    const PANEL_H: f64 = 300.0;
+    const LEFT: f64 = 70.0;
+    const TOP: f64 = 50.0;
+    const GAP: f64 = 90.0;
+    let colours = [
+        ("reactor", "#d62728"),
+        ("threaded", "#1f77b4"),
+        ("pool", "#2ca02c"),
+        ("forking", "#9467bd"),
+        ("serial", "#7f7f7f"),
+    ];
+    let mut series: BTreeMap<(&str, &str), Vec<(usize, f64)>> = BTreeMap::new();
+    for (cell, sample, _) in results {
+        if let (Some(sample), 1) = (sample, cell.pipeline) {
+            series
+                .entry((cell.protocol, cell.model))
+                .or_default()
+                .push((cell.connections, sample.rps));
+        }
+    }
+    let max_rps = series
+        .values()
+        .flatten()
+        .map(|&(_, rps)| rps)
+        .fold(1.0, f64::max);
+    let y_top = nice_ceiling(max_rps);
+    let max_conn = series
+        .values()
+        .flatten()
+        .map(|&(c, _)| c)
+        .max()
+        .unwrap_or(1000)
+        .max(2) as f64;
+    let x_of = |connections: usize| (connections as f64).ln() / max_conn.ln() * PANEL_W;
+    let y_of = |rps: f64| PANEL_H - rps / y_top * PANEL_H;
+
+    let width = LEFT + 2.0 * PANEL_W + GAP + 140.0;
+    let height = TOP + PANEL_H + 70.0;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{LEFT}" y="22" font-size="16" font-weight="bold">Requests per second against concurrent connections (64-byte ping-pong, loopback, 2 cores)</text>
+"#
+    );
+    for (panel, protocol) in ["echo", "upper"].into_iter().enumerate() {
+        let ox = LEFT + panel as f64 * (PANEL_W + GAP);
+        let _ = write!(
+            svg,
+            r##"<g transform="translate({ox},{TOP})">
+<text x="{}" y="-8" text-anchor="middle" font-weight="bold">{protocol}</text>
+<rect width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#999"/>
+"##,
+            PANEL_W / 2.0
+        );
+        for step in 0..=4 {
+            let rps = y_top * step as f64 / 4.0;
+            let y = y_of(rps);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="0" x2="{PANEL_W}" y1="{y}" y2="{y}" stroke="#eee"/><text x="-6" y="{}" text-anchor="end">{}</text>"##,
+                y + 4.0,
+                human(rps)
+            );
+        }
+        let mut ticks: Vec<usize> = series.values().flatten().map(|&(c, _)| c).collect();
+        ticks.sort_unstable();
+        ticks.dedup();
+        for connections in ticks {
+            let x = x_of(connections);
+            let _ = writeln!(
+                svg,
+                r#"<text x="{x}" y="{}" text-anchor="middle">{connections}</text>"#,
+                PANEL_H + 16.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">concurrent connections (log scale)</text>"#,
+            PANEL_W / 2.0,
+            PANEL_H + 36.0
+        );
+        for (model, colour) in colours {
+            let Some(points) = series.get(&(protocol, model)) else {
+                continue;
+            };
+            let path: Vec<String> = points
+                .iter()
+                .map(|&(c, rps)| format!("{:.1},{:.1}", x_of(c), y_of(rps)))
+                .collect();
+            let _ = writeln!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2.5"/>"#,
+                path.join(" ")
+            );
+            for &(c, rps) in points {
+                let _ = writeln!(
+                    svg,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{model} {protocol} {c} connections: {rps:.0} req/s</title></circle>"#,
+                    x_of(c),
+                    y_of(rps)
+                );
+            }
+        }
+        svg.push_str("</g>\n");
+    }
+    let legend_x = LEFT + 2.0 * PANEL_W + GAP + 20.0;
+    for (i, (model, colour)) in colours.iter().enumerate() {
+        let y = TOP + 20.0 + i as f64 * 22.0;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{legend_x}" x2="{}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}">{model}</text>"#,
+            legend_x + 24.0,
+            legend_x + 30.0,
+            y + 4.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{legend_x}" y="{}" fill="#555">requests/s, y axis</text>
+</svg>
+"##,
+        TOP + 20.0 + colours.len() as f64 * 22.0 + 10.0
+    );
+    svg
+}
+
+/// The smallest 1/2/2.5/5 × 10^k at or above `value`, so the axis has round labels.
+fn nice_ceiling(value: f64) -> f64 {
+    let magnitude = 10f64.powf(value.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&v| v >= value)
+        .unwrap_or(10.0 * magnitude)
+}
+
+fn human(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{}k", value / 1000.0)
+    } else {
+        format!("{value:.0}")
+    }
+}

@@ -1,0 +1,223 @@
+//! The classic server models oneloop is compared against, driving the very same protocol code.
+//!
+//! Python's `socketserver` gives the seeds three ways to serve many clients: one at a time
+//! (`TCPServer`), a thread per client (`ThreadingMixIn`), a process per client (`ForkingMixIn`);
+//! a fixed pool of worker threads is the usual fourth. Here they are in Rust, with blocking std
+//! sockets on purpose: they are the foil for the reactor, and the point of the comparison is what
+//! blocking costs — a stack and a kernel task per waiting client, a context switch per request.
+//!
+//! Every model starts from the same [`BoundListener`]s as the reactor and serves each connection
+//! with [`serve_blocking`], which feeds the same [`Session`] state machines the reactor uses. So
+//! a benchmark of two models compares the models, not two implementations of a protocol.
+//!
+//! What a blocking model does not need: `--output-limit` (a thread blocked in `write` stops
+//! reading, and the kernel's socket buffers are the bound) and fairness budgets (the kernel
+//! scheduler shares the CPU between threads). `--max-line` applies unchanged: it lives in the
+//! protocol.
+
+pub mod forking;
+pub mod pool;
+pub mod serial;
+pub mod threaded;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use log::{debug, trace, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::clock::Clock;
+use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
+use crate::reactor::connection::LINGER;
+use crate::reactor::BoundListener;
+
+/// How `serve` serves its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// One thread, one mio event loop, every connection (the point of oneloop).
+    Reactor,
+    /// One connection at a time, to completion (Python's `TCPServer`).
+    Serial,
+    /// A thread per connection (`ThreadingMixIn`).
+    Threaded,
+    /// `--threads` worker threads taking accepted connections from a queue.
+    Pool,
+    /// A process per connection (`ForkingMixIn`).
+    Forking,
+}
+
+impl Model {
+    /// The name used by `--model`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Reactor => "reactor",
+            Model::Serial => "serial",
+            Model::Threaded => "threaded",
+            Model::Pool => "pool",
+            Model::Forking => "forking",
+        }
+    }
+}
+
+/// Bytes one blocking connection reads at a time: std's `BufReader` default. The buffer is on
+/// the serving thread's stack, so it is part of what each blocked client costs.
+pub const BLOCKING_READ_BYTES: usize = 8 * 1024;
+
+/// An accepted connection, as a blocking std socket, and the protocol it speaks.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The client's socket, in blocking mode.
+    pub stream: TcpStream,
+    /// The protocol of the listener it arrived on.
+    pub protocol: ProtocolKind,
+    /// The client's address, for logs.
+    pub peer: SocketAddr,
+}
+
+/// Accepts connections from every listener, one at a time, for the blocking models.
+///
+/// Several services need several listening sockets, and a blocking `accept` can wait on only
+/// one; a small mio poll over the listeners (and nothing else) lets one thread wait on all of
+/// them, as Python's `socketserver` does with `selectors`.
+#[derive(Debug)]
+pub struct Acceptor {
+    poll: Poll,
+    events: Events,
+    listeners: Vec<(TcpListener, ProtocolKind)>,
+    /// The listener to try first next time, so one busy service cannot starve another.
+    next: usize,
+}
+
+impl Acceptor {
+    /// An acceptor over `listeners`.
+    pub fn new(listeners: Vec<BoundListener>) -> io::Result<Acceptor> {
+        let poll = Poll::new()?;
+        let listeners = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(index, bound)| {
+                let mut socket = TcpListener::from_std(bound.socket);
+                poll.registry()
+                    .register(&mut socket, Token(index), Interest::READABLE)?;
+                Ok((socket, bound.protocol))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Acceptor {
+            poll,
+            events: Events::with_capacity(listeners.len().max(1)),
+            listeners,
+            next: 0,
+        })
+    }
+
+    /// The next connection, waiting at most `timeout` (`None`: for ever). `Ok(None)` if the
+    /// timeout passed first.
+    ///
+    /// Every listener is tried before waiting: the poll is edge-triggered, and a listener that
+    /// still has connections queued will not be reported again.
+    pub fn accept_next(&mut self, timeout: Option<Duration>) -> io::Result<Option<Accepted>> {
+        loop {
+            for _ in 0..self.listeners.len() {
+                let index = self.next;
+                self.next = (self.next + 1) % self.listeners.len();
+                let (listener, protocol) = &self.listeners[index];
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let stream = TcpStream::from(stream);
+                        stream.set_nonblocking(false)?;
+                        if let Err(e) = stream.set_nodelay(true) {
+                            debug!("{peer}: cannot set TCP_NODELAY: {e}");
+                        }
+                        trace!("accept: {peer} ({protocol})");
+                        return Ok(Some(Accepted {
+                            stream,
+                            protocol: *protocol,
+                            peer,
+                        }));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => warn!("accept failed: {e}"),
+                }
+            }
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) if self.events.is_empty() => return Ok(None),
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Serves one connection on a blocking socket until it ends: read, feed the session, write the
+/// replies, repeat. This is the whole protocol driver of the blocking models.
+pub fn serve_blocking(accepted: Accepted, limits: Limits) {
+    let Accepted {
+        mut stream,
+        protocol,
+        peer,
+    } = accepted;
+    let Some(mut session) = Session::new(protocol, limits) else {
+        warn!("{peer}: {protocol} is not served by this model; closing");
+        return;
+    };
+    let mut clock = Clock::default();
+    let mut input = [0u8; BLOCKING_READ_BYTES];
+    let mut replies = Vec::new();
+    loop {
+        let count = match stream.read(&mut input) {
+            Ok(0) => {
+                replies.clear();
+                session.on_end(&clock.now(), &mut replies);
+                let _ = stream.write_all(&replies);
+                return;
+            }
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                debug!("{peer}: read failed: {e}");
+                return;
+            }
+        };
+        // As in the reactor, a short read has taken everything there was: the peer has paused.
+        let arrival = if count < input.len() {
+            Arrival::Drained
+        } else {
+            Arrival::Partial
+        };
+        replies.clear();
+        let flow = session.on_input(&input[..count], arrival, &clock.now(), &mut replies);
+        if let Err(e) = stream.write_all(&replies) {
+            debug!("{peer}: write failed: {e}");
+            return;
+        }
+        if flow == Flow::Close {
+            linger(&mut stream, &mut input);
+            return;
+        }
+    }
+}
+
+/// The lingering close, blocking version: shut down our sending side, then read and discard until
+/// the peer closes or [`LINGER`] passes, so unread input does not turn the close into an RST.
+fn linger(stream: &mut TcpStream, scratch: &mut [u8]) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + LINGER;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
