@@ -32,6 +32,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Connect to a service: send MESSAGE words, or stdin lines, and print the replies.
     Client(ClientArgs),
+    /// Closed-loop load against a server: verified replies, req/s and latency percentiles.
+    Load(crate::load::LoadArgs),
 }
 
 /// `oneloop serve [OPTIONS] [SERVICE...]`
@@ -79,6 +81,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Client(args) => crate::client::run(&args),
+        Command::Load(args) => crate::load::main(&args),
     }
 }
 

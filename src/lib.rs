@@ -22,6 +22,8 @@
 //! * [`clock`] — the caller's side of "sans-I/O time": reads the clocks once per loop turn and
 //!   caches the formatted `ctime` text.
 //! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
+//! * [`load`] — `oneloop load`, the closed-loop load generator that verifies every reply; its
+//!   own mio loop per thread, so it is not the bottleneck it measures.
 //! * [`cli`] — the command line (clap), and the exit-code policy.
 //! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`).
 //!
@@ -33,6 +35,7 @@
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod load;
 pub mod models;
 pub mod protocol;
 pub mod reactor;

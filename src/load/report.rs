@@ -1,0 +1,470 @@
+//! What a run found: the counters, the latency histogram, the generator's own cost — and the two
+//! ways of printing them, a short human summary and one JSON object for scripts.
+//!
+//! JSON is written by hand rather than with serde: it is one flat object of numbers and a few
+//! strings, and the project keeps its dependency list short.
+
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use super::worker::Tally;
+use super::{LoadConfig, Mode};
+use crate::protocol::ProtocolKind;
+
+/// Durations measured around the run by the calling thread.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    /// From the start of the run until every connection was up.
+    pub connect: Duration,
+    /// From the start of the load (or hold) until every thread had finished, grace included.
+    pub wall: Duration,
+    /// The process's CPU time over `wall`, if it could be read.
+    pub cpu: Option<Duration>,
+}
+
+/// The outcome of a load run.
+///
+/// Counters are public fields; figures derived from them (`rps`, percentiles, the error total)
+/// are methods, so they cannot disagree with the counters.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// Load or idle.
+    pub mode: Mode,
+    /// The protocol spoken.
+    pub protocol: ProtocolKind,
+    /// The server's address.
+    pub address: SocketAddr,
+    /// Connections asked for.
+    pub connections: u64,
+    /// Connections up when the load (or the hold) started; in idle mode, each with a verified
+    /// round trip.
+    pub established: u64,
+    /// Generator threads used.
+    pub threads: usize,
+    /// Requests outstanding per connection.
+    pub pipeline: usize,
+    /// Bytes per request.
+    pub size: usize,
+    /// The load's (or the hold's) length, warm-up included.
+    pub duration: Duration,
+    /// The warm-up (load mode): requests sent in it are verified but not measured.
+    pub warmup: Duration,
+    /// Verified replies to the requests sent after the warm-up; in idle mode, the verified first
+    /// round trips.
+    pub requests: u64,
+    /// Verified replies to requests sent during the warm-up.
+    pub warmup_requests: u64,
+    /// Connections that could not be established in every attempt allowed (errors).
+    pub connect_failures: u64,
+    /// Wrong replies (errors). A connection closes at its first wrong reply.
+    pub wrong_replies: u64,
+    /// Requests never answered: outstanding when their connection was lost or closed after a
+    /// wrong reply, or when the grace period ran out (errors).
+    pub missing_replies: u64,
+    /// Established connections the server closed or reset before the end. In load mode their
+    /// unanswered requests are counted in `missing_replies`; in idle mode each is an error itself.
+    pub dropped: u64,
+    /// Time from the start until every connection was up (or had failed).
+    pub connect_time: Duration,
+    /// Time from the start of the load (or hold) until every thread had finished.
+    pub wall_time: Duration,
+    /// The generator's CPU time (user + system, all threads) over `wall_time`; `None` where it
+    /// cannot be read.
+    pub cpu_time: Option<Duration>,
+    /// What the first error was, in a sentence.
+    pub first_error: Option<String>,
+    /// Idle mode: connections dropped while held (each an error).
+    dropped_while_held: u64,
+    /// Latency of each measured request, in nanoseconds.
+    latency: Histogram<u64>,
+}
+
+impl LoadReport {
+    pub(crate) fn new(config: &LoadConfig, tally: Tally, timing: Timing) -> LoadReport {
+        LoadReport {
+            mode: config.mode,
+            protocol: config.protocol,
+            address: config.address,
+            connections: config.connections as u64,
+            established: tally.established,
+            threads: config.effective_threads(),
+            pipeline: config.pipeline,
+            size: config.size,
+            duration: config.duration,
+            warmup: match config.mode {
+                Mode::Load => config.warmup(),
+                Mode::Idle => Duration::ZERO,
+            },
+            requests: tally.requests,
+            warmup_requests: tally.warmup_requests,
+            connect_failures: tally.connect_failures,
+            wrong_replies: tally.wrong_replies,
+            missing_replies: tally.missing_replies,
+            dropped: tally.dropped,
+            connect_time: timing.connect,
+            wall_time: timing.wall,
+            cpu_time: timing.cpu,
+            first_error: tally.first_error,
+            dropped_while_held: tally.dropped_while_held,
+            latency: tally.latency,
+        }
+    }
+
+    /// Every error: connections not made, wrong replies, missing replies, and (idle mode)
+    /// connections lost while held.
+    pub fn errors(&self) -> u64 {
+        self.connect_failures + self.wrong_replies + self.missing_replies + self.dropped_while_held
+    }
+
+    /// Whether the run passed: at least one verified reply and no error.
+    pub fn succeeded(&self) -> bool {
+        self.errors() == 0 && self.requests > 0
+    }
+
+    /// The time `requests` were sent in: the duration less the warm-up (zero in idle mode).
+    pub fn measured_time(&self) -> Duration {
+        match self.mode {
+            Mode::Load => self.duration.saturating_sub(self.warmup),
+            Mode::Idle => Duration::ZERO,
+        }
+    }
+
+    /// Verified requests per second after the warm-up (zero in idle mode).
+    ///
+    /// Requests are counted by when they were *sent*: those in flight when the warm-up ended are
+    /// left out, those in flight when the load stopped are counted — the same number, in a closed
+    /// loop, so the rate is not biased either way.
+    pub fn rps(&self) -> f64 {
+        let seconds = self.measured_time().as_secs_f64();
+        if seconds > 0.0 {
+            self.requests as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The latency at `quantile` (0.5 for the median), in whole microseconds; 0 with no samples.
+    pub fn latency_us(&self, quantile: f64) -> u64 {
+        nanos_to_micros(self.latency.value_at_quantile(quantile))
+    }
+
+    /// The highest latency, in whole microseconds.
+    pub fn max_latency_us(&self) -> u64 {
+        nanos_to_micros(self.latency.max())
+    }
+
+    /// The mean latency, in microseconds.
+    pub fn mean_latency_us(&self) -> f64 {
+        self.latency.mean() / 1000.0
+    }
+
+    /// The generator's CPU use over the run as a percentage of one core (above 100 with several
+    /// threads busy).
+    pub fn client_cpu_percent(&self) -> Option<f64> {
+        let wall = self.wall_time.as_secs_f64();
+        self.cpu_time
+            .filter(|_| wall > 0.0)
+            .map(|cpu| 100.0 * cpu.as_secs_f64() / wall)
+    }
+
+    /// The report as one line of JSON: one flat object, latencies in whole microseconds, times in
+    /// seconds.
+    ///
+    /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
+    /// `size`, `duration_s`, `warmup_s`, `requests`, `rps`, `p50_us`, `p99_us`, `p999_us`,
+    /// `max_us`, `mean_us`, `errors`, `connect_failures`, `wrong_replies`, `missing_replies`,
+    /// `dropped`, `warmup_requests`, `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent`
+    /// (`null` if unknown), `first_error` (`null` if none).
+    pub fn to_json(&self) -> String {
+        let optional = |value: Option<f64>, digits: usize| match value {
+            Some(v) => format!("{v:.digits$}"),
+            None => "null".to_string(),
+        };
+        let mut json = String::with_capacity(640);
+        json.push('{');
+        let mut field = |key: &str, value: String| {
+            if json.len() > 1 {
+                json.push(',');
+            }
+            let _ = write!(json, "\"{key}\":{value}");
+        };
+        field("mode", json_string(self.mode_name()));
+        field("protocol", json_string(self.protocol.name()));
+        field("address", json_string(&self.address.to_string()));
+        field("connections", self.connections.to_string());
+        field("established", self.established.to_string());
+        field("threads", self.threads.to_string());
+        field("pipeline", self.pipeline.to_string());
+        field("size", self.size.to_string());
+        field("duration_s", format!("{:.3}", self.duration.as_secs_f64()));
+        field("warmup_s", format!("{:.3}", self.warmup.as_secs_f64()));
+        field("requests", self.requests.to_string());
+        field("rps", format!("{:.1}", self.rps()));
+        field("p50_us", self.latency_us(0.5).to_string());
+        field("p99_us", self.latency_us(0.99).to_string());
+        field("p999_us", self.latency_us(0.999).to_string());
+        field("max_us", self.max_latency_us().to_string());
+        field("mean_us", format!("{:.1}", self.mean_latency_us()));
+        field("errors", self.errors().to_string());
+        field("connect_failures", self.connect_failures.to_string());
+        field("wrong_replies", self.wrong_replies.to_string());
+        field("missing_replies", self.missing_replies.to_string());
+        field("dropped", self.dropped.to_string());
+        field("warmup_requests", self.warmup_requests.to_string());
+        field(
+            "connect_s",
+            format!("{:.3}", self.connect_time.as_secs_f64()),
+        );
+        field("wall_s", format!("{:.3}", self.wall_time.as_secs_f64()));
+        field("cpu_s", optional(self.cpu_time.map(|d| d.as_secs_f64()), 3));
+        field("client_cpu_percent", optional(self.client_cpu_percent(), 1));
+        field(
+            "first_error",
+            self.first_error
+                .as_deref()
+                .map_or_else(|| "null".to_string(), json_string),
+        );
+        json.push('}');
+        json
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Load => "load",
+            Mode::Idle => "idle",
+        }
+    }
+
+    fn write_errors(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.errors() == 0 {
+            writeln!(f, "errors      0")?;
+        } else {
+            let mut parts = Vec::new();
+            for (count, what) in [
+                (self.connect_failures, "connections not made"),
+                (self.wrong_replies, "wrong replies"),
+                (self.missing_replies, "missing replies"),
+                (self.dropped_while_held, "connections dropped while held"),
+            ] {
+                if count > 0 {
+                    parts.push(format!("{count} {what}"));
+                }
+            }
+            writeln!(f, "errors      {} ({})", self.errors(), parts.join(", "))?;
+            if let Some(first) = &self.first_error {
+                writeln!(f, "            first: {first}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.cpu_time, self.client_cpu_percent()) {
+            (Some(cpu), Some(percent)) => writeln!(
+                f,
+                "client CPU  {:.2} s in {:.2} s = {percent:.0}% of one core ({} thread{})",
+                cpu.as_secs_f64(),
+                self.wall_time.as_secs_f64(),
+                self.threads,
+                plural(self.threads as u64),
+            ),
+            _ => writeln!(f, "client CPU  unknown (no /proc/self/stat)"),
+        }
+    }
+}
+
+impl fmt::Display for LoadReport {
+    /// The human summary, a few labelled lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let latency = format!(
+            "p50 {} us, p99 {} us, p999 {} us, max {} us",
+            self.latency_us(0.5),
+            self.latency_us(0.99),
+            self.latency_us(0.999),
+            self.max_latency_us()
+        );
+        match self.mode {
+            Mode::Load => {
+                writeln!(
+                    f,
+                    "{} load on {}: {} connection{} ({} up in {:.3} s), pipeline {}, {}-byte \
+                     requests, {} thread{}",
+                    self.protocol,
+                    self.address,
+                    self.connections,
+                    plural(self.connections),
+                    self.established,
+                    self.connect_time.as_secs_f64(),
+                    self.pipeline,
+                    self.size,
+                    self.threads,
+                    plural(self.threads as u64),
+                )?;
+                writeln!(
+                    f,
+                    "requests    {} in {:.2} s, after a {:.2} s warm-up",
+                    self.requests,
+                    self.measured_time().as_secs_f64(),
+                    self.warmup.as_secs_f64()
+                )?;
+                writeln!(f, "req/s       {:.1}", self.rps())?;
+                writeln!(f, "latency     {latency}")?;
+            }
+            Mode::Idle => {
+                writeln!(
+                    f,
+                    "idle {} connections on {}: {} of {} established, each with a verified round \
+                     trip, in {:.3} s; held {:.2} s",
+                    self.protocol,
+                    self.address,
+                    self.established,
+                    self.connections,
+                    self.connect_time.as_secs_f64(),
+                    self.duration.as_secs_f64()
+                )?;
+                writeln!(f, "round trip  {latency}")?;
+            }
+        }
+        self.write_errors(f)?;
+        self.write_cpu(f)
+    }
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Nanoseconds to whole microseconds, rounded to nearest.
+fn nanos_to_micros(nanos: u64) -> u64 {
+    nanos.saturating_add(500) / 1000
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(mode: Mode) -> LoadReport {
+        let mut config = LoadConfig::new("127.0.0.1:9000".parse().unwrap());
+        config.mode = mode;
+        config.duration = Duration::from_secs(2);
+        let mut tally = Tally::merge(Vec::new());
+        tally.established = 50;
+        tally.requests = 1800;
+        for micros in [10, 20, 30, 40, 1000] {
+            tally.latency.record(micros * 1000).unwrap();
+        }
+        LoadReport::new(
+            &config,
+            tally,
+            Timing {
+                connect: Duration::from_millis(12),
+                wall: Duration::from_secs(2),
+                cpu: Some(Duration::from_millis(500)),
+            },
+        )
+    }
+
+    #[test]
+    fn rate_is_over_the_time_after_the_warmup() {
+        let report = report(Mode::Load);
+        assert_eq!(report.warmup, Duration::from_millis(200));
+        assert!((report.rps() - 1000.0).abs() < 1e-9);
+        assert_eq!(report.client_cpu_percent(), Some(25.0));
+        assert!(report.succeeded());
+    }
+
+    #[test]
+    fn json_is_one_flat_object_with_the_contract_keys() {
+        let json = report(Mode::Load).to_json();
+        assert!(json.starts_with('{') && json.ends_with('}') && !json.contains('\n'));
+        for key in [
+            "\"requests\":1800,",
+            "\"errors\":0,",
+            "\"rps\":1000.0,",
+            "\"p50_us\":30,",
+            "\"p99_us\":",
+            "\"p999_us\":",
+            "\"max_us\":1000,", // within the histogram's 0.1%, rounded to whole µs
+            "\"connections\":50,",
+            "\"first_error\":null",
+            "\"mode\":\"load\"",
+            "\"client_cpu_percent\":25.0",
+        ] {
+            assert!(json.contains(key), "{key} missing from {json}");
+        }
+    }
+
+    #[test]
+    fn errors_add_up_and_fail_the_run() {
+        let mut report = report(Mode::Load);
+        report.wrong_replies = 1;
+        report.missing_replies = 3;
+        report.connect_failures = 2;
+        report.first_error = Some("connection 7: said \"no\"".into());
+        assert_eq!(report.errors(), 6);
+        assert!(!report.succeeded());
+        let json = report.to_json();
+        assert!(json.contains("\"errors\":6,"), "{json}");
+        assert!(
+            json.contains(r#""first_error":"connection 7: said \"no\"""#),
+            "{json}"
+        );
+        let text = report.to_string();
+        assert!(
+            text.contains("errors      6 (2 connections not made, 1 wrong replies, 3 missing"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn summary_labels_every_figure() {
+        let text = report(Mode::Load).to_string();
+        for label in [
+            "req/s",
+            "p50 30 us",
+            "p99 ",
+            "p999 ",
+            "max ",
+            "errors",
+            "client CPU",
+        ] {
+            assert!(text.contains(label), "{label} missing from\n{text}");
+        }
+        let idle = report(Mode::Idle).to_string();
+        assert!(idle.contains("50 of 50 established"), "{idle}");
+        assert_eq!(report(Mode::Idle).rps(), 0.0);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
+    }
+}

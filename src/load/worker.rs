@@ -1,0 +1,915 @@
+//! One generator thread: its share of the connections on one `mio::Poll`.
+//!
+//! It follows the same rules as the server's reactor, for the same reasons: sockets are
+//! edge-triggered, so every read goes on until the socket is drained (a short read means drained
+//! on Linux) or a per-turn budget is spent, and a connection stopped by the budget is served again
+//! before the next `poll`; requests are written the moment they exist and only the bytes the
+//! socket refuses are kept, with `WRITABLE` interest only while some are; readiness is a hint,
+//! so a connect is confirmed by `take_error` and `peer_addr`, not by the event.
+//!
+//! The thread's connections live in a `Vec` indexed by token. A retried connect reuses its token
+//! for a new socket, but only at the start of a turn, after the batch of events that might still
+//! name the old one has been handled; an event that reaches a connection in the wrong state is
+//! ignored or checked, never trusted.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use log::{debug, trace};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use super::verify::{ReplyVerifier, Requests, WrongReply};
+use super::{
+    Gate, LoadConfig, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECTS_IN_FLIGHT,
+    MAX_CONNECT_ATTEMPTS,
+};
+
+/// Size of the read buffer each thread shares among its connections.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Reply bytes one connection may consume per turn before the others get theirs.
+const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
+
+/// Most events taken from one `poll` call.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// Latencies above this (in nanoseconds: one minute) are recorded as this. A run is far shorter.
+const LATENCY_CEILING_NS: u64 = 60_000_000_000;
+
+/// Significant decimal digits the histogram keeps: 0.1% relative error.
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// What a thread is given: which connections (numbered across the whole run, for messages) and
+/// the run's parameters.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The run-wide number of this thread's first connection.
+    pub first_id: usize,
+    /// How many connections this thread opens.
+    pub count: usize,
+    /// The run's parameters.
+    pub config: LoadConfig,
+}
+
+/// Counters the calling thread reads for the progress display, one per worker thread. Aligned
+/// to a cache line so two workers' counters never share one.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Meter {
+    /// Connections up (idle mode: verified) and not yet closed.
+    open: AtomicU64,
+    /// Verified replies, warm-up included.
+    completed: AtomicU64,
+}
+
+impl Meter {
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Verified replies so far.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+}
+
+/// What a thread counted. Merged across threads into the report.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    /// Connections that were up when the load (or the hold) started.
+    pub established: u64,
+    /// Verified replies to requests sent after the warm-up (idle mode: the first round trips).
+    pub requests: u64,
+    /// Verified replies to requests sent during the warm-up.
+    pub warmup_requests: u64,
+    /// Connections never established after every attempt.
+    pub connect_failures: u64,
+    /// Replies that were not the right answer (at most one per connection, which then closes).
+    pub wrong_replies: u64,
+    /// Requests that never got their reply.
+    pub missing_replies: u64,
+    /// Established connections the server closed or reset before the run was over.
+    pub dropped: u64,
+    /// Idle mode: of `dropped`, those lost while held (each an error).
+    pub dropped_while_held: u64,
+    /// Latency of each measured request, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// A description of the first error, for the summary.
+    pub first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            established: 0,
+            requests: 0,
+            warmup_requests: 0,
+            connect_failures: 0,
+            wrong_replies: 0,
+            missing_replies: 0,
+            dropped: 0,
+            dropped_while_held: 0,
+            latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
+                .expect("constant histogram bounds are valid"),
+            first_error: None,
+        }
+    }
+
+    /// Adds the threads' tallies up (the first error of the lowest-numbered thread wins).
+    pub fn merge(tallies: Vec<Tally>) -> Tally {
+        let mut total = Tally::new();
+        for tally in tallies {
+            total.established += tally.established;
+            total.requests += tally.requests;
+            total.warmup_requests += tally.warmup_requests;
+            total.connect_failures += tally.connect_failures;
+            total.wrong_replies += tally.wrong_replies;
+            total.missing_replies += tally.missing_replies;
+            total.dropped += tally.dropped;
+            total.dropped_while_held += tally.dropped_while_held;
+            total
+                .latency
+                .add(&tally.latency)
+                .expect("histograms with the same bounds add up");
+            if total.first_error.is_none() {
+                total.first_error = tally.first_error;
+            }
+        }
+        total
+    }
+
+    fn note_error(&mut self, text: impl FnOnce() -> String) {
+        if self.first_error.is_none() {
+            let text = text();
+            debug!("first error: {text}");
+            self.first_error = Some(text);
+        }
+    }
+}
+
+/// A connection's stage. Transitions happen in [`Worker`]'s `start_connect`, `finish_connect`,
+/// `fail_attempt`, `load`, `serve`, `wrong`, `lose` and `close`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting in the connect queue to make attempt number `attempt` (from 1).
+    Waiting { attempt: u32 },
+    /// A non-blocking connect is under way; `WRITABLE` will say when it is decided.
+    Connecting { attempt: u32, deadline: Instant },
+    /// Idle mode: connected, its one round trip under way.
+    Probing { attempt: u32, deadline: Instant },
+    /// Load mode: connected, waiting for the other connections and threads.
+    Ready { attempt: u32 },
+    /// Load mode: sending requests and verifying replies.
+    Running,
+    /// Idle mode: round trip verified; held open and quiet.
+    Holding,
+    /// Finished, for good or ill. The socket is closed.
+    Closed,
+}
+
+/// One connection to the server.
+#[derive(Debug)]
+struct Conn {
+    /// The run-wide connection number, for messages.
+    id: usize,
+    /// The socket, from the start of a connect attempt until the connection is closed.
+    stream: Option<TcpStream>,
+    state: State,
+    /// Checks the reply stream.
+    verifier: ReplyVerifier,
+    /// Requests handed to `write` so far: also the number of the next request.
+    sent: u64,
+    /// When each request without a complete reply was handed to `write`, oldest first.
+    sent_at: VecDeque<Instant>,
+    /// Request bytes the socket has not taken yet, from `unsent_from` on.
+    unsent: Vec<u8>,
+    unsent_from: usize,
+    /// The interest registered with the poller, to skip redundant `epoll_ctl` calls.
+    registered: Interest,
+    /// Whether it is in the still-ready queue.
+    queued: bool,
+    /// The poller reported the peer's side closed: read on to the end of stream.
+    peer_closing: bool,
+}
+
+impl Conn {
+    fn new(id: usize, requests: &Requests) -> Conn {
+        Conn {
+            id,
+            stream: None,
+            state: State::Waiting { attempt: 1 },
+            verifier: ReplyVerifier::new(requests),
+            sent: 0,
+            sent_at: VecDeque::new(),
+            unsent: Vec::new(),
+            unsent_from: 0,
+            registered: Interest::WRITABLE,
+            queued: false,
+            peer_closing: false,
+        }
+    }
+
+    /// Closes the socket and forgets the conversation (a retry starts afresh).
+    fn close_socket(&mut self, requests: &Requests) {
+        self.stream = None;
+        self.verifier = ReplyVerifier::new(requests);
+        self.sent = 0;
+        self.sent_at = VecDeque::new();
+        self.unsent = Vec::new();
+        self.unsent_from = 0;
+        self.peer_closing = false;
+    }
+
+    fn has_unsent(&self) -> bool {
+        self.unsent_from < self.unsent.len()
+    }
+
+    /// Writes `bytes` after anything still unsent; keeps what the socket will not take.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.has_unsent() {
+            self.unsent.extend_from_slice(bytes);
+            return self.flush();
+        }
+        let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        let written = write_until_blocked(stream, bytes)?;
+        if written < bytes.len() {
+            trace!(
+                "conn {}: socket full, keeping {} bytes",
+                self.id,
+                bytes.len() - written
+            );
+            self.unsent.clear();
+            self.unsent_from = 0;
+            self.unsent.extend_from_slice(&bytes[written..]);
+        }
+        Ok(())
+    }
+
+    /// Writes as much of the unsent bytes as the socket takes.
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.has_unsent() {
+            return Ok(());
+        }
+        let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
+        if !self.has_unsent() {
+            // Give the memory back: with large requests it is pipeline × size per connection.
+            self.unsent = Vec::new();
+            self.unsent_from = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads and verifies until drained, the budget is spent, the reply stream goes wrong, or the
+    /// connection ends. `on_reply(sent_at, now)` is called for each completed reply.
+    fn read_replies(
+        &mut self,
+        requests: &Requests,
+        buf: &mut [u8],
+        mut on_reply: impl FnMut(Instant, Instant),
+    ) -> ReadOutcome {
+        let Some(stream) = self.stream.as_mut() else {
+            return ReadOutcome::Drained;
+        };
+        let mut budget = MAX_READ_BYTES_PER_TURN;
+        loop {
+            if budget == 0 {
+                return ReadOutcome::Budget;
+            }
+            let asked = budget.min(buf.len());
+            match stream.read(&mut buf[..asked]) {
+                Ok(0) => return ReadOutcome::Lost("the server closed the connection".into()),
+                Ok(count) => {
+                    budget -= count;
+                    let fed = self.verifier.feed(requests, &buf[..count], self.sent);
+                    if fed.completed > 0 {
+                        let now = Instant::now();
+                        for _ in 0..fed.completed {
+                            let sent_at = self
+                                .sent_at
+                                .pop_front()
+                                .expect("a reply completes only a request that was sent");
+                            on_reply(sent_at, now);
+                        }
+                    }
+                    if let Some(wrong) = fed.wrong {
+                        return ReadOutcome::Wrong(wrong);
+                    }
+                    if count < asked && !self.peer_closing {
+                        return ReadOutcome::Drained;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return ReadOutcome::Lost(crate::sys::os_reason(&e)),
+            }
+        }
+    }
+}
+
+/// How a call to [`Conn::read_replies`] ended.
+#[derive(Debug)]
+enum ReadOutcome {
+    /// Everything available was read.
+    Drained,
+    /// The turn's budget ran out with bytes probably still waiting.
+    Budget,
+    /// A reply was wrong.
+    Wrong(WrongReply),
+    /// The connection ended (end of stream or an error), with this reason.
+    Lost(String),
+}
+
+/// Writes until `bytes` are all written or the socket would block; returns how many were.
+fn write_until_blocked(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(count) => written += count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// Runs one thread's share of the run: connect, wait at the gate, load or hold, tally.
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+    // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
+    struct Arrival<'a>(Option<&'a Gate>);
+    impl Drop for Arrival<'_> {
+        fn drop(&mut self) {
+            if let Some(gate) = self.0.take() {
+                gate.arrive();
+            }
+        }
+    }
+    let mut arrival = Arrival(Some(gate));
+    let mut worker = Worker::new(plan, meter)?;
+    worker.connect_all()?;
+    worker.tally.established = worker
+        .conns
+        .iter()
+        .filter(|c| matches!(c.state, State::Ready { .. } | State::Holding))
+        .count() as u64;
+    if let Some(gate) = arrival.0.take() {
+        gate.arrive();
+    }
+    let Some(start) = gate.wait_open() else {
+        return Ok(worker.tally);
+    };
+    match plan.config.mode {
+        Mode::Load => worker.load(start)?,
+        Mode::Idle => worker.hold(start + plan.config.duration)?,
+    }
+    Ok(worker.tally)
+}
+
+/// One thread's event loop and everything it owns.
+struct Worker<'a> {
+    config: &'a LoadConfig,
+    meter: &'a Meter,
+    poll: Poll,
+    events: Events,
+    conns: Vec<Conn>,
+    requests: Requests,
+    /// Where every read lands.
+    read_buf: Box<[u8]>,
+    /// Where requests are built before they are written.
+    out: Vec<u8>,
+    /// Connections that stopped on the read budget, to serve before the next `poll`.
+    still_ready: Vec<usize>,
+    tally: Tally,
+    /// Connect phase: connections waiting to (re)connect, by when they may.
+    connect_queue: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Connect phase: connections with a connect or first round trip under way.
+    in_flight: Vec<usize>,
+    /// Connect phase: connections neither established nor given up.
+    unsettled: usize,
+    /// Load phase: requests sent before this are not measured.
+    warmup_end: Option<Instant>,
+    /// Load phase: the run is over; no more requests are sent.
+    stopping: bool,
+    /// Load phase: connections still running.
+    running: usize,
+    /// Replies completed since the meter was last updated.
+    unpublished: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Worker<'a>> {
+        let config = &plan.config;
+        let requests = Requests::new(config.protocol, config.size)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let now = Instant::now();
+        let conns: Vec<Conn> = (0..plan.count)
+            .map(|i| Conn::new(plan.first_id + i, &requests))
+            .collect();
+        Ok(Worker {
+            config,
+            meter,
+            poll: Poll::new()?,
+            events: Events::with_capacity(EVENTS_PER_POLL),
+            connect_queue: (0..plan.count).map(|i| Reverse((now, i))).collect(),
+            unsettled: conns.len(),
+            conns,
+            requests,
+            read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            out: Vec::new(),
+            still_ready: Vec::new(),
+            tally: Tally::new(),
+            in_flight: Vec::new(),
+            warmup_end: None,
+            stopping: false,
+            running: 0,
+            unpublished: 0,
+        })
+    }
+
+    /// The connect phase: until every connection is up (load: connected; idle: round trip
+    /// verified) or has used up its attempts.
+    fn connect_all(&mut self) -> io::Result<()> {
+        while self.unsettled > 0 {
+            let now = Instant::now();
+            self.in_flight.retain(|&i| {
+                matches!(
+                    self.conns[i].state,
+                    State::Connecting { .. } | State::Probing { .. }
+                )
+            });
+            for i in std::mem::take(&mut self.in_flight) {
+                match self.conns[i].state {
+                    State::Connecting { deadline, .. } if deadline <= now => {
+                        self.fail_attempt(i, "no answer to the connect".into());
+                    }
+                    State::Probing { deadline, .. } if deadline <= now => {
+                        self.fail_attempt(i, "no reply to the first request".into());
+                    }
+                    _ => self.in_flight.push(i),
+                }
+            }
+            while self.in_flight.len() < MAX_CONNECTS_IN_FLIGHT {
+                match self.connect_queue.peek() {
+                    Some(&Reverse((at, i))) if at <= now => {
+                        self.connect_queue.pop();
+                        self.start_connect(i, now);
+                    }
+                    _ => break,
+                }
+            }
+            if self.unsettled == 0 {
+                break;
+            }
+            let mut wake = self
+                .in_flight
+                .iter()
+                .filter_map(|&i| match self.conns[i].state {
+                    State::Connecting { deadline, .. } | State::Probing { deadline, .. } => {
+                        Some(deadline)
+                    }
+                    _ => None,
+                });
+            let mut next = wake.next();
+            for deadline in wake {
+                next = next.min(Some(deadline));
+            }
+            if self.in_flight.len() < MAX_CONNECTS_IN_FLIGHT {
+                if let Some(&Reverse((at, _))) = self.connect_queue.peek() {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+            self.turn(next)?;
+        }
+        Ok(())
+    }
+
+    /// Starts connect attempt `attempt` for connection `i`.
+    fn start_connect(&mut self, i: usize, now: Instant) {
+        let State::Waiting { attempt } = self.conns[i].state else {
+            return;
+        };
+        let conn = &mut self.conns[i];
+        trace!("conn {}: connect attempt {attempt}", conn.id);
+        let registered = TcpStream::connect(self.config.address).and_then(|mut stream| {
+            self.poll
+                .registry()
+                .register(&mut stream, Token(i), Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match registered {
+            Ok(stream) => {
+                conn.stream = Some(stream);
+                conn.registered = Interest::WRITABLE;
+                conn.state = State::Connecting {
+                    attempt,
+                    deadline: now + CONNECT_TIMEOUT,
+                };
+                self.in_flight.push(i);
+            }
+            Err(e) => self.fail_attempt(i, crate::sys::os_reason(&e)),
+        }
+    }
+
+    /// The poller says a connect may be decided: check, as mio's docs prescribe.
+    fn finish_connect(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        let (State::Connecting { attempt, .. }, Some(stream)) = (conn.state, &conn.stream) else {
+            return;
+        };
+        let failure = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => None,
+                // Not decided yet: a spurious or early event.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotConnected
+                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+                {
+                    return
+                }
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = failure {
+            return self.fail_attempt(i, crate::sys::os_reason(&e));
+        }
+        // Requests are written whole and small: Nagle's delay would only add latency.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("conn {}: cannot set TCP_NODELAY: {e}", conn.id);
+        }
+        trace!("conn {}: connected", conn.id);
+        match self.config.mode {
+            Mode::Load => {
+                conn.state = State::Ready { attempt };
+                self.settle_established();
+            }
+            Mode::Idle => {
+                conn.state = State::Probing {
+                    attempt,
+                    deadline: Instant::now() + CONNECT_TIMEOUT,
+                };
+                self.send_requests(i, 1);
+            }
+        }
+        self.update_interest(i);
+    }
+
+    /// A connection is up for the rest of the connect phase.
+    fn settle_established(&mut self) {
+        self.unsettled -= 1;
+        self.meter.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connect attempt failed: queue a retry after a delay, or give up.
+    fn fail_attempt(&mut self, i: usize, reason: String) {
+        let conn = &mut self.conns[i];
+        let attempt = match conn.state {
+            State::Waiting { attempt }
+            | State::Connecting { attempt, .. }
+            | State::Probing { attempt, .. } => attempt,
+            State::Ready { attempt } => {
+                // It had been counted as up.
+                self.unsettled += 1;
+                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+                attempt
+            }
+            State::Running | State::Holding | State::Closed => return,
+        };
+        conn.close_socket(&self.requests);
+        debug!("conn {}: attempt {attempt} failed: {reason}", conn.id);
+        if attempt < MAX_CONNECT_ATTEMPTS {
+            conn.state = State::Waiting {
+                attempt: attempt + 1,
+            };
+            let at = Instant::now() + retry_delay(attempt, conn.id);
+            self.connect_queue.push(Reverse((at, i)));
+        } else {
+            conn.state = State::Closed;
+            self.unsettled -= 1;
+            self.tally.connect_failures += 1;
+            let id = conn.id;
+            self.tally.note_error(|| {
+                format!("connection {id}: cannot connect after {attempt} attempts: {reason}")
+            });
+        }
+    }
+
+    /// The load phase, from `start` (the gate's opening) to the end of the grace period.
+    fn load(&mut self, start: Instant) -> io::Result<()> {
+        let stop = start + self.config.duration;
+        let grace_end = stop + GRACE;
+        self.warmup_end = Some(start + self.config.warmup());
+        for i in 0..self.conns.len() {
+            if let State::Ready { .. } = self.conns[i].state {
+                self.conns[i].state = State::Running;
+                self.running += 1;
+                self.send_requests(i, self.config.pipeline as u64);
+                self.update_interest(i);
+            }
+        }
+        loop {
+            let now = Instant::now();
+            if !self.stopping && now >= stop {
+                self.begin_stop();
+            }
+            // With every connection closed (all lost, or finished after the stop) nothing more
+            // can happen: end early rather than wait out the clock.
+            if self.running == 0 || (self.stopping && now >= grace_end) {
+                break;
+            }
+            self.turn(Some(if self.stopping { grace_end } else { stop }))?;
+        }
+        for i in 0..self.conns.len() {
+            if self.conns[i].state == State::Running {
+                let missing = self.conns[i].sent_at.len() as u64;
+                let id = self.conns[i].id;
+                self.tally.missing_replies += missing;
+                self.tally.note_error(|| {
+                    format!(
+                        "connection {id}: {missing} replies still missing {} s after the end",
+                        GRACE.as_secs()
+                    )
+                });
+                self.close(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the run: connections with nothing outstanding close now; the rest once their
+    /// last reply is in.
+    fn begin_stop(&mut self) {
+        trace!("load over: no more requests; waiting for the outstanding replies");
+        self.stopping = true;
+        for i in 0..self.conns.len() {
+            if self.conns[i].state == State::Running && self.conns[i].sent_at.is_empty() {
+                self.close(i);
+            }
+        }
+    }
+
+    /// Idle mode: hold every verified connection until `until`, noting any the server drops.
+    fn hold(&mut self, until: Instant) -> io::Result<()> {
+        while Instant::now() < until && self.meter.open() > 0 {
+            self.turn(Some(until))?;
+        }
+        for i in 0..self.conns.len() {
+            if self.conns[i].state == State::Holding {
+                self.close(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// One loop turn: poll (until `deadline` at most), serve the events, serve the connections
+    /// left with work, publish progress.
+    fn turn(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let timeout = if self.still_ready.is_empty() {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut ready = std::mem::take(&mut self.still_ready);
+        for event in self.events.iter() {
+            let i = event.token().0;
+            let Some(conn) = self.conns.get_mut(i) else {
+                continue;
+            };
+            if event.is_read_closed() || event.is_error() {
+                conn.peer_closing = true;
+            }
+            ready.push(i);
+        }
+        // Last turn's budgeted connections first, then this turn's events. A connection may be
+        // in both; serving it twice is harmless (the second finds nothing to read).
+        for i in ready.drain(..) {
+            self.conns[i].queued = false;
+            self.drive(i);
+        }
+        if self.still_ready.is_empty() {
+            self.still_ready = ready; // keep the allocation
+        }
+        if self.unpublished > 0 {
+            self.meter
+                .completed
+                .fetch_add(self.unpublished, Ordering::Relaxed);
+            self.unpublished = 0;
+        }
+        Ok(())
+    }
+
+    /// Does what connection `i` can do now.
+    fn drive(&mut self, i: usize) {
+        match self.conns[i].state {
+            State::Connecting { .. } => self.finish_connect(i),
+            State::Probing { .. } | State::Ready { .. } | State::Running | State::Holding => {
+                self.serve(i)
+            }
+            State::Waiting { .. } | State::Closed => {} // a stale event
+        }
+    }
+
+    /// Writes what is pending, reads and verifies the replies, and sends the next requests.
+    fn serve(&mut self, i: usize) {
+        if let Err(e) = self.conns[i].flush() {
+            return self.lose(i, crate::sys::os_reason(&e));
+        }
+        let warmup_end = self.warmup_end;
+        let tally = &mut self.tally;
+        let mut completed = 0;
+        let outcome = self.conns[i].read_replies(&self.requests, &mut self.read_buf, |at, now| {
+            completed += 1;
+            if warmup_end.is_some_and(|end| at < end) {
+                tally.warmup_requests += 1;
+            } else {
+                tally.requests += 1;
+                let nanos = u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX);
+                tally.latency.saturating_record(nanos);
+            }
+        });
+        self.unpublished += completed;
+        match outcome {
+            ReadOutcome::Wrong(wrong) => return self.wrong(i, wrong),
+            ReadOutcome::Lost(reason) => return self.lose(i, reason),
+            ReadOutcome::Budget => {
+                if !self.conns[i].queued {
+                    self.conns[i].queued = true;
+                    self.still_ready.push(i);
+                }
+            }
+            ReadOutcome::Drained => {}
+        }
+        match self.conns[i].state {
+            State::Running if self.stopping && self.conns[i].sent_at.is_empty() => {
+                return self.close(i);
+            }
+            State::Running if !self.stopping => self.send_requests(i, completed),
+            State::Probing { .. } if completed > 0 => {
+                self.conns[i].state = State::Holding;
+                self.settle_established();
+            }
+            _ => {}
+        }
+        self.update_interest(i);
+    }
+
+    /// Builds and sends the next `count` requests of connection `i`.
+    fn send_requests(&mut self, i: usize, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let conn = &mut self.conns[i];
+        self.out.clear();
+        for _ in 0..count {
+            self.requests.write_request(conn.sent, &mut self.out);
+            conn.sent += 1;
+        }
+        let now = Instant::now();
+        conn.sent_at
+            .extend(std::iter::repeat(now).take(count as usize));
+        if let Err(e) = conn.send(&self.out) {
+            self.lose(i, crate::sys::os_reason(&e));
+        }
+    }
+
+    /// Registers the interest connection `i` needs now, if it changed.
+    fn update_interest(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        let wanted = match conn.state {
+            State::Connecting { .. } => Interest::WRITABLE,
+            State::Closed | State::Waiting { .. } => return,
+            _ if conn.has_unsent() => Interest::READABLE | Interest::WRITABLE,
+            _ => Interest::READABLE,
+        };
+        if wanted == conn.registered {
+            return;
+        }
+        let Some(stream) = conn.stream.as_mut() else {
+            return;
+        };
+        match self.poll.registry().reregister(stream, Token(i), wanted) {
+            Ok(()) => conn.registered = wanted,
+            Err(e) => self.lose(i, format!("cannot change poller interest: {e}")),
+        }
+    }
+
+    /// A wrong reply: the connection can no longer be trusted to be in step, so it closes; its
+    /// other outstanding requests will never be answered.
+    fn wrong(&mut self, i: usize, wrong: WrongReply) {
+        let conn = &self.conns[i];
+        let id = conn.id;
+        match conn.state {
+            // Bytes before any request: perhaps the server's "too many connections" line.
+            State::Ready { .. } => {
+                return self.fail_attempt(i, format!("unexpected reply: {wrong}"))
+            }
+            State::Running | State::Probing { .. } | State::Holding => {}
+            State::Waiting { .. } | State::Connecting { .. } | State::Closed => return,
+        }
+        let outstanding = conn.sent_at.len() as u64;
+        self.tally.wrong_replies += 1;
+        self.tally.missing_replies += outstanding.saturating_sub(1);
+        self.tally
+            .note_error(|| format!("connection {id}: {wrong}"));
+        if matches!(conn.state, State::Probing { .. }) {
+            self.unsettled -= 1;
+        }
+        self.close(i);
+    }
+
+    /// The connection ended (closed or reset by the server, or a socket error).
+    fn lose(&mut self, i: usize, reason: String) {
+        let conn = &self.conns[i];
+        let id = conn.id;
+        match conn.state {
+            State::Probing { .. } | State::Ready { .. } => return self.fail_attempt(i, reason),
+            State::Running => {
+                let missing = conn.sent_at.len() as u64;
+                self.tally.missing_replies += missing;
+                self.tally.note_error(|| {
+                    format!("connection {id}: {reason}, {missing} replies outstanding")
+                });
+            }
+            State::Holding => {
+                self.tally.dropped_while_held += 1;
+                self.tally
+                    .note_error(|| format!("connection {id}: {reason} while held open"));
+            }
+            State::Waiting { .. } | State::Connecting { .. } | State::Closed => return,
+        }
+        debug!("conn {id}: {reason}");
+        self.tally.dropped += 1;
+        self.close(i);
+    }
+
+    /// Closes connection `i` for good.
+    fn close(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        match conn.state {
+            State::Running => {
+                self.running -= 1;
+                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            State::Holding => {
+                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            State::Closed => return,
+            _ => {}
+        }
+        trace!("conn {}: closed", conn.id);
+        conn.close_socket(&self.requests);
+        conn.state = State::Closed;
+    }
+}
+
+/// How long to wait after failed attempt number `attempt` (from 1): doubling from
+/// [`FIRST_RETRY_DELAY`], plus up to half as much again, spread by connection number so refused
+/// connections do not all retry in the same instant.
+fn retry_delay(attempt: u32, id: usize) -> Duration {
+    let base = FIRST_RETRY_DELAY * 2u32.pow(attempt.saturating_sub(1).min(10));
+    base + base * (id % 16) as u32 / 32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_and_spread() {
+        assert_eq!(retry_delay(1, 0), Duration::from_millis(100));
+        assert_eq!(retry_delay(2, 0), Duration::from_millis(200));
+        assert_eq!(retry_delay(3, 0), Duration::from_millis(400));
+        assert!(retry_delay(1, 15) < Duration::from_millis(150));
+        assert_ne!(retry_delay(1, 1), retry_delay(1, 2));
+    }
+
+    #[test]
+    fn tallies_add_up() {
+        let mut a = Tally::new();
+        a.requests = 3;
+        a.latency.record(1000).unwrap();
+        let mut b = Tally::new();
+        b.requests = 4;
+        b.wrong_replies = 1;
+        b.first_error = Some("boom".into());
+        b.latency.record(3000).unwrap();
+        let total = Tally::merge(vec![a, b]);
+        assert_eq!(total.requests, 7);
+        assert_eq!(total.wrong_replies, 1);
+        assert_eq!(total.latency.len(), 2);
+        assert_eq!(total.first_error.as_deref(), Some("boom"));
+    }
+}
