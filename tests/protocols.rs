@@ -30,7 +30,6 @@ fn expected_upper(input: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // upper
 
-#[test]
 fn upper_answers_the_seed_example() {
     let server = Server::start(&["upper@127.0.0.1:0"]);
     let mut stream = connect(server.addr("upper"));
@@ -42,7 +41,6 @@ fn upper_answers_the_seed_example() {
     );
 }
 
-#[test]
 fn upper_replies_without_waiting_for_a_newline() {
     // The seeds' client: sendall(b"hello"), then a single recv(1024), on one connection.
     let server = Server::start(&["upper@127.0.0.1:0"]);
@@ -53,7 +51,6 @@ fn upper_replies_without_waiting_for_a_newline() {
     assert_eq!(read_once(&mut stream, 1024), b"AGAIN");
 }
 
-#[test]
 fn upper_uses_the_full_unicode_mapping() {
     let server = Server::start(&["upper@127.0.0.1:0"]);
     let mut stream = connect(server.addr("upper"));
@@ -69,7 +66,6 @@ fn upper_uses_the_full_unicode_mapping() {
     assert_eq!(String::from_utf8_lossy(&got), expected);
 }
 
-#[test]
 fn upper_passes_invalid_utf8_through_unchanged() {
     let server = Server::start(&["upper@127.0.0.1:0"]);
     let mut stream = connect(server.addr("upper"));
@@ -83,7 +79,6 @@ fn upper_passes_invalid_utf8_through_unchanged() {
     assert_bytes_eq(&got, expected, "invalid UTF-8 through upper");
 }
 
-#[test]
 fn upper_converts_a_character_split_across_writes_whole() {
     let server = Server::start(&["upper@127.0.0.1:0"]);
     // Two-, three- and four-byte characters whose upper case differs from them, cut at every
@@ -114,7 +109,6 @@ fn upper_converts_a_character_split_across_writes_whole() {
     }
 }
 
-#[test]
 fn upper_passes_an_incomplete_character_at_end_of_stream() {
     let server = Server::start(&["upper@127.0.0.1:0"]);
     let mut stream = connect(server.addr("upper"));
@@ -191,7 +185,6 @@ fn harness_ctime_parser_is_strict() {
 /// is caught even on a host whose zone is UTC.
 const ODD_TZ: (&str, &str) = ("TZ", "XYZ-5:30");
 
-#[test]
 fn timestamp_answers_the_seed_pattern_in_local_ctime_format() {
     // The seeds' client: send `hello` with no newline, recv once, send again.
     let server = Server::start_with_env(&["timestamp@127.0.0.1:0"], &[ODD_TZ]);
@@ -213,7 +206,6 @@ fn timestamp_answers_the_seed_pattern_in_local_ctime_format() {
     }
 }
 
-#[test]
 fn timestamp_replies_keep_each_line_newline() {
     let server = Server::start(&["timestamp@127.0.0.1:0"]);
     let mut stream = connect(server.addr("timestamp"));
@@ -228,7 +220,6 @@ fn timestamp_replies_keep_each_line_newline() {
     assert_eq!(payloads, [&b"first line\n"[..], b"second line\n"]);
 }
 
-#[test]
 fn timestamp_answers_pending_bytes_at_end_of_stream() {
     let server = Server::start(&["timestamp@127.0.0.1:0"]);
 
@@ -249,7 +240,6 @@ fn timestamp_answers_pending_bytes_at_end_of_stream() {
     assert_eq!(payloads, [&b"a line\n"[..], b"and a tail"]);
 }
 
-#[test]
 fn timestamp_pipelined_burst_comes_back_whole_and_in_order() {
     let server = Server::start(&["timestamp@127.0.0.1:0"]);
     let mut stream = connect(server.addr("timestamp"));
@@ -286,7 +276,6 @@ fn timestamp_pipelined_burst_comes_back_whole_and_in_order() {
 // ---------------------------------------------------------------------------------------------
 // echo
 
-#[test]
 fn echo_returns_arbitrary_binary_bytes() {
     let server = Server::start(&["echo@127.0.0.1:0"]);
     let mut stream = connect(server.addr("echo"));
@@ -306,7 +295,6 @@ fn echo_returns_arbitrary_binary_bytes() {
     assert_bytes_eq(&got, &input, "echo");
 }
 
-#[test]
 fn echo_over_ipv6_loopback() {
     if !util::ipv6_loopback_available() {
         eprintln!("skipped: this host cannot bind [::1]");
@@ -325,7 +313,6 @@ fn echo_over_ipv6_loopback() {
 // ---------------------------------------------------------------------------------------------
 // half-close and pipelining
 
-#[test]
 fn half_close_gets_every_reply_then_a_clean_end_of_stream() {
     let server = Server::start(&[
         "upper@127.0.0.1:0",
@@ -370,7 +357,6 @@ fn half_close_gets_every_reply_then_a_clean_end_of_stream() {
     assert_bytes_eq(&got, &input, "echo after half-close");
 }
 
-#[test]
 fn a_client_that_sends_nothing_gets_nothing_and_a_clean_close() {
     let server = Server::start(&[
         "upper@127.0.0.1:0",
@@ -388,7 +374,6 @@ fn a_client_that_sends_nothing_gets_nothing_and_a_clean_close() {
     }
 }
 
-#[test]
 fn end_of_stream_with_replies_still_queued_delivers_them_all() {
     // The client sends 4 MiB and its end of stream without reading anything. The output limit is
     // high enough for the server to take it all, so when the server reads the end of stream,
@@ -418,7 +403,6 @@ fn end_of_stream_with_replies_still_queued_delivers_them_all() {
     );
 }
 
-#[test]
 fn upper_pipelined_requests_come_back_in_order() {
     let server = Server::start(&["upper@127.0.0.1:0"]);
     let mut stream = connect(server.addr("upper"));
@@ -436,7 +420,6 @@ fn upper_pipelined_requests_come_back_in_order() {
     assert_bytes_eq(&got, &expected, "pipelined upper");
 }
 
-#[test]
 fn echo_pipelined_small_writes_come_back_in_order() {
     let server = Server::start(&["echo@127.0.0.1:0"]);
     let mut stream = connect(server.addr("echo"));
@@ -454,7 +437,6 @@ fn echo_pipelined_small_writes_come_back_in_order() {
 // ---------------------------------------------------------------------------------------------
 // several services in one process
 
-#[test]
 fn several_services_answer_at_once() {
     let mut server = Server::start(&[
         "upper@127.0.0.1:0",
@@ -541,4 +523,127 @@ fn default_services_are_the_seeds_ports() {
     let mut echo = connect(server.addr("echo"));
     send(&mut echo, b"ping");
     assert_eq!(read_exact_within(&mut echo, 4), b"ping");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every test above runs against the reactor and against each comparison model: they all drive the
+// same protocol sessions, so they must all pass the same black-box tests.
+
+/// `per_model! { model: [tests...], ... }` makes a module per model with one `#[test]` per test.
+macro_rules! per_model {
+    ($($model:ident: [$($test:ident),* $(,)?]),* $(,)?) => {
+        $(
+            mod $model {
+                $(
+                    #[test]
+                    fn $test() {
+                        super::util::as_model(stringify!($model), super::$test);
+                    }
+                )*
+            }
+        )*
+    };
+}
+
+per_model! {
+    reactor: [
+        upper_answers_the_seed_example,
+        upper_replies_without_waiting_for_a_newline,
+        upper_uses_the_full_unicode_mapping,
+        upper_passes_invalid_utf8_through_unchanged,
+        upper_converts_a_character_split_across_writes_whole,
+        upper_passes_an_incomplete_character_at_end_of_stream,
+        timestamp_answers_the_seed_pattern_in_local_ctime_format,
+        timestamp_replies_keep_each_line_newline,
+        timestamp_answers_pending_bytes_at_end_of_stream,
+        timestamp_pipelined_burst_comes_back_whole_and_in_order,
+        echo_returns_arbitrary_binary_bytes,
+        echo_over_ipv6_loopback,
+        half_close_gets_every_reply_then_a_clean_end_of_stream,
+        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
+        end_of_stream_with_replies_still_queued_delivers_them_all,
+        upper_pipelined_requests_come_back_in_order,
+        echo_pipelined_small_writes_come_back_in_order,
+        several_services_answer_at_once,
+    ],
+    threaded: [
+        upper_answers_the_seed_example,
+        upper_replies_without_waiting_for_a_newline,
+        upper_uses_the_full_unicode_mapping,
+        upper_passes_invalid_utf8_through_unchanged,
+        upper_converts_a_character_split_across_writes_whole,
+        upper_passes_an_incomplete_character_at_end_of_stream,
+        timestamp_answers_the_seed_pattern_in_local_ctime_format,
+        timestamp_replies_keep_each_line_newline,
+        timestamp_answers_pending_bytes_at_end_of_stream,
+        timestamp_pipelined_burst_comes_back_whole_and_in_order,
+        echo_returns_arbitrary_binary_bytes,
+        echo_over_ipv6_loopback,
+        half_close_gets_every_reply_then_a_clean_end_of_stream,
+        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
+        end_of_stream_with_replies_still_queued_delivers_them_all,
+        upper_pipelined_requests_come_back_in_order,
+        echo_pipelined_small_writes_come_back_in_order,
+        several_services_answer_at_once,
+    ],
+    pool: [
+        upper_answers_the_seed_example,
+        upper_replies_without_waiting_for_a_newline,
+        upper_uses_the_full_unicode_mapping,
+        upper_passes_invalid_utf8_through_unchanged,
+        upper_converts_a_character_split_across_writes_whole,
+        upper_passes_an_incomplete_character_at_end_of_stream,
+        timestamp_answers_the_seed_pattern_in_local_ctime_format,
+        timestamp_replies_keep_each_line_newline,
+        timestamp_answers_pending_bytes_at_end_of_stream,
+        timestamp_pipelined_burst_comes_back_whole_and_in_order,
+        echo_returns_arbitrary_binary_bytes,
+        echo_over_ipv6_loopback,
+        half_close_gets_every_reply_then_a_clean_end_of_stream,
+        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
+        end_of_stream_with_replies_still_queued_delivers_them_all,
+        upper_pipelined_requests_come_back_in_order,
+        echo_pipelined_small_writes_come_back_in_order,
+        several_services_answer_at_once,
+    ],
+    forking: [
+        upper_answers_the_seed_example,
+        upper_replies_without_waiting_for_a_newline,
+        upper_uses_the_full_unicode_mapping,
+        upper_passes_invalid_utf8_through_unchanged,
+        upper_converts_a_character_split_across_writes_whole,
+        upper_passes_an_incomplete_character_at_end_of_stream,
+        timestamp_answers_the_seed_pattern_in_local_ctime_format,
+        timestamp_replies_keep_each_line_newline,
+        timestamp_answers_pending_bytes_at_end_of_stream,
+        timestamp_pipelined_burst_comes_back_whole_and_in_order,
+        echo_returns_arbitrary_binary_bytes,
+        echo_over_ipv6_loopback,
+        half_close_gets_every_reply_then_a_clean_end_of_stream,
+        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
+        end_of_stream_with_replies_still_queued_delivers_them_all,
+        upper_pipelined_requests_come_back_in_order,
+        echo_pipelined_small_writes_come_back_in_order,
+        several_services_answer_at_once,
+    ],
+    // One connection at a time: a test that holds several connections open would wait for ever.
+    serial: [
+        upper_answers_the_seed_example,
+        upper_replies_without_waiting_for_a_newline,
+        upper_uses_the_full_unicode_mapping,
+        upper_passes_invalid_utf8_through_unchanged,
+        upper_converts_a_character_split_across_writes_whole,
+        upper_passes_an_incomplete_character_at_end_of_stream,
+        timestamp_answers_the_seed_pattern_in_local_ctime_format,
+        timestamp_replies_keep_each_line_newline,
+        timestamp_answers_pending_bytes_at_end_of_stream,
+        timestamp_pipelined_burst_comes_back_whole_and_in_order,
+        echo_returns_arbitrary_binary_bytes,
+        echo_over_ipv6_loopback,
+        half_close_gets_every_reply_then_a_clean_end_of_stream,
+        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
+        end_of_stream_with_replies_still_queued_delivers_them_all,
+        upper_pipelined_requests_come_back_in_order,
+        echo_pipelined_small_writes_come_back_in_order,
+    ],
 }

@@ -27,6 +27,19 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// The binary under test, as Cargo built it for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_oneloop");
 
+thread_local! {
+    /// The `--model` that servers started on this thread use (`None`: the default, reactor).
+    static MODEL: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `test` with every server it starts serving `--model model`: the same black-box test
+/// then checks the reactor and each comparison model. (Tests run one per thread, so a
+/// thread-local is the test's own setting.)
+pub fn as_model(model: &'static str, test: fn()) {
+    MODEL.with(|current| current.set(Some(model)));
+    test();
+}
+
 /// One `listening PROTOCOL TRANSPORT ADDRESS` line, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listening {
@@ -124,8 +137,12 @@ impl Server {
                 sh
             }
         };
+        let model: Vec<&str> = MODEL
+            .with(|current| current.get())
+            .map_or_else(Vec::new, |model| vec!["--model", model]);
         let mut child = command
             .arg("serve")
+            .args(model)
             .args(args)
             // Quiet logs: a test that needs them can read the stderr file.
             .env_remove("RUST_LOG")
