@@ -6,9 +6,12 @@
 
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use log::error;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
 
 use crate::client::ClientArgs;
 use crate::models::{self, Model};
@@ -63,7 +66,24 @@ pub struct ServeArgs {
     /// the client has read them.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_OUTPUT_LIMIT, value_parser = positive_size)]
     pub output_limit: usize,
+
+    /// Open client connections past which new ones are accepted and closed at once (with an
+    /// `error too many connections` line) [default: the open-file limit minus a reserve].
+    #[arg(long, value_name = "N", value_parser = positive_size)]
+    pub max_connections: Option<usize>,
+
+    /// Seconds without a byte read or written after which a connection is closed (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub idle_timeout: u64,
+
+    /// Seconds a graceful shutdown (SIGINT, SIGTERM) waits for busy connections to finish.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub shutdown_timeout: u64,
 }
+
+/// Descriptors kept back from `--max-connections`' default for everything that is not a client:
+/// stdio, the poller, the signal pipe, listeners, the EMFILE reserve, files.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// Parses a byte count of at least 1.
 fn positive_size(text: &str) -> Result<usize, String> {
@@ -129,7 +149,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(message) = services.iter().find_map(|s| check_supported(s).err()) {
         return usage_error(message);
     }
-    reactor::log_fd_limit(&crate::sys::raise_fd_limit());
+    let fd_limit = crate::sys::raise_fd_limit();
+    reactor::log_fd_limit(&fd_limit);
+    let max_connections = args.max_connections.unwrap_or_else(|| {
+        let descriptors = fd_limit.as_ref().map_or(1024, |limit| limit.now);
+        descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(1) as usize
+    });
     let limits = Limits {
         max_line: args.max_line,
     };
@@ -139,6 +164,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("oneloop: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // The contract: signal handling is in place before the listening lines are printed. The
+    // reactor shuts down gracefully; the blocking models keep the default action (exit at once).
+    let signals = match args.model {
+        Model::Reactor => match Signals::new([SIGINT, SIGTERM]) {
+            Ok(signals) => Some(signals),
+            Err(e) => {
+                eprintln!("oneloop: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
     };
     if let Err(e) = announce(&listeners) {
         // Whoever started us stopped listening; serving can still be useful.
@@ -150,7 +187,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             Config {
                 limits,
                 output_limit: args.output_limit,
+                max_connections,
+                idle_timeout: (args.idle_timeout > 0)
+                    .then(|| Duration::from_secs(args.idle_timeout)),
+                shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             },
+            signals,
         )
         .and_then(|mut reactor| reactor.run()),
         Model::Serial => models::serial::run(listeners, limits),

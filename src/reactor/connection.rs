@@ -170,11 +170,15 @@ pub struct Connection {
     /// The poller reported the peer's side closed (or an error): a short read no longer means
     /// the end of what there is to read, because end of stream is still to be read.
     peer_closing: bool,
+    /// Set whenever a read or write moves bytes; `drive` turns it into `last_active`.
+    moved_bytes: bool,
+    /// When bytes were last read or written: what `--idle-timeout` measures from.
+    last_active: Instant,
 }
 
 impl Connection {
     /// A connection that has just been accepted and registered for `READABLE`.
-    pub fn new(id: u64, stream: TcpStream, session: Session) -> Connection {
+    pub fn new(id: u64, stream: TcpStream, session: Session, now: &Now) -> Connection {
         Connection {
             id,
             stream,
@@ -184,6 +188,8 @@ impl Connection {
             registered: Interest::READABLE,
             queued: false,
             peer_closing: false,
+            moved_bytes: false,
+            last_active: now.instant,
         }
     }
 
@@ -213,8 +219,37 @@ impl Connection {
         }
     }
 
+    /// When bytes last moved on this connection.
+    pub fn last_active(&self) -> Instant {
+        self.last_active
+    }
+
+    /// The server is shutting down: stop reading requests. A connection with no replies pending
+    /// closes at once; one with replies pending finishes writing them first (then closes).
+    pub fn begin_shutdown(&mut self) {
+        match self.phase {
+            Phase::Serving if self.unsent.is_empty() => self.close("server shutting down"),
+            Phase::Serving => self.phase = Phase::Draining,
+            Phase::Draining | Phase::Ending | Phase::Lingering { .. } | Phase::Closed => {}
+        }
+    }
+
+    /// Closes the connection now, whatever its phase (the idle timeout, the end of a shutdown).
+    pub fn abandon(&mut self, why: &str) {
+        self.close(why);
+    }
+
     /// Does all the I/O the connection can do now without blocking.
     pub fn drive(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
+        let verdict = self.drive_phases(shared, now);
+        if std::mem::take(&mut self.moved_bytes) {
+            self.last_active = now.instant;
+        }
+        verdict
+    }
+
+    /// The body of [`drive`](Self::drive): every phase transition is here.
+    fn drive_phases(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
         let mut verdict = Verdict::default();
         if !self.unsent.is_empty() {
             self.flush();
@@ -246,8 +281,8 @@ impl Connection {
         verdict
     }
 
-    /// A timer the connection asked for has fired.
-    pub fn on_deadline(&mut self, now: &Now) {
+    /// The linger timer has fired: close if the linger time is really over.
+    pub fn on_linger_deadline(&mut self, now: &Now) {
         if let Phase::Lingering { until } = self.phase {
             if until <= now.instant {
                 self.close("linger time is over");
@@ -287,6 +322,7 @@ impl Connection {
                 }
                 Ok(count) => {
                     budget -= count;
+                    self.moved_bytes = true;
                     trace!("conn #{}: read {count} bytes", self.id);
                     let arrival = if count < asked {
                         Arrival::Drained
@@ -372,6 +408,7 @@ impl Connection {
         }
         match write_until_blocked(&mut self.stream, replies) {
             Ok(written) => {
+                self.moved_bytes |= written > 0;
                 trace!("conn #{}: wrote {written} bytes", self.id);
                 if written < replies.len() {
                     self.unsent.push(&replies[written..]);
@@ -390,6 +427,7 @@ impl Connection {
     fn flush(&mut self) {
         match write_until_blocked(&mut self.stream, self.unsent.pending()) {
             Ok(written) => {
+                self.moved_bytes |= written > 0;
                 trace!(
                     "conn #{}: wrote {written} queued bytes, {} still queued",
                     self.id,

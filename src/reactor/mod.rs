@@ -7,11 +7,13 @@
 //! 1. **Wait.** `poll` blocks until some socket is ready, or until the nearest timer — or not at
 //!    all if a connection stopped on its budget last turn (the *still-ready* queue).
 //! 2. **Dispatch.** Each event names a token. Listener tokens accept new connections; connection
-//!    tokens drive that connection's state machine ([`Connection::drive`]).
+//!    tokens drive that connection's state machine ([`Connection::drive`]); the signal token
+//!    starts (or, the second time, cuts short) a graceful shutdown.
 //! 3. **Still ready.** Connections (and listeners) that stopped on a fairness budget are served
 //!    again. Under edge triggering no new event will come for bytes that already arrived, so a
 //!    budgeted connection must remember that it has work left.
-//! 4. **Timers.** Deadlines that have passed (the end of a lingering close) are acted on.
+//! 4. **Timers.** Deadlines that have passed are acted on: idle timeouts, the end of a lingering
+//!    close, a listener paused for lack of file descriptors.
 //! 5. **Reap.** Connections that finished during the turn leave the slab *now*, after the batch,
 //!    not in the middle of it: the slab reuses keys, and a key freed and reused mid-batch would
 //!    let a later event of the old connection reach the new one.
@@ -20,20 +22,31 @@
 //!
 //! A connection's token is its slab key, so finding the connection for an event is an index.
 //! Listeners sit at the top of the token space, from [`LISTENER_TOKEN_BASE`] up, where no slab key
-//! will ever reach.
+//! will ever reach, and the signal pipe has the very last token, [`SIGNAL_TOKEN`].
+//!
+//! ## Timers
+//!
+//! One binary heap holds every deadline, so finding the next one is O(1) and adding one is
+//! O(log n). The idle timeout does not move its heap entry on every byte — that would be a heap
+//! update per request. Each connection has one idle entry; when it fires, the connection is
+//! closed only if it has really been quiet that long, and otherwise the entry is pushed again for
+//! `last_active + timeout`. That is one heap operation per timeout period per connection,
+//! whatever the traffic.
 
 pub mod connection;
 pub mod listener;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::clock::{Clock, Now};
@@ -44,6 +57,9 @@ pub use listener::{bind_services, BindError, BoundListener, Listening};
 
 /// Tokens at and above this value are listeners (listener `i` is `LISTENER_TOKEN_BASE + i`).
 pub const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
+
+/// The token of the signal pipe (SIGINT, SIGTERM).
+pub const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
 /// Most events taken from one `poll` call. Events beyond it stay queued in the kernel for the
 /// next turn, so this bounds the turn's length, not what can be handled.
@@ -56,6 +72,13 @@ pub const MAX_ACCEPTS_PER_TURN: usize = 256;
 /// Default for `--output-limit`: 1 MiB of queued replies per connection.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 1024 * 1024;
 
+/// How long a listener rests when the process is out of file descriptors and has no reserve
+/// descriptor to spend: long enough not to spin, short enough that service resumes promptly.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The reply a connection over `--max-connections` gets before it is closed.
+pub const TOO_MANY_CONNECTIONS_REPLY: &[u8] = b"error too many connections\n";
+
 /// What the reactor needs from the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -63,6 +86,12 @@ pub struct Config {
     pub limits: Limits,
     /// `--output-limit`: queued reply bytes past which a connection stops being read.
     pub output_limit: usize,
+    /// `--max-connections`: open client connections past which new ones are closed at once.
+    pub max_connections: usize,
+    /// `--idle-timeout`: a connection with no bytes read or written this long is closed.
+    pub idle_timeout: Option<Duration>,
+    /// `--shutdown-timeout`: how long a graceful shutdown waits for busy connections.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +99,9 @@ impl Default for Config {
         Config {
             limits: Limits::default(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
+            max_connections: 1024,
+            idle_timeout: Some(Duration::from_secs(300)),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -77,19 +109,30 @@ impl Default for Config {
 /// A listening socket and the protocol its connections speak.
 #[derive(Debug)]
 struct Listener {
-    socket: TcpListener,
+    /// The socket; `None` once closed for a shutdown.
+    socket: Option<TcpListener>,
     protocol: ProtocolKind,
     local: SocketAddr,
     /// Whether it is in the still-ready queue (it stopped on the accept budget).
     queued: bool,
 }
 
-/// A deadline the loop must wake for: when, and which connection (key and serial number, so a
-/// timer outliving its connection cannot fire on the slab key's next tenant).
-type Timer = Reverse<(Instant, usize, u64)>;
+/// What a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    /// Check whether connection `key` (serial number `id`) has been idle too long.
+    Idle { key: usize, id: u64 },
+    /// End connection `key`'s lingering close.
+    Linger { key: usize, id: u64 },
+    /// Try accepting on listener `index` again after running out of file descriptors.
+    Accept { index: usize },
+}
+
+/// A deadline: when, and what for. The connection's serial number travels with its key, so a
+/// timer that outlives its connection cannot fire on the slab key's next tenant.
+type Timer = Reverse<(Instant, Wake)>;
 
 /// The single-threaded reactor serving every bound service.
-#[derive(Debug)]
 pub struct Reactor {
     poll: Poll,
     listeners: Vec<Listener>,
@@ -98,6 +141,8 @@ pub struct Reactor {
     shared: SharedBuffers,
     config: Config,
     clock: Clock,
+    /// SIGINT and SIGTERM, delivered through a pipe the poll watches.
+    signals: Option<Signals>,
     /// Tokens to serve again before blocking: they stopped on a budget with work left.
     still_ready: Vec<Token>,
     /// Keys of connections that finished this turn, removed from the slab after the batch.
@@ -106,11 +151,23 @@ pub struct Reactor {
     timers: BinaryHeap<Timer>,
     /// Serial number for the next accepted connection.
     next_connection_id: u64,
+    /// An open descriptor kept in reserve: when `accept` fails with EMFILE, closing it frees one
+    /// slot to accept the waiting client and close it at once, instead of leaving it hanging.
+    reserve_fd: Option<File>,
+    /// Whether the last accept was refused for the connection limit (logs a warning per streak).
+    refusing: bool,
+    /// When a graceful shutdown must be over; `None` while serving normally.
+    shutdown_deadline: Option<Instant>,
 }
 
 impl Reactor {
-    /// A reactor serving `listeners`. Nothing is served until [`Reactor::run`].
-    pub fn new(listeners: Vec<BoundListener>, config: Config) -> io::Result<Reactor> {
+    /// A reactor serving `listeners`, stopping gracefully on the given signals. Nothing is
+    /// served until [`Reactor::run`].
+    pub fn new(
+        listeners: Vec<BoundListener>,
+        config: Config,
+        signals: Option<Signals>,
+    ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let listeners = listeners
             .into_iter()
@@ -127,13 +184,18 @@ impl Reactor {
                     bound.protocol, bound.local
                 );
                 Ok(Listener {
-                    socket,
+                    socket: Some(socket),
                     protocol: bound.protocol,
                     local: bound.local,
                     queued: false,
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let mut signals = signals;
+        if let Some(signals) = signals.as_mut() {
+            poll.registry()
+                .register(signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        }
         Ok(Reactor {
             poll,
             listeners,
@@ -141,10 +203,14 @@ impl Reactor {
             shared: SharedBuffers::new(config.output_limit),
             config,
             clock: Clock::default(),
+            signals,
             still_ready: Vec::new(),
             finished: Vec::new(),
             timers: BinaryHeap::new(),
             next_connection_id: 1,
+            reserve_fd: open_reserve_fd(),
+            refusing: false,
+            shutdown_deadline: None,
         })
     }
 
@@ -153,7 +219,7 @@ impl Reactor {
         self.connections.len()
     }
 
-    /// Serves until an unrecoverable poller error.
+    /// Serves until a graceful shutdown completes (`Ok`) or the poller fails.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
@@ -177,6 +243,12 @@ impl Reactor {
                         ""
                     },
                 );
+                if event.token() == SIGNAL_TOKEN {
+                    if self.on_signal(&now) == Stop::Now {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 if event.is_read_closed() || event.is_error() {
                     if let Some(connection) = self.connections.get_mut(event.token().0) {
                         connection.note_peer_closing();
@@ -187,26 +259,32 @@ impl Reactor {
             self.serve_still_ready(&now);
             self.fire_timers(&now);
             self.reap_finished();
+            if self.shutdown_is_over(&now) {
+                return Ok(());
+            }
         }
     }
 
     /// Sends one token's readiness to its listener or connection.
     fn dispatch(&mut self, token: Token, now: &Now) {
         if token.0 >= LISTENER_TOKEN_BASE {
-            self.accept_ready(token.0 - LISTENER_TOKEN_BASE);
+            self.accept_ready(token.0 - LISTENER_TOKEN_BASE, now);
         } else {
             self.drive_connection(token.0, now);
         }
     }
 
     /// Accepts until the listener would block or the turn's accept budget is spent.
-    fn accept_ready(&mut self, index: usize) {
+    fn accept_ready(&mut self, index: usize, now: &Now) {
         for _ in 0..MAX_ACCEPTS_PER_TURN {
             let listener = &mut self.listeners[index];
-            match listener.socket.accept() {
+            let Some(socket) = listener.socket.as_ref() else {
+                return; // Closed for shutdown.
+            };
+            match socket.accept() {
                 Ok((stream, peer)) => {
                     let protocol = listener.protocol;
-                    self.open_connection(stream, peer, protocol);
+                    self.open_connection(stream, peer, protocol, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The client gave up before we got to it, or a signal interrupted us: next one.
@@ -218,6 +296,18 @@ impl Reactor {
                 {
                     debug!("accept on {}: {e}", listener.local);
                 }
+                Err(e) if is_out_of_descriptors(&e) => match self.shed_one_connection(index, &e) {
+                    Shed::ClosedOne => {}
+                    Shed::BacklogEmpty => return,
+                    Shed::NoReserve => {
+                        // Nothing to spend: rest the listener rather than spin on it.
+                        self.timers.push(Reverse((
+                            now.instant + ACCEPT_PAUSE,
+                            Wake::Accept { index },
+                        )));
+                        return;
+                    }
+                },
                 Err(e) => {
                     warn!("accept on {} failed: {e}", listener.local);
                     return;
@@ -232,7 +322,63 @@ impl Reactor {
         }
     }
 
-    fn open_connection(&mut self, mut stream: TcpStream, peer: SocketAddr, protocol: ProtocolKind) {
+    /// Out of descriptors: spends the reserve descriptor to accept one waiting client and close
+    /// it at once (the client sees a close, not a hang), then takes the reserve back.
+    ///
+    /// Without this, a listener whose backlog cannot be drained stays readable: level-triggered
+    /// loops spin at 100% CPU on it, and edge-triggered ones leave the clients hanging. Note that
+    /// Linux's `accept` claims a descriptor *before* it looks at the backlog, so EMFILE says
+    /// nothing about whether anyone is waiting; only the accept made with the freed descriptor
+    /// can tell (`WouldBlock`: nobody), and that is where shedding stops.
+    fn shed_one_connection(&mut self, index: usize, error: &io::Error) -> Shed {
+        if self.reserve_fd.is_none() {
+            self.reserve_fd = open_reserve_fd(); // Lost earlier; a slot may have freed since.
+        }
+        let Some(reserve) = self.reserve_fd.take() else {
+            return Shed::NoReserve;
+        };
+        drop(reserve);
+        let accepted = match self.listeners[index].socket.as_ref() {
+            Some(socket) => socket.accept(),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        };
+        let outcome = match accepted {
+            Ok((stream, peer)) => {
+                warn!("out of file descriptors ({error}): closing new connection from {peer}");
+                drop(stream); // Before reopening the reserve: that needs this very slot.
+                Shed::ClosedOne
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Shed::BacklogEmpty,
+            Err(_) => Shed::NoReserve,
+        };
+        self.reserve_fd = open_reserve_fd();
+        if self.reserve_fd.is_none() {
+            return Shed::NoReserve;
+        }
+        outcome
+    }
+
+    fn open_connection(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        protocol: ProtocolKind,
+        now: &Now,
+    ) {
+        if self.connections.len() >= self.config.max_connections {
+            if !self.refusing {
+                warn!(
+                    "{} connections open (--max-connections): closing new ones until some leave",
+                    self.connections.len()
+                );
+            }
+            self.refusing = true;
+            debug!("refusing {peer}: too many connections");
+            // One best-effort write: the socket is new, so its buffer has room.
+            let _ = stream.write(TOO_MANY_CONNECTIONS_REPLY);
+            return;
+        }
+        self.refusing = false;
         let id = self.next_connection_id;
         self.next_connection_id += 1;
         // Replies are written whole, once per request: Nagle's delay would only add latency.
@@ -254,7 +400,11 @@ impl Reactor {
             return;
         }
         trace!("accept: conn #{id} from {peer} ({protocol}), token {key}");
-        entry.insert(Connection::new(id, stream, session));
+        entry.insert(Connection::new(id, stream, session, now));
+        if let Some(idle) = self.config.idle_timeout {
+            self.timers
+                .push(Reverse((now.instant + idle, Wake::Idle { key, id })));
+        }
     }
 
     /// Drives one connection and applies its verdict: requeue, timer, interest, or removal.
@@ -266,16 +416,24 @@ impl Reactor {
             return; // Finished earlier this turn; reaped after the batch.
         }
         let verdict = connection.drive(&mut self.shared, now);
+        if let Some(at) = verdict.wake_at {
+            let id = connection.id;
+            self.timers.push(Reverse((at, Wake::Linger { key, id })));
+        }
+        self.settle(key, verdict.still_ready);
+    }
+
+    /// After a connection has been driven (or closed): queue it for removal, or requeue it and
+    /// bring its poller interest up to date.
+    fn settle(&mut self, key: usize, still_ready: bool) {
+        let connection = &mut self.connections[key];
         if connection.is_closed() {
             self.finished.push(key);
             return;
         }
-        if verdict.still_ready && !connection.queued {
+        if still_ready && !connection.queued {
             connection.queued = true;
             self.still_ready.push(Token(key));
-        }
-        if let Some(at) = verdict.wake_at {
-            self.timers.push(Reverse((at, key, connection.id)));
         }
         let wanted = connection.wanted_interest(self.config.output_limit);
         if let Some(interest) = wanted.filter(|&i| i != connection.registered) {
@@ -317,17 +475,32 @@ impl Reactor {
 
     /// Acts on every deadline that has passed.
     fn fire_timers(&mut self, now: &Now) {
-        while let Some(&Reverse((at, key, id))) = self.timers.peek() {
+        while let Some(&Reverse((at, wake))) = self.timers.peek() {
             if at > now.instant {
                 break;
             }
             self.timers.pop();
-            if let Some(connection) = self.connections.get_mut(key) {
-                if connection.id == id && !connection.is_closed() {
-                    connection.on_deadline(now);
-                    if connection.is_closed() {
-                        self.finished.push(key);
+            match wake {
+                Wake::Accept { index } => self.accept_ready(index, now),
+                Wake::Idle { key, id } | Wake::Linger { key, id } => {
+                    let Some(connection) = self.connections.get_mut(key) else {
+                        continue;
+                    };
+                    if connection.id != id || connection.is_closed() {
+                        continue; // The connection this timer was for is gone.
                     }
+                    if let Wake::Linger { .. } = wake {
+                        connection.on_linger_deadline(now);
+                    } else if let Some(idle) = self.config.idle_timeout {
+                        let quiet_until = connection.last_active() + idle;
+                        if quiet_until <= now.instant {
+                            debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
+                            connection.abandon("idle timeout");
+                        } else {
+                            self.timers.push(Reverse((quiet_until, wake)));
+                        }
+                    }
+                    self.settle(key, false);
                 }
             }
         }
@@ -348,14 +521,109 @@ impl Reactor {
         }
     }
 
+    /// Handles pending signals: the first starts a graceful shutdown, a second one means "now".
+    fn on_signal(&mut self, now: &Now) -> Stop {
+        let Some(signals) = self.signals.as_mut() else {
+            return Stop::NotYet;
+        };
+        let received: Vec<i32> = signals.pending().collect();
+        for signal in received {
+            if self.shutdown_deadline.is_some() {
+                info!("second signal ({signal}): exiting at once");
+                return Stop::Now;
+            }
+            info!(
+                "signal {signal}: shutting down (at most {} s)",
+                self.config.shutdown_timeout.as_secs_f64()
+            );
+            self.begin_shutdown(now);
+        }
+        Stop::NotYet
+    }
+
+    /// Stops accepting, closes idle connections, and lets busy ones finish writing.
+    fn begin_shutdown(&mut self, now: &Now) {
+        self.shutdown_deadline = Some(now.instant + self.config.shutdown_timeout);
+        for (index, listener) in self.listeners.iter_mut().enumerate() {
+            // Closing the socket deregisters it; clients connecting from now on are refused.
+            if listener.socket.take().is_some() {
+                debug!("listener {index}: closed");
+            }
+        }
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let connection = &mut self.connections[key];
+            if connection.is_closed() {
+                continue;
+            }
+            connection.begin_shutdown();
+            if connection.is_closed() {
+                self.finished.push(key);
+            } else {
+                // Draining connections may be able to finish right away.
+                self.drive_connection(key, now);
+            }
+        }
+    }
+
+    /// Whether a graceful shutdown has finished: every connection is gone, or time is up.
+    fn shutdown_is_over(&mut self, now: &Now) -> bool {
+        let Some(deadline) = self.shutdown_deadline else {
+            return false;
+        };
+        if self.connections.is_empty() {
+            info!("shutdown complete");
+            return true;
+        }
+        if now.instant >= deadline {
+            warn!(
+                "shutdown timeout: closing {} connections still busy",
+                self.connections.len()
+            );
+            return true;
+        }
+        false
+    }
+
     /// Zero if work is left over from the last turn; otherwise until the nearest deadline.
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.still_ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        let Reverse((at, _, _)) = self.timers.peek()?;
-        Some(at.saturating_duration_since(Instant::now()))
+        let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let next = match (next_timer, self.shutdown_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(next.saturating_duration_since(Instant::now()))
     }
+}
+
+/// What spending the reserve descriptor achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shed {
+    /// A waiting client was accepted and closed; there may be more.
+    ClosedOne,
+    /// Nobody was waiting: stop until the next readiness edge.
+    BacklogEmpty,
+    /// No reserve descriptor (or it could not be reopened): pause the listener instead.
+    NoReserve,
+}
+
+/// Whether the loop goes on after a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    NotYet,
+    Now,
+}
+
+/// EMFILE (this process) or ENFILE (the whole system): no descriptor for a new connection.
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+fn open_reserve_fd() -> Option<File> {
+    File::open("/dev/null").ok()
 }
 
 /// Logs the fd limit decision the way an operator wants to read it.
