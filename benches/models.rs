@@ -264,10 +264,7 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
     let number = |key: &str| report.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
     // CPU is measured over the whole load run, warm-up included, so divide by every request
     // completed in it.
-    let all_requests = report
-        .get("requests_total")
-        .and_then(|v| v.as_f64())
-        .unwrap_or_else(|| number("requests"));
+    let all_requests = number("requests") + number("warmup_requests");
     let cpu_seconds = (cpu_after.saturating_sub(cpu_before)) as f64 / TICKS_PER_SECOND;
     Ok(Sample {
         requests: number("requests"),

@@ -81,9 +81,13 @@ pub struct ServeArgs {
     pub shutdown_timeout: u64,
 }
 
-/// Descriptors kept back from `--max-connections`' default for everything that is not a client:
-/// stdio, the poller, the signal pipe, listeners, the EMFILE reserve, files.
-pub const RESERVED_DESCRIPTORS: u64 = 64;
+/// `--max-connections`' default: the open-file limit less the descriptors that are not clients
+/// (stdio, the poller, the signal pipe, listeners, the EMFILE reserve, log files) — an eighth of
+/// the limit, at least 8 and at most 64, so a small limit still leaves most of it for clients.
+pub fn default_max_connections(fd_limit: u64) -> usize {
+    let reserved = (fd_limit / 8).clamp(8, 64);
+    fd_limit.saturating_sub(reserved).max(1) as usize
+}
 
 /// Parses a byte count of at least 1.
 fn positive_size(text: &str) -> Result<usize, String> {
@@ -152,8 +156,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let fd_limit = crate::sys::raise_fd_limit();
     reactor::log_fd_limit(&fd_limit);
     let max_connections = args.max_connections.unwrap_or_else(|| {
-        let descriptors = fd_limit.as_ref().map_or(1024, |limit| limit.now);
-        descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(1) as usize
+        default_max_connections(fd_limit.as_ref().map_or(1024, |limit| limit.now))
     });
     let limits = Limits {
         max_line: args.max_line,
@@ -247,6 +250,14 @@ mod tests {
         assert_eq!(args.max_line, 65536);
         assert_eq!(args.output_limit, 1048576);
         assert_eq!(args.model, Model::Reactor);
+    }
+
+    #[test]
+    fn max_connections_default_leaves_room_for_the_server() {
+        assert_eq!(default_max_connections(32), 24);
+        assert_eq!(default_max_connections(1024), 960);
+        assert_eq!(default_max_connections(20000), 19936);
+        assert_eq!(default_max_connections(4), 1);
     }
 
     #[test]

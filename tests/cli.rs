@@ -157,8 +157,6 @@ fn a_host_name_is_resolved_and_the_listening_line_shows_the_address() {
 }
 
 #[test]
-#[ignore = "not in this build: the contract's SIGINT/SIGTERM shutdown (exit 0) is not implemented \
-            yet; the server dies by the signal"]
 fn sigterm_stops_the_server_with_exit_zero() {
     let mut server = Server::start(&["echo@127.0.0.1:0"]);
     let addr = server.addr("echo");

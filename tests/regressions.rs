@@ -66,8 +66,6 @@ fn request(stream: &mut TcpStream, message: &[u8]) -> Result<Answer, String> {
 }
 
 #[test]
-#[ignore = "bug: at the open-file limit, clients are left waiting in the accept backlog with no \
-            answer (the contract: accepted and closed at once, never left waiting)"]
 fn clients_past_the_fd_limit_are_answered_not_left_in_the_backlog() {
     let mut server = Server::start_with_fd_limit(SERVER_FD_LIMIT, &["echo@127.0.0.1:0"]);
     let addr = server.addr("echo");
@@ -88,8 +86,6 @@ fn clients_past_the_fd_limit_are_answered_not_left_in_the_backlog() {
 }
 
 #[test]
-#[ignore = "bug: after accept fails with EMFILE the listener is not retried, so clients already in \
-            the backlog stay unanswered after descriptors free up, until a new client connects"]
 fn clients_in_the_backlog_are_answered_once_descriptors_free_up() {
     let mut server = Server::start_with_fd_limit(SERVER_FD_LIMIT, &["echo@127.0.0.1:0"]);
     let addr = server.addr("echo");
