@@ -56,6 +56,18 @@ impl fmt::Display for Address {
     }
 }
 
+/// Turns a host name and port into an address (the system resolver, or a stand-in in tests).
+pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> Result<SocketAddr, String>;
+
+/// The system resolver: the first address `getaddrinfo` gives, as `nc` does.
+pub fn system_resolver(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
 impl FromStr for Address {
     type Err = String;
 
@@ -64,6 +76,13 @@ impl FromStr for Address {
     /// HOST is an IP address (IPv6 in brackets) or a name such as `localhost`, which is resolved
     /// here and the first address used, as `nc` does.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Address::parse_with(text, &system_resolver)
+    }
+}
+
+impl Address {
+    /// Parses like [`FromStr`], resolving host names with `resolve`.
+    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<Address, String> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("unix: needs a socket path, e.g. unix:/tmp/chat.sock".into());
@@ -71,15 +90,15 @@ impl FromStr for Address {
             return Ok(Address::Unix(PathBuf::from(path)));
         }
         if let Some(host_port) = text.strip_prefix("udp:") {
-            return parse_host_port(host_port).map(Address::Udp);
+            return parse_host_port(host_port, resolve).map(Address::Udp);
         }
         let host_port = text.strip_prefix("tcp:").unwrap_or(text);
-        parse_host_port(host_port).map(Address::Tcp)
+        parse_host_port(host_port, resolve).map(Address::Tcp)
     }
 }
 
 /// Parses `HOST:PORT` into one socket address.
-fn parse_host_port(text: &str) -> Result<SocketAddr, String> {
+fn parse_host_port(text: &str, resolve: Resolver<'_>) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -97,11 +116,7 @@ fn parse_host_port(text: &str) -> Result<SocketAddr, String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("{port:?} in {text:?} is not a port number (0-65535)"))?;
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host:?} resolves to no address"))
+    resolve(host, port)
 }
 
 /// One `PROTOCOL@ADDRESS` service.
@@ -117,11 +132,18 @@ impl FromStr for ServiceSpec {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ServiceSpec::parse_with(text, &system_resolver)
+    }
+}
+
+impl ServiceSpec {
+    /// Parses like [`FromStr`], resolving host names with `resolve`.
+    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<ServiceSpec, String> {
         let (protocol, address) = text.split_once('@').ok_or_else(|| {
             format!("{text:?} is not PROTOCOL@ADDRESS (e.g. echo@127.0.0.1:9000)")
         })?;
         let protocol: ProtocolKind = protocol.parse()?;
-        let address: Address = address.parse()?;
+        let address = Address::parse_with(address, resolve)?;
         if matches!(address, Address::Udp(_))
             && matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload)
         {

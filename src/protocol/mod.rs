@@ -29,6 +29,7 @@
 //! can share one read buffer among thousands of connections.
 
 pub mod echo;
+pub mod invariants;
 pub mod timestamp;
 pub mod upper;
 

@@ -491,6 +491,13 @@ impl Pseudo {
         Pseudo(seed | 1)
     }
 
+    /// A number in `low..=high` from the stream.
+    pub fn between(&mut self, low: usize, high: usize) -> usize {
+        let mut word = [0; 8];
+        self.fill(&mut word);
+        low + (u64::from_le_bytes(word) % (high - low + 1) as u64) as usize
+    }
+
     /// Fills `buffer` with the next bytes of the stream.
     pub fn fill(&mut self, buffer: &mut [u8]) {
         for chunk in buffer.chunks_mut(8) {

@@ -1,0 +1,355 @@
+//! Faults, floods and shutdown: what the reactor does on its worst day (docs/RELIABILITY.md).
+//!
+//! Every test here drives the real binary over loopback and asserts behaviour, never speed; the
+//! CPU check on descriptor exhaustion compares CPU *time* used against time passed, which a
+//! loaded machine does not inflate.
+
+mod util;
+
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{
+    connect, half_close, read_exact_within, read_to_end_within, send, Pseudo, Server, DEADLINE,
+};
+
+/// Bytes the server has received on the connection from `client` but not read yet, from
+/// `/proc/net/tcp` (`rx_queue` of the server's end). `None` if the socket is not listed.
+fn server_unread_bytes(server: SocketAddr, client: SocketAddr) -> Option<u64> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+        let (local, remote) = (port(fields.get(1)?)?, port(fields.get(2)?)?);
+        if local != server.port() || remote != client.port() {
+            return None;
+        }
+        let rx_queue = fields.get(4)?.split(':').nth(1)?;
+        u64::from_str_radix(rx_queue, 16).ok()
+    })
+}
+
+/// Waits until the server has read everything `client` sent.
+fn wait_until_server_has_read_all(server: SocketAddr, stream: &TcpStream) {
+    let client = stream.local_addr().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while server_unread_bytes(server, client) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not read its input within {DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `bytes` from a thread (the caller does not read meanwhile), returning when all were
+/// handed to the kernel.
+fn write_all_from_a_thread(stream: &TcpStream, bytes: Vec<u8>) {
+    let mut writer = stream.try_clone().unwrap();
+    thread::spawn(move || writer.write_all(&bytes))
+        .join()
+        .expect("writer thread")
+        .expect("write the request");
+}
+
+/// Fills the connection until the server has more queued for it than the socket buffers hold
+/// (the client never reads): a connection the server cannot finish on its own.
+fn make_busy(stream: &TcpStream) {
+    let mut stream = stream.try_clone().unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let deadline = Instant::now() + DEADLINE;
+    // Write until a write times out: the server has stopped reading (its queue is over the
+    // output limit) and every buffer on the way is full.
+    while Instant::now() < deadline {
+        match stream.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return,
+            Err(e) => panic!("writing to a busy connection: {e}"),
+        }
+    }
+    panic!("the server kept reading a client that never reads");
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime, in USER_HZ (100 per second on Linux).
+    (fields[11] + fields[12]) as f64 / 100.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// graceful shutdown
+
+#[test]
+fn shutdown_writes_every_queued_reply_then_exits_zero() {
+    // 24 MiB echoed to a client that is not reading: the server reads it all (its output limit
+    // is higher) and holds most of it queued, beyond what the socket buffers take.
+    let mut server = Server::start(&["--output-limit", "67108864", "echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    let mut stream = connect(addr);
+    let mut input = vec![0; 24 << 20];
+    Pseudo::new(7).fill(&mut input);
+    write_all_from_a_thread(&stream, input.clone());
+    wait_until_server_has_read_all(addr, &stream);
+
+    server.signal("TERM");
+    // Every byte the server read is a request already read: its reply must arrive in full.
+    let got = read_to_end_within(&mut stream);
+    util::assert_bytes_eq(&got, &input, "replies queued at shutdown");
+    assert_eq!(server.wait_for_exit().code(), Some(0));
+}
+
+#[test]
+fn shutdown_stops_accepting_and_closes_idle_connections_at_once() {
+    let mut server = Server::start(&[
+        "--shutdown-timeout",
+        "60",
+        "--output-limit",
+        "65536",
+        "echo@127.0.0.1:0",
+        "upper@127.0.0.1:0",
+    ]);
+    let (echo, upper) = (server.addr("echo"), server.addr("upper"));
+    let mut idle = connect(upper);
+    send(&mut idle, b"served");
+    assert_eq!(read_exact_within(&mut idle, 6), b"SERVED");
+    let busy = connect(echo);
+    make_busy(&busy);
+
+    server.signal("INT");
+    // The idle connection is closed at once, cleanly; the busy one keeps the server alive.
+    assert_eq!(read_to_end_within(&mut idle), b"");
+    for addr in [echo, upper] {
+        let refused = TcpStream::connect_timeout(&addr, DEADLINE);
+        assert!(
+            refused.is_err(),
+            "{addr}: connections must be refused once shutting down"
+        );
+    }
+    server.assert_running();
+    drop(busy);
+    // With its last connection gone, the server is done.
+    assert_eq!(server.wait_for_exit().code(), Some(0));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    // A shutdown timeout far past the test's deadline: only the second signal can end it.
+    let mut server = Server::start(&[
+        "--shutdown-timeout",
+        "3600",
+        "--output-limit",
+        "65536",
+        "echo@127.0.0.1:0",
+    ]);
+    let busy = connect(server.addr("echo"));
+    make_busy(&busy);
+    server.signal("TERM");
+    thread::sleep(Duration::from_millis(200));
+    server.assert_running();
+    server.signal("INT");
+    assert_eq!(server.wait_for_exit().code(), Some(0));
+}
+
+#[test]
+fn shutdown_timeout_closes_connections_still_busy() {
+    let mut server = Server::start(&[
+        "--shutdown-timeout",
+        "1",
+        "--output-limit",
+        "65536",
+        "echo@127.0.0.1:0",
+    ]);
+    let busy = connect(server.addr("echo"));
+    make_busy(&busy);
+    server.signal("TERM");
+    assert_eq!(server.wait_for_exit().code(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// idle timeout
+
+#[test]
+fn idle_connections_are_closed_and_active_ones_are_not() {
+    let mut server = Server::start(&["--idle-timeout", "1", "echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    let mut idle = connect(addr);
+    let mut active = connect(addr);
+    // Three seconds of a message every 200 ms: never idle for a second, so never cut, although
+    // the connection is three times older than the timeout.
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let message = format!("tick {round}");
+        send(&mut active, message.as_bytes());
+        assert_eq!(
+            read_exact_within(&mut active, message.len()),
+            message.as_bytes()
+        );
+        thread::sleep(Duration::from_millis(200));
+        round += 1;
+    }
+    // Meanwhile the silent one was closed, cleanly.
+    assert_eq!(read_to_end_within(&mut idle), b"");
+    server.assert_running();
+}
+
+#[test]
+fn a_stalled_line_is_still_subject_to_the_idle_timeout() {
+    // Slowloris: half a line, then silence. The pending line does not keep the connection alive.
+    let server = Server::start(&["--idle-timeout", "1", "timestamp@127.0.0.1:0"]);
+    let mut stream = connect(server.addr("timestamp"));
+    send(&mut stream, b"GET / HTTP/1.1\r\nHost: ");
+    let got = read_to_end_within(&mut stream);
+    let pieces = util::parse_stamped(&got).unwrap_or_else(|e| panic!("{e}"));
+    let joined: Vec<u8> = pieces.iter().flat_map(|p| p.payload.clone()).collect();
+    assert_eq!(joined, b"GET / HTTP/1.1\r\nHost: ", "answered, then closed");
+}
+
+#[test]
+fn a_flood_of_silent_connections_is_shed_by_the_idle_timeout() {
+    util::raise_fd_limit();
+    let mut server = Server::start(&["--idle-timeout", "1", "echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    let baseline_fds = server.open_fds();
+    let silent: Vec<TcpStream> = (0..1000).map(|_| connect(addr)).collect();
+    // Served while the flood holds its connections.
+    let mut client = connect(addr);
+    send(&mut client, b"still here");
+    assert_eq!(read_exact_within(&mut client, 10), b"still here");
+    drop(client);
+    // Every silent connection is closed by the server, which gives back their descriptors.
+    for mut stream in silent {
+        assert_eq!(read_to_end_within(&mut stream), b"");
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while server.open_fds() > baseline_fds {
+        assert!(Instant::now() < deadline, "descriptors were not released");
+        thread::sleep(Duration::from_millis(20));
+    }
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// connection limit and descriptor exhaustion
+
+#[test]
+fn connections_past_the_limit_are_closed_at_once_and_service_resumes() {
+    let mut server = Server::start(&["--max-connections", "5", "echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    let mut admitted: Vec<TcpStream> = (0..5).map(|_| connect(addr)).collect();
+    for (i, stream) in admitted.iter_mut().enumerate() {
+        let message = format!("admitted {i}");
+        send(stream, message.as_bytes());
+        assert_eq!(read_exact_within(stream, message.len()), message.as_bytes());
+    }
+    let mut extra = connect(addr);
+    assert_eq!(
+        read_to_end_within(&mut extra),
+        b"error too many connections\n"
+    );
+    // The admitted ones are unaffected.
+    send(&mut admitted[0], b"unaffected");
+    assert_eq!(read_exact_within(&mut admitted[0], 10), b"unaffected");
+    // A slot frees up: the next client is served (the server notices the close first).
+    let mut leaving = admitted.pop().unwrap();
+    half_close(&leaving);
+    assert_eq!(read_to_end_within(&mut leaving), b"");
+    drop(leaving);
+    let mut next = connect(addr);
+    send(&mut next, b"my turn");
+    assert_eq!(read_exact_within(&mut next, 7), b"my turn");
+    server.assert_running();
+}
+
+#[test]
+fn out_of_descriptors_the_loop_does_not_spin_and_recovers() {
+    // 300 clients against a server allowed 40 descriptors (and a connection limit that does not
+    // step in first): accept fails with EMFILE while the backlog is full.
+    let mut server =
+        Server::start_with_fd_limit(40, &["--max-connections", "100000", "echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    let mut clients: Vec<TcpStream> = (0..300).map(|_| connect(addr)).collect();
+    // Hold them all for a second and measure the server's CPU time meanwhile. A loop spinning
+    // on a listener it cannot drain burns the whole second.
+    let before = cpu_seconds(server.pid());
+    let started = Instant::now();
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(server.pid()) - before;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        used < 0.5 * elapsed,
+        "the server used {used:.2} s of CPU in {elapsed:.2} s while out of descriptors"
+    );
+    // Every client got an answer: served, or closed at once — nobody hangs in the backlog.
+    let mut served = 0;
+    for (i, stream) in clients.iter_mut().enumerate() {
+        let message = format!("client {i}\n");
+        if stream.write_all(message.as_bytes()).is_err() {
+            continue;
+        }
+        let mut reply = vec![0; message.len()];
+        match stream.read_exact(&mut reply) {
+            Ok(()) => {
+                assert_eq!(reply, message.as_bytes());
+                served += 1;
+            }
+            Err(e) => assert!(
+                !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "client {i} was left hanging: {e}"
+            ),
+        }
+    }
+    assert!(served > 0, "nobody was served");
+    // Once the clients leave, service is back.
+    drop(clients);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut stream = connect(addr);
+        send(&mut stream, b"back");
+        let mut reply = [0; 4];
+        if stream.read_exact(&mut reply).is_ok() && &reply == b"back" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not recover");
+        thread::sleep(Duration::from_millis(50));
+    }
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// peers that misbehave
+
+#[test]
+fn a_reset_while_the_server_writes_does_not_kill_it() {
+    // SIGPIPE: the server writes to a connection the peer has reset. The write fails with EPIPE
+    // or ECONNRESET; the process must not die of a signal.
+    let mut server = Server::start(&["echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    for round in 0..20 {
+        let mut stream = connect(addr);
+        let chunk = vec![round as u8; 256 * 1024];
+        let _ = stream.write_all(&chunk);
+        // Linger zero: close sends an RST, with the server mid-reply.
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream);
+    }
+    let mut stream = connect(addr);
+    send(&mut stream, b"alive");
+    assert_eq!(read_exact_within(&mut stream, 5), b"alive");
+    server.assert_running();
+}
