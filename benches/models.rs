@@ -9,9 +9,12 @@
 //!   (children included, for `forking`) divided by the requests completed in that run. Server and
 //!   load generator share two cores, so when the machine is saturated requests/s mostly measures
 //!   the machine; CPU per request is the fair efficiency figure;
-//! * peak memory — the server's RSS (for `forking`, plus each child's PSS, which splits the
-//!   pages parent and children share instead of counting them in every child) — and the peak
-//!   number of threads and processes.
+//! * peak memory, two ways: RSS (for `forking`, plus each child's PSS, which splits the pages
+//!   parent and children share instead of counting them in every child), and *private* memory —
+//!   anonymous pages only (`RssAnon`; `Pss_Anon` for children). Most of an idle server's RSS is
+//!   libc's and the binary's file-backed pages, the same for every model (it is one binary) and
+//!   shared with every other process; the private figure is what each model adds;
+//! * the peak number of threads and processes.
 //!
 //! Each cell runs several times and the median run (by requests/s) is reported. Results go to
 //! stdout as a table and to `target/oneloop-bench/` as `results.csv`, `results.json` and an SVG
@@ -101,6 +104,7 @@ struct Sample {
     p99_us: f64,
     cpu_us_per_request: f64,
     peak_memory_kib: f64,
+    peak_private_kib: f64,
     peak_threads: f64,
     peak_processes: f64,
     load_cpu_percent: f64,
@@ -161,8 +165,17 @@ fn main() {
         if quick { " [quick]" } else { "" }
     );
     println!(
-        "{:<40} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6} {:>7}",
-        "cell", "req/s", "p50 µs", "p99 µs", "cpu µs/req", "peak KiB", "threads", "procs", "errors"
+        "{:<40} {:>10} {:>9} {:>9} {:>10} {:>10} {:>11} {:>8} {:>6} {:>7}",
+        "cell",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "cpu µs/req",
+        "peak KiB",
+        "private KiB",
+        "threads",
+        "procs",
+        "errors"
     );
     let started = Instant::now();
     let mut results: Vec<(Cell, Option<Sample>, Option<String>)> = Vec::new();
@@ -188,13 +201,14 @@ fn main() {
         samples.sort_by(|a, b| a.rps.total_cmp(&b.rps));
         let median = samples[samples.len() / 2].clone();
         println!(
-            "{:<40} {:>10.0} {:>9.0} {:>9.0} {:>10.1} {:>10.0} {:>8.0} {:>6.0} {:>7.0}",
+            "{:<40} {:>10.0} {:>9.0} {:>9.0} {:>10.1} {:>10.0} {:>11.0} {:>8.0} {:>6.0} {:>7.0}",
             cell.label(),
             median.rps,
             median.p50_us,
             median.p99_us,
             median.cpu_us_per_request,
             median.peak_memory_kib,
+            median.peak_private_kib,
             median.peak_threads,
             median.peak_processes,
             median.errors
@@ -278,6 +292,7 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
             f64::NAN
         },
         peak_memory_kib: peaks.memory_kib.load(Ordering::Relaxed) as f64,
+        peak_private_kib: peaks.private_kib.load(Ordering::Relaxed) as f64,
         peak_threads: peaks.threads.load(Ordering::Relaxed) as f64,
         peak_processes: peaks.processes.load(Ordering::Relaxed) as f64,
         load_cpu_percent: number("client_cpu_percent"),
@@ -335,6 +350,7 @@ impl Drop for Server {
 #[derive(Default)]
 struct Peaks {
     memory_kib: std::sync::atomic::AtomicU64,
+    private_kib: std::sync::atomic::AtomicU64,
     threads: std::sync::atomic::AtomicU64,
     processes: std::sync::atomic::AtomicU64,
 }
@@ -343,14 +359,17 @@ impl Peaks {
     fn sample(&self, pid: u32) {
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let mut memory = status_field(&status, "VmRSS:");
+        let mut private = status_field(&status, "RssAnon:");
         let threads = status_field(&status, "Threads:");
         let children = children_of(pid);
         for child in &children {
             let rollup =
                 fs::read_to_string(format!("/proc/{child}/smaps_rollup")).unwrap_or_default();
             memory += status_field(&rollup, "Pss:");
+            private += status_field(&rollup, "Pss_Anon:");
         }
         self.memory_kib.fetch_max(memory, Ordering::Relaxed);
+        self.private_kib.fetch_max(private, Ordering::Relaxed);
         self.threads.fetch_max(threads, Ordering::Relaxed);
         self.processes
             .fetch_max(1 + children.len() as u64, Ordering::Relaxed);
@@ -431,10 +450,11 @@ fn print_ratios(results: &[(Cell, Option<Sample>, Option<String>)]) {
             };
             println!(
                 "reactor vs threaded, {protocol}, {connections} connections: {:.2}x the req/s, \
-                 {:.2}x the CPU per request, {:.3}x the peak memory",
+                 {:.2}x the CPU per request, {:.3}x the peak RSS, {:.3}x the peak private memory",
                 reactor.rps / threaded.rps,
                 reactor.cpu_us_per_request / threaded.cpu_us_per_request,
-                reactor.peak_memory_kib / threaded.peak_memory_kib
+                reactor.peak_memory_kib / threaded.peak_memory_kib,
+                reactor.peak_private_kib / threaded.peak_private_kib
             );
         }
     }
@@ -467,7 +487,8 @@ fn write_outputs(
     fs::create_dir_all(&dir)?;
     let mut csv = String::from(
         "model,protocol,connections,pipeline,requests,errors,rps,p50_us,p99_us,\
-         cpu_us_per_request,peak_memory_kib,peak_threads,peak_processes,load_cpu_percent,skipped\n",
+         cpu_us_per_request,peak_memory_kib,peak_private_kib,peak_threads,peak_processes,\
+         load_cpu_percent,skipped\n",
     );
     let mut rows = Vec::new();
     for (cell, sample, skipped) in results {
@@ -475,7 +496,7 @@ fn write_outputs(
         let skipped = skipped.clone().unwrap_or_default();
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{:.0},{:.0},{:.0},{:.2},{:.0},{:.0},{:.0},{:.0},\"{}\"",
+            "{},{},{},{},{},{},{:.0},{:.0},{:.0},{:.2},{:.0},{:.0},{:.0},{:.0},{:.0},\"{}\"",
             cell.model,
             cell.protocol,
             cell.connections,
@@ -487,6 +508,7 @@ fn write_outputs(
             s.p99_us,
             s.cpu_us_per_request,
             s.peak_memory_kib,
+            s.peak_private_kib,
             s.peak_threads,
             s.peak_processes,
             s.load_cpu_percent,
@@ -499,7 +521,8 @@ fn write_outputs(
             "requests": s.requests, "errors": s.errors, "rps": s.rps,
             "p50_us": s.p50_us, "p99_us": s.p99_us,
             "cpu_us_per_request": if s.cpu_us_per_request.is_finite() { s.cpu_us_per_request } else { 0.0 },
-            "peak_memory_kib": s.peak_memory_kib, "peak_threads": s.peak_threads,
+            "peak_memory_kib": s.peak_memory_kib, "peak_private_kib": s.peak_private_kib,
+            "peak_threads": s.peak_threads,
             "peak_processes": s.peak_processes, "load_cpu_percent": s.load_cpu_percent,
         }));
     }
@@ -524,116 +547,73 @@ fn write_outputs(
     Ok(())
 }
 
-/// Requests/s against connections (log scale), one line per model, echo and upper side by side.
+/// What one chart panel plots.
+struct Panel {
+    title: &'static str,
+    protocol: &'static str,
+    value: fn(&Sample) -> f64,
+    /// A logarithmic y axis (memory spans three orders of magnitude across models).
+    log_y: bool,
+}
+
+const MODEL_COLOURS: [(&str, &str); 5] = [
+    ("reactor", "#d62728"),
+    ("threaded", "#1f77b4"),
+    ("pool", "#2ca02c"),
+    ("forking", "#9467bd"),
+    ("serial", "#7f7f7f"),
+];
+
+/// Four panels against concurrent connections (log scale), one line per model: requests/s for
+/// echo and upper, then server CPU per request and private memory for echo.
 fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
     const PANEL_W: f64 = 460.0;
-    const PANEL_H: f64 = 300.0;
-    const LEFT: f64 = 70.0;
-    const TOP: f64 = 50.0;
-    const GAP: f64 = 90.0;
-    let colours = [
-        ("reactor", "#d62728"),
-        ("threaded", "#1f77b4"),
-        ("pool", "#2ca02c"),
-        ("forking", "#9467bd"),
-        ("serial", "#7f7f7f"),
+    const PANEL_H: f64 = 260.0;
+    const LEFT: f64 = 80.0;
+    const TOP: f64 = 60.0;
+    const GAP_X: f64 = 100.0;
+    const GAP_Y: f64 = 100.0;
+    let panels = [
+        Panel {
+            title: "echo: requests/s",
+            protocol: "echo",
+            value: |s| s.rps,
+            log_y: false,
+        },
+        Panel {
+            title: "upper: requests/s",
+            protocol: "upper",
+            value: |s| s.rps,
+            log_y: false,
+        },
+        Panel {
+            title: "echo: server CPU µs per request (lower is better)",
+            protocol: "echo",
+            value: |s| s.cpu_us_per_request,
+            log_y: false,
+        },
+        Panel {
+            title: "echo: peak private memory, KiB (log scale, lower is better)",
+            protocol: "echo",
+            value: |s| s.peak_private_kib,
+            log_y: true,
+        },
     ];
-    let mut series: BTreeMap<(&str, &str), Vec<(usize, f64)>> = BTreeMap::new();
-    for (cell, sample, _) in results {
-        if let (Some(sample), 1) = (sample, cell.pipeline) {
-            series
-                .entry((cell.protocol, cell.model))
-                .or_default()
-                .push((cell.connections, sample.rps));
-        }
-    }
-    let max_rps = series
-        .values()
-        .flatten()
-        .map(|&(_, rps)| rps)
-        .fold(1.0, f64::max);
-    let y_top = nice_ceiling(max_rps);
-    let max_conn = series
-        .values()
-        .flatten()
-        .map(|&(c, _)| c)
-        .max()
-        .unwrap_or(1000)
-        .max(2) as f64;
-    let x_of = |connections: usize| (connections as f64).ln() / max_conn.ln() * PANEL_W;
-    let y_of = |rps: f64| PANEL_H - rps / y_top * PANEL_H;
-
-    let width = LEFT + 2.0 * PANEL_W + GAP + 140.0;
-    let height = TOP + PANEL_H + 70.0;
+    let width = LEFT + 2.0 * PANEL_W + GAP_X + 140.0;
+    let height = TOP + 2.0 * PANEL_H + GAP_Y + 60.0;
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{LEFT}" y="22" font-size="16" font-weight="bold">Requests per second against concurrent connections (64-byte ping-pong, loopback, 2 cores)</text>
+<text x="{LEFT}" y="24" font-size="16" font-weight="bold">oneloop models: 64-byte ping-pong on loopback, 2 cores, against concurrent connections (log scale)</text>
 "#
     );
-    for (panel, protocol) in ["echo", "upper"].into_iter().enumerate() {
-        let ox = LEFT + panel as f64 * (PANEL_W + GAP);
-        let _ = write!(
-            svg,
-            r##"<g transform="translate({ox},{TOP})">
-<text x="{}" y="-8" text-anchor="middle" font-weight="bold">{protocol}</text>
-<rect width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#999"/>
-"##,
-            PANEL_W / 2.0
-        );
-        for step in 0..=4 {
-            let rps = y_top * step as f64 / 4.0;
-            let y = y_of(rps);
-            let _ = writeln!(
-                svg,
-                r##"<line x1="0" x2="{PANEL_W}" y1="{y}" y2="{y}" stroke="#eee"/><text x="-6" y="{}" text-anchor="end">{}</text>"##,
-                y + 4.0,
-                human(rps)
-            );
-        }
-        let mut ticks: Vec<usize> = series.values().flatten().map(|&(c, _)| c).collect();
-        ticks.sort_unstable();
-        ticks.dedup();
-        for connections in ticks {
-            let x = x_of(connections);
-            let _ = writeln!(
-                svg,
-                r#"<text x="{x}" y="{}" text-anchor="middle">{connections}</text>"#,
-                PANEL_H + 16.0
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">concurrent connections (log scale)</text>"#,
-            PANEL_W / 2.0,
-            PANEL_H + 36.0
-        );
-        for (model, colour) in colours {
-            let Some(points) = series.get(&(protocol, model)) else {
-                continue;
-            };
-            let path: Vec<String> = points
-                .iter()
-                .map(|&(c, rps)| format!("{:.1},{:.1}", x_of(c), y_of(rps)))
-                .collect();
-            let _ = writeln!(
-                svg,
-                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2.5"/>"#,
-                path.join(" ")
-            );
-            for &(c, rps) in points {
-                let _ = writeln!(
-                    svg,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{model} {protocol} {c} connections: {rps:.0} req/s</title></circle>"#,
-                    x_of(c),
-                    y_of(rps)
-                );
-            }
-        }
-        svg.push_str("</g>\n");
+    for (index, panel) in panels.iter().enumerate() {
+        let ox = LEFT + (index % 2) as f64 * (PANEL_W + GAP_X);
+        let oy = TOP + (index / 2) as f64 * (PANEL_H + GAP_Y);
+        draw_panel(&mut svg, panel, results, ox, oy, PANEL_W, PANEL_H);
     }
-    let legend_x = LEFT + 2.0 * PANEL_W + GAP + 20.0;
-    for (i, (model, colour)) in colours.iter().enumerate() {
+    let legend_x = LEFT + 2.0 * PANEL_W + GAP_X + 20.0;
+    for (i, (model, colour)) in MODEL_COLOURS.iter().enumerate() {
         let y = TOP + 20.0 + i as f64 * 22.0;
         let _ = writeln!(
             svg,
@@ -643,14 +623,117 @@ fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
             y + 4.0
         );
     }
-    let _ = write!(
-        svg,
-        r##"<text x="{legend_x}" y="{}" fill="#555">requests/s, y axis</text>
-</svg>
-"##,
-        TOP + 20.0 + colours.len() as f64 * 22.0 + 10.0
-    );
+    svg.push_str("</svg>\n");
     svg
+}
+
+fn draw_panel(
+    svg: &mut String,
+    panel: &Panel,
+    results: &[(Cell, Option<Sample>, Option<String>)],
+    ox: f64,
+    oy: f64,
+    w: f64,
+    h: f64,
+) {
+    let mut series: BTreeMap<&str, Vec<(usize, f64)>> = BTreeMap::new();
+    for (cell, sample, _) in results {
+        if let (Some(sample), 1) = (sample, cell.pipeline) {
+            let value = (panel.value)(sample);
+            if cell.protocol == panel.protocol && value.is_finite() && value > 0.0 {
+                series
+                    .entry(cell.model)
+                    .or_default()
+                    .push((cell.connections, value));
+            }
+        }
+    }
+    let values = || series.values().flatten().map(|&(_, v)| v);
+    let max_value = values().fold(1.0, f64::max);
+    let max_conn = series
+        .values()
+        .flatten()
+        .map(|&(c, _)| c)
+        .max()
+        .unwrap_or(1000)
+        .max(2) as f64;
+    let x_of = |connections: usize| (connections as f64).ln() / max_conn.ln() * w;
+    // Linear axes start at zero; log axes span whole decades around the data.
+    let (y_low, y_high) = if panel.log_y {
+        let low = 10f64.powf(values().fold(max_value, f64::min).log10().floor());
+        (low, 10f64.powf(max_value.log10().ceil()))
+    } else {
+        (0.0, nice_ceiling(max_value))
+    };
+    let y_of = |v: f64| {
+        let fraction = if panel.log_y {
+            (v.ln() - y_low.ln()) / (y_high.ln() - y_low.ln())
+        } else {
+            (v - y_low) / (y_high - y_low)
+        };
+        h - fraction * h
+    };
+    let _ = writeln!(
+        svg,
+        r##"<g transform="translate({ox},{oy})"><text x="{}" y="-10" text-anchor="middle" font-weight="bold">{}</text><rect width="{w}" height="{h}" fill="none" stroke="#999"/>"##,
+        w / 2.0,
+        panel.title
+    );
+    let ticks: Vec<f64> = if panel.log_y {
+        let decades = (y_high / y_low).log10().round() as i32;
+        (0..=decades).map(|d| y_low * 10f64.powi(d)).collect()
+    } else {
+        (0..=4).map(|step| y_high * step as f64 / 4.0).collect()
+    };
+    for tick in ticks {
+        let y = y_of(tick);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="0" x2="{w}" y1="{y}" y2="{y}" stroke="#eee"/><text x="-6" y="{}" text-anchor="end">{}</text>"##,
+            y + 4.0,
+            human(tick)
+        );
+    }
+    let mut connection_ticks: Vec<usize> = series.values().flatten().map(|&(c, _)| c).collect();
+    connection_ticks.sort_unstable();
+    connection_ticks.dedup();
+    for connections in connection_ticks {
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{connections}</text>"#,
+            x_of(connections),
+            h + 16.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">concurrent connections</text>"#,
+        w / 2.0,
+        h + 34.0
+    );
+    for (model, colour) in MODEL_COLOURS {
+        let Some(points) = series.get(model) else {
+            continue;
+        };
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(c, v)| format!("{:.1},{:.1}", x_of(c), y_of(v)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2.5"/>"#,
+            path.join(" ")
+        );
+        for &(c, v) in points {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{model}, {c} connections: {v:.1}</title></circle>"#,
+                x_of(c),
+                y_of(v)
+            );
+        }
+    }
+    svg.push_str("</g>\n");
 }
 
 /// The smallest 1/2/2.5/5 × 10^k at or above `value`, so the axis has round labels.
@@ -664,9 +747,13 @@ fn nice_ceiling(value: f64) -> f64 {
 }
 
 fn human(value: f64) -> String {
-    if value >= 1000.0 {
+    if value >= 1_000_000.0 {
+        format!("{}M", value / 1_000_000.0)
+    } else if value >= 1000.0 {
         format!("{}k", value / 1000.0)
-    } else {
+    } else if value >= 10.0 || value == 0.0 {
         format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
     }
 }

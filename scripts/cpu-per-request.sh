@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Server CPU time per request, oneloop's reactor against the tiny mio echo yardstick
+# (examples/tiny_echo.rs), under the same `oneloop load`. Usage: scripts/cpu-per-request.sh [CONNECTIONS] [SECS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+connections=${1:-50}
+seconds=${2:-5}
+cargo build --release --quiet --bin oneloop --example tiny_echo
+measure() { # name, command...
+  local name=$1; shift
+  local out; out=$(mktemp)
+  "$@" > "$out" 2>/dev/null & local pid=$!
+  while ! grep -q listening "$out"; do sleep 0.05; done
+  local addr; addr=$(awk '{print $4; exit}' "$out")
+  local before; before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  local report; report=$(target/release/oneloop load "$addr" --connections "$connections" \
+      --duration "$seconds" --warmup 0 --json)
+  local after; after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local requests; requests=$(echo "$report" | tr ',' '\n' | awk -F: '/"requests"/{print $2}')
+  local rps; rps=$(echo "$report" | tr ',' '\n' | awk -F: '/"rps"/{print $2}')
+  # /proc times are in USER_HZ ticks (100 per second).
+  awk -v n="$name" -v t=$((after - before)) -v r="$requests" -v q="$rps" \
+      'BEGIN { printf "%-10s %10.0f req/s  %6.2f µs server CPU per request\n", n, q, t * 10000 / r }'
+  rm -f "$out"
+}
+measure tiny_echo target/release/examples/tiny_echo
+measure oneloop target/release/oneloop serve echo@127.0.0.1:0
