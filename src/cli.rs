@@ -73,13 +73,17 @@ pub struct ServeArgs {
     pub max_connections: Option<usize>,
 
     /// Seconds without a byte read or written after which a connection is closed (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub idle_timeout: u64,
 
     /// Seconds a graceful shutdown (SIGINT, SIGTERM) waits for busy connections to finish.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub shutdown_timeout: u64,
 }
+
+/// The longest timeout accepted (a year): far beyond any use, and far from the overflow of
+/// `Instant + Duration` that a value like `u64::MAX` would cause.
+pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 
 /// `--max-connections`' default: the open-file limit less the descriptors that are not clients
 /// (stdio, the poller, the signal pipe, listeners, the EMFILE reserve, log files) — an eighth of
@@ -184,6 +188,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         // Whoever started us stopped listening; serving can still be useful.
         log::warn!("cannot print the listening lines: {e}");
     }
+    let idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let blocking = models::Settings {
+        limits,
+        idle_timeout,
+        max_connections,
+    };
     let served = match args.model {
         Model::Reactor => Reactor::new(
             listeners,
@@ -191,17 +201,16 @@ fn serve(args: ServeArgs) -> ExitCode {
                 limits,
                 output_limit: args.output_limit,
                 max_connections,
-                idle_timeout: (args.idle_timeout > 0)
-                    .then(|| Duration::from_secs(args.idle_timeout)),
+                idle_timeout,
                 shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             },
             signals,
         )
         .and_then(|mut reactor| reactor.run()),
-        Model::Serial => models::serial::run(listeners, limits),
-        Model::Threaded => models::threaded::run(listeners, limits),
-        Model::Pool => models::pool::run(listeners, limits, pool_size(args.threads)),
-        Model::Forking => models::forking::run(listeners, limits),
+        Model::Serial => models::serial::run(listeners, blocking),
+        Model::Threaded => models::threaded::run(listeners, blocking),
+        Model::Pool => models::pool::run(listeners, blocking, pool_size(args.threads)),
+        Model::Forking => models::forking::run(listeners, blocking),
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,

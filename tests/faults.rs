@@ -353,3 +353,71 @@ fn a_reset_while_the_server_writes_does_not_kill_it() {
     assert_eq!(read_exact_within(&mut stream, 5), b"alive");
     server.assert_running();
 }
+
+#[test]
+fn shutdown_while_a_client_keeps_sending_ends_with_a_clean_close() {
+    // A pipelining client is still sending when the server shuts down. Closing with its input
+    // unread would send an RST, and the RST would destroy replies the client has not read yet:
+    // the server must end the connection with a FIN (shut down, linger) instead.
+    let mut server = Server::start(&["upper@127.0.0.1:0"]);
+    let mut stream = connect(server.addr("upper"));
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let line = b"pipelined request\n".repeat(64);
+            // Until the server stops taking them (a reset or a closed pipe ends this).
+            while stream.write_all(&line).is_ok() {}
+        })
+    };
+    let first = read_exact_within(&mut stream, 18);
+    assert_eq!(first, b"PIPELINED REQUEST\n");
+    server.signal("TERM");
+    let (rest, ending) = util::try_read_to_end_within(&mut stream);
+    assert!(
+        ending.is_ok(),
+        "the connection ended with {ending:?} after {} more bytes, not a clean end of stream",
+        rest.len()
+    );
+    let all = [first, rest].concat();
+    let expected = b"PIPELINED REQUEST\n".repeat(all.len() / 18 + 1);
+    assert!(
+        expected.starts_with(&all),
+        "replies out of order or damaged"
+    );
+    drop(stream);
+    writer.join().expect("writer");
+    assert_eq!(server.wait_for_exit().code(), Some(0));
+}
+
+/// The blocking models honour `--max-connections` and `--idle-timeout` like the reactor.
+#[test]
+fn the_blocking_models_honour_the_connection_limit_and_the_idle_timeout() {
+    for model in ["threaded", "pool", "forking"] {
+        let mut server = Server::start(&[
+            "--model",
+            model,
+            "--max-connections",
+            "2",
+            "--idle-timeout",
+            "1",
+            "echo@127.0.0.1:0",
+        ]);
+        let addr = server.addr("echo");
+        let mut admitted: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+        for stream in &mut admitted {
+            send(stream, b"in");
+            assert_eq!(read_exact_within(stream, 2), b"in", "{model}");
+        }
+        let mut extra = connect(addr);
+        assert_eq!(
+            read_to_end_within(&mut extra),
+            b"error too many connections\n",
+            "{model}"
+        );
+        // Both admitted connections now go quiet: the idle timeout closes them.
+        for stream in &mut admitted {
+            assert_eq!(read_to_end_within(stream), b"", "{model}: idle timeout");
+        }
+        server.assert_running();
+    }
+}

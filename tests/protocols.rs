@@ -525,6 +525,28 @@ fn default_services_are_the_seeds_ports() {
     assert_eq!(read_exact_within(&mut echo, 4), b"ping");
 }
 
+fn timestamp_answers_a_message_that_exactly_fills_a_read() {
+    // The seeds' client sends a message with no newline and waits. If the message exactly fills
+    // the server's read buffer (8 KiB in the blocking models, 64 KiB in the reactor), the read
+    // alone cannot tell that nothing more is coming: the server must find out without blocking.
+    let server = Server::start(&["timestamp@127.0.0.1:0"]);
+    for size in [8 * 1024, 64 * 1024] {
+        let mut stream = connect(server.addr("timestamp"));
+        let message = vec![b'z'; size];
+        send(&mut stream, &message);
+        // Every read has a deadline: a server waiting for more input fails here.
+        let mut reply = Vec::new();
+        while util::stamped_payload_len(&reply) < size {
+            reply.extend(read_once(&mut stream, 128 * 1024));
+        }
+        assert_eq!(
+            util::stamped_payload_len(&reply),
+            size,
+            "{size}-byte message"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Every test above runs against the reactor and against each comparison model: they all drive the
 // same protocol sessions, so they must all pass the same black-box tests.
@@ -547,6 +569,7 @@ macro_rules! per_model {
 
 per_model! {
     reactor: [
+        timestamp_answers_a_message_that_exactly_fills_a_read,
         upper_answers_the_seed_example,
         upper_replies_without_waiting_for_a_newline,
         upper_uses_the_full_unicode_mapping,
@@ -567,6 +590,7 @@ per_model! {
         several_services_answer_at_once,
     ],
     threaded: [
+        timestamp_answers_a_message_that_exactly_fills_a_read,
         upper_answers_the_seed_example,
         upper_replies_without_waiting_for_a_newline,
         upper_uses_the_full_unicode_mapping,
@@ -587,6 +611,7 @@ per_model! {
         several_services_answer_at_once,
     ],
     pool: [
+        timestamp_answers_a_message_that_exactly_fills_a_read,
         upper_answers_the_seed_example,
         upper_replies_without_waiting_for_a_newline,
         upper_uses_the_full_unicode_mapping,
@@ -607,6 +632,7 @@ per_model! {
         several_services_answer_at_once,
     ],
     forking: [
+        timestamp_answers_a_message_that_exactly_fills_a_read,
         upper_answers_the_seed_example,
         upper_replies_without_waiting_for_a_newline,
         upper_uses_the_full_unicode_mapping,
@@ -628,6 +654,7 @@ per_model! {
     ],
     // One connection at a time: a test that holds several connections open would wait for ever.
     serial: [
+        timestamp_answers_a_message_that_exactly_fills_a_read,
         upper_answers_the_seed_example,
         upper_replies_without_waiting_for_a_newline,
         upper_uses_the_full_unicode_mapping,

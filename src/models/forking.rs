@@ -13,31 +13,40 @@ use std::time::Duration;
 
 use log::{trace, warn};
 
-use crate::protocol::Limits;
 use crate::reactor::BoundListener;
 use crate::sys::{exit_child, fork_single_threaded, reap_exited_children, Forked};
 
-use super::{serve_blocking, Acceptor};
+use super::{refuse, serve_blocking, Acceptor, Settings};
 
 /// Longest time an exited child waits to be collected (`ForkingMixIn` polls every 0.5 s too).
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Serves every connection in a child process, for ever.
-pub fn run(listeners: Vec<BoundListener>, limits: Limits) -> io::Result<()> {
+/// Serves every connection in a child process, for ever. `--max-connections` counts the live
+/// children.
+pub fn run(listeners: Vec<BoundListener>, settings: Settings) -> io::Result<()> {
     let mut acceptor = Acceptor::new(listeners)?;
+    let mut children = 0usize;
     loop {
-        reap_exited_children();
-        let Some(accepted) = acceptor.accept_next(Some(REAP_INTERVAL))? else {
+        children = children.saturating_sub(reap_exited_children());
+        let Some(mut accepted) = acceptor.accept_next(Some(REAP_INTERVAL))? else {
             continue;
         };
+        if children >= settings.max_connections {
+            children = children.saturating_sub(reap_exited_children());
+            if children >= settings.max_connections {
+                refuse(&mut accepted);
+                continue;
+            }
+        }
         match fork_single_threaded() {
             Ok(Forked::Child) => {
                 // The child serves one client; the listeners are the parent's business.
                 drop(acceptor);
-                serve_blocking(accepted, limits);
+                serve_blocking(accepted, &settings);
                 exit_child(0);
             }
             Ok(Forked::Parent { child }) => {
+                children += 1;
                 trace!("{}: served by process {child}", accepted.peer);
                 // Dropping `accepted` closes the parent's copy; the child keeps its own.
             }

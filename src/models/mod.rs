@@ -13,7 +13,10 @@
 //! What a blocking model does not need: `--output-limit` (a thread blocked in `write` stops
 //! reading, and the kernel's socket buffers are the bound) and fairness budgets (the kernel
 //! scheduler shares the CPU between threads). `--max-line` applies unchanged: it lives in the
-//! protocol.
+//! protocol. `--idle-timeout` becomes the socket's read and write timeouts (a blocked `read` or
+//! `write` that long means no byte moved that long), and `--max-connections` a count of the
+//! connections being served (threads or child processes). Graceful shutdown is the reactor's
+//! alone: the models keep the default action for SIGINT and SIGTERM and end at once.
 
 pub mod forking;
 pub mod pool;
@@ -22,6 +25,8 @@ pub mod threaded;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
@@ -31,7 +36,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::clock::Clock;
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
 use crate::reactor::connection::LINGER;
-use crate::reactor::BoundListener;
+use crate::reactor::{BoundListener, TOO_MANY_CONNECTIONS_REPLY};
 
 /// How `serve` serves its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +64,63 @@ impl Model {
             Model::Forking => "forking",
         }
     }
+}
+
+/// The options the blocking models honour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Limits every protocol session gets.
+    pub limits: Limits,
+    /// `--idle-timeout`: a connection blocked this long in one `read` or `write` is closed.
+    pub idle_timeout: Option<Duration>,
+    /// `--max-connections`: connections served at once; one more is refused.
+    pub max_connections: usize,
+}
+
+/// Counts the connections being served, for `--max-connections`: a slot is taken before a
+/// connection is handed to its thread and given back when [`Slot`] is dropped.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Admission {
+    /// Admits up to `max` connections at once.
+    pub fn new(max: usize) -> Admission {
+        Admission {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A slot for `accepted`, or `None` after refusing it (the `error too many connections`
+    /// line, then close), as the reactor does.
+    pub fn admit(&self, accepted: &mut Accepted) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            debug!("{}: too many connections; refusing", accepted.peer);
+            refuse(accepted);
+            return None;
+        }
+        Some(Slot(Arc::clone(&self.open)))
+    }
+}
+
+/// One admitted connection's place in the count; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refuses a connection over the limit: one best-effort line, then close.
+pub fn refuse(accepted: &mut Accepted) {
+    let _ = accepted.stream.set_nonblocking(true);
+    let _ = accepted.stream.write(TOO_MANY_CONNECTIONS_REPLY);
 }
 
 /// Bytes one blocking connection reads at a time: std's `BufReader` default. The buffer is on
@@ -158,13 +220,18 @@ impl Acceptor {
 
 /// Serves one connection on a blocking socket until it ends: read, feed the session, write the
 /// replies, repeat. This is the whole protocol driver of the blocking models.
-pub fn serve_blocking(accepted: Accepted, limits: Limits) {
+pub fn serve_blocking(accepted: Accepted, settings: &Settings) {
     let Accepted {
         mut stream,
         protocol,
         peer,
     } = accepted;
-    let Some(mut session) = Session::new(protocol, limits) else {
+    if stream.set_read_timeout(settings.idle_timeout).is_err()
+        || stream.set_write_timeout(settings.idle_timeout).is_err()
+    {
+        return;
+    }
+    let Some(mut session) = Session::new(protocol, settings.limits) else {
         warn!("{peer}: {protocol} is not served by this model; closing");
         return;
     };
@@ -181,13 +248,24 @@ pub fn serve_blocking(accepted: Accepted, limits: Limits) {
             }
             Ok(count) => count,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                debug!("{peer}: idle timeout; closing");
+                return;
+            }
             Err(e) => {
                 debug!("{peer}: read failed: {e}");
                 return;
             }
         };
         // As in the reactor, a short read has taken everything there was: the peer has paused.
-        let arrival = if count < input.len() {
+        // A full read may have emptied the socket exactly, and the next blocking read would wait
+        // for ever for a client that is waiting for us: look first, without blocking.
+        let arrival = if count < input.len() || !more_input_waiting(&stream) {
             Arrival::Drained
         } else {
             Arrival::Partial
@@ -203,6 +281,16 @@ pub fn serve_blocking(accepted: Accepted, limits: Limits) {
             return;
         }
     }
+}
+
+/// Whether bytes are waiting to be read, checked without blocking.
+fn more_input_waiting(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let waiting = matches!(stream.peek(&mut [0u8; 1]), Ok(count) if count > 0);
+    let _ = stream.set_nonblocking(false);
+    waiting
 }
 
 /// The lingering close, blocking version: shut down our sending side, then read and discard until

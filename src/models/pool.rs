@@ -11,15 +11,16 @@ use std::thread;
 
 use log::debug;
 
-use crate::protocol::Limits;
 use crate::reactor::BoundListener;
 
-use super::{serve_blocking, Accepted, Acceptor};
+use super::{serve_blocking, Accepted, Acceptor, Admission, Settings, Slot};
 
-/// Serves connections on `workers` threads, for ever.
-pub fn run(listeners: Vec<BoundListener>, limits: Limits, workers: usize) -> io::Result<()> {
+/// Serves connections on `workers` threads, for ever. `--max-connections` counts the queued
+/// connections as well as those being served, so it also bounds the queue.
+pub fn run(listeners: Vec<BoundListener>, settings: Settings, workers: usize) -> io::Result<()> {
     let mut acceptor = Acceptor::new(listeners)?;
-    let (queue, receiver) = mpsc::channel::<Accepted>();
+    let admission = Admission::new(settings.max_connections);
+    let (queue, receiver) = mpsc::channel::<(Accepted, Slot)>();
     let receiver = Arc::new(Mutex::new(receiver));
     for worker in 0..workers.max(1) {
         let receiver = Arc::clone(&receiver);
@@ -33,16 +34,19 @@ pub fn run(listeners: Vec<BoundListener>, limits: Limits, workers: usize) -> io:
                     .unwrap_or_else(PoisonError::into_inner)
                     .recv();
                 match next {
-                    Ok(accepted) => serve_blocking(accepted, limits),
+                    Ok((accepted, _slot)) => serve_blocking(accepted, &settings),
                     Err(_) => return, // The acceptor is gone.
                 }
             })?;
     }
     debug!("pool: {workers} workers");
     loop {
-        if let Some(accepted) = acceptor.accept_next(None)? {
+        let Some(mut accepted) = acceptor.accept_next(None)? else {
+            continue;
+        };
+        if let Some(slot) = admission.admit(&mut accepted) {
             queue
-                .send(accepted)
+                .send((accepted, slot))
                 .map_err(|_| io::Error::other("every worker has stopped"))?;
         }
     }

@@ -5,17 +5,16 @@
 
 use std::io;
 
-use crate::protocol::Limits;
 use crate::reactor::BoundListener;
 
-use super::{serve_blocking, Acceptor};
+use super::{serve_blocking, Acceptor, Settings};
 
-/// Serves connections one after another, for ever.
-pub fn run(listeners: Vec<BoundListener>, limits: Limits) -> io::Result<()> {
+/// Serves connections one after another, for ever. (`--max-connections` is moot: one at a time.)
+pub fn run(listeners: Vec<BoundListener>, settings: Settings) -> io::Result<()> {
     let mut acceptor = Acceptor::new(listeners)?;
     loop {
         if let Some(accepted) = acceptor.accept_next(None)? {
-            serve_blocking(accepted, limits);
+            serve_blocking(accepted, &settings);
         }
     }
 }

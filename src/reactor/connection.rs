@@ -3,7 +3,9 @@
 //!
 //! The reactor calls [`Connection::drive`] whenever the connection might be able to make
 //! progress — an event arrived for it, or it stopped last turn with work left. `drive` does all
-//! the I/O it can without blocking and returns a [`Verdict`]; it never assumes that one event
+//! the I/O it can without blocking, makes every I/O-driven phase transition (the loop's own
+//! decisions — shutdown, idle timeout, linger deadline — are the small methods beside it), and
+//! returns a [`Verdict`]; it never assumes that one event
 //! means one message, or that an event means the operation will succeed (readiness is a hint:
 //! the `read` or `write` call gives the answer).
 //!
@@ -72,7 +74,8 @@ impl SharedBuffers {
     }
 }
 
-/// The stages of a connection's life. Every transition is in [`Connection::drive`].
+/// The stages of a connection's life. The transitions that I/O causes are in
+/// [`Connection::drive`]; the loop's own (shutdown, timeouts) in the methods beside it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Reading requests and writing replies (reading pauses while the queue is over the limit).
@@ -224,13 +227,15 @@ impl Connection {
         self.last_active
     }
 
-    /// The server is shutting down: stop reading requests. A connection with no replies pending
-    /// closes at once; one with replies pending finishes writing them first (then closes).
+    /// The server is shutting down: stop reading requests, finish writing the replies already
+    /// queued, then end the connection the way an error reply does (`Ending`: shut down our
+    /// side, linger). An idle connection so gets its end of stream at once. Simply closing
+    /// would be quicker, but if the client has sent anything since — a pipelined request —
+    /// closing with that input unread sends an RST, and the RST makes the client's kernel throw
+    /// away the replies it has not read yet.
     pub fn begin_shutdown(&mut self) {
-        match self.phase {
-            Phase::Serving if self.unsent.is_empty() => self.close("server shutting down"),
-            Phase::Serving => self.phase = Phase::Draining,
-            Phase::Draining | Phase::Ending | Phase::Lingering { .. } | Phase::Closed => {}
+        if self.phase == Phase::Serving {
+            self.phase = Phase::Ending;
         }
     }
 

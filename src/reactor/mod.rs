@@ -115,6 +115,8 @@ struct Listener {
     local: SocketAddr,
     /// Whether it is in the still-ready queue (it stopped on the accept budget).
     queued: bool,
+    /// Whether it is resting after running out of descriptors (a `Wake::Accept` is pending).
+    paused: bool,
 }
 
 /// What a deadline is for.
@@ -188,6 +190,7 @@ impl Reactor {
                     protocol: bound.protocol,
                     local: bound.local,
                     queued: false,
+                    paused: false,
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -249,10 +252,13 @@ impl Reactor {
                     }
                     continue;
                 }
-                if event.is_read_closed() || event.is_error() {
-                    if let Some(connection) = self.connections.get_mut(event.token().0) {
+                if let Some(connection) = self.connections.get_mut(event.token().0) {
+                    if event.is_read_closed() || event.is_error() {
                         connection.note_peer_closing();
                     }
+                }
+                if self.is_still_ready(event.token()) {
+                    continue; // Served once this turn, from the still-ready queue below.
                 }
                 self.dispatch(event.token(), &now);
             }
@@ -262,6 +268,18 @@ impl Reactor {
             if self.shutdown_is_over(&now) {
                 return Ok(());
             }
+        }
+    }
+
+    /// Whether the token waits in the still-ready queue (so an event for it changes nothing:
+    /// it will be served from the queue this turn, once, within its budget).
+    fn is_still_ready(&self, token: Token) -> bool {
+        if token.0 >= LISTENER_TOKEN_BASE {
+            self.listeners
+                .get(token.0 - LISTENER_TOKEN_BASE)
+                .is_some_and(|l| l.queued)
+        } else {
+            self.connections.get(token.0).is_some_and(|c| c.queued)
         }
     }
 
@@ -276,6 +294,9 @@ impl Reactor {
 
     /// Accepts until the listener would block or the turn's accept budget is spent.
     fn accept_ready(&mut self, index: usize, now: &Now) {
+        if self.listeners[index].paused {
+            return; // Its timer will bring it back.
+        }
         for _ in 0..MAX_ACCEPTS_PER_TURN {
             let listener = &mut self.listeners[index];
             let Some(socket) = listener.socket.as_ref() else {
@@ -299,19 +320,16 @@ impl Reactor {
                 Err(e) if is_out_of_descriptors(&e) => match self.shed_one_connection(index, &e) {
                     Shed::ClosedOne => {}
                     Shed::BacklogEmpty => return,
-                    Shed::NoReserve => {
-                        // Nothing to spend: rest the listener rather than spin on it.
-                        self.timers.push(Reverse((
-                            now.instant + ACCEPT_PAUSE,
-                            Wake::Accept { index },
-                        )));
-                        return;
-                    }
+                    Shed::NoReserve => return self.pause_listener(index, now),
                 },
-                Err(e) => {
-                    warn!("accept on {} failed: {e}", listener.local);
-                    return;
+                // Out of kernel memory: nothing to do but wait a moment.
+                Err(e) if is_out_of_memory(&e) => {
+                    warn!("accept on {}: {e}; pausing", listener.local);
+                    return self.pause_listener(index, now);
                 }
+                // Anything else is about that one connection (EPROTO, ENETDOWN, EHOSTUNREACH...):
+                // accept(2) says to treat it like EAGAIN and carry on with the next.
+                Err(e) => debug!("accept on {}: {e}", listener.local),
             }
         }
         let listener = &mut self.listeners[index];
@@ -319,6 +337,18 @@ impl Reactor {
             trace!("listener {index}: accept budget spent; more clients may be waiting");
             listener.queued = true;
             self.still_ready.push(Token(LISTENER_TOKEN_BASE + index));
+        }
+    }
+
+    /// Rests a listener for [`ACCEPT_PAUSE`] (one timer, however many events arrive meanwhile).
+    fn pause_listener(&mut self, index: usize, now: &Now) {
+        let listener = &mut self.listeners[index];
+        if !listener.paused {
+            listener.paused = true;
+            self.timers.push(Reverse((
+                now.instant + ACCEPT_PAUSE,
+                Wake::Accept { index },
+            )));
         }
     }
 
@@ -349,6 +379,8 @@ impl Reactor {
                 Shed::ClosedOne
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Shed::BacklogEmpty,
+            // That client is gone already; the slot is free for the next.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Shed::ClosedOne,
             Err(_) => Shed::NoReserve,
         };
         self.reserve_fd = open_reserve_fd();
@@ -445,10 +477,13 @@ impl Reactor {
             {
                 Ok(()) => connection.registered = interest,
                 Err(e) => {
+                    // Without the interest it needs, no event would ever wake it again.
                     warn!(
                         "conn #{}: cannot change poller interest: {e}",
                         connection.id
                     );
+                    connection.abandon("poller refused the interest change");
+                    self.finished.push(key);
                 }
             }
         }
@@ -481,7 +516,10 @@ impl Reactor {
             }
             self.timers.pop();
             match wake {
-                Wake::Accept { index } => self.accept_ready(index, now),
+                Wake::Accept { index } => {
+                    self.listeners[index].paused = false;
+                    self.accept_ready(index, now);
+                }
                 Wake::Idle { key, id } | Wake::Linger { key, id } => {
                     let Some(connection) = self.connections.get_mut(key) else {
                         continue;
@@ -519,6 +557,34 @@ impl Reactor {
                 connection.id
             );
         }
+        self.compact_timers();
+    }
+
+    /// Drops the timers of connections that are gone, once they outnumber the live ones.
+    ///
+    /// A closed connection's idle timer stays in the heap until it fires (removing from the
+    /// middle of a binary heap is O(n)), so a client that connects and leaves in a loop would
+    /// grow the heap by one entry per connection for a whole idle-timeout period. Rebuilding it
+    /// when it holds twice what is live keeps it bounded by the open connections, at O(1)
+    /// amortised per connection.
+    fn compact_timers(&mut self) {
+        let live_bound = 2 * (self.connections.len() + self.listeners.len()) + 1024;
+        if self.timers.len() <= live_bound {
+            return;
+        }
+        let connections = &self.connections;
+        let before = self.timers.len();
+        self.timers.retain(|Reverse((_, wake))| match *wake {
+            Wake::Idle { key, id } | Wake::Linger { key, id } => {
+                connections.get(key).is_some_and(|c| c.id == id)
+            }
+            Wake::Accept { .. } => true,
+        });
+        self.timers.shrink_to(2 * self.timers.len());
+        debug!(
+            "timers: dropped {} of closed connections",
+            before - self.timers.len()
+        );
     }
 
     /// Handles pending signals: the first starts a graceful shutdown, a second one means "now".
@@ -557,12 +623,8 @@ impl Reactor {
                 continue;
             }
             connection.begin_shutdown();
-            if connection.is_closed() {
-                self.finished.push(key);
-            } else {
-                // Draining connections may be able to finish right away.
-                self.drive_connection(key, now);
-            }
+            // Most can flush and shut down their side at once.
+            self.drive_connection(key, now);
         }
     }
 
@@ -615,6 +677,11 @@ enum Shed {
 enum Stop {
     NotYet,
     Now,
+}
+
+/// ENOBUFS or ENOMEM: the kernel has no memory for the new socket just now.
+fn is_out_of_memory(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// EMFILE (this process) or ENFILE (the whole system): no descriptor for a new connection.
