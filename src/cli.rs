@@ -16,7 +16,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::client::ClientArgs;
 use crate::models::{self, Model};
 use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE};
-use crate::reactor::{self, BoundListener, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
+use crate::reactor::{self, BoundListener, Config, Listening, Reactor, DEFAULT_OUTPUT_LIMIT};
 use crate::service::{Address, ServiceSpec, DEFAULT_SERVICES};
 
 /// oneloop: one thread, one event loop, thousands of connections.
@@ -184,33 +184,48 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         _ => None,
     };
-    if let Err(e) = announce(&listeners) {
-        // Whoever started us stopped listening; serving can still be useful.
-        log::warn!("cannot print the listening lines: {e}");
-    }
     let idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let blocking = models::Settings {
         limits,
         idle_timeout,
         max_connections,
     };
-    let served = match args.model {
-        Model::Reactor => Reactor::new(
-            listeners,
-            Config {
+    let lines: Vec<Listening> = listeners.iter().map(BoundListener::listening).collect();
+    // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
+    // are printed: whoever waits for those lines may rely on the server being ready.
+    let serving = match args.model {
+        Model::Reactor => {
+            let config = Config {
                 limits,
                 output_limit: args.output_limit,
                 max_connections,
                 idle_timeout,
                 shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-            },
-            signals,
-        )
-        .and_then(|mut reactor| reactor.run()),
-        Model::Serial => models::serial::run(listeners, blocking),
-        Model::Threaded => models::threaded::run(listeners, blocking),
-        Model::Pool => models::pool::run(listeners, blocking, pool_size(args.threads)),
-        Model::Forking => models::forking::run(listeners, blocking),
+            };
+            match Reactor::new(listeners, config, signals) {
+                Ok(reactor) => Serving::Reactor(Box::new(reactor)),
+                Err(e) => {
+                    eprintln!("oneloop: cannot start the event loop: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        model => Serving::Blocking(model, listeners),
+    };
+    if let Err(e) = announce(&lines) {
+        // Whoever started us stopped listening; serving can still be useful.
+        log::warn!("cannot print the listening lines: {e}");
+    }
+    let served = match serving {
+        Serving::Reactor(mut reactor) => reactor.run(),
+        Serving::Blocking(Model::Serial, listeners) => models::serial::run(listeners, blocking),
+        Serving::Blocking(Model::Threaded, listeners) => models::threaded::run(listeners, blocking),
+        Serving::Blocking(Model::Pool, listeners) => {
+            models::pool::run(listeners, blocking, pool_size(args.threads))
+        }
+        Serving::Blocking(Model::Forking | Model::Reactor, listeners) => {
+            models::forking::run(listeners, blocking)
+        }
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,6 +235,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `serve` runs once the listening lines are out.
+enum Serving {
+    /// The event loop, built and ready.
+    Reactor(Box<Reactor>),
+    /// A blocking model and the listeners it will serve.
+    Blocking(Model, Vec<BoundListener>),
 }
 
 /// `--threads`, or 4 workers per CPU core: enough that a few slow clients do not idle the pool.
@@ -232,10 +255,10 @@ fn pool_size(threads: Option<u32>) -> usize {
 
 /// Prints one `listening PROTOCOL TRANSPORT ADDRESS` line per service and flushes: scripts and
 /// tests wait for these lines to learn the real ports.
-fn announce(listeners: &[BoundListener]) -> io::Result<()> {
+fn announce(lines: &[Listening]) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
-    for listener in listeners {
-        writeln!(stdout, "{}", listener.listening())?;
+    for line in lines {
+        writeln!(stdout, "{line}")?;
     }
     stdout.flush()
 }
