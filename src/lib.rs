@@ -24,6 +24,7 @@
 //! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
 //! * [`load`] — `oneloop load`, the closed-loop load generator that verifies every reply; its
 //!   own mio loop per thread, so it is not the bottleneck it measures.
+//! * [`nonblocking`] — the write-until-`WouldBlock` loop the reactor and the load generator share.
 //! * [`cli`] — the command line (clap), and the exit-code policy.
 //! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`).
 //!
@@ -37,6 +38,7 @@ pub mod client;
 pub mod clock;
 pub mod load;
 pub mod models;
+pub mod nonblocking;
 pub mod protocol;
 pub mod reactor;
 pub mod service;

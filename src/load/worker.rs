@@ -14,7 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use super::{
     Gate, LoadConfig, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECTS_IN_FLIGHT,
     MAX_CONNECT_ATTEMPTS,
 };
+use crate::nonblocking::write_until_blocked;
 
 /// Size of the read buffer each thread shares among its connections.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -324,21 +325,6 @@ enum ReadOutcome {
     Wrong(WrongReply),
     /// The connection ended (end of stream or an error), with this reason.
     Lost(String),
-}
-
-/// Writes until `bytes` are all written or the socket would block; returns how many were.
-fn write_until_blocked(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
-    let mut written = 0;
-    while written < bytes.len() {
-        match stream.write(&bytes[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(count) => written += count,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(written)
 }
 
 /// Runs one thread's share of the run: connect, wait at the gate, load or hold, tally.

@@ -36,8 +36,20 @@ pub fn run(
     cuts: &[usize],
     arrival: Arrival,
 ) -> (Vec<u8>, Flow) {
-    let now = Now::with_ctime(Instant::now(), "Wed Sep  9 16:42:46 2026");
     let mut session = Session::new(kind, limits).expect("a byte-stream protocol");
+    feed(&mut session, input, cuts, arrival)
+}
+
+/// Feeds `input` to `session` cut at `cuts` (sorted offsets), each piece with `arrival`, at a
+/// fixed moment (`Wed Sep  9 16:42:46 2026`), then ends the stream. Returns the output and
+/// whether the session closed early.
+pub fn feed(
+    session: &mut Session,
+    input: &[u8],
+    cuts: &[usize],
+    arrival: Arrival,
+) -> (Vec<u8>, Flow) {
+    let now = Now::with_ctime(Instant::now(), "Wed Sep  9 16:42:46 2026");
     let mut out = Vec::new();
     let mut start = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {

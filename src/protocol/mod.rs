@@ -210,25 +210,5 @@ pub(crate) mod testing {
         Now::with_ctime(Instant::now(), "Wed Sep  9 16:42:46 2026")
     }
 
-    /// Feeds `input` cut at `cuts` (sorted offsets), each piece with the given arrival, then ends
-    /// the stream; returns all output and whether the session asked to close.
-    pub fn feed(
-        session: &mut Session,
-        input: &[u8],
-        cuts: &[usize],
-        arrival: Arrival,
-    ) -> (Vec<u8>, Flow) {
-        let now = fixed_now();
-        let mut out = Vec::new();
-        let mut start = 0;
-        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
-            let cut = cut.clamp(start, input.len());
-            if session.on_input(&input[start..cut], arrival, &now, &mut out) == Flow::Close {
-                return (out, Flow::Close);
-            }
-            start = cut;
-        }
-        session.on_end(&now, &mut out);
-        (out, Flow::Continue)
-    }
+    pub use super::invariants::feed;
 }

@@ -28,7 +28,7 @@
 //!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
 //!   the peer's kernel throw away the reply it has not read yet.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use crate::clock::Now;
+use crate::nonblocking::write_until_blocked;
 use crate::protocol::{Arrival, Flow, Session};
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
@@ -456,21 +457,6 @@ impl Connection {
         debug!("conn #{}: {during} failed: {error}; closing", self.id);
         self.close("socket error");
     }
-}
-
-/// Writes until `bytes` are all written or the socket would block; returns how many were written.
-fn write_until_blocked(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
-    let mut written = 0;
-    while written < bytes.len() {
-        match stream.write(&bytes[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(count) => written += count,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(written)
 }
 
 #[cfg(test)]
