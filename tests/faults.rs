@@ -289,6 +289,10 @@ fn out_of_descriptors_the_loop_does_not_spin_and_recovers() {
     thread::sleep(Duration::from_secs(1));
     let used = cpu_seconds(server.pid()) - before;
     let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "out of descriptors: server CPU {used:.2} s in {elapsed:.2} s ({:.0}%)",
+        100.0 * used / elapsed
+    );
     assert!(
         used < 0.5 * elapsed,
         "the server used {used:.2} s of CPU in {elapsed:.2} s while out of descriptors"
