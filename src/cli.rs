@@ -42,10 +42,14 @@ pub enum Command {
 /// `oneloop serve [OPTIONS] [SERVICE...]`
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp or echo; ADDRESS is HOST:PORT
-    /// or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port).
-    /// [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]
-    #[arg(value_name = "SERVICE")]
+    /// The services to serve, as `PROTOCOL@ADDRESS`; none means the seeds' three
+    /// ([`DEFAULT_SERVICES`]).
+    #[arg(
+        value_name = "SERVICE",
+        help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp or echo; ADDRESS is \
+                HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port) \
+                [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]"
+    )]
     pub services: Vec<ServiceSpec>,
 
     /// How connections are served: one event loop (reactor), or one of the classic models it is
