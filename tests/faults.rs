@@ -144,18 +144,25 @@ fn shutdown_stops_accepting_and_closes_idle_connections_at_once() {
     assert_eq!(server.wait_for_exit().code(), Some(0));
 }
 
-#[test]
-fn a_second_signal_exits_at_once() {
-    // A shutdown timeout far past the test's deadline: only the second signal can end it.
-    let mut server = Server::start(&[
+/// An echo server with the given `--shutdown-timeout` and one connection it cannot finish on
+/// its own (more replies queued than the socket takes; the client never reads).
+fn server_with_a_busy_connection(shutdown_timeout: &str) -> (Server, TcpStream) {
+    let server = Server::start(&[
         "--shutdown-timeout",
-        "3600",
+        shutdown_timeout,
         "--output-limit",
         "65536",
         "echo@127.0.0.1:0",
     ]);
     let busy = connect(server.addr("echo"));
     make_busy(&busy);
+    (server, busy)
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    // A shutdown timeout far past the test's deadline: only the second signal can end it.
+    let (mut server, _busy) = server_with_a_busy_connection("3600");
     server.signal("TERM");
     thread::sleep(Duration::from_millis(200));
     server.assert_running();
@@ -165,15 +172,7 @@ fn a_second_signal_exits_at_once() {
 
 #[test]
 fn shutdown_timeout_closes_connections_still_busy() {
-    let mut server = Server::start(&[
-        "--shutdown-timeout",
-        "1",
-        "--output-limit",
-        "65536",
-        "echo@127.0.0.1:0",
-    ]);
-    let busy = connect(server.addr("echo"));
-    make_busy(&busy);
+    let (mut server, _busy) = server_with_a_busy_connection("1");
     server.signal("TERM");
     assert_eq!(server.wait_for_exit().code(), Some(0));
 }

@@ -551,24 +551,36 @@ fn timestamp_answers_a_message_that_exactly_fills_a_read() {
 // Every test above runs against the reactor and against each comparison model: they all drive the
 // same protocol sessions, so they must all pass the same black-box tests.
 
-/// `per_model! { model: [tests...], ... }` makes a module per model with one `#[test]` per test.
+/// Makes a module per model with one `#[test]` per protocol test: every model runs `tests`; all
+/// but `serial` also run `concurrent`, the tests that hold several connections open at once (a
+/// server that serves one connection at a time would make them wait for ever).
 macro_rules! per_model {
-    ($($model:ident: [$($test:ident),* $(,)?]),* $(,)?) => {
-        $(
-            mod $model {
-                $(
-                    #[test]
-                    fn $test() {
-                        super::util::as_model(stringify!($model), super::$test);
-                    }
-                )*
-            }
-        )*
+    (models: [$($model:ident),*], serial: $serial:ident, tests: $tests:tt, concurrent: $concurrent:tt $(,)?) => {
+        $( per_model!(@module $model $tests $concurrent); )*
+        per_model!(@module $serial $tests []);
+    };
+    (@module $model:ident [$($test:ident),* $(,)?] [$($also:ident),* $(,)?]) => {
+        mod $model {
+            $(
+                #[test]
+                fn $test() {
+                    super::util::as_model(stringify!($model), super::$test);
+                }
+            )*
+            $(
+                #[test]
+                fn $also() {
+                    super::util::as_model(stringify!($model), super::$also);
+                }
+            )*
+        }
     };
 }
 
 per_model! {
-    reactor: [
+    models: [reactor, threaded, pool, forking],
+    serial: serial,
+    tests: [
         timestamp_answers_a_message_that_exactly_fills_a_read,
         upper_answers_the_seed_example,
         upper_replies_without_waiting_for_a_newline,
@@ -587,90 +599,8 @@ per_model! {
         end_of_stream_with_replies_still_queued_delivers_them_all,
         upper_pipelined_requests_come_back_in_order,
         echo_pipelined_small_writes_come_back_in_order,
-        several_services_answer_at_once,
     ],
-    threaded: [
-        timestamp_answers_a_message_that_exactly_fills_a_read,
-        upper_answers_the_seed_example,
-        upper_replies_without_waiting_for_a_newline,
-        upper_uses_the_full_unicode_mapping,
-        upper_passes_invalid_utf8_through_unchanged,
-        upper_converts_a_character_split_across_writes_whole,
-        upper_passes_an_incomplete_character_at_end_of_stream,
-        timestamp_answers_the_seed_pattern_in_local_ctime_format,
-        timestamp_replies_keep_each_line_newline,
-        timestamp_answers_pending_bytes_at_end_of_stream,
-        timestamp_pipelined_burst_comes_back_whole_and_in_order,
-        echo_returns_arbitrary_binary_bytes,
-        echo_over_ipv6_loopback,
-        half_close_gets_every_reply_then_a_clean_end_of_stream,
-        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
-        end_of_stream_with_replies_still_queued_delivers_them_all,
-        upper_pipelined_requests_come_back_in_order,
-        echo_pipelined_small_writes_come_back_in_order,
+    concurrent: [
         several_services_answer_at_once,
-    ],
-    pool: [
-        timestamp_answers_a_message_that_exactly_fills_a_read,
-        upper_answers_the_seed_example,
-        upper_replies_without_waiting_for_a_newline,
-        upper_uses_the_full_unicode_mapping,
-        upper_passes_invalid_utf8_through_unchanged,
-        upper_converts_a_character_split_across_writes_whole,
-        upper_passes_an_incomplete_character_at_end_of_stream,
-        timestamp_answers_the_seed_pattern_in_local_ctime_format,
-        timestamp_replies_keep_each_line_newline,
-        timestamp_answers_pending_bytes_at_end_of_stream,
-        timestamp_pipelined_burst_comes_back_whole_and_in_order,
-        echo_returns_arbitrary_binary_bytes,
-        echo_over_ipv6_loopback,
-        half_close_gets_every_reply_then_a_clean_end_of_stream,
-        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
-        end_of_stream_with_replies_still_queued_delivers_them_all,
-        upper_pipelined_requests_come_back_in_order,
-        echo_pipelined_small_writes_come_back_in_order,
-        several_services_answer_at_once,
-    ],
-    forking: [
-        timestamp_answers_a_message_that_exactly_fills_a_read,
-        upper_answers_the_seed_example,
-        upper_replies_without_waiting_for_a_newline,
-        upper_uses_the_full_unicode_mapping,
-        upper_passes_invalid_utf8_through_unchanged,
-        upper_converts_a_character_split_across_writes_whole,
-        upper_passes_an_incomplete_character_at_end_of_stream,
-        timestamp_answers_the_seed_pattern_in_local_ctime_format,
-        timestamp_replies_keep_each_line_newline,
-        timestamp_answers_pending_bytes_at_end_of_stream,
-        timestamp_pipelined_burst_comes_back_whole_and_in_order,
-        echo_returns_arbitrary_binary_bytes,
-        echo_over_ipv6_loopback,
-        half_close_gets_every_reply_then_a_clean_end_of_stream,
-        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
-        end_of_stream_with_replies_still_queued_delivers_them_all,
-        upper_pipelined_requests_come_back_in_order,
-        echo_pipelined_small_writes_come_back_in_order,
-        several_services_answer_at_once,
-    ],
-    // One connection at a time: a test that holds several connections open would wait for ever.
-    serial: [
-        timestamp_answers_a_message_that_exactly_fills_a_read,
-        upper_answers_the_seed_example,
-        upper_replies_without_waiting_for_a_newline,
-        upper_uses_the_full_unicode_mapping,
-        upper_passes_invalid_utf8_through_unchanged,
-        upper_converts_a_character_split_across_writes_whole,
-        upper_passes_an_incomplete_character_at_end_of_stream,
-        timestamp_answers_the_seed_pattern_in_local_ctime_format,
-        timestamp_replies_keep_each_line_newline,
-        timestamp_answers_pending_bytes_at_end_of_stream,
-        timestamp_pipelined_burst_comes_back_whole_and_in_order,
-        echo_returns_arbitrary_binary_bytes,
-        echo_over_ipv6_loopback,
-        half_close_gets_every_reply_then_a_clean_end_of_stream,
-        a_client_that_sends_nothing_gets_nothing_and_a_clean_close,
-        end_of_stream_with_replies_still_queued_delivers_them_all,
-        upper_pipelined_requests_come_back_in_order,
-        echo_pipelined_small_writes_come_back_in_order,
     ],
 }
