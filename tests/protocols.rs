@@ -344,16 +344,7 @@ fn half_close_gets_every_reply_then_a_clean_end_of_stream() {
     let mut stream = connect(server.addr("echo"));
     let mut input = vec![0; 4 << 20];
     Pseudo::new(42).fill(&mut input);
-    let writer = {
-        let mut stream = stream.try_clone().unwrap();
-        let input = input.clone();
-        thread::spawn(move || {
-            send(&mut stream, &input);
-            half_close(&stream);
-        })
-    };
-    let got = read_to_end_within(&mut stream);
-    writer.join().expect("writer");
+    let got = util::send_all_then_half_close_reading_replies(&mut stream, &input);
     assert_bytes_eq(&got, &input, "echo after half-close");
 }
 

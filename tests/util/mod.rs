@@ -432,6 +432,23 @@ fn read_step(stream: &mut TcpStream, deadline: Instant, buffer: &mut [u8], so_fa
     }
 }
 
+/// Sends `input` from a thread, then shuts down our sending side, while this thread reads every
+/// reply until the server closes: the full-duplex pattern (reading while writing, so neither
+/// side's buffers can deadlock the transfer). Returns what came back.
+pub fn send_all_then_half_close_reading_replies(stream: &mut TcpStream, input: &[u8]) -> Vec<u8> {
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        let input = input.to_vec();
+        thread::spawn(move || {
+            send(&mut stream, &input);
+            half_close(&stream);
+        })
+    };
+    let got = read_to_end_within(stream);
+    writer.join().expect("writer");
+    got
+}
+
 /// Reads until the server closes, within [`DEADLINE`] overall. The close must be clean: a reset
 /// (or any other error) panics, showing what had arrived.
 pub fn read_to_end_within(stream: &mut TcpStream) -> Vec<u8> {
