@@ -254,7 +254,7 @@ impl Connection {
         verdict
     }
 
-    /// The body of [`drive`](Self::drive): every phase transition is here.
+    /// The body of [`drive`](Self::drive): every phase transition that I/O causes is here.
     fn drive_phases(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
         let mut verdict = Verdict::default();
         if !self.unsent.is_empty() {
