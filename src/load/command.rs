@@ -157,7 +157,7 @@ pub fn main(args: &LoadArgs) -> ExitCode {
         log::warn!("cannot print the report: {e}");
     }
     if args.json {
-        if let Some(first) = &report.first_error {
+        if let Some(first) = &report.counts.first_error {
             eprintln!("oneloop: load: {} errors; first: {first}", report.errors());
         }
     }

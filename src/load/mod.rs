@@ -55,6 +55,7 @@ use crate::protocol::ProtocolKind;
 
 pub use command::{main, LoadArgs};
 pub use report::LoadReport;
+pub use worker::Tally;
 
 /// Connects one generator thread has under way at once. Loopback completes a connect in
 /// microseconds, so this costs nothing there, and it keeps a thousand SYNs from arriving in the

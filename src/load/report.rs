@@ -8,8 +8,6 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
-
 use super::worker::Tally;
 use super::{LoadConfig, Mode};
 use crate::protocol::ProtocolKind;
@@ -39,9 +37,6 @@ pub struct LoadReport {
     pub address: SocketAddr,
     /// Connections asked for.
     pub connections: u64,
-    /// Connections up when the load (or the hold) started; in idle mode, each with a verified
-    /// round trip.
-    pub established: u64,
     /// Generator threads used.
     pub threads: usize,
     /// Requests outstanding per connection.
@@ -52,21 +47,9 @@ pub struct LoadReport {
     pub duration: Duration,
     /// The warm-up (load mode): requests sent in it are verified but not measured.
     pub warmup: Duration,
-    /// Verified replies to the requests sent after the warm-up; in idle mode, the verified first
-    /// round trips.
-    pub requests: u64,
-    /// Verified replies to requests sent during the warm-up.
-    pub warmup_requests: u64,
-    /// Connections that could not be established in every attempt allowed (errors).
-    pub connect_failures: u64,
-    /// Wrong replies (errors). A connection closes at its first wrong reply.
-    pub wrong_replies: u64,
-    /// Requests never answered: outstanding when their connection was lost or closed after a
-    /// wrong reply, or when the grace period ran out (errors).
-    pub missing_replies: u64,
-    /// Established connections the server closed or reset before the end. In load mode their
-    /// unanswered requests are counted in `missing_replies`; in idle mode each is an error itself.
-    pub dropped: u64,
+    /// What the threads counted, added up: requests, errors of each kind, connections
+    /// established and dropped, the first error, and the latency histogram.
+    pub counts: Tally,
     /// Time from the start until every connection was up (or had failed).
     pub connect_time: Duration,
     /// Time from the start of the load (or hold) until every thread had finished.
@@ -74,12 +57,6 @@ pub struct LoadReport {
     /// The generator's CPU time (user + system, all threads) over `wall_time`; `None` where it
     /// cannot be read.
     pub cpu_time: Option<Duration>,
-    /// What the first error was, in a sentence.
-    pub first_error: Option<String>,
-    /// Idle mode: connections dropped while held (each an error).
-    dropped_while_held: u64,
-    /// Latency of each measured request, in nanoseconds.
-    latency: Histogram<u64>,
 }
 
 impl LoadReport {
@@ -89,7 +66,6 @@ impl LoadReport {
             protocol: config.protocol,
             address: config.address,
             connections: config.connections as u64,
-            established: tally.established,
             threads: config.effective_threads(),
             pipeline: config.pipeline,
             size: config.size,
@@ -98,30 +74,25 @@ impl LoadReport {
                 Mode::Load => config.warmup(),
                 Mode::Idle => Duration::ZERO,
             },
-            requests: tally.requests,
-            warmup_requests: tally.warmup_requests,
-            connect_failures: tally.connect_failures,
-            wrong_replies: tally.wrong_replies,
-            missing_replies: tally.missing_replies,
-            dropped: tally.dropped,
             connect_time: timing.connect,
             wall_time: timing.wall,
             cpu_time: timing.cpu,
-            first_error: tally.first_error,
-            dropped_while_held: tally.dropped_while_held,
-            latency: tally.latency,
+            counts: tally,
         }
     }
 
     /// Every error: connections not made, wrong replies, missing replies, and (idle mode)
     /// connections lost while held.
     pub fn errors(&self) -> u64 {
-        self.connect_failures + self.wrong_replies + self.missing_replies + self.dropped_while_held
+        self.counts.connect_failures
+            + self.counts.wrong_replies
+            + self.counts.missing_replies
+            + self.counts.dropped_while_held
     }
 
     /// Whether the run passed: at least one verified reply and no error.
     pub fn succeeded(&self) -> bool {
-        self.errors() == 0 && self.requests > 0
+        self.errors() == 0 && self.counts.requests > 0
     }
 
     /// The time `requests` were sent in: the duration less the warm-up (zero in idle mode).
@@ -140,7 +111,7 @@ impl LoadReport {
     pub fn rps(&self) -> f64 {
         let seconds = self.measured_time().as_secs_f64();
         if seconds > 0.0 {
-            self.requests as f64 / seconds
+            self.counts.requests as f64 / seconds
         } else {
             0.0
         }
@@ -148,17 +119,17 @@ impl LoadReport {
 
     /// The latency at `quantile` (0.5 for the median), in whole microseconds; 0 with no samples.
     pub fn latency_us(&self, quantile: f64) -> u64 {
-        nanos_to_micros(self.latency.value_at_quantile(quantile))
+        nanos_to_micros(self.counts.latency.value_at_quantile(quantile))
     }
 
     /// The highest latency, in whole microseconds.
     pub fn max_latency_us(&self) -> u64 {
-        nanos_to_micros(self.latency.max())
+        nanos_to_micros(self.counts.latency.max())
     }
 
     /// The mean latency, in microseconds.
     pub fn mean_latency_us(&self) -> f64 {
-        self.latency.mean() / 1000.0
+        self.counts.latency.mean() / 1000.0
     }
 
     /// The generator's CPU use over the run as a percentage of one core (above 100 with several
@@ -195,13 +166,13 @@ impl LoadReport {
         field("protocol", json_string(self.protocol.name()));
         field("address", json_string(&self.address.to_string()));
         field("connections", self.connections.to_string());
-        field("established", self.established.to_string());
+        field("established", self.counts.established.to_string());
         field("threads", self.threads.to_string());
         field("pipeline", self.pipeline.to_string());
         field("size", self.size.to_string());
         field("duration_s", format!("{:.3}", self.duration.as_secs_f64()));
         field("warmup_s", format!("{:.3}", self.warmup.as_secs_f64()));
-        field("requests", self.requests.to_string());
+        field("requests", self.counts.requests.to_string());
         field("rps", format!("{:.1}", self.rps()));
         field("p50_us", self.latency_us(0.5).to_string());
         field("p99_us", self.latency_us(0.99).to_string());
@@ -209,11 +180,11 @@ impl LoadReport {
         field("max_us", self.max_latency_us().to_string());
         field("mean_us", format!("{:.1}", self.mean_latency_us()));
         field("errors", self.errors().to_string());
-        field("connect_failures", self.connect_failures.to_string());
-        field("wrong_replies", self.wrong_replies.to_string());
-        field("missing_replies", self.missing_replies.to_string());
-        field("dropped", self.dropped.to_string());
-        field("warmup_requests", self.warmup_requests.to_string());
+        field("connect_failures", self.counts.connect_failures.to_string());
+        field("wrong_replies", self.counts.wrong_replies.to_string());
+        field("missing_replies", self.counts.missing_replies.to_string());
+        field("dropped", self.counts.dropped.to_string());
+        field("warmup_requests", self.counts.warmup_requests.to_string());
         field(
             "connect_s",
             format!("{:.3}", self.connect_time.as_secs_f64()),
@@ -223,7 +194,8 @@ impl LoadReport {
         field("client_cpu_percent", optional(self.client_cpu_percent(), 1));
         field(
             "first_error",
-            self.first_error
+            self.counts
+                .first_error
                 .as_deref()
                 .map_or_else(|| "null".to_string(), json_string),
         );
@@ -244,17 +216,20 @@ impl LoadReport {
         } else {
             let mut parts = Vec::new();
             for (count, what) in [
-                (self.connect_failures, "connections not made"),
-                (self.wrong_replies, "wrong replies"),
-                (self.missing_replies, "missing replies"),
-                (self.dropped_while_held, "connections dropped while held"),
+                (self.counts.connect_failures, "connections not made"),
+                (self.counts.wrong_replies, "wrong replies"),
+                (self.counts.missing_replies, "missing replies"),
+                (
+                    self.counts.dropped_while_held,
+                    "connections dropped while held",
+                ),
             ] {
                 if count > 0 {
                     parts.push(format!("{count} {what}"));
                 }
             }
             writeln!(f, "errors      {} ({})", self.errors(), parts.join(", "))?;
-            if let Some(first) = &self.first_error {
+            if let Some(first) = &self.counts.first_error {
                 writeln!(f, "            first: {first}")?;
             }
         }
@@ -296,7 +271,7 @@ impl fmt::Display for LoadReport {
                     self.address,
                     self.connections,
                     plural(self.connections),
-                    self.established,
+                    self.counts.established,
                     self.connect_time.as_secs_f64(),
                     self.pipeline,
                     self.size,
@@ -306,7 +281,7 @@ impl fmt::Display for LoadReport {
                 writeln!(
                     f,
                     "requests    {} in {:.2} s, after a {:.2} s warm-up",
-                    self.requests,
+                    self.counts.requests,
                     self.measured_time().as_secs_f64(),
                     self.warmup.as_secs_f64()
                 )?;
@@ -320,7 +295,7 @@ impl fmt::Display for LoadReport {
                      trip, in {:.3} s; held {:.2} s",
                     self.protocol,
                     self.address,
-                    self.established,
+                    self.counts.established,
                     self.connections,
                     self.connect_time.as_secs_f64(),
                     self.duration.as_secs_f64()
@@ -425,10 +400,10 @@ mod tests {
     #[test]
     fn errors_add_up_and_fail_the_run() {
         let mut report = report(Mode::Load);
-        report.wrong_replies = 1;
-        report.missing_replies = 3;
-        report.connect_failures = 2;
-        report.first_error = Some("connection 7: said \"no\"".into());
+        report.counts.wrong_replies = 1;
+        report.counts.missing_replies = 3;
+        report.counts.connect_failures = 2;
+        report.counts.first_error = Some("connection 7: said \"no\"".into());
         assert_eq!(report.errors(), 6);
         assert!(!report.succeeded());
         let json = report.to_json();

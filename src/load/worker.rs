@@ -80,9 +80,11 @@ impl Meter {
     }
 }
 
-/// What a thread counted. Merged across threads into the report.
-#[derive(Debug)]
-pub(crate) struct Tally {
+/// What a thread counted; the threads' tallies, added up, are the report's [`counts`].
+///
+/// [`counts`]: super::LoadReport::counts
+#[derive(Clone, Debug)]
+pub struct Tally {
     /// Connections that were up when the load (or the hold) started.
     pub established: u64,
     /// Verified replies to requests sent after the warm-up (idle mode: the first round trips).
@@ -123,7 +125,7 @@ impl Tally {
     }
 
     /// Adds the threads' tallies up (the first error of the lowest-numbered thread wins).
-    pub fn merge(tallies: Vec<Tally>) -> Tally {
+    pub(crate) fn merge(tallies: Vec<Tally>) -> Tally {
         let mut total = Tally::new();
         for tally in tallies {
             total.established += tally.established;
