@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 
 use crate::clock::Clock;
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
@@ -160,10 +160,8 @@ impl Acceptor {
             .into_iter()
             .enumerate()
             .map(|(index, bound)| {
-                let mut socket = TcpListener::from_std(bound.socket);
-                poll.registry()
-                    .register(&mut socket, Token(index), Interest::READABLE)?;
-                Ok((socket, bound.protocol))
+                let protocol = bound.protocol;
+                Ok((bound.register(poll.registry(), Token(index))?, protocol))
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Acceptor {

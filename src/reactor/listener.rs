@@ -44,6 +44,18 @@ pub struct BoundListener {
 }
 
 impl BoundListener {
+    /// Hands the socket to mio, registered for `READABLE` under `token`: how both the reactor
+    /// and the blocking models' acceptor wait for connections.
+    pub fn register(
+        self,
+        registry: &mio::Registry,
+        token: mio::Token,
+    ) -> io::Result<mio::net::TcpListener> {
+        let mut socket = mio::net::TcpListener::from_std(self.socket);
+        registry.register(&mut socket, token, mio::Interest::READABLE)?;
+        Ok(socket)
+    }
+
     /// The `listening PROTOCOL TRANSPORT ADDRESS` line for this listener.
     pub fn listening(&self) -> Listening {
         Listening {

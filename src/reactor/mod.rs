@@ -175,20 +175,13 @@ impl Reactor {
             .into_iter()
             .enumerate()
             .map(|(index, bound)| {
-                let mut socket = TcpListener::from_std(bound.socket);
-                poll.registry().register(
-                    &mut socket,
-                    Token(LISTENER_TOKEN_BASE + index),
-                    Interest::READABLE,
-                )?;
-                debug!(
-                    "listener {index}: {} on tcp {}",
-                    bound.protocol, bound.local
-                );
+                let (protocol, local) = (bound.protocol, bound.local);
+                let socket = bound.register(poll.registry(), Token(LISTENER_TOKEN_BASE + index))?;
+                debug!("listener {index}: {protocol} on tcp {local}");
                 Ok(Listener {
                     socket: Some(socket),
-                    protocol: bound.protocol,
-                    local: bound.local,
+                    protocol,
+                    local,
                     queued: false,
                     paused: false,
                 })
