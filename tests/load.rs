@@ -234,7 +234,10 @@ fn idle_mode_holds_every_connection() {
         outcome.stderr
     );
     assert!(outcome.json().contains("\"mode\":\"idle\""));
-    assert!(outcome.number("connect_s") >= 0.0);
+    assert!(
+        outcome.number("connect_s") > 0.0,
+        "connecting 200 clients takes time"
+    );
 }
 
 fn assert_clean_idle(outcome: &Outcome, connections: f64) {
