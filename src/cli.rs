@@ -15,8 +15,9 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::client::ClientArgs;
 use crate::models::{self, Model};
+use crate::net::{self, BoundListener, Listening};
 use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE};
-use crate::reactor::{self, BoundListener, Config, Listening, Reactor, DEFAULT_OUTPUT_LIMIT};
+use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
 use crate::service::{Address, ServiceSpec, DEFAULT_SERVICES};
 
 /// oneloop: one thread, one event loop, thousands of connections.
@@ -169,7 +170,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let limits = Limits {
         max_line: args.max_line,
     };
-    let listeners = match reactor::bind_services(&services) {
+    let listeners = match net::bind_services(&services) {
         Ok(listeners) => listeners,
         Err(e) => {
             eprintln!("oneloop: {e}");

@@ -24,7 +24,9 @@
 //! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
 //! * [`load`] — `oneloop load`, the closed-loop load generator that verifies every reply; its
 //!   own mio loop per thread, so it is not the bottleneck it measures.
-//! * [`nonblocking`] — the write-until-`WouldBlock` loop the reactor and the load generator share.
+//! * [`net`] — the transport layer every driver shares: binding listeners, the
+//!   write-until-`WouldBlock` loop, the lingering-close time and the reserve descriptor that keeps
+//!   the backlog moving when the process runs out of file descriptors.
 //! * [`cli`] — the command line (clap), and the exit-code policy.
 //! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`).
 //!
@@ -38,7 +40,7 @@ pub mod client;
 pub mod clock;
 pub mod load;
 pub mod models;
-pub mod nonblocking;
+pub mod net;
 pub mod protocol;
 pub mod reactor;
 pub mod service;

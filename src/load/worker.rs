@@ -28,7 +28,7 @@ use super::{
     Gate, LoadConfig, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECTS_IN_FLIGHT,
     MAX_CONNECT_ATTEMPTS,
 };
-use crate::nonblocking::write_until_blocked;
+use crate::net::write_until_blocked;
 
 /// Size of the read buffer each thread shares among its connections.
 const READ_BUFFER_BYTES: usize = 64 * 1024;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use log::{trace, warn};
 
-use crate::reactor::BoundListener;
+use crate::net::BoundListener;
 use crate::sys::{exit_child, fork_single_threaded, reap_exited_children, Forked};
 
 use super::{refuse, serve_blocking, Acceptor, Settings};

@@ -34,9 +34,8 @@ use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
 
 use crate::clock::Clock;
+use crate::net::{BoundListener, LINGER, TOO_MANY_CONNECTIONS_REPLY};
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
-use crate::reactor::connection::LINGER;
-use crate::reactor::{BoundListener, TOO_MANY_CONNECTIONS_REPLY};
 
 /// How `serve` serves its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

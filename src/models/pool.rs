@@ -11,7 +11,7 @@ use std::thread;
 
 use log::debug;
 
-use crate::reactor::BoundListener;
+use crate::net::BoundListener;
 
 use super::{serve_blocking, Accepted, Acceptor, Admission, Settings, Slot};
 

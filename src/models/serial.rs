@@ -5,7 +5,7 @@
 
 use std::io;
 
-use crate::reactor::BoundListener;
+use crate::net::BoundListener;
 
 use super::{serve_blocking, Acceptor, Settings};
 

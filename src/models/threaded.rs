@@ -9,7 +9,7 @@ use std::thread;
 
 use log::warn;
 
-use crate::reactor::BoundListener;
+use crate::net::BoundListener;
 
 use super::{serve_blocking, Acceptor, Admission, Settings};
 

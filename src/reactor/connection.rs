@@ -30,14 +30,14 @@
 
 use std::io::{self, Read};
 use std::net::Shutdown;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, trace};
 use mio::net::TcpStream;
 use mio::Interest;
 
 use crate::clock::Now;
-use crate::nonblocking::write_until_blocked;
+use crate::net::{write_until_blocked, LINGER};
 use crate::protocol::{Arrival, Flow, Session};
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
@@ -47,10 +47,6 @@ pub const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 
 /// Size of the read buffer the loop shares among all connections (one `read` call's maximum).
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-/// How long a lingering close waits for the peer to finish sending before closing anyway.
-/// Apache's lingering close uses the same two seconds.
-pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Buffers the loop owns and lends to whichever connection it is driving. Sharing them is what
 /// keeps an idle connection down to a few dozen bytes: it holds no buffer of its own.

@@ -34,11 +34,9 @@
 //! whatever the traffic.
 
 pub mod connection;
-pub mod listener;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -50,10 +48,11 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::clock::{Clock, Now};
+use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory};
+use crate::net::{BoundListener, ReserveFd, Shed, TOO_MANY_CONNECTIONS_REPLY};
 use crate::protocol::{Limits, ProtocolKind, Session};
 
 pub use connection::{Connection, SharedBuffers, Verdict};
-pub use listener::{bind_services, BindError, BoundListener, Listening};
 
 /// Tokens at and above this value are listeners (listener `i` is `LISTENER_TOKEN_BASE + i`).
 pub const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
@@ -75,9 +74,6 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 1024 * 1024;
 /// How long a listener rests when the process is out of file descriptors and has no reserve
 /// descriptor to spend: long enough not to spin, short enough that service resumes promptly.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
-/// The reply a connection over `--max-connections` gets before it is closed.
-pub const TOO_MANY_CONNECTIONS_REPLY: &[u8] = b"error too many connections\n";
 
 /// What the reactor needs from the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,7 +151,7 @@ pub struct Reactor {
     next_connection_id: u64,
     /// An open descriptor kept in reserve: when `accept` fails with EMFILE, closing it frees one
     /// slot to accept the waiting client and close it at once, instead of leaving it hanging.
-    reserve_fd: Option<File>,
+    reserve_fd: ReserveFd,
     /// Whether the last accept was refused for the connection limit (logs a warning per streak).
     refusing: bool,
     /// When a graceful shutdown must be over; `None` while serving normally.
@@ -204,7 +200,7 @@ impl Reactor {
             finished: Vec::new(),
             timers: BinaryHeap::new(),
             next_connection_id: 1,
-            reserve_fd: open_reserve_fd(),
+            reserve_fd: ReserveFd::new(),
             refusing: false,
             shutdown_deadline: None,
         })
@@ -345,42 +341,17 @@ impl Reactor {
         }
     }
 
-    /// Out of descriptors: spends the reserve descriptor to accept one waiting client and close
-    /// it at once (the client sees a close, not a hang), then takes the reserve back.
+    /// Out of descriptors: spends the reserve descriptor on one waiting client of listener
+    /// `index` (see [`ReserveFd`]).
     ///
     /// Without this, a listener whose backlog cannot be drained stays readable: level-triggered
-    /// loops spin at 100% CPU on it, and edge-triggered ones leave the clients hanging. Note that
-    /// Linux's `accept` claims a descriptor *before* it looks at the backlog, so EMFILE says
-    /// nothing about whether anyone is waiting; only the accept made with the freed descriptor
-    /// can tell (`WouldBlock`: nobody), and that is where shedding stops.
+    /// loops spin at 100% CPU on it, and edge-triggered ones leave the clients hanging.
     fn shed_one_connection(&mut self, index: usize, error: &io::Error) -> Shed {
-        if self.reserve_fd.is_none() {
-            self.reserve_fd = open_reserve_fd(); // Lost earlier; a slot may have freed since.
-        }
-        let Some(reserve) = self.reserve_fd.take() else {
-            return Shed::NoReserve;
-        };
-        drop(reserve);
-        let accepted = match self.listeners[index].socket.as_ref() {
+        let socket = self.listeners[index].socket.as_ref();
+        self.reserve_fd.shed_one(error, || match socket {
             Some(socket) => socket.accept(),
             None => Err(io::ErrorKind::WouldBlock.into()),
-        };
-        let outcome = match accepted {
-            Ok((stream, peer)) => {
-                warn!("out of file descriptors ({error}): closing new connection from {peer}");
-                drop(stream); // Before reopening the reserve: that needs this very slot.
-                Shed::ClosedOne
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Shed::BacklogEmpty,
-            // That client is gone already; the slot is free for the next.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Shed::ClosedOne,
-            Err(_) => Shed::NoReserve,
-        };
-        self.reserve_fd = open_reserve_fd();
-        if self.reserve_fd.is_none() {
-            return Shed::NoReserve;
-        }
-        outcome
+        })
     }
 
     fn open_connection(
@@ -654,36 +625,11 @@ impl Reactor {
     }
 }
 
-/// What spending the reserve descriptor achieved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shed {
-    /// A waiting client was accepted and closed; there may be more.
-    ClosedOne,
-    /// Nobody was waiting: stop until the next readiness edge.
-    BacklogEmpty,
-    /// No reserve descriptor (or it could not be reopened): pause the listener instead.
-    NoReserve,
-}
-
 /// Whether the loop goes on after a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
     NotYet,
     Now,
-}
-
-/// ENOBUFS or ENOMEM: the kernel has no memory for the new socket just now.
-fn is_out_of_memory(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM))
-}
-
-/// EMFILE (this process) or ENFILE (the whole system): no descriptor for a new connection.
-fn is_out_of_descriptors(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-}
-
-fn open_reserve_fd() -> Option<File> {
-    File::open("/dev/null").ok()
 }
 
 /// Logs the fd limit decision the way an operator wants to read it.

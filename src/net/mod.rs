@@ -1,0 +1,25 @@
+//! The transport layer the reactor, the comparison models, `client` and `load` share: binding
+//! listeners, writing to non-blocking sockets, and what every server does when a connection has
+//! to be turned away.
+//!
+//! None of it knows about the event loop or about threads, which is why both drivers can use it:
+//! the reactor and the blocking models differ in *how they wait*, not in how a socket is bound,
+//! how a refused client is told, or how a process out of file descriptors keeps its backlog
+//! moving.
+
+pub mod listener;
+pub mod nonblocking;
+pub mod reserve;
+
+use std::time::Duration;
+
+pub use listener::{bind_services, bind_tcp, BindError, BoundListener, Listening};
+pub use nonblocking::write_until_blocked;
+pub use reserve::{ReserveFd, Shed};
+
+/// How long a lingering close waits for the peer to finish sending before closing anyway.
+/// Apache's lingering close uses the same two seconds.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// The reply a connection over `--max-connections` gets before it is closed.
+pub const TOO_MANY_CONNECTIONS_REPLY: &[u8] = b"error too many connections\n";
