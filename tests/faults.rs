@@ -172,8 +172,27 @@ fn a_second_signal_exits_at_once() {
 
 #[test]
 fn shutdown_timeout_closes_connections_still_busy() {
-    let (mut server, _busy) = server_with_a_busy_connection("1");
+    let (mut server, _busy) = server_with_a_busy_connection("2");
     server.signal("TERM");
+    // The busy connection holds the server up until the timeout: a server that ignored the
+    // graceful shutdown and exited at once would fail here. (It cannot be over sooner; a loaded
+    // machine can only make it later.)
+    thread::sleep(Duration::from_millis(500));
+    server.assert_running();
+    assert_eq!(server.wait_for_exit().code(), Some(0));
+}
+
+#[test]
+fn shutdown_answers_bytes_the_session_still_holds() {
+    // Upper holds the first byte of a two-byte character until the second arrives. At a
+    // graceful shutdown that byte is the answer to input already read: it goes out (unchanged,
+    // as at the peer's end of stream) before the close.
+    let mut server = Server::start(&["upper@127.0.0.1:0"]);
+    let mut stream = connect(server.addr("upper"));
+    send(&mut stream, b"abc\xc3");
+    assert_eq!(read_exact_within(&mut stream, 3), b"ABC");
+    server.signal("TERM");
+    assert_eq!(read_to_end_within(&mut stream), b"\xc3");
     assert_eq!(server.wait_for_exit().code(), Some(0));
 }
 

@@ -111,3 +111,32 @@ fn clients_in_the_backlog_are_answered_once_descriptors_free_up() {
     }
     server.assert_running();
 }
+
+/// Issue 12, defect 4: with `--max-connections 1`, a client leaving and another arriving in the
+/// same batch of events got `error too many connections`: the limit counted the leaver, which
+/// had closed but was still waiting in the slab for the end of the batch.
+#[test]
+fn a_leaver_and_a_newcomer_in_one_batch_with_max_connections_1() {
+    let mut server = Server::start(&["--max-connections", "1", "echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    for trial in 0..3 {
+        let mut leaver = connect(addr);
+        send(&mut leaver, b"first");
+        assert_eq!(util::read_exact_within(&mut leaver, 5), b"first");
+        // Stopped, the server sees both the close and the connect in its next batch, in that
+        // order (epoll reports readiness in the order it arose).
+        server.signal("STOP");
+        drop(leaver);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut newcomer = connect(addr);
+        send(&mut newcomer, b"second");
+        server.signal("CONT");
+        let reply = util::read_exact_within(&mut newcomer, 6);
+        util::assert_bytes_eq(
+            &reply,
+            b"second",
+            &format!("trial {trial}: the newcomer's echo"),
+        );
+    }
+    server.assert_running();
+}

@@ -230,9 +230,16 @@ impl Connection {
     /// would be quicker, but if the client has sent anything since — a pipelined request —
     /// closing with that input unread sends an RST, and the RST makes the client's kernel throw
     /// away the replies it has not read yet.
-    pub fn begin_shutdown(&mut self) {
+    ///
+    /// Bytes the session holds back — half a UTF-8 character for upper, an unterminated line
+    /// read just before the shutdown for timestamp — are its answer to input already read, so
+    /// they are flushed first, exactly as at the peer's end of stream.
+    pub fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
         if self.phase == Phase::Serving {
+            shared.replies.clear();
+            self.session.on_end(now, &mut shared.replies);
             self.phase = Phase::Ending;
+            self.send(&shared.replies);
         }
     }
 

@@ -206,9 +206,11 @@ impl Reactor {
         })
     }
 
-    /// How many client connections are open.
-    pub fn connection_count(&self) -> usize {
-        self.connections.len()
+    /// How many client connections are open: those in the slab, less those that finished this
+    /// turn and only wait to be removed after the batch (their clients are gone; counting them
+    /// would refuse a newcomer that arrived in the same batch as a leaver).
+    pub fn open_connection_count(&self) -> usize {
+        self.connections.len() - self.finished.len()
     }
 
     /// Serves until a graceful shutdown completes (`Ok`) or the poller fails.
@@ -361,12 +363,10 @@ impl Reactor {
         protocol: ProtocolKind,
         now: &Now,
     ) {
-        if self.connections.len() >= self.config.max_connections {
+        let open = self.open_connection_count();
+        if open >= self.config.max_connections {
             if !self.refusing {
-                warn!(
-                    "{} connections open (--max-connections): closing new ones until some leave",
-                    self.connections.len()
-                );
+                warn!("{open} connections open (--max-connections): closing new ones until some leave");
             }
             self.refusing = true;
             debug!("refusing {peer}: too many connections");
@@ -460,12 +460,21 @@ impl Reactor {
         }
         let mut queue = std::mem::take(&mut self.still_ready);
         for token in queue.drain(..) {
-            if token.0 >= LISTENER_TOKEN_BASE {
-                self.listeners[token.0 - LISTENER_TOKEN_BASE].queued = false;
+            // The `queued` flag, not the token, says whether there is work: a connection that
+            // closed after queueing left its token behind (removing it from the middle of the
+            // queue at reap time would cost O(queue) per closed connection), and its slab key
+            // may have a new tenant by now, which must not be served on the old one's account.
+            let queued = if token.0 >= LISTENER_TOKEN_BASE {
+                let listener = &mut self.listeners[token.0 - LISTENER_TOKEN_BASE];
+                std::mem::take(&mut listener.queued)
             } else if let Some(connection) = self.connections.get_mut(token.0) {
-                connection.queued = false;
+                std::mem::take(&mut connection.queued)
+            } else {
+                false
+            };
+            if queued {
+                self.dispatch(token, now);
             }
-            self.dispatch(token, now);
         }
         if self.still_ready.is_empty() {
             self.still_ready = queue; // keep the allocation
@@ -508,14 +517,13 @@ impl Reactor {
         }
     }
 
-    /// Removes the connections that finished this turn. Dropping the socket closes it, which
-    /// also removes it from the epoll set, so no `deregister` call is needed.
+    /// Removes the connections that finished this turn, in O(1) each. Dropping the socket closes
+    /// it, which also removes it from the epoll set, so no `deregister` call is needed. A removed
+    /// connection's token may stay in the still-ready queue: [`Reactor::serve_still_ready`]
+    /// skips it.
     fn reap_finished(&mut self) {
         for key in self.finished.drain(..) {
             let connection = self.connections.remove(key);
-            if connection.queued {
-                self.still_ready.retain(|&token| token != Token(key));
-            }
             trace!(
                 "conn #{}: removed (token {key} is free again)",
                 connection.id
@@ -586,7 +594,7 @@ impl Reactor {
             if connection.is_closed() {
                 continue;
             }
-            connection.begin_shutdown();
+            connection.begin_shutdown(&mut self.shared, now);
             // Most can flush and shut down their side at once.
             self.drive_connection(key, now);
         }
@@ -649,5 +657,179 @@ fn describe_timeout(timeout: Option<Duration>) -> String {
         None => "no deadline".to_string(),
         Some(Duration::ZERO) => "not at all: connections still have work".to_string(),
         Some(d) => format!("at most {} ms", d.as_millis()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::connection::MAX_READ_BYTES_PER_TURN;
+    use std::io::Read;
+
+    /// A reactor with no listeners and `count` real loopback connections to echo in its slab,
+    /// with the client ends.
+    fn reactor_with_connections(count: usize) -> (Reactor, Vec<std::net::TcpStream>, Now) {
+        let mut reactor = Reactor::new(Vec::new(), Config::default(), None).unwrap();
+        let now = reactor.clock.now();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let clients = (0..count)
+            .map(|_| {
+                let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                let (accepted, peer) = listener.accept().unwrap();
+                accepted.set_nonblocking(true).unwrap();
+                let stream = TcpStream::from_std(accepted);
+                reactor.open_connection(stream, peer, ProtocolKind::Echo, &now);
+                client
+            })
+            .collect();
+        (reactor, clients, now)
+    }
+
+    /// Many queued connections closing in one turn cost O(1) each to reap: the still-ready queue
+    /// is not searched once per closed connection (which made the reap quadratic), and the
+    /// tokens they leave behind are skipped when the queue is served.
+    #[test]
+    fn reaping_queued_connections_leaves_the_queue_alone() {
+        const COUNT: usize = 64;
+        let (mut reactor, mut clients, now) = reactor_with_connections(COUNT);
+        let keys: Vec<usize> = reactor.connections.iter().map(|(key, _)| key).collect();
+        for &key in &keys {
+            reactor.connections[key].queued = true;
+            reactor.still_ready.push(Token(key));
+            reactor.connections[key].abandon("test");
+            reactor.finished.push(key);
+        }
+        reactor.reap_finished();
+        assert!(reactor.connections.is_empty());
+        assert_eq!(
+            reactor.still_ready.len(),
+            COUNT,
+            "reaping must not search the still-ready queue"
+        );
+
+        // A newcomer takes a reused key while the old tenant's token is still queued: serving
+        // the queue must not drive it on the old tenant's account.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        reactor.open_connection(
+            TcpStream::from_std(accepted),
+            peer,
+            ProtocolKind::Echo,
+            &now,
+        );
+        let reused = reactor.connections.iter().next().unwrap().0;
+        assert!(keys.contains(&reused), "the slab reuses freed keys");
+        client.write_all(b"ping").unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // let loopback deliver it
+        reactor.serve_still_ready(&now);
+        assert!(reactor.still_ready.is_empty(), "stale tokens are dropped");
+        client.set_nonblocking(true).unwrap();
+        let mut reply = [0u8; 4];
+        assert!(
+            client.read(&mut reply).is_err(),
+            "a stale token drove the key's new tenant"
+        );
+        // Its own turn comes from its own event (or its own place in the queue).
+        reactor.dispatch(Token(reused), &now);
+        client.set_nonblocking(false).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ping");
+        clients.clear();
+    }
+
+    /// A graceful shutdown answers what was already read: a timestamp line held back after a
+    /// budget-limited read (the peer had not paused, so the line was not complete) is stamped
+    /// and sent before the close, not dropped.
+    #[test]
+    fn shutdown_flushes_a_line_held_after_a_budget_limited_read() {
+        const SENT: usize = MAX_READ_BYTES_PER_TURN + 44 * 1024;
+        let config = Config {
+            limits: Limits { max_line: 4 << 20 },
+            ..Config::default()
+        };
+        let mut reactor = Reactor::new(Vec::new(), config, None).unwrap();
+        let now = reactor.clock.now();
+        // A receive buffer big enough to hold the whole message before the server reads any.
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.set_recv_buffer_size(4 << 20).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(1).unwrap();
+        let listener: std::net::TcpListener = listener.into();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let probe = accepted.try_clone().unwrap();
+        reactor.open_connection(
+            TcpStream::from_std(accepted),
+            peer,
+            ProtocolKind::Timestamp,
+            &now,
+        );
+        let writer = {
+            let mut client = client.try_clone().unwrap();
+            std::thread::spawn(move || client.write_all(&[b'x'; SENT]))
+        };
+        writer.join().unwrap().unwrap();
+        // Wait until every byte is in the server's receive queue.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut peek = vec![0u8; SENT];
+        while probe.peek(&mut peek).unwrap() < SENT {
+            assert!(Instant::now() < deadline, "the message never arrived whole");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let key = reactor.connections.iter().next().unwrap().0;
+        reactor.dispatch(Token(key), &now);
+        assert!(
+            reactor.connections[key].queued,
+            "the read stopped on its budget"
+        );
+        reactor.begin_shutdown(&now);
+
+        // Read to the end of stream, driving the connection (as WRITABLE events would) while
+        // its reply does not fit the socket buffers.
+        client
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no end of stream");
+            match client.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(count) => reply.extend_from_slice(&chunk[..count]),
+                Err(_) => reactor.dispatch(Token(key), &now),
+            }
+        }
+        let stamp = format!("[{}] ", String::from_utf8_lossy(now.ctime()));
+        assert!(reply.starts_with(stamp.as_bytes()), "a stamped reply");
+        assert_eq!(
+            reply.len() - stamp.len(),
+            MAX_READ_BYTES_PER_TURN,
+            "the held bytes are answered whole"
+        );
+        assert!(reply[stamp.len()..].iter().all(|&b| b == b'x'));
+    }
+
+    /// `--max-connections` counts the connections still open, not those that closed this turn
+    /// and wait in the slab for the end of the batch.
+    #[test]
+    fn connections_closed_this_turn_do_not_count_against_the_limit() {
+        let (mut reactor, _clients, _now) = reactor_with_connections(3);
+        assert_eq!(reactor.open_connection_count(), 3);
+        let key = reactor.connections.iter().next().unwrap().0;
+        reactor.connections[key].abandon("test");
+        reactor.settle(key, false);
+        assert_eq!(reactor.open_connection_count(), 2);
+        reactor.reap_finished();
+        assert_eq!(reactor.open_connection_count(), 2);
     }
 }
