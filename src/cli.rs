@@ -18,7 +18,7 @@ use crate::models::{self, Model};
 use crate::net::{self, BoundListener, Listening};
 use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE};
 use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
-use crate::service::{Address, ServiceSpec, DEFAULT_SERVICES};
+use crate::service::{ServiceSpec, DEFAULT_SERVICES};
 
 /// oneloop: one thread, one event loop, thousands of connections.
 #[derive(Debug, Parser)]
@@ -48,7 +48,9 @@ pub struct ServeArgs {
     #[arg(
         value_name = "SERVICE",
         help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp or echo; ADDRESS is \
-                HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port) \
+                HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), \
+                udp:HOST:PORT or unix:PATH. Under the blocking models each UDP service is one \
+                thread blocked in recv_from (a datagram service has no connections to spread) \
                 [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]"
     )]
     pub services: Vec<ServiceSpec>,
@@ -84,6 +86,21 @@ pub struct ServeArgs {
     /// Seconds a graceful shutdown (SIGINT, SIGTERM) waits for busy connections to finish.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub shutdown_timeout: u64,
+
+    /// Permission bits (octal, e.g. 600) of the Unix socket files this process creates, in
+    /// force from the moment each file exists [default: from the umask].
+    #[arg(long, value_name = "OCTAL", value_parser = octal_mode)]
+    pub unix_mode: Option<u32>,
+}
+
+/// Parses `--unix-mode`: permission bits in octal, 0 to 777.
+fn octal_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "{text:?} is not an octal permission mode from 0 to 777 (e.g. 600 or 660)"
+        )),
+    }
 }
 
 /// The longest timeout accepted (a year): far beyond any use, and far from the overflow of
@@ -135,17 +152,11 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 
 /// Which services this build can serve; the others are refused before anything is bound.
 fn check_supported(service: &ServiceSpec) -> Result<(), String> {
-    match (&service.address, service.protocol) {
-        (Address::Tcp(_), ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo) => {
-            Ok(())
-        }
-        (Address::Tcp(_), protocol) => Err(format!(
+    match service.protocol {
+        ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo => Ok(()),
+        protocol => Err(format!(
             "{service}: the {protocol} protocol is not served yet (this build serves upper, \
              timestamp and echo)"
-        )),
-        (address, _) => Err(format!(
-            "{service}: {} services are not served yet (this build serves tcp)",
-            address.transport()
         )),
     }
 }
@@ -170,8 +181,14 @@ fn serve(args: ServeArgs) -> ExitCode {
     let limits = Limits {
         max_line: args.max_line,
     };
-    let listeners = match net::bind_services(&services) {
-        Ok(listeners) => listeners,
+    // Held until `serve` returns: dropping them removes the Unix socket files (if still ours).
+    let net::Bound {
+        listeners,
+        datagrams,
+        socket_files: _socket_files,
+        lines,
+    } = match net::bind_services(&services, args.unix_mode) {
+        Ok(bound) => bound,
         Err(e) => {
             eprintln!("oneloop: {e}");
             return ExitCode::FAILURE;
@@ -195,7 +212,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         idle_timeout,
         max_connections,
     };
-    let lines: Vec<Listening> = listeners.iter().map(BoundListener::listening).collect();
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.
     let serving = match args.model {
@@ -207,7 +223,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 idle_timeout,
                 shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             };
-            match Reactor::new(listeners, config, signals) {
+            match Reactor::new(listeners, datagrams, config, signals) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),
                 Err(e) => {
                     eprintln!("oneloop: cannot start the event loop: {e}");
@@ -215,7 +231,13 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        model => Serving::Blocking(model, listeners),
+        model => match models::datagram::DatagramThreads::start(datagrams) {
+            Ok(threads) => Serving::Blocking(model, listeners, threads),
+            Err(e) => {
+                eprintln!("oneloop: cannot start the UDP threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     if let Err(e) = announce(&lines) {
         // Whoever started us stopped listening; serving can still be useful.
@@ -223,13 +245,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let served = match serving {
         Serving::Reactor(mut reactor) => reactor.run(),
-        Serving::Blocking(Model::Serial, listeners) => models::serial::run(listeners, blocking),
-        Serving::Blocking(Model::Threaded, listeners) => models::threaded::run(listeners, blocking),
-        Serving::Blocking(Model::Pool, listeners) => {
-            models::pool::run(listeners, blocking, pool_size(args.threads))
-        }
-        Serving::Blocking(Model::Forking | Model::Reactor, listeners) => {
-            models::forking::run(listeners, blocking)
+        Serving::Blocking(model, listeners, udp) => {
+            let served = match model {
+                Model::Serial => models::serial::run(listeners, blocking),
+                Model::Threaded => models::threaded::run(listeners, blocking),
+                Model::Pool => models::pool::run(listeners, blocking, pool_size(args.threads)),
+                Model::Forking | Model::Reactor => models::forking::run(listeners, blocking),
+            };
+            udp.stop();
+            served
         }
     };
     match served {
@@ -246,8 +270,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 enum Serving {
     /// The event loop, built and ready.
     Reactor(Box<Reactor>),
-    /// A blocking model and the listeners it will serve.
-    Blocking(Model, Vec<BoundListener>),
+    /// A blocking model, the listeners it will serve, and its UDP threads (already running).
+    Blocking(Model, Vec<BoundListener>, models::datagram::DatagramThreads),
 }
 
 /// `--threads`, or 4 workers per CPU core: enough that a few slow clients do not idle the pool.
@@ -329,9 +353,13 @@ mod tests {
     fn unsupported_services_are_named() {
         let chat: ServiceSpec = "chat@127.0.0.1:0".parse().unwrap();
         assert!(check_supported(&chat).unwrap_err().contains("chat"));
-        let udp: ServiceSpec = "echo@udp:127.0.0.1:0".parse().unwrap();
-        assert!(check_supported(&udp).unwrap_err().contains("udp"));
-        let tcp: ServiceSpec = "echo@127.0.0.1:0".parse().unwrap();
-        assert!(check_supported(&tcp).is_ok());
+        for served in [
+            "echo@127.0.0.1:0",
+            "upper@udp:[::1]:0",
+            "timestamp@unix:/tmp/t.sock",
+        ] {
+            let spec: ServiceSpec = served.parse().unwrap();
+            assert!(check_supported(&spec).is_ok(), "{served}");
+        }
     }
 }

@@ -24,6 +24,10 @@ pub const DEFAULT_SERVICES: [&str; 3] = [
     "echo@127.0.0.1:9000",
 ];
 
+/// The longest Unix socket path Linux takes: `sun_path` is 108 bytes, one of them the
+/// terminating NUL. A longer `unix:PATH` is a bad address (exit 2), not a bind failure.
+pub const MAX_UNIX_PATH: usize = 107;
+
 /// Where a service listens, or where a client connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
@@ -86,6 +90,14 @@ impl Address {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("unix: needs a socket path, e.g. unix:/tmp/chat.sock".into());
+            }
+            if path.len() > MAX_UNIX_PATH {
+                return Err(format!(
+                    "unix:{path}: the path is {} bytes; a socket address holds at most {} \
+                     (108 with the terminating NUL)",
+                    path.len(),
+                    MAX_UNIX_PATH
+                ));
             }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
@@ -184,6 +196,10 @@ mod tests {
         let unix = spec("chat@unix:/tmp/chat.sock").unwrap();
         assert_eq!(unix.address, Address::Unix("/tmp/chat.sock".into()));
         assert_eq!(unix.protocol, ProtocolKind::Chat);
+        let longest = format!("unix:/{}", "p".repeat(MAX_UNIX_PATH - 1));
+        assert!(longest.parse::<Address>().is_ok());
+        let too_long = format!("unix:/{}", "p".repeat(MAX_UNIX_PATH));
+        assert!(too_long.parse::<Address>().is_err());
     }
 
     #[test]

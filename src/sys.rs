@@ -124,6 +124,60 @@ pub fn os_reason(error: &io::Error) -> String {
     }
 }
 
+/// Runs `bind` with the process umask set to `mask`, then restores the old umask.
+///
+/// A Unix socket file is created by `bind` with mode `0o777 & !umask`, and there is no way to
+/// pass a mode to `bind` itself; setting the umask around it is how `--unix-mode` takes effect
+/// from the moment the file exists, with no window in which it has looser bits. The umask is
+/// per process, so this must run while the process is still single-threaded (`serve` binds
+/// before it starts any thread), or another thread creating a file meanwhile would get this mask.
+pub fn with_umask<T>(mask: u32, bind: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let result = bind();
+    // SAFETY: as above, restoring the mask that was in force.
+    unsafe { libc::umask(old) };
+    result
+}
+
+/// The process and user on the other end of a Unix stream socket (`SO_PEERCRED`), as the
+/// kernel recorded them at `connect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's process id.
+    pub pid: i32,
+    /// The peer's user id.
+    pub uid: u32,
+}
+
+/// Reads `SO_PEERCRED` from a connected Unix socket.
+pub fn peer_credentials(socket: &impl std::os::fd::AsRawFd) -> io::Result<PeerCredentials> {
+    let mut credentials = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into the owned `ucred` and updates
+    // `length`; the descriptor is borrowed from a live socket for the duration of the call.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PeerCredentials {
+        pid: credentials.pid,
+        uid: credentials.uid,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,14 +64,14 @@ fn bad_options_are_usage_errors() {
 
 #[test]
 fn services_this_build_does_not_serve_yet_are_refused() {
-    // chat, upload, udp: and unix are parsed but not served by this build: refused before
-    // anything is bound, so a script learns at once rather than from a missing service.
+    // chat and upload are parsed but not served by this build: refused before anything is
+    // bound, so a script learns at once rather than from a missing service.
     assert_usage_error(&["serve", "chat@127.0.0.1:0"], "chat");
     assert_usage_error(&["serve", "upload@127.0.0.1:0"], "upload");
-    assert_usage_error(&["serve", "echo@udp:127.0.0.1:0"], "udp");
+    assert_usage_error(&["serve", "chat@udp:127.0.0.1:0"], "udp");
     let socket = std::env::temp_dir().join(format!("oneloop-cli-{}.sock", std::process::id()));
-    let spec = format!("echo@unix:{}", socket.display());
-    assert_usage_error(&["serve", &spec], "unix");
+    let spec = format!("chat@unix:{}", socket.display());
+    assert_usage_error(&["serve", "echo@127.0.0.1:0", &spec], "chat");
     assert!(
         !socket.exists(),
         "a refused unix service must not create its socket file"

@@ -18,23 +18,25 @@
 //! connections being served (threads or child processes). Graceful shutdown is the reactor's
 //! alone: the models keep the default action for SIGINT and SIGTERM and end at once.
 
+pub mod datagram;
 pub mod forking;
 pub mod pool;
 pub mod serial;
 pub mod threaded;
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
-use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
 
 use crate::clock::Clock;
-use crate::net::{BoundListener, LINGER, TOO_MANY_CONNECTIONS_REPLY};
+use crate::net::{
+    BlockingStream, BoundListener, Peer, StreamListener, LINGER, TOO_MANY_CONNECTIONS_REPLY,
+};
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
 
 /// How `serve` serves its connections.
@@ -129,12 +131,12 @@ pub const BLOCKING_READ_BYTES: usize = 8 * 1024;
 /// An accepted connection, as a blocking std socket, and the protocol it speaks.
 #[derive(Debug)]
 pub struct Accepted {
-    /// The client's socket, in blocking mode.
-    pub stream: TcpStream,
+    /// The client's socket (TCP or Unix), in blocking mode.
+    pub stream: BlockingStream,
     /// The protocol of the listener it arrived on.
     pub protocol: ProtocolKind,
     /// The client's address, for logs.
-    pub peer: SocketAddr,
+    pub peer: Peer,
 }
 
 /// Accepts connections from every listener, one at a time, for the blocking models.
@@ -146,7 +148,7 @@ pub struct Accepted {
 pub struct Acceptor {
     poll: Poll,
     events: Events,
-    listeners: Vec<(TcpListener, ProtocolKind)>,
+    listeners: Vec<(StreamListener, ProtocolKind)>,
     /// The listener to try first next time, so one busy service cannot starve another.
     next: usize,
 }
@@ -184,9 +186,8 @@ impl Acceptor {
                 let (listener, protocol) = &self.listeners[index];
                 match listener.accept() {
                     Ok((stream, peer)) => {
-                        let stream = TcpStream::from(stream);
-                        stream.set_nonblocking(false)?;
-                        if let Err(e) = stream.set_nodelay(true) {
+                        let stream = stream.into_blocking()?;
+                        if let Err(e) = stream.set_nodelay() {
                             debug!("{peer}: cannot set TCP_NODELAY: {e}");
                         }
                         trace!("accept: {peer} ({protocol})");
@@ -281,18 +282,13 @@ pub fn serve_blocking(accepted: Accepted, settings: &Settings) {
 }
 
 /// Whether bytes are waiting to be read, checked without blocking.
-fn more_input_waiting(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let waiting = matches!(stream.peek(&mut [0u8; 1]), Ok(count) if count > 0);
-    let _ = stream.set_nonblocking(false);
-    waiting
+fn more_input_waiting(stream: &BlockingStream) -> bool {
+    stream.input_waiting()
 }
 
 /// The lingering close, blocking version: shut down our sending side, then read and discard until
 /// the peer closes or [`LINGER`] passes, so unread input does not turn the close into an RST.
-fn linger(stream: &mut TcpStream, scratch: &mut [u8]) {
+fn linger(stream: &mut BlockingStream, scratch: &mut [u8]) {
     let _ = stream.shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER;
     loop {

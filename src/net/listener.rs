@@ -1,5 +1,6 @@
-//! Listening sockets: bound with `socket2` so the accept backlog can be large.
+//! Binding every service: TCP and Unix stream listeners, and UDP sockets.
 //!
+//! TCP listeners are bound with `socket2` so the accept backlog can be large.
 //! mio's `TcpListener::bind` (like std's) listens with a backlog of 128. When thousands of clients
 //! connect at once, the kernel drops SYNs that do not fit, and each dropped client waits for a
 //! retransmit — one second, then three — before it is even seen. Asking for a large backlog costs
@@ -9,8 +10,11 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use log::debug;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::stream::{Peer, Stream};
+use super::unix::{bind_unix, SocketFile};
 use crate::protocol::ProtocolKind;
 use crate::service::{Address, ServiceSpec};
 
@@ -31,16 +35,32 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Opens a non-blocking UDP socket on `addr`.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// A listening stream socket, before it is handed to a driver.
+#[derive(Debug)]
+pub enum ListenSocket {
+    /// TCP.
+    Tcp(std::net::TcpListener),
+    /// A Unix stream socket.
+    Unix(std::os::unix::net::UnixListener),
+}
+
 /// A bound, non-blocking listening socket and the protocol its connections speak. The reactor and
 /// the comparison models start from the same list of these.
 #[derive(Debug)]
 pub struct BoundListener {
     /// The listening socket (non-blocking).
-    pub socket: std::net::TcpListener,
+    pub socket: ListenSocket,
     /// What its connections speak.
     pub protocol: ProtocolKind,
-    /// The address actually bound (the real port when port 0 was asked for).
-    pub local: SocketAddr,
+    /// The address actually bound (the real port when port 0 was asked for), or the path.
+    pub local: Address,
 }
 
 impl BoundListener {
@@ -50,46 +70,141 @@ impl BoundListener {
         self,
         registry: &mio::Registry,
         token: mio::Token,
-    ) -> io::Result<mio::net::TcpListener> {
-        let mut socket = mio::net::TcpListener::from_std(self.socket);
-        registry.register(&mut socket, token, mio::Interest::READABLE)?;
-        Ok(socket)
+    ) -> io::Result<StreamListener> {
+        let mut listener = match self.socket {
+            ListenSocket::Tcp(socket) => {
+                StreamListener::Tcp(mio::net::TcpListener::from_std(socket))
+            }
+            ListenSocket::Unix(socket) => {
+                StreamListener::Unix(mio::net::UnixListener::from_std(socket))
+            }
+        };
+        match &mut listener {
+            StreamListener::Tcp(l) => registry.register(l, token, mio::Interest::READABLE)?,
+            StreamListener::Unix(l) => registry.register(l, token, mio::Interest::READABLE)?,
+        }
+        Ok(listener)
     }
 
     /// The `listening PROTOCOL TRANSPORT ADDRESS` line for this listener.
     pub fn listening(&self) -> Listening {
         Listening {
             protocol: self.protocol,
-            address: Address::Tcp(self.local),
+            address: self.local.clone(),
         }
     }
 }
 
-/// Binds every service, in order; the first failure is returned (earlier sockets are closed).
-pub fn bind_services(services: &[ServiceSpec]) -> Result<Vec<BoundListener>, BindError> {
-    services
-        .iter()
-        .map(|service| {
-            let fail = |source| BindError {
-                protocol: service.protocol,
-                address: service.address.clone(),
-                source,
-            };
-            let Address::Tcp(addr) = service.address else {
-                return Err(fail(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "only tcp services are served by this build",
-                )));
-            };
-            let socket = bind_tcp(addr).map_err(fail)?;
-            let local = socket.local_addr().map_err(fail)?;
-            Ok(BoundListener {
-                socket,
-                protocol: service.protocol,
-                local,
-            })
-        })
-        .collect()
+/// A listening stream socket registered with a poller.
+#[derive(Debug)]
+pub enum StreamListener {
+    /// TCP.
+    Tcp(mio::net::TcpListener),
+    /// A Unix stream socket.
+    Unix(mio::net::UnixListener),
+}
+
+impl StreamListener {
+    /// Accepts one connection (non-blocking: `WouldBlock` when nobody waits). A Unix peer is
+    /// named `unix-N`, and its credentials are logged at debug.
+    pub fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match self {
+            StreamListener::Tcp(l) => {
+                let (stream, addr) = l.accept()?;
+                Ok((Stream::Tcp(stream), Peer::Ip(addr)))
+            }
+            StreamListener::Unix(l) => {
+                let (stream, _) = l.accept()?;
+                let peer = Peer::next_unix();
+                match crate::sys::peer_credentials(&stream) {
+                    Ok(c) => debug!("{peer}: peer process {} (uid {})", c.pid, c.uid),
+                    Err(e) => debug!("{peer}: no peer credentials: {e}"),
+                }
+                Ok((Stream::Unix(stream), peer))
+            }
+        }
+    }
+}
+
+/// A bound, non-blocking UDP socket and the protocol its datagrams speak.
+#[derive(Debug)]
+pub struct BoundDatagram {
+    /// The socket (non-blocking).
+    pub socket: std::net::UdpSocket,
+    /// What its datagrams speak.
+    pub protocol: ProtocolKind,
+    /// The address actually bound.
+    pub local: SocketAddr,
+}
+
+/// Everything `serve` bound, in the order the services were given.
+#[derive(Debug, Default)]
+pub struct Bound {
+    /// Stream listeners (TCP and Unix).
+    pub listeners: Vec<BoundListener>,
+    /// UDP sockets.
+    pub datagrams: Vec<BoundDatagram>,
+    /// The Unix socket files created, removed when these are dropped (if still ours).
+    pub socket_files: Vec<SocketFile>,
+    /// The `listening` lines, one per service, in the order given.
+    pub lines: Vec<Listening>,
+}
+
+/// Binds every service, in order; the first failure is returned (earlier sockets are closed and
+/// their socket files removed). `unix_mode` is `--unix-mode`.
+pub fn bind_services(services: &[ServiceSpec], unix_mode: Option<u32>) -> Result<Bound, BindError> {
+    let mut bound = Bound::default();
+    for service in services {
+        let fail = |source| BindError {
+            protocol: service.protocol,
+            address: service.address.clone(),
+            source,
+        };
+        let protocol = service.protocol;
+        match &service.address {
+            Address::Tcp(addr) => {
+                let socket = bind_tcp(*addr).map_err(fail)?;
+                let local = Address::Tcp(socket.local_addr().map_err(fail)?);
+                bound.lines.push(Listening {
+                    protocol,
+                    address: local.clone(),
+                });
+                bound.listeners.push(BoundListener {
+                    socket: ListenSocket::Tcp(socket),
+                    protocol,
+                    local,
+                });
+            }
+            Address::Unix(path) => {
+                let (socket, file) = bind_unix(path, unix_mode).map_err(fail)?;
+                bound.socket_files.push(file);
+                let local = Address::Unix(path.clone());
+                bound.lines.push(Listening {
+                    protocol,
+                    address: local.clone(),
+                });
+                bound.listeners.push(BoundListener {
+                    socket: ListenSocket::Unix(socket),
+                    protocol,
+                    local,
+                });
+            }
+            Address::Udp(addr) => {
+                let socket = bind_udp(*addr).map_err(fail)?;
+                let local = socket.local_addr().map_err(fail)?;
+                bound.lines.push(Listening {
+                    protocol,
+                    address: Address::Udp(local),
+                });
+                bound.datagrams.push(BoundDatagram {
+                    socket,
+                    protocol,
+                    local,
+                });
+            }
+        }
+    }
+    Ok(bound)
 }
 
 /// A bound service, as the `listening` line reports it.

@@ -1,21 +1,29 @@
 //! The transport layer the reactor, the comparison models, `client` and `load` share: binding
-//! listeners, writing to non-blocking sockets, and what every server does when a connection has
-//! to be turned away.
+//! TCP, Unix and UDP sockets, one stream type for TCP and Unix connections, writing to
+//! non-blocking sockets, and what every server does when a connection has to be turned away.
 //!
 //! None of it knows about the event loop or about threads, which is why both drivers can use it:
 //! the reactor and the blocking models differ in *how they wait*, not in how a socket is bound,
 //! how a refused client is told, or how a process out of file descriptors keeps its backlog
 //! moving.
 
+pub mod datagram;
 pub mod listener;
 pub mod nonblocking;
 pub mod reserve;
+pub mod stream;
+pub mod unix;
 
 use std::time::Duration;
 
-pub use listener::{bind_services, bind_tcp, BindError, BoundListener, Listening};
+pub use listener::{
+    bind_services, bind_tcp, bind_udp, BindError, Bound, BoundDatagram, BoundListener,
+    ListenSocket, Listening, StreamListener,
+};
 pub use nonblocking::write_until_blocked;
 pub use reserve::{ReserveFd, Shed};
+pub use stream::{BlockingStream, Peer, Stream};
+pub use unix::SocketFile;
 
 /// How long a lingering close waits for the peer to finish sending before closing anyway.
 /// Apache's lingering close uses the same two seconds.

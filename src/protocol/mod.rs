@@ -28,6 +28,7 @@
 //! `timestamp`. It keeps no read or write buffer of its own: those belong to the driver, which
 //! can share one read buffer among thousands of connections.
 
+pub mod datagram;
 pub mod echo;
 pub mod invariants;
 pub mod timestamp;

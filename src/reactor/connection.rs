@@ -33,11 +33,10 @@ use std::net::Shutdown;
 use std::time::Instant;
 
 use log::{debug, trace};
-use mio::net::TcpStream;
 use mio::Interest;
 
 use crate::clock::Now;
-use crate::net::{write_until_blocked, LINGER};
+use crate::net::{write_until_blocked, Stream, LINGER};
 use crate::protocol::{Arrival, Flow, Session};
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
@@ -52,10 +51,10 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// keeps an idle connection down to a few dozen bytes: it holds no buffer of its own.
 #[derive(Debug)]
 pub struct SharedBuffers {
-    /// Where every `read` lands.
-    read: Box<[u8]>,
+    /// Where every `read` (and every `recv_from`) lands.
+    pub(super) read: Box<[u8]>,
     /// Where protocols write replies before they are sent.
-    replies: Vec<u8>,
+    pub(super) replies: Vec<u8>,
     /// `--output-limit`: queued reply bytes past which a connection stops reading.
     output_limit: usize,
 }
@@ -156,7 +155,7 @@ pub struct Connection {
     /// one's leftover timers.
     pub id: u64,
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// The protocol's state for this client.
     session: Session,
     /// Replies waiting for the socket to accept them.
@@ -178,7 +177,7 @@ pub struct Connection {
 
 impl Connection {
     /// A connection that has just been accepted and registered for `READABLE`.
-    pub fn new(id: u64, stream: TcpStream, session: Session, now: &Now) -> Connection {
+    pub fn new(id: u64, stream: Stream, session: Session, now: &Now) -> Connection {
         Connection {
             id,
             stream,

@@ -34,27 +34,33 @@
 //! whatever the traffic.
 
 pub mod connection;
+pub mod datagram;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::clock::{Clock, Now};
+use crate::net::datagram::DatagramStats;
 use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory};
-use crate::net::{BoundListener, ReserveFd, Shed, TOO_MANY_CONNECTIONS_REPLY};
+use crate::net::{
+    BoundDatagram, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener,
+    TOO_MANY_CONNECTIONS_REPLY,
+};
 use crate::protocol::{Limits, ProtocolKind, Session};
+use crate::service::Address;
 
 pub use connection::{Connection, SharedBuffers, Verdict};
 
-/// Tokens at and above this value are listeners (listener `i` is `LISTENER_TOKEN_BASE + i`).
+/// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
+/// is `LISTENER_TOKEN_BASE + i`).
 pub const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
 
 /// The token of the signal pipe (SIGINT, SIGTERM).
@@ -102,17 +108,30 @@ impl Default for Config {
     }
 }
 
-/// A listening socket and the protocol its connections speak.
+/// A socket the loop owns for a whole service: a listener, whose clients become connections, or
+/// a datagram socket, which answers each datagram on the spot and has no connections at all.
 #[derive(Debug)]
-struct Listener {
+struct Endpoint {
     /// The socket; `None` once closed for a shutdown.
-    socket: Option<TcpListener>,
+    socket: Option<EndpointSocket>,
     protocol: ProtocolKind,
-    local: SocketAddr,
-    /// Whether it is in the still-ready queue (it stopped on the accept budget).
+    local: Address,
+    /// Whether it is in the still-ready queue (it stopped on its accept or datagram budget).
     queued: bool,
-    /// Whether it is resting after running out of descriptors (a `Wake::Accept` is pending).
+    /// Whether a listener is resting after running out of descriptors (a `Wake::Accept` is
+    /// pending).
     paused: bool,
+    /// What a datagram endpoint has done (all zero for a listener).
+    stats: DatagramStats,
+}
+
+/// The two kinds of endpoint.
+#[derive(Debug)]
+enum EndpointSocket {
+    /// TCP or Unix stream listener.
+    Listener(StreamListener),
+    /// UDP socket.
+    Datagram(UdpSocket),
 }
 
 /// What a deadline is for.
@@ -133,7 +152,7 @@ type Timer = Reverse<(Instant, Wake)>;
 /// The single-threaded reactor serving every bound service.
 pub struct Reactor {
     poll: Poll,
-    listeners: Vec<Listener>,
+    endpoints: Vec<Endpoint>,
     connections: Slab<Connection>,
     /// Buffers lent to whichever connection is being driven.
     shared: SharedBuffers,
@@ -158,31 +177,56 @@ pub struct Reactor {
     shutdown_deadline: Option<Instant>,
 }
 
+impl Endpoint {
+    fn new(socket: EndpointSocket, protocol: ProtocolKind, local: Address) -> Endpoint {
+        Endpoint {
+            socket: Some(socket),
+            protocol,
+            local,
+            queued: false,
+            paused: false,
+            stats: DatagramStats::default(),
+        }
+    }
+}
+
 impl Reactor {
-    /// A reactor serving `listeners`, stopping gracefully on the given signals. Nothing is
-    /// served until [`Reactor::run`].
+    /// A reactor serving `listeners` and `datagrams`, stopping gracefully on the given signals.
+    /// Nothing is served until [`Reactor::run`].
     pub fn new(
         listeners: Vec<BoundListener>,
+        datagrams: Vec<BoundDatagram>,
         config: Config,
         signals: Option<Signals>,
     ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
-        let listeners = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(index, bound)| {
-                let (protocol, local) = (bound.protocol, bound.local);
-                let socket = bound.register(poll.registry(), Token(LISTENER_TOKEN_BASE + index))?;
-                debug!("listener {index}: {protocol} on tcp {local}");
-                Ok(Listener {
-                    socket: Some(socket),
-                    protocol,
-                    local,
-                    queued: false,
-                    paused: false,
-                })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+        let mut endpoints = Vec::with_capacity(listeners.len() + datagrams.len());
+        for bound in listeners {
+            let (protocol, local) = (bound.protocol, bound.local.clone());
+            let token = Token(LISTENER_TOKEN_BASE + endpoints.len());
+            let socket = EndpointSocket::Listener(bound.register(poll.registry(), token)?);
+            endpoints.push(Endpoint::new(socket, protocol, local));
+        }
+        for bound in datagrams {
+            let token = Token(LISTENER_TOKEN_BASE + endpoints.len());
+            let mut socket = UdpSocket::from_std(bound.socket);
+            // Only READABLE, ever: replies that cannot go at once are dropped, never queued.
+            poll.registry()
+                .register(&mut socket, token, Interest::READABLE)?;
+            let socket = EndpointSocket::Datagram(socket);
+            endpoints.push(Endpoint::new(
+                socket,
+                bound.protocol,
+                Address::Udp(bound.local),
+            ));
+        }
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            let (protocol, local) = (endpoint.protocol, &endpoint.local);
+            debug!(
+                "endpoint {index}: {protocol} on {} {local}",
+                local.transport()
+            );
+        }
         let mut signals = signals;
         if let Some(signals) = signals.as_mut() {
             poll.registry()
@@ -190,7 +234,7 @@ impl Reactor {
         }
         Ok(Reactor {
             poll,
-            listeners,
+            endpoints,
             connections: Slab::new(),
             shared: SharedBuffers::new(config.output_limit),
             config,
@@ -266,7 +310,7 @@ impl Reactor {
     /// it will be served from the queue this turn, once, within its budget).
     fn is_still_ready(&self, token: Token) -> bool {
         if token.0 >= LISTENER_TOKEN_BASE {
-            self.listeners
+            self.endpoints
                 .get(token.0 - LISTENER_TOKEN_BASE)
                 .is_some_and(|l| l.queued)
         } else {
@@ -274,23 +318,46 @@ impl Reactor {
         }
     }
 
-    /// Sends one token's readiness to its listener or connection.
+    /// Sends one token's readiness to its listener, datagram socket or connection.
     fn dispatch(&mut self, token: Token, now: &Now) {
-        if token.0 >= LISTENER_TOKEN_BASE {
-            self.accept_ready(token.0 - LISTENER_TOKEN_BASE, now);
-        } else {
-            self.drive_connection(token.0, now);
+        if token.0 < LISTENER_TOKEN_BASE {
+            return self.drive_connection(token.0, now);
+        }
+        let index = token.0 - LISTENER_TOKEN_BASE;
+        match self.endpoints.get(index).and_then(|e| e.socket.as_ref()) {
+            Some(EndpointSocket::Listener(_)) => self.accept_ready(index, now),
+            Some(EndpointSocket::Datagram(_)) => self.datagrams_ready(index, now),
+            None => {} // Closed for shutdown.
+        }
+    }
+
+    /// Answers datagrams until the socket would block or the turn's datagram budget is spent.
+    fn datagrams_ready(&mut self, index: usize, now: &Now) {
+        let endpoint = &mut self.endpoints[index];
+        let Some(EndpointSocket::Datagram(socket)) = endpoint.socket.as_ref() else {
+            return;
+        };
+        let budget_spent = datagram::serve_datagrams(
+            socket,
+            endpoint.protocol,
+            &mut self.shared,
+            &mut endpoint.stats,
+            now,
+        );
+        if budget_spent && !endpoint.queued {
+            endpoint.queued = true;
+            self.still_ready.push(Token(LISTENER_TOKEN_BASE + index));
         }
     }
 
     /// Accepts until the listener would block or the turn's accept budget is spent.
     fn accept_ready(&mut self, index: usize, now: &Now) {
-        if self.listeners[index].paused {
+        if self.endpoints[index].paused {
             return; // Its timer will bring it back.
         }
         for _ in 0..MAX_ACCEPTS_PER_TURN {
-            let listener = &mut self.listeners[index];
-            let Some(socket) = listener.socket.as_ref() else {
+            let listener = &mut self.endpoints[index];
+            let Some(EndpointSocket::Listener(socket)) = listener.socket.as_ref() else {
                 return; // Closed for shutdown.
             };
             match socket.accept() {
@@ -323,7 +390,7 @@ impl Reactor {
                 Err(e) => debug!("accept on {}: {e}", listener.local),
             }
         }
-        let listener = &mut self.listeners[index];
+        let listener = &mut self.endpoints[index];
         if !listener.queued {
             trace!("listener {index}: accept budget spent; more clients may be waiting");
             listener.queued = true;
@@ -333,7 +400,7 @@ impl Reactor {
 
     /// Rests a listener for [`ACCEPT_PAUSE`] (one timer, however many events arrive meanwhile).
     fn pause_listener(&mut self, index: usize, now: &Now) {
-        let listener = &mut self.listeners[index];
+        let listener = &mut self.endpoints[index];
         if !listener.paused {
             listener.paused = true;
             self.timers.push(Reverse((
@@ -349,17 +416,17 @@ impl Reactor {
     /// Without this, a listener whose backlog cannot be drained stays readable: level-triggered
     /// loops spin at 100% CPU on it, and edge-triggered ones leave the clients hanging.
     fn shed_one_connection(&mut self, index: usize, error: &io::Error) -> Shed {
-        let socket = self.listeners[index].socket.as_ref();
+        let socket = self.endpoints[index].socket.as_ref();
         self.reserve_fd.shed_one(error, || match socket {
-            Some(socket) => socket.accept(),
-            None => Err(io::ErrorKind::WouldBlock.into()),
+            Some(EndpointSocket::Listener(socket)) => socket.accept(),
+            _ => Err(io::ErrorKind::WouldBlock.into()),
         })
     }
 
     fn open_connection(
         &mut self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
+        mut stream: Stream,
+        peer: Peer,
         protocol: ProtocolKind,
         now: &Now,
     ) {
@@ -378,7 +445,7 @@ impl Reactor {
         let id = self.next_connection_id;
         self.next_connection_id += 1;
         // Replies are written whole, once per request: Nagle's delay would only add latency.
-        if let Err(e) = stream.set_nodelay(true) {
+        if let Err(e) = stream.set_nodelay() {
             debug!("conn #{id}: cannot set TCP_NODELAY: {e}");
         }
         let Some(session) = Session::new(protocol, self.config.limits) else {
@@ -465,7 +532,7 @@ impl Reactor {
             // queue at reap time would cost O(queue) per closed connection), and its slab key
             // may have a new tenant by now, which must not be served on the old one's account.
             let queued = if token.0 >= LISTENER_TOKEN_BASE {
-                let listener = &mut self.listeners[token.0 - LISTENER_TOKEN_BASE];
+                let listener = &mut self.endpoints[token.0 - LISTENER_TOKEN_BASE];
                 std::mem::take(&mut listener.queued)
             } else if let Some(connection) = self.connections.get_mut(token.0) {
                 std::mem::take(&mut connection.queued)
@@ -490,7 +557,7 @@ impl Reactor {
             self.timers.pop();
             match wake {
                 Wake::Accept { index } => {
-                    self.listeners[index].paused = false;
+                    self.endpoints[index].paused = false;
                     self.accept_ready(index, now);
                 }
                 Wake::Idle { key, id } | Wake::Linger { key, id } => {
@@ -540,7 +607,7 @@ impl Reactor {
     /// when it holds twice what is live keeps it bounded by the open connections, at O(1)
     /// amortised per connection.
     fn compact_timers(&mut self) {
-        let live_bound = 2 * (self.connections.len() + self.listeners.len()) + 1024;
+        let live_bound = 2 * (self.connections.len() + self.endpoints.len()) + 1024;
         if self.timers.len() <= live_bound {
             return;
         }
@@ -582,10 +649,15 @@ impl Reactor {
     /// Stops accepting, closes idle connections, and lets busy ones finish writing.
     fn begin_shutdown(&mut self, now: &Now) {
         self.shutdown_deadline = Some(now.instant + self.config.shutdown_timeout);
-        for (index, listener) in self.listeners.iter_mut().enumerate() {
-            // Closing the socket deregisters it; clients connecting from now on are refused.
-            if listener.socket.take().is_some() {
-                debug!("listener {index}: closed");
+        for (index, endpoint) in self.endpoints.iter_mut().enumerate() {
+            // Closing the socket deregisters it; clients connecting from now on are refused, and
+            // datagrams from now on are not answered.
+            match endpoint.socket.take() {
+                Some(EndpointSocket::Listener(_)) => debug!("endpoint {index}: closed"),
+                Some(EndpointSocket::Datagram(_)) => {
+                    info!("udp {}: closed; {}", endpoint.local, endpoint.stats)
+                }
+                None => {}
             }
         }
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
@@ -665,11 +737,12 @@ mod tests {
     use super::*;
     use crate::reactor::connection::MAX_READ_BYTES_PER_TURN;
     use std::io::Read;
+    use std::net::SocketAddr;
 
     /// A reactor with no listeners and `count` real loopback connections to echo in its slab,
     /// with the client ends.
     fn reactor_with_connections(count: usize) -> (Reactor, Vec<std::net::TcpStream>, Now) {
-        let mut reactor = Reactor::new(Vec::new(), Config::default(), None).unwrap();
+        let mut reactor = Reactor::new(Vec::new(), Vec::new(), Config::default(), None).unwrap();
         let now = reactor.clock.now();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let clients = (0..count)
@@ -677,8 +750,8 @@ mod tests {
                 let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
                 let (accepted, peer) = listener.accept().unwrap();
                 accepted.set_nonblocking(true).unwrap();
-                let stream = TcpStream::from_std(accepted);
-                reactor.open_connection(stream, peer, ProtocolKind::Echo, &now);
+                let stream = Stream::Tcp(mio::net::TcpStream::from_std(accepted));
+                reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Echo, &now);
                 client
             })
             .collect();
@@ -714,8 +787,8 @@ mod tests {
         let (accepted, peer) = listener.accept().unwrap();
         accepted.set_nonblocking(true).unwrap();
         reactor.open_connection(
-            TcpStream::from_std(accepted),
-            peer,
+            Stream::Tcp(mio::net::TcpStream::from_std(accepted)),
+            Peer::Ip(peer),
             ProtocolKind::Echo,
             &now,
         );
@@ -752,7 +825,7 @@ mod tests {
             limits: Limits { max_line: 4 << 20 },
             ..Config::default()
         };
-        let mut reactor = Reactor::new(Vec::new(), config, None).unwrap();
+        let mut reactor = Reactor::new(Vec::new(), Vec::new(), config, None).unwrap();
         let now = reactor.clock.now();
         // A receive buffer big enough to hold the whole message before the server reads any.
         let listener =
@@ -768,8 +841,8 @@ mod tests {
         accepted.set_nonblocking(true).unwrap();
         let probe = accepted.try_clone().unwrap();
         reactor.open_connection(
-            TcpStream::from_std(accepted),
-            peer,
+            Stream::Tcp(mio::net::TcpStream::from_std(accepted)),
+            Peer::Ip(peer),
             ProtocolKind::Timestamp,
             &now,
         );

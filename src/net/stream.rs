@@ -1,0 +1,259 @@
+//! A connection's socket, TCP or Unix, as one type.
+//!
+//! An enum, not a trait object: the reactor keeps one per connection in a slab, and an enum costs
+//! no allocation and no indirect call on the hot path — `read` and `write` are a two-way match.
+//! Protocols never see which it is; only the peer's name (an address, or `unix-N`) differs.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+/// Who is on the other end, as logs (and chat names) show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP client's address: `127.0.0.1:53122`.
+    Ip(SocketAddr),
+    /// A Unix stream client, numbered from 1 in the order this process accepted them: `unix-3`.
+    /// (Unix clients rarely bind a name of their own, so the address says nothing.)
+    Unix(u64),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Ip(addr) => write!(f, "{addr}"),
+            Peer::Unix(n) => write!(f, "unix-{n}"),
+        }
+    }
+}
+
+/// The next `unix-N` number: one counter per process, shared by every Unix listener.
+static NEXT_UNIX_PEER: AtomicU64 = AtomicU64::new(1);
+
+impl Peer {
+    /// A name for a newly accepted Unix client.
+    pub fn next_unix() -> Peer {
+        Peer::Unix(NEXT_UNIX_PEER.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A non-blocking connection for the reactor (and the load generator).
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(mio::net::TcpStream),
+    /// A Unix stream connection.
+    Unix(mio::net::UnixStream),
+}
+
+impl Stream {
+    /// Shuts down one or both directions (the lingering close shuts down writes).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// Turns off Nagle's algorithm on TCP (replies are written whole; a delay only adds
+    /// latency). Unix sockets have no such delay.
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nodelay(true),
+            Stream::Unix(_) => Ok(()),
+        }
+    }
+
+    /// The blocking equivalent, for the comparison models.
+    pub fn into_blocking(self) -> io::Result<BlockingStream> {
+        let stream = match self {
+            Stream::Tcp(s) => BlockingStream::Tcp(std::net::TcpStream::from(s)),
+            Stream::Unix(s) => BlockingStream::Unix(std::os::unix::net::UnixStream::from(s)),
+        };
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for Stream {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(registry, token, interests),
+            Stream::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(registry, token, interests),
+            Stream::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(registry),
+            Stream::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// A blocking connection, for the comparison models and the client.
+#[derive(Debug)]
+pub enum BlockingStream {
+    /// A TCP connection.
+    Tcp(std::net::TcpStream),
+    /// A Unix stream connection.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl BlockingStream {
+    /// Shuts down one or both directions.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            BlockingStream::Tcp(s) => s.shutdown(how),
+            BlockingStream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// Bounds every blocking read (`None`: wait for ever).
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            BlockingStream::Tcp(s) => s.set_read_timeout(timeout),
+            BlockingStream::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// Bounds every blocking write (`None`: wait for ever).
+    pub fn set_write_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            BlockingStream::Tcp(s) => s.set_write_timeout(timeout),
+            BlockingStream::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
+    /// Switches between blocking and non-blocking mode.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            BlockingStream::Tcp(s) => s.set_nonblocking(nonblocking),
+            BlockingStream::Unix(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Turns off Nagle's algorithm on TCP; nothing to do on Unix sockets.
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        match self {
+            BlockingStream::Tcp(s) => s.set_nodelay(true),
+            BlockingStream::Unix(_) => Ok(()),
+        }
+    }
+
+    /// Another handle to the same socket (for a second thread, or to shut it down from outside).
+    pub fn try_clone(&self) -> io::Result<BlockingStream> {
+        Ok(match self {
+            BlockingStream::Tcp(s) => BlockingStream::Tcp(s.try_clone()?),
+            BlockingStream::Unix(s) => BlockingStream::Unix(s.try_clone()?),
+        })
+    }
+
+    /// Whether input is waiting to be read, without taking it or blocking (`MSG_PEEK` of one
+    /// byte in non-blocking mode). std has no stable `peek` for Unix sockets; socket2 has one
+    /// for both.
+    pub fn input_waiting(&self) -> bool {
+        if self.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let socket = match self {
+            BlockingStream::Tcp(s) => socket2::SockRef::from(s),
+            BlockingStream::Unix(s) => socket2::SockRef::from(s),
+        };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let waiting = matches!(socket.peek(&mut probe), Ok(count) if count > 0);
+        let _ = self.set_nonblocking(false);
+        waiting
+    }
+}
+
+impl Read for BlockingStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Tcp(s) => s.read(buf),
+            BlockingStream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for BlockingStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Tcp(s) => s.write(buf),
+            BlockingStream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for BlockingStream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            BlockingStream::Tcp(s) => s.as_raw_fd(),
+            BlockingStream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}

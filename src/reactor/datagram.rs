@@ -1,0 +1,75 @@
+//! A UDP socket in the loop: an endpoint with no connections.
+//!
+//! A listener's readiness means "clients are waiting to become connections"; a datagram socket's
+//! means "messages are waiting to be answered". Each datagram is a whole request, answered on the
+//! spot with one `send_to` to its sender, so there is nothing to remember about any peer — no
+//! slab entry, no timer, no buffer. The endpoint needs only the loop's shared read buffer (64
+//! KiB, more than the largest datagram the contract answers, so an oversize one is *seen* to be
+//! oversize rather than silently cut: std does not report `MSG_TRUNC`) and the shared reply
+//! buffer.
+//!
+//! The edge-triggered rules carry over with one change:
+//!
+//! * **Drain or budget**: receive until `WouldBlock` or [`MAX_DATAGRAMS_PER_TURN`], then go on
+//!   the still-ready queue, so a flood of datagrams cannot starve the TCP clients.
+//! * **Never wait to write**: a reply the socket cannot take at once (`WouldBlock`, or `ENOBUFS`
+//!   from a full interface queue) is dropped and counted — UDP is lossy, and a queue would grow
+//!   without bound under a flood. No retry, no `WRITABLE` interest, no spin (the classic libuv
+//!   ENOBUFS busy loop).
+//! * **No reflection**: a datagram whose source port is below 1024 gets no reply. A spoofed
+//!   datagram "from" another well-known UDP service (echo to chargen, say) would otherwise start
+//!   two servers answering each other for ever; FreeBSD's inetd refuses them the same way.
+
+use std::io;
+
+use log::{debug, trace};
+use mio::net::UdpSocket;
+
+use crate::clock::Now;
+use crate::net::datagram::DatagramStats;
+use crate::protocol::datagram::{self, MAX_DATAGRAM_PAYLOAD};
+use crate::protocol::ProtocolKind;
+
+use super::connection::{SharedBuffers, READ_BUFFER_BYTES};
+
+/// Datagrams one socket may take per loop turn before the others get their turn: enough to
+/// keep the syscall cost per turn low, few enough that a flood cannot hold the loop.
+pub const MAX_DATAGRAMS_PER_TURN: usize = 64;
+
+// The shared read buffer must be able to hold one byte more than the largest answered datagram,
+// or an oversize datagram could not be told from a full one.
+const _: () = assert!(READ_BUFFER_BYTES > MAX_DATAGRAM_PAYLOAD);
+
+/// Receives and answers datagrams on `socket` until it would block or the turn's budget is
+/// spent. Returns whether it stopped on the budget (more datagrams may be waiting).
+pub fn serve_datagrams(
+    socket: &UdpSocket,
+    protocol: ProtocolKind,
+    shared: &mut SharedBuffers,
+    stats: &mut DatagramStats,
+    now: &Now,
+) -> bool {
+    for _ in 0..MAX_DATAGRAMS_PER_TURN {
+        let (length, from) = match socket.recv_from(&mut shared.read) {
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // ECONNREFUSED (an ICMP error for an earlier reply) and its kind are about one
+            // datagram, not the socket: note it and take the next.
+            Err(e) => {
+                debug!("udp {protocol}: receive error: {e}");
+                continue;
+            }
+        };
+        if !stats.admit(length, from) {
+            continue;
+        }
+        shared.replies.clear();
+        if datagram::reply(protocol, &shared.read[..length], now, &mut shared.replies).is_none() {
+            continue; // Not a datagram protocol; `serve` refuses such services before binding.
+        }
+        stats.sent(socket.send_to(&shared.replies, from), from);
+    }
+    trace!("udp {protocol}: datagram budget spent; serving others first");
+    true
+}
