@@ -45,10 +45,12 @@ pub fn as_model(model: &'static str, test: fn()) {
 pub struct Listening {
     /// `upper`, `timestamp`, `echo`, ...
     pub protocol: String,
-    /// `tcp` in this build.
+    /// `tcp`, `udp` or `unix`.
     pub transport: String,
-    /// The bound address, with the real port.
+    /// The bound address, with the real port (unspecified, port 0, for a Unix socket).
     pub addr: SocketAddr,
+    /// The socket path of a Unix socket.
+    pub path: Option<PathBuf>,
 }
 
 /// Why a server did not come up: it exited before printing its `listening` lines.
@@ -199,6 +201,23 @@ impl Server {
             .addr
     }
 
+    /// The address of the (first) `transport` service speaking `protocol` (`tcp` or `udp`).
+    pub fn addr_of(&self, protocol: &str, transport: &str) -> SocketAddr {
+        self.find(protocol, transport).addr
+    }
+
+    /// The socket path of the (first) Unix service speaking `protocol`.
+    pub fn path(&self, protocol: &str) -> PathBuf {
+        self.find(protocol, "unix").path.clone().unwrap()
+    }
+
+    fn find(&self, protocol: &str, transport: &str) -> &Listening {
+        self.listening
+            .iter()
+            .find(|l| l.protocol == protocol && l.transport == transport)
+            .unwrap_or_else(|| panic!("no {protocol} {transport} service in {:?}", self.listening))
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -285,12 +304,19 @@ fn expected_services(args: &[&str]) -> usize {
 pub fn parse_listening(line: &str) -> Listening {
     let words: Vec<&str> = line.split(' ').collect();
     match words.as_slice() {
+        ["listening", protocol, "unix", path] => Listening {
+            protocol: protocol.to_string(),
+            transport: "unix".to_string(),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            path: Some(PathBuf::from(path)),
+        },
         ["listening", protocol, transport, address] => Listening {
             protocol: protocol.to_string(),
             transport: transport.to_string(),
             addr: address
                 .parse()
                 .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")),
+            path: None,
         },
         _ => panic!("not a `listening PROTOCOL TRANSPORT ADDRESS` line: {line:?}"),
     }
