@@ -1,14 +1,22 @@
-//! `oneloop load` against the real server binary, over loopback.
+//! `oneloop load` against the real server binary, and against fake servers, over loopback.
 //!
-//! Each test starts `oneloop serve` on ephemeral ports (the `listening` lines say which), runs
-//! `oneloop load` for about a second, and checks the exit code and the JSON it prints. No test
-//! asserts a rate or a latency: on a loaded two-core machine those are noise. Every wait has a
-//! deadline, and the server is killed by PID when a test ends, passed or not.
+//! Most tests start `oneloop serve` on ephemeral ports (the `listening` lines say which), run
+//! `oneloop load` for about a second, and check the exit code and the JSON it prints. The rest
+//! run it against a [`FakeServer`]: a few lines of blocking std code in this process that
+//! misbehaves in one precise way (closes early, swaps replies between connections, answers only
+//! full batches), so that each claim the generator makes — "0 errors", "pipeline 4" — is checked
+//! against something that would make it false. No test asserts a rate or a latency: on a loaded
+//! two-core machine those are noise. Every wait has a deadline, and the server is killed by PID
+//! when a test ends, passed or not.
 
 mod util;
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 
 use util::Server;
 
@@ -185,12 +193,15 @@ fn upper_load_against_an_echo_server_fails() {
     assert!(!outcome.status.success(), "{}", outcome.stdout);
     assert!(outcome.number("errors") > 0.0, "{}", outcome.json());
     assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
-    // Request 0 starts with 'a'; the echo server sends it back instead of 'A'.
-    assert!(
-        outcome.json().contains("expected 'A'"),
-        "{}",
-        outcome.json()
-    );
+    // The first lowercase letter of request 0 comes back as it was sent: the error names it,
+    // and the capital that should have come.
+    let wrong_letter = ('a'..='z').any(|c| {
+        let expected = c.to_ascii_uppercase();
+        outcome
+            .json()
+            .contains(&format!("is '{c}', expected '{expected}'"))
+    });
+    assert!(wrong_letter, "{}", outcome.json());
 }
 
 #[test]
@@ -312,4 +323,108 @@ fn contradictory_options_are_usage_errors() {
     let outcome = load(&["127.0.0.1:9", "--duration", "1", "--warmup", "2"]);
     assert_eq!(outcome.status.code(), Some(2), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("warm-up"), "{}", outcome.stderr);
+}
+
+/// A fake server for one test: a listener on 127.0.0.1 port 0 whose accepted connections are
+/// handed, `group` at a time in the order they were accepted, to `serve` on a thread of their
+/// own. Every socket has [`util::DEADLINE`] as its read and write timeout, so no thread can hang;
+/// dropping the server stops the accepting thread (connection threads end with their
+/// connections).
+struct FakeServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeServer {
+    fn start(group: usize, serve: impl Fn(Vec<TcpStream>) + Send + Sync + 'static) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let serve = Arc::new(serve);
+        thread::spawn(move || {
+            let mut waiting = Vec::with_capacity(group);
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                stream.set_read_timeout(Some(util::DEADLINE)).unwrap();
+                stream.set_write_timeout(Some(util::DEADLINE)).unwrap();
+                waiting.push(stream);
+                if waiting.len() == group {
+                    let streams = std::mem::replace(&mut waiting, Vec::with_capacity(group));
+                    let serve = Arc::clone(&serve);
+                    thread::spawn(move || serve(streams));
+                }
+            }
+        });
+        FakeServer { addr, stop }
+    }
+
+    /// The address, as `oneloop load` takes it.
+    fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accepting thread so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// The one stamp the fake timestamp servers put before each reply.
+const STAMP: &[u8] = b"[Wed Sep  9 16:42:46 2026] ";
+
+/// How each protocol answers a whole request, as far as `oneloop load` can tell.
+fn answer(protocol: &str, request: &[u8]) -> Vec<u8> {
+    match protocol {
+        "echo" => request.to_vec(),
+        "upper" => request.to_ascii_uppercase(),
+        "timestamp" => [STAMP, request].concat(),
+        other => panic!("no fake {other} server"),
+    }
+}
+
+#[test]
+fn replies_swapped_between_connections_are_wrong() {
+    // A server that mixes up its sockets: each connection of a pair gets the right answer to
+    // the *other* connection's request. It waits for a request from both, so the two stay in
+    // step: request n on one is answered with the answer to request n on the other. Only
+    // payloads that differ from one connection to the next can reveal it.
+    for protocol in ["echo", "upper", "timestamp"] {
+        let server = FakeServer::start(2, move |pair| {
+            let [mut a, mut b]: [TcpStream; 2] = pair.try_into().expect("a pair");
+            let (mut from_a, mut from_b) = ([0; 64], [0; 64]);
+            while a.read_exact(&mut from_a).is_ok() && b.read_exact(&mut from_b).is_ok() {
+                let swapped = b.write_all(&answer(protocol, &from_a)).is_ok()
+                    && a.write_all(&answer(protocol, &from_b)).is_ok();
+                if !swapped {
+                    break;
+                }
+            }
+        });
+        let outcome = load(&[
+            &server.address(),
+            "--protocol",
+            protocol,
+            "--connections",
+            "4",
+            "--size",
+            "64",
+            "--duration",
+            "1",
+            "--json",
+        ]);
+        assert!(!outcome.status.success(), "{protocol}: {}", outcome.stdout);
+        assert_eq!(
+            outcome.number("wrong_replies"),
+            4.0,
+            "{protocol}: {}",
+            outcome.json()
+        );
+    }
 }

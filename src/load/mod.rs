@@ -12,9 +12,12 @@
 //! * **Closed loop.** Each connection keeps `--pipeline` requests outstanding: it sends that many,
 //!   then one more each time a reply completes. The offered load therefore adapts to the server's
 //!   speed, and req/s measures what the server sustains at that concurrency.
-//! * **Every reply is verified**, byte by byte as it arrives ([`verify`]); a wrong reply, a reply
-//!   that never comes, or a connection that cannot be made is an error, and any error makes the
-//!   run fail. A benchmark of a server that answers wrongly is worthless.
+//! * **Every reply is verified**, byte by byte as it arrives ([`verify`]), against the request it
+//!   answers on its own connection: request payloads are unique per connection and request, so a
+//!   reply that is lost, repeated, reordered or delivered to the wrong connection shows up as
+//!   wrong bytes. A wrong reply, a reply that never comes, or a connection that cannot be made is
+//!   an error, and any error makes the run fail. A benchmark of a server that answers wrongly is
+//!   worthless.
 //! * **Latency** is measured per request, from the moment its bytes are handed to `write` to the
 //!   moment the last byte of its reply has been read, into an HdrHistogram (fixed memory, bounded
 //!   relative error, exact merging across threads). Requests sent during the warm-up are checked

@@ -207,7 +207,7 @@ impl Conn {
             id,
             stream: None,
             state: State::Waiting { attempt: 1 },
-            verifier: ReplyVerifier::new(requests),
+            verifier: ReplyVerifier::new(requests, id as u64),
             sent: 0,
             sent_at: VecDeque::new(),
             unsent: Vec::new(),
@@ -221,7 +221,7 @@ impl Conn {
     /// Closes the socket and forgets the conversation (a retry starts afresh).
     fn close_socket(&mut self, requests: &Requests) {
         self.stream = None;
-        self.verifier = ReplyVerifier::new(requests);
+        self.verifier = ReplyVerifier::new(requests, self.id as u64);
         self.sent = 0;
         self.sent_at = VecDeque::new();
         self.unsent = Vec::new();
@@ -762,7 +762,8 @@ impl<'a> Worker<'a> {
         let conn = &mut self.conns[i];
         self.out.clear();
         for _ in 0..count {
-            self.requests.write_request(conn.sent, &mut self.out);
+            self.requests
+                .write_request(conn.id as u64, conn.sent, &mut self.out);
             conn.sent += 1;
         }
         let now = Instant::now();
