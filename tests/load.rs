@@ -264,6 +264,29 @@ fn assert_clean_idle(outcome: &Outcome, connections: f64) {
 }
 
 #[test]
+fn idle_connections_the_server_closes_while_held_are_errors() {
+    // The server's idle timeout (1 s) is shorter than the hold (3 s): the memory a script would
+    // measure meanwhile is not that of the connections asked for, so the run fails.
+    let server = Server::start(&["--idle-timeout", "1", "echo@127.0.0.1:0"]);
+    let outcome = load(&[
+        &address(&server, "echo"),
+        "--idle",
+        "--connections",
+        "5",
+        "--duration",
+        "3",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert!(
+        outcome
+            .stdout
+            .contains("errors      5 (5 connections dropped by the server)"),
+        "{}",
+        outcome.stdout
+    );
+}
+
+#[test]
 fn the_human_summary_labels_its_figures() {
     let server = start_server();
     let outcome = load(&[
@@ -427,4 +450,65 @@ fn replies_swapped_between_connections_are_wrong() {
             outcome.json()
         );
     }
+}
+
+#[test]
+fn connections_the_server_closes_before_the_end_are_errors() {
+    // An echo server that answers five 64-byte requests per connection, then closes: the last
+    // reply and the end of stream leave together, with no request outstanding. Every connection
+    // is gone within milliseconds of a 2 s run.
+    let server = FakeServer::start(1, |streams| {
+        let mut stream = streams.into_iter().next().expect("a connection");
+        let mut left = 5 * 64;
+        let mut buffer = [0; 64];
+        while left > 0 {
+            match stream.read(&mut buffer[..left.min(64)]) {
+                Ok(count @ 1..) if stream.write_all(&buffer[..count]).is_ok() => left -= count,
+                _ => return,
+            }
+        }
+    });
+    let args = [
+        &server.address(),
+        "--connections",
+        "10",
+        "--size",
+        "64",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+    ];
+    let outcome = load(&[&args[..], &["--json"]].concat());
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert_eq!(outcome.number("dropped"), 10.0, "{}", outcome.json());
+    assert!(outcome.number("errors") >= 10.0, "{}", outcome.json());
+    assert!(
+        outcome.json().contains("closed the connection"),
+        "{}",
+        outcome.json()
+    );
+    // The rate is over the time the load really ran, not the 2 s asked for.
+    let (requests, measured, rps) = (
+        outcome.number("requests"),
+        outcome.number("measured_s"),
+        outcome.number("rps"),
+    );
+    assert!((40.0..=50.0).contains(&requests), "{}", outcome.json());
+    assert!(measured > 0.0 && measured < 1.0, "{}", outcome.json());
+    assert!(
+        (rps - requests / measured).abs() <= rps * 0.01,
+        "{}",
+        outcome.json()
+    );
+    // The human summary says so too.
+    let human = load(&args);
+    assert!(!human.status.success(), "{}", human.stdout);
+    assert!(
+        human
+            .stdout
+            .contains("10 connections dropped by the server"),
+        "{}",
+        human.stdout
+    );
 }

@@ -81,13 +81,13 @@ impl LoadReport {
         }
     }
 
-    /// Every error: connections not made, wrong replies, missing replies, and (idle mode)
-    /// connections lost while held.
+    /// Every error: connections not made, wrong replies, missing replies, and connections the
+    /// server dropped while they were still needed (see [`Tally::dropped`]).
     pub fn errors(&self) -> u64 {
         self.counts.connect_failures
             + self.counts.wrong_replies
             + self.counts.missing_replies
-            + self.counts.dropped_while_held
+            + self.counts.dropped
     }
 
     /// Whether the run passed: at least one verified reply and no error.
@@ -95,19 +95,29 @@ impl LoadReport {
         self.errors() == 0 && self.counts.requests > 0
     }
 
-    /// The time `requests` were sent in: the duration less the warm-up (zero in idle mode).
+    /// The time `requests` were sent in: from the end of the warm-up until sending stopped —
+    /// the duration less the warm-up, or less than that if every connection was lost before the
+    /// end (zero in idle mode).
     pub fn measured_time(&self) -> Duration {
         match self.mode {
-            Mode::Load => self.duration.saturating_sub(self.warmup),
+            Mode::Load => self.counts.load_time.saturating_sub(self.warmup),
             Mode::Idle => Duration::ZERO,
         }
     }
 
-    /// Verified requests per second after the warm-up (zero in idle mode).
+    /// Whether the load stopped before its duration because no connection was left.
+    pub fn ended_early(&self) -> bool {
+        self.mode == Mode::Load && self.counts.load_time < self.duration
+    }
+
+    /// Verified requests per second after the warm-up, over [`measured_time`] (zero in idle
+    /// mode).
     ///
     /// Requests are counted by when they were *sent*: those in flight when the warm-up ended are
     /// left out, those in flight when the load stopped are counted — the same number, in a closed
     /// loop, so the rate is not biased either way.
+    ///
+    /// [`measured_time`]: LoadReport::measured_time
     pub fn rps(&self) -> f64 {
         let seconds = self.measured_time().as_secs_f64();
         if seconds > 0.0 {
@@ -145,10 +155,11 @@ impl LoadReport {
     /// seconds.
     ///
     /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
-    /// `size`, `duration_s`, `warmup_s`, `requests`, `rps`, `p50_us`, `p99_us`, `p999_us`,
-    /// `max_us`, `mean_us`, `errors`, `connect_failures`, `wrong_replies`, `missing_replies`,
-    /// `dropped`, `warmup_requests`, `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent`
-    /// (`null` if unknown), `first_error` (`null` if none).
+    /// `size`, `duration_s`, `warmup_s`, `requests`, `measured_s` (the time `rps` is over, to the
+    /// microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
+    /// `connect_failures`, `wrong_replies`, `missing_replies`, `dropped`, `warmup_requests`,
+    /// `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent` (`null` if unknown),
+    /// `first_error` (`null` if none).
     pub fn to_json(&self) -> String {
         let optional = |value: Option<f64>, digits: usize| match value {
             Some(v) => format!("{v:.digits$}"),
@@ -173,6 +184,10 @@ impl LoadReport {
         field("duration_s", format!("{:.3}", self.duration.as_secs_f64()));
         field("warmup_s", format!("{:.3}", self.warmup.as_secs_f64()));
         field("requests", self.counts.requests.to_string());
+        field(
+            "measured_s",
+            format!("{:.6}", self.measured_time().as_secs_f64()),
+        );
         field("rps", format!("{:.1}", self.rps()));
         field("p50_us", self.latency_us(0.5).to_string());
         field("p99_us", self.latency_us(0.99).to_string());
@@ -219,10 +234,7 @@ impl LoadReport {
                 (self.counts.connect_failures, "connections not made"),
                 (self.counts.wrong_replies, "wrong replies"),
                 (self.counts.missing_replies, "missing replies"),
-                (
-                    self.counts.dropped_while_held,
-                    "connections dropped while held",
-                ),
+                (self.counts.dropped, "connections dropped by the server"),
             ] {
                 if count > 0 {
                     parts.push(format!("{count} {what}"));
@@ -278,13 +290,22 @@ impl fmt::Display for LoadReport {
                     self.threads,
                     plural(self.threads as u64),
                 )?;
-                writeln!(
+                write!(
                     f,
-                    "requests    {} in {:.2} s, after a {:.2} s warm-up",
+                    "requests    {} in {:.3} s, after a {:.2} s warm-up",
                     self.counts.requests,
                     self.measured_time().as_secs_f64(),
                     self.warmup.as_secs_f64()
                 )?;
+                if self.ended_early() {
+                    write!(
+                        f,
+                        " (the load ended after {:.3} s of {:.2} s: no connection was left)",
+                        self.counts.load_time.as_secs_f64(),
+                        self.duration.as_secs_f64()
+                    )?;
+                }
+                writeln!(f)?;
                 writeln!(f, "req/s       {:.1}", self.rps())?;
                 writeln!(f, "latency     {latency}")?;
             }
@@ -353,6 +374,9 @@ mod tests {
         let mut tally = Tally::merge(Vec::new());
         tally.established = 50;
         tally.requests = 1800;
+        if mode == Mode::Load {
+            tally.load_time = config.duration;
+        }
         for micros in [10, 20, 30, 40, 1000] {
             tally.latency.record(micros * 1000).unwrap();
         }
@@ -374,6 +398,43 @@ mod tests {
         assert!((report.rps() - 1000.0).abs() < 1e-9);
         assert_eq!(report.client_cpu_percent(), Some(25.0));
         assert!(report.succeeded());
+    }
+
+    #[test]
+    fn a_load_that_ended_early_is_rated_over_the_time_it_ran() {
+        let mut report = report(Mode::Load);
+        report.counts.load_time = Duration::from_millis(1100); // 0.9 s after the warm-up
+        report.counts.dropped = 50;
+        assert_eq!(report.measured_time(), Duration::from_millis(900));
+        assert!((report.rps() - 2000.0).abs() < 1e-9);
+        assert!(report.ended_early());
+        assert_eq!(report.errors(), 50);
+        assert!(!report.succeeded());
+        let json = report.to_json();
+        for key in [
+            "\"measured_s\":0.900000,",
+            "\"rps\":2000.0,",
+            "\"dropped\":50,",
+        ] {
+            assert!(json.contains(key), "{key} missing from {json}");
+        }
+        let text = report.to_string();
+        for part in [
+            "requests    1800 in 0.900 s",
+            "ended after 1.100 s of 2.00 s",
+            "errors      50 (50 connections dropped by the server)",
+        ] {
+            assert!(text.contains(part), "{part} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_load_that_was_never_under_way_has_no_rate() {
+        // No connection up: the load ended as it started.
+        let mut report = report(Mode::Load);
+        report.counts.load_time = Duration::ZERO;
+        assert_eq!(report.measured_time(), Duration::ZERO);
+        assert_eq!(report.rps(), 0.0);
     }
 
     #[test]

@@ -97,10 +97,16 @@ pub struct Tally {
     pub wrong_replies: u64,
     /// Requests that never got their reply.
     pub missing_replies: u64,
-    /// Established connections the server closed or reset before the run was over.
+    /// Established connections the server closed or reset while they were still needed: in load
+    /// mode before the end of the load, or after it with replies outstanding; in idle mode while
+    /// held. Each is an error (its outstanding requests are counted in `missing_replies` too).
+    /// A server that closes a connection once the load is over and every reply is in has done
+    /// nothing wrong: that is not counted.
     pub dropped: u64,
-    /// Idle mode: of `dropped`, those lost while held (each an error).
-    pub dropped_while_held: u64,
+    /// How long the load ran, from its start until sending stopped: the whole duration, or less
+    /// if every connection had closed before the end. Zero in idle mode. (Across threads: the
+    /// longest.)
+    pub load_time: Duration,
     /// Latency of each measured request, in nanoseconds.
     pub latency: Histogram<u64>,
     /// A description of the first error, for the summary.
@@ -117,7 +123,7 @@ impl Tally {
             wrong_replies: 0,
             missing_replies: 0,
             dropped: 0,
-            dropped_while_held: 0,
+            load_time: Duration::ZERO,
             latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
                 .expect("constant histogram bounds are valid"),
             first_error: None,
@@ -135,7 +141,7 @@ impl Tally {
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
             total.dropped += tally.dropped;
-            total.dropped_while_held += tally.dropped_while_held;
+            total.load_time = total.load_time.max(tally.load_time);
             total
                 .latency
                 .add(&tally.latency)
@@ -611,6 +617,9 @@ impl<'a> Worker<'a> {
             // With every connection closed (all lost, or finished after the stop) nothing more
             // can happen: end early rather than wait out the clock.
             if self.running == 0 || (self.stopping && now >= grace_end) {
+                // Sending stopped at the stop, or, if every connection was lost before it, in
+                // the turn that closed the last one.
+                self.tally.load_time = now.min(stop).saturating_duration_since(start);
                 break;
             }
             self.turn(Some(if self.stopping { grace_end } else { stop }))?;
@@ -827,13 +836,20 @@ impl<'a> Worker<'a> {
             State::Probing { .. } | State::Ready { .. } => return self.fail_attempt(i, reason),
             State::Running => {
                 let missing = conn.sent_at.len() as u64;
+                if self.stopping && missing == 0 {
+                    // The load is over and every reply is in: the server's close only beat ours.
+                    debug!("conn {id}: {reason} after its last reply");
+                    return self.close(i);
+                }
                 self.tally.missing_replies += missing;
                 self.tally.note_error(|| {
-                    format!("connection {id}: {reason}, {missing} replies outstanding")
+                    format!(
+                        "connection {id}: {reason} before the end of the load, {missing} replies \
+                         outstanding"
+                    )
                 });
             }
             State::Holding => {
-                self.tally.dropped_while_held += 1;
                 self.tally
                     .note_error(|| format!("connection {id}: {reason} while held open"));
             }
