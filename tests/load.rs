@@ -54,18 +54,33 @@ impl Outcome {
         json
     }
 
-    /// A number from the JSON object.
-    fn number(&self, key: &str) -> f64 {
-        let value: serde_json::Value = serde_json::from_str(self.json()).unwrap_or_else(|e| {
+    /// The JSON object, parsed.
+    fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.json()).unwrap_or_else(|e| {
             panic!(
                 "stdout is not a JSON object ({e}): {:?}\nstderr: {}",
                 self.stdout, self.stderr
             )
-        });
+        })
+    }
+
+    /// A number from the JSON object.
+    fn number(&self, key: &str) -> f64 {
+        let value = self.value();
         value
             .get(key)
             .and_then(serde_json::Value::as_f64)
             .unwrap_or_else(|| panic!("no number {key} in {value}"))
+    }
+
+    /// An array of numbers from the JSON object.
+    fn numbers(&self, key: &str) -> Vec<f64> {
+        let value = self.value();
+        value
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .and_then(|array| array.iter().map(serde_json::Value::as_f64).collect())
+            .unwrap_or_else(|| panic!("no array of numbers {key} in {value}"))
     }
 }
 
@@ -109,6 +124,8 @@ fn assert_every_connection_without_errors(outcome: &Outcome, connections: f64) {
         outcome.stderr
     );
     assert_eq!(outcome.number("errors"), 0.0, "{}", outcome.json());
+    // Implied by no errors, but checked on its own: the server kept every connection.
+    assert_eq!(outcome.number("dropped"), 0.0, "{}", outcome.json());
     assert_eq!(
         outcome.number("established"),
         connections,
@@ -117,7 +134,9 @@ fn assert_every_connection_without_errors(outcome: &Outcome, connections: f64) {
     );
 }
 
-/// Loads `protocol` with pipeline 1 and 4 (the second on two threads).
+/// Loads `protocol` with pipeline 1 and 4 (the second on two threads). That pipelining and the
+/// threads do what they say is checked apart, by `pipelining_keeps_k_requests_outstanding` and
+/// `every_thread_carries_load`.
 fn load_each_pipeline(protocol: &str) {
     let server = start_server();
     for (pipeline, threads) in [("1", "1"), ("4", "2")] {
@@ -136,9 +155,34 @@ fn load_each_pipeline(protocol: &str) {
             "--json",
         ]);
         assert_clean(&outcome, 4.0);
-        assert_eq!(outcome.number("pipeline"), pipeline.parse::<f64>().unwrap());
-        assert_eq!(outcome.number("threads"), threads.parse::<f64>().unwrap());
     }
+}
+
+#[test]
+fn every_thread_carries_load() {
+    // Each thread's own count of verified requests, from the tally it returned: one per thread
+    // asked for, and none idle (all connections on one thread would leave the other at 0).
+    let server = start_server();
+    let outcome = load(&[
+        &address(&server, "echo"),
+        "--connections",
+        "4",
+        "--threads",
+        "2",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    assert_clean(&outcome, 4.0);
+    let shares = outcome.numbers("thread_requests");
+    assert_eq!(shares.len(), 2, "{}", outcome.json());
+    assert!(shares.iter().all(|&n| n > 0.0), "{}", outcome.json());
+    assert_eq!(
+        shares.iter().sum::<f64>(),
+        outcome.number("requests"),
+        "{}",
+        outcome.json()
+    );
 }
 
 #[test]
@@ -260,7 +304,6 @@ fn assert_clean_idle(outcome: &Outcome, connections: f64) {
         "{}",
         outcome.json()
     );
-    assert_eq!(outcome.number("dropped"), 0.0, "{}", outcome.json());
 }
 
 #[test]
@@ -511,4 +554,45 @@ fn connections_the_server_closes_before_the_end_are_errors() {
         "{}",
         human.stdout
     );
+}
+
+#[test]
+fn pipelining_keeps_k_requests_outstanding() {
+    // An echo server that answers only whole batches of 4 requests: a connection that keeps
+    // fewer than 4 outstanding never hears back.
+    const BATCH: usize = 4 * 64;
+    let server = FakeServer::start(1, |streams| {
+        let mut stream = streams.into_iter().next().expect("a connection");
+        let mut pending = Vec::new();
+        let mut buffer = [0; 4096];
+        while let Ok(count @ 1..) = stream.read(&mut buffer) {
+            pending.extend_from_slice(&buffer[..count]);
+            let whole = pending.len() / BATCH * BATCH;
+            if stream.write_all(&pending[..whole]).is_err() {
+                return;
+            }
+            pending.drain(..whole);
+        }
+    });
+    let run = |pipeline: &str| {
+        load(&[
+            &server.address(),
+            "--connections",
+            "2",
+            "--size",
+            "64",
+            "--pipeline",
+            pipeline,
+            "--duration",
+            "1",
+            "--json",
+        ])
+    };
+    let outcome = run("4");
+    assert_clean(&outcome, 2.0);
+    // One request at a time stalls: each connection's first request is never answered.
+    let stalled = run("1");
+    assert!(!stalled.status.success(), "{}", stalled.stdout);
+    assert_eq!(stalled.number("requests"), 0.0, "{}", stalled.json());
+    assert_eq!(stalled.number("missing_replies"), 2.0, "{}", stalled.json());
 }

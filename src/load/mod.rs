@@ -340,9 +340,11 @@ pub fn run_with(
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,
     };
+    let thread_requests = tallies.iter().map(|tally| tally.requests).collect();
     Ok(LoadReport::new(
         config,
         worker::Tally::merge(tallies),
+        thread_requests,
         report::Timing {
             connect: opened - started,
             wall: ended - opened,

@@ -1,8 +1,8 @@
 //! What a run found: the counters, the latency histogram, the generator's own cost — and the two
 //! ways of printing them, a short human summary and one JSON object for scripts.
 //!
-//! JSON is written by hand rather than with serde: it is one flat object of numbers and a few
-//! strings, and the project keeps its dependency list short.
+//! JSON is written by hand rather than with serde: it is one object of numbers, a few strings
+//! and one array of numbers, and the project keeps its dependency list short.
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
@@ -50,6 +50,9 @@ pub struct LoadReport {
     /// What the threads counted, added up: requests, errors of each kind, connections
     /// established and dropped, the first error, and the latency histogram.
     pub counts: Tally,
+    /// Each thread's share of `counts.requests`, in thread order: how evenly the work was
+    /// spread, and proof that each thread did some.
+    pub thread_requests: Vec<u64>,
     /// Time from the start until every connection was up (or had failed).
     pub connect_time: Duration,
     /// Time from the start of the load (or hold) until every thread had finished.
@@ -60,7 +63,12 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    pub(crate) fn new(config: &LoadConfig, tally: Tally, timing: Timing) -> LoadReport {
+    pub(crate) fn new(
+        config: &LoadConfig,
+        tally: Tally,
+        thread_requests: Vec<u64>,
+        timing: Timing,
+    ) -> LoadReport {
         LoadReport {
             mode: config.mode,
             protocol: config.protocol,
@@ -78,6 +86,7 @@ impl LoadReport {
             wall_time: timing.wall,
             cpu_time: timing.cpu,
             counts: tally,
+            thread_requests,
         }
     }
 
@@ -151,12 +160,12 @@ impl LoadReport {
             .map(|cpu| 100.0 * cpu.as_secs_f64() / wall)
     }
 
-    /// The report as one line of JSON: one flat object, latencies in whole microseconds, times in
-    /// seconds.
+    /// The report as one line of JSON: one object, nothing nested but one array of numbers,
+    /// latencies in whole microseconds, times in seconds.
     ///
     /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
-    /// `size`, `duration_s`, `warmup_s`, `requests`, `measured_s` (the time `rps` is over, to the
-    /// microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
+    /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
+    /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
     /// `connect_failures`, `wrong_replies`, `missing_replies`, `dropped`, `warmup_requests`,
     /// `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent` (`null` if unknown),
     /// `first_error` (`null` if none).
@@ -184,6 +193,7 @@ impl LoadReport {
         field("duration_s", format!("{:.3}", self.duration.as_secs_f64()));
         field("warmup_s", format!("{:.3}", self.warmup.as_secs_f64()));
         field("requests", self.counts.requests.to_string());
+        field("thread_requests", json_array(&self.thread_requests));
         field(
             "measured_s",
             format!("{:.6}", self.measured_time().as_secs_f64()),
@@ -307,6 +317,11 @@ impl fmt::Display for LoadReport {
                 }
                 writeln!(f)?;
                 writeln!(f, "req/s       {:.1}", self.rps())?;
+                if self.thread_requests.len() > 1 {
+                    let shares: Vec<String> =
+                        self.thread_requests.iter().map(u64::to_string).collect();
+                    writeln!(f, "per thread  {} requests", shares.join(" + "))?;
+                }
                 writeln!(f, "latency     {latency}")?;
             }
             Mode::Idle => {
@@ -340,6 +355,19 @@ fn plural(count: u64) -> &'static str {
 /// Nanoseconds to whole microseconds, rounded to nearest.
 fn nanos_to_micros(nanos: u64) -> u64 {
     nanos.saturating_add(500) / 1000
+}
+
+/// `numbers` as a JSON array.
+fn json_array(numbers: &[u64]) -> String {
+    let mut out = String::from("[");
+    for (i, n) in numbers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{n}");
+    }
+    out.push(']');
+    out
 }
 
 /// `text` as a JSON string literal.
@@ -383,6 +411,7 @@ mod tests {
         LoadReport::new(
             &config,
             tally,
+            vec![1000, 800],
             Timing {
                 connect: Duration::from_millis(12),
                 wall: Duration::from_secs(2),
@@ -450,6 +479,7 @@ mod tests {
             "\"p999_us\":",
             "\"max_us\":1000,", // within the histogram's 0.1%, rounded to whole µs
             "\"connections\":50,",
+            "\"thread_requests\":[1000,800],",
             "\"first_error\":null",
             "\"mode\":\"load\"",
             "\"client_cpu_percent\":25.0",
@@ -491,6 +521,7 @@ mod tests {
             "max ",
             "errors",
             "client CPU",
+            "per thread  1000 + 800 requests",
         ] {
             assert!(text.contains(label), "{label} missing from\n{text}");
         }
