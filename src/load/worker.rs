@@ -196,7 +196,9 @@ struct Conn {
     sent: u64,
     /// When each request without a complete reply was handed to `write`, oldest first.
     sent_at: VecDeque<Instant>,
-    /// Request bytes the socket has not taken yet, from `unsent_from` on.
+    /// Request bytes the socket has not taken yet, from `unsent_from` on: at most `pipeline ×
+    /// size`. Its capacity is kept for the connection's life, so a socket that fills once a
+    /// request (large requests do) costs no allocation each time.
     unsent: Vec<u8>,
     unsent_from: usize,
     /// The interest registered with the poller, to skip redundant `epoll_ctl` calls.
@@ -242,6 +244,10 @@ impl Conn {
     /// Writes `bytes` after anything still unsent; keeps what the socket will not take.
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.has_unsent() {
+            // Drop the bytes already written first: a socket that never quite drains would
+            // otherwise grow the buffer by every request sent.
+            self.unsent.drain(..self.unsent_from);
+            self.unsent_from = 0;
             self.unsent.extend_from_slice(bytes);
             return self.flush();
         }
@@ -268,8 +274,7 @@ impl Conn {
         let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
         self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
         if !self.has_unsent() {
-            // Give the memory back: with large requests it is pipeline × size per connection.
-            self.unsent = Vec::new();
+            self.unsent.clear();
             self.unsent_from = 0;
         }
         Ok(())
@@ -381,6 +386,9 @@ struct Worker<'a> {
     out: Vec<u8>,
     /// Connections that stopped on the read budget, to serve before the next `poll`.
     still_ready: Vec<usize>,
+    /// The work list of the turn before, emptied: it becomes the next turn's, so the two lists
+    /// trade places each turn and neither is allocated again.
+    spare_ready: Vec<usize>,
     tally: Tally,
     /// Connect phase: connections waiting to (re)connect, by when they may.
     connect_queue: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -419,6 +427,7 @@ impl<'a> Worker<'a> {
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
             still_ready: Vec::new(),
+            spare_ready: Vec::new(),
             tally: Tally::new(),
             in_flight: Vec::new(),
             warmup_end: None,
@@ -679,7 +688,9 @@ impl<'a> Worker<'a> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let mut ready = std::mem::take(&mut self.still_ready);
+        // This turn's work list: last turn's budgeted connections, then this turn's events.
+        let mut ready =
+            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
         for event in self.events.iter() {
             let i = event.token().0;
             let Some(conn) = self.conns.get_mut(i) else {
@@ -696,9 +707,7 @@ impl<'a> Worker<'a> {
             self.conns[i].queued = false;
             self.drive(i);
         }
-        if self.still_ready.is_empty() {
-            self.still_ready = ready; // keep the allocation
-        }
+        self.spare_ready = ready;
         if self.unpublished > 0 {
             self.meter
                 .completed
