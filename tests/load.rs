@@ -1,14 +1,22 @@
-//! `oneloop load` against the real server binary, over loopback.
+//! `oneloop load` against the real server binary, and against fake servers, over loopback.
 //!
-//! Each test starts `oneloop serve` on ephemeral ports (the `listening` lines say which), runs
-//! `oneloop load` for about a second, and checks the exit code and the JSON it prints. No test
-//! asserts a rate or a latency: on a loaded two-core machine those are noise. Every wait has a
-//! deadline, and the server is killed by PID when a test ends, passed or not.
+//! Most tests start `oneloop serve` on ephemeral ports (the `listening` lines say which), run
+//! `oneloop load` for about a second, and check the exit code and the JSON it prints. The rest
+//! run it against a [`FakeServer`]: a few lines of blocking std code in this process that
+//! misbehaves in one precise way (closes early, swaps replies between connections, answers only
+//! full batches), so that each claim the generator makes — "0 errors", "pipeline 4" — is checked
+//! against something that would make it false. No test asserts a rate or a latency: on a loaded
+//! two-core machine those are noise. Every wait has a deadline, and the server is killed by PID
+//! when a test ends, passed or not.
 
 mod util;
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 
 use util::Server;
 
@@ -46,18 +54,33 @@ impl Outcome {
         json
     }
 
-    /// A number from the JSON object.
-    fn number(&self, key: &str) -> f64 {
-        let value: serde_json::Value = serde_json::from_str(self.json()).unwrap_or_else(|e| {
+    /// The JSON object, parsed.
+    fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.json()).unwrap_or_else(|e| {
             panic!(
                 "stdout is not a JSON object ({e}): {:?}\nstderr: {}",
                 self.stdout, self.stderr
             )
-        });
+        })
+    }
+
+    /// A number from the JSON object.
+    fn number(&self, key: &str) -> f64 {
+        let value = self.value();
         value
             .get(key)
             .and_then(serde_json::Value::as_f64)
             .unwrap_or_else(|| panic!("no number {key} in {value}"))
+    }
+
+    /// An array of numbers from the JSON object.
+    fn numbers(&self, key: &str) -> Vec<f64> {
+        let value = self.value();
+        value
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .and_then(|array| array.iter().map(serde_json::Value::as_f64).collect())
+            .unwrap_or_else(|| panic!("no array of numbers {key} in {value}"))
     }
 }
 
@@ -101,6 +124,8 @@ fn assert_every_connection_without_errors(outcome: &Outcome, connections: f64) {
         outcome.stderr
     );
     assert_eq!(outcome.number("errors"), 0.0, "{}", outcome.json());
+    // Implied by no errors, but checked on its own: the server kept every connection.
+    assert_eq!(outcome.number("dropped"), 0.0, "{}", outcome.json());
     assert_eq!(
         outcome.number("established"),
         connections,
@@ -109,7 +134,9 @@ fn assert_every_connection_without_errors(outcome: &Outcome, connections: f64) {
     );
 }
 
-/// Loads `protocol` with pipeline 1 and 4 (the second on two threads).
+/// Loads `protocol` with pipeline 1 and 4 (the second on two threads). That pipelining and the
+/// threads do what they say is checked apart, by `pipelining_keeps_k_requests_outstanding` and
+/// `every_thread_carries_load`.
 fn load_each_pipeline(protocol: &str) {
     let server = start_server();
     for (pipeline, threads) in [("1", "1"), ("4", "2")] {
@@ -128,9 +155,34 @@ fn load_each_pipeline(protocol: &str) {
             "--json",
         ]);
         assert_clean(&outcome, 4.0);
-        assert_eq!(outcome.number("pipeline"), pipeline.parse::<f64>().unwrap());
-        assert_eq!(outcome.number("threads"), threads.parse::<f64>().unwrap());
     }
+}
+
+#[test]
+fn every_thread_carries_load() {
+    // Each thread's own count of verified requests, from the tally it returned: one per thread
+    // asked for, and none idle (all connections on one thread would leave the other at 0).
+    let server = start_server();
+    let outcome = load(&[
+        &address(&server, "echo"),
+        "--connections",
+        "4",
+        "--threads",
+        "2",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    assert_clean(&outcome, 4.0);
+    let shares = outcome.numbers("thread_requests");
+    assert_eq!(shares.len(), 2, "{}", outcome.json());
+    assert!(shares.iter().all(|&n| n > 0.0), "{}", outcome.json());
+    assert_eq!(
+        shares.iter().sum::<f64>(),
+        outcome.number("requests"),
+        "{}",
+        outcome.json()
+    );
 }
 
 #[test]
@@ -185,12 +237,15 @@ fn upper_load_against_an_echo_server_fails() {
     assert!(!outcome.status.success(), "{}", outcome.stdout);
     assert!(outcome.number("errors") > 0.0, "{}", outcome.json());
     assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
-    // Request 0 starts with 'a'; the echo server sends it back instead of 'A'.
-    assert!(
-        outcome.json().contains("expected 'A'"),
-        "{}",
-        outcome.json()
-    );
+    // The first lowercase letter of request 0 comes back as it was sent: the error names it,
+    // and the capital that should have come.
+    let wrong_letter = ('a'..='z').any(|c| {
+        let expected = c.to_ascii_uppercase();
+        outcome
+            .json()
+            .contains(&format!("is '{c}', expected '{expected}'"))
+    });
+    assert!(wrong_letter, "{}", outcome.json());
 }
 
 #[test]
@@ -249,7 +304,29 @@ fn assert_clean_idle(outcome: &Outcome, connections: f64) {
         "{}",
         outcome.json()
     );
-    assert_eq!(outcome.number("dropped"), 0.0, "{}", outcome.json());
+}
+
+#[test]
+fn idle_connections_the_server_closes_while_held_are_errors() {
+    // The server's idle timeout (1 s) is shorter than the hold (3 s): the memory a script would
+    // measure meanwhile is not that of the connections asked for, so the run fails.
+    let server = Server::start(&["--idle-timeout", "1", "echo@127.0.0.1:0"]);
+    let outcome = load(&[
+        &address(&server, "echo"),
+        "--idle",
+        "--connections",
+        "5",
+        "--duration",
+        "3",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert!(
+        outcome
+            .stdout
+            .contains("errors      5 (5 connections dropped by the server)"),
+        "{}",
+        outcome.stdout
+    );
 }
 
 #[test]
@@ -312,4 +389,210 @@ fn contradictory_options_are_usage_errors() {
     let outcome = load(&["127.0.0.1:9", "--duration", "1", "--warmup", "2"]);
     assert_eq!(outcome.status.code(), Some(2), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("warm-up"), "{}", outcome.stderr);
+}
+
+/// A fake server for one test: a listener on 127.0.0.1 port 0 whose accepted connections are
+/// handed, `group` at a time in the order they were accepted, to `serve` on a thread of their
+/// own. Every socket has [`util::DEADLINE`] as its read and write timeout, so no thread can hang;
+/// dropping the server stops the accepting thread (connection threads end with their
+/// connections).
+struct FakeServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeServer {
+    fn start(group: usize, serve: impl Fn(Vec<TcpStream>) + Send + Sync + 'static) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let serve = Arc::new(serve);
+        thread::spawn(move || {
+            let mut waiting = Vec::with_capacity(group);
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                stream.set_read_timeout(Some(util::DEADLINE)).unwrap();
+                stream.set_write_timeout(Some(util::DEADLINE)).unwrap();
+                waiting.push(stream);
+                if waiting.len() == group {
+                    let streams = std::mem::replace(&mut waiting, Vec::with_capacity(group));
+                    let serve = Arc::clone(&serve);
+                    thread::spawn(move || serve(streams));
+                }
+            }
+        });
+        FakeServer { addr, stop }
+    }
+
+    /// The address, as `oneloop load` takes it.
+    fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accepting thread so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// The one stamp the fake timestamp servers put before each reply.
+const STAMP: &[u8] = b"[Wed Sep  9 16:42:46 2026] ";
+
+/// How each protocol answers a whole request, as far as `oneloop load` can tell.
+fn answer(protocol: &str, request: &[u8]) -> Vec<u8> {
+    match protocol {
+        "echo" => request.to_vec(),
+        "upper" => request.to_ascii_uppercase(),
+        "timestamp" => [STAMP, request].concat(),
+        other => panic!("no fake {other} server"),
+    }
+}
+
+#[test]
+fn replies_swapped_between_connections_are_wrong() {
+    // A server that mixes up its sockets: each connection of a pair gets the right answer to
+    // the *other* connection's request. It waits for a request from both, so the two stay in
+    // step: request n on one is answered with the answer to request n on the other. Only
+    // payloads that differ from one connection to the next can reveal it.
+    for protocol in ["echo", "upper", "timestamp"] {
+        let server = FakeServer::start(2, move |pair| {
+            let [mut a, mut b]: [TcpStream; 2] = pair.try_into().expect("a pair");
+            let (mut from_a, mut from_b) = ([0; 64], [0; 64]);
+            while a.read_exact(&mut from_a).is_ok() && b.read_exact(&mut from_b).is_ok() {
+                let swapped = b.write_all(&answer(protocol, &from_a)).is_ok()
+                    && a.write_all(&answer(protocol, &from_b)).is_ok();
+                if !swapped {
+                    break;
+                }
+            }
+        });
+        let outcome = load(&[
+            &server.address(),
+            "--protocol",
+            protocol,
+            "--connections",
+            "4",
+            "--size",
+            "64",
+            "--duration",
+            "1",
+            "--json",
+        ]);
+        assert!(!outcome.status.success(), "{protocol}: {}", outcome.stdout);
+        assert_eq!(
+            outcome.number("wrong_replies"),
+            4.0,
+            "{protocol}: {}",
+            outcome.json()
+        );
+    }
+}
+
+#[test]
+fn connections_the_server_closes_before_the_end_are_errors() {
+    // An echo server that answers five 64-byte requests per connection, then closes: the last
+    // reply and the end of stream leave together, with no request outstanding. Every connection
+    // is gone within milliseconds of a 2 s run.
+    let server = FakeServer::start(1, |streams| {
+        let mut stream = streams.into_iter().next().expect("a connection");
+        let mut left = 5 * 64;
+        let mut buffer = [0; 64];
+        while left > 0 {
+            match stream.read(&mut buffer[..left.min(64)]) {
+                Ok(count @ 1..) if stream.write_all(&buffer[..count]).is_ok() => left -= count,
+                _ => return,
+            }
+        }
+    });
+    let args = [
+        &server.address(),
+        "--connections",
+        "10",
+        "--size",
+        "64",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+    ];
+    let outcome = load(&[&args[..], &["--json"]].concat());
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert_eq!(outcome.number("dropped"), 10.0, "{}", outcome.json());
+    assert!(outcome.number("errors") >= 10.0, "{}", outcome.json());
+    assert!(
+        outcome.json().contains("closed the connection"),
+        "{}",
+        outcome.json()
+    );
+    // The rate is over the time the load really ran, not the 2 s asked for.
+    let (requests, measured, rps) = (
+        outcome.number("requests"),
+        outcome.number("measured_s"),
+        outcome.number("rps"),
+    );
+    assert!((40.0..=50.0).contains(&requests), "{}", outcome.json());
+    assert!(measured > 0.0 && measured < 1.0, "{}", outcome.json());
+    assert!(
+        (rps - requests / measured).abs() <= rps * 0.01,
+        "{}",
+        outcome.json()
+    );
+    // The human summary says so too.
+    let human = load(&args);
+    assert!(!human.status.success(), "{}", human.stdout);
+    assert!(
+        human
+            .stdout
+            .contains("10 connections dropped by the server"),
+        "{}",
+        human.stdout
+    );
+}
+
+#[test]
+fn pipelining_keeps_k_requests_outstanding() {
+    // An echo server that answers only whole batches of 4 requests: a connection that keeps
+    // fewer than 4 outstanding never hears back.
+    const BATCH: usize = 4 * 64;
+    let server = FakeServer::start(1, |streams| {
+        let mut stream = streams.into_iter().next().expect("a connection");
+        let mut pending = Vec::new();
+        let mut buffer = [0; 4096];
+        while let Ok(count @ 1..) = stream.read(&mut buffer) {
+            pending.extend_from_slice(&buffer[..count]);
+            let whole = pending.len() / BATCH * BATCH;
+            if stream.write_all(&pending[..whole]).is_err() {
+                return;
+            }
+            pending.drain(..whole);
+        }
+    });
+    let run = |pipeline: &str| {
+        load(&[
+            &server.address(),
+            "--connections",
+            "2",
+            "--size",
+            "64",
+            "--pipeline",
+            pipeline,
+            "--duration",
+            "1",
+            "--json",
+        ])
+    };
+    let outcome = run("4");
+    assert_clean(&outcome, 2.0);
+    // One request at a time stalls: each connection's first request is never answered.
+    let stalled = run("1");
+    assert!(!stalled.status.success(), "{}", stalled.stdout);
+    assert_eq!(stalled.number("requests"), 0.0, "{}", stalled.json());
+    assert_eq!(stalled.number("missing_replies"), 2.0, "{}", stalled.json());
 }

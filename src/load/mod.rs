@@ -12,9 +12,13 @@
 //! * **Closed loop.** Each connection keeps `--pipeline` requests outstanding: it sends that many,
 //!   then one more each time a reply completes. The offered load therefore adapts to the server's
 //!   speed, and req/s measures what the server sustains at that concurrency.
-//! * **Every reply is verified**, byte by byte as it arrives ([`verify`]); a wrong reply, a reply
-//!   that never comes, or a connection that cannot be made is an error, and any error makes the
-//!   run fail. A benchmark of a server that answers wrongly is worthless.
+//! * **Every reply is verified**, byte by byte as it arrives ([`verify`]), against the request it
+//!   answers on its own connection: request payloads are unique per connection and request, so a
+//!   reply that is lost, repeated, reordered or delivered to the wrong connection shows up as
+//!   wrong bytes. A wrong reply, a reply that never comes, a connection that cannot be made, or
+//!   one the server closes before the end (in `--idle` mode: while it is held) is an error, and
+//!   any error makes the run fail. A benchmark of a server that answers wrongly, or that sheds
+//!   its connections, is worthless.
 //! * **Latency** is measured per request, from the moment its bytes are handed to `write` to the
 //!   moment the last byte of its reply has been read, into an HdrHistogram (fixed memory, bounded
 //!   relative error, exact merging across threads). Requests sent during the warm-up are checked
@@ -33,6 +37,8 @@
 //!    before the load starts.
 //! 2. **Load** for `--duration` (the warm-up included), or in `--idle` mode **hold**: keep every
 //!    connection open and quiet, so the server's memory per idle connection can be measured.
+//!    Either ends early once no connection is left; rates are over the time the load really
+//!    ran ([`LoadReport::measured_time`]), never over the time asked for.
 //! 3. **Grace.** Sending stops; replies still outstanding get [`GRACE`] to arrive, after which
 //!    each one missing is an error.
 //!
@@ -334,9 +340,11 @@ pub fn run_with(
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,
     };
+    let thread_requests = tallies.iter().map(|tally| tally.requests).collect();
     Ok(LoadReport::new(
         config,
         worker::Tally::merge(tallies),
+        thread_requests,
         report::Timing {
             connect: opened - started,
             wall: ended - opened,

@@ -1,8 +1,8 @@
 //! What a run found: the counters, the latency histogram, the generator's own cost — and the two
 //! ways of printing them, a short human summary and one JSON object for scripts.
 //!
-//! JSON is written by hand rather than with serde: it is one flat object of numbers and a few
-//! strings, and the project keeps its dependency list short.
+//! JSON is written by hand rather than with serde: it is one object of numbers, a few strings
+//! and one array of numbers, and the project keeps its dependency list short.
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
@@ -50,6 +50,9 @@ pub struct LoadReport {
     /// What the threads counted, added up: requests, errors of each kind, connections
     /// established and dropped, the first error, and the latency histogram.
     pub counts: Tally,
+    /// Each thread's share of `counts.requests`, in thread order: how evenly the work was
+    /// spread, and proof that each thread did some.
+    pub thread_requests: Vec<u64>,
     /// Time from the start until every connection was up (or had failed).
     pub connect_time: Duration,
     /// Time from the start of the load (or hold) until every thread had finished.
@@ -60,7 +63,12 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    pub(crate) fn new(config: &LoadConfig, tally: Tally, timing: Timing) -> LoadReport {
+    pub(crate) fn new(
+        config: &LoadConfig,
+        tally: Tally,
+        thread_requests: Vec<u64>,
+        timing: Timing,
+    ) -> LoadReport {
         LoadReport {
             mode: config.mode,
             protocol: config.protocol,
@@ -78,16 +86,17 @@ impl LoadReport {
             wall_time: timing.wall,
             cpu_time: timing.cpu,
             counts: tally,
+            thread_requests,
         }
     }
 
-    /// Every error: connections not made, wrong replies, missing replies, and (idle mode)
-    /// connections lost while held.
+    /// Every error: connections not made, wrong replies, missing replies, and connections the
+    /// server dropped while they were still needed (see [`Tally::dropped`]).
     pub fn errors(&self) -> u64 {
         self.counts.connect_failures
             + self.counts.wrong_replies
             + self.counts.missing_replies
-            + self.counts.dropped_while_held
+            + self.counts.dropped
     }
 
     /// Whether the run passed: at least one verified reply and no error.
@@ -95,19 +104,29 @@ impl LoadReport {
         self.errors() == 0 && self.counts.requests > 0
     }
 
-    /// The time `requests` were sent in: the duration less the warm-up (zero in idle mode).
+    /// The time `requests` were sent in: from the end of the warm-up until sending stopped —
+    /// the duration less the warm-up, or less than that if every connection was lost before the
+    /// end (zero in idle mode).
     pub fn measured_time(&self) -> Duration {
         match self.mode {
-            Mode::Load => self.duration.saturating_sub(self.warmup),
+            Mode::Load => self.counts.load_time.saturating_sub(self.warmup),
             Mode::Idle => Duration::ZERO,
         }
     }
 
-    /// Verified requests per second after the warm-up (zero in idle mode).
+    /// Whether the load stopped before its duration because no connection was left.
+    pub fn ended_early(&self) -> bool {
+        self.mode == Mode::Load && self.counts.load_time < self.duration
+    }
+
+    /// Verified requests per second after the warm-up, over [`measured_time`] (zero in idle
+    /// mode).
     ///
     /// Requests are counted by when they were *sent*: those in flight when the warm-up ended are
     /// left out, those in flight when the load stopped are counted — the same number, in a closed
     /// loop, so the rate is not biased either way.
+    ///
+    /// [`measured_time`]: LoadReport::measured_time
     pub fn rps(&self) -> f64 {
         let seconds = self.measured_time().as_secs_f64();
         if seconds > 0.0 {
@@ -141,14 +160,15 @@ impl LoadReport {
             .map(|cpu| 100.0 * cpu.as_secs_f64() / wall)
     }
 
-    /// The report as one line of JSON: one flat object, latencies in whole microseconds, times in
-    /// seconds.
+    /// The report as one line of JSON: one object, nothing nested but one array of numbers,
+    /// latencies in whole microseconds, times in seconds.
     ///
     /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
-    /// `size`, `duration_s`, `warmup_s`, `requests`, `rps`, `p50_us`, `p99_us`, `p999_us`,
-    /// `max_us`, `mean_us`, `errors`, `connect_failures`, `wrong_replies`, `missing_replies`,
-    /// `dropped`, `warmup_requests`, `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent`
-    /// (`null` if unknown), `first_error` (`null` if none).
+    /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
+    /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
+    /// `connect_failures`, `wrong_replies`, `missing_replies`, `dropped`, `warmup_requests`,
+    /// `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent` (`null` if unknown),
+    /// `first_error` (`null` if none).
     pub fn to_json(&self) -> String {
         let optional = |value: Option<f64>, digits: usize| match value {
             Some(v) => format!("{v:.digits$}"),
@@ -173,6 +193,11 @@ impl LoadReport {
         field("duration_s", format!("{:.3}", self.duration.as_secs_f64()));
         field("warmup_s", format!("{:.3}", self.warmup.as_secs_f64()));
         field("requests", self.counts.requests.to_string());
+        field("thread_requests", json_array(&self.thread_requests));
+        field(
+            "measured_s",
+            format!("{:.6}", self.measured_time().as_secs_f64()),
+        );
         field("rps", format!("{:.1}", self.rps()));
         field("p50_us", self.latency_us(0.5).to_string());
         field("p99_us", self.latency_us(0.99).to_string());
@@ -219,10 +244,7 @@ impl LoadReport {
                 (self.counts.connect_failures, "connections not made"),
                 (self.counts.wrong_replies, "wrong replies"),
                 (self.counts.missing_replies, "missing replies"),
-                (
-                    self.counts.dropped_while_held,
-                    "connections dropped while held",
-                ),
+                (self.counts.dropped, "connections dropped by the server"),
             ] {
                 if count > 0 {
                     parts.push(format!("{count} {what}"));
@@ -278,14 +300,28 @@ impl fmt::Display for LoadReport {
                     self.threads,
                     plural(self.threads as u64),
                 )?;
-                writeln!(
+                write!(
                     f,
-                    "requests    {} in {:.2} s, after a {:.2} s warm-up",
+                    "requests    {} in {:.3} s, after a {:.2} s warm-up",
                     self.counts.requests,
                     self.measured_time().as_secs_f64(),
                     self.warmup.as_secs_f64()
                 )?;
+                if self.ended_early() {
+                    write!(
+                        f,
+                        " (the load ended after {:.3} s of {:.2} s: no connection was left)",
+                        self.counts.load_time.as_secs_f64(),
+                        self.duration.as_secs_f64()
+                    )?;
+                }
+                writeln!(f)?;
                 writeln!(f, "req/s       {:.1}", self.rps())?;
+                if self.thread_requests.len() > 1 {
+                    let shares: Vec<String> =
+                        self.thread_requests.iter().map(u64::to_string).collect();
+                    writeln!(f, "per thread  {} requests", shares.join(" + "))?;
+                }
                 writeln!(f, "latency     {latency}")?;
             }
             Mode::Idle => {
@@ -321,6 +357,19 @@ fn nanos_to_micros(nanos: u64) -> u64 {
     nanos.saturating_add(500) / 1000
 }
 
+/// `numbers` as a JSON array.
+fn json_array(numbers: &[u64]) -> String {
+    let mut out = String::from("[");
+    for (i, n) in numbers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{n}");
+    }
+    out.push(']');
+    out
+}
+
 /// `text` as a JSON string literal.
 fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -353,12 +402,16 @@ mod tests {
         let mut tally = Tally::merge(Vec::new());
         tally.established = 50;
         tally.requests = 1800;
+        if mode == Mode::Load {
+            tally.load_time = config.duration;
+        }
         for micros in [10, 20, 30, 40, 1000] {
             tally.latency.record(micros * 1000).unwrap();
         }
         LoadReport::new(
             &config,
             tally,
+            vec![1000, 800],
             Timing {
                 connect: Duration::from_millis(12),
                 wall: Duration::from_secs(2),
@@ -377,6 +430,43 @@ mod tests {
     }
 
     #[test]
+    fn a_load_that_ended_early_is_rated_over_the_time_it_ran() {
+        let mut report = report(Mode::Load);
+        report.counts.load_time = Duration::from_millis(1100); // 0.9 s after the warm-up
+        report.counts.dropped = 50;
+        assert_eq!(report.measured_time(), Duration::from_millis(900));
+        assert!((report.rps() - 2000.0).abs() < 1e-9);
+        assert!(report.ended_early());
+        assert_eq!(report.errors(), 50);
+        assert!(!report.succeeded());
+        let json = report.to_json();
+        for key in [
+            "\"measured_s\":0.900000,",
+            "\"rps\":2000.0,",
+            "\"dropped\":50,",
+        ] {
+            assert!(json.contains(key), "{key} missing from {json}");
+        }
+        let text = report.to_string();
+        for part in [
+            "requests    1800 in 0.900 s",
+            "ended after 1.100 s of 2.00 s",
+            "errors      50 (50 connections dropped by the server)",
+        ] {
+            assert!(text.contains(part), "{part} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_load_that_was_never_under_way_has_no_rate() {
+        // No connection up: the load ended as it started.
+        let mut report = report(Mode::Load);
+        report.counts.load_time = Duration::ZERO;
+        assert_eq!(report.measured_time(), Duration::ZERO);
+        assert_eq!(report.rps(), 0.0);
+    }
+
+    #[test]
     fn json_is_one_flat_object_with_the_contract_keys() {
         let json = report(Mode::Load).to_json();
         assert!(json.starts_with('{') && json.ends_with('}') && !json.contains('\n'));
@@ -389,6 +479,7 @@ mod tests {
             "\"p999_us\":",
             "\"max_us\":1000,", // within the histogram's 0.1%, rounded to whole µs
             "\"connections\":50,",
+            "\"thread_requests\":[1000,800],",
             "\"first_error\":null",
             "\"mode\":\"load\"",
             "\"client_cpu_percent\":25.0",
@@ -430,6 +521,7 @@ mod tests {
             "max ",
             "errors",
             "client CPU",
+            "per thread  1000 + 800 requests",
         ] {
             assert!(text.contains(label), "{label} missing from\n{text}");
         }

@@ -8,12 +8,24 @@
 //!
 //! ## Requests
 //!
-//! Request `n` on a connection is a window of [`ALPHABET`] (ASCII lowercase letters and digits)
-//! starting at a place that depends on `n`, so consecutive requests differ and a lost, repeated
-//! or reordered reply shows up as wrong bytes. Lowercase ASCII makes `upper`'s expected answer
-//! simply its ASCII upper-case, and keeps `[` and `\n` out of payloads, which is what lets the
-//! timestamp verifier tell a stamp from payload. For `timestamp` the last byte of each request
-//! is `\n`, so each request is one line.
+//! Request `n` on connection `c` is a pseudo-random string of [`ALPHABET`] (lowercase ASCII
+//! letters and digits) seeded by both `c` and `n`: consecutive requests differ, so a lost,
+//! repeated or reordered reply shows up as wrong bytes, and so do two connections' requests at
+//! the same step, so a reply delivered to the wrong connection shows up too. (Requests of a few
+//! bytes have few possible values and two may agree by chance; from 8 bytes on, two different
+//! requests agree with a probability under 2⁻⁴⁰.)
+//!
+//! The generator is splitmix64 (Steele, Lea and Flood's `SplittableRandom`), counter-based: the
+//! `i`-th 64-bit word of a request is one multiply-and-xorshift mix of its seed plus `i` steps,
+//! so any part of any request can be computed on its own, without state or a buffer. That is
+//! what lets the verifier check a reply against the request it answers as the bytes arrive. Each
+//! word spells eight bytes (5 bits each) with a few whole-word operations and no table, and the
+//! verifier compares whole words where the reply's bytes line up with them: the instrument has
+//! to stay cheap, since its cost is spent on the same cores as the server's.
+//!
+//! Lowercase ASCII makes `upper`'s expected answer simply its ASCII upper-case, and keeps `[` and
+//! `\n` out of payloads, which is what lets the timestamp verifier tell a stamp from payload.
+//! For `timestamp` the last byte of each request is `\n`, so each request is one line.
 //!
 //! ## Replies
 //!
@@ -25,35 +37,67 @@
 //!   of a line the verifier accepts a `[` as the start of another stamp.
 
 use std::fmt;
+use std::ops::Range;
 
 use crate::protocol::ProtocolKind;
 
-/// The bytes request payloads are made of: no `[`, no `\n`, and no byte that upper-casing
-/// changes in a way other than ASCII upper-casing.
-pub const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+/// The 32 bytes request payloads are made of, so that each takes exactly 5 random bits: no `[`,
+/// no `\n`, and no byte that upper-casing changes in a way other than ASCII upper-casing.
+pub const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz012345";
+
+/// Payload bytes spelled from one 64-bit word: one per byte of the word, from its low 5 bits.
+const SYMBOLS_PER_WORD: usize = 8;
+
+/// splitmix64's step between consecutive words: 2⁶⁴ divided by the golden ratio, odd.
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Bits of a connection's number below which the request number is placed in the seed key:
+/// keys are distinct while requests stay under 2⁴⁰ per connection and connections under 2²⁴
+/// (more than [`super::limits::MAX_CONNECTIONS`]).
+const REQUEST_BITS: u32 = 40;
 
 /// Length of the stamp the timestamp server puts before each message: `[` + 24 bytes of
 /// `ctime` text + `] `.
 pub const STAMP_LEN: usize = 1 + crate::clock::CTIME_LEN + 2;
 
-/// Where in [`ALPHABET`] request `n`'s payload starts. 7 is coprime with 36, so 36 requests in a
-/// row all start differently.
-fn start_of(request: u64) -> usize {
-    (request % ALPHABET.len() as u64) as usize * 7 % ALPHABET.len()
+/// splitmix64's finaliser: a bijection on 64-bit words in which every input bit affects every
+/// output bit.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
-/// The requests of one run: their protocol and size, and the patterns their bytes are cut from.
+/// The seed of request `request` on connection `connection`. Distinct (connection, request)
+/// pairs (within [`REQUEST_BITS`]) give distinct keys, and [`mix64`] is a bijection, so they give
+/// distinct seeds.
+fn seed_of(connection: u64, request: u64) -> u64 {
+    mix64((connection << REQUEST_BITS) ^ request)
+}
+
+/// Payload bytes `8 * index .. 8 * index + 8` of the request with seed `seed`, as a
+/// little-endian word, spelled from `a` (`b'a'`, or `b'A'` for what `upper` answers): the
+/// [`ALPHABET`], or its upper case.
 ///
-/// Shared by every connection of a thread (the patterns are as long as one request), so a
-/// connection needs no buffer of its own to build or check a request.
+/// Each byte's low 5 bits, `v`, become `a + v` for `v < 26` and a digit `'0' + v - 26` above,
+/// computed for the eight bytes at once. No byte's sum carries into the next: `v + 102` is at
+/// most 133, `a + v` at most `0x80`, and a digit's byte stays at or above `'0'`.
+fn word(seed: u64, index: usize, a: u8) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let step = (index as u64).wrapping_add(1).wrapping_mul(GOLDEN_GAMMA);
+    let v = mix64(seed.wrapping_add(step)) & (ONES * 0x1f);
+    // 1 in each byte whose value is 26 or more (its high bit set by adding 128 - 26), else 0.
+    let digit = ((v + ONES * (128 - 26)) >> 7) & ONES;
+    v + ONES * u64::from(a) - digit * u64::from(a + 26 - b'0')
+}
+
+/// The requests of one run: their protocol and size. Their bytes are computed, never stored, so
+/// one value serves every connection of a thread and no connection needs a buffer of its own to
+/// build or check a request.
 #[derive(Clone, Debug)]
 pub struct Requests {
     protocol: ProtocolKind,
     size: usize,
-    /// [`ALPHABET`] repeated, long enough to cut a payload from any starting place.
-    lower: Box<[u8]>,
-    /// `lower` upper-cased: what `upper` answers. Empty for the other protocols.
-    upper: Box<[u8]>,
 }
 
 impl Requests {
@@ -63,10 +107,13 @@ impl Requests {
     /// use oneloop::load::verify::Requests;
     /// use oneloop::protocol::ProtocolKind;
     ///
-    /// let requests = Requests::new(ProtocolKind::Timestamp, 8).unwrap();
-    /// let mut out = Vec::new();
-    /// requests.write_request(0, &mut out);
-    /// assert_eq!(out, b"abcdefg\n");
+    /// let requests = Requests::new(ProtocolKind::Timestamp, 16).unwrap();
+    /// let (mut first, mut other) = (Vec::new(), Vec::new());
+    /// requests.write_request(0, 0, &mut first); // connection 0, request 0
+    /// requests.write_request(1, 0, &mut other); // connection 1, request 0
+    /// assert_eq!(first.len(), 16);
+    /// assert_eq!(first.last(), Some(&b'\n'));
+    /// assert_ne!(first, other);
     /// ```
     pub fn new(protocol: ProtocolKind, size: usize) -> Result<Requests, String> {
         if !matches!(
@@ -80,23 +127,7 @@ impl Requests {
         if size == 0 {
             return Err("requests must be at least 1 byte".into());
         }
-        let lower: Box<[u8]> = ALPHABET
-            .iter()
-            .copied()
-            .cycle()
-            .take(size + ALPHABET.len())
-            .collect();
-        let upper = if protocol == ProtocolKind::Upper {
-            lower.to_ascii_uppercase().into_boxed_slice()
-        } else {
-            Box::default()
-        };
-        Ok(Requests {
-            protocol,
-            size,
-            lower,
-            upper,
-        })
+        Ok(Requests { protocol, size })
     }
 
     /// The protocol the requests are for.
@@ -109,7 +140,7 @@ impl Requests {
         self.size
     }
 
-    /// Payload bytes cut from the pattern; for timestamp the `\n` follows them.
+    /// Payload bytes drawn from the generator; for timestamp the `\n` follows them.
     fn body_len(&self) -> usize {
         match self.protocol {
             ProtocolKind::Timestamp => self.size - 1,
@@ -117,31 +148,46 @@ impl Requests {
         }
     }
 
-    /// Appends request number `request` of a connection to `out`.
-    pub fn write_request(&self, request: u64, out: &mut Vec<u8>) {
-        let start = start_of(request);
-        out.extend_from_slice(&self.lower[start..start + self.body_len()]);
+    /// Appends request number `request` of connection number `connection` to `out`.
+    pub fn write_request(&self, connection: u64, request: u64, out: &mut Vec<u8>) {
+        let seed = seed_of(connection, request);
+        let start = out.len();
+        out.resize(start + self.body_len(), 0);
+        for (index, bytes) in out[start..].chunks_mut(SYMBOLS_PER_WORD).enumerate() {
+            let symbols = word(seed, index, b'a').to_le_bytes();
+            bytes.copy_from_slice(&symbols[..bytes.len()]);
+        }
         if self.protocol == ProtocolKind::Timestamp {
             out.push(b'\n');
         }
     }
 
-    /// The expected reply payload of `request` from `offset` on, as far as it is contiguous in
-    /// memory (the timestamp line's `\n` comes as a separate piece). Empty at the end.
-    fn expected_from(&self, request: u64, offset: usize) -> &[u8] {
+    /// The first letter of the reply payloads' alphabet.
+    fn reply_a(&self) -> u8 {
+        if self.protocol == ProtocolKind::Upper {
+            b'A'
+        } else {
+            b'a'
+        }
+    }
+
+    /// The expected reply payload of the request with seed `seed` from `offset` on, up to the end
+    /// of the word that holds it (the timestamp line's `\n` comes as a piece of its own): the
+    /// bytes are `piece[range]`. The range is empty at the end.
+    fn expected_from(&self, seed: u64, offset: usize) -> ([u8; SYMBOLS_PER_WORD], Range<usize>) {
         let body = self.body_len();
         if offset < body {
-            let pattern = if self.protocol == ProtocolKind::Upper {
-                &self.upper
-            } else {
-                &self.lower
-            };
-            let start = start_of(request);
-            &pattern[start + offset..start + body]
+            let index = offset / SYMBOLS_PER_WORD;
+            let word_start = index * SYMBOLS_PER_WORD;
+            let end = (body - word_start).min(SYMBOLS_PER_WORD);
+            let symbols = word(seed, index, self.reply_a()).to_le_bytes();
+            (symbols, offset - word_start..end)
         } else if offset < self.size {
-            b"\n"
+            let mut newline = [0; SYMBOLS_PER_WORD];
+            newline[0] = b'\n';
+            (newline, 0..1)
         } else {
-            &[]
+            ([0; SYMBOLS_PER_WORD], 0..0)
         }
     }
 }
@@ -230,24 +276,35 @@ impl StampReader {
 
 /// Checks one connection's reply stream as it arrives.
 ///
-/// It remembers only which request's reply it is in, how far, and (timestamp) the stamp being
-/// read; the expected bytes are recomputed from [`Requests`].
+/// It remembers only its connection, which request's reply it is in, how far, and (timestamp)
+/// the stamp being read; the expected bytes are recomputed from [`Requests`].
 ///
 /// ```
 /// use oneloop::load::verify::{ReplyVerifier, Requests};
 /// use oneloop::protocol::ProtocolKind;
 ///
 /// let requests = Requests::new(ProtocolKind::Upper, 4).unwrap();
-/// let mut verifier = ReplyVerifier::new(&requests);
-/// // Two requests sent ("abcd", "hijk"); their replies arrive split anywhere.
-/// assert_eq!(verifier.feed(&requests, b"ABCDH", 2).completed, 1);
-/// assert_eq!(verifier.feed(&requests, b"IJK", 2).completed, 1);
-/// assert!(verifier.feed(&requests, b"x", 2).wrong.is_some()); // nothing was asked
+/// let mut sent = Vec::new();
+/// requests.write_request(7, 0, &mut sent); // connection 7's requests 0 and 1
+/// requests.write_request(7, 1, &mut sent);
+/// let replies = sent.to_ascii_uppercase();
+/// // Their replies arrive split anywhere.
+/// let mut verifier = ReplyVerifier::new(&requests, 7);
+/// assert_eq!(verifier.feed(&requests, &replies[..5], 2).completed, 1);
+/// assert_eq!(verifier.feed(&requests, &replies[5..], 2).completed, 1);
+/// assert!(verifier.feed(&requests, b"X", 2).wrong.is_some()); // nothing was asked
+/// // The same replies are wrong on another connection.
+/// let mut other = ReplyVerifier::new(&requests, 8);
+/// assert!(other.feed(&requests, &replies, 2).wrong.is_some());
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct ReplyVerifier {
+    /// The connection's number: its requests are its own.
+    connection: u64,
     /// The request whose reply is arriving (requests are numbered from 0 on each connection).
     request: u64,
+    /// That request's seed, kept so that it is mixed once per request, not once per word.
+    seed: u64,
     /// How many of its reply's payload bytes have been matched.
     offset: usize,
     /// Timestamp only: `Some` while a stamp is being read, which is where every reply and every
@@ -256,10 +313,12 @@ pub struct ReplyVerifier {
 }
 
 impl ReplyVerifier {
-    /// A verifier expecting the reply to request 0.
-    pub fn new(requests: &Requests) -> ReplyVerifier {
+    /// A verifier of connection number `connection`, expecting the reply to its request 0.
+    pub fn new(requests: &Requests, connection: u64) -> ReplyVerifier {
         ReplyVerifier {
+            connection,
             request: 0,
+            seed: seed_of(connection, 0),
             offset: 0,
             stamp: (requests.protocol == ProtocolKind::Timestamp).then_some(StampReader::EMPTY),
         }
@@ -302,7 +361,9 @@ impl ReplyVerifier {
                 }
                 continue;
             }
-            let expected = requests.expected_from(self.request, self.offset);
+            rest = self.match_whole_words(requests, rest);
+            let (piece, range) = requests.expected_from(self.seed, self.offset);
+            let expected = &piece[range];
             let n = expected.len().min(rest.len());
             if rest[..n] != expected[..n] {
                 let at = (0..n)
@@ -328,6 +389,7 @@ impl ReplyVerifier {
             if self.offset == requests.size {
                 fed.completed += 1;
                 self.request += 1;
+                self.seed = seed_of(self.connection, self.request);
                 self.offset = 0;
                 if timestamp {
                     self.stamp = Some(StampReader::EMPTY);
@@ -335,6 +397,28 @@ impl ReplyVerifier {
             }
         }
         fed
+    }
+}
+
+impl ReplyVerifier {
+    /// The fast path of [`ReplyVerifier::feed`]: while the reply is at a word boundary of its
+    /// payload with a whole word left in both the payload and `input`, compares eight bytes at
+    /// once. Stops at the first word that differs (the byte-by-byte path then says where) and
+    /// returns the input left.
+    fn match_whole_words<'a>(&mut self, requests: &Requests, mut input: &'a [u8]) -> &'a [u8] {
+        let body = requests.body_len();
+        let a = requests.reply_a();
+        while self.offset % SYMBOLS_PER_WORD == 0 && self.offset + SYMBOLS_PER_WORD <= body {
+            let Some((got, after)) = input.split_first_chunk::<SYMBOLS_PER_WORD>() else {
+                break;
+            };
+            if u64::from_le_bytes(*got) != word(self.seed, self.offset / SYMBOLS_PER_WORD, a) {
+                break;
+            }
+            self.offset += SYMBOLS_PER_WORD;
+            input = after;
+        }
+        input
     }
 }
 
@@ -380,12 +464,22 @@ mod tests {
 
     const STAMP: &[u8] = b"[Wed Sep  9 16:42:46 2026] ";
 
-    /// Requests `0..count`, concatenated.
+    /// The connection the tests' requests are sent on.
+    const CONN: u64 = 3;
+
+    /// Requests `0..count` of connection [`CONN`], concatenated.
     fn requests_bytes(requests: &Requests, count: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for n in 0..count {
-            requests.write_request(n, &mut out);
+            requests.write_request(CONN, n, &mut out);
         }
+        out
+    }
+
+    /// Request `request` of connection `connection`, alone.
+    fn request(requests: &Requests, connection: u64, request: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        requests.write_request(connection, request, &mut out);
         out
     }
 
@@ -394,7 +488,7 @@ mod tests {
     fn feed_all_splits(requests: &Requests, stream: &[u8], sent: u64) -> u64 {
         let mut result = None;
         for cut in 0..=stream.len() {
-            let mut verifier = ReplyVerifier::new(requests);
+            let mut verifier = ReplyVerifier::new(requests, CONN);
             let a = verifier.feed(requests, &stream[..cut], sent);
             let b = verifier.feed(requests, &stream[cut..], sent);
             assert_eq!((a.wrong, b.wrong), (None, None), "cut at {cut}");
@@ -405,24 +499,59 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_requests_differ_and_use_only_the_alphabet() {
-        let requests = Requests::new(ProtocolKind::Echo, 50).unwrap();
+    fn requests_differ_by_connection_and_number_and_use_only_the_alphabet() {
+        let requests = Requests::new(ProtocolKind::Echo, 13).unwrap();
         let mut seen = std::collections::HashSet::new();
-        for n in 0..36 {
-            let mut out = Vec::new();
-            requests.write_request(n, &mut out);
-            assert_eq!(out.len(), 50);
-            assert!(out.iter().all(|b| ALPHABET.contains(b)));
-            assert!(seen.insert(out), "request {n} repeats an earlier one");
+        let mut symbols = std::collections::HashSet::new();
+        for connection in [0, 1, 2, 255, 256, 999_999] {
+            for n in (0..200).chain([1 << 20, (1 << 40) - 1]) {
+                let out = request(&requests, connection, n);
+                assert_eq!(out.len(), 13);
+                assert!(out.iter().all(|b| ALPHABET.contains(b)), "{out:?}");
+                symbols.extend(out.iter().copied());
+                assert!(
+                    seen.insert(out),
+                    "connection {connection}'s request {n} repeats an earlier one"
+                );
+            }
+        }
+        assert_eq!(symbols.len(), ALPHABET.len(), "every symbol is drawn");
+    }
+
+    #[test]
+    fn words_spell_each_byte_with_the_alphabet() {
+        // The whole-word spelling agrees with a table lookup, byte by byte, in both cases.
+        for seed in [0, 1, u64::MAX, 0x1234_5678_9abc_def0] {
+            for index in [0, 1, 2, 1000] {
+                let step = (index as u64 + 1).wrapping_mul(GOLDEN_GAMMA);
+                let bits = mix64(seed.wrapping_add(step)).to_le_bytes();
+                let lower = word(seed, index, b'a').to_le_bytes();
+                let upper = word(seed, index, b'A').to_le_bytes();
+                for i in 0..SYMBOLS_PER_WORD {
+                    let symbol = ALPHABET[usize::from(bits[i] & 31)];
+                    assert_eq!(lower[i], symbol, "seed {seed}, word {index}, byte {i}");
+                    assert_eq!(upper[i], symbol.to_ascii_uppercase());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requests_are_the_same_whatever_their_size_cuts_off() {
+        // A request is a prefix of the same request made longer: the words do not depend on
+        // the size, so a size that is not a multiple of a word cuts the last one short.
+        let long = request(&Requests::new(ProtocolKind::Echo, 100).unwrap(), 5, 9);
+        for size in [1, 11, 12, 13, 25, 99] {
+            let short = request(&Requests::new(ProtocolKind::Echo, size).unwrap(), 5, 9);
+            assert_eq!(short[..], long[..size], "size {size}");
         }
     }
 
     #[test]
     fn timestamp_requests_are_lines_of_exactly_size_bytes() {
-        for size in [1, 2, 64] {
+        for size in [1, 2, 13, 64] {
             let requests = Requests::new(ProtocolKind::Timestamp, size).unwrap();
-            let mut out = Vec::new();
-            requests.write_request(3, &mut out);
+            let out = request(&requests, CONN, 3);
             assert_eq!(out.len(), size);
             assert_eq!(out.iter().position(|&b| b == b'\n'), Some(size - 1));
         }
@@ -430,9 +559,33 @@ mod tests {
 
     #[test]
     fn echo_replies_verify_however_they_are_split() {
-        let requests = Requests::new(ProtocolKind::Echo, 10).unwrap();
+        let requests = Requests::new(ProtocolKind::Echo, 30).unwrap();
         let stream = requests_bytes(&requests, 3);
         assert_eq!(feed_all_splits(&requests, &stream, 3), 3);
+    }
+
+    #[test]
+    fn a_reply_meant_for_another_connection_is_wrong() {
+        for protocol in [ProtocolKind::Echo, ProtocolKind::Upper] {
+            let requests = Requests::new(protocol, 64).unwrap();
+            let mut theirs = request(&requests, CONN + 1, 0);
+            if protocol == ProtocolKind::Upper {
+                theirs.make_ascii_uppercase();
+            }
+            let fed = ReplyVerifier::new(&requests, CONN).feed(&requests, &theirs, 1);
+            assert_eq!(fed.completed, 0, "{protocol}");
+            assert!(
+                matches!(fed.wrong, Some(WrongReply::Byte { request: 0, .. })),
+                "{protocol}: {fed:?}"
+            );
+        }
+        let requests = Requests::new(ProtocolKind::Timestamp, 64).unwrap();
+        let stream = [STAMP, &request(&requests, CONN + 1, 0)].concat();
+        let fed = ReplyVerifier::new(&requests, CONN).feed(&requests, &stream, 1);
+        assert!(
+            matches!(fed.wrong, Some(WrongReply::Byte { request: 0, .. })),
+            "timestamp: {fed:?}"
+        );
     }
 
     #[test]
@@ -446,29 +599,38 @@ mod tests {
     fn an_echoed_reply_is_wrong_for_upper() {
         let requests = Requests::new(ProtocolKind::Upper, 16).unwrap();
         let stream = requests_bytes(&requests, 1);
-        let fed = ReplyVerifier::new(&requests).feed(&requests, &stream, 1);
+        let fed = ReplyVerifier::new(&requests, CONN).feed(&requests, &stream, 1);
         assert_eq!(fed.completed, 0);
+        // The first letter differs in case (a digit is the same either way).
+        let at = stream
+            .iter()
+            .position(u8::is_ascii_lowercase)
+            .expect("16 symbols hold a letter");
+        let (got, expected) = (stream[at], stream[at].to_ascii_uppercase());
         assert_eq!(
             fed.wrong,
             Some(WrongReply::Byte {
                 request: 0,
-                offset: 0,
-                expected: b'A',
-                got: b'a'
+                offset: at,
+                expected,
+                got
             })
         );
         assert_eq!(
             fed.wrong.unwrap().to_string(),
-            "reply to request 0: byte 0 is 'a', expected 'A'"
+            format!(
+                "reply to request 0: byte {at} is '{}', expected '{}'",
+                char::from(got),
+                char::from(expected)
+            )
         );
     }
 
     #[test]
     fn a_reply_to_the_wrong_request_is_detected() {
-        let requests = Requests::new(ProtocolKind::Echo, 8).unwrap();
-        let mut second = Vec::new();
-        requests.write_request(1, &mut second);
-        let fed = ReplyVerifier::new(&requests).feed(&requests, &second, 2);
+        let requests = Requests::new(ProtocolKind::Echo, 16).unwrap();
+        let second = request(&requests, CONN, 1);
+        let fed = ReplyVerifier::new(&requests, CONN).feed(&requests, &second, 2);
         assert!(
             matches!(fed.wrong, Some(WrongReply::Byte { request: 0, .. })),
             "{fed:?}"
@@ -479,14 +641,14 @@ mod tests {
     fn bytes_beyond_the_requests_sent_are_unsolicited() {
         let requests = Requests::new(ProtocolKind::Echo, 4).unwrap();
         let stream = requests_bytes(&requests, 2);
-        let fed = ReplyVerifier::new(&requests).feed(&requests, &stream, 1);
+        let fed = ReplyVerifier::new(&requests, CONN).feed(&requests, &stream, 1);
         assert_eq!(fed.completed, 1);
         assert_eq!(fed.wrong, Some(WrongReply::Unsolicited { got: stream[4] }));
     }
 
     #[test]
     fn timestamp_replies_verify_however_they_are_split() {
-        let requests = Requests::new(ProtocolKind::Timestamp, 12).unwrap();
+        let requests = Requests::new(ProtocolKind::Timestamp, 30).unwrap();
         let lines = requests_bytes(&requests, 2);
         let mut stream = Vec::new();
         for line in lines.split_inclusive(|&b| b == b'\n') {
@@ -513,7 +675,7 @@ mod tests {
     fn a_timestamp_reply_without_its_stamp_is_wrong() {
         let requests = Requests::new(ProtocolKind::Timestamp, 40).unwrap();
         let line = requests_bytes(&requests, 1); // what an echo server would send
-        let fed = ReplyVerifier::new(&requests).feed(&requests, &line, 1);
+        let fed = ReplyVerifier::new(&requests, CONN).feed(&requests, &line, 1);
         assert!(
             matches!(fed.wrong, Some(WrongReply::Stamp { request: 0, .. })),
             "{fed:?}"
@@ -525,7 +687,7 @@ mod tests {
         let requests = Requests::new(ProtocolKind::Timestamp, 8).unwrap();
         let mut stream = STAMP.to_vec();
         stream.extend_from_slice(b"ABCDEFG\n");
-        let fed = ReplyVerifier::new(&requests).feed(&requests, &stream, 1);
+        let fed = ReplyVerifier::new(&requests, CONN).feed(&requests, &stream, 1);
         assert!(
             matches!(
                 fed.wrong,

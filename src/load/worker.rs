@@ -97,10 +97,16 @@ pub struct Tally {
     pub wrong_replies: u64,
     /// Requests that never got their reply.
     pub missing_replies: u64,
-    /// Established connections the server closed or reset before the run was over.
+    /// Established connections the server closed or reset while they were still needed: in load
+    /// mode before the end of the load, or after it with replies outstanding; in idle mode while
+    /// held. Each is an error (its outstanding requests are counted in `missing_replies` too).
+    /// A server that closes a connection once the load is over and every reply is in has done
+    /// nothing wrong: that is not counted.
     pub dropped: u64,
-    /// Idle mode: of `dropped`, those lost while held (each an error).
-    pub dropped_while_held: u64,
+    /// How long the load ran, from its start until sending stopped: the whole duration, or less
+    /// if every connection had closed before the end. Zero in idle mode. (Across threads: the
+    /// longest.)
+    pub load_time: Duration,
     /// Latency of each measured request, in nanoseconds.
     pub latency: Histogram<u64>,
     /// A description of the first error, for the summary.
@@ -117,7 +123,7 @@ impl Tally {
             wrong_replies: 0,
             missing_replies: 0,
             dropped: 0,
-            dropped_while_held: 0,
+            load_time: Duration::ZERO,
             latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
                 .expect("constant histogram bounds are valid"),
             first_error: None,
@@ -135,7 +141,7 @@ impl Tally {
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
             total.dropped += tally.dropped;
-            total.dropped_while_held += tally.dropped_while_held;
+            total.load_time = total.load_time.max(tally.load_time);
             total
                 .latency
                 .add(&tally.latency)
@@ -190,7 +196,9 @@ struct Conn {
     sent: u64,
     /// When each request without a complete reply was handed to `write`, oldest first.
     sent_at: VecDeque<Instant>,
-    /// Request bytes the socket has not taken yet, from `unsent_from` on.
+    /// Request bytes the socket has not taken yet, from `unsent_from` on: at most `pipeline ×
+    /// size`. Its capacity is kept for the connection's life, so a socket that fills once a
+    /// request (large requests do) costs no allocation each time.
     unsent: Vec<u8>,
     unsent_from: usize,
     /// The interest registered with the poller, to skip redundant `epoll_ctl` calls.
@@ -207,7 +215,7 @@ impl Conn {
             id,
             stream: None,
             state: State::Waiting { attempt: 1 },
-            verifier: ReplyVerifier::new(requests),
+            verifier: ReplyVerifier::new(requests, id as u64),
             sent: 0,
             sent_at: VecDeque::new(),
             unsent: Vec::new(),
@@ -221,7 +229,7 @@ impl Conn {
     /// Closes the socket and forgets the conversation (a retry starts afresh).
     fn close_socket(&mut self, requests: &Requests) {
         self.stream = None;
-        self.verifier = ReplyVerifier::new(requests);
+        self.verifier = ReplyVerifier::new(requests, self.id as u64);
         self.sent = 0;
         self.sent_at = VecDeque::new();
         self.unsent = Vec::new();
@@ -236,6 +244,10 @@ impl Conn {
     /// Writes `bytes` after anything still unsent; keeps what the socket will not take.
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.has_unsent() {
+            // Drop the bytes already written first: a socket that never quite drains would
+            // otherwise grow the buffer by every request sent.
+            self.unsent.drain(..self.unsent_from);
+            self.unsent_from = 0;
             self.unsent.extend_from_slice(bytes);
             return self.flush();
         }
@@ -262,8 +274,7 @@ impl Conn {
         let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
         self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
         if !self.has_unsent() {
-            // Give the memory back: with large requests it is pipeline × size per connection.
-            self.unsent = Vec::new();
+            self.unsent.clear();
             self.unsent_from = 0;
         }
         Ok(())
@@ -375,6 +386,9 @@ struct Worker<'a> {
     out: Vec<u8>,
     /// Connections that stopped on the read budget, to serve before the next `poll`.
     still_ready: Vec<usize>,
+    /// The work list of the turn before, emptied: it becomes the next turn's, so the two lists
+    /// trade places each turn and neither is allocated again.
+    spare_ready: Vec<usize>,
     tally: Tally,
     /// Connect phase: connections waiting to (re)connect, by when they may.
     connect_queue: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -413,6 +427,7 @@ impl<'a> Worker<'a> {
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
             still_ready: Vec::new(),
+            spare_ready: Vec::new(),
             tally: Tally::new(),
             in_flight: Vec::new(),
             warmup_end: None,
@@ -611,6 +626,9 @@ impl<'a> Worker<'a> {
             // With every connection closed (all lost, or finished after the stop) nothing more
             // can happen: end early rather than wait out the clock.
             if self.running == 0 || (self.stopping && now >= grace_end) {
+                // Sending stopped at the stop, or, if every connection was lost before it, in
+                // the turn that closed the last one.
+                self.tally.load_time = now.min(stop).saturating_duration_since(start);
                 break;
             }
             self.turn(Some(if self.stopping { grace_end } else { stop }))?;
@@ -670,7 +688,9 @@ impl<'a> Worker<'a> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let mut ready = std::mem::take(&mut self.still_ready);
+        // This turn's work list: last turn's budgeted connections, then this turn's events.
+        let mut ready =
+            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
         for event in self.events.iter() {
             let i = event.token().0;
             let Some(conn) = self.conns.get_mut(i) else {
@@ -687,9 +707,7 @@ impl<'a> Worker<'a> {
             self.conns[i].queued = false;
             self.drive(i);
         }
-        if self.still_ready.is_empty() {
-            self.still_ready = ready; // keep the allocation
-        }
+        self.spare_ready = ready;
         if self.unpublished > 0 {
             self.meter
                 .completed
@@ -762,7 +780,8 @@ impl<'a> Worker<'a> {
         let conn = &mut self.conns[i];
         self.out.clear();
         for _ in 0..count {
-            self.requests.write_request(conn.sent, &mut self.out);
+            self.requests
+                .write_request(conn.id as u64, conn.sent, &mut self.out);
             conn.sent += 1;
         }
         let now = Instant::now();
@@ -826,13 +845,20 @@ impl<'a> Worker<'a> {
             State::Probing { .. } | State::Ready { .. } => return self.fail_attempt(i, reason),
             State::Running => {
                 let missing = conn.sent_at.len() as u64;
+                if self.stopping && missing == 0 {
+                    // The load is over and every reply is in: the server's close only beat ours.
+                    debug!("conn {id}: {reason} after its last reply");
+                    return self.close(i);
+                }
                 self.tally.missing_replies += missing;
                 self.tally.note_error(|| {
-                    format!("connection {id}: {reason}, {missing} replies outstanding")
+                    format!(
+                        "connection {id}: {reason} before the end of the load, {missing} replies \
+                         outstanding"
+                    )
                 });
             }
             State::Holding => {
-                self.tally.dropped_while_held += 1;
                 self.tally
                     .note_error(|| format!("connection {id}: {reason} while held open"));
             }
