@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Server CPU time per request, oneloop's reactor against the tiny mio echo yardstick
-# (examples/tiny_echo.rs), under the same `oneloop load`. Usage: scripts/cpu-per-request.sh [CONNECTIONS] [SECS]
+# Server CPU time per request, oneloop's reactor against the tiny mio echo yardsticks
+# (examples/tiny_echo.rs, examples/tiny_udp_echo.rs), under the same `oneloop load`.
+# Usage: scripts/cpu-per-request.sh [tcp|unix|udp] [CONNECTIONS] [SECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-connections=${1:-50}
-seconds=${2:-5}
-cargo build --release --quiet --bin oneloop --example tiny_echo
+transport=${1:-tcp}
+connections=${2:-50}
+seconds=${3:-5}
+cargo build --release --quiet --bin oneloop --example tiny_echo --example tiny_udp_echo
 measure() { # name, command...
   local name=$1; shift
   local out; out=$(mktemp)
   "$@" > "$out" 2>/dev/null & local pid=$!
   while ! grep -q listening "$out"; do sleep 0.05; done
-  local addr; addr=$(awk '{print $4; exit}' "$out")
+  local addr; addr=$(awk '{print ($3 == "tcp" ? "" : $3 ":") $4; exit}' "$out")
   local before; before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   local report; report=$(target/release/oneloop load "$addr" --connections "$connections" \
       --duration "$seconds" --warmup 0 --json)
@@ -24,5 +26,13 @@ measure() { # name, command...
       'BEGIN { printf "%-10s %10.0f req/s  %6.2f µs server CPU per request\n", n, q, t * 10000 / r }'
   rm -f "$out"
 }
-measure tiny_echo target/release/examples/tiny_echo
-measure oneloop target/release/oneloop serve echo@127.0.0.1:0
+case $transport in
+  tcp)  measure tiny_echo target/release/examples/tiny_echo
+        measure oneloop target/release/oneloop serve echo@127.0.0.1:0 ;;
+  udp)  measure tiny_udp target/release/examples/tiny_udp_echo
+        measure oneloop target/release/oneloop serve echo@udp:127.0.0.1:0 ;;
+  unix) sock=$(mktemp -u /tmp/oneloop-cpu-XXXXXX.sock)
+        measure oneloop-tcp target/release/oneloop serve echo@127.0.0.1:0
+        measure oneloop-unix target/release/oneloop serve "echo@unix:$sock" ;;
+  *)    echo "usage: $0 [tcp|unix|udp] [CONNECTIONS] [SECS]" >&2; exit 2 ;;
+esac
