@@ -6,9 +6,11 @@
 //! sockets on purpose: they are the foil for the reactor, and the point of the comparison is what
 //! blocking costs — a stack and a kernel task per waiting client, a context switch per request.
 //!
-//! Every model starts from the same [`BoundListener`]s as the reactor and serves each connection
+//! Every model starts from the same [`BoundListener`](crate::net::BoundListener)s as the reactor and serves each connection
 //! with [`serve_blocking`], which feeds the same [`Session`] state machines the reactor uses. So
-//! a benchmark of two models compares the models, not two implementations of a protocol.
+//! a benchmark of two models compares the models, not two implementations of a protocol. They
+//! accept through the same [`Acceptor`], which keeps the backlog moving when the process runs out
+//! of file descriptors, as the reactor does (see [`acceptor`]).
 //!
 //! What a blocking model does not need: `--output-limit` (a thread blocked in `write` stops
 //! reading, and the kernel's socket buffers are the bound) and fairness budgets (the kernel
@@ -18,6 +20,7 @@
 //! connections being served (threads or child processes). Graceful shutdown is the reactor's
 //! alone: the models keep the default action for SIGINT and SIGTERM and end at once.
 
+pub mod acceptor;
 pub mod datagram;
 pub mod forking;
 pub mod pool;
@@ -30,14 +33,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, trace, warn};
-use mio::{Events, Poll, Token};
+use log::{debug, warn};
 
 use crate::clock::Clock;
-use crate::net::{
-    BlockingStream, BoundListener, Peer, StreamListener, LINGER, TOO_MANY_CONNECTIONS_REPLY,
-};
+use crate::net::{BlockingStream, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
+
+pub use acceptor::Acceptor;
 
 /// How `serve` serves its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -137,83 +139,6 @@ pub struct Accepted {
     pub protocol: ProtocolKind,
     /// The client's address, for logs.
     pub peer: Peer,
-}
-
-/// Accepts connections from every listener, one at a time, for the blocking models.
-///
-/// Several services need several listening sockets, and a blocking `accept` can wait on only
-/// one; a small mio poll over the listeners (and nothing else) lets one thread wait on all of
-/// them, as Python's `socketserver` does with `selectors`.
-#[derive(Debug)]
-pub struct Acceptor {
-    poll: Poll,
-    events: Events,
-    listeners: Vec<(StreamListener, ProtocolKind)>,
-    /// The listener to try first next time, so one busy service cannot starve another.
-    next: usize,
-}
-
-impl Acceptor {
-    /// An acceptor over `listeners`.
-    pub fn new(listeners: Vec<BoundListener>) -> io::Result<Acceptor> {
-        let poll = Poll::new()?;
-        let listeners = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(index, bound)| {
-                let protocol = bound.protocol;
-                Ok((bound.register(poll.registry(), Token(index))?, protocol))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(Acceptor {
-            poll,
-            events: Events::with_capacity(listeners.len().max(1)),
-            listeners,
-            next: 0,
-        })
-    }
-
-    /// The next connection, waiting at most `timeout` (`None`: for ever). `Ok(None)` if the
-    /// timeout passed first.
-    ///
-    /// Every listener is tried before waiting: the poll is edge-triggered, and a listener that
-    /// still has connections queued will not be reported again.
-    pub fn accept_next(&mut self, timeout: Option<Duration>) -> io::Result<Option<Accepted>> {
-        loop {
-            for _ in 0..self.listeners.len() {
-                let index = self.next;
-                self.next = (self.next + 1) % self.listeners.len();
-                let (listener, protocol) = &self.listeners[index];
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        let stream = stream.into_blocking()?;
-                        if let Err(e) = stream.set_nodelay() {
-                            debug!("{peer}: cannot set TCP_NODELAY: {e}");
-                        }
-                        trace!("accept: {peer} ({protocol})");
-                        return Ok(Some(Accepted {
-                            stream,
-                            protocol: *protocol,
-                            peer,
-                        }));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => warn!("accept failed: {e}"),
-                }
-            }
-            match self.poll.poll(&mut self.events, timeout) {
-                Ok(()) if self.events.is_empty() => return Ok(None),
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 /// Serves one connection on a blocking socket until it ends: read, feed the session, write the

@@ -13,8 +13,15 @@
 
 use std::fs::File;
 use std::io;
+use std::time::Duration;
 
 use log::warn;
+
+/// How long a listener rests when the process is out of file descriptors and has no reserve
+/// descriptor to spend (or the kernel is out of memory): long enough not to spin, short enough
+/// that service resumes promptly. Clients wait in the backlog meanwhile, and the listener is tried
+/// again when the time is up — not when the next client arrives, which may be never.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A descriptor kept open so that one can be freed when the process runs out.
 #[derive(Debug)]

@@ -40,6 +40,11 @@ pub fn as_model(model: &'static str, test: fn()) {
     test();
 }
 
+/// The `--model` servers started on this thread use (`None`: the default, reactor).
+pub fn model() -> Option<&'static str> {
+    MODEL.with(|current| current.get())
+}
+
 /// One `listening PROTOCOL TRANSPORT ADDRESS` line, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listening {
