@@ -61,6 +61,7 @@ pub fn serve_datagrams(
                 continue;
             }
         };
+        trace!("udp {protocol}: datagram of {length} bytes from {from}");
         if !stats.admit(length, from) {
             continue;
         }
