@@ -596,3 +596,76 @@ fn pipelining_keeps_k_requests_outstanding() {
     assert_eq!(stalled.number("requests"), 0.0, "{}", stalled.json());
     assert_eq!(stalled.number("missing_replies"), 2.0, "{}", stalled.json());
 }
+
+/// A fresh socket path in the temporary directory, unique to this test process and `name`.
+fn socket_path(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("oneloop-l{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[test]
+fn load_over_unix_sockets_verifies_every_reply() {
+    let (echo, upper) = (socket_path("echo"), socket_path("upper"));
+    let server = Server::start(&[
+        &format!("echo@unix:{}", echo.display()),
+        &format!("upper@unix:{}", upper.display()),
+    ]);
+    for (protocol, path, pipeline) in [("echo", &echo, "1"), ("upper", &upper, "4")] {
+        let address = format!("unix:{}", server.path(protocol).display());
+        assert_eq!(server.path(protocol), *path);
+        let outcome = load(&[
+            &address,
+            "--protocol",
+            protocol,
+            "--connections",
+            "8",
+            "--pipeline",
+            pipeline,
+            "--threads",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ]);
+        assert_clean(&outcome, 8.0);
+        assert!(
+            outcome
+                .json()
+                .contains(&format!("\"address\":\"{address}\"")),
+            "{}",
+            outcome.json()
+        );
+    }
+    // Idle mode too: every connection made, one round trip each, held.
+    let outcome = load(&[
+        &format!("unix:{}", echo.display()),
+        "--idle",
+        "--connections",
+        "50",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    assert_clean_idle(&outcome, 50.0);
+}
+
+#[test]
+fn load_over_a_unix_path_nobody_listens_on_fails() {
+    let path = socket_path("nobody");
+    let outcome = load(&[
+        &format!("unix:{}", path.display()),
+        "--connections",
+        "1",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert_eq!(
+        outcome.number("connect_failures"),
+        1.0,
+        "{}",
+        outcome.json()
+    );
+}

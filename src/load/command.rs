@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,9 +19,8 @@ use crate::service::Address;
 /// `oneloop load ADDRESS [OPTIONS]`
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// The server: HOST:PORT or tcp:HOST:PORT.
-    #[arg(value_parser = parse_tcp_address)]
-    pub address: SocketAddr,
+    /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, or udp:HOST:PORT.
+    pub address: Address,
 
     /// What the server speaks: upper, timestamp or echo.
     #[arg(long, value_name = "NAME", default_value = "echo", value_parser = parse_protocol)]
@@ -71,7 +69,7 @@ impl LoadArgs {
     /// The run these options describe.
     pub fn config(&self) -> LoadConfig {
         LoadConfig {
-            address: self.address,
+            address: self.address.clone(),
             protocol: self.protocol,
             connections: self.connections,
             duration: self.duration,
@@ -81,16 +79,6 @@ impl LoadArgs {
             threads: self.threads,
             mode: if self.idle { Mode::Idle } else { Mode::Load },
         }
-    }
-}
-
-fn parse_tcp_address(text: &str) -> Result<SocketAddr, String> {
-    match text.parse::<Address>()? {
-        Address::Tcp(addr) => Ok(addr),
-        other => Err(format!(
-            "{} addresses are not supported by load (tcp only)",
-            other.transport()
-        )),
     }
 }
 
@@ -271,7 +259,7 @@ mod tests {
     #[test]
     fn defaults_are_the_contracts() {
         let config = parse(&["127.0.0.1:9000"]).unwrap().config();
-        let expected = LoadConfig::new("127.0.0.1:9000".parse().unwrap());
+        let expected = LoadConfig::new("127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(config, expected);
     }
 
@@ -318,7 +306,6 @@ mod tests {
     fn bad_options_are_usage_errors() {
         for argv in [
             &["127.0.0.1:9", "--protocol", "chat"][..],
-            &["udp:127.0.0.1:9"],
             &["127.0.0.1:9", "--connections", "0"],
             &["127.0.0.1:9", "--pipeline", "lots"],
             &["127.0.0.1:9", "--duration", "0"],

@@ -51,13 +51,13 @@ pub mod verify;
 mod worker;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::ProtocolKind;
+use crate::service::Address;
 
 pub use command::{main, LoadArgs};
 pub use report::LoadReport;
@@ -113,7 +113,8 @@ pub enum Mode {
 /// use oneloop::load::{LoadConfig, Mode};
 /// use std::time::Duration;
 ///
-/// let mut config = LoadConfig::new("127.0.0.1:9000".parse().unwrap());
+/// let server: std::net::SocketAddr = "127.0.0.1:9000".parse().unwrap();
+/// let mut config = LoadConfig::new(server); // TCP; an `Address` gives Unix or UDP
 /// config.connections = 10;
 /// config.duration = Duration::from_secs(2);
 /// assert_eq!(config.warmup(), Duration::from_millis(200)); // a tenth of a short run
@@ -122,8 +123,8 @@ pub enum Mode {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadConfig {
-    /// The server's TCP address.
-    pub address: SocketAddr,
+    /// The server: a TCP address, a Unix socket's path, or a UDP address.
+    pub address: Address,
     /// What the server speaks: upper, timestamp or echo.
     pub protocol: ProtocolKind,
     /// Connections to open, shared out among the threads.
@@ -144,11 +145,11 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
-    /// The command line's defaults against `address`: echo, 50 connections, 10 s, 64-byte
-    /// requests, pipeline 1, one thread.
-    pub fn new(address: SocketAddr) -> LoadConfig {
+    /// The command line's defaults against `address` (a `SocketAddr` is TCP): echo, 50
+    /// connections, 10 s, 64-byte requests, pipeline 1, one thread.
+    pub fn new(address: impl Into<Address>) -> LoadConfig {
         LoadConfig {
-            address,
+            address: address.into(),
             protocol: ProtocolKind::Echo,
             connections: 50,
             duration: Duration::from_secs(10),
@@ -494,7 +495,7 @@ mod tests {
 
     #[test]
     fn default_warmup_is_a_second_or_a_tenth() {
-        let mut config = LoadConfig::new("127.0.0.1:1".parse().unwrap());
+        let mut config = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(config.warmup(), Duration::from_secs(1));
         config.duration = Duration::from_millis(500);
         assert_eq!(config.warmup(), Duration::from_millis(50));
@@ -504,7 +505,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let base = LoadConfig::new("127.0.0.1:1".parse().unwrap());
+        let base = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         let mut config = base.clone();
         config.warmup = Some(Duration::from_secs(10));
         assert!(config.validate().unwrap_err().contains("warm-up"));
@@ -522,7 +523,7 @@ mod tests {
 
     #[test]
     fn threads_never_outnumber_connections() {
-        let mut config = LoadConfig::new("127.0.0.1:1".parse().unwrap());
+        let mut config = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         config.connections = 3;
         config.threads = 8;
         assert_eq!(config.effective_threads(), 3);

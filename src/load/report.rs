@@ -5,12 +5,12 @@
 //! and one array of numbers, and the project keeps its dependency list short.
 
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::worker::Tally;
 use super::{LoadConfig, Mode};
 use crate::protocol::ProtocolKind;
+use crate::service::Address;
 
 /// Durations measured around the run by the calling thread.
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +34,7 @@ pub struct LoadReport {
     /// The protocol spoken.
     pub protocol: ProtocolKind,
     /// The server's address.
-    pub address: SocketAddr,
+    pub address: Address,
     /// Connections asked for.
     pub connections: u64,
     /// Generator threads used.
@@ -72,7 +72,7 @@ impl LoadReport {
         LoadReport {
             mode: config.mode,
             protocol: config.protocol,
-            address: config.address,
+            address: config.address.clone(),
             connections: config.connections as u64,
             threads: config.effective_threads(),
             pipeline: config.pipeline,
@@ -184,7 +184,7 @@ impl LoadReport {
         };
         field("mode", json_string(self.mode_name()));
         field("protocol", json_string(self.protocol.name()));
-        field("address", json_string(&self.address.to_string()));
+        field("address", json_string(&address_label(&self.address)));
         field("connections", self.connections.to_string());
         field("established", self.counts.established.to_string());
         field("threads", self.threads.to_string());
@@ -273,6 +273,15 @@ impl LoadReport {
     }
 }
 
+/// An address as `oneloop load` takes it: `127.0.0.1:9000`, `unix:/tmp/x.sock`,
+/// `udp:127.0.0.1:9000`.
+fn address_label(address: &Address) -> String {
+    match address {
+        Address::Tcp(addr) => addr.to_string(),
+        other => format!("{}:{other}", other.transport()),
+    }
+}
+
 impl fmt::Display for LoadReport {
     /// The human summary, a few labelled lines.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -290,7 +299,7 @@ impl fmt::Display for LoadReport {
                     "{} load on {}: {} connection{} ({} up in {:.3} s), pipeline {}, {}-byte \
                      requests, {} thread{}",
                     self.protocol,
-                    self.address,
+                    address_label(&self.address),
                     self.connections,
                     plural(self.connections),
                     self.counts.established,
@@ -330,7 +339,7 @@ impl fmt::Display for LoadReport {
                     "idle {} connections on {}: {} of {} established, each with a verified round \
                      trip, in {:.3} s; held {:.2} s",
                     self.protocol,
-                    self.address,
+                    address_label(&self.address),
                     self.counts.established,
                     self.connections,
                     self.connect_time.as_secs_f64(),
@@ -396,7 +405,7 @@ mod tests {
     use super::*;
 
     fn report(mode: Mode) -> LoadReport {
-        let mut config = LoadConfig::new("127.0.0.1:9000".parse().unwrap());
+        let mut config = LoadConfig::new("127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap());
         config.mode = mode;
         config.duration = Duration::from_secs(2);
         let mut tally = Tally::merge(Vec::new());

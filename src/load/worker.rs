@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use log::{debug, trace};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::verify::{ReplyVerifier, Requests, WrongReply};
@@ -28,7 +27,7 @@ use super::{
     Gate, LoadConfig, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECTS_IN_FLIGHT,
     MAX_CONNECT_ATTEMPTS,
 };
-use crate::net::write_until_blocked;
+use crate::net::{write_until_blocked, Stream};
 
 /// Size of the read buffer each thread shares among its connections.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -188,7 +187,7 @@ struct Conn {
     /// The run-wide connection number, for messages.
     id: usize,
     /// The socket, from the start of a connect attempt until the connection is closed.
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     state: State,
     /// Checks the reply stream.
     verifier: ReplyVerifier,
@@ -501,7 +500,7 @@ impl<'a> Worker<'a> {
         };
         let conn = &mut self.conns[i];
         trace!("conn {}: connect attempt {attempt}", conn.id);
-        let registered = TcpStream::connect(self.config.address).and_then(|mut stream| {
+        let registered = Stream::connect(&self.config.address).and_then(|mut stream| {
             self.poll
                 .registry()
                 .register(&mut stream, Token(i), Interest::WRITABLE)?;
@@ -527,25 +526,13 @@ impl<'a> Worker<'a> {
         let (State::Connecting { attempt, .. }, Some(stream)) = (conn.state, &conn.stream) else {
             return;
         };
-        let failure = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => None,
-                // Not decided yet: a spurious or early event.
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotConnected
-                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
-                {
-                    return
-                }
-                Err(e) => Some(e),
-            },
-        };
-        if let Some(e) = failure {
-            return self.fail_attempt(i, crate::sys::os_reason(&e));
+        match stream.connect_outcome() {
+            Ok(true) => {}
+            Ok(false) => return, // not decided yet: a spurious or early event
+            Err(e) => return self.fail_attempt(i, crate::sys::os_reason(&e)),
         }
-        // Requests are written whole and small: Nagle's delay would only add latency.
-        if let Err(e) = stream.set_nodelay(true) {
+        // Requests are written whole and small: Nagle's delay would only add latency (TCP only).
+        if let Err(e) = stream.set_nodelay() {
             debug!("conn {}: cannot set TCP_NODELAY: {e}", conn.id);
         }
         trace!("conn {}: connected", conn.id);
