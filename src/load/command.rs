@@ -55,6 +55,10 @@ pub struct LoadArgs {
           value_parser = count_parser(limits::MAX_THREADS))]
     pub threads: usize,
 
+    /// UDP: seconds a reply may take before its request counts as lost.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub udp_timeout: Duration,
+
     /// Print one JSON object on standard output instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +82,7 @@ impl LoadArgs {
             pipeline: self.pipeline,
             threads: self.threads,
             mode: if self.idle { Mode::Idle } else { Mode::Load },
+            udp_timeout: self.udp_timeout,
         }
     }
 }

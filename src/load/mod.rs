@@ -47,6 +47,7 @@
 
 mod command;
 mod report;
+mod udp;
 pub mod verify;
 mod worker;
 
@@ -56,6 +57,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
 use crate::protocol::ProtocolKind;
 use crate::service::Address;
 
@@ -80,6 +82,10 @@ pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// How long replies outstanding when the run ends may still take before they count as missing.
 pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Default `--udp-timeout`: a UDP request whose reply has not come after this is lost. On
+/// loopback a reply takes microseconds; a second is far beyond any scheduling delay.
+pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Default `--warmup`: this, or a tenth of the duration if that is shorter.
 pub const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
@@ -142,6 +148,9 @@ pub struct LoadConfig {
     pub threads: usize,
     /// Load, or hold idle connections.
     pub mode: Mode,
+    /// UDP only: how long a request's reply may take before the request counts as lost (and,
+    /// after the load, how long the last replies are waited for).
+    pub udp_timeout: Duration,
 }
 
 impl LoadConfig {
@@ -158,6 +167,7 @@ impl LoadConfig {
             pipeline: 1,
             threads: 1,
             mode: Mode::Load,
+            udp_timeout: DEFAULT_UDP_TIMEOUT,
         }
     }
 
@@ -186,6 +196,26 @@ impl LoadConfig {
         in_range("threads", self.threads, limits::MAX_THREADS)?;
         in_range("pipeline", self.pipeline, limits::MAX_PIPELINE)?;
         in_range("size", self.size, limits::MAX_SIZE)?;
+        if let Address::Udp(_) = self.address {
+            if self.mode == Mode::Idle {
+                return Err("--idle holds connections: UDP has none to hold".into());
+            }
+            let stamp = match self.protocol {
+                ProtocolKind::Timestamp => verify::STAMP_LEN,
+                _ => 0,
+            };
+            let most = MAX_DATAGRAM_PAYLOAD - stamp;
+            if self.size > most {
+                return Err(format!(
+                    "over UDP a {} request (and its reply) must fit in one datagram: at most {most} \
+                     bytes, not {}",
+                    self.protocol, self.size
+                ));
+            }
+            if self.udp_timeout.is_zero() {
+                return Err("the UDP timeout must be more than 0 s".into());
+            }
+        }
         if self.duration.is_zero() {
             return Err("the duration must be more than 0 s".into());
         }
@@ -272,7 +302,10 @@ pub fn run_with(
         let spawned = thread::Builder::new()
             .name(format!("load-{index}"))
             .spawn(move || {
-                let result = worker::run(&plan, &thread_gate, &meter);
+                let result = match plan.config.address {
+                    Address::Udp(_) => udp::run(&plan, &thread_gate, &meter),
+                    Address::Tcp(_) | Address::Unix(_) => worker::run(&plan, &thread_gate, &meter),
+                };
                 let _ = done.send(());
                 result
             });

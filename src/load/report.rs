@@ -90,12 +90,13 @@ impl LoadReport {
         }
     }
 
-    /// Every error: connections not made, wrong replies, missing replies, and connections the
-    /// server dropped while they were still needed (see [`Tally::dropped`]).
+    /// Every error: connections not made, wrong replies, missing replies, lost datagrams (UDP),
+    /// and connections the server dropped while they were still needed (see [`Tally::dropped`]).
     pub fn errors(&self) -> u64 {
         self.counts.connect_failures
             + self.counts.wrong_replies
             + self.counts.missing_replies
+            + self.counts.lost
             + self.counts.dropped
     }
 
@@ -166,7 +167,8 @@ impl LoadReport {
     /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
     /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
     /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
-    /// `connect_failures`, `wrong_replies`, `missing_replies`, `dropped`, `warmup_requests`,
+    /// `connect_failures`, `wrong_replies`, `missing_replies`, `lost` (UDP requests whose reply never
+    /// came; 0 over a stream), `dropped`, `warmup_requests`,
     /// `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent` (`null` if unknown),
     /// `first_error` (`null` if none).
     pub fn to_json(&self) -> String {
@@ -208,6 +210,7 @@ impl LoadReport {
         field("connect_failures", self.counts.connect_failures.to_string());
         field("wrong_replies", self.counts.wrong_replies.to_string());
         field("missing_replies", self.counts.missing_replies.to_string());
+        field("lost", self.counts.lost.to_string());
         field("dropped", self.counts.dropped.to_string());
         field("warmup_requests", self.counts.warmup_requests.to_string());
         field(
@@ -244,6 +247,7 @@ impl LoadReport {
                 (self.counts.connect_failures, "connections not made"),
                 (self.counts.wrong_replies, "wrong replies"),
                 (self.counts.missing_replies, "missing replies"),
+                (self.counts.lost, "lost (no reply datagram)"),
                 (self.counts.dropped, "connections dropped by the server"),
             ] {
                 if count > 0 {
@@ -326,6 +330,13 @@ impl fmt::Display for LoadReport {
                 }
                 writeln!(f)?;
                 writeln!(f, "req/s       {:.1}", self.rps())?;
+                if let Address::Udp(_) = self.address {
+                    writeln!(
+                        f,
+                        "lost        {} (requests whose reply never came)",
+                        self.counts.lost
+                    )?;
+                }
                 if self.thread_requests.len() > 1 {
                     let shares: Vec<String> =
                         self.thread_requests.iter().map(u64::to_string).collect();

@@ -62,9 +62,9 @@ pub(crate) struct Plan {
 #[repr(align(64))]
 pub(crate) struct Meter {
     /// Connections up (idle mode: verified) and not yet closed.
-    open: AtomicU64,
+    pub(super) open: AtomicU64,
     /// Verified replies, warm-up included.
-    completed: AtomicU64,
+    pub(super) completed: AtomicU64,
 }
 
 impl Meter {
@@ -94,8 +94,11 @@ pub struct Tally {
     pub connect_failures: u64,
     /// Replies that were not the right answer (at most one per connection, which then closes).
     pub wrong_replies: u64,
-    /// Requests that never got their reply.
+    /// Requests that never got their reply (over a stream).
     pub missing_replies: u64,
+    /// UDP: requests whose reply did not come within the `--udp-timeout`, or was overtaken by
+    /// the reply to a later request. Datagrams may be lost; each loss is still an error.
+    pub lost: u64,
     /// Established connections the server closed or reset while they were still needed: in load
     /// mode before the end of the load, or after it with replies outstanding; in idle mode while
     /// held. Each is an error (its outstanding requests are counted in `missing_replies` too).
@@ -113,7 +116,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn new() -> Tally {
+    pub(super) fn new() -> Tally {
         Tally {
             established: 0,
             requests: 0,
@@ -121,6 +124,7 @@ impl Tally {
             connect_failures: 0,
             wrong_replies: 0,
             missing_replies: 0,
+            lost: 0,
             dropped: 0,
             load_time: Duration::ZERO,
             latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
@@ -139,6 +143,7 @@ impl Tally {
             total.connect_failures += tally.connect_failures;
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
+            total.lost += tally.lost;
             total.dropped += tally.dropped;
             total.load_time = total.load_time.max(tally.load_time);
             total
@@ -152,7 +157,7 @@ impl Tally {
         total
     }
 
-    fn note_error(&mut self, text: impl FnOnce() -> String) {
+    pub(super) fn note_error(&mut self, text: impl FnOnce() -> String) {
         if self.first_error.is_none() {
             let text = text();
             debug!("first error: {text}");
