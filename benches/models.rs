@@ -1,6 +1,8 @@
 //! `cargo bench --bench models`: every model serving the same protocol, under the same load.
 //!
-//! For each cell — model × protocol × concurrent connections (and one pipelined cell) — the bench
+//! For each cell — model × protocol × concurrent connections (and one pipelined cell), over TCP;
+//! plus two reactor cells, 50 connections of 64-byte echo over a Unix socket and over UDP (50
+//! sockets), beside the TCP cell of the same shape to show what each transport costs — the bench
 //! starts the real `oneloop serve --model M` binary on a loopback port, runs `oneloop load --json`
 //! against it in a separate process, and samples the server from `/proc` while the load runs:
 //!
@@ -54,6 +56,8 @@ struct Settings {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Cell {
     model: &'static str,
+    /// `tcp`, `unix` or `udp` (the last two for the reactor only: what the transport costs).
+    transport: &'static str,
     protocol: &'static str,
     connections: usize,
     pipeline: usize,
@@ -63,7 +67,10 @@ impl Cell {
     fn label(&self) -> String {
         format!(
             "{:<8} {:<5} {:>5} conn{}",
-            self.model,
+            match self.transport {
+                "tcp" => self.model.to_string(),
+                other => format!("{}/{other}", self.model),
+            },
             self.protocol,
             self.connections,
             if self.pipeline > 1 {
@@ -142,6 +149,7 @@ fn main() {
             for &connections in settings.connection_counts {
                 cells.push(Cell {
                     model,
+                    transport: "tcp",
                     protocol,
                     connections,
                     pipeline: 1,
@@ -149,11 +157,22 @@ fn main() {
             }
             cells.push(Cell {
                 model,
+                transport: "tcp",
                 protocol,
                 connections: 1000,
                 pipeline: 16,
             });
         }
+    }
+    // What each transport costs the reactor: the tcp cell of the same shape is above.
+    for transport in ["unix", "udp"] {
+        cells.push(Cell {
+            model: "reactor",
+            transport,
+            protocol: "echo",
+            connections: 50,
+            pipeline: 1,
+        });
     }
     cells.retain(|cell| filter.iter().all(|f| cell.label().contains(f.as_str())));
 
@@ -314,7 +333,11 @@ impl Server {
                 cell.model,
                 "--threads",
                 &POOL_THREADS.to_string(),
-                &format!("{}@127.0.0.1:0", cell.protocol),
+                &match cell.transport {
+                    "unix" => format!("{}@unix:{}", cell.protocol, unix_path().display()),
+                    "udp" => format!("{}@udp:127.0.0.1:0", cell.protocol),
+                    _ => format!("{}@127.0.0.1:0", cell.protocol),
+                },
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -325,12 +348,15 @@ impl Server {
         BufReader::new(stdout)
             .read_line(&mut line)
             .map_err(|e| format!("server printed nothing: {e}"))?;
-        // `listening PROTOCOL tcp ADDRESS`
+        // `listening PROTOCOL TRANSPORT ADDRESS`; load takes `unix:PATH` and `udp:HOST:PORT`.
         let address = line
             .split_whitespace()
             .nth(3)
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?
-            .to_string();
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
+        let address = match cell.transport {
+            "tcp" => address.to_string(),
+            other => format!("{other}:{address}"),
+        };
         Ok(Server { child, address })
     }
 
@@ -338,6 +364,13 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh Unix socket path for a unix cell's server (which removes the file when it stops).
+fn unix_path() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("oneloop-bench-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 impl Drop for Server {
@@ -429,6 +462,7 @@ fn find<'a>(
 ) -> Option<&'a Sample> {
     results.iter().find_map(|(cell, sample, _)| {
         (cell.model == model
+            && cell.transport == "tcp"
             && cell.protocol == protocol
             && cell.connections == connections
             && cell.pipeline == 1)
@@ -488,7 +522,7 @@ fn write_outputs(
     let mut csv = String::from(
         "model,protocol,connections,pipeline,requests,errors,rps,p50_us,p99_us,\
          cpu_us_per_request,peak_memory_kib,peak_private_kib,peak_threads,peak_processes,\
-         load_cpu_percent,skipped\n",
+         load_cpu_percent,skipped,transport\n",
     );
     let mut rows = Vec::new();
     for (cell, sample, skipped) in results {
@@ -496,7 +530,7 @@ fn write_outputs(
         let skipped = skipped.clone().unwrap_or_default();
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{:.0},{:.0},{:.0},{:.2},{:.0},{:.0},{:.0},{:.0},{:.0},\"{}\"",
+            "{},{},{},{},{},{},{:.0},{:.0},{:.0},{:.2},{:.0},{:.0},{:.0},{:.0},{:.0},\"{}\",{}",
             cell.model,
             cell.protocol,
             cell.connections,
@@ -512,10 +546,12 @@ fn write_outputs(
             s.peak_threads,
             s.peak_processes,
             s.load_cpu_percent,
-            skipped.replace('"', "'")
+            skipped.replace('"', "'"),
+            cell.transport
         );
         rows.push(serde_json::json!({
-            "model": cell.model, "protocol": cell.protocol, "connections": cell.connections,
+            "model": cell.model, "transport": cell.transport, "protocol": cell.protocol,
+            "connections": cell.connections,
             "pipeline": cell.pipeline,
             "skipped": if skipped.is_empty() { serde_json::Value::Null } else { skipped.into() },
             "requests": s.requests, "errors": s.errors, "rps": s.rps,
@@ -638,7 +674,7 @@ fn draw_panel(
 ) {
     let mut series: BTreeMap<&str, Vec<(usize, f64)>> = BTreeMap::new();
     for (cell, sample, _) in results {
-        if let (Some(sample), 1) = (sample, cell.pipeline) {
+        if let (Some(sample), 1, "tcp") = (sample, cell.pipeline, cell.transport) {
             let value = (panel.value)(sample);
             if cell.protocol == panel.protocol && value.is_finite() && value > 0.0 {
                 series

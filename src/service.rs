@@ -50,6 +50,13 @@ impl Address {
     }
 }
 
+impl From<SocketAddr> for Address {
+    /// A bare socket address is TCP, as on the command line.
+    fn from(addr: SocketAddr) -> Address {
+        Address::Tcp(addr)
+    }
+}
+
 impl fmt::Display for Address {
     /// The address without its transport: `127.0.0.1:9999`, `[::1]:7000` or the socket path.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

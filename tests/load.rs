@@ -596,3 +596,174 @@ fn pipelining_keeps_k_requests_outstanding() {
     assert_eq!(stalled.number("requests"), 0.0, "{}", stalled.json());
     assert_eq!(stalled.number("missing_replies"), 2.0, "{}", stalled.json());
 }
+
+/// A fresh socket path in the temporary directory, unique to this test process and `name`.
+fn socket_path(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("oneloop-l{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[test]
+fn load_over_unix_sockets_verifies_every_reply() {
+    let (echo, upper) = (socket_path("echo"), socket_path("upper"));
+    let server = Server::start(&[
+        &format!("echo@unix:{}", echo.display()),
+        &format!("upper@unix:{}", upper.display()),
+    ]);
+    for (protocol, path, pipeline) in [("echo", &echo, "1"), ("upper", &upper, "4")] {
+        let address = format!("unix:{}", server.path(protocol).display());
+        assert_eq!(server.path(protocol), *path);
+        let outcome = load(&[
+            &address,
+            "--protocol",
+            protocol,
+            "--connections",
+            "8",
+            "--pipeline",
+            pipeline,
+            "--threads",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ]);
+        assert_clean(&outcome, 8.0);
+        assert!(
+            outcome
+                .json()
+                .contains(&format!("\"address\":\"{address}\"")),
+            "{}",
+            outcome.json()
+        );
+    }
+    // Idle mode too: every connection made, one round trip each, held.
+    let outcome = load(&[
+        &format!("unix:{}", echo.display()),
+        "--idle",
+        "--connections",
+        "50",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    assert_clean_idle(&outcome, 50.0);
+}
+
+#[test]
+fn load_over_a_unix_path_nobody_listens_on_fails() {
+    let path = socket_path("nobody");
+    let outcome = load(&[
+        &format!("unix:{}", path.display()),
+        "--connections",
+        "1",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert_eq!(
+        outcome.number("connect_failures"),
+        1.0,
+        "{}",
+        outcome.json()
+    );
+}
+
+#[test]
+fn load_over_udp_verifies_every_reply() {
+    let server = Server::start(&["echo@udp:127.0.0.1:0", "timestamp@udp:127.0.0.1:0"]);
+    for (protocol, pipeline) in [("echo", "1"), ("timestamp", "4")] {
+        let outcome = load(&[
+            &format!("udp:{}", server.addr_of(protocol, "udp")),
+            "--protocol",
+            protocol,
+            "--connections",
+            "8",
+            "--pipeline",
+            pipeline,
+            "--threads",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ]);
+        assert_clean(&outcome, 8.0);
+        assert_eq!(outcome.number("lost"), 0.0, "{}", outcome.json());
+        assert_eq!(outcome.number("wrong_replies"), 0.0, "{}", outcome.json());
+    }
+}
+
+/// A fake UDP server on 127.0.0.1 port 0 that hands each datagram to `answer` (with its running
+/// number) and sends back what it returns, if anything. It runs until the test process ends.
+fn fake_udp_server(answer: fn(u64, &mut [u8]) -> Option<&[u8]>) -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buffer = [0; 65536];
+        for received in 0u64.. {
+            let Ok((len, from)) = socket.recv_from(&mut buffer) else {
+                return;
+            };
+            if let Some(reply) = answer(received, &mut buffer[..len]) {
+                let _ = socket.send_to(reply, from);
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn udp_replies_that_never_come_are_lost() {
+    // An echo server that answers every other datagram: with pipeline 1 the losses are found by
+    // the timeout, with pipeline 4 also by a later request's reply overtaking them.
+    let addr = fake_udp_server(|n, datagram| (n % 2 == 0).then_some(&*datagram));
+    for pipeline in ["1", "4"] {
+        let outcome = load(&[
+            &format!("udp:{addr}"),
+            "--connections",
+            "2",
+            "--pipeline",
+            pipeline,
+            "--duration",
+            "1",
+            "--udp-timeout",
+            "0.2",
+            "--json",
+        ]);
+        assert!(!outcome.status.success(), "{}", outcome.stdout);
+        assert!(outcome.number("lost") > 0.0, "{}", outcome.json());
+        assert!(outcome.number("requests") > 0.0, "{}", outcome.json());
+        assert_eq!(outcome.number("wrong_replies"), 0.0, "{}", outcome.json());
+        assert!(
+            outcome.stderr.contains("no reply to request"),
+            "{}",
+            outcome.stderr
+        );
+    }
+}
+
+#[test]
+fn wrong_udp_replies_are_errors() {
+    // An "echo" server that changes the last byte of every datagram.
+    let addr = fake_udp_server(|_, datagram| {
+        if let Some(last) = datagram.last_mut() {
+            *last = b'!';
+        }
+        Some(&*datagram)
+    });
+    let outcome = load(&[
+        &format!("udp:{addr}"),
+        "--connections",
+        "2",
+        "--duration",
+        "0.5",
+        "--udp-timeout",
+        "0.2",
+        "--json",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
+    assert_eq!(outcome.number("requests"), 0.0, "{}", outcome.json());
+    assert_eq!(outcome.number("lost"), 0.0, "{}", outcome.json());
+}

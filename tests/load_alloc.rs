@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use oneloop::load::{self, LoadConfig, Progress};
 use oneloop::protocol::ProtocolKind;
+use oneloop::service::Address;
 
 /// The system allocator, counting the allocations (and reallocations) made through it.
 struct Counting;
@@ -94,16 +95,35 @@ fn start_server(protocol: ProtocolKind) -> std::net::SocketAddr {
     addr
 }
 
+/// A UDP echo server on 127.0.0.1 port 0, one thread, one buffer on its stack.
+fn start_udp_server() -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buffer = [0; 2048];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(&buffer[..len], from);
+        }
+    });
+    addr
+}
+
 #[test]
 fn the_load_generator_allocates_nothing_per_request() {
     // Small requests; several per connection; and requests larger than a socket buffer, whose
     // unsent bytes must be kept between writes.
-    for (protocol, size, pipeline) in [
-        (ProtocolKind::Upper, 64, 1),
-        (ProtocolKind::Timestamp, 1000, 8),
-        (ProtocolKind::Echo, 256 * 1024, 2),
+    // And over UDP: a datagram per request, several in flight per socket.
+    for (protocol, size, pipeline, udp) in [
+        (ProtocolKind::Upper, 64, 1, false),
+        (ProtocolKind::Timestamp, 1000, 8, false),
+        (ProtocolKind::Echo, 256 * 1024, 2, false),
+        (ProtocolKind::Echo, 64, 4, true),
     ] {
-        let mut config = LoadConfig::new(start_server(protocol));
+        let mut config = if udp {
+            LoadConfig::new(Address::Udp(start_udp_server()))
+        } else {
+            LoadConfig::new(start_server(protocol))
+        };
         config.protocol = protocol;
         config.connections = 8;
         config.threads = 2;

@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,9 +19,8 @@ use crate::service::Address;
 /// `oneloop load ADDRESS [OPTIONS]`
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// The server: HOST:PORT or tcp:HOST:PORT.
-    #[arg(value_parser = parse_tcp_address)]
-    pub address: SocketAddr,
+    /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, or udp:HOST:PORT.
+    pub address: Address,
 
     /// What the server speaks: upper, timestamp or echo.
     #[arg(long, value_name = "NAME", default_value = "echo", value_parser = parse_protocol)]
@@ -57,6 +55,10 @@ pub struct LoadArgs {
           value_parser = count_parser(limits::MAX_THREADS))]
     pub threads: usize,
 
+    /// UDP: seconds a reply may take before its request counts as lost.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub udp_timeout: Duration,
+
     /// Print one JSON object on standard output instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -71,7 +73,7 @@ impl LoadArgs {
     /// The run these options describe.
     pub fn config(&self) -> LoadConfig {
         LoadConfig {
-            address: self.address,
+            address: self.address.clone(),
             protocol: self.protocol,
             connections: self.connections,
             duration: self.duration,
@@ -80,17 +82,8 @@ impl LoadArgs {
             pipeline: self.pipeline,
             threads: self.threads,
             mode: if self.idle { Mode::Idle } else { Mode::Load },
+            udp_timeout: self.udp_timeout,
         }
-    }
-}
-
-fn parse_tcp_address(text: &str) -> Result<SocketAddr, String> {
-    match text.parse::<Address>()? {
-        Address::Tcp(addr) => Ok(addr),
-        other => Err(format!(
-            "{} addresses are not supported by load (tcp only)",
-            other.transport()
-        )),
     }
 }
 
@@ -271,7 +264,7 @@ mod tests {
     #[test]
     fn defaults_are_the_contracts() {
         let config = parse(&["127.0.0.1:9000"]).unwrap().config();
-        let expected = LoadConfig::new("127.0.0.1:9000".parse().unwrap());
+        let expected = LoadConfig::new("127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(config, expected);
     }
 
@@ -318,7 +311,6 @@ mod tests {
     fn bad_options_are_usage_errors() {
         for argv in [
             &["127.0.0.1:9", "--protocol", "chat"][..],
-            &["udp:127.0.0.1:9"],
             &["127.0.0.1:9", "--connections", "0"],
             &["127.0.0.1:9", "--pipeline", "lots"],
             &["127.0.0.1:9", "--duration", "0"],

@@ -47,17 +47,19 @@
 
 mod command;
 mod report;
+mod udp;
 pub mod verify;
 mod worker;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
 use crate::protocol::ProtocolKind;
+use crate::service::Address;
 
 pub use command::{main, LoadArgs};
 pub use report::LoadReport;
@@ -80,6 +82,10 @@ pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// How long replies outstanding when the run ends may still take before they count as missing.
 pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Default `--udp-timeout`: a UDP request whose reply has not come after this is lost. On
+/// loopback a reply takes microseconds; a second is far beyond any scheduling delay.
+pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Default `--warmup`: this, or a tenth of the duration if that is shorter.
 pub const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
@@ -113,7 +119,8 @@ pub enum Mode {
 /// use oneloop::load::{LoadConfig, Mode};
 /// use std::time::Duration;
 ///
-/// let mut config = LoadConfig::new("127.0.0.1:9000".parse().unwrap());
+/// let server: std::net::SocketAddr = "127.0.0.1:9000".parse().unwrap();
+/// let mut config = LoadConfig::new(server); // TCP; an `Address` gives Unix or UDP
 /// config.connections = 10;
 /// config.duration = Duration::from_secs(2);
 /// assert_eq!(config.warmup(), Duration::from_millis(200)); // a tenth of a short run
@@ -122,8 +129,8 @@ pub enum Mode {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadConfig {
-    /// The server's TCP address.
-    pub address: SocketAddr,
+    /// The server: a TCP address, a Unix socket's path, or a UDP address.
+    pub address: Address,
     /// What the server speaks: upper, timestamp or echo.
     pub protocol: ProtocolKind,
     /// Connections to open, shared out among the threads.
@@ -141,14 +148,17 @@ pub struct LoadConfig {
     pub threads: usize,
     /// Load, or hold idle connections.
     pub mode: Mode,
+    /// UDP only: how long a request's reply may take before the request counts as lost (and,
+    /// after the load, how long the last replies are waited for).
+    pub udp_timeout: Duration,
 }
 
 impl LoadConfig {
-    /// The command line's defaults against `address`: echo, 50 connections, 10 s, 64-byte
-    /// requests, pipeline 1, one thread.
-    pub fn new(address: SocketAddr) -> LoadConfig {
+    /// The command line's defaults against `address` (a `SocketAddr` is TCP): echo, 50
+    /// connections, 10 s, 64-byte requests, pipeline 1, one thread.
+    pub fn new(address: impl Into<Address>) -> LoadConfig {
         LoadConfig {
-            address,
+            address: address.into(),
             protocol: ProtocolKind::Echo,
             connections: 50,
             duration: Duration::from_secs(10),
@@ -157,6 +167,7 @@ impl LoadConfig {
             pipeline: 1,
             threads: 1,
             mode: Mode::Load,
+            udp_timeout: DEFAULT_UDP_TIMEOUT,
         }
     }
 
@@ -185,6 +196,26 @@ impl LoadConfig {
         in_range("threads", self.threads, limits::MAX_THREADS)?;
         in_range("pipeline", self.pipeline, limits::MAX_PIPELINE)?;
         in_range("size", self.size, limits::MAX_SIZE)?;
+        if let Address::Udp(_) = self.address {
+            if self.mode == Mode::Idle {
+                return Err("--idle holds connections: UDP has none to hold".into());
+            }
+            let stamp = match self.protocol {
+                ProtocolKind::Timestamp => verify::STAMP_LEN,
+                _ => 0,
+            };
+            let most = MAX_DATAGRAM_PAYLOAD - stamp;
+            if self.size > most {
+                return Err(format!(
+                    "over UDP a {} request (and its reply) must fit in one datagram: at most {most} \
+                     bytes, not {}",
+                    self.protocol, self.size
+                ));
+            }
+            if self.udp_timeout.is_zero() {
+                return Err("the UDP timeout must be more than 0 s".into());
+            }
+        }
         if self.duration.is_zero() {
             return Err("the duration must be more than 0 s".into());
         }
@@ -271,7 +302,10 @@ pub fn run_with(
         let spawned = thread::Builder::new()
             .name(format!("load-{index}"))
             .spawn(move || {
-                let result = worker::run(&plan, &thread_gate, &meter);
+                let result = match plan.config.address {
+                    Address::Udp(_) => udp::run(&plan, &thread_gate, &meter),
+                    Address::Tcp(_) | Address::Unix(_) => worker::run(&plan, &thread_gate, &meter),
+                };
                 let _ = done.send(());
                 result
             });
@@ -494,7 +528,7 @@ mod tests {
 
     #[test]
     fn default_warmup_is_a_second_or_a_tenth() {
-        let mut config = LoadConfig::new("127.0.0.1:1".parse().unwrap());
+        let mut config = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(config.warmup(), Duration::from_secs(1));
         config.duration = Duration::from_millis(500);
         assert_eq!(config.warmup(), Duration::from_millis(50));
@@ -504,7 +538,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let base = LoadConfig::new("127.0.0.1:1".parse().unwrap());
+        let base = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         let mut config = base.clone();
         config.warmup = Some(Duration::from_secs(10));
         assert!(config.validate().unwrap_err().contains("warm-up"));
@@ -522,7 +556,7 @@ mod tests {
 
     #[test]
     fn threads_never_outnumber_connections() {
-        let mut config = LoadConfig::new("127.0.0.1:1".parse().unwrap());
+        let mut config = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         config.connections = 3;
         config.threads = 8;
         assert_eq!(config.effective_threads(), 3);

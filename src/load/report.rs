@@ -5,12 +5,12 @@
 //! and one array of numbers, and the project keeps its dependency list short.
 
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::worker::Tally;
 use super::{LoadConfig, Mode};
 use crate::protocol::ProtocolKind;
+use crate::service::Address;
 
 /// Durations measured around the run by the calling thread.
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +34,7 @@ pub struct LoadReport {
     /// The protocol spoken.
     pub protocol: ProtocolKind,
     /// The server's address.
-    pub address: SocketAddr,
+    pub address: Address,
     /// Connections asked for.
     pub connections: u64,
     /// Generator threads used.
@@ -72,7 +72,7 @@ impl LoadReport {
         LoadReport {
             mode: config.mode,
             protocol: config.protocol,
-            address: config.address,
+            address: config.address.clone(),
             connections: config.connections as u64,
             threads: config.effective_threads(),
             pipeline: config.pipeline,
@@ -90,12 +90,13 @@ impl LoadReport {
         }
     }
 
-    /// Every error: connections not made, wrong replies, missing replies, and connections the
-    /// server dropped while they were still needed (see [`Tally::dropped`]).
+    /// Every error: connections not made, wrong replies, missing replies, lost datagrams (UDP),
+    /// and connections the server dropped while they were still needed (see [`Tally::dropped`]).
     pub fn errors(&self) -> u64 {
         self.counts.connect_failures
             + self.counts.wrong_replies
             + self.counts.missing_replies
+            + self.counts.lost
             + self.counts.dropped
     }
 
@@ -166,7 +167,8 @@ impl LoadReport {
     /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
     /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
     /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
-    /// `connect_failures`, `wrong_replies`, `missing_replies`, `dropped`, `warmup_requests`,
+    /// `connect_failures`, `wrong_replies`, `missing_replies`, `lost` (UDP requests whose reply never
+    /// came; 0 over a stream), `dropped`, `warmup_requests`,
     /// `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent` (`null` if unknown),
     /// `first_error` (`null` if none).
     pub fn to_json(&self) -> String {
@@ -184,7 +186,7 @@ impl LoadReport {
         };
         field("mode", json_string(self.mode_name()));
         field("protocol", json_string(self.protocol.name()));
-        field("address", json_string(&self.address.to_string()));
+        field("address", json_string(&address_label(&self.address)));
         field("connections", self.connections.to_string());
         field("established", self.counts.established.to_string());
         field("threads", self.threads.to_string());
@@ -208,6 +210,7 @@ impl LoadReport {
         field("connect_failures", self.counts.connect_failures.to_string());
         field("wrong_replies", self.counts.wrong_replies.to_string());
         field("missing_replies", self.counts.missing_replies.to_string());
+        field("lost", self.counts.lost.to_string());
         field("dropped", self.counts.dropped.to_string());
         field("warmup_requests", self.counts.warmup_requests.to_string());
         field(
@@ -244,6 +247,7 @@ impl LoadReport {
                 (self.counts.connect_failures, "connections not made"),
                 (self.counts.wrong_replies, "wrong replies"),
                 (self.counts.missing_replies, "missing replies"),
+                (self.counts.lost, "lost (no reply datagram)"),
                 (self.counts.dropped, "connections dropped by the server"),
             ] {
                 if count > 0 {
@@ -273,6 +277,15 @@ impl LoadReport {
     }
 }
 
+/// An address as `oneloop load` takes it: `127.0.0.1:9000`, `unix:/tmp/x.sock`,
+/// `udp:127.0.0.1:9000`.
+fn address_label(address: &Address) -> String {
+    match address {
+        Address::Tcp(addr) => addr.to_string(),
+        other => format!("{}:{other}", other.transport()),
+    }
+}
+
 impl fmt::Display for LoadReport {
     /// The human summary, a few labelled lines.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -290,7 +303,7 @@ impl fmt::Display for LoadReport {
                     "{} load on {}: {} connection{} ({} up in {:.3} s), pipeline {}, {}-byte \
                      requests, {} thread{}",
                     self.protocol,
-                    self.address,
+                    address_label(&self.address),
                     self.connections,
                     plural(self.connections),
                     self.counts.established,
@@ -317,6 +330,13 @@ impl fmt::Display for LoadReport {
                 }
                 writeln!(f)?;
                 writeln!(f, "req/s       {:.1}", self.rps())?;
+                if let Address::Udp(_) = self.address {
+                    writeln!(
+                        f,
+                        "lost        {} (requests whose reply never came)",
+                        self.counts.lost
+                    )?;
+                }
                 if self.thread_requests.len() > 1 {
                     let shares: Vec<String> =
                         self.thread_requests.iter().map(u64::to_string).collect();
@@ -330,7 +350,7 @@ impl fmt::Display for LoadReport {
                     "idle {} connections on {}: {} of {} established, each with a verified round \
                      trip, in {:.3} s; held {:.2} s",
                     self.protocol,
-                    self.address,
+                    address_label(&self.address),
                     self.counts.established,
                     self.connections,
                     self.connect_time.as_secs_f64(),
@@ -396,7 +416,7 @@ mod tests {
     use super::*;
 
     fn report(mode: Mode) -> LoadReport {
-        let mut config = LoadConfig::new("127.0.0.1:9000".parse().unwrap());
+        let mut config = LoadConfig::new("127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap());
         config.mode = mode;
         config.duration = Duration::from_secs(2);
         let mut tally = Tally::merge(Vec::new());

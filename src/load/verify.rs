@@ -219,6 +219,13 @@ pub enum WrongReply {
         /// The first such byte.
         got: u8,
     },
+    /// A datagram ended before the reply it carries did (over UDP a reply is one datagram).
+    Short {
+        /// The request whose reply it is.
+        request: u64,
+        /// The datagram's length.
+        len: usize,
+    },
 }
 
 impl fmt::Display for WrongReply {
@@ -245,6 +252,10 @@ impl fmt::Display for WrongReply {
                 f,
                 "{:?} arrived while no request was waiting for a reply",
                 char::from(got)
+            ),
+            WrongReply::Short { request, len } => write!(
+                f,
+                "reply to request {request}: a datagram of {len} bytes is not the whole reply"
             ),
         }
     }
@@ -321,6 +332,44 @@ impl ReplyVerifier {
             seed: seed_of(connection, 0),
             offset: 0,
             stamp: (requests.protocol == ProtocolKind::Timestamp).then_some(StampReader::EMPTY),
+        }
+    }
+
+    /// Checks that `datagram` is, whole, the reply to request `request` of connection
+    /// `connection`: over UDP each reply is one datagram, so a reply split, joined to another or
+    /// cut short is wrong. Nothing is kept; the expected bytes are recomputed.
+    ///
+    /// ```
+    /// use oneloop::load::verify::{ReplyVerifier, Requests};
+    /// use oneloop::protocol::ProtocolKind;
+    ///
+    /// let requests = Requests::new(ProtocolKind::Upper, 16).unwrap();
+    /// let mut request = Vec::new();
+    /// requests.write_request(3, 9, &mut request); // socket 3's request 9
+    /// let reply = request.to_ascii_uppercase();
+    /// assert!(ReplyVerifier::check_datagram(&requests, 3, 9, &reply).is_ok());
+    /// assert!(ReplyVerifier::check_datagram(&requests, 3, 8, &reply).is_err());
+    /// assert!(ReplyVerifier::check_datagram(&requests, 3, 9, &reply[..15]).is_err());
+    /// ```
+    pub fn check_datagram(
+        requests: &Requests,
+        connection: u64,
+        request: u64,
+        datagram: &[u8],
+    ) -> Result<(), WrongReply> {
+        let mut verifier = ReplyVerifier {
+            request,
+            seed: seed_of(connection, request),
+            ..ReplyVerifier::new(requests, connection)
+        };
+        let fed = verifier.feed(requests, datagram, request + 1);
+        match (fed.wrong, fed.completed) {
+            (Some(wrong), _) => Err(wrong),
+            (None, 1) => Ok(()),
+            (None, _) => Err(WrongReply::Short {
+                request,
+                len: datagram.len(),
+            }),
         }
     }
 

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use log::{debug, trace};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::verify::{ReplyVerifier, Requests, WrongReply};
@@ -28,7 +27,7 @@ use super::{
     Gate, LoadConfig, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECTS_IN_FLIGHT,
     MAX_CONNECT_ATTEMPTS,
 };
-use crate::net::write_until_blocked;
+use crate::net::{write_until_blocked, Stream};
 
 /// Size of the read buffer each thread shares among its connections.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -63,9 +62,9 @@ pub(crate) struct Plan {
 #[repr(align(64))]
 pub(crate) struct Meter {
     /// Connections up (idle mode: verified) and not yet closed.
-    open: AtomicU64,
+    pub(super) open: AtomicU64,
     /// Verified replies, warm-up included.
-    completed: AtomicU64,
+    pub(super) completed: AtomicU64,
 }
 
 impl Meter {
@@ -95,8 +94,11 @@ pub struct Tally {
     pub connect_failures: u64,
     /// Replies that were not the right answer (at most one per connection, which then closes).
     pub wrong_replies: u64,
-    /// Requests that never got their reply.
+    /// Requests that never got their reply (over a stream).
     pub missing_replies: u64,
+    /// UDP: requests whose reply did not come within the `--udp-timeout`, or was overtaken by
+    /// the reply to a later request. Datagrams may be lost; each loss is still an error.
+    pub lost: u64,
     /// Established connections the server closed or reset while they were still needed: in load
     /// mode before the end of the load, or after it with replies outstanding; in idle mode while
     /// held. Each is an error (its outstanding requests are counted in `missing_replies` too).
@@ -114,7 +116,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn new() -> Tally {
+    pub(super) fn new() -> Tally {
         Tally {
             established: 0,
             requests: 0,
@@ -122,6 +124,7 @@ impl Tally {
             connect_failures: 0,
             wrong_replies: 0,
             missing_replies: 0,
+            lost: 0,
             dropped: 0,
             load_time: Duration::ZERO,
             latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
@@ -140,6 +143,7 @@ impl Tally {
             total.connect_failures += tally.connect_failures;
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
+            total.lost += tally.lost;
             total.dropped += tally.dropped;
             total.load_time = total.load_time.max(tally.load_time);
             total
@@ -153,7 +157,7 @@ impl Tally {
         total
     }
 
-    fn note_error(&mut self, text: impl FnOnce() -> String) {
+    pub(super) fn note_error(&mut self, text: impl FnOnce() -> String) {
         if self.first_error.is_none() {
             let text = text();
             debug!("first error: {text}");
@@ -188,7 +192,7 @@ struct Conn {
     /// The run-wide connection number, for messages.
     id: usize,
     /// The socket, from the start of a connect attempt until the connection is closed.
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     state: State,
     /// Checks the reply stream.
     verifier: ReplyVerifier,
@@ -501,7 +505,7 @@ impl<'a> Worker<'a> {
         };
         let conn = &mut self.conns[i];
         trace!("conn {}: connect attempt {attempt}", conn.id);
-        let registered = TcpStream::connect(self.config.address).and_then(|mut stream| {
+        let registered = Stream::connect(&self.config.address).and_then(|mut stream| {
             self.poll
                 .registry()
                 .register(&mut stream, Token(i), Interest::WRITABLE)?;
@@ -527,25 +531,13 @@ impl<'a> Worker<'a> {
         let (State::Connecting { attempt, .. }, Some(stream)) = (conn.state, &conn.stream) else {
             return;
         };
-        let failure = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => None,
-                // Not decided yet: a spurious or early event.
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotConnected
-                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
-                {
-                    return
-                }
-                Err(e) => Some(e),
-            },
-        };
-        if let Some(e) = failure {
-            return self.fail_attempt(i, crate::sys::os_reason(&e));
+        match stream.connect_outcome() {
+            Ok(true) => {}
+            Ok(false) => return, // not decided yet: a spurious or early event
+            Err(e) => return self.fail_attempt(i, crate::sys::os_reason(&e)),
         }
-        // Requests are written whole and small: Nagle's delay would only add latency.
-        if let Err(e) = stream.set_nodelay(true) {
+        // Requests are written whole and small: Nagle's delay would only add latency (TCP only).
+        if let Err(e) = stream.set_nodelay() {
             debug!("conn {}: cannot set TCP_NODELAY: {e}", conn.id);
         }
         trace!("conn {}: connected", conn.id);

@@ -69,6 +69,44 @@ impl Stream {
         }
     }
 
+    /// Connects, without blocking, to a TCP or Unix `address` (the load generator's client
+    /// side); [`connect_outcome`](Stream::connect_outcome) says when the connect is decided. A
+    /// UDP address is refused: a datagram socket is no stream.
+    pub fn connect(address: &crate::service::Address) -> io::Result<Stream> {
+        use crate::service::Address;
+        match address {
+            Address::Tcp(addr) => mio::net::TcpStream::connect(*addr).map(Stream::Tcp),
+            Address::Unix(path) => mio::net::UnixStream::connect(path).map(Stream::Unix),
+            Address::Udp(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a UDP address has no stream",
+            )),
+        }
+    }
+
+    /// Whether a non-blocking connect has been decided, as mio's docs prescribe checking it after
+    /// a `WRITABLE` event: `Ok(true)` connected, `Ok(false)` still under way (a spurious or
+    /// early event), `Err` failed.
+    pub fn connect_outcome(&self) -> io::Result<bool> {
+        let (error, peer) = match self {
+            Stream::Tcp(s) => (s.take_error(), s.peer_addr().map(drop)),
+            Stream::Unix(s) => (s.take_error(), s.peer_addr().map(drop)),
+        };
+        if let Some(e) = error? {
+            return Err(e);
+        }
+        match peer {
+            Ok(()) => Ok(true),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotConnected
+                    || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The blocking equivalent, for the comparison models.
     pub fn into_blocking(self) -> io::Result<BlockingStream> {
         let stream = match self {

@@ -1,0 +1,433 @@
+//! One generator thread over UDP: its share of the sockets on one `mio::Poll`.
+//!
+//! Each "connection" is a UDP socket `connect`ed to the server, so the kernel delivers to it
+//! only the server's datagrams, and an ICMP port-unreachable comes back as `ECONNREFUSED`
+//! instead of silence. Each request is one datagram of `--size` bytes (the same payloads as over
+//! a stream, unique per socket and request), each reply one datagram, checked whole
+//! ([`ReplyVerifier::check_datagram`]).
+//!
+//! Datagrams may be lost, so each socket keeps its outstanding requests, oldest first, with the
+//! instant each was sent. A reply is matched against them in order: on loopback datagrams are
+//! not reordered, so a reply to a later request means the earlier ones were lost. A request
+//! whose reply has not come within the `--udp-timeout` is lost too (the sockets are swept every
+//! tenth of the timeout). A datagram that answers no outstanding request is a wrong reply, and
+//! takes the place of the oldest one. Either way the socket sends a new request for each one
+//! settled, so `--pipeline` requests stay in flight. When the load stops, outstanding requests
+//! get the timeout to be answered; those that are not are lost.
+//!
+//! Nothing is allocated per request: the outstanding queue is sized for the pipeline once, the
+//! request is built in a buffer reused for every send, and replies are checked in place.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use log::{debug, trace};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+
+use super::verify::{ReplyVerifier, Requests};
+use super::worker::{Meter, Plan, Tally};
+use super::Gate;
+use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
+use crate::service::Address;
+
+/// Datagrams one socket may receive per turn before the others get theirs.
+const MAX_DATAGRAMS_PER_TURN: usize = 64;
+
+/// Most events taken from one `poll` call.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// Sweeps for lost requests per `--udp-timeout`: a loss is noticed at most a tenth late.
+const SWEEPS_PER_TIMEOUT: u32 = 10;
+
+/// One socket and its requests in flight.
+#[derive(Debug)]
+struct Sock {
+    /// The run-wide socket number: the payloads are its own.
+    id: usize,
+    /// `None` once closed (the server refused, or a socket error).
+    socket: Option<UdpSocket>,
+    /// Requests sent and neither answered nor lost, oldest first: (number, when sent). Never
+    /// longer than the pipeline, which is its capacity from the start.
+    outstanding: VecDeque<(u64, Instant)>,
+    /// Requests sent so far: also the number of the next.
+    sent: u64,
+    /// Requests due but refused by a full send buffer, to send when the socket is writable.
+    owed: u64,
+    /// Whether it is in the still-ready list.
+    queued: bool,
+}
+
+/// Runs one thread's share of a UDP run: open the sockets, wait at the gate, load, tally.
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+    struct Arrival<'a>(Option<&'a Gate>);
+    impl Drop for Arrival<'_> {
+        fn drop(&mut self) {
+            if let Some(gate) = self.0.take() {
+                gate.arrive();
+            }
+        }
+    }
+    let mut arrival = Arrival(Some(gate));
+    let mut worker = Worker::new(plan, meter)?;
+    worker.open_all();
+    if let Some(gate) = arrival.0.take() {
+        gate.arrive();
+    }
+    let Some(start) = gate.wait_open() else {
+        return Ok(worker.tally);
+    };
+    worker.load(start)?;
+    Ok(worker.tally)
+}
+
+/// One thread's event loop over its sockets.
+struct Worker<'a> {
+    plan: &'a Plan,
+    meter: &'a Meter,
+    server: SocketAddr,
+    poll: Poll,
+    events: Events,
+    socks: Vec<Sock>,
+    requests: Requests,
+    /// Where each datagram lands: room for the largest.
+    recv_buf: Box<[u8]>,
+    /// Where each request is built.
+    out: Vec<u8>,
+    /// Sockets that stopped on the per-turn budget, to serve before the next `poll`.
+    still_ready: Vec<usize>,
+    /// The other work list, kept so that neither is allocated again.
+    spare_ready: Vec<usize>,
+    tally: Tally,
+    /// Requests sent before this are verified but not measured.
+    warmup_end: Option<Instant>,
+    /// The load is over: no more requests.
+    stopping: bool,
+    /// Requests in flight over all sockets.
+    in_flight: usize,
+    /// Replies verified since the meter was last updated.
+    unpublished: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Worker<'a>> {
+        let config = &plan.config;
+        let Address::Udp(server) = config.address else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the UDP worker needs a UDP address",
+            ));
+        };
+        let requests = Requests::new(config.protocol, config.size)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let socks = (0..plan.count)
+            .map(|i| Sock {
+                id: plan.first_id + i,
+                socket: None,
+                outstanding: VecDeque::with_capacity(config.pipeline),
+                sent: 0,
+                owed: 0,
+                queued: false,
+            })
+            .collect();
+        Ok(Worker {
+            plan,
+            meter,
+            server,
+            poll: Poll::new()?,
+            events: Events::with_capacity(EVENTS_PER_POLL),
+            socks,
+            requests,
+            recv_buf: vec![0; MAX_DATAGRAM_PAYLOAD + 1].into_boxed_slice(),
+            out: Vec::with_capacity(config.size),
+            still_ready: Vec::new(),
+            spare_ready: Vec::new(),
+            tally: Tally::new(),
+            warmup_end: None,
+            stopping: false,
+            in_flight: 0,
+            unpublished: 0,
+        })
+    }
+
+    /// Binds and connects every socket. Nothing goes over the wire yet, so a server that is not
+    /// there shows only once the load starts (as refused datagrams).
+    fn open_all(&mut self) {
+        let local: SocketAddr = if self.server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        for i in 0..self.socks.len() {
+            let opened = UdpSocket::bind(local).and_then(|mut socket| {
+                socket.connect(self.server)?;
+                // Writable too: a send refused by a full buffer is retried on that edge.
+                self.poll.registry().register(
+                    &mut socket,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(socket)
+            });
+            let sock = &mut self.socks[i];
+            match opened {
+                Ok(socket) => {
+                    sock.socket = Some(socket);
+                    self.tally.established += 1;
+                    self.meter.open.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.tally.connect_failures += 1;
+                    let id = sock.id;
+                    self.tally.note_error(|| {
+                        format!("socket {id}: cannot open: {}", crate::sys::os_reason(&e))
+                    });
+                }
+            }
+        }
+    }
+
+    /// The load, from `start` until every request is settled after the stop.
+    fn load(&mut self, start: Instant) -> io::Result<()> {
+        let config = &self.plan.config;
+        let stop = start + config.duration;
+        let timeout = config.udp_timeout;
+        let sweep_every = (timeout / SWEEPS_PER_TIMEOUT).max(Duration::from_millis(1));
+        self.warmup_end = Some(start + config.warmup());
+        for i in 0..self.socks.len() {
+            self.send_requests(i, config.pipeline as u64);
+        }
+        let mut next_sweep = Instant::now() + sweep_every;
+        loop {
+            let now = Instant::now();
+            if !self.stopping && now >= stop {
+                trace!("load over: no more requests; waiting for the outstanding replies");
+                self.stopping = true;
+                self.tally.load_time = stop.saturating_duration_since(start);
+                for sock in &mut self.socks {
+                    sock.owed = 0;
+                }
+            }
+            if now >= next_sweep {
+                self.sweep(now, timeout);
+                next_sweep = now + sweep_every;
+            }
+            if self.meter.open() == 0 || (self.stopping && self.in_flight == 0) {
+                if !self.stopping {
+                    // Every socket closed before the end.
+                    self.tally.load_time = now.saturating_duration_since(start);
+                }
+                break;
+            }
+            let mut wake = next_sweep;
+            if !self.stopping {
+                wake = wake.min(stop);
+            }
+            self.turn(wake)?;
+        }
+        Ok(())
+    }
+
+    /// Counts as lost every request outstanding for `timeout` or more, and sends replacements.
+    fn sweep(&mut self, now: Instant, timeout: Duration) {
+        for i in 0..self.socks.len() {
+            let sock = &mut self.socks[i];
+            let mut expired = 0;
+            while let Some(&(request, sent_at)) = sock.outstanding.front() {
+                if now.saturating_duration_since(sent_at) < timeout {
+                    break;
+                }
+                sock.outstanding.pop_front();
+                expired += 1;
+                let id = sock.id;
+                self.tally.note_error(|| {
+                    format!(
+                        "socket {id}: no reply to request {request} within {} s",
+                        timeout.as_secs_f64()
+                    )
+                });
+            }
+            if expired > 0 {
+                self.tally.lost += expired;
+                self.in_flight -= expired as usize;
+                self.send_requests(i, expired);
+            }
+        }
+    }
+
+    /// One loop turn: poll until `wake` at most, serve the sockets with something to do.
+    fn turn(&mut self, wake: Instant) -> io::Result<()> {
+        let timeout = if self.still_ready.is_empty() {
+            wake.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut ready =
+            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
+        for event in self.events.iter() {
+            if event.token().0 < self.socks.len() {
+                ready.push(event.token().0);
+            }
+        }
+        for i in ready.drain(..) {
+            self.socks[i].queued = false;
+            self.serve(i);
+        }
+        self.spare_ready = ready;
+        if self.unpublished > 0 {
+            self.meter
+                .completed
+                .fetch_add(self.unpublished, Ordering::Relaxed);
+            self.unpublished = 0;
+        }
+        Ok(())
+    }
+
+    /// Sends what is owed, then receives and settles replies until drained or the budget is
+    /// spent.
+    fn serve(&mut self, i: usize) {
+        let owed = std::mem::take(&mut self.socks[i].owed);
+        self.send_requests(i, owed);
+        for _ in 0..MAX_DATAGRAMS_PER_TURN {
+            let Some(socket) = self.socks[i].socket.as_ref() else {
+                return;
+            };
+            match socket.recv(&mut self.recv_buf) {
+                Ok(len) => self.settle(i, len, Instant::now()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(i, &e),
+            }
+        }
+        if !self.socks[i].queued {
+            self.socks[i].queued = true;
+            self.still_ready.push(i);
+        }
+    }
+
+    /// Settles the datagram of `len` bytes in the receive buffer against socket `i`'s
+    /// outstanding requests, and sends as many new ones as were settled.
+    fn settle(&mut self, i: usize, len: usize, now: Instant) {
+        let datagram = &self.recv_buf[..len];
+        let sock = &mut self.socks[i];
+        let answered = sock.outstanding.iter().position(|&(request, _)| {
+            ReplyVerifier::check_datagram(&self.requests, sock.id as u64, request, datagram).is_ok()
+        });
+        let settled = match answered {
+            Some(position) => {
+                // Loopback does not reorder: the requests before the one answered were lost.
+                if position > 0 {
+                    let (first, _) = sock.outstanding[0];
+                    let id = sock.id;
+                    self.tally.note_error(|| {
+                        format!(
+                            "socket {id}: no reply to request {first} (a later one was answered)"
+                        )
+                    });
+                    self.tally.lost += position as u64;
+                }
+                for _ in 0..position {
+                    sock.outstanding.pop_front();
+                }
+                let (_, sent_at) = sock
+                    .outstanding
+                    .pop_front()
+                    .expect("the answered request is outstanding");
+                if self.warmup_end.is_some_and(|end| sent_at < end) {
+                    self.tally.warmup_requests += 1;
+                } else {
+                    self.tally.requests += 1;
+                    let nanos = u64::try_from((now - sent_at).as_nanos()).unwrap_or(u64::MAX);
+                    self.tally.latency.saturating_record(nanos);
+                }
+                self.unpublished += 1;
+                position + 1
+            }
+            None => {
+                // Wrong for whichever request it meant; it takes the oldest one's place.
+                self.tally.wrong_replies += 1;
+                let id = sock.id;
+                let (requests, front) = (&self.requests, sock.outstanding.front().copied());
+                self.tally.note_error(|| match front {
+                    Some((request, _)) => format!(
+                        "socket {id}: {}",
+                        ReplyVerifier::check_datagram(requests, id as u64, request, datagram)
+                            .expect_err("no outstanding request matched")
+                    ),
+                    None => {
+                        format!("socket {id}: a datagram of {len} bytes while none was awaited")
+                    }
+                });
+                usize::from(sock.outstanding.pop_front().is_some())
+            }
+        };
+        self.in_flight -= settled;
+        self.send_requests(i, settled as u64);
+    }
+
+    /// Sends socket `i`'s next `count` requests (none once the load is over); those the socket
+    /// refuses for now are owed.
+    fn send_requests(&mut self, i: usize, count: u64) {
+        if self.stopping {
+            return;
+        }
+        let sock = &mut self.socks[i];
+        let Some(socket) = sock.socket.as_ref() else {
+            return;
+        };
+        let mut failed = None;
+        for sent in 0..count {
+            self.out.clear();
+            self.requests
+                .write_request(sock.id as u64, sock.sent, &mut self.out);
+            match socket.send(&self.out) {
+                Ok(_) => {
+                    sock.outstanding.push_back((sock.sent, Instant::now()));
+                    sock.sent += 1;
+                    self.in_flight += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    trace!("socket {}: send buffer full", sock.id);
+                    sock.owed += count - sent;
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.close(i, &e);
+        }
+    }
+
+    /// Closes socket `i` after an error (`ECONNREFUSED`: nothing listens there); its
+    /// outstanding requests are lost.
+    fn close(&mut self, i: usize, error: &io::Error) {
+        let sock = &mut self.socks[i];
+        if sock.socket.take().is_none() {
+            return;
+        }
+        let outstanding = sock.outstanding.len();
+        sock.outstanding.clear();
+        sock.owed = 0;
+        self.in_flight -= outstanding;
+        self.tally.lost += outstanding as u64;
+        self.tally.dropped += 1;
+        self.meter.open.fetch_sub(1, Ordering::Relaxed);
+        let id = sock.id;
+        let reason = crate::sys::os_reason(error);
+        debug!("socket {id}: {reason}");
+        self.tally
+            .note_error(|| format!("socket {id}: {reason}, {outstanding} requests outstanding"));
+    }
+}
