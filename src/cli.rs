@@ -131,7 +131,10 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Client(args) => crate::client::run(&args),
-        Command::Load(args) => crate::load::main(&args),
+        Command::Load(args) => match args.config().validate() {
+            Err(message) => usage_error(message),
+            Ok(()) => crate::load::main(&args),
+        },
     }
 }
 

@@ -10,7 +10,6 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::CommandFactory;
 
 use super::{limits, LoadConfig, Mode, Progress};
 use crate::protocol::ProtocolKind;
@@ -121,9 +120,9 @@ fn parse_warmup(text: &str) -> Result<Duration, String> {
 pub fn main(args: &LoadArgs) -> ExitCode {
     let config = args.config();
     if let Err(message) = config.validate() {
-        let error =
-            crate::cli::Cli::command().error(clap::error::ErrorKind::ValueValidation, message);
-        let _ = error.print();
+        // The command line checks this first (as a usage error, exit 2); a caller that did not
+        // gets the same message and code.
+        eprintln!("error: {message}");
         return ExitCode::from(2);
     }
     let mut display = Display::new(args.json, config.mode);
