@@ -27,12 +27,12 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings) -> io::Result<()> 
     let mut acceptor = Acceptor::new(listeners)?;
     let mut children = 0usize;
     loop {
-        children = children.saturating_sub(reap_exited_children());
+        children = children.saturating_sub(reap_exited_children().len());
         let Some(mut accepted) = acceptor.accept_next(Some(REAP_INTERVAL))? else {
             continue;
         };
         if children >= settings.max_connections {
-            children = children.saturating_sub(reap_exited_children());
+            children = children.saturating_sub(reap_exited_children().len());
             if children >= settings.max_connections {
                 refuse(&mut accepted);
                 continue;
