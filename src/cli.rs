@@ -177,23 +177,23 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The contract: signal handling is in place before the listening lines are printed. The
-    // reactor shuts down gracefully; the blocking models keep the default action (exit at once).
-    let signals = match args.model {
-        Model::Reactor => match Signals::new([SIGINT, SIGTERM]) {
-            Ok(signals) => Some(signals),
-            Err(e) => {
-                eprintln!("oneloop: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        _ => None,
+    // The contract: signal handling is in place before the listening lines are printed. Every
+    // model shuts down gracefully on SIGINT and SIGTERM: the handler only writes to a pipe that
+    // the model's poll watches.
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("oneloop: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     let blocking = models::Settings {
         limits,
         idle_timeout,
         max_connections,
+        shutdown_timeout,
     };
     let lines: Vec<Listening> = listeners.iter().map(BoundListener::listening).collect();
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
@@ -205,9 +205,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 output_limit: args.output_limit,
                 max_connections,
                 idle_timeout,
-                shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+                shutdown_timeout,
             };
-            match Reactor::new(listeners, config, signals) {
+            match Reactor::new(listeners, config, Some(signals)) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),
                 Err(e) => {
                     eprintln!("oneloop: cannot start the event loop: {e}");
@@ -215,7 +215,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        model => Serving::Blocking(model, listeners),
+        model => Serving::Blocking(model, listeners, signals),
     };
     if let Err(e) = announce(&lines) {
         // Whoever started us stopped listening; serving can still be useful.
@@ -223,13 +223,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let served = match serving {
         Serving::Reactor(mut reactor) => reactor.run(),
-        Serving::Blocking(Model::Serial, listeners) => models::serial::run(listeners, blocking),
-        Serving::Blocking(Model::Threaded, listeners) => models::threaded::run(listeners, blocking),
-        Serving::Blocking(Model::Pool, listeners) => {
-            models::pool::run(listeners, blocking, pool_size(args.threads))
+        Serving::Blocking(Model::Serial, listeners, signals) => {
+            models::serial::run(listeners, blocking, signals)
         }
-        Serving::Blocking(Model::Forking | Model::Reactor, listeners) => {
-            models::forking::run(listeners, blocking)
+        Serving::Blocking(Model::Threaded, listeners, signals) => {
+            models::threaded::run(listeners, blocking, signals)
+        }
+        Serving::Blocking(Model::Pool, listeners, signals) => {
+            models::pool::run(listeners, blocking, pool_size(args.threads), signals)
+        }
+        Serving::Blocking(Model::Forking | Model::Reactor, listeners, signals) => {
+            models::forking::run(listeners, blocking, signals)
         }
     };
     match served {
@@ -246,8 +250,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 enum Serving {
     /// The event loop, built and ready.
     Reactor(Box<Reactor>),
-    /// A blocking model and the listeners it will serve.
-    Blocking(Model, Vec<BoundListener>),
+    /// A blocking model, the listeners it will serve, and the stop signals it watches.
+    Blocking(Model, Vec<BoundListener>, Signals),
 }
 
 /// `--threads`, or 4 workers per CPU core: enough that a few slow clients do not idle the pool.
