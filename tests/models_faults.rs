@@ -279,8 +279,9 @@ fn sigterm_while_a_client_keeps_sending_ends_with_a_clean_close() {
     assert_exits_zero(&mut server, "SIGTERM with a client still sending");
 }
 
-/// (c) A second signal exits at once, with status 0, although a connection is still busy; and
-/// from the first signal on, new connections are refused.
+/// (c) A second signal exits at once, with status 0, although a connection is still busy; from
+/// the first signal on, new connections are refused; and no child process (forking's busy child)
+/// outlives the server.
 fn a_second_signal_exits_at_once() {
     let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "echo@127.0.0.1:0"]);
     let addr = server.addr("echo");
@@ -293,8 +294,15 @@ fn a_second_signal_exits_at_once() {
         TcpStream::connect_timeout(&addr, DEADLINE).is_err(),
         "connections must be refused once shutting down"
     );
+    let children = util::child_pids(server.pid());
     server.signal("INT");
     assert_exits_zero(&mut server, "a second signal");
+    for child in children {
+        assert!(
+            !util::process_exists(child),
+            "child process {child} outlived the server"
+        );
+    }
 }
 
 /// A connection still busy at `--shutdown-timeout` is closed, and the server exits 0.

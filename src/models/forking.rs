@@ -37,6 +37,9 @@ use crate::sys::{
 
 use super::{refuse, serve_blocking, Accepted, Acceptor, Next, Settings};
 
+/// How long the parent waits, at the end of a shutdown, for the children it has just killed.
+pub const KILLED_CHILDREN_WAIT: Duration = Duration::from_secs(1);
+
 /// Serves every connection in a child process until SIGINT or SIGTERM. `--max-connections`
 /// counts the live children.
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
@@ -152,10 +155,20 @@ fn shut_down(
         }
     }
     children.signal_all(SIGKILL);
-    // Those killed just now are collected by init once this process has exited.
-    children.reap();
-    if children.count() == 0 {
-        info!("shutdown complete");
+    // SIGKILL cannot be caught: they die at once. Collect them, so that none outlives the
+    // parent; a child stuck in the kernel is left to init after `KILLED_CHILDREN_WAIT`.
+    let deadline = Instant::now() + KILLED_CHILDREN_WAIT;
+    loop {
+        children.reap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if children.count() == 0 || left.is_zero() {
+            break;
+        }
+        acceptor.wait(Some(left))?; // SIGCHLD (or another signal: then look again).
+    }
+    match children.count() {
+        0 => info!("shutdown complete"),
+        left => warn!("{left} killed children not collected; leaving them to init"),
     }
     Ok(())
 }

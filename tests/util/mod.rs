@@ -517,6 +517,28 @@ pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
     })
 }
 
+/// The process ids of `pid`'s child processes (from `/proc/PID/task/*/children`).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether a process `pid` exists (a zombie counts: it is not collected yet).
+pub fn process_exists(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
 /// Whether this host can listen on the IPv6 loopback (containers often cannot).
 pub fn ipv6_loopback_available() -> bool {
     TcpListener::bind("[::1]:0").is_ok()
