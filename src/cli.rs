@@ -197,23 +197,23 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The contract: signal handling is in place before the listening lines are printed. The
-    // reactor shuts down gracefully; the blocking models keep the default action (exit at once).
-    let signals = match args.model {
-        Model::Reactor => match Signals::new([SIGINT, SIGTERM]) {
-            Ok(signals) => Some(signals),
-            Err(e) => {
-                eprintln!("oneloop: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        _ => None,
+    // The contract: signal handling is in place before the listening lines are printed. Every
+    // model shuts down gracefully on SIGINT and SIGTERM: the handler only writes to a pipe that
+    // the model's poll watches.
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("oneloop: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     let blocking = models::Settings {
         limits,
         idle_timeout,
         max_connections,
+        shutdown_timeout,
     };
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.
@@ -224,9 +224,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 output_limit: args.output_limit,
                 max_connections,
                 idle_timeout,
-                shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+                shutdown_timeout,
             };
-            match Reactor::new(listeners, datagrams, config, signals) {
+            match Reactor::new(listeners, datagrams, config, Some(signals)) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),
                 Err(e) => {
                     eprintln!("oneloop: cannot start the event loop: {e}");
@@ -234,10 +234,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        model => match models::datagram::DatagramThreads::start(datagrams) {
-            Ok(threads) => Serving::Blocking(model, listeners, threads),
+        model => match models::datagram::DatagramServers::start(datagrams, model) {
+            Ok(udp) => Serving::Blocking(model, listeners, signals, udp),
             Err(e) => {
-                eprintln!("oneloop: cannot start the UDP threads: {e}");
+                eprintln!("oneloop: cannot start the UDP servers: {e}");
                 return ExitCode::FAILURE;
             }
         },
@@ -248,12 +248,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let served = match serving {
         Serving::Reactor(mut reactor) => reactor.run(),
-        Serving::Blocking(model, listeners, udp) => {
+        Serving::Blocking(model, listeners, signals, udp) => {
             let served = match model {
-                Model::Serial => models::serial::run(listeners, blocking),
-                Model::Threaded => models::threaded::run(listeners, blocking),
-                Model::Pool => models::pool::run(listeners, blocking, pool_size(args.threads)),
-                Model::Forking | Model::Reactor => models::forking::run(listeners, blocking),
+                Model::Serial => models::serial::run(listeners, blocking, signals),
+                Model::Threaded => models::threaded::run(listeners, blocking, signals),
+                Model::Pool => {
+                    models::pool::run(listeners, blocking, pool_size(args.threads), signals)
+                }
+                Model::Forking | Model::Reactor => {
+                    models::forking::run(listeners, blocking, signals)
+                }
             };
             udp.stop();
             served
@@ -273,8 +277,14 @@ fn serve(args: ServeArgs) -> ExitCode {
 enum Serving {
     /// The event loop, built and ready.
     Reactor(Box<Reactor>),
-    /// A blocking model, the listeners it will serve, and its UDP threads (already running).
-    Blocking(Model, Vec<BoundListener>, models::datagram::DatagramThreads),
+    /// A blocking model, the listeners it will serve, the stop signals it watches, and its UDP
+    /// servers (already running).
+    Blocking(
+        Model,
+        Vec<BoundListener>,
+        Signals,
+        models::datagram::DatagramServers,
+    ),
 }
 
 /// `--threads`, or 4 workers per CPU core: enough that a few slow clients do not idle the pool.

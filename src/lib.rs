@@ -28,7 +28,8 @@
 //!   write-until-`WouldBlock` loop, the lingering-close time and the reserve descriptor that keeps
 //!   the backlog moving when the process runs out of file descriptors.
 //! * [`cli`] — the command line (clap), and the exit-code policy.
-//! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`).
+//! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`,
+//!   `kill`, the forked child's signal handler, `SIOCOUTQ`).
 //!
 //! The public interface (command line, output lines, protocols, limits) is fixed by the project's
 //! contract; `README.md` summarises it and `docs/ARCHITECTURE.md` walks through the loop.

@@ -2,6 +2,10 @@
 //! call with its safety argument beside it.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The soft and hard `RLIMIT_NOFILE` before and after [`raise_fd_limit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,9 +88,9 @@ pub fn exit_child(code: i32) -> ! {
 }
 
 /// Collects every child process that has exited, without blocking, so none lingers as a zombie.
-/// Returns how many were collected.
-pub fn reap_exited_children() -> usize {
-    let mut reaped = 0;
+/// Returns their process ids.
+pub fn reap_exited_children() -> Vec<i32> {
+    let mut reaped = Vec::new();
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes one int through a pointer to a valid local.
@@ -95,8 +99,141 @@ pub fn reap_exited_children() -> usize {
             // 0: children remain but none has exited; -1: no children (ECHILD) or EINTR.
             return reaped;
         }
-        reaped += 1;
+        reaped.push(pid);
     }
+}
+
+/// Sends `signal` to the process `pid` (`kill(2)`).
+///
+/// Only for this process's own children, not yet collected by [`reap_exited_children`]: until
+/// then their process ids cannot be reused, so the signal cannot reach a stranger.
+pub fn send_signal(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes two plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM held back (blocked) for as long as this guard lives; dropping it restores
+/// the signal mask, and a signal that came meanwhile is delivered then.
+///
+/// The forking model holds it across `fork`, so that a new child cannot receive a stop signal
+/// before it has installed its own handler ([`stop_gracefully_on_signal`]): until then it runs
+/// the parent's, which would write to the parent's signal pipe, telling the parent to stop.
+#[derive(Debug)]
+pub struct StopSignalsBlocked {
+    previous: libc::sigset_t,
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread until the guard is dropped.
+pub fn block_stop_signals() -> io::Result<StopSignalsBlocked> {
+    let mut stop = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut previous = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given a pointer to; sigaddset then changes
+    // that initialised set; pthread_sigmask reads `stop` and writes the old mask to `previous`.
+    // Each pointer is to a local that outlives the call.
+    let code = unsafe {
+        libc::sigemptyset(stop.as_mut_ptr());
+        libc::sigaddset(stop.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(stop.as_mut_ptr(), libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, stop.as_ptr(), previous.as_mut_ptr())
+    };
+    if code != 0 {
+        return Err(io::Error::from_raw_os_error(code));
+    }
+    Ok(StopSignalsBlocked {
+        // SAFETY: pthread_sigmask succeeded, so it wrote the previous mask.
+        previous: unsafe { previous.assume_init() },
+    })
+}
+
+impl Drop for StopSignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: pthread_sigmask only reads the mask saved by `block_stop_signals`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, ptr::null_mut()) };
+    }
+}
+
+/// The socket a forked child serves, for its signal handler (-1: none yet).
+static CHILD_CONNECTION: AtomicI32 = AtomicI32::new(-1);
+
+/// Set by the child's signal handler: the server is shutting down.
+static CHILD_STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// The forked child's handler for SIGINT and SIGTERM: what `Admission::stop` does for a serving
+/// thread — set the stop flag, shut down the reading side of the connection so that a blocked
+/// `read` returns at once — and nothing else. Atomics and `shutdown(2)` are async-signal-safe;
+/// `errno` is put back, so the code the signal interrupted does not see it change.
+extern "C" fn on_stop_signal_in_child(_signal: libc::c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life;
+    // reading and writing it is what the interrupted code would do.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *errno };
+    CHILD_STOPPING.store(true, Ordering::SeqCst);
+    let connection = CHILD_CONNECTION.load(Ordering::SeqCst);
+    if connection >= 0 {
+        // SAFETY: shutdown takes two integers; on a descriptor that is no longer a socket it
+        // fails harmlessly (the child opens no other descriptor while serving).
+        unsafe { libc::shutdown(connection, libc::SHUT_RD) };
+    }
+    // SAFETY: as above.
+    unsafe { *errno = saved };
+}
+
+/// In a forked child that serves `connection`: SIGINT and SIGTERM now stop it gracefully instead
+/// of running the handler inherited from the parent. Returns the flag the handler sets, for
+/// `serve_blocking`.
+///
+/// The child must first have dropped what it inherited of the parent's signal handling (the
+/// acceptor, with its signal pipe). Stop signals should be blocked while this runs
+/// ([`block_stop_signals`]) and unblocked after.
+pub fn stop_gracefully_on_signal(connection: BorrowedFd<'_>) -> io::Result<&'static AtomicBool> {
+    CHILD_CONNECTION.store(connection.as_raw_fd(), Ordering::SeqCst);
+    // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags, SIG_DFL) that the
+    // lines below fill in.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_stop_signal_in_child as extern "C" fn(libc::c_int) as usize;
+    // Restart interrupted calls: the handler's effect is the shutdown, not an EINTR.
+    action.sa_flags = libc::SA_RESTART;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction reads the fully initialised `action`; the handler it installs is
+        // async-signal-safe (see `on_stop_signal_in_child`).
+        if unsafe { libc::sigaction(signal, &action, ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(&CHILD_STOPPING)
+}
+
+/// In a forked child: have the kernel send it `signal` when the parent exits
+/// (`PR_SET_PDEATHSIG`), so a child that serves for as long as its parent does (the forking
+/// model's UDP server) cannot outlive it. `parent` is the parent's process id as the child knew
+/// it before the fork: if the parent has already exited, the signal is raised at once.
+pub fn signal_on_parent_exit(signal: i32, parent: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid cannot fail and touches no memory.
+    if unsafe { libc::getppid() } as u32 != parent {
+        // The parent exited before the prctl: no signal will come, so raise it now.
+        // SAFETY: raise takes a plain integer.
+        unsafe { libc::raise(signal) };
+    }
+    Ok(())
+}
+
+/// Bytes sent on a TCP socket that the peer has not acknowledged yet, our FIN counting as one
+/// (`SIOCOUTQ`). Zero once the peer's kernel holds everything we sent, end of stream included.
+pub fn unacknowledged_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one int through a pointer to a valid local.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut count) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(count).unwrap_or(0))
 }
 
 /// The number of threads in this process, from `/proc/self/status`.
@@ -195,6 +332,34 @@ mod tests {
         let _other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(1)));
         let error = fork_single_threaded().unwrap_err();
         assert!(error.to_string().contains("threads"), "{error}");
+    }
+
+    #[test]
+    fn unacknowledged_bytes_counts_what_the_peer_has_not_taken() {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::AsFd;
+        use std::time::{Duration, Instant};
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert_eq!(unacknowledged_bytes(client.as_fd()).unwrap(), 0);
+        // The server reads nothing: fill its window and our send buffer.
+        client.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 64 * 1024];
+        while client.write(&chunk).is_ok() {}
+        assert!(unacknowledged_bytes(client.as_fd()).unwrap() > 0);
+        // Once the server has taken everything, everything is acknowledged.
+        server.set_nonblocking(true).unwrap();
+        let mut sink = vec![0u8; 256 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unacknowledged_bytes(client.as_fd()).unwrap() > 0 {
+            assert!(Instant::now() < deadline, "never acknowledged");
+            if server.read(&mut sink).is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     #[test]

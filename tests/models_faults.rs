@@ -1,18 +1,22 @@
 //! Faults of the blocking models (serial, threaded, pool, forking): running out of file
-//! descriptors. The contract's rules name no exception for them, so each test here runs against
-//! every model.
+//! descriptors, and SIGINT/SIGTERM. The contract's rules name no exception for them, so each
+//! test here runs against every model (and, where the behaviour is the same, the reactor too, as
+//! the reference).
 //!
-//! Like every black-box test, these drive the real binary over loopback and bound every wait;
-//! nothing asserts speed.
+//! Like every black-box test, these drive the real binary over loopback, send real signals with
+//! `kill`, and bound every wait; nothing asserts speed.
 
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{connect, Server, DEADLINE};
+use util::{
+    assert_bytes_eq, connect, read_exact_within, read_to_end_within, send, tcp_queues, Pseudo,
+    Server, DEADLINE,
+};
 
 /// Makes one `#[test]` per model for each listed test, grouped by what they test:
 /// `group::model::test_name`, each running `test_name` with `--model model`.
@@ -117,6 +121,239 @@ fn out_of_descriptors_every_client_gets_a_reply_or_a_close() {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// SIGINT and SIGTERM
+
+/// A shutdown timeout far beyond [`DEADLINE`]: when a test sees something happen within the
+/// deadline, the shutdown did it, not the timeout.
+const LONG_SHUTDOWN: &str = "3600";
+
+/// Asserts the server exits, and with status 0 — not killed by the signal (the default action),
+/// which `wait_for_exit` would report as no code at all.
+fn assert_exits_zero(server: &mut Server, after: &str) {
+    let status = server.wait_for_exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{after}: the server must exit 0, it ended with {status}; stderr:\n{}",
+        server.stderr()
+    );
+}
+
+/// A connection the server cannot finish on its own: the client has sent more than every buffer
+/// on the way holds and reads nothing, so the server is blocked writing replies. Returns the
+/// stream and every byte sent.
+fn busy_echo_connection(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let stream = connect(addr);
+    let mut writer = stream.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut sent = Vec::new();
+    let mut chunk = vec![0; 64 * 1024];
+    let mut bytes = Pseudo::new(12);
+    let deadline = Instant::now() + DEADLINE;
+    // Until a write makes no progress for half a second: the server has stopped reading (it is
+    // blocked writing to us, or over its output limit) and every buffer is full.
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the server kept reading a client that never reads"
+        );
+        bytes.fill(&mut chunk);
+        match writer.write(&chunk) {
+            Ok(count) => sent.extend_from_slice(&chunk[..count]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("writing to a busy connection: {e}"),
+        }
+    }
+    (stream, sent)
+}
+
+/// How many of the `sent` bytes the server has read on `stream`: what left the client, less what
+/// waits unread at the server (both from `/proc/net/tcp`), once that stops changing.
+fn bytes_read_by_server(stream: &TcpStream, sent: usize) -> usize {
+    let (client, server) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    let read = || {
+        let (unsent, _) = tcp_queues(client, server).expect("the client's socket in /proc");
+        let (_, unread) = tcp_queues(server, client).expect("the server's socket in /proc");
+        sent - (unsent + unread) as usize
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = read();
+    loop {
+        thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never stopped reading"
+        );
+        last = now;
+    }
+}
+
+/// (a) An idle connection gets its end of stream at once, and the server exits 0.
+fn sigterm_closes_an_idle_connection_at_once_and_exits_zero() {
+    let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "echo@127.0.0.1:0"]);
+    let mut idle = connect(server.addr("echo"));
+    // Served (so accepted, and for serial the one being served), then quiet.
+    send(&mut idle, b"hello");
+    assert_eq!(read_exact_within(&mut idle, 5), b"hello");
+
+    server.signal("TERM");
+    assert_eq!(read_to_end_within(&mut idle), b"", "a clean end of stream");
+    assert_exits_zero(&mut server, "SIGTERM with an idle connection");
+}
+
+/// What a blocking session still holds when the shutdown comes is answered, as at the client's
+/// end of stream: here the first byte of a two-byte UTF-8 character, which upper holds back
+/// until the second comes (or the stream ends). The reactor does not do this (it stops reading
+/// and drops what the session holds), so this is a test of the blocking models only.
+fn sigint_answers_what_the_session_still_holds() {
+    let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "upper@127.0.0.1:0"]);
+    let mut stream = connect(server.addr("upper"));
+    send(&mut stream, b"stra\xc3");
+    assert_eq!(read_exact_within(&mut stream, 4), b"STRA");
+
+    server.signal("INT");
+    assert_eq!(
+        read_to_end_within(&mut stream),
+        b"\xc3",
+        "the held byte, then the end"
+    );
+    assert_exits_zero(&mut server, "SIGINT with a held byte");
+}
+
+/// (b) A connection whose replies are still being written (the client reads slowly) gets every
+/// reply to what the server had read — no more, no less — then a clean end of stream.
+fn sigterm_finishes_writing_the_replies_to_requests_already_read() {
+    let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "echo@127.0.0.1:0"]);
+    let (mut stream, sent) = busy_echo_connection(server.addr("echo"));
+    let read = bytes_read_by_server(&stream, sent.len());
+    assert!(read > 0, "the server read nothing");
+
+    server.signal("TERM");
+    thread::sleep(Duration::from_millis(200));
+    server.assert_running(); // Still writing: the client has not read anything yet.
+    let got = read_to_end_within(&mut stream);
+    assert_bytes_eq(&got, &sent[..read], "the replies to the requests read");
+    assert_exits_zero(&mut server, "SIGTERM while writing replies");
+}
+
+/// A pipelining client is still sending when the shutdown comes. Closing with its input unread
+/// would send an RST, and the RST would destroy replies it has not read yet: it must see every
+/// reply the server wrote, in order, then a clean end of stream.
+fn sigterm_while_a_client_keeps_sending_ends_with_a_clean_close() {
+    let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "upper@127.0.0.1:0"]);
+    let mut stream = connect(server.addr("upper"));
+    let line = b"pipelined request\n";
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let lines = line.repeat(64);
+            // Until the server stops taking them (a reset or a closed pipe ends this).
+            while stream.write_all(&lines).is_ok() {}
+        })
+    };
+    let first = read_exact_within(&mut stream, line.len());
+    assert_eq!(first, b"PIPELINED REQUEST\n");
+
+    server.signal("TERM");
+    let (rest, ending) = util::try_read_to_end_within(&mut stream);
+    assert!(
+        ending.is_ok(),
+        "the connection ended with {ending:?} after {} more bytes, not a clean end of stream",
+        rest.len()
+    );
+    let all = [first, rest].concat();
+    let expected = b"PIPELINED REQUEST\n".repeat(all.len() / line.len() + 1);
+    assert!(
+        expected.starts_with(&all),
+        "replies out of order or damaged"
+    );
+    drop(stream);
+    writer.join().expect("writer");
+    assert_exits_zero(&mut server, "SIGTERM with a client still sending");
+}
+
+/// (c) A second signal exits at once, with status 0, although a connection is still busy; from
+/// the first signal on, new connections are refused; and no child process (forking's busy child)
+/// outlives the server.
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "echo@127.0.0.1:0"]);
+    let addr = server.addr("echo");
+    let (_busy, _) = busy_echo_connection(addr);
+
+    server.signal("TERM");
+    thread::sleep(Duration::from_millis(200));
+    server.assert_running(); // The busy connection keeps it alive, for up to an hour.
+    assert!(
+        TcpStream::connect_timeout(&addr, DEADLINE).is_err(),
+        "connections must be refused once shutting down"
+    );
+    let children = util::child_pids(server.pid());
+    server.signal("INT");
+    assert_exits_zero(&mut server, "a second signal");
+    for child in children {
+        assert!(
+            !util::process_exists(child),
+            "child process {child} outlived the server"
+        );
+    }
+}
+
+/// A connection still busy at `--shutdown-timeout` is closed, and the server exits 0.
+fn the_shutdown_timeout_closes_connections_still_busy() {
+    let mut server = Server::start(&["--shutdown-timeout", "1", "echo@127.0.0.1:0"]);
+    let (_busy, _) = busy_echo_connection(server.addr("echo"));
+    server.signal("TERM");
+    assert_exits_zero(&mut server, "the shutdown timeout");
+}
+
+/// The pool's queued connections (never read: every worker is busy) are closed at once, not
+/// left waiting for a worker until the timeout.
+fn the_pool_closes_queued_connections_at_once() {
+    let mut server = Server::start(&[
+        "--threads",
+        "1",
+        "--shutdown-timeout",
+        LONG_SHUTDOWN,
+        "echo@127.0.0.1:0",
+    ]);
+    let addr = server.addr("echo");
+    let (_busy, _) = busy_echo_connection(addr); // The only worker is stuck writing.
+    let mut queued = connect(addr);
+    server.signal("TERM");
+    assert_eq!(
+        read_to_end_within(&mut queued),
+        b"",
+        "a clean end of stream"
+    );
+    server.assert_running();
+    server.signal("TERM");
+    assert_exits_zero(&mut server, "a second signal");
+}
+
 per_model!(descriptors: [serial, threaded, pool, forking] [
     out_of_descriptors_every_client_gets_a_reply_or_a_close,
+]);
+
+// The reactor's shutdown is the reference: the same tests run against it.
+per_model!(shutdown: [reactor, serial, threaded, pool, forking] [
+    sigterm_closes_an_idle_connection_at_once_and_exits_zero,
+    sigterm_finishes_writing_the_replies_to_requests_already_read,
+    sigterm_while_a_client_keeps_sending_ends_with_a_clean_close,
+    a_second_signal_exits_at_once,
+    the_shutdown_timeout_closes_connections_still_busy,
+]);
+
+per_model!(shutdown_blocking: [serial, threaded, pool, forking] [
+    sigint_answers_what_the_session_still_holds,
+]);
+
+per_model!(shutdown_pool: [pool] [
+    the_pool_closes_queued_connections_at_once,
 ]);

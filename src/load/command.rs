@@ -10,7 +10,6 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-
 use super::{limits, LoadConfig, Mode, Progress};
 use crate::protocol::ProtocolKind;
 use crate::service::Address;

@@ -1,9 +1,11 @@
-//! The blocking models' acceptor: one small mio poll over the listeners, handing out accepted
-//! connections one at a time.
+//! The blocking models' acceptor: one small mio poll over the listeners, the stop signals and a
+//! waker, answering "what happened next?" one thing at a time.
 //!
 //! Several services need several listening sockets, and a blocking `accept` can wait on only
 //! one; a small poll lets one thread wait on all of them, as Python's `socketserver` does with
-//! `selectors`.
+//! `selectors`. The same poll watches the signal pipe (SIGINT and SIGTERM, written by the signal
+//! handler and read here, at a safe point) and a [`Waker`] the serving threads ring when the
+//! last connection closes, so the thread that accepts is also the one that shuts down.
 //!
 //! mio's registrations are edge-triggered: a listener is reported once when clients arrive, not
 //! again while some still wait. So each listener remembers whether it may have more (`ready`), and
@@ -14,11 +16,14 @@
 //! when even that is impossible (or the kernel is out of memory) the listener rests for
 //! [`ACCEPT_PAUSE`] and is tried again — a timed retry, never a wait for an edge.
 
+use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
-use mio::{Events, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook_mio::v1_0::Signals;
 
 use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory, ACCEPT_PAUSE};
 use crate::net::{BlockingStream, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener};
@@ -26,6 +31,29 @@ use crate::protocol::ProtocolKind;
 use crate::service::Address;
 
 use super::Accepted;
+
+/// The token of the signal pipe.
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
+
+/// The token of the [`Waker`].
+const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+
+/// Most accept attempts between two looks at the poll, so that a connect storm cannot keep the
+/// acceptor from noticing a signal (the reactor's `MAX_ACCEPTS_PER_TURN`, for the same reason).
+pub const ACCEPTS_PER_POLL: usize = 64;
+
+/// What [`Acceptor::accept_next`] and [`Acceptor::wait`] report.
+#[derive(Debug)]
+pub enum Next {
+    /// A new connection.
+    Accepted(Accepted),
+    /// A signal arrived (one of those the [`Signals`] watch).
+    Signal(i32),
+    /// The [`Waker`] was rung.
+    Woken,
+    /// The timeout passed first.
+    TimedOut,
+}
 
 /// A listening socket and what the acceptor knows about it.
 #[derive(Debug)]
@@ -50,22 +78,31 @@ enum Attempt {
     Done,
 }
 
-/// Accepts connections from every listener, one at a time, for the blocking models.
-#[derive(Debug)]
+/// Accepts connections from every listener, one at a time, for the blocking models, and reports
+/// signals and wake-ups in between.
 pub struct Acceptor {
     poll: Poll,
     events: Events,
     listeners: Vec<Listener>,
     /// The listener to try first next time, so one busy service cannot starve another.
     next: usize,
+    /// Accept attempts since the poll was last consulted (see [`ACCEPTS_PER_POLL`]).
+    attempts_since_poll: usize,
     /// The descriptor spent to shed a client when the process is out of them.
     reserve: ReserveFd,
+    signals: Signals,
+    /// Signals read from the pipe and not yet reported.
+    pending_signals: VecDeque<i32>,
+    /// Whether the waker rang and that is not reported yet.
+    woken: bool,
 }
 
 impl Acceptor {
-    /// An acceptor over `listeners`.
-    pub fn new(listeners: Vec<BoundListener>) -> io::Result<Acceptor> {
+    /// An acceptor over `listeners`, also watching `signals`.
+    pub fn new(listeners: Vec<BoundListener>, mut signals: Signals) -> io::Result<Acceptor> {
         let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let listeners = listeners
             .into_iter()
             .enumerate()
@@ -83,58 +120,105 @@ impl Acceptor {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Acceptor {
             poll,
-            events: Events::with_capacity(listeners.len().max(1)),
+            events: Events::with_capacity(listeners.len() + 2),
             listeners,
             next: 0,
+            attempts_since_poll: 0,
             reserve: ReserveFd::new(),
+            signals,
+            pending_signals: VecDeque::new(),
+            woken: false,
         })
     }
 
-    /// The next connection, waiting at most `timeout` (`None`: for ever). `Ok(None)` if the
-    /// timeout passed first.
-    pub fn accept_next(&mut self, timeout: Option<Duration>) -> io::Result<Option<Accepted>> {
+    /// A waker that makes a waiting [`Acceptor::accept_next`] or [`Acceptor::wait`] return
+    /// [`Next::Woken`], from any thread. A poll has one waker: call this once.
+    pub fn waker(&self) -> io::Result<Arc<Waker>> {
+        Ok(Arc::new(Waker::new(self.poll.registry(), WAKER_TOKEN)?))
+    }
+
+    /// The next connection, signal or wake-up, waiting at most `timeout` (`None`: for ever).
+    pub fn accept_next(&mut self, timeout: Option<Duration>) -> io::Result<Next> {
+        self.next_event(true, timeout)
+    }
+
+    /// The next signal or wake-up, without accepting (clients wait in the backlog meanwhile),
+    /// waiting at most `timeout` (`None`: for ever). Never [`Next::Accepted`].
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Next> {
+        self.next_event(false, timeout)
+    }
+
+    /// Closes every listener: from now on clients are refused by the kernel.
+    pub fn stop_accepting(&mut self) {
+        for listener in self.listeners.drain(..) {
+            debug!("listener on {}: closed", listener.local);
+        }
+    }
+
+    fn next_event(&mut self, accepting: bool, timeout: Option<Duration>) -> io::Result<Next> {
         let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
         loop {
+            if let Some(signal) = self.pending_signals.pop_front() {
+                return Ok(Next::Signal(signal));
+            }
+            if std::mem::take(&mut self.woken) {
+                return Ok(Next::Woken);
+            }
             let now = Instant::now();
             for listener in &mut self.listeners {
                 if listener.paused_until.is_some_and(|until| until <= now) {
                     listener.paused_until = None; // `ready` is still set: try it again.
                 }
             }
-            if let Some(accepted) = self.accept_one() {
-                return Ok(Some(accepted));
+            if accepting {
+                if let Some(accepted) = self.accept_one() {
+                    return Ok(Next::Accepted(accepted));
+                }
             }
-            if deadline.is_some_and(|deadline| deadline <= now) {
-                return Ok(None);
-            }
-            // Until the caller's deadline or the end of a listener's rest, the earlier.
-            let resume = self.listeners.iter().filter_map(|l| l.paused_until).min();
-            let wait = [deadline, resume]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|at| at.saturating_duration_since(now));
+            let wait = if accepting && self.listeners.iter().any(Listener::can_accept) {
+                Some(Duration::ZERO) // Clients are waiting: only a look at signals, then on.
+            } else if deadline.is_some_and(|deadline| deadline <= now) {
+                return Ok(Next::TimedOut);
+            } else {
+                // Until the caller's deadline or the end of a listener's rest, the earlier.
+                let resume = self.listeners.iter().filter_map(|l| l.paused_until).min();
+                let resume = resume.filter(|_| accepting);
+                [deadline, resume]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|at| at.saturating_duration_since(now))
+            };
+            self.attempts_since_poll = 0;
             match self.poll.poll(&mut self.events, wait) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             for event in self.events.iter() {
-                if let Some(listener) = self.listeners.get_mut(event.token().0) {
-                    listener.ready = true;
+                match event.token() {
+                    SIGNAL_TOKEN => self.pending_signals.extend(self.signals.pending()),
+                    WAKER_TOKEN => self.woken = true,
+                    Token(index) => {
+                        if let Some(listener) = self.listeners.get_mut(index) {
+                            listener.ready = true;
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Accepts one connection from the first listener, in round-robin order, that has one.
+    /// Accepts one connection from the first listener, in round-robin order, that has one, within
+    /// the [`ACCEPTS_PER_POLL`] budget.
     fn accept_one(&mut self) -> Option<Accepted> {
         let count = self.listeners.len();
         for _ in 0..count {
             let index = self.next;
             self.next = (index + 1) % count;
             let listener = &mut self.listeners[index];
-            while listener.can_accept() {
+            while listener.can_accept() && self.attempts_since_poll < ACCEPTS_PER_POLL {
+                self.attempts_since_poll += 1;
                 match listener.attempt(&mut self.reserve) {
                     Attempt::Accepted(accepted) => return Some(accepted),
                     Attempt::Again => {}
@@ -143,6 +227,15 @@ impl Acceptor {
             }
         }
         None
+    }
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("listeners", &self.listeners)
+            .field("pending_signals", &self.pending_signals)
+            .finish_non_exhaustive()
     }
 }
 

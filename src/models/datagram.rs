@@ -17,10 +17,77 @@ use std::thread::{self, JoinHandle};
 
 use log::{debug, info};
 
+use std::os::fd::AsFd;
+
+use log::warn;
+
+use super::Model;
 use crate::clock::Clock;
 use crate::net::datagram::DatagramStats;
 use crate::net::BoundDatagram;
 use crate::protocol::datagram::{reply, MAX_DATAGRAM_PAYLOAD};
+use crate::sys::{self, Forked};
+
+/// The UDP services of a blocking model, and how they end.
+///
+/// Threads for serial, threaded and pool. The forking model cannot have a thread — it forks, and
+/// a fork with a second thread running could copy a lock that thread holds — so there each UDP
+/// service is a child process of its own (the forking model's unit of work), started now, while
+/// the parent is still single-threaded. The child stops like the model's other children: SIGINT
+/// or SIGTERM runs its own small handler (the stop flag, and `shutdown(SHUT_RD)` on its socket,
+/// which wakes the blocked `recv_from`); and the kernel sends it SIGTERM when the parent exits,
+/// so it never outlives the server.
+#[derive(Debug)]
+pub enum DatagramServers {
+    /// One thread per UDP service.
+    Threads(DatagramThreads),
+    /// One child process per UDP service (the forking model); they end with the parent.
+    Processes,
+}
+
+impl DatagramServers {
+    /// Starts serving `datagrams` the way `model` serves.
+    pub fn start(datagrams: Vec<BoundDatagram>, model: Model) -> io::Result<DatagramServers> {
+        if model != Model::Forking {
+            return DatagramThreads::start(datagrams).map(DatagramServers::Threads);
+        }
+        let parent = std::process::id();
+        for bound in datagrams {
+            let blocked = sys::block_stop_signals()?;
+            match sys::fork_single_threaded()? {
+                Forked::Child => {
+                    // Until `stop_gracefully_on_signal`, a stop signal would run the parent's
+                    // handler: they stay blocked until then.
+                    let serve_here = || -> io::Result<DatagramStats> {
+                        let stop = sys::stop_gracefully_on_signal(bound.socket.as_fd())?;
+                        sys::signal_on_parent_exit(libc::SIGTERM, parent)?;
+                        drop(blocked);
+                        bound.socket.set_nonblocking(false)?;
+                        Ok(serve(bound, stop))
+                    };
+                    match serve_here() {
+                        Ok(stats) => info!("udp: closed; {stats}"),
+                        Err(e) => warn!("udp: the serving process failed: {e}"),
+                    }
+                    sys::exit_child(0);
+                }
+                Forked::Parent { child } => {
+                    debug!("udp {}: served by process {child}", bound.local);
+                    // The parent's copy of the socket closes here; the child's serves.
+                }
+            }
+        }
+        Ok(DatagramServers::Processes)
+    }
+
+    /// Stops the threads (each finishes the datagram in hand) and logs what each did. UDP child
+    /// processes stop on their own (see the type's documentation).
+    pub fn stop(self) {
+        if let DatagramServers::Threads(threads) = self {
+            threads.stop();
+        }
+    }
+}
 
 /// The threads serving the UDP services, and how to stop them.
 #[derive(Debug, Default)]

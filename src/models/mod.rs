@@ -17,10 +17,34 @@
 //! scheduler shares the CPU between threads). `--max-line` applies unchanged: it lives in the
 //! protocol. `--idle-timeout` becomes the socket's read and write timeouts (a blocked `read` or
 //! `write` that long means no byte moved that long), and `--max-connections` a count of the
-//! connections being served (threads or child processes). Graceful shutdown is the reactor's
-//! alone: the models keep the default action for SIGINT and SIGTERM and end at once.
+//! connections being served (threads or child processes).
+//!
+//! ## Graceful shutdown
+//!
+//! SIGINT and SIGTERM end every model as they end the reactor: stop accepting at once, close idle
+//! connections at once, finish writing the replies to requests already read, close, exit 0 —
+//! within `--shutdown-timeout`, after which connections still busy are closed; a second signal
+//! exits at once. The signal handler only writes to a pipe that the [`Acceptor`]'s poll watches,
+//! so the thread that accepts is the one that shuts down:
+//!
+//! * **threaded, pool, serial** — connections are served on threads (serial has one, and accepts
+//!   only while it is free). The acceptor closes the listeners, then [`Admission::stop`] sets the
+//!   stop flag and shuts down the reading side of every registered socket: a thread blocked in
+//!   `read` sees an end of stream at once, answers what its session still holds, and closes; a
+//!   thread busy writing finishes, then stops. The acceptor waits until the last connection has
+//!   closed, the timeout has passed, or a second signal has come, and returns `Ok`. The pool's
+//!   queued connections, never read, are closed at once.
+//! * **forking** — connections are served by child processes, which do not share the parent's
+//!   memory, so the parent forwards SIGTERM to each child, and each child's own small handler
+//!   (installed right after the fork, see [`crate::sys::stop_gracefully_on_signal`]) does what
+//!   [`Admission::stop`] does for a thread. The parent collects the children as they exit
+//!   (SIGCHLD, through the same pipe), and kills those still busy at the timeout or at a second
+//!   signal.
+//!
+//! [`Admission::stop`]: admission::Admission::stop
 
 pub mod acceptor;
+pub mod admission;
 pub mod datagram;
 pub mod forking;
 pub mod pool;
@@ -29,17 +53,21 @@ pub mod threaded;
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use socket2::SockRef;
 
 use crate::clock::Clock;
 use crate::net::{BlockingStream, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
+use crate::sys::unacknowledged_bytes;
 
-pub use acceptor::Acceptor;
+pub use acceptor::{Acceptor, Next};
+pub use admission::{Admission, Admitted};
 
 /// How `serve` serves its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -78,46 +106,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// `--max-connections`: connections served at once; one more is refused.
     pub max_connections: usize,
-}
-
-/// Counts the connections being served, for `--max-connections`: a slot is taken before a
-/// connection is handed to its thread and given back when [`Slot`] is dropped.
-#[derive(Clone, Debug)]
-pub struct Admission {
-    open: Arc<AtomicUsize>,
-    max: usize,
-}
-
-impl Admission {
-    /// Admits up to `max` connections at once.
-    pub fn new(max: usize) -> Admission {
-        Admission {
-            open: Arc::new(AtomicUsize::new(0)),
-            max,
-        }
-    }
-
-    /// A slot for `accepted`, or `None` after refusing it (the `error too many connections`
-    /// line, then close), as the reactor does.
-    pub fn admit(&self, accepted: &mut Accepted) -> Option<Slot> {
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            debug!("{}: too many connections; refusing", accepted.peer);
-            refuse(accepted);
-            return None;
-        }
-        Some(Slot(Arc::clone(&self.open)))
-    }
-}
-
-/// One admitted connection's place in the count; dropping it frees the place.
-#[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// `--shutdown-timeout`: how long a graceful shutdown waits for busy connections.
+    pub shutdown_timeout: Duration,
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.
@@ -143,12 +133,21 @@ pub struct Accepted {
 
 /// Serves one connection on a blocking socket until it ends: read, feed the session, write the
 /// replies, repeat. This is the whole protocol driver of the blocking models.
-pub fn serve_blocking(accepted: Accepted, settings: &Settings) {
-    let Accepted {
-        mut stream,
-        protocol,
-        peer,
-    } = accepted;
+///
+/// `stopping` is the graceful shutdown: once it is set, the connection reads no more requests;
+/// what the protocol still holds is answered as at the client's end of stream, the replies are
+/// written, and the connection ends with a lingering close. It is checked before every `read`,
+/// and whoever sets it also shuts down this socket's reading side, so a `read` already blocked
+/// returns at once.
+pub fn serve_blocking(
+    stream: &BlockingStream,
+    protocol: ProtocolKind,
+    peer: Peer,
+    settings: &Settings,
+    stopping: &AtomicBool,
+) {
+    // `&BlockingStream` reads and writes: the socket may be shared with the shutdown registry.
+    let mut stream = stream;
     if stream.set_read_timeout(settings.idle_timeout).is_err()
         || stream.set_write_timeout(settings.idle_timeout).is_err()
     {
@@ -162,7 +161,14 @@ pub fn serve_blocking(accepted: Accepted, settings: &Settings) {
     let mut input = [0u8; BLOCKING_READ_BYTES];
     let mut replies = Vec::new();
     loop {
+        if stopping.load(Ordering::Acquire) {
+            return end_for_shutdown(stream, peer, &mut session, &mut clock, &mut input);
+        }
         let count = match stream.read(&mut input) {
+            Ok(0) if stopping.load(Ordering::Acquire) => {
+                // Woken by the shutdown, not by the client: it may still be sending.
+                return end_for_shutdown(stream, peer, &mut session, &mut clock, &mut input);
+            }
             Ok(0) => {
                 replies.clear();
                 session.on_end(&clock.now(), &mut replies);
@@ -188,7 +194,7 @@ pub fn serve_blocking(accepted: Accepted, settings: &Settings) {
         // As in the reactor, a short read has taken everything there was: the peer has paused.
         // A full read may have emptied the socket exactly, and the next blocking read would wait
         // for ever for a client that is waiting for us: look first, without blocking.
-        let arrival = if count < input.len() || !more_input_waiting(&stream) {
+        let arrival = if count < input.len() || !more_input_waiting(stream) {
             Arrival::Drained
         } else {
             Arrival::Partial
@@ -200,10 +206,32 @@ pub fn serve_blocking(accepted: Accepted, settings: &Settings) {
             return;
         }
         if flow == Flow::Close {
-            linger(&mut stream, &mut input);
+            linger(stream, &mut input);
             return;
         }
     }
+}
+
+/// The end of a connection at a graceful shutdown: nothing more is read; what the session still
+/// holds is answered as at the client's end of stream (a timestamp line without its newline, the
+/// tail of a UTF-8 sequence), written, and the connection ends with [`linger_after_stop`].
+fn end_for_shutdown(
+    mut stream: &BlockingStream,
+    peer: Peer,
+    session: &mut Session,
+    clock: &mut Clock,
+    scratch: &mut [u8],
+) {
+    debug!("{peer}: shutting down");
+    // Usually done already by whoever set the stop flag; `linger_after_stop` relies on it.
+    let _ = stream.shutdown(Shutdown::Read);
+    let mut replies = Vec::new();
+    session.on_end(&clock.now(), &mut replies);
+    if let Err(e) = stream.write_all(&replies) {
+        debug!("{peer}: write failed: {e}");
+        return;
+    }
+    linger_after_stop(stream, scratch);
 }
 
 /// Whether bytes are waiting to be read, checked without blocking.
@@ -213,7 +241,7 @@ fn more_input_waiting(stream: &BlockingStream) -> bool {
 
 /// The lingering close, blocking version: shut down our sending side, then read and discard until
 /// the peer closes or [`LINGER`] passes, so unread input does not turn the close into an RST.
-fn linger(stream: &mut BlockingStream, scratch: &mut [u8]) {
+fn linger(mut stream: &BlockingStream, scratch: &mut [u8]) {
     let _ = stream.shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER;
     loop {
@@ -224,6 +252,70 @@ fn linger(stream: &mut BlockingStream, scratch: &mut [u8]) {
         match stream.read(scratch) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+/// How often [`linger_after_stop`] looks whether the client has everything.
+const LINGER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The lingering close of a connection whose reading side is already shut down (a graceful
+/// shutdown): discard input until the client has acknowledged every reply, then send our end of
+/// stream, and close once that is acknowledged too — or when [`LINGER`] has passed.
+///
+/// [`linger`] cannot do here, for two reasons. After `shutdown(SHUT_RD)` a `read` no longer
+/// waits: it returns 0 whenever nothing is queued, so the client's own close cannot be waited
+/// for. And Linux answers input that arrives after both `SHUT_RD` and our FIN with an RST, which
+/// throws away every reply still in our send queue — so the FIN must wait until that queue is
+/// empty, that is until the client's kernel has acknowledged all of it (`SIOCOUTQ` says how much
+/// is left). From then on an RST can destroy nothing: the client reads its replies, then its end
+/// of stream. The queue is looked at every [`LINGER_CHECK_INTERVAL`].
+///
+/// A client that was still sending is then closed with an RST on purpose. Linux sends no window
+/// update on a socket whose reading side is shut down, so such a client would wait on a closed
+/// window — for its own timeout — instead of learning that nobody reads any more. (The reactor's
+/// close with unread input does the same.)
+fn linger_after_stop(mut stream: &BlockingStream, scratch: &mut [u8]) {
+    let deadline = Instant::now() + LINGER;
+    let mut end_of_stream_sent = false;
+    let mut client_kept_sending = false;
+    loop {
+        // Discard what the client sent; after SHUT_RD this never waits (0: nothing queued now).
+        let nothing_queued = match stream.read(scratch) {
+            Ok(0) => true,
+            Ok(_) => {
+                client_kept_sending = true;
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(_) => return, // Reset by the client, or worse: closing is all that is left.
+        };
+        match unacknowledged_bytes(stream.as_fd()) {
+            Ok(0) if end_of_stream_sent => {
+                if client_kept_sending {
+                    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+                }
+                return;
+            }
+            Ok(0) => {
+                // Fails only if the client is gone, which the next read reports.
+                let _ = stream.shutdown(Shutdown::Write);
+                end_of_stream_sent = true;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!("cannot read the send queue's length: {e}; closing");
+                return;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        if nothing_queued {
+            thread::sleep(left.min(LINGER_CHECK_INTERVAL));
         }
     }
 }

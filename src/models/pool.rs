@@ -4,50 +4,113 @@
 //! elsewhere — a worker is busy for a connection's whole life, so with more clients than
 //! workers, the extra clients wait in the queue until a worker's client leaves.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use log::debug;
+use signal_hook_mio::v1_0::Signals;
 
 use crate::net::BoundListener;
 
-use super::{serve_blocking, Accepted, Acceptor, Admission, Settings, Slot};
+use super::admission::shut_down;
+use super::{Acceptor, Admission, Admitted, Next, Settings};
 
-/// Serves connections on `workers` threads, for ever. `--max-connections` counts the queued
-/// connections as well as those being served, so it also bounds the queue.
-pub fn run(listeners: Vec<BoundListener>, settings: Settings, workers: usize) -> io::Result<()> {
-    let mut acceptor = Acceptor::new(listeners)?;
-    let admission = Admission::new(settings.max_connections);
-    let (queue, receiver) = mpsc::channel::<(Accepted, Slot)>();
-    let receiver = Arc::new(Mutex::new(receiver));
+/// Serves connections on `workers` threads until SIGINT or SIGTERM. `--max-connections` counts
+/// the queued connections as well as those being served, so it also bounds the queue.
+pub fn run(
+    listeners: Vec<BoundListener>,
+    settings: Settings,
+    workers: usize,
+    signals: Signals,
+) -> io::Result<()> {
+    let mut acceptor = Acceptor::new(listeners, signals)?;
+    let admission = Admission::new(settings.max_connections, acceptor.waker()?);
+    let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {
-        let receiver = Arc::clone(&receiver);
+        let queue = Arc::clone(&queue);
         thread::Builder::new()
             .name(format!("worker {worker}"))
-            .spawn(move || loop {
-                // The lock is held only while waiting for the next connection, never while
-                // serving one.
-                let next = receiver
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .recv();
-                match next {
-                    Ok((accepted, _slot)) => serve_blocking(accepted, &settings),
-                    Err(_) => return, // The acceptor is gone.
+            .spawn(move || {
+                while let Some(connection) = queue.pop() {
+                    connection.serve(&settings);
                 }
             })?;
     }
     debug!("pool: {workers} workers");
     loop {
-        let Some(mut accepted) = acceptor.accept_next(None)? else {
-            continue;
-        };
-        if let Some(slot) = admission.admit(&mut accepted) {
-            queue
-                .send((accepted, slot))
-                .map_err(|_| io::Error::other("every worker has stopped"))?;
+        match acceptor.accept_next(None)? {
+            Next::Accepted(accepted) => {
+                if let Some(connection) = admission.admit(accepted) {
+                    queue.push(connection);
+                }
+            }
+            Next::Signal(signal) => {
+                // Queued connections have not been read: nothing is owed to them, and no worker
+                // may be free to close them before the timeout. Close them now.
+                for connection in queue.close() {
+                    connection.close_unserved();
+                }
+                return shut_down(&mut acceptor, &admission, signal, settings.shutdown_timeout);
+            }
+            Next::Woken | Next::TimedOut => {}
         }
+    }
+}
+
+/// The connections waiting for a worker. A queue the acceptor can also empty at shutdown: with
+/// `mpsc`, a worker waiting for the next connection holds the receiver, so nobody else could.
+#[derive(Debug, Default)]
+struct Queue {
+    state: Mutex<Waiting>,
+    /// Signalled when a connection is queued or the queue is closed.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    connections: VecDeque<Admitted>,
+    /// No more connections will come: workers stop once it is empty.
+    closed: bool,
+}
+
+impl Queue {
+    /// Queues a connection for the next free worker.
+    fn push(&self, connection: Admitted) {
+        self.lock().connections.push_back(connection);
+        self.changed.notify_one();
+    }
+
+    /// The next connection, waiting for one; `None` once the queue is closed.
+    fn pop(&self) -> Option<Admitted> {
+        let mut waiting = self.lock();
+        loop {
+            if let Some(connection) = waiting.connections.pop_front() {
+                return Some(connection);
+            }
+            if waiting.closed {
+                return None;
+            }
+            waiting = self
+                .changed
+                .wait(waiting)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Closes the queue and returns what was still in it.
+    fn close(&self) -> Vec<Admitted> {
+        let mut waiting = self.lock();
+        waiting.closed = true;
+        let left = waiting.connections.drain(..).collect();
+        drop(waiting);
+        self.changed.notify_all();
+        left
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // A push or pop cannot leave the queue half-changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -8,32 +8,36 @@ use std::io;
 use std::thread;
 
 use log::warn;
+use signal_hook_mio::v1_0::Signals;
 
 use crate::net::BoundListener;
 
-use super::{serve_blocking, Acceptor, Admission, Settings};
+use super::admission::shut_down;
+use super::{Acceptor, Admission, Next, Settings};
 
-/// Serves every connection on a new thread, for ever.
-pub fn run(listeners: Vec<BoundListener>, settings: Settings) -> io::Result<()> {
-    let mut acceptor = Acceptor::new(listeners)?;
-    let admission = Admission::new(settings.max_connections);
+/// Serves every connection on a new thread until SIGINT or SIGTERM.
+pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+    let mut acceptor = Acceptor::new(listeners, signals)?;
+    let admission = Admission::new(settings.max_connections, acceptor.waker()?);
     loop {
-        let Some(mut accepted) = acceptor.accept_next(None)? else {
-            continue;
-        };
-        let Some(slot) = admission.admit(&mut accepted) else {
-            continue;
-        };
-        let peer = accepted.peer;
-        let spawned = thread::Builder::new()
-            .name(format!("conn {peer}"))
-            .spawn(move || {
-                serve_blocking(accepted, &settings);
-                drop(slot);
-            });
-        if let Err(e) = spawned {
-            // Out of threads (or memory): this client is dropped, the others carry on.
-            warn!("{peer}: cannot start a thread: {e}; closing");
+        match acceptor.accept_next(None)? {
+            Next::Accepted(accepted) => {
+                let Some(connection) = admission.admit(accepted) else {
+                    continue;
+                };
+                let peer = connection.peer();
+                let spawned = thread::Builder::new()
+                    .name(format!("conn {peer}"))
+                    .spawn(move || connection.serve(&settings));
+                if let Err(e) = spawned {
+                    // Out of threads (or memory): this client is dropped, the others carry on.
+                    warn!("{peer}: cannot start a thread: {e}; closing");
+                }
+            }
+            Next::Signal(signal) => {
+                return shut_down(&mut acceptor, &admission, signal, settings.shutdown_timeout);
+            }
+            Next::Woken | Next::TimedOut => {}
         }
     }
 }

@@ -265,6 +265,40 @@ impl BlockingStream {
     }
 }
 
+/// Reads through a shared reference, as `&TcpStream` does: one socket can be served by one thread
+/// and shut down from another (a graceful shutdown's `shutdown(SHUT_RD)`).
+impl Read for &BlockingStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Tcp(s) => (&*s).read(buf),
+            BlockingStream::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+/// Writes through a shared reference, like [`Read`] above.
+impl Write for &BlockingStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Tcp(s) => (&*s).write(buf),
+            BlockingStream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::os::fd::AsFd for BlockingStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            BlockingStream::Tcp(s) => s.as_fd(),
+            BlockingStream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 impl Read for BlockingStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -524,6 +524,47 @@ pub fn try_read_to_end_within(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()
     }
 }
 
+/// The send and receive queues, in bytes, of the IPv4 TCP socket bound to `local` and connected
+/// to `remote`, from `/proc/net/tcp` (`tx_queue`: sent and not yet acknowledged, or not yet sent;
+/// `rx_queue`: received and not yet read). `None` if no such socket is listed.
+pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+        if port(fields.get(1)?)? != local.port() || port(fields.get(2)?)? != remote.port() {
+            return None;
+        }
+        let (tx, rx) = fields.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// The process ids of `pid`'s child processes (from `/proc/PID/task/*/children`).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether a process `pid` exists (a zombie counts: it is not collected yet).
+pub fn process_exists(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
 /// Whether this host can listen on the IPv6 loopback (containers often cannot).
 pub fn ipv6_loopback_available() -> bool {
     TcpListener::bind("[::1]:0").is_ok()

@@ -1,0 +1,201 @@
+//! The connections a threaded model is serving: the count `--max-connections` limits, and the
+//! registry a graceful shutdown goes through to wake every one of them.
+//!
+//! A serving thread spends most of its life blocked in `read`, and nothing in the process can
+//! reach into another thread's system call. What can be reached is the socket: the registry keeps
+//! a second handle on each one (an [`Arc`], so no descriptor is duplicated), and at shutdown
+//! [`Admission::stop`] calls `shutdown(SHUT_RD)` on each. On Linux a `read` blocked on that socket
+//! then returns 0 at once, as if the client had half-closed; the thread flushes what the protocol
+//! still holds, writes its last replies, and closes. Together with the stop flag (checked before
+//! every `read`, because queued input stays readable after `SHUT_RD`) this is how the blocking
+//! models "stop reading" without a poll of their own.
+//!
+//! [`shut_down`] is the rest of the shutdown for the models whose connections are threads: stop
+//! accepting, stop every connection, and wait — at most `--shutdown-timeout`, or until a second
+//! signal — for the count to reach zero.
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::Waker;
+use slab::Slab;
+
+use crate::net::{BlockingStream, Peer};
+
+use crate::protocol::ProtocolKind;
+
+use super::acceptor::{Acceptor, Next};
+use super::{refuse, serve_blocking, Accepted, Settings};
+
+/// Counts and registers the connections being served.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Connections admitted and not yet closed.
+    open: AtomicUsize,
+    /// `--max-connections`.
+    max: usize,
+    /// Set once a graceful shutdown has begun: serving threads stop reading.
+    stopping: AtomicBool,
+    /// A handle on every admitted connection's socket, for [`Admission::stop`].
+    streams: Mutex<Slab<Arc<BlockingStream>>>,
+    /// Rung whenever the last open connection closes: the acceptor may be waiting for that.
+    waker: Arc<Waker>,
+}
+
+impl Admission {
+    /// Admits up to `max` connections at once; `waker` is rung each time the count drops to zero.
+    pub fn new(max: usize, waker: Arc<Waker>) -> Admission {
+        Admission {
+            shared: Arc::new(Shared {
+                open: AtomicUsize::new(0),
+                max,
+                stopping: AtomicBool::new(false),
+                streams: Mutex::new(Slab::new()),
+                waker,
+            }),
+        }
+    }
+
+    /// The connection, admitted and registered, or `None` after refusing it (the `error too many
+    /// connections` line, then close), as the reactor does.
+    pub fn admit(&self, mut accepted: Accepted) -> Option<Admitted> {
+        if self.shared.open.fetch_add(1, Ordering::AcqRel) >= self.shared.max {
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
+            debug!("{}: too many connections; refusing", accepted.peer);
+            refuse(&mut accepted);
+            return None;
+        }
+        let stream = Arc::new(accepted.stream);
+        let key = self.shared.streams().insert(Arc::clone(&stream));
+        Some(Admitted {
+            stream,
+            protocol: accepted.protocol,
+            peer: accepted.peer,
+            slot: Slot {
+                shared: Arc::clone(&self.shared),
+                key,
+            },
+        })
+    }
+
+    /// How many admitted connections are still open.
+    pub fn open(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// Begins a graceful shutdown of every admitted connection: each stops reading (its blocked
+    /// `read` returns at once), finishes writing its replies, and closes.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        for (_, stream) in self.shared.streams().iter() {
+            // Fails only if the connection is already gone (ENOTCONN): nothing to wake then.
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+}
+
+impl Shared {
+    fn streams(&self) -> MutexGuard<'_, Slab<Arc<BlockingStream>>> {
+        // The lock guards a slab insert or remove, which cannot leave it half-changed.
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An admitted connection. Dropping it closes the socket, then frees its place in the count.
+#[derive(Debug)]
+pub struct Admitted {
+    // Field order matters: this handle is dropped before `slot`, whose drop releases the
+    // registry's handle — the last one — and so closes the socket before the count goes down.
+    stream: Arc<BlockingStream>,
+    protocol: ProtocolKind,
+    peer: Peer,
+    slot: Slot,
+}
+
+impl Admitted {
+    /// Serves the connection to its end with [`serve_blocking`], then closes it.
+    pub fn serve(self, settings: &Settings) {
+        serve_blocking(
+            &self.stream,
+            self.protocol,
+            self.peer,
+            settings,
+            &self.slot.shared.stopping,
+        );
+    }
+
+    /// Closes a connection that was never served (it waited in the pool's queue until the
+    /// shutdown): its end of stream at once. Nothing was read from it, so nothing is owed to it.
+    pub fn close_unserved(self) {
+        debug!("{}: never served; closing for the shutdown", self.peer);
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// The client's address, for logs.
+    pub fn peer(&self) -> Peer {
+        self.peer
+    }
+}
+
+/// One admitted connection's place in the count and the registry.
+#[derive(Debug)]
+struct Slot {
+    shared: Arc<Shared>,
+    key: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.shared.streams().remove(self.key));
+        if self.shared.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: wake the acceptor, which may be waiting for exactly this.
+            if let Err(e) = self.shared.waker.wake() {
+                warn!("cannot wake the acceptor: {e}");
+            }
+        }
+    }
+}
+
+/// The graceful shutdown of a model whose connections are served by threads, after the first
+/// `signal`: stops accepting, stops every connection ([`Admission::stop`]), and waits until they
+/// have all closed, `timeout` has passed (connections still busy are then closed by the process's
+/// exit), or a second signal arrives. `Ok` in every case: the process exits 0.
+pub fn shut_down(
+    acceptor: &mut Acceptor,
+    admission: &Admission,
+    signal: i32,
+    timeout: Duration,
+) -> io::Result<()> {
+    info!(
+        "signal {signal}: shutting down (at most {} s)",
+        timeout.as_secs_f64()
+    );
+    acceptor.stop_accepting();
+    admission.stop();
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let open = admission.open();
+        if open == 0 {
+            info!("shutdown complete");
+            return Ok(());
+        }
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|left| left.is_zero()) {
+            warn!("shutdown timeout: closing {open} connections still busy");
+            return Ok(());
+        }
+        if let Next::Signal(signal) = acceptor.wait(left)? {
+            info!("second signal ({signal}): exiting at once");
+            return Ok(());
+        }
+    }
+}
