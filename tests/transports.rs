@@ -138,14 +138,24 @@ fn four_mib_echo_over_unix() {
 }
 
 #[test]
-fn sigterm_and_sigint_remove_the_socket_file() {
-    for signal in ["TERM", "INT"] {
-        let path = socket_path(&format!("signal-{signal}"));
-        let mut server = Server::start(&[&unix_spec("echo", &path)]);
-        assert!(path.exists());
-        server.signal(signal);
-        assert_eq!(server.wait_for_exit().code(), Some(0));
-        assert!(!path.exists(), "SIG{signal} left {} behind", path.display());
+fn sigterm_and_sigint_remove_the_socket_file_under_every_model() {
+    for model in MODELS {
+        for signal in ["TERM", "INT"] {
+            let path = socket_path(&format!("signal-{model}-{signal}"));
+            let mut server = Server::start(&["--model", model, &unix_spec("echo", &path)]);
+            // One connection served, so a forking server has had a child.
+            let mut stream = unix_connect(&path);
+            stream.write_all(b"x").unwrap();
+            assert_eq!(read_exact(&mut stream, 1), b"x");
+            drop(stream);
+            server.signal(signal);
+            assert_eq!(server.wait_for_exit().code(), Some(0), "{model}");
+            assert!(
+                !path.exists(),
+                "{model}: SIG{signal} left {} behind",
+                path.display()
+            );
+        }
     }
 }
 
@@ -304,13 +314,20 @@ fn assert_unanswered(socket: &UdpSocket, server: SocketAddr) {
 }
 
 fn udp_protocols(model: &str) {
-    let server = Server::start(&[
+    let mut server = Server::start(&[
         "--model",
         model,
         "upper@udp:127.0.0.1:0",
         "timestamp@udp:127.0.0.1:0",
         "echo@udp:127.0.0.1:0",
+        "echo@127.0.0.1:0",
     ]);
+    // The stream services still work beside the UDP ones (under forking, the UDP servers are
+    // processes, so the parent can still fork a child per connection).
+    let mut tcp = util::connect(server.addr_of("echo", "tcp"));
+    util::send(&mut tcp, b"tcp beside udp");
+    assert_eq!(util::read_exact_within(&mut tcp, 14), b"tcp beside udp");
+    drop(tcp);
     let upper = server.addr_of("upper", "udp");
     let client = udp_client(upper);
     assert_eq!(
@@ -338,6 +355,21 @@ fn udp_protocols(model: &str) {
         &big,
         "a 60,000-byte datagram",
     );
+
+    // A graceful stop ends the UDP servers too (threads, or forking's child processes): the
+    // ports come free.
+    server.signal("TERM");
+    assert_eq!(server.wait_for_exit().code(), Some(0), "{model}");
+    for port in [upper, timestamp, echo] {
+        let deadline = Instant::now() + DEADLINE;
+        while UdpSocket::bind(port).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{model}: udp {port} still bound after exit"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 #[test]
