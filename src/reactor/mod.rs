@@ -49,7 +49,7 @@ use slab::Slab;
 
 use crate::clock::{Clock, Now};
 use crate::net::datagram::DatagramStats;
-use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory};
+use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory, ACCEPT_PAUSE};
 use crate::net::{
     BoundDatagram, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener,
     TOO_MANY_CONNECTIONS_REPLY,
@@ -76,10 +76,6 @@ pub const MAX_ACCEPTS_PER_TURN: usize = 256;
 
 /// Default for `--output-limit`: 1 MiB of queued replies per connection.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 1024 * 1024;
-
-/// How long a listener rests when the process is out of file descriptors and has no reserve
-/// descriptor to spend: long enough not to spin, short enough that service resumes promptly.
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the reactor needs from the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -667,6 +663,12 @@ impl Reactor {
                 continue;
             }
             connection.begin_shutdown(&mut self.shared, now);
+            if connection.is_closed() {
+                // Writing what the session held failed (the peer is gone): reap it now, or it
+                // would hold the shutdown up until the timeout.
+                self.settle(key, false);
+                continue;
+            }
             // Most can flush and shut down their side at once.
             self.drive_connection(key, now);
         }
@@ -890,6 +892,48 @@ mod tests {
             "the held bytes are answered whole"
         );
         assert!(reply[stamp.len()..].iter().all(|&b| b == b'x'));
+    }
+
+    /// A connection whose held bytes cannot be written at the shutdown (its peer reset it) is
+    /// reaped, not left to hold the shutdown up until the timeout.
+    #[test]
+    fn shutdown_reaps_a_connection_whose_last_write_fails() {
+        let mut reactor = Reactor::new(Vec::new(), Vec::new(), Config::default(), None).unwrap();
+        let now = reactor.clock.now();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let stream = Stream::Tcp(mio::net::TcpStream::from_std(accepted));
+        reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Upper, &now);
+        let key = reactor.connections.iter().next().unwrap().0;
+        client.write_all(b"abc\xc3").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut reply = [0u8; 3];
+        client.set_nonblocking(true).unwrap();
+        loop {
+            reactor.dispatch(Token(key), &now);
+            if client.read_exact(&mut reply).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no reply");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(&reply, b"ABC");
+        // The client vanishes with a reset; the server has not looked yet.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        std::thread::sleep(Duration::from_millis(50)); // let the RST land
+        reactor.begin_shutdown(&now);
+        assert_eq!(
+            reactor.open_connection_count(),
+            0,
+            "the dead connection still counts"
+        );
+        reactor.reap_finished();
+        assert!(reactor.connections.is_empty());
     }
 
     /// `--max-connections` counts the connections still open, not those that closed this turn
