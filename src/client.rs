@@ -71,7 +71,7 @@ fn talk(args: &ClientArgs) -> io::Result<()> {
             Some(timeout) => TcpStream::connect_timeout(addr, timeout)?,
             None => TcpStream::connect(addr)?,
         }),
-        Address::Unix(path) => BlockingStream::Unix(UnixStream::connect(path)?),
+        Address::Unix(path) => BlockingStream::Unix(connect_unix(path, args.timeout)?),
         Address::Udp(addr) => {
             return datagrams(
                 *addr,
@@ -92,6 +92,18 @@ fn talk(args: &ClientArgs) -> io::Result<()> {
         writer.shutdown(Shutdown::Write)?;
     }
     print_until_closed(stream)
+}
+
+/// Connects to a Unix socket, waiting at most `timeout` (a server whose backlog is full makes a
+/// blocking `connect` wait).
+fn connect_unix(path: &std::path::Path, timeout: Option<Duration>) -> io::Result<UnixStream> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    let address = socket2::SockAddr::unix(path)?;
+    match timeout {
+        Some(timeout) => socket.connect_timeout(&address, timeout)?,
+        None => socket.connect(&address)?,
+    }
+    Ok(socket.into())
 }
 
 /// How long a UDP client waits for each reply when `--timeout` is not given: a datagram or its

@@ -17,10 +17,11 @@
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Binds a Unix stream listener at `path`, replacing a stale socket file, with the file's
 /// permission bits set to `mode` from the moment it exists (`None`: as the umask makes them).
@@ -55,18 +56,39 @@ fn clear_stale(path: &Path) -> io::Result<()> {
             "the path exists and is not a socket (left untouched)",
         ));
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
+    match probe(path) {
+        Ok(()) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             "another server is listening there",
         )),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            // Unlink only the file just found stale: another server may have replaced it since.
+            let now = std::fs::symlink_metadata(path)?;
+            if (now.dev(), now.ino()) != (metadata.dev(), metadata.ino()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "the socket was replaced while we looked at it",
+                ));
+            }
             info!(
                 "{}: removing a stale socket nobody listens on",
                 path.display()
             );
             std::fs::remove_file(path)
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether anybody listens at `path`: a non-blocking `connect`, so a live server whose backlog
+/// is full (`EAGAIN`) counts as live instead of making us wait for it. `ConnectionRefused`
+/// means nobody listens.
+fn probe(path: &Path) -> io::Result<()> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
     }
 }
