@@ -50,7 +50,8 @@ pub struct ServeArgs {
         help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp or echo; ADDRESS is \
                 HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), \
                 udp:HOST:PORT or unix:PATH. Under the blocking models each UDP service is one \
-                thread blocked in recv_from (a datagram service has no connections to spread) \
+                thread (under forking, one process) blocked in recv_from: a datagram service has \
+                no connections to spread \
                 [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]"
     )]
     pub services: Vec<ServiceSpec>,

@@ -3,9 +3,10 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 
 /// The soft and hard `RLIMIT_NOFILE` before and after [`raise_fd_limit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +222,109 @@ pub fn signal_on_parent_exit(signal: i32, parent: u32) -> io::Result<()> {
         // The parent exited before the prctl: no signal will come, so raise it now.
         // SAFETY: raise takes a plain integer.
         unsafe { libc::raise(signal) };
+    }
+    Ok(())
+}
+
+/// Adds an action to SIGINT and SIGTERM (beside whatever else handles them): set `stopping` and
+/// shut down the reading side of each of `sockets`, so that a thread blocked in `recv_from` on
+/// one of them returns at once. How the blocking models' UDP threads stop at the first signal,
+/// as the reactor's UDP sockets do. Returns the registrations, for [`forget_signal_actions`].
+///
+/// The sockets must stay open until the actions are forgotten: the handler names them by
+/// descriptor number, and a number closed and reused would be shut down by mistake.
+pub fn shut_down_reading_on_stop_signals(
+    sockets: Vec<RawFd>,
+    stopping: Arc<AtomicBool>,
+) -> io::Result<Vec<signal_hook::SigId>> {
+    let action = move || {
+        stopping.store(true, Ordering::SeqCst);
+        for &socket in &sockets {
+            // SAFETY: shutdown takes two integers; the descriptors stay open while registered.
+            unsafe { libc::shutdown(socket, libc::SHUT_RD) };
+        }
+    };
+    register_stop_action(action)
+}
+
+/// A handle on a child process that cannot be confused with a later process that reuses its
+/// process id (a `pidfd`, Linux 5.3).
+#[derive(Debug)]
+pub struct ChildHandle(OwnedFd);
+
+impl ChildHandle {
+    /// The handle of `child`, taken right after `fork`, before anyone can collect it.
+    pub fn open(child: i32) -> io::Result<ChildHandle> {
+        // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just returned to us and is owned by nobody else.
+        Ok(ChildHandle(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+    }
+}
+
+/// Adds an action to SIGINT and SIGTERM: send SIGTERM to each of `children`, so that child
+/// processes that are not the model's connections (the forking model's UDP servers) stop at the
+/// parent's first signal too. A child already gone is not signalled, and no other process can be
+/// (see [`ChildHandle`]). The handles must stay open while registered.
+pub fn forward_stop_signals(children: &[ChildHandle]) -> io::Result<Vec<signal_hook::SigId>> {
+    let pidfds: Vec<RawFd> = children.iter().map(|c| c.0.as_raw_fd()).collect();
+    let action = move || {
+        for &pidfd in &pidfds {
+            // SAFETY: pidfd_send_signal takes integers and a null siginfo pointer; it is a plain
+            // system call, so async-signal-safe.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    libc::SIGTERM,
+                    ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
+    };
+    register_stop_action(action)
+}
+
+/// Registers `action` for SIGINT and SIGTERM. Private, so that only the async-signal-safe
+/// actions above can be registered.
+fn register_stop_action(
+    action: impl Fn() + Sync + Send + Clone + 'static,
+) -> io::Result<Vec<signal_hook::SigId>> {
+    let mut ids = Vec::with_capacity(2);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: both callers' actions only store to an atomic and make system calls
+        // (shutdown, pidfd_send_signal), all async-signal-safe, over vectors built beforehand:
+        // no allocation, no lock.
+        ids.push(unsafe { signal_hook::low_level::register(signal, action.clone()) }?);
+    }
+    Ok(ids)
+}
+
+/// Removes actions added by [`shut_down_reading_on_stop_signals`] or [`forward_stop_signals`].
+pub fn forget_signal_actions(ids: Vec<signal_hook::SigId>) {
+    for id in ids {
+        signal_hook::low_level::unregister(id);
+    }
+}
+
+/// In a forked child: closes every descriptor but standard input, output, error and `keep`, so
+/// the child holds nothing of its parent's (listening sockets above all: a listener held open by
+/// a child keeps completing connections nobody will accept). Reads `/proc/self/fd`.
+pub fn close_descriptors_except(keep: &[RawFd]) -> io::Result<()> {
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: close takes an integer; the Rust values that owned these descriptors in
+            // the parent are never used or dropped in this child, which ends with `exit_child`.
+            // (The directory listing's own descriptor is already closed, or fails harmlessly.)
+            unsafe { libc::close(fd) };
+        }
     }
     Ok(())
 }

@@ -487,7 +487,9 @@ fn a_datagram_flood_does_not_starve_tcp_clients() {
             })
         })
         .collect();
+    let deadline = Instant::now() + DEADLINE;
     while sent.load(Ordering::Relaxed) < 10_000 {
+        assert!(Instant::now() < deadline, "the flood never got going");
         thread::sleep(Duration::from_millis(1));
     }
     let before = sent.load(Ordering::Relaxed);
@@ -599,4 +601,88 @@ fn socat_speaks_to_the_unix_and_udp_services() {
     let udp = format!("UDP:{}", server.addr_of("timestamp", "udp"));
     let reply = socat(&["-t2", "-", &udp], b"stamp me").unwrap();
     check_stamped_reply(&reply, b"stamp me").unwrap();
+}
+
+/// The first signal ends the UDP services and closes every listener at once, under every model,
+/// even while a busy stream connection holds the rest of the shutdown up (the reactor's
+/// behaviour is the reference). Under forking, the UDP servers are child processes: they must
+/// not keep the stream listeners open, or connections would still be taken after the signal.
+#[test]
+fn at_the_first_signal_udp_stops_and_listeners_close_under_every_model() {
+    for model in MODELS {
+        if model == "serial" {
+            continue; // Its one serving thread is the busy connection: covered by the others.
+        }
+        let mut server = Server::start_with_env(
+            &[
+                "--model",
+                model,
+                "--shutdown-timeout",
+                "60",
+                "echo@udp:127.0.0.1:0",
+                "echo@127.0.0.1:0",
+            ],
+            &[("RUST_LOG", "oneloop=info")],
+        );
+        let (udp, tcp) = (server.addr_of("echo", "udp"), server.addr_of("echo", "tcp"));
+        let client = udp_client(udp);
+        assert_eq!(exchange(&client, udp, b"before"), b"before");
+        // A connection the server cannot finish: it echoes to a client that never reads and never
+        // stops sending, so its server is blocked writing (the writer thread ends when the
+        // server closes the connection at exit).
+        let busy = util::connect(tcp);
+        let _writer = {
+            let mut busy = busy.try_clone().unwrap();
+            thread::spawn(move || {
+                let chunk = vec![b'b'; 64 * 1024];
+                while busy.write_all(&chunk).is_ok() {}
+            })
+        };
+        thread::sleep(Duration::from_millis(300)); // let the buffers fill
+        server.signal("TERM");
+
+        // The UDP service closes first — the busy connection holds the rest of the shutdown up
+        // (for the whole timeout, or for the 2 s linger of a blocking model's thread).
+        let closed = format!("udp {udp}: closed");
+        let deadline = Instant::now() + DEADLINE;
+        let stderr = loop {
+            let stderr = server.stderr();
+            if stderr.contains(&closed) {
+                break stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{model}: no `{closed}`: {stderr}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            !stderr.contains("shutdown complete"),
+            "{model}: the UDP service closed only at the end of the shutdown: {stderr}"
+        );
+        while std::net::TcpStream::connect(tcp).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{model}: still accepting after the signal"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        loop {
+            client.send_to(b"after", udp).unwrap();
+            let mut reply = [0u8; 16];
+            if client.recv_from(&mut reply).is_err() {
+                break; // No answer: the UDP service has stopped.
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{model}: udp still answered after the signal"
+            );
+        }
+        server.signal("INT");
+        assert_eq!(server.wait_for_exit().code(), Some(0), "{model}");
+        drop(busy);
+    }
 }

@@ -1,4 +1,4 @@
-//! UDP under the blocking models: one thread per UDP service, blocked in `recv_from`.
+//! UDP under the blocking models: one server per UDP service, blocked in `recv_from`.
 //!
 //! A datagram service has no connections to spread over threads or processes, so every blocking
 //! model serves it the same way — the way the seeds' `udp_server.py` does: one loop of
@@ -6,149 +6,150 @@
 //! oversize datagram is dropped, a source port below 1024 gets no reply, and a reply the socket
 //! will not take at once is dropped (`MSG_DONTWAIT`), never waited for.
 //!
-//! To stop, the thread is woken the classic way: a flag is set and an empty datagram is sent to
-//! the socket, so the blocked `recv_from` returns and the thread sees the flag.
+//! The server is a thread under serial, threaded and pool. The forking model cannot have a
+//! thread — it forks, and a fork with a second thread running could copy a lock that thread
+//! holds — so there each UDP service is a child process of its own (the forking model's unit of
+//! work), forked at start while the parent is still single-threaded.
+//!
+//! **Stopping.** Like the reactor's UDP sockets, these stop at the first SIGINT or SIGTERM, not
+//! after the stream connections have drained: a stop flag is set and the socket's reading side is
+//! shut down, which wakes a `recv_from` blocked on it (Linux wakes the readers of an unconnected
+//! UDP socket on `shutdown`). A thread's socket is shut down by an action added to the signals
+//! (async-signal-safe: an atomic store and a system call); a UDP child does the same from its own
+//! handler, on the SIGTERM its parent forwards to it, and the kernel also sends it SIGTERM when the
+//! parent exits, so it never outlives the server.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use log::{debug, info};
-
-use std::os::fd::AsFd;
-
-use log::warn;
+use log::{debug, info, warn};
 
 use super::Model;
 use crate::clock::Clock;
 use crate::net::datagram::DatagramStats;
 use crate::net::BoundDatagram;
 use crate::protocol::datagram::{reply, MAX_DATAGRAM_PAYLOAD};
-use crate::sys::{self, Forked};
+use crate::sys::{self, ChildHandle, Forked};
 
-/// The UDP services of a blocking model, and how they end.
-///
-/// Threads for serial, threaded and pool. The forking model cannot have a thread — it forks, and
-/// a fork with a second thread running could copy a lock that thread holds — so there each UDP
-/// service is a child process of its own (the forking model's unit of work), started now, while
-/// the parent is still single-threaded. The child stops like the model's other children: SIGINT
-/// or SIGTERM runs its own small handler (the stop flag, and `shutdown(SHUT_RD)` on its socket,
-/// which wakes the blocked `recv_from`); and the kernel sends it SIGTERM when the parent exits,
-/// so it never outlives the server.
+/// The UDP services of a blocking model, already serving.
 #[derive(Debug)]
-pub enum DatagramServers {
-    /// One thread per UDP service.
-    Threads(DatagramThreads),
-    /// One child process per UDP service (the forking model); they end with the parent.
-    Processes,
+pub struct DatagramServers {
+    kind: Servers,
+    /// The signal actions that stop them at the first signal (removed by [`Self::stop`]).
+    signal_actions: Vec<signal_hook::SigId>,
+}
+
+#[derive(Debug)]
+enum Servers {
+    /// A thread per service, with a second handle on its socket (to shut it down) and its name.
+    Threads {
+        threads: Vec<(JoinHandle<()>, std::net::UdpSocket, String)>,
+        stopping: Arc<AtomicBool>,
+    },
+    /// A child process per service (the forking model); the handles stay open for as long as
+    /// the signal action that names them is registered.
+    Processes { children: Vec<ChildHandle> },
 }
 
 impl DatagramServers {
     /// Starts serving `datagrams` the way `model` serves.
     pub fn start(datagrams: Vec<BoundDatagram>, model: Model) -> io::Result<DatagramServers> {
-        if model != Model::Forking {
-            return DatagramThreads::start(datagrams).map(DatagramServers::Threads);
+        if model == Model::Forking {
+            return DatagramServers::fork(datagrams);
         }
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(datagrams.len());
+        for bound in datagrams {
+            bound.socket.set_nonblocking(false)?;
+            let handle = bound.socket.try_clone()?;
+            let name = format!("udp {}", bound.local);
+            let flag = Arc::clone(&stopping);
+            let thread = thread::Builder::new().name(name.clone()).spawn(move || {
+                let local = bound.local;
+                let stats = serve(bound, &flag);
+                info!("udp {local}: closed; {stats}");
+            })?;
+            threads.push((thread, handle, name));
+        }
+        let sockets = threads.iter().map(|(_, s, _)| s.as_raw_fd()).collect();
+        let signal_actions =
+            sys::shut_down_reading_on_stop_signals(sockets, Arc::clone(&stopping))?;
+        Ok(DatagramServers {
+            kind: Servers::Threads { threads, stopping },
+            signal_actions,
+        })
+    }
+
+    /// The forking model's UDP services: a child process each.
+    fn fork(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
         let parent = std::process::id();
+        let mut children = Vec::with_capacity(datagrams.len());
         for bound in datagrams {
             let blocked = sys::block_stop_signals()?;
             match sys::fork_single_threaded()? {
                 Forked::Child => {
-                    // Until `stop_gracefully_on_signal`, a stop signal would run the parent's
-                    // handler: they stay blocked until then.
+                    // Stop signals stay blocked until the child's own handler is in place: until
+                    // then one would run the parent's, which writes to the parent's pipe.
                     let serve_here = || -> io::Result<DatagramStats> {
-                        let stop = sys::stop_gracefully_on_signal(bound.socket.as_fd())?;
+                        let stopping = sys::stop_gracefully_on_signal(bound.socket.as_fd())?;
+                        // Nothing of the parent's stays open here: a listener held by this
+                        // child would keep taking connections after the parent closed its own.
+                        sys::close_descriptors_except(&[bound.socket.as_raw_fd()])?;
                         sys::signal_on_parent_exit(libc::SIGTERM, parent)?;
                         drop(blocked);
                         bound.socket.set_nonblocking(false)?;
-                        Ok(serve(bound, stop))
+                        let local = bound.local;
+                        let stats = serve(bound, stopping);
+                        info!("udp {local}: closed; {stats}");
+                        Ok(stats)
                     };
-                    match serve_here() {
-                        Ok(stats) => info!("udp: closed; {stats}"),
-                        Err(e) => warn!("udp: the serving process failed: {e}"),
+                    if let Err(e) = serve_here() {
+                        warn!("udp: the serving process failed: {e}");
                     }
                     sys::exit_child(0);
                 }
                 Forked::Parent { child } => {
                     debug!("udp {}: served by process {child}", bound.local);
+                    children.push(ChildHandle::open(child)?);
                     // The parent's copy of the socket closes here; the child's serves.
                 }
             }
         }
-        Ok(DatagramServers::Processes)
+        let signal_actions = sys::forward_stop_signals(&children)?;
+        Ok(DatagramServers {
+            kind: Servers::Processes { children },
+            signal_actions,
+        })
     }
 
-    /// Stops the threads (each finishes the datagram in hand) and logs what each did. UDP child
-    /// processes stop on their own (see the type's documentation).
+    /// Stops the UDP servers, if a signal has not already, and waits for the threads (each
+    /// finishes the datagram in hand) and logs what each did. UDP child processes end on the
+    /// forwarded signal, or when this process exits.
     pub fn stop(self) {
-        if let DatagramServers::Threads(threads) = self {
-            threads.stop();
+        sys::forget_signal_actions(self.signal_actions);
+        let (threads, stopping) = match self.kind {
+            Servers::Threads { threads, stopping } => (threads, stopping),
+            Servers::Processes { children } => return drop(children),
+        };
+        stopping.store(true, Ordering::SeqCst);
+        for (_, socket, _) in &threads {
+            // Unconnected UDP: Linux reports ENOTCONN but wakes the reader all the same.
+            let _ = socket2::SockRef::from(socket).shutdown(Shutdown::Read);
         }
-    }
-}
-
-/// The threads serving the UDP services, and how to stop them.
-#[derive(Debug, Default)]
-pub struct DatagramThreads {
-    threads: Vec<(JoinHandle<DatagramStats>, SocketAddr)>,
-    stop: Arc<AtomicBool>,
-}
-
-impl DatagramThreads {
-    /// Starts one thread per UDP service.
-    pub fn start(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramThreads> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::with_capacity(datagrams.len());
-        for bound in datagrams {
-            bound.socket.set_nonblocking(false)?;
-            let stop = Arc::clone(&stop);
-            let local = bound.local;
-            let handle = thread::Builder::new()
-                .name(format!("udp {local}"))
-                .spawn(move || serve(bound, &stop))?;
-            threads.push((handle, local));
-        }
-        Ok(DatagramThreads { threads, stop })
-    }
-
-    /// Stops every thread (each finishes the datagram in hand) and logs what each did.
-    pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for (_, local) in &self.threads {
-            wake(*local);
-        }
-        for (handle, local) in self.threads {
-            if let Ok(stats) = handle.join() {
-                info!("udp {local}: closed; {stats}");
+        for (thread, _, name) in threads {
+            if thread.join().is_err() {
+                warn!("{name}: the serving thread panicked");
             }
         }
     }
 }
 
-/// Sends an empty datagram to `local` so that a thread blocked in `recv_from` there wakes up.
-fn wake(local: SocketAddr) {
-    let target = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), local.port())
-        }
-        _ => local,
-    };
-    let from: SocketAddr = match target {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    if let Err(e) = UdpSocket::bind(from).and_then(|s| s.send_to(&[], target)) {
-        debug!("udp {local}: cannot wake its thread: {e}");
-    }
-}
-
-/// One UDP service's loop: receive, answer, repeat, until `stop`.
-fn serve(bound: BoundDatagram, stop: &AtomicBool) -> DatagramStats {
+/// One UDP service's loop: receive, answer, repeat, until `stopping`.
+fn serve(bound: BoundDatagram, stopping: &AtomicBool) -> DatagramStats {
     let BoundDatagram {
         socket,
         protocol,
@@ -161,7 +162,7 @@ fn serve(bound: BoundDatagram, stop: &AtomicBool) -> DatagramStats {
     let mut output = Vec::with_capacity(MAX_DATAGRAM_PAYLOAD + 64);
     loop {
         let received = socket.recv_from(&mut input);
-        if stop.load(Ordering::SeqCst) {
+        if stopping.load(Ordering::SeqCst) {
             return stats;
         }
         let (length, from) = match received {

@@ -247,21 +247,19 @@ impl BlockingStream {
         })
     }
 
-    /// Whether input is waiting to be read, without taking it or blocking (`MSG_PEEK` of one
-    /// byte in non-blocking mode). std has no stable `peek` for Unix sockets; socket2 has one
-    /// for both.
+    /// Whether input is waiting to be read, without taking it or blocking: one `recv` of one
+    /// byte with `MSG_PEEK | MSG_DONTWAIT` (std has no stable `peek` for Unix sockets, and
+    /// switching the socket to non-blocking and back would cost two more system calls).
     pub fn input_waiting(&self) -> bool {
-        if self.set_nonblocking(true).is_err() {
-            return false;
-        }
         let socket = match self {
             BlockingStream::Tcp(s) => socket2::SockRef::from(s),
             BlockingStream::Unix(s) => socket2::SockRef::from(s),
         };
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        let waiting = matches!(socket.peek(&mut probe), Ok(count) if count > 0);
-        let _ = self.set_nonblocking(false);
-        waiting
+        matches!(
+            socket.recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+            Ok(count) if count > 0
+        )
     }
 }
 
