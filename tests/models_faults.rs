@@ -326,16 +326,32 @@ fn the_shutdown_timeout_closes_connections_still_busy() {
 /// The pool's queued connections (never read: every worker is busy) are closed at once, not
 /// left waiting for a worker until the timeout.
 fn the_pool_closes_queued_connections_at_once() {
-    let mut server = Server::start(&[
-        "--threads",
-        "1",
-        "--shutdown-timeout",
-        LONG_SHUTDOWN,
-        "echo@127.0.0.1:0",
-    ]);
+    // The acceptor's trace says when it has taken a client from the backlog (and queued it).
+    let mut server = Server::start_with_env(
+        &[
+            "--threads",
+            "1",
+            "--shutdown-timeout",
+            LONG_SHUTDOWN,
+            "echo@127.0.0.1:0",
+        ],
+        &[("RUST_LOG", "oneloop::models::acceptor=trace")],
+    );
     let addr = server.addr("echo");
     let (_busy, _) = busy_echo_connection(addr); // The only worker is stuck writing.
     let mut queued = connect(addr);
+    // A signal that came while the client was still in the backlog would close the listener
+    // first, and the kernel would reset the client: wait until the pool holds it.
+    let accepted = format!("accept: {} ", queued.local_addr().unwrap());
+    let deadline = Instant::now() + DEADLINE;
+    while !server.stderr().contains(&accepted) {
+        assert!(
+            Instant::now() < deadline,
+            "the client was not accepted within {DEADLINE:?}; stderr:\n{}",
+            server.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     server.signal("TERM");
     assert_eq!(
         read_to_end_within(&mut queued),
