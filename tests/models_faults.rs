@@ -208,10 +208,11 @@ fn sigterm_closes_an_idle_connection_at_once_and_exits_zero() {
     assert_exits_zero(&mut server, "SIGTERM with an idle connection");
 }
 
-/// What a blocking session still holds when the shutdown comes is answered, as at the client's
-/// end of stream: here the first byte of a two-byte UTF-8 character, which upper holds back
-/// until the second comes (or the stream ends). The reactor does not do this (it stops reading
-/// and drops what the session holds), so this is a test of the blocking models only.
+/// What a session still holds when the shutdown comes is answered, as at the client's end of
+/// stream: here the first byte of a two-byte UTF-8 character, which upper holds back until the
+/// second comes (or the stream ends). The reactor does this too (its graceful shutdown flushes
+/// `Session::on_end` before closing, see `Connection::begin_shutdown`), so it runs against every
+/// model.
 fn sigint_answers_what_the_session_still_holds() {
     let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "upper@127.0.0.1:0"]);
     let mut stream = connect(server.addr("upper"));
@@ -374,9 +375,6 @@ per_model!(shutdown: [reactor, serial, threaded, pool, forking] [
     sigterm_while_a_client_keeps_sending_ends_with_a_clean_close,
     a_second_signal_exits_at_once,
     the_shutdown_timeout_closes_connections_still_busy,
-]);
-
-per_model!(shutdown_blocking: [serial, threaded, pool, forking] [
     sigint_answers_what_the_session_still_holds,
 ]);
 
