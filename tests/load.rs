@@ -11,12 +11,14 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use util::Server;
 
@@ -766,4 +768,60 @@ fn wrong_udp_replies_are_errors() {
     assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
     assert_eq!(outcome.number("requests"), 0.0, "{}", outcome.json());
     assert_eq!(outcome.number("lost"), 0.0, "{}", outcome.json());
+}
+
+#[test]
+fn udp_replies_after_the_timeout_are_late_not_wrong() {
+    // An echo server that holds every 5th datagram's reply for three times the `--udp-timeout`,
+    // then sends it: by then its request is lost, and the socket has others outstanding.
+    const TIMEOUT: Duration = Duration::from_millis(200);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    thread::spawn(move || {
+        let mut buffer = [0; 65536];
+        let mut held: VecDeque<(Instant, Vec<u8>, SocketAddr)> = VecDeque::new();
+        for received in 0u64.. {
+            while held
+                .front()
+                .is_some_and(|(due, _, _)| *due <= Instant::now())
+            {
+                let (_, reply, to) = held.pop_front().unwrap();
+                let _ = socket.send_to(&reply, to);
+            }
+            match socket.recv_from(&mut buffer) {
+                Ok((len, from)) if received % 5 == 4 => {
+                    held.push_back((Instant::now() + 3 * TIMEOUT, buffer[..len].to_vec(), from));
+                }
+                Ok((len, from)) => {
+                    let _ = socket.send_to(&buffer[..len], from);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let outcome = load(&[
+        &format!("udp:{addr}"),
+        "--connections",
+        "2",
+        "--duration",
+        "1.5",
+        "--udp-timeout",
+        &TIMEOUT.as_secs_f64().to_string(),
+        "--json",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert!(outcome.number("lost") > 0.0, "{}", outcome.json());
+    assert!(outcome.number("late") > 0.0, "{}", outcome.json());
+    assert!(outcome.number("requests") > 0.0, "{}", outcome.json());
+    assert_eq!(outcome.number("wrong_replies"), 0.0, "{}", outcome.json());
+    assert_eq!(
+        outcome.number("errors"),
+        outcome.number("lost"),
+        "{}",
+        outcome.json()
+    );
 }

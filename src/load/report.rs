@@ -168,7 +168,8 @@ impl LoadReport {
     /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
     /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
     /// `connect_failures`, `wrong_replies`, `missing_replies`, `lost` (UDP requests whose reply never
-    /// came; 0 over a stream), `dropped`, `warmup_requests`,
+    /// came; 0 over a stream), `late` (UDP replies that came after their request was lost, and
+    /// were ignored; not an error), `dropped`, `warmup_requests`,
     /// `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent` (`null` if unknown),
     /// `first_error` (`null` if none).
     pub fn to_json(&self) -> String {
@@ -211,6 +212,7 @@ impl LoadReport {
         field("wrong_replies", self.counts.wrong_replies.to_string());
         field("missing_replies", self.counts.missing_replies.to_string());
         field("lost", self.counts.lost.to_string());
+        field("late", self.counts.late.to_string());
         field("dropped", self.counts.dropped.to_string());
         field("warmup_requests", self.counts.warmup_requests.to_string());
         field(
@@ -333,8 +335,9 @@ impl fmt::Display for LoadReport {
                 if let Address::Udp(_) = self.address {
                     writeln!(
                         f,
-                        "lost        {} (requests whose reply never came)",
-                        self.counts.lost
+                        "lost        {} (requests whose reply never came in time; {} came late, \
+                         ignored)",
+                        self.counts.lost, self.counts.late
                     )?;
                 }
                 if self.thread_requests.len() > 1 {

@@ -10,13 +10,20 @@
 //! instant each was sent. A reply is matched against them in order: on loopback datagrams are
 //! not reordered, so a reply to a later request means the earlier ones were lost. A request
 //! whose reply has not come within the `--udp-timeout` is lost too (the sockets are swept every
-//! tenth of the timeout). A datagram that answers no outstanding request is a wrong reply, and
-//! takes the place of the oldest one. Either way the socket sends a new request for each one
-//! settled, so `--pipeline` requests stay in flight. When the load stops, outstanding requests
-//! get the timeout to be answered; those that are not are lost.
+//! tenth of the timeout). Either way the socket sends a new request for each one settled, so
+//! `--pipeline` requests stay in flight. When the load stops, outstanding requests get the
+//! timeout to be answered; those that are not are lost.
+//!
+//! A reply may still come after its request was counted lost: a server slower than the timeout
+//! is not a wrong one. So each socket remembers the numbers of its last [`LOST_REMEMBERED`] lost
+//! requests, and a datagram that answers one of them is **late**: counted apart, and otherwise
+//! ignored — its request is already counted lost, and it settles nothing outstanding. A datagram
+//! that answers neither an outstanding nor a recently lost request is a wrong reply, and takes
+//! the place of the oldest outstanding one.
 //!
 //! Nothing is allocated per request: the outstanding queue is sized for the pipeline once, the
-//! request is built in a buffer reused for every send, and replies are checked in place.
+//! lost numbers are a fixed ring, the request is built in a buffer reused for every send, and
+//! replies are checked in place.
 
 use std::collections::VecDeque;
 use std::io;
@@ -43,6 +50,54 @@ const EVENTS_PER_POLL: usize = 1024;
 /// Sweeps for lost requests per `--udp-timeout`: a loss is noticed at most a tenth late.
 const SWEEPS_PER_TIMEOUT: u32 = 10;
 
+/// Lost requests each socket remembers, so that a reply to one of them is known as late, not
+/// wrong. A late reply to a request lost before the last this many is counted as wrong.
+const LOST_REMEMBERED: usize = 64;
+
+/// The numbers of a socket's last [`LOST_REMEMBERED`] lost requests whose replies have not come
+/// late: a fixed ring, the oldest overwritten.
+#[derive(Debug)]
+struct LostRing {
+    /// Request numbers, or [`LostRing::EMPTY`].
+    numbers: [u64; LOST_REMEMBERED],
+    /// Where the next one goes.
+    next: usize,
+}
+
+impl LostRing {
+    /// No request: request numbers never come near it.
+    const EMPTY: u64 = u64::MAX;
+
+    fn new() -> LostRing {
+        LostRing {
+            numbers: [LostRing::EMPTY; LOST_REMEMBERED],
+            next: 0,
+        }
+    }
+
+    /// Remembers that `request` was lost.
+    fn record(&mut self, request: u64) {
+        self.numbers[self.next] = request;
+        self.next = (self.next + 1) % LOST_REMEMBERED;
+    }
+
+    /// Forgets the first remembered request for which `answers` holds, and says whether there
+    /// was one: a second late reply to the same request is wrong.
+    fn take(&mut self, mut answers: impl FnMut(u64) -> bool) -> bool {
+        let found = self
+            .numbers
+            .iter_mut()
+            .find(|n| **n != LostRing::EMPTY && answers(**n));
+        match found {
+            Some(n) => {
+                *n = LostRing::EMPTY;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// One socket and its requests in flight.
 #[derive(Debug)]
 struct Sock {
@@ -53,6 +108,8 @@ struct Sock {
     /// Requests sent and neither answered nor lost, oldest first: (number, when sent). Never
     /// longer than the pipeline, which is its capacity from the start.
     outstanding: VecDeque<(u64, Instant)>,
+    /// The last requests lost, to tell their late replies from wrong ones.
+    lost: LostRing,
     /// Requests sent so far: also the number of the next.
     sent: u64,
     /// Requests due but refused by a full send buffer, to send when the socket is writable.
@@ -128,6 +185,7 @@ impl<'a> Worker<'a> {
                 id: plan.first_id + i,
                 socket: None,
                 outstanding: VecDeque::with_capacity(config.pipeline),
+                lost: LostRing::new(),
                 sent: 0,
                 owed: 0,
                 queued: false,
@@ -241,6 +299,7 @@ impl<'a> Worker<'a> {
                     break;
                 }
                 sock.outstanding.pop_front();
+                sock.lost.record(request);
                 expired += 1;
                 let id = sock.id;
                 self.tally.note_error(|| {
@@ -314,13 +373,23 @@ impl<'a> Worker<'a> {
     }
 
     /// Settles the datagram of `len` bytes in the receive buffer against socket `i`'s
-    /// outstanding requests, and sends as many new ones as were settled.
+    /// outstanding requests, and sends as many new ones as were settled. A late reply to a
+    /// request already lost settles nothing.
     fn settle(&mut self, i: usize, len: usize, now: Instant) {
         let datagram = &self.recv_buf[..len];
         let sock = &mut self.socks[i];
-        let answered = sock.outstanding.iter().position(|&(request, _)| {
-            ReplyVerifier::check_datagram(&self.requests, sock.id as u64, request, datagram).is_ok()
-        });
+        let (requests, id) = (&self.requests, sock.id);
+        let answers =
+            |request| ReplyVerifier::check_datagram(requests, id as u64, request, datagram).is_ok();
+        let answered = sock
+            .outstanding
+            .iter()
+            .position(|&(request, _)| answers(request));
+        if answered.is_none() && sock.lost.take(answers) {
+            trace!("socket {id}: a late reply to a request already lost");
+            self.tally.late += 1;
+            return;
+        }
         let settled = match answered {
             Some(position) => {
                 // Loopback does not reorder: the requests before the one answered were lost.
@@ -335,7 +404,9 @@ impl<'a> Worker<'a> {
                     self.tally.lost += position as u64;
                 }
                 for _ in 0..position {
-                    sock.outstanding.pop_front();
+                    if let Some((request, _)) = sock.outstanding.pop_front() {
+                        sock.lost.record(request);
+                    }
                 }
                 let (_, sent_at) = sock
                     .outstanding
@@ -429,5 +500,27 @@ impl<'a> Worker<'a> {
         debug!("socket {id}: {reason}");
         self.tally
             .note_error(|| format!("socket {id}: {reason}, {outstanding} requests outstanding"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lost_ring_forgets_the_oldest_and_each_late_reply_once() {
+        let mut ring = LostRing::new();
+        for request in 0..LOST_REMEMBERED as u64 + 1 {
+            ring.record(request);
+        }
+        // Request 0 was overwritten by the last one recorded.
+        assert!(!ring.take(|n| n == 0));
+        assert!(ring.take(|n| n == 1));
+        assert!(!ring.take(|n| n == 1), "a second late reply is not late");
+        assert!(ring.take(|n| n == LOST_REMEMBERED as u64));
+        assert!(
+            !LostRing::new().take(|_| true),
+            "nothing lost, nothing late"
+        );
     }
 }

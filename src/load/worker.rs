@@ -99,6 +99,9 @@ pub struct Tally {
     /// UDP: requests whose reply did not come within the `--udp-timeout`, or was overtaken by
     /// the reply to a later request. Datagrams may be lost; each loss is still an error.
     pub lost: u64,
+    /// UDP: replies that came after their request was counted `lost`, and were ignored. Not an
+    /// error (the loss already is one): a server slower than the timeout, not a wrong one.
+    pub late: u64,
     /// Established connections the server closed or reset while they were still needed: in load
     /// mode before the end of the load, or after it with replies outstanding; in idle mode while
     /// held. Each is an error (its outstanding requests are counted in `missing_replies` too).
@@ -125,6 +128,7 @@ impl Tally {
             wrong_replies: 0,
             missing_replies: 0,
             lost: 0,
+            late: 0,
             dropped: 0,
             load_time: Duration::ZERO,
             latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
@@ -144,6 +148,7 @@ impl Tally {
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
             total.lost += tally.lost;
+            total.late += tally.late;
             total.dropped += tally.dropped;
             total.load_time = total.load_time.max(tally.load_time);
             total
