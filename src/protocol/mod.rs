@@ -27,10 +27,17 @@
 //! split UTF-8 character for `upper`, the unanswered tail of a line (bounded by `--max-line`) for
 //! `timestamp`. It keeps no read or write buffer of its own: those belong to the driver, which
 //! can share one read buffer among thousands of connections.
+//!
+//! ## Chat
+//!
+//! Chat is not a [`Session`]: one member's line is output for the *others*. [`room::Room`] holds
+//! every member of one chat service and turns a member's bytes into [`room::Delivery`] orders
+//! (broadcast, reply to one, close) that the driver carries out — still no socket inside.
 
 pub mod datagram;
 pub mod echo;
 pub mod invariants;
+pub mod room;
 pub mod timestamp;
 pub mod upper;
 

@@ -1,0 +1,834 @@
+//! `chat`: a line-based group-chat room, as a sans-I/O state machine.
+//!
+//! Unlike the other protocols, a chat member's input produces output for *other* connections, so
+//! the room is not a [`Session`](super::Session): it holds every member of one chat service, and
+//! turns one member's bytes into [`Delivery`] orders that the driver (the reactor, or a blocking
+//! model holding the room behind a lock) carries out in order. Each chat service is its own
+//! [`Room`].
+//!
+//! ## The contract's rules
+//!
+//! * A member's line goes to every other member as `NAME: LINE\n`. NAME starts as the name the
+//!   driver gives at [`Room::join`] (the peer address, `127.0.0.1:53122`, or `unix-N`).
+//! * `/nick NAME` renames the member, announced as `* OLD is now NEW`; `/who` answers the asker
+//!   only; `quit` or `:q` leaves. Others see `* NAME joined` and `* NAME left` (also when a member
+//!   disconnects or is dropped: [`Room::on_end`], [`Room::leave`]).
+//! * A name is 1 to 32 bytes of UTF-8 with no whitespace (Unicode's) or control characters, not
+//!   starting with `*`. A bad name, a taken name, or a line that starts with `/` and names no
+//!   command gets an `error ...` line, and is not broadcast.
+//! * A line's trailing `\r` is dropped; other C0 control characters except tab, and DEL, reach the
+//!   others in caret notation (`^[` for ESC, `^?` for DEL, `^@` for NUL, `^M` for an inner `\r`).
+//! * `--max-line` counts every byte since the last newline (a trailing `\r` included). Past it the
+//!   member gets `error line too long` and is closed; the over-long line is never broadcast, not
+//!   even the part of it that already arrived.
+//!
+//! ## Choices where the contract is silent
+//!
+//! * **Greeting**: the new member alone gets one line, `* welcome NAME; N members here; /nick
+//!   NAME, /who, quit` (N counts the newcomer; `1 member here` when alone).
+//! * **Join names**: the driver's name is taken as given (an IPv6 peer address may pass 32 bytes:
+//!   the limit is for `/nick`). If it is already taken (two PROXY-protocol clients behind one
+//!   address), `-2`, `-3`, ... is appended until it is free.
+//! * **`/nick`** goes to *everyone*, the renamed member included (`Broadcast { except: None }`),
+//!   as IRC shows a `NICK` to its sender: it is the confirmation. `/nick` to one's own current
+//!   name does nothing. Names are compared byte for byte (`Bob` and `bob` are two names). The
+//!   argument may be surrounded by spaces or tabs; `/nick a b` is a bad name.
+//! * **Commands**: slash commands match ASCII case-insensitively (`/NICK`, `/Who`), as IRC
+//!   clients do; `/quit` is accepted beside `quit` and `:q` (what an IRC user types). `quit` and
+//!   `:q` must be the whole line, exactly. `/who` ignores any argument. Error lines name no user
+//!   input, so nothing a member types is echoed back unescaped.
+//! * **`/who`** answers `* members: a, b, c` — every name, sorted bytewise, so the reply does not
+//!   depend on hash order.
+//! * **Empty lines** are chat lines too (`NAME: \n`), as `ncat --chat` relays them.
+//! * **Invalid UTF-8** in a chat line passes through unchanged (only control bytes are escaped);
+//!   C1 controls (U+0080–U+009F) pass too, as the contract names only C0 and DEL.
+//! * **Quitting** sends the quitter nothing more: the others see `* NAME left` and the driver
+//!   closes ([`Delivery::Close`]). Bytes after the `quit` line are ignored.
+//! * **End of stream** ([`Room::on_end`]): a final partial line is handled as a line (a chat line
+//!   is broadcast, a command runs), then the member leaves and gets a [`Delivery::Close`].
+//! * **Dropped members** ([`Room::leave`]: output limit, idle timeout, I/O error): a partial line
+//!   they held is discarded, not broadcast.
+//! * **Nobody to tell**: a broadcast whose only possible recipient is its sender is not emitted.
+//!
+//! ## Memory and time
+//!
+//! A member holds its name and, only while a line is split across reads, the part already read
+//! (bounded by `--max-line`); an idle member's partial-line buffer is an empty, unallocated `Vec`,
+//! and the buffer is given back as soon as its line completes. Held bytes contain no newline, so
+//! only new bytes are scanned (with `memchr`): a long line costs linear time. Every broadcast is
+//! formatted once, whatever the number of recipients.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Limits, LINE_TOO_LONG_REPLY};
+
+/// The longest name `/nick` accepts, in bytes.
+pub const MAX_NAME: usize = 32;
+
+/// The driver's key for one member (a slab index, a connection number: any unique `usize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId(pub usize);
+
+/// What the driver must do, in the order the room emits them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// `bytes` to every member except `except` (`None`: everyone) — formatted once: the driver
+    /// can share one reference-counted buffer among the recipients. Members the driver has been
+    /// told to [`Close`](Delivery::Close) are no longer recipients.
+    Broadcast {
+        /// The member that must not get it (usually the one whose line or action it reports).
+        except: Option<MemberId>,
+        /// The bytes, one or more whole lines.
+        bytes: Vec<u8>,
+    },
+    /// `bytes` to one member only.
+    To {
+        /// The recipient.
+        member: MemberId,
+        /// The bytes, one or more whole lines.
+        bytes: Vec<u8>,
+    },
+    /// The member's conversation is over (`quit`, `:q`, a line too long, end of stream): flush
+    /// what is queued to it, then close, and send it no later broadcast. The room has already
+    /// removed it and emitted its `* NAME left` broadcast.
+    Close {
+        /// The member to close.
+        member: MemberId,
+    },
+}
+
+/// One member's state.
+#[derive(Debug)]
+struct Member {
+    /// The current name; also in [`Room::names`].
+    name: Box<str>,
+    /// The start of the current line, read but not yet ended by a newline. Never holds a
+    /// newline, never passes `max_line`; empty and unallocated between lines.
+    partial: Vec<u8>,
+}
+
+/// One chat service's members: their names and partial lines.
+#[derive(Debug)]
+pub struct Room {
+    members: HashMap<MemberId, Member>,
+    /// Every member's current name, for the uniqueness check.
+    names: HashSet<Box<str>>,
+    limits: Limits,
+}
+
+impl Room {
+    /// An empty room whose members' lines are bounded by `limits.max_line`.
+    pub fn new(limits: Limits) -> Room {
+        Room {
+            members: HashMap::new(),
+            names: HashSet::new(),
+            limits,
+        }
+    }
+
+    /// Adds `member` as `name` (a `-2`, `-3`, ... suffix is added if `name` is taken): the
+    /// greeting goes to it, `* NAME joined` to the others. An id that is already a member leaves
+    /// first (a driver bug, handled rather than trusted).
+    pub fn join(&mut self, member: MemberId, name: &str, out: &mut Vec<Delivery>) {
+        if self.members.contains_key(&member) {
+            self.leave(member, out);
+        }
+        let name = self.free_name(name);
+        self.names.insert(name.clone());
+        let count = self.members.len() + 1;
+        let plural = if count == 1 { "member" } else { "members" };
+        out.push(Delivery::To {
+            member,
+            bytes: format!("* welcome {name}; {count} {plural} here; /nick NAME, /who, quit\n")
+                .into_bytes(),
+        });
+        self.broadcast(Some(member), notice(&name, " joined"), out);
+        self.members.insert(
+            member,
+            Member {
+                name,
+                partial: Vec::new(),
+            },
+        );
+    }
+
+    /// Handles bytes from `member`, however the stream was chunked: every complete line is
+    /// handled in order; the unterminated tail is held. Nothing happens for a non-member (one
+    /// that has left or been closed).
+    pub fn on_input(&mut self, member: MemberId, input: &[u8], out: &mut Vec<Delivery>) {
+        let max_line = self.limits.max_line;
+        let mut rest = input;
+        while let Some(newline) = memchr::memchr(b'\n', rest) {
+            let Some(m) = self.members.get_mut(&member) else {
+                return;
+            };
+            if m.partial.len() + newline > max_line {
+                self.refuse_long_line(member, out);
+                return;
+            }
+            let (line, after) = (&rest[..newline], &rest[newline + 1..]);
+            if m.partial.is_empty() {
+                self.on_line(member, line, out);
+            } else {
+                // Give the buffer back: idle members hold none.
+                let mut held = std::mem::take(&mut m.partial);
+                held.extend_from_slice(line);
+                self.on_line(member, &held, out);
+            }
+            rest = after;
+        }
+        let Some(m) = self.members.get_mut(&member) else {
+            return;
+        };
+        if m.partial.len() + rest.len() > max_line {
+            self.refuse_long_line(member, out);
+            return;
+        }
+        m.partial.extend_from_slice(rest);
+    }
+
+    /// The peer will send nothing more: a held partial line is handled as a final line, then the
+    /// member leaves (`* NAME left` to the others) and is closed. Nothing for a non-member.
+    pub fn on_end(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
+        let Some(m) = self.members.get_mut(&member) else {
+            return;
+        };
+        let held = std::mem::take(&mut m.partial);
+        if !held.is_empty() {
+            self.on_line(member, &held, out);
+        }
+        // The final line may have been `quit`, which has already closed it.
+        if self.members.contains_key(&member) {
+            self.depart(member, out);
+        }
+    }
+
+    /// `member` was dropped or disconnected by the driver: `* NAME left` to the others, and any
+    /// partial line it held is discarded. No [`Delivery::Close`] (the driver is closing it
+    /// already). Nothing for a non-member.
+    pub fn leave(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
+        if let Some(m) = self.members.remove(&member) {
+            self.names.remove(&m.name);
+            self.broadcast(Some(member), notice(&m.name, " left"), out);
+        }
+    }
+
+    /// `member`'s current name, if it is a member.
+    pub fn name(&self, member: MemberId) -> Option<&str> {
+        self.members.get(&member).map(|m| &*m.name)
+    }
+
+    /// How many members the room has.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the room has no member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// One complete line from a member (without its `\n`).
+    fn on_line(&mut self, member: MemberId, line: &[u8], out: &mut Vec<Delivery>) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line == b"quit" || line == b":q" {
+            return self.depart(member, out);
+        }
+        if let Some(command) = line.strip_prefix(b"/") {
+            return self.on_command(member, command, out);
+        }
+        let name = &self.members[&member].name;
+        if self.members.len() > 1 {
+            let mut bytes = Vec::with_capacity(name.len() + 2 + line.len() + 1);
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(b": ");
+            push_caret_escaped(line, &mut bytes);
+            bytes.push(b'\n');
+            out.push(Delivery::Broadcast {
+                except: Some(member),
+                bytes,
+            });
+        }
+    }
+
+    /// A line that started with `/` (given without it).
+    fn on_command(&mut self, member: MemberId, command: &[u8], out: &mut Vec<Delivery>) {
+        let is_blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let word_end = command.iter().position(is_blank).unwrap_or(command.len());
+        let (word, argument) = command.split_at(word_end);
+        if word.eq_ignore_ascii_case(b"nick") {
+            let start = argument
+                .iter()
+                .position(|b| !is_blank(b))
+                .unwrap_or(argument.len());
+            let end = argument
+                .iter()
+                .rposition(|b| !is_blank(b))
+                .map_or(0, |i| i + 1);
+            self.nick(member, argument.get(start..end).unwrap_or_default(), out);
+        } else if word.eq_ignore_ascii_case(b"who") {
+            self.who(member, out);
+        } else if word.eq_ignore_ascii_case(b"quit") {
+            self.depart(member, out);
+        } else {
+            reply(
+                member,
+                b"error unknown command (try /nick NAME, /who, quit)\n",
+                out,
+            );
+        }
+    }
+
+    fn nick(&mut self, member: MemberId, new: &[u8], out: &mut Vec<Delivery>) {
+        let Some(new) = valid_name(new) else {
+            return reply(
+                member,
+                b"error bad name (1 to 32 bytes, no spaces or control characters, not starting with *)\n",
+                out,
+            );
+        };
+        let m = self.members.get_mut(&member).expect("a member");
+        if &*m.name == new {
+            return;
+        }
+        if self.names.contains(new) {
+            return reply(member, b"error name taken\n", out);
+        }
+        let new: Box<str> = new.into();
+        let old = std::mem::replace(&mut m.name, new.clone());
+        self.names.remove(&old);
+        self.names.insert(new.clone());
+        out.push(Delivery::Broadcast {
+            except: None,
+            bytes: format!("* {old} is now {new}\n").into_bytes(),
+        });
+    }
+
+    fn who(&self, member: MemberId, out: &mut Vec<Delivery>) {
+        let mut names: Vec<&str> = self.names.iter().map(|name| &**name).collect();
+        names.sort_unstable();
+        let mut bytes = b"* members: ".to_vec();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                bytes.extend_from_slice(b", ");
+            }
+            bytes.extend_from_slice(name.as_bytes());
+        }
+        bytes.push(b'\n');
+        out.push(Delivery::To { member, bytes });
+    }
+
+    /// The member ends its conversation: it leaves, then is closed.
+    fn depart(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
+        self.leave(member, out);
+        out.push(Delivery::Close { member });
+    }
+
+    fn refuse_long_line(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
+        reply(member, LINE_TOO_LONG_REPLY, out);
+        self.depart(member, out);
+    }
+
+    /// Emits a broadcast unless nobody but `except` could receive it. `except` must not be in
+    /// `members` yet (join) or any more (leave), or be its sender.
+    fn broadcast(&self, except: Option<MemberId>, bytes: Vec<u8>, out: &mut Vec<Delivery>) {
+        let others = self.members.len().saturating_sub(usize::from(
+            except.is_some_and(|m| self.members.contains_key(&m)),
+        ));
+        if others > 0 {
+            out.push(Delivery::Broadcast { except, bytes });
+        }
+    }
+
+    /// `wanted`, or `wanted-2`, `wanted-3`, ... whichever is free first.
+    fn free_name(&self, wanted: &str) -> Box<str> {
+        if !self.names.contains(wanted) {
+            return wanted.into();
+        }
+        (2..)
+            .map(|n| format!("{wanted}-{n}"))
+            .find(|name| !self.names.contains(name.as_str()))
+            .expect("a free suffix")
+            .into_boxed_str()
+    }
+}
+
+/// `* NAME` followed by `what` and a newline.
+fn notice(name: &str, what: &str) -> Vec<u8> {
+    format!("* {name}{what}\n").into_bytes()
+}
+
+fn reply(member: MemberId, bytes: &[u8], out: &mut Vec<Delivery>) {
+    out.push(Delivery::To {
+        member,
+        bytes: bytes.to_vec(),
+    });
+}
+
+/// `name` if `/nick` may take it: 1 to 32 bytes of UTF-8, no whitespace or control character,
+/// not starting with `*`.
+fn valid_name(name: &[u8]) -> Option<&str> {
+    let name = std::str::from_utf8(name).ok()?;
+    let ok = (1..=MAX_NAME).contains(&name.len())
+        && !name.starts_with('*')
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+    ok.then_some(name)
+}
+
+/// Appends `line`, with C0 controls other than tab, and DEL, in caret notation (`^[`, `^?`).
+fn push_caret_escaped(line: &[u8], out: &mut Vec<u8>) {
+    let needs_escape = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
+    let mut rest = line;
+    while let Some(i) = rest.iter().position(needs_escape) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(&[b'^', rest[i] ^ 0x40]);
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const A: MemberId = MemberId(0);
+    const B: MemberId = MemberId(1);
+    const C: MemberId = MemberId(2);
+
+    /// A tiny driver: carries out deliveries into per-member inboxes.
+    struct Net {
+        room: Room,
+        inbox: BTreeMap<MemberId, Vec<u8>>,
+        closed: BTreeSet<MemberId>,
+    }
+
+    impl Net {
+        fn new(max_line: usize) -> Net {
+            Net {
+                room: Room::new(Limits { max_line }),
+                inbox: BTreeMap::new(),
+                closed: BTreeSet::new(),
+            }
+        }
+
+        /// A room with members `a`, `b`, `c` (ids 0, 1, 2) and empty inboxes.
+        fn abc(max_line: usize) -> Net {
+            let mut net = Net::new(max_line);
+            for (id, name) in [(A, "a"), (B, "b"), (C, "c")] {
+                net.join(id, name);
+            }
+            net.clear();
+            net
+        }
+
+        fn join(&mut self, id: MemberId, name: &str) {
+            self.inbox.insert(id, Vec::new());
+            let mut out = Vec::new();
+            self.room.join(id, name, &mut out);
+            self.apply(out);
+        }
+
+        fn send(&mut self, id: MemberId, bytes: &[u8]) {
+            let mut out = Vec::new();
+            self.room.on_input(id, bytes, &mut out);
+            self.apply(out);
+        }
+
+        fn end(&mut self, id: MemberId) {
+            let mut out = Vec::new();
+            self.room.on_end(id, &mut out);
+            self.apply(out);
+        }
+
+        fn apply(&mut self, out: Vec<Delivery>) {
+            for delivery in out {
+                match delivery {
+                    Delivery::Broadcast { except, bytes } => {
+                        for (id, inbox) in &mut self.inbox {
+                            if Some(*id) != except && !self.closed.contains(id) {
+                                inbox.extend_from_slice(&bytes);
+                            }
+                        }
+                    }
+                    Delivery::To { member, bytes } => {
+                        assert!(!self.closed.contains(&member), "To after Close");
+                        self.inbox
+                            .get_mut(&member)
+                            .unwrap()
+                            .extend_from_slice(&bytes);
+                    }
+                    Delivery::Close { member } => {
+                        assert!(self.closed.insert(member), "closed twice");
+                        assert_eq!(self.room.name(member), None);
+                    }
+                }
+            }
+        }
+
+        /// What `id` has received since the last call.
+        fn got(&mut self, id: MemberId) -> String {
+            String::from_utf8_lossy(&std::mem::take(self.inbox.get_mut(&id).unwrap())).into()
+        }
+
+        fn clear(&mut self) {
+            self.inbox.values_mut().for_each(Vec::clear);
+        }
+    }
+
+    #[test]
+    fn join_greets_the_newcomer_and_tells_the_others() {
+        let mut net = Net::new(100);
+        net.join(A, "127.0.0.1:53122");
+        assert_eq!(
+            net.got(A),
+            "* welcome 127.0.0.1:53122; 1 member here; /nick NAME, /who, quit\n"
+        );
+        net.join(B, "unix-1");
+        assert_eq!(
+            net.got(B),
+            "* welcome unix-1; 2 members here; /nick NAME, /who, quit\n"
+        );
+        assert_eq!(net.got(A), "* unix-1 joined\n");
+        assert_eq!(net.room.len(), 2);
+        assert_eq!(net.room.name(B), Some("unix-1"));
+    }
+
+    #[test]
+    fn a_taken_join_name_gets_a_suffix() {
+        let mut net = Net::new(100);
+        net.join(A, "10.0.0.1:5");
+        net.join(B, "10.0.0.1:5");
+        net.join(C, "10.0.0.1:5");
+        assert_eq!(net.room.name(B), Some("10.0.0.1:5-2"));
+        assert_eq!(net.room.name(C), Some("10.0.0.1:5-3"));
+    }
+
+    #[test]
+    fn a_line_goes_to_every_other_member_only() {
+        let mut net = Net::abc(100);
+        net.send(A, b"hello\n");
+        assert_eq!(net.got(A), "");
+        assert_eq!(net.got(B), "a: hello\n");
+        assert_eq!(net.got(C), "a: hello\n");
+        net.send(B, b"\n");
+        assert_eq!(net.got(A), "b: \n", "an empty line is a line");
+    }
+
+    #[test]
+    fn a_lone_member_causes_no_broadcast() {
+        let mut room = Room::new(Limits::default());
+        let mut out = Vec::new();
+        room.join(A, "a", &mut out);
+        out.clear();
+        room.on_input(A, b"anyone?\n", &mut out);
+        assert_eq!(out, []);
+    }
+
+    #[test]
+    fn who_answers_the_asker_only_with_every_name_sorted() {
+        let mut net = Net::abc(100);
+        net.send(C, b"/who\n");
+        assert_eq!(net.got(C), "* members: a, b, c\n");
+        assert_eq!(net.got(A) + &net.got(B), "");
+        net.send(A, b"/WHO ignored argument\r\n");
+        assert_eq!(net.got(A), "* members: a, b, c\n");
+    }
+
+    #[test]
+    fn nick_is_announced_and_renames() {
+        let mut net = Net::abc(100);
+        net.send(A, b"/nick  alice \n");
+        for id in [A, B, C] {
+            assert_eq!(net.got(id), "* a is now alice\n");
+        }
+        net.send(A, b"hi\n");
+        assert_eq!(net.got(B), "alice: hi\n");
+        assert_eq!(net.got(C), "alice: hi\n");
+        // The old name is free again, the new one taken.
+        net.send(B, b"/nick a\n/nick alice\n");
+        assert_eq!(net.got(B), "* b is now a\nerror name taken\n");
+        assert_eq!(net.got(C), "* b is now a\n");
+        assert_eq!(net.got(A), "* b is now a\n");
+        // Your own name: nothing.
+        net.send(C, b"/nick c\n");
+        assert_eq!(net.got(A) + &net.got(B) + &net.got(C), "");
+        net.send(C, b"/who\n");
+        assert_eq!(net.got(C), "* members: a, alice, c\n");
+    }
+
+    #[test]
+    fn bad_names_are_refused_and_not_broadcast() {
+        let too_long = "x".repeat(33);
+        for bad in [
+            &b"/nick\n"[..],
+            b"/nick \n",
+            b"/nick two words\n",
+            b"/nick *star\n",
+            b"/nick esc\x1bx\n",
+            b"/nick del\x7f\n",
+            b"/nick nbsp\xc2\xa0x\n",
+            b"/nick c1\xc2\x85x\n",
+            b"/nick \xff\xfe\n",
+            format!("/nick {too_long}\n").as_bytes(),
+        ] {
+            let mut net = Net::abc(100);
+            net.send(A, bad);
+            assert!(net.got(A).starts_with("error bad name"), "{bad:?}");
+            assert_eq!(net.got(B), "", "{bad:?}");
+            assert_eq!(net.room.name(A), Some("a"));
+        }
+        // 32 bytes, multi-byte characters and a `*` inside are fine.
+        let mut net = Net::abc(100);
+        let name = format!("{}é*", "x".repeat(29));
+        assert_eq!(name.len(), 32);
+        net.send(A, format!("/nick {name}\n").as_bytes());
+        assert_eq!(net.got(B), format!("* a is now {name}\n"));
+    }
+
+    #[test]
+    fn unknown_commands_get_an_error_and_are_not_broadcast() {
+        for line in [&b"/\n"[..], b"/me waves\n", b"/nickname x\n", b"/ who\n"] {
+            let mut net = Net::abc(100);
+            net.send(A, line);
+            assert!(net.got(A).starts_with("error unknown command"), "{line:?}");
+            assert_eq!(net.got(B), "");
+        }
+    }
+
+    #[test]
+    fn quit_leaves_and_closes_and_ignores_the_rest() {
+        for quit in [
+            &b"quit\n"[..],
+            b":q\n",
+            b"quit\r\n",
+            b"/quit\n",
+            b"/QUIT bye\n",
+        ] {
+            let mut net = Net::abc(100);
+            let mut input = quit.to_vec();
+            input.extend_from_slice(b"after\n");
+            net.send(A, &input);
+            assert_eq!(net.got(A), "", "{quit:?}");
+            assert_eq!(net.got(B), "* a left\n", "{quit:?}");
+            assert!(net.closed.contains(&A));
+            assert_eq!(net.room.len(), 2);
+        }
+        // Not quite `quit`: a chat line.
+        let mut net = Net::abc(100);
+        net.send(A, b"quit now\n QUIT\n");
+        assert_eq!(net.got(B), "a: quit now\na:  QUIT\n");
+    }
+
+    #[test]
+    fn carriage_return_is_dropped_and_controls_are_caret_escaped() {
+        let mut net = Net::abc(100);
+        net.send(A, b"crlf\r\n");
+        assert_eq!(net.got(B), "a: crlf\n");
+        net.send(A, b"\x1b[2Jclear\tme\x7f\x00\x01\x1f\r\r\n");
+        assert_eq!(net.got(B), "a: ^[[2Jclear\tme^?^@^A^_^M\n");
+        net.send(A, b"bad \xff utf-8 \xc3\n");
+        assert_eq!(
+            net.inbox[&B], b"a: bad \xff utf-8 \xc3\n",
+            "invalid UTF-8 passes through"
+        );
+    }
+
+    #[test]
+    fn a_line_at_the_limit_passes_one_more_byte_closes() {
+        let mut net = Net::abc(4);
+        net.send(A, b"abcd\nab\r\n");
+        assert_eq!(net.got(B), "a: abcd\na: ab\n");
+        net.send(A, b"abcd\r\n");
+        assert_eq!(net.got(A), "error line too long\n");
+        assert_eq!(net.got(B), "* a left\n");
+        assert!(net.closed.contains(&A));
+    }
+
+    #[test]
+    fn a_long_line_in_small_chunks_is_refused_before_its_newline() {
+        let mut net = Net::abc(10);
+        for _ in 0..10 {
+            net.send(A, b"x");
+        }
+        assert_eq!(net.got(A) + &net.got(B), "");
+        net.send(A, b"y");
+        assert_eq!(net.got(A), "error line too long\n");
+        assert_eq!(net.got(B), "* a left\n");
+        assert!(net.closed.contains(&A));
+        net.send(A, b"\n");
+        assert_eq!(net.got(B), "", "nothing of the long line is ever broadcast");
+    }
+
+    #[test]
+    fn partial_lines_are_held_bounded_and_given_back() {
+        let mut room = Room::new(Limits { max_line: 1000 });
+        let mut out = Vec::new();
+        room.join(A, "a", &mut out);
+        room.join(B, "b", &mut out);
+        assert_eq!(room.members[&A].partial.capacity(), 0);
+        room.on_input(A, &[b'x'; 600], &mut out);
+        assert_eq!(room.members[&A].partial.len(), 600);
+        room.on_input(A, b"\nnext", &mut out);
+        assert_eq!(room.members[&A].partial, b"next");
+        room.on_input(A, b"\n", &mut out);
+        assert_eq!(room.members[&A].partial.capacity(), 0, "idle holds nothing");
+        out.clear();
+        room.on_input(A, &[b'x'; 600], &mut out);
+        room.on_input(A, &[b'x'; 401], &mut out);
+        assert!(!room.members.contains_key(&A));
+        assert_eq!(
+            out[0],
+            Delivery::To {
+                member: A,
+                bytes: LINE_TOO_LONG_REPLY.to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn end_of_stream_broadcasts_the_partial_line_then_leaves() {
+        let mut net = Net::abc(100);
+        net.send(A, b"one\ntwo");
+        net.end(A);
+        assert_eq!(net.got(B), "a: one\na: two\n* a left\n");
+        assert_eq!(net.got(C), "a: one\na: two\n* a left\n");
+        assert!(net.closed.contains(&A));
+        // A final `quit` without newline closes once.
+        net.send(B, b"quit");
+        net.end(B);
+        assert_eq!(net.got(C), "* b left\n");
+        assert!(net.closed.contains(&B));
+        // A non-member: nothing.
+        net.end(A);
+        assert_eq!(net.got(C), "");
+    }
+
+    #[test]
+    fn a_dropped_member_leaves_without_its_partial_line() {
+        let mut net = Net::abc(100);
+        net.send(A, b"half a li");
+        let mut out = Vec::new();
+        net.room.leave(A, &mut out);
+        assert_eq!(
+            out,
+            [Delivery::Broadcast {
+                except: Some(A),
+                bytes: b"* a left\n".to_vec()
+            }]
+        );
+        out.clear();
+        net.room.leave(A, &mut out);
+        net.room.on_input(A, b"ne\n", &mut out);
+        assert_eq!(out, [], "a non-member is ignored");
+        assert_eq!(net.room.len(), 2);
+        assert!(!net.room.names.contains("a"), "its name is free again");
+    }
+
+    /// Every delivery from `input` sent by `a` (cut at `cuts`) in a room of a, b and c, ending
+    /// with `a`'s end of stream.
+    fn deliveries(max_line: usize, input: &[u8], cuts: &[usize]) -> Vec<Delivery> {
+        let mut room = Room::new(Limits { max_line });
+        let mut out = Vec::new();
+        for (id, name) in [(A, "a"), (B, "b"), (C, "c")] {
+            room.join(id, name, &mut out);
+        }
+        out.clear();
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            let cut = cut.clamp(start, input.len());
+            room.on_input(A, &input[start..cut], &mut out);
+            start = cut;
+        }
+        room.on_end(A, &mut out);
+        out
+    }
+
+    /// Pieces that make interesting chat input when strung together.
+    fn chat_input() -> impl Strategy<Value = Vec<u8>> {
+        const PIECES: &[&[u8]] = &[
+            b"\n",
+            b"\r",
+            b"\r\n",
+            b"hello",
+            b" ",
+            b"/nick ",
+            b"b",
+            b"zed",
+            b"/who",
+            b"/",
+            b"quit",
+            b":q",
+            b"\x1b",
+            b"\x7f",
+            b"\0",
+            b"\t",
+            "é".as_bytes(),
+            b"\xff",
+        ];
+        let piece = proptest::sample::select(PIECES);
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        /// However the input is cut, the room emits exactly the same deliveries, so every
+        /// recipient gets the same bytes.
+        #[test]
+        fn every_split_gives_the_same_deliveries(
+            input in chat_input(),
+            mut cuts in proptest::collection::vec(0usize..200, 0..12),
+            max_line in 1usize..40,
+        ) {
+            cuts.sort_unstable();
+            let whole = deliveries(max_line, &input, &[]);
+            let cut = deliveries(max_line, &input, &cuts);
+            prop_assert_eq!(whole, cut);
+        }
+
+        /// Plain text (no command), however cut: the others get each line, `\r` dropped and
+        /// controls escaped, up to the first line over the limit; the sender gets nothing but
+        /// `error line too long` then, and is closed.
+        #[test]
+        fn plain_lines_follow_the_rules(
+            input in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(0x1b), Just(b'x'), Just(b'\t')],
+                0..200,
+            ),
+            mut cuts in proptest::collection::vec(0usize..200, 0..12),
+            max_line in 1usize..30,
+        ) {
+            cuts.sort_unstable();
+            let mut net = Net::abc(max_line);
+            let mut start = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+                let cut = cut.clamp(start, input.len());
+                net.send(A, &input[start..cut]);
+                start = cut;
+            }
+            net.end(A);
+
+            let mut expected = String::new();
+            let mut too_long = false;
+            let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            if lines.last().is_some_and(|last| last.is_empty()) {
+                lines.pop();
+            }
+            for line in lines {
+                if line.len() > max_line {
+                    too_long = true;
+                    break;
+                }
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let mut escaped = Vec::new();
+                push_caret_escaped(line, &mut escaped);
+                expected += &format!("a: {}\n", String::from_utf8(escaped).unwrap());
+            }
+            expected += "* a left\n";
+            prop_assert_eq!(net.got(B), expected);
+            let reply = if too_long { "error line too long\n" } else { "" };
+            prop_assert_eq!(net.got(A), reply);
+            prop_assert!(net.closed.contains(&A));
+        }
+    }
+}
