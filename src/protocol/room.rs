@@ -506,6 +506,15 @@ mod tests {
     }
 
     #[test]
+    fn joining_again_under_a_used_id_leaves_first() {
+        let mut net = Net::abc(100);
+        net.join(A, "again");
+        assert_eq!(net.got(B), "* a left\n* again joined\n");
+        assert_eq!(net.room.len(), 3);
+        assert_eq!(net.room.name(A), Some("again"));
+    }
+
+    #[test]
     fn a_line_goes_to_every_other_member_only() {
         let mut net = Net::abc(100);
         net.send(A, b"hello\n");
