@@ -391,6 +391,30 @@ fn contradictory_options_are_usage_errors() {
     let outcome = load(&["127.0.0.1:9", "--duration", "1", "--warmup", "2"]);
     assert_eq!(outcome.status.code(), Some(2), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("warm-up"), "{}", outcome.stderr);
+    for (argv, says) in [
+        (&["--protocol", "chat", "--threads", "2"][..], "one thread"),
+        (
+            &["--protocol", "chat", "--connections", "3", "--senders", "4"],
+            "senders",
+        ),
+        (&["--protocol", "chat", "--connections", "1"], "2 to"),
+        (&["--senders", "2"], "chat"),
+    ] {
+        let mut args = vec!["127.0.0.1:9"];
+        args.extend_from_slice(argv);
+        let outcome = load(&args);
+        assert_eq!(
+            outcome.status.code(),
+            Some(2),
+            "{argv:?}: {}",
+            outcome.stderr
+        );
+        assert!(
+            outcome.stderr.contains(says),
+            "{argv:?}: {}",
+            outcome.stderr
+        );
+    }
 }
 
 /// A fake server for one test: a listener on 127.0.0.1 port 0 whose accepted connections are
