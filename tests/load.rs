@@ -391,6 +391,30 @@ fn contradictory_options_are_usage_errors() {
     let outcome = load(&["127.0.0.1:9", "--duration", "1", "--warmup", "2"]);
     assert_eq!(outcome.status.code(), Some(2), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("warm-up"), "{}", outcome.stderr);
+    for (argv, says) in [
+        (&["--protocol", "chat", "--threads", "2"][..], "one thread"),
+        (
+            &["--protocol", "chat", "--connections", "3", "--senders", "4"],
+            "senders",
+        ),
+        (&["--protocol", "chat", "--connections", "1"], "2 to"),
+        (&["--senders", "2"], "chat"),
+    ] {
+        let mut args = vec!["127.0.0.1:9"];
+        args.extend_from_slice(argv);
+        let outcome = load(&args);
+        assert_eq!(
+            outcome.status.code(),
+            Some(2),
+            "{argv:?}: {}",
+            outcome.stderr
+        );
+        assert!(
+            outcome.stderr.contains(says),
+            "{argv:?}: {}",
+            outcome.stderr
+        );
+    }
 }
 
 /// A fake server for one test: a listener on 127.0.0.1 port 0 whose accepted connections are
@@ -824,4 +848,238 @@ fn udp_replies_after_the_timeout_are_late_not_wrong() {
         "{}",
         outcome.json()
     );
+}
+
+/// How a [`FakeChat`] misbehaves, once, on the 100th numbered line it relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChatFault {
+    /// Relays every line faithfully.
+    Faithful,
+    /// Does not pass the line to its first recipient.
+    Drop,
+    /// Passes the line to its first recipient twice.
+    Duplicate,
+}
+
+/// The members of a fake chat room: each one's name and the writing half of its socket.
+type Room = Arc<std::sync::Mutex<(Vec<Option<(String, Box<dyn Write + Send>)>>, u64)>>;
+
+/// A fake chat server, just enough of the contract: a greeting, `* NAME joined` and `* NAME
+/// left` notices, `/nick` announced to the others as `* OLD is now NEW`, `/who` (one `* ` line),
+/// and every other line relayed to every other member as `NAME: LINE`. Over TCP or a Unix
+/// socket; one blocking thread per member; writes under the room's lock.
+struct FakeChat {
+    address: String,
+    stop: Arc<AtomicBool>,
+    wake: Box<dyn Fn()>,
+}
+
+impl FakeChat {
+    fn tcp(fault: ChatFault) -> FakeChat {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake chat server");
+        let addr = listener.local_addr().unwrap();
+        let (room, stop) = (Room::default(), Arc::new(AtomicBool::new(false)));
+        let stopped = Arc::clone(&stop);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                stream.set_read_timeout(Some(util::DEADLINE)).unwrap();
+                stream.set_write_timeout(Some(util::DEADLINE)).unwrap();
+                let name = stream.peer_addr().unwrap().to_string();
+                let writer = Box::new(stream.try_clone().unwrap());
+                chat_member(&room, name, Box::new(stream), writer, fault);
+            }
+        });
+        FakeChat {
+            address: addr.to_string(),
+            stop,
+            wake: Box::new(move || drop(TcpStream::connect(addr))),
+        }
+    }
+
+    fn unix(fault: ChatFault, path: std::path::PathBuf) -> FakeChat {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let listener = UnixListener::bind(&path).expect("bind a fake chat socket");
+        let (room, stop) = (Room::default(), Arc::new(AtomicBool::new(false)));
+        let stopped = Arc::clone(&stop);
+        thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                stream.set_read_timeout(Some(util::DEADLINE)).unwrap();
+                stream.set_write_timeout(Some(util::DEADLINE)).unwrap();
+                let writer = Box::new(stream.try_clone().unwrap());
+                chat_member(&room, format!("unix-{n}"), Box::new(stream), writer, fault);
+            }
+        });
+        let wake_path = path.clone();
+        FakeChat {
+            address: format!("unix:{}", path.display()),
+            stop,
+            wake: Box::new(move || drop(UnixStream::connect(&wake_path))),
+        }
+    }
+}
+
+impl Drop for FakeChat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        (self.wake)();
+    }
+}
+
+/// Adds a member to `room` and serves it on a thread of its own.
+fn chat_member(
+    room: &Room,
+    mut name: String,
+    reader: Box<dyn Read + Send>,
+    mut writer: Box<dyn Write + Send>,
+    fault: ChatFault,
+) {
+    let room = Arc::clone(room);
+    let me = {
+        let mut guard = room.lock().unwrap();
+        let _ = writer.write_all(format!("* welcome, {name}\n").as_bytes());
+        broadcast(
+            &mut guard.0,
+            usize::MAX,
+            format!("* {name} joined\n").as_bytes(),
+            1,
+        );
+        guard.0.push(Some((name.clone(), writer)));
+        guard.0.len() - 1
+    };
+    thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(reader);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            let mut guard = room.lock().unwrap();
+            let (members, numbered) = &mut *guard;
+            if let Some(new) = text.strip_prefix("/nick ") {
+                let notice = format!("* {name} is now {new}\n");
+                name = new.to_string();
+                members[me].as_mut().unwrap().0 = name.clone();
+                broadcast(members, me, notice.as_bytes(), 1);
+            } else if text == "/who" {
+                let names: Vec<&str> = members.iter().flatten().map(|m| m.0.as_str()).collect();
+                let reply = format!("* members: {}\n", names.join(" "));
+                let _ = members[me].as_mut().unwrap().1.write_all(reply.as_bytes());
+            } else {
+                let mut copies = 1;
+                if text.starts_with(|c: char| c.is_ascii_digit()) {
+                    *numbered += 1;
+                    if *numbered == 100 {
+                        copies = match fault {
+                            ChatFault::Faithful => 1,
+                            ChatFault::Drop => 0,
+                            ChatFault::Duplicate => 2,
+                        };
+                    }
+                }
+                broadcast(members, me, format!("{name}: {text}\n").as_bytes(), copies);
+            }
+        }
+        let mut guard = room.lock().unwrap();
+        guard.0[me] = None;
+        broadcast(&mut guard.0, me, format!("* {name} left\n").as_bytes(), 1);
+    });
+}
+
+/// Writes `line` to every member but `from`: `first_copies` times to the first, once to the rest.
+fn broadcast(
+    members: &mut [Option<(String, Box<dyn Write + Send>)>],
+    from: usize,
+    line: &[u8],
+    first_copies: usize,
+) {
+    let mut first = true;
+    for (i, member) in members.iter_mut().enumerate() {
+        let Some((_, writer)) = member else { continue };
+        if i == from {
+            continue;
+        }
+        let copies = if first { first_copies } else { 1 };
+        first = false;
+        for _ in 0..copies {
+            let _ = writer.write_all(line);
+        }
+    }
+}
+
+/// `oneloop load --protocol chat` against `address` with 5 members, 2 of them sending.
+fn chat_load(address: &str, extra: &[&str]) -> Outcome {
+    let mut args = vec![
+        address,
+        "--protocol",
+        "chat",
+        "--connections",
+        "5",
+        "--senders",
+        "2",
+        "--duration",
+        "1",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    load(&args)
+}
+
+#[test]
+fn chat_load_checks_every_delivery() {
+    let server = FakeChat::tcp(ChatFault::Faithful);
+    for pipeline in ["1", "4"] {
+        let outcome = chat_load(&server.address, &["--pipeline", pipeline, "--size", "40"]);
+        assert_clean(&outcome, 5.0);
+        let deliveries = outcome.number("deliveries");
+        // Each line sent goes to the 4 other members.
+        assert!(deliveries > 0.0, "{}", outcome.json());
+        assert!(outcome.number("delivery_rps") > 0.0, "{}", outcome.json());
+        assert!(
+            deliveries <= 4.0 * (outcome.number("requests") + 8.0),
+            "{}",
+            outcome.json()
+        );
+    }
+}
+
+#[test]
+fn chat_load_over_a_unix_socket() {
+    let server = FakeChat::unix(ChatFault::Faithful, socket_path("chat"));
+    let outcome = chat_load(&server.address, &[]);
+    assert_clean(&outcome, 5.0);
+    assert!(outcome.number("deliveries") > 0.0, "{}", outcome.json());
+}
+
+#[test]
+fn chat_lines_dropped_or_duplicated_are_errors() {
+    for (fault, key) in [
+        (ChatFault::Drop, "missing_replies"),
+        (ChatFault::Duplicate, "wrong_replies"),
+    ] {
+        let server = FakeChat::tcp(fault);
+        let outcome = chat_load(&server.address, &[]);
+        assert!(!outcome.status.success(), "{fault:?}: {}", outcome.json());
+        assert!(
+            outcome.number("errors") > 0.0,
+            "{fault:?}: {}",
+            outcome.json()
+        );
+        assert!(outcome.number(key) > 0.0, "{fault:?}: {}", outcome.json());
+        assert!(
+            outcome.stderr.contains("errors; first:"),
+            "{fault:?}: {}",
+            outcome.stderr
+        );
+    }
 }

@@ -20,7 +20,8 @@ pub struct LoadArgs {
     /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, or udp:HOST:PORT.
     pub address: Address,
 
-    /// What the server speaks: upper, timestamp or echo.
+    /// What the server speaks: upper, timestamp, echo or chat (each connection a member of
+    /// the room; see --senders).
     #[arg(long, value_name = "NAME", default_value = "echo", value_parser = parse_protocol)]
     pub protocol: ProtocolKind,
 
@@ -38,12 +39,18 @@ pub struct LoadArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_warmup)]
     pub warmup: Option<Duration>,
 
-    /// Bytes per request (for timestamp, the line's newline included).
+    /// Bytes per request (for timestamp, the line's newline included; chat: per line sent).
     #[arg(long, value_name = "BYTES", default_value_t = 64,
           value_parser = count_parser(limits::MAX_SIZE))]
     pub size: usize,
 
-    /// Requests each connection keeps outstanding.
+    /// Chat: how many members send numbered lines [default: all]; every member checks each
+    /// other sender's lines.
+    #[arg(long, value_name = "K", value_parser = count_parser(limits::MAX_CONNECTIONS))]
+    pub senders: Option<usize>,
+
+    /// Requests each connection keeps outstanding (chat: lines each sender keeps sent but not
+    /// yet received by the next member).
     #[arg(long, value_name = "K", default_value_t = 1,
           value_parser = count_parser(limits::MAX_PIPELINE))]
     pub pipeline: usize,
@@ -81,14 +88,20 @@ impl LoadArgs {
             threads: self.threads,
             mode: if self.idle { Mode::Idle } else { Mode::Load },
             udp_timeout: self.udp_timeout,
+            senders: self.senders,
         }
     }
 }
 
 fn parse_protocol(text: &str) -> Result<ProtocolKind, String> {
     match text.parse::<ProtocolKind>()? {
-        kind @ (ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo) => Ok(kind),
-        other => Err(format!("load speaks upper, timestamp or echo, not {other}")),
+        kind @ (ProtocolKind::Upper
+        | ProtocolKind::Timestamp
+        | ProtocolKind::Echo
+        | ProtocolKind::Chat) => Ok(kind),
+        other => Err(format!(
+            "load speaks upper, timestamp, echo or chat, not {other}"
+        )),
     }
 }
 
@@ -308,7 +321,7 @@ mod tests {
     #[test]
     fn bad_options_are_usage_errors() {
         for argv in [
-            &["127.0.0.1:9", "--protocol", "chat"][..],
+            &["127.0.0.1:9", "--protocol", "upload"][..],
             &["127.0.0.1:9", "--connections", "0"],
             &["127.0.0.1:9", "--pipeline", "lots"],
             &["127.0.0.1:9", "--duration", "0"],

@@ -45,6 +45,7 @@
 //! [`run`] is the library entry point (the benchmark harness calls it); [`main`] is the
 //! command-line glue.
 
+mod chat;
 mod command;
 mod report;
 mod udp;
@@ -131,7 +132,7 @@ pub enum Mode {
 pub struct LoadConfig {
     /// The server: a TCP address, a Unix socket's path, or a UDP address.
     pub address: Address,
-    /// What the server speaks: upper, timestamp or echo.
+    /// What the server speaks: upper, timestamp, echo or chat.
     pub protocol: ProtocolKind,
     /// Connections to open, shared out among the threads.
     pub connections: usize,
@@ -151,6 +152,8 @@ pub struct LoadConfig {
     /// UDP only: how long a request's reply may take before the request counts as lost (and,
     /// after the load, how long the last replies are waited for).
     pub udp_timeout: Duration,
+    /// Chat only: how many members send lines (members `0..K`); `None` for all.
+    pub senders: Option<usize>,
 }
 
 impl LoadConfig {
@@ -168,6 +171,7 @@ impl LoadConfig {
             threads: 1,
             mode: Mode::Load,
             udp_timeout: DEFAULT_UDP_TIMEOUT,
+            senders: None,
         }
     }
 
@@ -184,7 +188,13 @@ impl LoadConfig {
 
     /// Checks the parameters; the error says what is wrong in a sentence.
     pub fn validate(&self) -> Result<(), String> {
-        verify::Requests::new(self.protocol, self.size)?;
+        if self.protocol == ProtocolKind::Chat {
+            self.validate_chat()?;
+        } else if self.senders.is_some() {
+            return Err("--senders is for --protocol chat".into());
+        } else {
+            verify::Requests::new(self.protocol, self.size)?;
+        }
         let in_range = |name: &str, value: usize, max: usize| {
             if (1..=max).contains(&value) {
                 Ok(())
@@ -227,6 +237,34 @@ impl LoadConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl LoadConfig {
+    fn validate_chat(&self) -> Result<(), String> {
+        if let Address::Udp(_) = self.address {
+            return Err("chat runs over tcp or unix:, not UDP".into());
+        }
+        if self.mode == Mode::Idle {
+            return Err("--idle is not for chat".into());
+        }
+        if self.threads != 1 {
+            return Err("chat load runs every member on one thread: --threads 1".into());
+        }
+        if !(2..=chat::MAX_MEMBERS).contains(&self.connections) {
+            return Err(format!(
+                "a chat load needs 2 to {} members (--connections), not {}",
+                chat::MAX_MEMBERS,
+                self.connections
+            ));
+        }
+        match self.senders {
+            Some(k) if k == 0 || k > self.connections => Err(format!(
+                "--senders must be between 1 and the connections ({}), not {k}",
+                self.connections
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -303,6 +341,9 @@ pub fn run_with(
             .name(format!("load-{index}"))
             .spawn(move || {
                 let result = match plan.config.address {
+                    _ if plan.config.protocol == ProtocolKind::Chat => {
+                        chat::run(&plan, &thread_gate, &meter)
+                    }
                     Address::Udp(_) => udp::run(&plan, &thread_gate, &meter),
                     Address::Tcp(_) | Address::Unix(_) => worker::run(&plan, &thread_gate, &meter),
                 };
@@ -546,7 +587,21 @@ mod tests {
         config.pipeline = 0;
         assert!(config.validate().unwrap_err().contains("pipeline"));
         let mut config = base.clone();
+        config.protocol = ProtocolKind::Upload;
+        assert!(config.validate().unwrap_err().contains("upload"));
+        let mut config = base.clone();
         config.protocol = ProtocolKind::Chat;
+        assert!(config.validate().is_ok());
+        config.threads = 2;
+        assert!(config.validate().unwrap_err().contains("one thread"));
+        config.threads = 1;
+        config.senders = Some(51);
+        assert!(config.validate().unwrap_err().contains("senders"));
+        config.connections = 1;
+        config.senders = None;
+        assert!(config.validate().unwrap_err().contains("2 to"));
+        let mut config = base.clone();
+        config.senders = Some(1);
         assert!(config.validate().unwrap_err().contains("chat"));
         let mut config = base;
         config.mode = Mode::Idle;

@@ -102,7 +102,22 @@ impl LoadReport {
 
     /// Whether the run passed: at least one verified reply and no error.
     pub fn succeeded(&self) -> bool {
-        self.errors() == 0 && self.counts.requests > 0
+        self.errors() == 0
+            && self.counts.requests > 0
+            && (self.protocol != ProtocolKind::Chat || self.counts.deliveries > 0)
+    }
+
+    /// Chat: lines delivered (and checked) per second, over [`measured_time`]; zero for the
+    /// other protocols.
+    ///
+    /// [`measured_time`]: LoadReport::measured_time
+    pub fn delivery_rps(&self) -> f64 {
+        let seconds = self.measured_time().as_secs_f64();
+        if seconds > 0.0 {
+            self.counts.deliveries as f64 / seconds
+        } else {
+            0.0
+        }
     }
 
     /// The time `requests` were sent in: from the end of the warm-up until sending stopped —
@@ -167,6 +182,8 @@ impl LoadReport {
     /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
     /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
     /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
+    /// `deliveries` and `delivery_rps` (chat: lines received by members, each checked; with chat
+    /// `requests` is lines sent and the latencies are delivery latencies; 0 for the others),
     /// `connect_failures`, `wrong_replies`, `missing_replies`, `lost` (UDP requests whose reply never
     /// came; 0 over a stream), `late` (UDP replies that came after their request was lost, and
     /// were ignored; not an error), `dropped`, `warmup_requests`,
@@ -207,6 +224,8 @@ impl LoadReport {
         field("p999_us", self.latency_us(0.999).to_string());
         field("max_us", self.max_latency_us().to_string());
         field("mean_us", format!("{:.1}", self.mean_latency_us()));
+        field("deliveries", self.counts.deliveries.to_string());
+        field("delivery_rps", format!("{:.1}", self.delivery_rps()));
         field("errors", self.errors().to_string());
         field("connect_failures", self.counts.connect_failures.to_string());
         field("wrong_replies", self.counts.wrong_replies.to_string());
@@ -332,6 +351,15 @@ impl fmt::Display for LoadReport {
                 }
                 writeln!(f)?;
                 writeln!(f, "req/s       {:.1}", self.rps())?;
+                if self.protocol == ProtocolKind::Chat {
+                    writeln!(
+                        f,
+                        "deliveries  {} ({:.1}/s): requests are lines sent, each delivered to \
+                         every other member; latency is from send to delivery",
+                        self.counts.deliveries,
+                        self.delivery_rps()
+                    )?;
+                }
                 if let Address::Udp(_) = self.address {
                     writeln!(
                         f,

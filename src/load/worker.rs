@@ -94,8 +94,12 @@ pub struct Tally {
     pub connect_failures: u64,
     /// Replies that were not the right answer (at most one per connection, which then closes).
     pub wrong_replies: u64,
-    /// Requests that never got their reply (over a stream).
+    /// Requests that never got their reply (over a stream); chat: lines a member never
+    /// received from a sender.
     pub missing_replies: u64,
+    /// Chat: lines received, checked, from senders, sent after the warm-up (each line counts
+    /// once per member that receives it). Zero for the other protocols.
+    pub deliveries: u64,
     /// UDP: requests whose reply did not come within the `--udp-timeout`, or was overtaken by
     /// the reply to a later request. Datagrams may be lost; each loss is still an error.
     pub lost: u64,
@@ -127,6 +131,7 @@ impl Tally {
             connect_failures: 0,
             wrong_replies: 0,
             missing_replies: 0,
+            deliveries: 0,
             lost: 0,
             late: 0,
             dropped: 0,
@@ -147,6 +152,7 @@ impl Tally {
             total.connect_failures += tally.connect_failures;
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
+            total.deliveries += tally.deliveries;
             total.lost += tally.lost;
             total.late += tally.late;
             total.dropped += tally.dropped;

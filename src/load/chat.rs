@@ -1,0 +1,768 @@
+//! `oneloop load --protocol chat`: every connection is a member of one chat room; `--senders`
+//! of them send numbered lines, and every member checks that it receives each other sender's
+//! lines exactly once, in order, under the right name.
+//!
+//! All the members live on one thread and one `mio::Poll` (`--threads` must be 1): the start
+//! barrier and the closed loop below both need to see every member's state, and one thread sees
+//! it without locks.
+//!
+//! ## Names and the start barrier
+//!
+//! Each member renames itself `/nick ld<PID>-<ID>` (the process id keeps two runs in one room
+//! apart), then sends the line `hello`. The server handles a member's lines in order, so the
+//! `hello` reaches the others as `ld<PID>-<ID>: hello` — under the new name — whether or not
+//! they saw the `* OLD is now NEW` notice. A member the server had not yet accepted when a
+//! `hello` was broadcast misses it, so every [`HELLO_INTERVAL`] each member that some other
+//! member has not yet heard from sends `hello` again. When every member has heard every other
+//! one (at most [`BARRIER_TIMEOUT`]; past that the run fails), the threads' gate opens and the
+//! load starts. Lines starting with `* ` (joins, leaves, nick notices, greetings) are ignored
+//! throughout; stray `hello`s arriving later are ignored too.
+//!
+//! ## The load: a closed loop through an observer
+//!
+//! Senders are members `0..K`. Sender `s`'s lines are `SEQ NANOS xxx…\n`, padded with `x` to
+//! `--size` bytes (longer if the numbers need it): SEQ counts from 0, NANOS is the send time in
+//! nanoseconds since the load started. A sender never sees its own lines, so its *observer*,
+//! member `s + 1` (wrapping), paces it: the sender keeps `--pipeline` lines sent but not yet
+//! received by its observer. Every receiver keeps, per sender, the next SEQ it expects: a line
+//! with a lower SEQ (duplicate or reordered) or from an unknown, non-sending or own name is a
+//! wrong reply; a higher SEQ is a gap, its skipped lines missing. Delivery latency is the
+//! receipt time less NANOS, on the same clock. At the end senders stop, and the last lines get
+//! [`GRACE`] to reach everyone; each one a member still lacks is missing.
+//!
+//! Lines are built into one reused buffer and parsed in place (a partial line is kept in the
+//! member's own reused buffer), so a delivery allocates nothing once the buffers have grown.
+
+use std::io::{self, Read, Write as _};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use log::{debug, trace};
+use mio::{Events, Interest, Poll, Token};
+
+use super::worker::{Meter, Plan, Tally};
+use super::{Gate, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECT_ATTEMPTS};
+use crate::net::{write_until_blocked, Stream};
+use crate::service::Address;
+
+/// How often, during the barrier, a member not yet heard by everyone says `hello` again.
+pub const HELLO_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest the start barrier may take.
+pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most chat members: the barrier keeps an N × N table, and every line goes to N − 1 members.
+pub const MAX_MEMBERS: usize = 2048;
+
+/// The longest line a member accepts beyond `--size` (the name, the numbers).
+const LINE_SLACK: usize = 128;
+
+/// Size of the read buffer shared by the members.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Bytes one member may read per turn before the others get theirs: a member's reads make its
+/// senders send, which refills it, so without a budget one member could hog the loop.
+const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
+
+/// One member of the room.
+#[derive(Debug)]
+struct Member {
+    stream: Option<Stream>,
+    /// Bytes the socket has not taken yet, from `unsent_from` on (capacity kept).
+    unsent: Vec<u8>,
+    unsent_from: usize,
+    /// The start of a line whose end has not arrived yet (capacity kept).
+    partial: Vec<u8>,
+    registered: Interest,
+    /// In the still-ready list (its read budget ran out).
+    queued: bool,
+}
+
+impl Member {
+    fn has_unsent(&self) -> bool {
+        self.unsent_from < self.unsent.len()
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.stream.is_none() {
+            return Ok(());
+        }
+        if self.has_unsent() {
+            self.unsent.drain(..self.unsent_from);
+            self.unsent_from = 0;
+            self.unsent.extend_from_slice(bytes);
+            return self.flush();
+        }
+        let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        let written = write_until_blocked(stream, bytes)?;
+        if written < bytes.len() {
+            self.unsent.clear();
+            self.unsent_from = 0;
+            self.unsent.extend_from_slice(&bytes[written..]);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.has_unsent() {
+            return Ok(());
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
+        if !self.has_unsent() {
+            self.unsent.clear();
+            self.unsent_from = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Which phase a received line arrives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Barrier,
+    Load,
+}
+
+/// The one chat thread.
+struct Chat<'a> {
+    plan: &'a Plan,
+    meter: &'a Meter,
+    poll: Poll,
+    events: Events,
+    members: Vec<Member>,
+    /// Names are `{prefix}{id}`.
+    prefix: String,
+    senders: usize,
+    /// Barrier: `heard[r * n + s]`: member r has heard s's hello.
+    heard: Vec<bool>,
+    /// Barrier: how many members have heard each member.
+    heard_by: Vec<usize>,
+    /// Load: `expected[r * senders + s]`: the next SEQ member r expects from sender s.
+    expected: Vec<u64>,
+    /// Load: lines each sender has sent.
+    sent: Vec<u64>,
+    /// Load: lines of each sender its observer has received (or skipped past).
+    observed: Vec<u64>,
+    start: Instant,
+    warmup_nanos: u64,
+    stopping: bool,
+    phase: Phase,
+    read_buf: Box<[u8]>,
+    out: Vec<u8>,
+    still_ready: Vec<usize>,
+    spare_ready: Vec<usize>,
+    unpublished: u64,
+    tally: Tally,
+}
+
+/// Runs the chat load: connect, barrier, gate, load, grace.
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+    struct Arrival<'a>(Option<&'a Gate>);
+    impl Drop for Arrival<'_> {
+        fn drop(&mut self) {
+            if let Some(gate) = self.0.take() {
+                gate.arrive();
+            }
+        }
+    }
+    let mut arrival = Arrival(Some(gate));
+    let mut chat = Chat::new(plan, meter)?;
+    let ready = chat.connect_all() && chat.barrier()?;
+    if let Some(gate) = arrival.0.take() {
+        gate.arrive();
+    }
+    let Some(start) = gate.wait_open() else {
+        return Ok(chat.tally);
+    };
+    if ready {
+        chat.load(start)?;
+    }
+    for i in 0..chat.members.len() {
+        chat.close(i);
+    }
+    Ok(chat.tally)
+}
+
+impl<'a> Chat<'a> {
+    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Chat<'a>> {
+        let n = plan.count;
+        let senders = plan.config.senders.unwrap_or(n).min(n);
+        Ok(Chat {
+            plan,
+            meter,
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            members: (0..n)
+                .map(|_| Member {
+                    stream: None,
+                    unsent: Vec::new(),
+                    unsent_from: 0,
+                    partial: Vec::new(),
+                    registered: Interest::READABLE,
+                    queued: false,
+                })
+                .collect(),
+            prefix: format!("ld{}-", std::process::id()),
+            senders,
+            heard: vec![false; n * n],
+            heard_by: vec![0; n],
+            expected: vec![0; n * senders],
+            sent: vec![0; senders],
+            observed: vec![0; senders],
+            start: Instant::now(),
+            warmup_nanos: 0,
+            stopping: false,
+            phase: Phase::Barrier,
+            read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            out: Vec::new(),
+            still_ready: Vec::new(),
+            spare_ready: Vec::new(),
+            unpublished: 0,
+            tally: Tally::new(),
+        })
+    }
+
+    /// Connects every member, one after the other (blocking, with retries), and registers it.
+    /// False if one could not be connected: the room would be incomplete.
+    fn connect_all(&mut self) -> bool {
+        for i in 0..self.members.len() {
+            let mut attempt = 1;
+            let stream = loop {
+                match connect(&self.plan.config.address) {
+                    Ok(stream) => break stream,
+                    Err(e) if attempt < MAX_CONNECT_ATTEMPTS => {
+                        debug!("member {i}: attempt {attempt} failed: {e}");
+                        std::thread::sleep(FIRST_RETRY_DELAY * 2u32.pow(attempt - 1));
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        self.tally.connect_failures += 1;
+                        let reason = crate::sys::os_reason(&e);
+                        self.tally.note_error(|| {
+                            format!("member {i}: cannot connect after {attempt} attempts: {reason}")
+                        });
+                        return false;
+                    }
+                }
+            };
+            let member = &mut self.members[i];
+            let mut stream = stream;
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, Token(i), Interest::READABLE)
+            {
+                self.tally.connect_failures += 1;
+                self.tally
+                    .note_error(|| format!("member {i}: cannot register with the poller: {e}"));
+                return false;
+            }
+            member.stream = Some(stream);
+            self.tally.established += 1;
+            self.meter.open.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The start barrier (see the module documentation). False if it timed out or failed.
+    fn barrier(&mut self) -> io::Result<bool> {
+        let n = self.members.len();
+        for i in 0..n {
+            self.out.clear();
+            let _ = write!(self.out, "/nick {}{i}\nhello\n", self.prefix);
+            self.send_out(i);
+        }
+        let deadline = Instant::now() + BARRIER_TIMEOUT;
+        let mut next_hello = Instant::now() + HELLO_INTERVAL;
+        while self.heard_by.iter().any(|&h| h + 1 < n) {
+            if self.errors() > 0 {
+                return Ok(false);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let (r, s) = (0..n * n)
+                    .map(|k| (k / n, k % n))
+                    .find(|&(r, s)| r != s && !self.heard[r * n + s])
+                    .unwrap_or((0, 0));
+                let silent: u64 = self.heard_by.iter().map(|&h| (n - 1 - h) as u64).sum();
+                self.tally.missing_replies += silent;
+                let prefix = &self.prefix;
+                self.tally.note_error(|| {
+                    format!(
+                        "chat start: after {} s, {silent} member pairs had not heard each other \
+                         (first: {prefix}{r} never got {prefix}{s}'s hello)",
+                        BARRIER_TIMEOUT.as_secs()
+                    )
+                });
+                return Ok(false);
+            }
+            if now >= next_hello {
+                next_hello = now + HELLO_INTERVAL;
+                for i in 0..n {
+                    if self.heard_by[i] + 1 < n {
+                        self.out.clear();
+                        self.out.extend_from_slice(b"hello\n");
+                        self.send_out(i);
+                    }
+                }
+            }
+            self.turn(Some(next_hello.min(deadline)))?;
+        }
+        Ok(self.errors() == 0)
+    }
+
+    /// The load, from `start` to the end of the grace period.
+    fn load(&mut self, start: Instant) -> io::Result<()> {
+        self.start = start;
+        self.phase = Phase::Load;
+        let config = &self.plan.config;
+        let stop = start + config.duration;
+        let grace_end = stop + GRACE;
+        self.warmup_nanos = nanos(config.warmup());
+        for s in 0..self.senders {
+            self.send_lines(s);
+        }
+        loop {
+            let now = Instant::now();
+            if !self.stopping && now >= stop {
+                trace!("chat load over: waiting for the last lines");
+                self.stopping = true;
+                self.tally.load_time = stop - start;
+            }
+            if self.stopping && (now >= grace_end || self.all_delivered()) {
+                break;
+            }
+            if !self.stopping && self.members.iter().all(|m| m.stream.is_none()) {
+                self.tally.load_time = now - start;
+                break;
+            }
+            self.turn(Some(if self.stopping { grace_end } else { stop }))?;
+        }
+        // What is still missing now never came.
+        let n = self.members.len();
+        let mut missing = 0;
+        let mut first = None;
+        for r in 0..n {
+            if self.members[r].stream.is_none() {
+                continue; // already counted as dropped
+            }
+            for s in 0..self.senders {
+                let lacking = self.sent[s] - self.expected[r * self.senders + s].min(self.sent[s]);
+                if s != r && lacking > 0 {
+                    missing += lacking;
+                    first.get_or_insert((r, s, lacking));
+                }
+            }
+        }
+        if let Some((r, s, lacking)) = first {
+            self.tally.missing_replies += missing;
+            let prefix = &self.prefix;
+            self.tally.note_error(|| {
+                format!(
+                    "{missing} deliveries still missing {} s after the end (first: {prefix}{r} \
+                     lacks the last {lacking} of {prefix}{s}'s lines)",
+                    GRACE.as_secs()
+                )
+            });
+        }
+        Ok(())
+    }
+
+    fn all_delivered(&self) -> bool {
+        (0..self.members.len()).all(|r| {
+            self.members[r].stream.is_none()
+                || (0..self.senders)
+                    .all(|s| s == r || self.expected[r * self.senders + s] >= self.sent[s])
+        })
+    }
+
+    fn errors(&self) -> u64 {
+        let t = &self.tally;
+        t.connect_failures + t.wrong_replies + t.missing_replies + t.dropped
+    }
+
+    /// Sender `s` sends lines until `--pipeline` are unseen by its observer.
+    fn send_lines(&mut self, s: usize) {
+        if self.stopping || self.members[s].stream.is_none() {
+            return;
+        }
+        let pipeline = self.plan.config.pipeline as u64;
+        let size = self.plan.config.size;
+        self.out.clear();
+        let now = nanos(self.start.elapsed());
+        while self.sent[s] - self.observed[s].min(self.sent[s]) < pipeline {
+            write_line(&mut self.out, self.sent[s], now, size);
+            self.sent[s] += 1;
+            if now >= self.warmup_nanos {
+                self.tally.requests += 1;
+            } else {
+                self.tally.warmup_requests += 1;
+            }
+        }
+        self.send_out(s);
+    }
+
+    /// Writes `self.out` on member `i`.
+    fn send_out(&mut self, i: usize) {
+        if self.out.is_empty() {
+            return;
+        }
+        if let Err(e) = self.members[i].send(&self.out) {
+            return self.lose(i, crate::sys::os_reason(&e));
+        }
+        self.update_interest(i);
+    }
+
+    fn update_interest(&mut self, i: usize) {
+        let member = &mut self.members[i];
+        let wanted = if member.has_unsent() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if wanted == member.registered {
+            return;
+        }
+        let Some(stream) = member.stream.as_mut() else {
+            return;
+        };
+        match self.poll.registry().reregister(stream, Token(i), wanted) {
+            Ok(()) => member.registered = wanted,
+            Err(e) => self.lose(i, format!("cannot change poller interest: {e}")),
+        }
+    }
+
+    /// One loop turn.
+    fn turn(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let timeout = if self.still_ready.is_empty() {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut ready =
+            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
+        for event in self.events.iter() {
+            ready.push(event.token().0);
+        }
+        for i in ready.drain(..) {
+            if let Some(member) = self.members.get_mut(i) {
+                member.queued = false;
+                self.serve(i);
+            }
+        }
+        self.spare_ready = ready;
+        if self.unpublished > 0 {
+            self.meter
+                .completed
+                .fetch_add(self.unpublished, Ordering::Relaxed);
+            self.unpublished = 0;
+        }
+        Ok(())
+    }
+
+    /// Flushes member `i`, then reads and handles its lines until drained or out of budget.
+    fn serve(&mut self, i: usize) {
+        if self.members[i].stream.is_none() {
+            return;
+        }
+        if let Err(e) = self.members[i].flush() {
+            return self.lose(i, crate::sys::os_reason(&e));
+        }
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let mut budget = MAX_READ_BYTES_PER_TURN;
+        loop {
+            if budget == 0 {
+                if !self.members[i].queued {
+                    self.members[i].queued = true;
+                    self.still_ready.push(i);
+                }
+                break;
+            }
+            let Some(stream) = self.members[i].stream.as_mut() else {
+                break;
+            };
+            let asked = budget.min(buf.len());
+            match stream.read(&mut buf[..asked]) {
+                Ok(0) => {
+                    self.lose(i, "the server closed the connection".into());
+                    break;
+                }
+                Ok(count) => {
+                    budget -= count;
+                    self.feed(i, &buf[..count]);
+                    if count < asked {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.lose(i, crate::sys::os_reason(&e));
+                    break;
+                }
+            }
+        }
+        self.read_buf = buf;
+        self.update_interest(i);
+    }
+
+    /// Splits bytes member `r` received into lines and handles each.
+    fn feed(&mut self, r: usize, mut bytes: &[u8]) {
+        let longest = self.plan.config.size + LINE_SLACK;
+        while !bytes.is_empty() {
+            let Some(end) = memchr(b'\n', bytes) else {
+                self.members[r].partial.extend_from_slice(bytes);
+                if self.members[r].partial.len() > longest {
+                    self.members[r].partial.clear();
+                    self.wrong(r, || format!("a line longer than {longest} bytes"));
+                }
+                return;
+            };
+            if self.members[r].partial.is_empty() {
+                self.line(r, &bytes[..end]);
+            } else {
+                let mut partial = std::mem::take(&mut self.members[r].partial);
+                partial.extend_from_slice(&bytes[..end]);
+                self.line(r, &partial);
+                partial.clear();
+                self.members[r].partial = partial;
+            }
+            bytes = &bytes[end + 1..];
+        }
+    }
+
+    /// Handles one line (without its newline) received by member `r`.
+    fn line(&mut self, r: usize, line: &[u8]) {
+        if line.starts_with(b"* ") {
+            return; // joins, leaves, nick notices, greetings
+        }
+        let Some(colon) = find(line, b": ") else {
+            return self.wrong(r, || {
+                format!("a line that is no NAME: LINE: {:?}", lossy(line))
+            });
+        };
+        let (name, body) = (&line[..colon], &line[colon + 2..]);
+        let sender = name
+            .strip_prefix(self.prefix.as_bytes())
+            .and_then(parse_number)
+            .and_then(|s| usize::try_from(s).ok())
+            .filter(|&s| s < self.members.len());
+        let Some(s) = sender else {
+            return self.wrong(r, || format!("a line from a stranger: {:?}", lossy(line)));
+        };
+        if s == r {
+            return self.wrong(r, || "its own line".to_string());
+        }
+        if body == b"hello" {
+            let n = self.members.len();
+            if !self.heard[r * n + s] {
+                self.heard[r * n + s] = true;
+                self.heard_by[s] += 1;
+            }
+            return;
+        }
+        if self.phase == Phase::Barrier || s >= self.senders {
+            return self.wrong(r, || {
+                format!("a line from a member that sends none: {:?}", lossy(line))
+            });
+        }
+        let Some((seq, sent_nanos)) = parse_body(body, self.plan.config.size) else {
+            return self.wrong(r, || format!("a garbled line: {:?}", lossy(line)));
+        };
+        let slot = r * self.senders + s;
+        let expected = self.expected[slot];
+        if seq < expected {
+            let prefix = self.prefix.clone();
+            return self.wrong(r, || {
+                format!(
+                    "line {seq} of {prefix}{s} again or out of order (expected {expected} next)"
+                )
+            });
+        }
+        if seq > expected {
+            self.tally.missing_replies += seq - expected;
+            let prefix = &self.prefix;
+            self.tally.note_error(|| {
+                format!(
+                    "{prefix}{r} got line {seq} of {prefix}{s} after line {}: {} missing",
+                    expected as i128 - 1,
+                    seq - expected
+                )
+            });
+        }
+        self.expected[slot] = seq + 1;
+        self.unpublished += 1;
+        if sent_nanos >= self.warmup_nanos {
+            self.tally.deliveries += 1;
+            let latency = nanos(self.start.elapsed()).saturating_sub(sent_nanos);
+            self.tally.latency.saturating_record(latency.max(1));
+        }
+        if observer(s, self.members.len()) == r && seq + 1 > self.observed[s] {
+            self.observed[s] = seq + 1;
+            self.send_lines(s);
+        }
+    }
+
+    fn wrong(&mut self, r: usize, what: impl FnOnce() -> String) {
+        self.tally.wrong_replies += 1;
+        let prefix = &self.prefix;
+        self.tally
+            .note_error(|| format!("{prefix}{r} received {}", what()));
+    }
+
+    /// Member `i`'s connection ended.
+    fn lose(&mut self, i: usize, reason: String) {
+        if self.members[i].stream.is_none() {
+            return;
+        }
+        if self.stopping && self.all_delivered() {
+            debug!("member {i}: {reason} after the last delivery");
+        } else {
+            self.tally.dropped += 1;
+            let prefix = &self.prefix;
+            self.tally
+                .note_error(|| format!("{prefix}{i}: {reason} before the end of the load"));
+        }
+        self.close(i);
+    }
+
+    fn close(&mut self, i: usize) {
+        if self.members[i].stream.take().is_some() {
+            self.meter.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The member that paces sender `s`.
+fn observer(s: usize, members: usize) -> usize {
+    (s + 1) % members
+}
+
+/// Connects to `address`, blocking (at most [`CONNECT_TIMEOUT`] over TCP), and returns the
+/// stream non-blocking for the poller.
+fn connect(address: &Address) -> io::Result<Stream> {
+    match address {
+        Address::Tcp(addr) => {
+            let stream = std::net::TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)?;
+            stream.set_nonblocking(true)?;
+            stream.set_nodelay(true)?;
+            Ok(Stream::Tcp(mio::net::TcpStream::from_std(stream)))
+        }
+        Address::Unix(path) => {
+            let stream = std::os::unix::net::UnixStream::connect(path)?;
+            stream.set_nonblocking(true)?;
+            Ok(Stream::Unix(mio::net::UnixStream::from_std(stream)))
+        }
+        Address::Udp(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "chat runs over a stream, not UDP",
+        )),
+    }
+}
+
+/// `duration` in nanoseconds.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Appends line `seq` sent at `sent_nanos`: `SEQ NANOS xxx…\n`, `size` bytes with its newline
+/// (or just `SEQ NANOS\n` if that is longer).
+fn write_line(out: &mut Vec<u8>, seq: u64, sent_nanos: u64, size: usize) {
+    let begin = out.len();
+    let _ = write!(out, "{seq} {sent_nanos}");
+    let length = out.len() - begin;
+    if length + 2 < size {
+        out.push(b' ');
+        out.resize(begin + size - 1, b'x');
+    }
+    out.push(b'\n');
+}
+
+/// Parses a line's body as [`write_line`] builds it for `size`: `(SEQ, NANOS)`, or `None` if it
+/// is not exactly such a line.
+fn parse_body(body: &[u8], size: usize) -> Option<(u64, u64)> {
+    let space = memchr(b' ', body)?;
+    let seq = parse_number(&body[..space])?;
+    let rest = &body[space + 1..];
+    let (stamp, padding) = match memchr(b' ', rest) {
+        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+        None => (rest, None),
+    };
+    let sent_nanos = parse_number(stamp)?;
+    let head = space + 1 + stamp.len();
+    let wanted_len = if head + 2 < size { size - 1 } else { head };
+    let padding_ok = padding.map_or(true, |p| p.iter().all(|&b| b == b'x'));
+    (padding_ok && body.len() == wanted_len).then_some((seq, sent_nanos))
+}
+
+/// A decimal number of 1 to 19 digits.
+fn parse_number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+fn memchr(byte: u8, bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == byte)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A line for a message, shortened.
+fn lossy(line: &[u8]) -> String {
+    String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_at_every_size() {
+        for size in [1, 5, 10, 11, 12, 64, 300] {
+            let mut out = Vec::new();
+            write_line(&mut out, 12, 3_456_789, size);
+            assert_eq!(out.last(), Some(&b'\n'));
+            if size > 12 {
+                assert_eq!(out.len(), size, "{size}");
+            }
+            let body = &out[..out.len() - 1];
+            assert_eq!(parse_body(body, size), Some((12, 3_456_789)), "{size}");
+        }
+    }
+
+    #[test]
+    fn garbled_lines_are_refused() {
+        let mut out = Vec::new();
+        write_line(&mut out, 7, 99, 32);
+        let body = &out[..out.len() - 1];
+        assert!(parse_body(&body[..body.len() - 1], 32).is_none(), "short");
+        let mut bad = body.to_vec();
+        bad[20] = b'y';
+        assert!(parse_body(&bad, 32).is_none(), "padding");
+        assert!(parse_body(b"7 x9", 4).is_none(), "not a number");
+        assert!(parse_body(b"hello", 32).is_none());
+    }
+
+    #[test]
+    fn each_sender_has_another_observer() {
+        assert_eq!(observer(0, 5), 1);
+        assert_eq!(observer(4, 5), 0);
+        assert_eq!(observer(1, 2), 0);
+    }
+}
