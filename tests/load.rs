@@ -888,6 +888,8 @@ impl FakeChat {
                 let Ok(stream) = stream else { continue };
                 stream.set_read_timeout(Some(util::DEADLINE)).unwrap();
                 stream.set_write_timeout(Some(util::DEADLINE)).unwrap();
+                // Each line is its own small write, as a real server's may be: no Nagle delay.
+                stream.set_nodelay(true).unwrap();
                 let name = stream.peer_addr().unwrap().to_string();
                 let writer = Box::new(stream.try_clone().unwrap());
                 chat_member(&room, name, Box::new(stream), writer, fault);

@@ -354,8 +354,8 @@ impl fmt::Display for LoadReport {
                 if self.protocol == ProtocolKind::Chat {
                     writeln!(
                         f,
-                        "deliveries  {} ({:.1}/s): requests are lines sent, each delivered to \
-                         every other member; latency is from send to delivery",
+                        "deliveries  {} ({:.1}/s; requests are lines sent, latency is send to \
+                         delivery)",
                         self.counts.deliveries,
                         self.delivery_rps()
                     )?;
