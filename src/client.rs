@@ -96,14 +96,20 @@ fn talk(args: &ClientArgs) -> io::Result<()> {
 
 /// Connects to a Unix socket, waiting at most `timeout` (a server whose backlog is full makes a
 /// blocking `connect` wait).
+///
+/// A Unix `connect` has no asynchronous form (a full backlog is `EAGAIN`, not `EINPROGRESS`), so
+/// the timeout is the socket's send timeout: Linux waits that long for room in the backlog.
 fn connect_unix(path: &std::path::Path, timeout: Option<Duration>) -> io::Result<UnixStream> {
     let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
     let address = socket2::SockAddr::unix(path)?;
-    match timeout {
-        Some(timeout) => socket.connect_timeout(&address, timeout)?,
-        None => socket.connect(&address)?,
+    socket.set_write_timeout(timeout)?;
+    match socket.connect(&address) {
+        Ok(()) => Ok(socket.into()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, e))
+        }
+        Err(e) => Err(e),
     }
-    Ok(socket.into())
 }
 
 /// How long a UDP client waits for each reply when `--timeout` is not given: a datagram or its

@@ -156,6 +156,25 @@ impl Drop for StopSignalsBlocked {
     }
 }
 
+/// Unblocks SIGINT and SIGTERM in the calling thread: in a forked child, which inherited them
+/// blocked from a [`StopSignalsBlocked`] guard that belongs to its parent, once its own handler
+/// is in place.
+pub fn unblock_stop_signals() -> io::Result<()> {
+    let mut stop = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset changes it; pthread_sigmask only reads
+    // it. The pointer is to a local that outlives the calls.
+    let code = unsafe {
+        libc::sigemptyset(stop.as_mut_ptr());
+        libc::sigaddset(stop.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(stop.as_mut_ptr(), libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, stop.as_ptr(), ptr::null_mut())
+    };
+    if code != 0 {
+        return Err(io::Error::from_raw_os_error(code));
+    }
+    Ok(())
+}
+
 /// The socket a forked child serves, for its signal handler (-1: none yet).
 static CHILD_CONNECTION: AtomicI32 = AtomicI32::new(-1);
 

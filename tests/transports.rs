@@ -627,18 +627,23 @@ fn at_the_first_signal_udp_stops_and_listeners_close_under_every_model() {
         let (udp, tcp) = (server.addr_of("echo", "udp"), server.addr_of("echo", "tcp"));
         let client = udp_client(udp);
         assert_eq!(exchange(&client, udp, b"before"), b"before");
-        // A connection the server cannot finish: it echoes to a client that never reads and never
-        // stops sending, so its server is blocked writing (the writer thread ends when the
-        // server closes the connection at exit).
+        // A connection the server cannot finish: it echoes to a client that never reads. Writing
+        // until a write times out shows the server has stopped reading it (blocked writing, or
+        // over its output limit), so its replies stay unacknowledged whatever the scheduling.
         let busy = util::connect(tcp);
-        let _writer = {
+        {
             let mut busy = busy.try_clone().unwrap();
-            thread::spawn(move || {
-                let chunk = vec![b'b'; 64 * 1024];
-                while busy.write_all(&chunk).is_ok() {}
-            })
-        };
-        thread::sleep(Duration::from_millis(300)); // let the buffers fill
+            busy.set_write_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let chunk = vec![b'b'; 64 * 1024];
+            let deadline = Instant::now() + DEADLINE;
+            while busy.write_all(&chunk).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{model}: the server kept reading"
+                );
+            }
+        }
         server.signal("TERM");
 
         // The UDP service closes first — the busy connection holds the rest of the shutdown up

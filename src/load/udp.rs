@@ -50,16 +50,17 @@ const EVENTS_PER_POLL: usize = 1024;
 /// Sweeps for lost requests per `--udp-timeout`: a loss is noticed at most a tenth late.
 const SWEEPS_PER_TIMEOUT: u32 = 10;
 
-/// Lost requests each socket remembers, so that a reply to one of them is known as late, not
-/// wrong. A late reply to a request lost before the last this many is counted as wrong.
+/// Lost requests each socket remembers at least, so that a reply to one of them is known as
+/// late, not wrong; twice `--pipeline` when that is more, since one sweep may lose a whole
+/// pipeline. A late reply to a request lost before the last this many is counted as wrong.
 const LOST_REMEMBERED: usize = 64;
 
 /// The numbers of a socket's last [`LOST_REMEMBERED`] lost requests whose replies have not come
 /// late: a fixed ring, the oldest overwritten.
 #[derive(Debug)]
 struct LostRing {
-    /// Request numbers, or [`LostRing::EMPTY`].
-    numbers: [u64; LOST_REMEMBERED],
+    /// Request numbers, or [`LostRing::EMPTY`]; allocated once, never resized.
+    numbers: Box<[u64]>,
     /// Where the next one goes.
     next: usize,
 }
@@ -68,9 +69,19 @@ impl LostRing {
     /// No request: request numbers never come near it.
     const EMPTY: u64 = u64::MAX;
 
+    #[cfg(test)]
     fn new() -> LostRing {
+        LostRing::with_room(LOST_REMEMBERED)
+    }
+
+    /// A ring for a socket that keeps `pipeline` requests in flight.
+    fn for_pipeline(pipeline: usize) -> LostRing {
+        LostRing::with_room(LOST_REMEMBERED.max(2 * pipeline))
+    }
+
+    fn with_room(room: usize) -> LostRing {
         LostRing {
-            numbers: [LostRing::EMPTY; LOST_REMEMBERED],
+            numbers: vec![LostRing::EMPTY; room].into_boxed_slice(),
             next: 0,
         }
     }
@@ -78,7 +89,7 @@ impl LostRing {
     /// Remembers that `request` was lost.
     fn record(&mut self, request: u64) {
         self.numbers[self.next] = request;
-        self.next = (self.next + 1) % LOST_REMEMBERED;
+        self.next = (self.next + 1) % self.numbers.len();
     }
 
     /// Forgets the first remembered request for which `answers` holds, and says whether there
@@ -185,7 +196,7 @@ impl<'a> Worker<'a> {
                 id: plan.first_id + i,
                 socket: None,
                 outstanding: VecDeque::with_capacity(config.pipeline),
-                lost: LostRing::new(),
+                lost: LostRing::for_pipeline(config.pipeline),
                 sent: 0,
                 owed: 0,
                 queued: false,

@@ -62,10 +62,24 @@ impl DatagramServers {
             return DatagramServers::fork(datagrams);
         }
         let stopping = Arc::new(AtomicBool::new(false));
+        // The stop action is in place before any thread serves: no signal slips in between.
+        let handles = datagrams
+            .iter()
+            .map(|bound| bound.socket.try_clone())
+            .collect::<io::Result<Vec<_>>>()?;
+        let sockets = handles.iter().map(|s| s.as_raw_fd()).collect();
+        let signal_actions =
+            sys::shut_down_reading_on_stop_signals(sockets, Arc::clone(&stopping))?;
         let mut threads = Vec::with_capacity(datagrams.len());
-        for bound in datagrams {
+        let mut servers = DatagramServers {
+            kind: Servers::Threads {
+                threads: Vec::new(),
+                stopping: Arc::clone(&stopping),
+            },
+            signal_actions,
+        };
+        for (bound, handle) in datagrams.into_iter().zip(handles) {
             bound.socket.set_nonblocking(false)?;
-            let handle = bound.socket.try_clone()?;
             let name = format!("udp {}", bound.local);
             let flag = Arc::clone(&stopping);
             let thread = thread::Builder::new().name(name.clone()).spawn(move || {
@@ -75,51 +89,36 @@ impl DatagramServers {
             })?;
             threads.push((thread, handle, name));
         }
-        let sockets = threads.iter().map(|(_, s, _)| s.as_raw_fd()).collect();
-        let signal_actions =
-            sys::shut_down_reading_on_stop_signals(sockets, Arc::clone(&stopping))?;
-        Ok(DatagramServers {
-            kind: Servers::Threads { threads, stopping },
-            signal_actions,
-        })
+        servers.kind = Servers::Threads { threads, stopping };
+        Ok(servers)
     }
 
     /// The forking model's UDP services: a child process each.
     fn fork(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
         let parent = std::process::id();
         let mut children = Vec::with_capacity(datagrams.len());
+        // Stop signals stay blocked from the first fork until the forwarding action is in place:
+        // one that comes meanwhile is delivered then, and forwarded. Each child inherits them
+        // blocked, and unblocks them once its own handler is in place (until then it would run
+        // the parent's, which writes to the parent's pipe).
+        let blocked = sys::block_stop_signals()?;
         for bound in datagrams {
-            let blocked = sys::block_stop_signals()?;
             match sys::fork_single_threaded()? {
-                Forked::Child => {
-                    // Stop signals stay blocked until the child's own handler is in place: until
-                    // then one would run the parent's, which writes to the parent's pipe.
-                    let serve_here = || -> io::Result<DatagramStats> {
-                        let stopping = sys::stop_gracefully_on_signal(bound.socket.as_fd())?;
-                        // Nothing of the parent's stays open here: a listener held by this
-                        // child would keep taking connections after the parent closed its own.
-                        sys::close_descriptors_except(&[bound.socket.as_raw_fd()])?;
-                        sys::signal_on_parent_exit(libc::SIGTERM, parent)?;
-                        drop(blocked);
-                        bound.socket.set_nonblocking(false)?;
-                        let local = bound.local;
-                        let stats = serve(bound, stopping);
-                        info!("udp {local}: closed; {stats}");
-                        Ok(stats)
-                    };
-                    if let Err(e) = serve_here() {
-                        warn!("udp: the serving process failed: {e}");
-                    }
-                    sys::exit_child(0);
-                }
+                Forked::Child => serve_in_child(bound, parent),
                 Forked::Parent { child } => {
                     debug!("udp {}: served by process {child}", bound.local);
-                    children.push(ChildHandle::open(child)?);
+                    match ChildHandle::open(child) {
+                        Ok(handle) => children.push(handle),
+                        // Before Linux 5.3, or under a seccomp profile that refuses pidfd_open:
+                        // no forwarding; the child still stops when this process exits.
+                        Err(e) => warn!("udp {}: cannot watch process {child}: {e}", bound.local),
+                    }
                     // The parent's copy of the socket closes here; the child's serves.
                 }
             }
         }
         let signal_actions = sys::forward_stop_signals(&children)?;
+        drop(blocked);
         Ok(DatagramServers {
             kind: Servers::Processes { children },
             signal_actions,
@@ -129,9 +128,15 @@ impl DatagramServers {
     /// Stops the UDP servers, if a signal has not already, and waits for the threads (each
     /// finishes the datagram in hand) and logs what each did. UDP child processes end on the
     /// forwarded signal, or when this process exits.
-    pub fn stop(self) {
-        sys::forget_signal_actions(self.signal_actions);
-        let (threads, stopping) = match self.kind {
+    pub fn stop(mut self) {
+        sys::forget_signal_actions(std::mem::take(&mut self.signal_actions));
+        let kind = std::mem::replace(
+            &mut self.kind,
+            Servers::Processes {
+                children: Vec::new(),
+            },
+        );
+        let (threads, stopping) = match kind {
             Servers::Threads { threads, stopping } => (threads, stopping),
             Servers::Processes { children } => return drop(children),
         };
@@ -146,6 +151,51 @@ impl DatagramServers {
             }
         }
     }
+}
+
+impl Drop for DatagramServers {
+    /// Without [`DatagramServers::stop`] (a panic unwinding past it), the signal actions are
+    /// removed before the descriptors they name are closed and their numbers reused.
+    fn drop(&mut self) {
+        sys::forget_signal_actions(std::mem::take(&mut self.signal_actions));
+    }
+}
+
+/// The forking model's UDP child: serves `bound` until a stop signal or its parent's exit, then
+/// exits. Never returns.
+fn serve_in_child(bound: BoundDatagram, parent: u32) -> ! {
+    // Until its own handler is in place the child runs the parent's: if it cannot be installed,
+    // leave without ever unblocking the stop signals.
+    let stopping = match sys::stop_gracefully_on_signal(bound.socket.as_fd()) {
+        Ok(stopping) => stopping,
+        Err(e) => {
+            warn!("udp {}: cannot install the stop handler: {e}", bound.local);
+            sys::exit_child(1);
+        }
+    };
+    // Nothing of the parent's stays open here: a listener held by this child would keep taking
+    // connections after the parent closed its own. Best effort: serving goes on if it fails.
+    if let Err(e) = sys::close_descriptors_except(&[bound.socket.as_raw_fd()]) {
+        warn!(
+            "udp {}: cannot close inherited descriptors: {e}",
+            bound.local
+        );
+    }
+    if let Err(e) = sys::signal_on_parent_exit(libc::SIGTERM, parent) {
+        warn!("udp {}: cannot follow the parent's exit: {e}", bound.local);
+    }
+    if let Err(e) = sys::unblock_stop_signals() {
+        warn!("udp {}: cannot unblock stop signals: {e}", bound.local);
+        sys::exit_child(1);
+    }
+    if let Err(e) = bound.socket.set_nonblocking(false) {
+        warn!("udp {}: {e}", bound.local);
+        sys::exit_child(1);
+    }
+    let local = bound.local;
+    let stats = serve(bound, stopping);
+    info!("udp {local}: closed; {stats}");
+    sys::exit_child(0);
 }
 
 /// One UDP service's loop: receive, answer, repeat, until `stopping`.
