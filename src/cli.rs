@@ -155,9 +155,26 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Which services this build can serve; the others are refused before anything is bound.
-fn check_supported(service: &ServiceSpec) -> Result<(), String> {
+fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
     match service.protocol {
         ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo => Ok(()),
+        ProtocolKind::Chat => match model {
+            Model::Reactor => Ok(()),
+            Model::Serial | Model::Forking => Err(format!(
+                "{service}: --model {} cannot serve chat: a room is shared by all its members, \
+                 and {}",
+                model.name(),
+                if model == Model::Serial {
+                    "a serial server talks to one member at a time"
+                } else {
+                    "each forked process would hold a room of its own"
+                }
+            )),
+            Model::Threaded | Model::Pool => Err(format!(
+                "{service}: chat is not served by --model {} yet (only by the reactor)",
+                model.name()
+            )),
+        },
         protocol => Err(format!(
             "{service}: the {protocol} protocol is not served yet (this build serves upper, \
              timestamp and echo)"
@@ -174,7 +191,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     } else {
         args.services
     };
-    if let Some(message) = services.iter().find_map(|s| check_supported(s).err()) {
+    if let Some(message) = services
+        .iter()
+        .find_map(|s| check_supported(s, args.model).err())
+    {
         return usage_error(message);
     }
     let fd_limit = crate::sys::raise_fd_limit();
@@ -366,14 +386,17 @@ mod tests {
     #[test]
     fn unsupported_services_are_named() {
         let chat: ServiceSpec = "chat@127.0.0.1:0".parse().unwrap();
-        assert!(check_supported(&chat).unwrap_err().contains("chat"));
+        assert!(check_supported(&chat, Model::Serial)
+            .unwrap_err()
+            .contains("chat"));
+        assert!(check_supported(&chat, Model::Reactor).is_ok());
         for served in [
             "echo@127.0.0.1:0",
             "upper@udp:[::1]:0",
             "timestamp@unix:/tmp/t.sock",
         ] {
             let spec: ServiceSpec = served.parse().unwrap();
-            assert!(check_supported(&spec).is_ok(), "{served}");
+            assert!(check_supported(&spec, Model::Reactor).is_ok(), "{served}");
         }
     }
 }

@@ -64,20 +64,28 @@ fn bad_options_are_usage_errors() {
 
 #[test]
 fn services_this_build_does_not_serve_yet_are_refused() {
-    // chat and upload are parsed but not served by this build: refused before anything is
-    // bound, so a script learns at once rather than from a missing service.
-    assert_usage_error(&["serve", "chat@127.0.0.1:0"], "chat");
+    // upload is parsed but not served by this build, and chat only by the reactor: refused
+    // before anything is bound, so a script learns at once rather than from a missing service.
     assert_usage_error(&["serve", "upload@127.0.0.1:0"], "upload");
     assert_usage_error(&["serve", "chat@udp:127.0.0.1:0"], "udp");
+    for model in ["serial", "forking"] {
+        assert_usage_error(
+            &["serve", "--model", model, "chat@127.0.0.1:0"],
+            "cannot serve chat",
+        );
+    }
     let socket = std::env::temp_dir().join(format!("oneloop-cli-{}.sock", std::process::id()));
-    let spec = format!("chat@unix:{}", socket.display());
-    assert_usage_error(&["serve", "echo@127.0.0.1:0", &spec], "chat");
+    let spec = format!("upload@unix:{}", socket.display());
+    assert_usage_error(&["serve", "echo@127.0.0.1:0", &spec], "upload");
     assert!(
         !socket.exists(),
         "a refused unix service must not create its socket file"
     );
     // Even alongside services that could be served.
-    assert_usage_error(&["serve", "echo@127.0.0.1:0", "chat@127.0.0.1:0"], "chat");
+    assert_usage_error(
+        &["serve", "echo@127.0.0.1:0", "upload@127.0.0.1:0"],
+        "upload",
+    );
 }
 
 #[test]

@@ -213,6 +213,11 @@ impl Room {
         }
     }
 
+    /// Every member, in no particular order: the recipients of a broadcast.
+    pub fn members(&self) -> impl Iterator<Item = MemberId> + '_ {
+        self.members.keys().copied()
+    }
+
     /// `member`'s current name, if it is a member.
     pub fn name(&self, member: MemberId) -> Option<&str> {
         self.members.get(&member).map(|m| &*m.name)

@@ -28,8 +28,10 @@
 //!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
 //!   the peer's kernel throw away the reply it has not read yet.
 
-use std::io::{self, Read};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::rc::Rc;
 use std::time::Instant;
 
 use log::{debug, trace};
@@ -37,6 +39,7 @@ use mio::Interest;
 
 use crate::clock::Now;
 use crate::net::{write_until_blocked, Stream, LINGER};
+use crate::protocol::room::{Delivery, MemberId, Room};
 use crate::protocol::{Arrival, Flow, Session};
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
@@ -90,6 +93,13 @@ pub enum Phase {
     },
     /// Finished. The loop removes it from the slab after the current batch of events.
     Closed,
+}
+
+/// Whether `deliveries` end `member`'s conversation.
+fn ends_member(deliveries: &[Delivery], member: MemberId) -> bool {
+    deliveries
+        .iter()
+        .any(|d| matches!(d, Delivery::Close { member: m } if *m == member))
 }
 
 /// What a call to [`Connection::drive`] leaves for the loop to do.
@@ -148,6 +158,54 @@ impl Unsent {
     }
 }
 
+/// What a connection does with its input.
+#[derive(Debug)]
+enum Work {
+    /// A byte-stream protocol: input in, replies out, all within this connection.
+    Stream(Session),
+    /// A chat member: its input goes to its room, and the loop routes what the room decides —
+    /// lines for other members land in *their* [`ChatOutput`].
+    Chat(ChatOutput),
+}
+
+/// Most lines handed to one `writev`: enough that a member who fell behind catches up in few
+/// system calls, and the `IoSlice` array stays on the stack.
+pub const MAX_LINES_PER_WRITE: usize = 64;
+
+/// A chat member's output: its room, and the lines queued for it.
+#[derive(Debug)]
+pub struct ChatOutput {
+    /// The endpoint (and so the room) it belongs to.
+    room: u32,
+    /// Whether it is on the loop's list of members to flush at the end of the turn.
+    pub dirty: bool,
+    /// Lines not yet written, allocated only while some are queued: an idle member costs no
+    /// buffer.
+    queue: Option<Box<ChatQueue>>,
+}
+
+/// Lines queued for one member. Each line is a reference-counted buffer shared with every other
+/// member it was sent to: a line broadcast to 1,000 members is one allocation, not 1,000 copies.
+#[derive(Debug, Default)]
+struct ChatQueue {
+    lines: VecDeque<Rc<[u8]>>,
+    /// How much of the front line has been written already.
+    written: usize,
+    /// Bytes queued and not yet written, over all lines: what `--output-limit` bounds.
+    bytes: usize,
+}
+
+/// What a chat member's input goes to while the connection is driven.
+#[derive(Debug)]
+pub struct ChatSink<'a> {
+    /// The member's room.
+    pub room: &'a mut Room,
+    /// Where the room's decisions go; the loop routes them after the drive.
+    pub deliveries: &'a mut Vec<Delivery>,
+    /// The member (its slab key).
+    pub member: MemberId,
+}
+
 /// One accepted client.
 #[derive(Debug)]
 pub struct Connection {
@@ -156,8 +214,8 @@ pub struct Connection {
     pub id: u64,
     /// The socket.
     pub stream: Stream,
-    /// The protocol's state for this client.
-    session: Session,
+    /// The protocol's state for this client: a stream session, or a chat membership.
+    work: Work,
     /// Replies waiting for the socket to accept them.
     unsent: Unsent,
     /// Where in its life the connection is.
@@ -178,10 +236,24 @@ pub struct Connection {
 impl Connection {
     /// A connection that has just been accepted and registered for `READABLE`.
     pub fn new(id: u64, stream: Stream, session: Session, now: &Now) -> Connection {
+        Connection::with_work(id, stream, Work::Stream(session), now)
+    }
+
+    /// A chat member of the room of endpoint `room`, just accepted and registered.
+    pub fn new_chat(id: u64, stream: Stream, room: u32, now: &Now) -> Connection {
+        let output = ChatOutput {
+            room,
+            dirty: false,
+            queue: None,
+        };
+        Connection::with_work(id, stream, Work::Chat(output), now)
+    }
+
+    fn with_work(id: u64, stream: Stream, work: Work, now: &Now) -> Connection {
         Connection {
             id,
             stream,
-            session,
+            work,
             unsent: Unsent::default(),
             phase: Phase::Serving,
             registered: Interest::READABLE,
@@ -210,7 +282,7 @@ impl Connection {
     pub fn wanted_interest(&self, output_limit: usize) -> Option<Interest> {
         match self.phase {
             Phase::Serving if self.unsent.len() > output_limit => Some(Interest::WRITABLE),
-            Phase::Serving if self.unsent.is_empty() => Some(Interest::READABLE),
+            Phase::Serving if self.output_pending() == 0 => Some(Interest::READABLE),
             Phase::Serving => Some(Interest::READABLE | Interest::WRITABLE),
             Phase::Draining | Phase::Ending => Some(Interest::WRITABLE),
             Phase::Lingering { .. } => Some(Interest::READABLE),
@@ -236,10 +308,65 @@ impl Connection {
     pub fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
         if self.phase == Phase::Serving {
             shared.replies.clear();
-            self.session.on_end(now, &mut shared.replies);
+            if let Work::Stream(session) = &mut self.work {
+                session.on_end(now, &mut shared.replies);
+            }
             self.phase = Phase::Ending;
             self.send(&shared.replies);
         }
+    }
+
+    /// The chat room of this member (its endpoint index), if it is one.
+    pub fn chat_room(&self) -> Option<usize> {
+        match &self.work {
+            Work::Chat(output) => Some(output.room as usize),
+            Work::Stream(_) => None,
+        }
+    }
+
+    /// Queues a shared line for this chat member; returns the bytes now queued for it (what
+    /// `--output-limit` bounds), and whether it needs adding to the loop's flush list.
+    pub fn queue_line(&mut self, line: &Rc<[u8]>) -> (usize, bool) {
+        let Work::Chat(output) = &mut self.work else {
+            return (0, false);
+        };
+        if self.phase == Phase::Closed {
+            return (0, false);
+        }
+        let queue = output.queue.get_or_insert_with(Box::default);
+        queue.lines.push_back(Rc::clone(line));
+        queue.bytes += line.len();
+        let newly_dirty = !std::mem::replace(&mut output.dirty, true);
+        (queue.bytes, newly_dirty)
+    }
+
+    /// Puts a chat member on the loop's flush list; whether it was not on it already.
+    pub fn mark_dirty(&mut self) -> bool {
+        match &mut self.work {
+            Work::Chat(output) => !std::mem::replace(&mut output.dirty, true),
+            Work::Stream(_) => false,
+        }
+    }
+
+    /// The room ended this member's conversation (`quit`, a line too long, its end of stream):
+    /// write what is queued, then end the connection as an error reply does.
+    pub fn end_conversation(&mut self) {
+        if self.phase == Phase::Serving {
+            self.phase = Phase::Ending;
+        }
+    }
+
+    /// Writes what is queued and makes the transitions that waited for it, without reading: a
+    /// chat member that was sent lines at the end of the turn.
+    pub fn drive_output(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
+        if let Work::Chat(output) = &mut self.work {
+            output.dirty = false;
+        }
+        let verdict = self.finish_phases(shared, now, Verdict::default());
+        if std::mem::take(&mut self.moved_bytes) {
+            self.last_active = now.instant;
+        }
+        verdict
     }
 
     /// Closes the connection now, whatever its phase (the idle timeout, the end of a shutdown).
@@ -248,8 +375,13 @@ impl Connection {
     }
 
     /// Does all the I/O the connection can do now without blocking.
-    pub fn drive(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
-        let verdict = self.drive_phases(shared, now);
+    pub fn drive(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        chat: Option<ChatSink<'_>>,
+    ) -> Verdict {
+        let verdict = self.drive_phases(shared, now, chat);
         if std::mem::take(&mut self.moved_bytes) {
             self.last_active = now.instant;
         }
@@ -257,18 +389,34 @@ impl Connection {
     }
 
     /// The body of [`drive`](Self::drive): every phase transition that I/O causes is here.
-    fn drive_phases(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
+    fn drive_phases(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        chat: Option<ChatSink<'_>>,
+    ) -> Verdict {
         let mut verdict = Verdict::default();
-        if !self.unsent.is_empty() {
-            self.flush();
-        }
         match self.phase {
-            Phase::Serving => verdict.still_ready = self.read_requests(shared, now),
+            Phase::Serving => {
+                self.flush_output();
+                verdict.still_ready = self.read_requests(shared, now, chat);
+            }
             Phase::Lingering { .. } => verdict.still_ready = self.discard_input(shared),
             Phase::Draining | Phase::Ending | Phase::Closed => {}
         }
+        self.finish_phases(shared, now, verdict)
+    }
+
+    /// Flushes queued output, then moves on the phases that wait for it to be written.
+    fn finish_phases(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        mut verdict: Verdict,
+    ) -> Verdict {
+        self.flush_output();
         // Phases that wait for the queue to empty move on once it has.
-        if self.unsent.is_empty() {
+        if self.output_pending() == 0 {
             match self.phase {
                 Phase::Draining => self.close("peer finished and every reply is written"),
                 Phase::Ending => {
@@ -300,7 +448,12 @@ impl Connection {
 
     /// Reads and answers requests until the socket is drained, the budget is spent, the reply
     /// queue passes its limit, or the conversation ends. Returns whether it stopped on the budget.
-    fn read_requests(&mut self, shared: &mut SharedBuffers, now: &Now) -> bool {
+    fn read_requests(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        mut chat: Option<ChatSink<'_>>,
+    ) -> bool {
         let mut budget = MAX_READ_BYTES_PER_TURN;
         while self.phase == Phase::Serving {
             if self.unsent.len() > shared.output_limit {
@@ -322,10 +475,24 @@ impl Connection {
                         "conn #{}: read end of stream (peer shut down writes)",
                         self.id
                     );
-                    shared.replies.clear();
-                    self.session.on_end(now, &mut shared.replies);
-                    self.phase = Phase::Draining;
-                    self.send(&shared.replies);
+                    match (&mut self.work, chat.as_mut()) {
+                        (Work::Stream(session), _) => {
+                            self.phase = Phase::Draining;
+                            shared.replies.clear();
+                            session.on_end(now, &mut shared.replies);
+                            self.send(&shared.replies);
+                        }
+                        (Work::Chat(_), Some(sink)) => {
+                            // The room answers the last partial line (perhaps to this member:
+                            // `/who` without its newline) and says Close; the loop routes both,
+                            // and the close waits until what was queued is written.
+                            sink.room.on_end(sink.member, sink.deliveries);
+                            if !ends_member(&sink.deliveries[..], sink.member) {
+                                self.phase = Phase::Draining;
+                            }
+                        }
+                        (Work::Chat(_), None) => self.phase = Phase::Draining,
+                    }
                     return false;
                 }
                 Ok(count) => {
@@ -337,14 +504,32 @@ impl Connection {
                     } else {
                         Arrival::Partial
                     };
-                    shared.replies.clear();
-                    let flow = self.session.on_input(
-                        &shared.read[..count],
-                        arrival,
-                        now,
-                        &mut shared.replies,
-                    );
-                    self.send(&shared.replies);
+                    let flow = match (&mut self.work, chat.as_mut()) {
+                        (Work::Stream(session), _) => {
+                            shared.replies.clear();
+                            let flow = session.on_input(
+                                &shared.read[..count],
+                                arrival,
+                                now,
+                                &mut shared.replies,
+                            );
+                            self.send(&shared.replies);
+                            flow
+                        }
+                        (Work::Chat(_), Some(sink)) => {
+                            let before = sink.deliveries.len();
+                            sink.room
+                                .on_input(sink.member, &shared.read[..count], sink.deliveries);
+                            if ends_member(&sink.deliveries[before..], sink.member) {
+                                // Its last replies (an error line, a /who) are routed after this
+                                // drive, and the Close after them ends the connection then: stop
+                                // reading, but do not end it before they are queued.
+                                return false;
+                            }
+                            Flow::Continue
+                        }
+                        (Work::Chat(_), None) => Flow::Continue,
+                    };
                     if flow == Flow::Close && self.phase == Phase::Serving {
                         debug!("conn #{}: protocol ended the conversation", self.id);
                         self.phase = Phase::Ending;
@@ -357,12 +542,13 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The previous read filled the buffer exactly; now the peer has paused.
-                    shared.replies.clear();
-                    let flow =
-                        self.session
-                            .on_input(&[], Arrival::Drained, now, &mut shared.replies);
-                    debug_assert_eq!(flow, Flow::Continue, "empty input cannot break a limit");
-                    self.send(&shared.replies);
+                    if let Work::Stream(session) = &mut self.work {
+                        shared.replies.clear();
+                        let flow =
+                            session.on_input(&[], Arrival::Drained, now, &mut shared.replies);
+                        debug_assert_eq!(flow, Flow::Continue, "empty input cannot break a limit");
+                        self.send(&shared.replies);
+                    }
                     Arrival::Drained
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => Arrival::Partial,
@@ -431,6 +617,73 @@ impl Connection {
         }
     }
 
+    /// Bytes queued and not yet written: stream replies, or a chat member's lines.
+    pub fn output_pending(&self) -> usize {
+        let chat = match &self.work {
+            Work::Chat(ChatOutput {
+                queue: Some(queue), ..
+            }) => queue.bytes,
+            _ => 0,
+        };
+        self.unsent.len() + chat
+    }
+
+    /// Writes what is queued, as far as the socket takes it.
+    fn flush_output(&mut self) {
+        if !self.unsent.is_empty() {
+            self.flush();
+        }
+        if matches!(&self.work, Work::Chat(ChatOutput { queue: Some(_), .. })) {
+            self.flush_lines();
+        }
+    }
+
+    /// Writes a chat member's queued lines with as few `writev` calls as the socket takes:
+    /// up to [`MAX_LINES_PER_WRITE`] lines each, until the queue is empty or the socket full.
+    fn flush_lines(&mut self) {
+        let Work::Chat(output) = &mut self.work else {
+            return;
+        };
+        let Some(queue) = output.queue.as_mut() else {
+            return;
+        };
+        while queue.bytes > 0 {
+            let mut slices = [IoSlice::new(&[]); MAX_LINES_PER_WRITE];
+            let mut count = 0;
+            for (i, line) in queue.lines.iter().take(MAX_LINES_PER_WRITE).enumerate() {
+                let skip = if i == 0 { queue.written } else { 0 };
+                slices[i] = IoSlice::new(&line[skip..]);
+                count += 1;
+            }
+            match self.stream.write_vectored(&slices[..count]) {
+                Ok(0) => {
+                    return self.close_on_error("write", &io::ErrorKind::WriteZero.into());
+                }
+                Ok(mut written) => {
+                    self.moved_bytes = true;
+                    trace!("conn #{}: wrote {written} bytes of chat lines", self.id);
+                    queue.bytes -= written;
+                    while written > 0 {
+                        let front = queue.lines[0].len() - queue.written;
+                        if written >= front {
+                            written -= front;
+                            queue.lines.pop_front();
+                            queue.written = 0;
+                        } else {
+                            queue.written += written;
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close_on_error("write", &e),
+            }
+        }
+        // Drained: give the queue back, so an idle member holds no buffer.
+        output.queue = None;
+    }
+
     /// Writes as much of the queue as the socket takes.
     fn flush(&mut self) {
         match write_until_blocked(&mut self.stream, self.unsent.pending()) {
@@ -451,6 +704,9 @@ impl Connection {
         trace!("conn #{}: closing: {why}", self.id);
         self.phase = Phase::Closed;
         self.unsent = Unsent::default();
+        if let Work::Chat(output) = &mut self.work {
+            output.queue = None;
+        }
     }
 
     /// A client's socket error ends that client only, logged at debug: resets and broken pipes

@@ -33,6 +33,7 @@
 //! `last_active + timeout`. That is one heap operation per timeout period per connection,
 //! whatever the traffic.
 
+mod chat;
 pub mod connection;
 pub mod datagram;
 
@@ -54,10 +55,12 @@ use crate::net::{
     BoundDatagram, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener,
     TOO_MANY_CONNECTIONS_REPLY,
 };
+use crate::protocol::room::{Delivery, MemberId, Room};
 use crate::protocol::{Limits, ProtocolKind, Session};
 use crate::service::Address;
 
-pub use connection::{Connection, SharedBuffers, Verdict};
+use chat::Outbox;
+pub use connection::{ChatSink, Connection, SharedBuffers, Verdict};
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
 /// is `LISTENER_TOKEN_BASE + i`).
@@ -152,6 +155,12 @@ pub struct Reactor {
     connections: Slab<Connection>,
     /// Buffers lent to whichever connection is being driven.
     shared: SharedBuffers,
+    /// The chat room of each endpoint that serves chat (`None` for the others).
+    rooms: Vec<Option<Room>>,
+    /// What a room has decided and the loop has not routed yet.
+    deliveries: Vec<Delivery>,
+    /// Chat lines routed this turn and waiting to be written.
+    outbox: Outbox,
     config: Config,
     clock: Clock,
     /// SIGINT and SIGTERM, delivered through a pipe the poll watches.
@@ -223,6 +232,11 @@ impl Reactor {
                 local.transport()
             );
         }
+        // Each chat service is a room of its own.
+        let rooms = endpoints
+            .iter()
+            .map(|e| (e.protocol == ProtocolKind::Chat).then(|| Room::new(config.limits)))
+            .collect();
         let mut signals = signals;
         if let Some(signals) = signals.as_mut() {
             poll.registry()
@@ -233,6 +247,9 @@ impl Reactor {
             endpoints,
             connections: Slab::new(),
             shared: SharedBuffers::new(config.output_limit),
+            rooms,
+            deliveries: Vec::new(),
+            outbox: Outbox::new(config.output_limit),
             config,
             clock: Clock::default(),
             signals,
@@ -294,6 +311,7 @@ impl Reactor {
                 self.dispatch(event.token(), &now);
             }
             self.serve_still_ready(&now);
+            self.flush_chat_members(&now);
             self.fire_timers(&now);
             self.reap_finished();
             if self.shutdown_is_over(&now) {
@@ -359,7 +377,7 @@ impl Reactor {
             match socket.accept() {
                 Ok((stream, peer)) => {
                     let protocol = listener.protocol;
-                    self.open_connection(stream, peer, protocol, now);
+                    self.open_connection(stream, peer, protocol, index, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The client gave up before we got to it, or a signal interrupted us: next one.
@@ -424,6 +442,7 @@ impl Reactor {
         mut stream: Stream,
         peer: Peer,
         protocol: ProtocolKind,
+        endpoint: usize,
         now: &Now,
     ) {
         let open = self.open_connection_count();
@@ -444,10 +463,11 @@ impl Reactor {
         if let Err(e) = stream.set_nodelay() {
             debug!("conn #{id}: cannot set TCP_NODELAY: {e}");
         }
-        let Some(session) = Session::new(protocol, self.config.limits) else {
+        let session = Session::new(protocol, self.config.limits);
+        if session.is_none() && protocol != ProtocolKind::Chat {
             warn!("conn #{id}: {protocol} is not served by this build; closing");
             return;
-        };
+        }
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         if let Err(e) = self
@@ -459,10 +479,16 @@ impl Reactor {
             return;
         }
         trace!("accept: conn #{id} from {peer} ({protocol}), token {key}");
-        entry.insert(Connection::new(id, stream, session, now));
+        match session {
+            Some(session) => entry.insert(Connection::new(id, stream, session, now)),
+            None => entry.insert(Connection::new_chat(id, stream, endpoint as u32, now)),
+        };
         if let Some(idle) = self.config.idle_timeout {
             self.timers
                 .push(Reverse((now.instant + idle, Wake::Idle { key, id })));
+        }
+        if protocol == ProtocolKind::Chat {
+            self.join_room(key, endpoint, &peer);
         }
     }
 
@@ -474,12 +500,26 @@ impl Reactor {
         if connection.is_closed() {
             return; // Finished earlier this turn; reaped after the batch.
         }
-        let verdict = connection.drive(&mut self.shared, now);
+        let room = connection.chat_room();
+        let verdict = match room.and_then(|r| self.rooms[r].as_mut()) {
+            Some(room) => {
+                let sink = ChatSink {
+                    room,
+                    deliveries: &mut self.deliveries,
+                    member: MemberId(key),
+                };
+                connection.drive(&mut self.shared, now, Some(sink))
+            }
+            None => connection.drive(&mut self.shared, now, None),
+        };
         if let Some(at) = verdict.wake_at {
             let id = connection.id;
             self.timers.push(Reverse((at, Wake::Linger { key, id })));
         }
         self.settle(key, verdict.still_ready);
+        if let Some(room) = room {
+            self.route(room);
+        }
     }
 
     /// After a connection has been driven (or closed): queue it for removal, or requeue it and
@@ -585,12 +625,25 @@ impl Reactor {
     /// connection's token may stay in the still-ready queue: [`Reactor::serve_still_ready`]
     /// skips it.
     fn reap_finished(&mut self) {
-        for key in self.finished.drain(..) {
-            let connection = self.connections.remove(key);
-            trace!(
-                "conn #{}: removed (token {key} is free again)",
-                connection.id
-            );
+        // A chat member's departure can drop other members (its `left` notice may put them
+        // over their output limit), which finish in turn: reap until none is left.
+        while !self.finished.is_empty() {
+            let mut batch = std::mem::take(&mut self.finished);
+            for key in batch.drain(..) {
+                let Some(connection) = self.connections.try_remove(key) else {
+                    continue;
+                };
+                trace!(
+                    "conn #{}: removed (token {key} is free again)",
+                    connection.id
+                );
+                if let Some(room) = connection.chat_room() {
+                    self.leave_room(key, room);
+                }
+            }
+            if self.finished.is_empty() {
+                self.finished = batch;
+            }
         }
         self.compact_timers();
     }
@@ -695,7 +748,7 @@ impl Reactor {
 
     /// Zero if work is left over from the last turn; otherwise until the nearest deadline.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.still_ready.is_empty() {
+        if !self.still_ready.is_empty() || !self.outbox.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
@@ -753,7 +806,7 @@ mod tests {
                 let (accepted, peer) = listener.accept().unwrap();
                 accepted.set_nonblocking(true).unwrap();
                 let stream = Stream::Tcp(mio::net::TcpStream::from_std(accepted));
-                reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Echo, &now);
+                reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Echo, 0, &now);
                 client
             })
             .collect();
@@ -792,6 +845,7 @@ mod tests {
             Stream::Tcp(mio::net::TcpStream::from_std(accepted)),
             Peer::Ip(peer),
             ProtocolKind::Echo,
+            0,
             &now,
         );
         let reused = reactor.connections.iter().next().unwrap().0;
@@ -846,6 +900,7 @@ mod tests {
             Stream::Tcp(mio::net::TcpStream::from_std(accepted)),
             Peer::Ip(peer),
             ProtocolKind::Timestamp,
+            0,
             &now,
         );
         let writer = {
@@ -905,7 +960,7 @@ mod tests {
         let (accepted, peer) = listener.accept().unwrap();
         accepted.set_nonblocking(true).unwrap();
         let stream = Stream::Tcp(mio::net::TcpStream::from_std(accepted));
-        reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Upper, &now);
+        reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Upper, 0, &now);
         let key = reactor.connections.iter().next().unwrap().0;
         client.write_all(b"abc\xc3").unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,0 +1,858 @@
+//! The chat protocol over real loopback sockets, as the contract and the room's module doc
+//! describe it: who receives a line and under what name, `/nick`, `/who`, leaving, `--max-line`,
+//! a slow member dropped at `--output-limit` without slowing the others, a thousand members, Unix
+//! peers' `unix-N` names, CRLF and caret notation, and one room per chat service.
+//!
+//! "Nothing was received" is checked with a barrier, never with a sleep: after the action under
+//! test, another member sends a line; a member reads up to that line, and whatever it read before
+//! it is all the room sent it in between (the server handles one member's input in order, and
+//! the barrier was sent only after the action had visibly taken effect).
+
+mod util;
+
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{connect, raise_fd_limit, Server, Snippet, DEADLINE};
+
+/// The tests that load the machine (20 MiB through the room, a thousand members) take turns, so
+/// neither makes the other's timing checks flaky on a two-core machine.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy_turn() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A member: a connection read line by line, every wait bounded by `DEADLINE`.
+
+/// A stream whose reads can be bounded.
+trait Timed: Read + Write {
+    fn set_timeout(&self, timeout: Duration);
+}
+
+impl Timed for TcpStream {
+    fn set_timeout(&self, timeout: Duration) {
+        self.set_read_timeout(Some(timeout)).unwrap();
+    }
+}
+
+impl Timed for UnixStream {
+    fn set_timeout(&self, timeout: Duration) {
+        self.set_read_timeout(Some(timeout)).unwrap();
+    }
+}
+
+/// One chat member: its connection, the bytes read but not yet taken as lines, and its name as
+/// the server's greeting gave it.
+struct Member<S: Timed = TcpStream> {
+    stream: S,
+    buffer: Vec<u8>,
+    /// Where the unconsumed bytes in `buffer` start.
+    start: usize,
+    name: String,
+    /// When bytes last arrived, and the longest wait between two arrivals.
+    last_arrival: Option<Instant>,
+    longest_gap: Duration,
+}
+
+impl<S: Timed> Member<S> {
+    /// Takes over `stream`, reads its greeting, and checks that everyone in `others` is told
+    /// `* NAME joined`. Returns the member and the member count the greeting announced.
+    fn greeted(stream: S, others: &mut [&mut Member<S>]) -> (Member<S>, usize) {
+        let mut member = Member {
+            stream,
+            buffer: Vec::new(),
+            start: 0,
+            name: String::new(),
+            last_arrival: None,
+            longest_gap: Duration::ZERO,
+        };
+        let greeting = member.line();
+        let (name, count) = parse_greeting(&greeting);
+        member.name = name;
+        for other in others.iter_mut() {
+            other.expect(&format!("* {} joined", member.name));
+        }
+        (member, count)
+    }
+
+    /// Sends `text` and a newline.
+    fn say(&mut self, text: &str) {
+        self.send_raw(format!("{text}\n").as_bytes());
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("{}: write {} bytes: {e}", self.name, bytes.len()));
+    }
+
+    /// Reads more bytes before `deadline`; `Ok(0)` at end of stream.
+    fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
+        if self.start > 0 && self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        }
+        let mut chunk = [0; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline"));
+            }
+            self.stream.set_timeout(left);
+            match self.stream.read(&mut chunk) {
+                Ok(count) => {
+                    if count > 0 {
+                        let now = Instant::now();
+                        if let Some(last) = self.last_arrival {
+                            self.longest_gap = self.longest_gap.max(now - last);
+                        }
+                        self.last_arrival = Some(now);
+                    }
+                    self.buffer.extend_from_slice(&chunk[..count]);
+                    return Ok(count);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next line as bytes, without its `\n`, within `DEADLINE`; panics on end of stream,
+    /// error or timeout.
+    fn raw_line(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let pending = &self.buffer[self.start..];
+            if let Some(newline) = pending.iter().position(|&b| b == b'\n') {
+                let line = pending[..newline].to_vec();
+                self.start += newline + 1;
+                return line;
+            }
+            match self.fill(deadline) {
+                Ok(0) => panic!(
+                    "{}: end of stream while waiting for a line; pending {:?}",
+                    self.name,
+                    Snippet(&self.buffer[self.start..])
+                ),
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "{}: no complete line within {DEADLINE:?} ({e}); pending {:?}",
+                    self.name,
+                    Snippet(&self.buffer[self.start..])
+                ),
+            }
+        }
+    }
+
+    /// The next line as text (lossily), without its `\n`.
+    fn line(&mut self) -> String {
+        String::from_utf8_lossy(&self.raw_line()).into_owned()
+    }
+
+    /// The next line must be `expected`.
+    fn expect(&mut self, expected: &str) {
+        let got = self.line();
+        assert_eq!(got, expected, "{} received an unexpected line", self.name);
+    }
+
+    /// Reads up to the line `stop` and returns the lines before it.
+    fn lines_until(&mut self, stop: &str) -> Vec<String> {
+        let mut before = Vec::new();
+        loop {
+            let line = self.line();
+            if line == stop {
+                return before;
+            }
+            before.push(line);
+            assert!(
+                before.len() < 100_000,
+                "{}: no {stop:?} in {} lines",
+                self.name,
+                before.len()
+            );
+        }
+    }
+
+    /// Nothing arrived before the line `stop` (which must come).
+    fn expect_nothing_before(&mut self, stop: &str, what: &str) {
+        let before = self.lines_until(stop);
+        assert!(
+            before.is_empty(),
+            "{}: {what}, but received {before:?} before {stop:?}",
+            self.name
+        );
+    }
+
+    /// The server closes the connection, cleanly, after sending `expected` (exactly).
+    fn expect_end_after(&mut self, expected: &[u8]) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.fill(deadline) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "{}: expected a clean end of stream within {DEADLINE:?}, got {e}; received \
+                     {:?}",
+                    self.name,
+                    Snippet(&self.buffer[self.start..])
+                ),
+            }
+        }
+        let rest = &self.buffer[self.start..];
+        assert_eq!(
+            rest,
+            expected,
+            "{}: before the end of stream it received {:?}, expected {:?}",
+            self.name,
+            Snippet(rest),
+            Snippet(expected)
+        );
+        self.start = self.buffer.len();
+    }
+}
+
+impl Member<TcpStream> {
+    /// Connects to `addr` as a new member; everyone in `others` must see it join. Its name must
+    /// be its own local address, `127.0.0.1:PORT`.
+    fn join(addr: SocketAddr, others: &mut [&mut Member]) -> Member {
+        let stream = connect(addr);
+        let local = stream.local_addr().unwrap().to_string();
+        let (member, _) = Member::greeted(stream, others);
+        assert_eq!(member.name, local, "a TCP member is named by its address");
+        member
+    }
+}
+
+/// `* welcome NAME; N members here; /nick NAME, /who, quit` → (NAME, N).
+fn parse_greeting(line: &str) -> (String, usize) {
+    fn bad<T>(line: &str) -> T {
+        panic!("not a greeting: {line:?}")
+    }
+    let rest = line.strip_prefix("* welcome ").unwrap_or_else(|| bad(line));
+    let (name, rest) = rest.split_once("; ").unwrap_or_else(|| bad(line));
+    let rest = rest
+        .strip_suffix(" here; /nick NAME, /who, quit")
+        .unwrap_or_else(|| bad(line));
+    let (count, noun) = rest.split_once(' ').unwrap_or_else(|| bad(line));
+    let count: usize = count.parse().unwrap_or_else(|_| bad(line));
+    let expected_noun = if count == 1 { "member" } else { "members" };
+    assert_eq!(noun, expected_noun, "in the greeting {line:?}");
+    (name.to_string(), count)
+}
+
+fn chat_server(extra: &[&str]) -> (Server, SocketAddr) {
+    let mut args = vec!["chat@127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    let addr = server.addr("chat");
+    (server, addr)
+}
+
+/// Members `a`, `b`, `c` of a fresh room, each having seen the later ones join.
+fn three(addr: SocketAddr) -> (Member, Member, Member) {
+    let mut a = Member::join(addr, &mut []);
+    let mut b = Member::join(addr, &mut [&mut a]);
+    let c = Member::join(addr, &mut [&mut a, &mut b]);
+    (a, b, c)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Who receives a line, and how.
+
+#[test]
+fn a_line_reaches_every_other_member_under_the_senders_address_and_never_the_sender() {
+    let (mut server, addr) = chat_server(&[]);
+    let mut a = Member::join(addr, &mut []);
+    assert!(a.name.starts_with("127.0.0.1:"), "{}", a.name);
+    let mut b = Member::join(addr, &mut [&mut a]);
+    let mut c = Member::join(addr, &mut [&mut a, &mut b]);
+
+    a.say("hello from a");
+    let expected = format!("{}: hello from a", a.name);
+    b.expect(&expected);
+    c.expect(&expected);
+
+    // The exact bytes: `NAME: LINE\n`, nothing else before the next line.
+    c.say("barrier");
+    let barrier = format!("{}: barrier", c.name);
+    a.expect_nothing_before(&barrier, "a member's own line must not come back to it");
+    b.expect(&barrier);
+
+    // And the other way round: C's line reached A and B, not C.
+    b.say("from b");
+    let from_b = format!("{}: from b\n", b.name);
+    for member in [&mut a, &mut c] {
+        let mut line = member.raw_line();
+        line.push(b'\n');
+        assert_eq!(line, from_b.as_bytes(), "{}", member.name);
+    }
+    a.say("barrier 2");
+    c.expect_nothing_before(
+        &format!("{}: barrier 2", a.name),
+        "its own barrier came back",
+    );
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. /nick
+
+#[test]
+fn nick_renames_and_is_announced_and_bad_or_taken_names_are_refused_quietly() {
+    let (mut server, addr) = chat_server(&[]);
+    let (mut a, mut b, mut c) = three(addr);
+
+    let old = a.name.clone();
+    a.say("/nick alice");
+    let announcement = format!("* {old} is now alice");
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect(&announcement); // The renamer too: its confirmation.
+    }
+    a.name = "alice".to_string();
+    a.say("hi");
+    b.expect("alice: hi");
+    c.expect("alice: hi");
+
+    // Refused: taken, starting with `*`, 33 bytes, a space, control characters, empty.
+    let refused: Vec<Vec<u8>> = vec![
+        b"/nick alice\n".to_vec(),
+        b"/nick *x\n".to_vec(),
+        format!("/nick {}\n", "n".repeat(33)).into_bytes(),
+        b"/nick two words\n".to_vec(),
+        b"/nick ctl\x01x\n".to_vec(),
+        b"/nick esc\x1b[1m\n".to_vec(),
+        b"/nick del\x7f\n".to_vec(),
+        b"/nick\n".to_vec(),
+    ];
+    for attempt in &refused {
+        b.send_raw(attempt);
+        let reply = b.line();
+        assert!(
+            reply.starts_with("error "),
+            "`{}` got {reply:?}, expected an `error ...` line",
+            attempt.escape_ascii()
+        );
+        assert!(
+            !reply.contains('\x1b') && !reply.contains('\x01'),
+            "an error line must not echo control characters: {reply:?}"
+        );
+    }
+    // Nothing of it reached the others, and B kept its name.
+    c.say("barrier");
+    let barrier = format!("{}: barrier", c.name);
+    a.expect_nothing_before(&barrier, "refused /nick attempts must not be broadcast");
+    b.expect_nothing_before(&barrier, "one error line per refused /nick");
+    b.say("still me");
+    a.expect(&format!("{}: still me", b.name));
+    c.expect(&format!("{}: still me", b.name));
+
+    // 32 bytes is the limit, not over it; `*` inside a name is fine.
+    let longest = format!("{}*b", "n".repeat(30));
+    assert_eq!(longest.len(), 32);
+    b.say(&format!("/nick {longest}"));
+    let renamed = format!("* {} is now {longest}", b.name);
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect(&renamed);
+    }
+    // The old name is free again.
+    c.say(&format!("/nick {}", b.name));
+    let taken_over = format!("* {} is now {}", c.name, b.name);
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect(&taken_over);
+    }
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. /who
+
+#[test]
+fn who_lists_every_member_sorted_to_the_asker_only() {
+    let (mut server, addr) = chat_server(&[]);
+    let (mut a, mut b, mut c) = three(addr);
+    // Names that sort differently from join order: `127.0.0.1:...` < `Alpha` < `zed`.
+    a.say("/nick zed");
+    let renamed = format!("* {} is now zed", a.name);
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect(&renamed);
+    }
+    a.name = "zed".into();
+    c.say("/nick Alpha");
+    let renamed = format!("* {} is now Alpha", c.name);
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect(&renamed);
+    }
+    c.name = "Alpha".into();
+
+    b.say("/who");
+    b.expect(&format!("* members: {}, Alpha, zed", b.name));
+
+    // Neither A nor C saw anything of it.
+    a.say("barrier a");
+    c.expect_nothing_before("zed: barrier a", "/who answers the asker only");
+    c.say("barrier c");
+    a.expect_nothing_before("Alpha: barrier c", "/who answers the asker only");
+    b.expect("zed: barrier a");
+    b.expect("Alpha: barrier c");
+
+    // After a departure the list shrinks.
+    drop(c);
+    a.expect("* Alpha left");
+    b.expect("* Alpha left");
+    a.say("/who");
+    a.expect(&format!("* members: {}, zed", b.name));
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Leaving
+
+#[test]
+fn quit_colon_q_and_a_plain_close_are_each_announced_and_quitting_closes() {
+    let (mut server, addr) = chat_server(&[]);
+    let mut o = Member::join(addr, &mut []);
+    let mut p = Member::join(addr, &mut [&mut o]);
+    let mut quitter = Member::join(addr, &mut [&mut o, &mut p]);
+    let mut colon_q = Member::join(addr, &mut [&mut o, &mut p, &mut quitter]);
+    let closer = Member::join(addr, &mut [&mut o, &mut p, &mut quitter, &mut colon_q]);
+
+    quitter.say("quit");
+    let left = format!("* {} left", quitter.name);
+    o.expect(&left);
+    p.expect(&left);
+    colon_q.expect(&left);
+    quitter.expect_end_after(b"");
+
+    colon_q.say(":q");
+    let left = format!("* {} left", colon_q.name);
+    o.expect(&left);
+    p.expect(&left);
+    colon_q.expect_end_after(b"");
+
+    let left = format!("* {} left", closer.name);
+    drop(closer);
+    o.expect(&left);
+    p.expect(&left);
+
+    // The room goes on with the two that stayed, and has only them.
+    o.say("/who");
+    let mut names = [o.name.clone(), p.name.clone()];
+    names.sort();
+    o.expect(&format!("* members: {}", names.join(", ")));
+    o.say("still here");
+    p.expect(&format!("{}: still here", o.name));
+    server.assert_running();
+}
+
+/// The room's module doc: a member that quits is sent what was queued for it, then closed.
+#[test]
+fn a_reply_queued_before_quit_is_delivered_before_the_close() {
+    let (mut server, addr) = chat_server(&[]);
+    let mut o = Member::join(addr, &mut []);
+    let mut q = Member::join(addr, &mut [&mut o]);
+    let mut names = [o.name.clone(), q.name.clone()];
+    names.sort();
+    // One write: the `/who` reply is queued in the same turn as the quit.
+    q.send_raw(b"/who\nquit\n");
+    o.expect(&format!("* {} left", q.name));
+    q.expect_end_after(format!("* members: {}\n", names.join(", ")).as_bytes());
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. --max-line
+
+#[test]
+fn a_line_over_max_line_closes_its_sender_and_is_never_broadcast() {
+    let (mut server, addr) = chat_server(&["--max-line", "100"]);
+    let (mut a, mut b, mut c) = three(addr);
+
+    // 100 bytes is at the limit: a chat line.
+    let at_limit = "y".repeat(100);
+    a.say(&at_limit);
+    b.expect(&format!("{}: {at_limit}", a.name));
+    c.expect(&format!("{}: {at_limit}", a.name));
+
+    let long = "x".repeat(200);
+    a.say(&long);
+    // The others see A leave (so the server has handled the long line), and nothing of it.
+    let left = format!("* {} left", a.name);
+    b.expect(&left);
+    c.expect(&left);
+    c.say("barrier");
+    b.expect_nothing_before(
+        &format!("{}: barrier", c.name),
+        "no part of an over-long line may be broadcast",
+    );
+    b.say("we carry on");
+    c.expect_nothing_before(
+        &format!("{}: we carry on", b.name),
+        "no part of an over-long line may be broadcast",
+    );
+    b.say("/who");
+    let mut names = [b.name.clone(), c.name.clone()];
+    names.sort();
+    b.expect(&format!("* members: {}", names.join(", ")));
+    // The sender: the error line, then the end of its connection.
+    a.expect_end_after(b"error line too long\n");
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A slow member is dropped, and nobody waits for it.
+
+/// Bytes of each numbered line B sends (with its newline).
+const FLOOD_LINE: usize = 100;
+const FLOOD_BYTES: usize = 20 << 20;
+
+fn flood_line(n: usize) -> Vec<u8> {
+    let mut line = format!("{n:09} ").into_bytes();
+    line.resize(FLOOD_LINE - 1, b'a' + (n % 26) as u8);
+    line.push(b'\n');
+    line
+}
+
+#[test]
+fn a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_stalling() {
+    let _turn = heavy_turn();
+    let (mut server, addr) = chat_server(&["--output-limit", "1048576"]);
+
+    // A: a tiny receive buffer, so the server's queue for it grows at once.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    let a_stream: TcpStream = socket.into();
+    let a_local = a_stream.local_addr().unwrap().to_string();
+    let (mut a, _) = Member::greeted(a_stream, &mut []);
+    assert_eq!(a.name, a_local);
+    // From now on A reads nothing.
+    let mut b = Member::join(addr, &mut []);
+    let mut c = Member::join(addr, &mut [&mut b]);
+
+    let lines = FLOOD_BYTES / FLOOD_LINE;
+    let writer = {
+        let stream = b.stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut out = BufWriter::with_capacity(64 * 1024, stream);
+            for n in 0..lines {
+                out.write_all(&flood_line(n))?;
+            }
+            out.flush()
+        })
+    };
+
+    let started = Instant::now();
+    let b_prefix = format!("{}: ", b.name);
+    let a_left = format!("* {} left", a.name);
+    let reader = thread::spawn(move || {
+        let mut next = 0;
+        let mut saw_a_leave = false;
+        while next < lines {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "C got only {next} of {lines} lines in 120 s"
+            );
+            let line = c.raw_line();
+            if line == a_left.as_bytes() {
+                assert!(!saw_a_leave, "A left twice");
+                saw_a_leave = true;
+                continue;
+            }
+            let mut expected = b_prefix.clone().into_bytes();
+            expected.extend_from_slice(&flood_line(next));
+            expected.pop();
+            if line != expected {
+                panic!(
+                    "C: line {next} is {:?}, expected {:?}",
+                    Snippet(&line),
+                    Snippet(&expected)
+                );
+            }
+            next += 1;
+        }
+        (c, saw_a_leave)
+    });
+
+    let written = writer.join().expect("the writer thread");
+    let (mut c, c_saw_a_leave) = match reader.join() {
+        Ok(result) => result,
+        Err(panic) => {
+            server.assert_running();
+            std::panic::resume_unwind(panic);
+        }
+    };
+    written.expect("B could write its whole 20 MiB");
+    let took = started.elapsed();
+    eprintln!(
+        "20 MiB through the room in {took:?}; C's longest wait between reads {:?}",
+        c.longest_gap
+    );
+    assert!(
+        c.longest_gap <= Duration::from_secs(2),
+        "C waited {:?} between two reads: a slow member must not stall the others",
+        c.longest_gap
+    );
+    assert!(
+        c_saw_a_leave,
+        "A never read and is over --output-limit, yet C never saw `* {} left`",
+        a.name
+    );
+
+    // B saw A leave too, and nothing else; the room still works.
+    c.say("done");
+    let before = b.lines_until(&format!("{}: done", c.name));
+    assert_eq!(before, [format!("* {} left", a.name)]);
+    server.assert_running();
+
+    // A's connection was closed: draining it reaches the end (clean or reset) in bounded time.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match a.fill(deadline) {
+            Ok(0) => break,
+            Ok(_) => {
+                let len = a.buffer.len();
+                if len > 1 << 20 {
+                    a.buffer.clear();
+                    a.start = 0;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                panic!("A, dropped by the server, was still open {DEADLINE:?} later")
+            }
+            Err(_) => break, // A reset: closed too.
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A thousand members
+
+#[test]
+fn a_thousand_members_each_receive_one_line_from_each_of_ten_senders() {
+    const MEMBERS: usize = 1000;
+    const SENDERS: usize = 10;
+    let limit = raise_fd_limit();
+    if limit < 2100 {
+        eprintln!("skipped: the open-file limit is {limit}, under the 2,100 this test needs");
+        return;
+    }
+    let _turn = heavy_turn();
+    let (mut server, addr) = chat_server(&[]);
+
+    let started = Instant::now();
+    let mut members = Vec::with_capacity(MEMBERS);
+    for i in 0..MEMBERS {
+        let stream = connect(addr);
+        let local = stream.local_addr().unwrap().to_string();
+        // The others' `joined` notices wait in their sockets (a few dozen KiB each).
+        let (member, count) = Member::greeted(stream, &mut []);
+        assert_eq!(member.name, local);
+        assert_eq!(count, i + 1, "{} joined as member {}", member.name, i + 1);
+        members.push(member);
+    }
+    eprintln!("{MEMBERS} members joined in {:?}", started.elapsed());
+
+    let expected: Vec<String> = (0..SENDERS)
+        .map(|s| format!("{}: line from sender {s}", members[s].name))
+        .collect();
+    for (s, sender) in members.iter_mut().take(SENDERS).enumerate() {
+        sender.say(&format!("line from sender {s}"));
+    }
+
+    // The last member to join has no `joined` notices before the lines: once it has them all,
+    // the server has handled every sender's line, and its barrier comes after them.
+    let last = MEMBERS - 1;
+    let mut got: Vec<String> = (0..SENDERS).map(|_| members[last].line()).collect();
+    got.sort();
+    let mut all = expected.clone();
+    all.sort();
+    assert_eq!(got, all, "the last member's lines");
+    members[last].say("barrier");
+    let barrier = format!("{}: barrier", members[last].name);
+
+    let joined_names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    for (i, member) in members.iter_mut().enumerate().take(last) {
+        let before = member.lines_until(&barrier);
+        // First the members that joined after it, in order; then the chat lines.
+        let later = MEMBERS - 1 - i;
+        assert!(
+            before.len() >= later,
+            "member {i} got {} lines before the barrier",
+            before.len()
+        );
+        for (line, name) in before[..later].iter().zip(&joined_names[i + 1..]) {
+            assert_eq!(*line, format!("* {name} joined"), "member {i}");
+        }
+        let mut lines: Vec<String> = before[later..].to_vec();
+        lines.sort();
+        let mut want: Vec<String> = expected
+            .iter()
+            .enumerate()
+            .filter(|&(s, _)| s != i)
+            .map(|(_, line)| line.clone())
+            .collect();
+        want.sort();
+        assert_eq!(
+            lines, want,
+            "member {i} ({}) must receive exactly one line from each other sender",
+            member.name
+        );
+    }
+    // And the last member got nothing more than its ten lines.
+    members[0].say("barrier 2");
+    let barrier = format!("{}: barrier 2", members[0].name);
+    members[last].expect_nothing_before(&barrier, "each sender's line once");
+    eprintln!("done in {:?}", started.elapsed());
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Unix members
+
+fn socket_path(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("oneloop-chat{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn unix_member(path: &Path, others: &mut [&mut Member<UnixStream>]) -> (Member<UnixStream>, usize) {
+    let stream =
+        UnixStream::connect(path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    Member::greeted(stream, others)
+}
+
+#[test]
+fn unix_members_are_named_unix_1_unix_2_in_order() {
+    let path = socket_path("names");
+    let spec = format!("chat@unix:{}", path.display());
+    let mut server = Server::start(&[&spec]);
+    assert_eq!(server.path("chat"), path);
+
+    let (mut one, count) = unix_member(&path, &mut []);
+    assert_eq!((one.name.as_str(), count), ("unix-1", 1));
+    let (mut two, count) = unix_member(&path, &mut [&mut one]);
+    assert_eq!((two.name.as_str(), count), ("unix-2", 2));
+
+    two.say("hello over unix");
+    one.expect("unix-2: hello over unix");
+    one.say("hi two");
+    two.expect("unix-1: hi two");
+    one.say("/who");
+    one.expect("* members: unix-1, unix-2");
+
+    two.say("quit");
+    one.expect("* unix-2 left");
+    two.expect_end_after(b"");
+    // Numbers are not reused.
+    let (mut three, count) = unix_member(&path, &mut [&mut one]);
+    assert_eq!((three.name.as_str(), count), ("unix-3", 2));
+    three.say("third");
+    one.expect("unix-3: third");
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. CRLF and control characters
+
+#[test]
+fn crlf_is_dropped_and_control_characters_arrive_in_caret_notation() {
+    let (mut server, addr) = chat_server(&[]);
+    let mut a = Member::join(addr, &mut []);
+    let mut b = Member::join(addr, &mut [&mut a]);
+
+    let cases: [(&[u8], String); 5] = [
+        (b"hi\r\n", format!("{}: hi", a.name)),
+        (
+            b"\x1b[31mred\x1b[0m\r\n",
+            format!("{}: ^[[31mred^[[0m", a.name),
+        ),
+        (b"del\x7fhere\n", format!("{}: del^?here", a.name)),
+        (b"tab\tstays\n", format!("{}: tab\tstays", a.name)),
+        (
+            b"bell\x07 nul\x00 cr\rinside\n",
+            format!("{}: bell^G nul^@ cr^Minside", a.name),
+        ),
+    ];
+    for (sent, expected) in &cases {
+        a.send_raw(sent);
+        let got = b.raw_line();
+        assert_eq!(
+            got.escape_ascii().to_string(),
+            expected.as_bytes().escape_ascii().to_string(),
+            "sent {:?}",
+            sent.escape_ascii().to_string()
+        );
+    }
+    // A CRLF command is a command.
+    b.send_raw(b"/who\r\n");
+    let mut names = [a.name.clone(), b.name.clone()];
+    names.sort();
+    b.expect(&format!("* members: {}", names.join(", ")));
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. One room per chat service
+
+#[test]
+fn two_chat_services_in_one_server_are_two_rooms() {
+    let mut server = Server::start(&["chat@127.0.0.1:0", "chat@127.0.0.1:0"]);
+    let addrs: Vec<SocketAddr> = server.listening().iter().map(|l| l.addr).collect();
+    assert_eq!(addrs.len(), 2);
+    assert_ne!(addrs[0], addrs[1]);
+
+    let mut a1 = Member::join(addrs[0], &mut []);
+    let mut b1 = Member::join(addrs[0], &mut [&mut a1]);
+    // Room two: its first member is alone, though room one has two.
+    let stream = connect(addrs[1]);
+    let (mut a2, count) = Member::greeted(stream, &mut []);
+    assert_eq!(count, 1, "room two's first member must be alone");
+    let mut b2 = Member::join(addrs[1], &mut [&mut a2]);
+
+    a1.say("room one only");
+    b1.expect(&format!("{}: room one only", a1.name));
+    a2.say("room two only");
+    b2.expect(&format!("{}: room two only", a2.name));
+
+    // Barriers within each room: nothing crossed over (not the lines, not the joins).
+    b2.say("barrier two");
+    a2.expect_nothing_before(
+        &format!("{}: barrier two", b2.name),
+        "room one's line must not reach room two",
+    );
+    b1.say("barrier one");
+    a1.expect_nothing_before(
+        &format!("{}: barrier one", b1.name),
+        "room two's joins and lines must not reach room one",
+    );
+
+    a2.say("/who");
+    let mut names = [a2.name.clone(), b2.name.clone()];
+    names.sort();
+    a2.expect(&format!("* members: {}", names.join(", ")));
+
+    // A name is per room: room two may take a name room one uses.
+    a1.say("/nick same");
+    a1.expect(&format!("* {} is now same", a1.name));
+    b1.expect(&format!("* {} is now same", a1.name));
+    a2.say("/nick same");
+    a2.expect(&format!("* {} is now same", a2.name));
+    b2.expect(&format!("* {} is now same", a2.name));
+    server.assert_running();
+}
