@@ -1085,3 +1085,27 @@ fn chat_lines_dropped_or_duplicated_are_errors() {
         );
     }
 }
+
+#[test]
+fn chat_load_against_the_real_reactor() {
+    // The fake chat server above pins the generator's checks; this is the real room, routed by
+    // the loop: every line to every other member, once, in order, under the sender's name.
+    let server = Server::start(&["chat@127.0.0.1:0"]);
+    let address = server.addr("chat").to_string();
+    let outcome = load(&[
+        &address,
+        "--protocol",
+        "chat",
+        "--connections",
+        "30",
+        "--senders",
+        "5",
+        "--pipeline",
+        "4",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    assert_clean(&outcome, 30.0);
+    assert!(outcome.number("deliveries") > 0.0, "{}", outcome.json());
+}
