@@ -47,8 +47,9 @@ pub struct ServeArgs {
     /// ([`DEFAULT_SERVICES`]).
     #[arg(
         value_name = "SERVICE",
-        help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp, echo or chat (tcp and unix); ADDRESS is \
-                HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), \
+        help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp, echo or chat (chat: \
+                tcp and unix); ADDRESS is HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 \
+                picks a free port), \
                 udp:HOST:PORT or unix:PATH. Under the blocking models each UDP service is one \
                 thread (under forking, one process) blocked in recv_from: a datagram service has \
                 no connections to spread \
