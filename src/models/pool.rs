@@ -15,6 +15,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::net::BoundListener;
 
 use super::admission::shut_down;
+use super::chat::ChatRooms;
 use super::{Acceptor, Admission, Admitted, Next, Settings};
 
 /// Serves connections on `workers` threads until SIGINT or SIGTERM. `--max-connections` counts
@@ -25,16 +26,18 @@ pub fn run(
     workers: usize,
     signals: Signals,
 ) -> io::Result<()> {
+    let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
     let mut acceptor = Acceptor::new(listeners, signals)?;
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);
     let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {
         let queue = Arc::clone(&queue);
+        let rooms = Arc::clone(&rooms);
         thread::Builder::new()
             .name(format!("worker {worker}"))
             .spawn(move || {
                 while let Some(connection) = queue.pop() {
-                    connection.serve(&settings);
+                    connection.serve(&settings, &rooms);
                 }
             })?;
     }
