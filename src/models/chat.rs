@@ -304,3 +304,101 @@ fn write_to(
         dropped.push(member);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A member socket (server side, with `timeout` as its send timeout) and its client end.
+    fn pair(timeout: Duration) -> (Arc<BlockingStream>, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        server.set_write_timeout(Some(timeout)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        (Arc::new(BlockingStream::Unix(server)), client)
+    }
+
+    /// Fills the socket's buffers, so that the next write to it blocks.
+    fn fill(socket: &BlockingStream) {
+        let BlockingStream::Unix(s) = socket else {
+            unreachable!()
+        };
+        s.set_nonblocking(true).unwrap();
+        let chunk = [b'x'; 4096];
+        let mut s: &UnixStream = s;
+        while s.write(&chunk).is_ok() {}
+        s.set_nonblocking(false).unwrap();
+    }
+
+    fn read_exactly(client: &mut UnixStream, expected: &[u8]) {
+        let mut got = vec![0; expected.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(
+            got.escape_ascii().to_string(),
+            expected.escape_ascii().to_string()
+        );
+    }
+
+    #[test]
+    fn a_stalled_member_is_dropped_once_after_the_batch_and_the_others_get_every_line() {
+        let timeout = Duration::from_millis(100);
+        let chat = ChatRoom::new(Limits::default());
+        let mut clients = Vec::new();
+        {
+            let mut state = chat.lock();
+            for (n, name) in ["a", "b", "stalled"].iter().enumerate() {
+                let (socket, client) = pair(timeout);
+                state.sockets.insert(MemberId(n), socket);
+                let State {
+                    room, deliveries, ..
+                } = &mut *state;
+                room.join(MemberId(n), name, deliveries);
+                assert!(state.route().is_empty());
+                clients.push(client);
+            }
+            fill(&state.sockets[&MemberId(2)]);
+        }
+        // Two lines in one input: one batch of two broadcasts, each to `b` and `stalled`.
+        let started = Instant::now();
+        let closed = {
+            let mut state = chat.lock();
+            let State {
+                room, deliveries, ..
+            } = &mut *state;
+            room.on_input(MemberId(0), b"one\ntwo\n", deliveries);
+            state.route()
+        };
+        let took = started.elapsed();
+        assert_eq!(closed, [MemberId(2)]);
+        // One send timeout, not one per line: the second broadcast skips the dropped member.
+        assert!(took < timeout * 2, "routing took {took:?}");
+        let state = chat.lock();
+        assert_eq!(state.room.len(), 2);
+        assert!(!state.sockets.contains_key(&MemberId(2)));
+        drop(state);
+
+        let mut b = clients.remove(1);
+        read_exactly(
+            &mut b,
+            b"* welcome b; 2 members here; /nick NAME, /who, quit\n",
+        );
+        read_exactly(
+            &mut b,
+            b"* stalled joined\na: one\na: two\n* stalled left\n",
+        );
+        let mut a = clients.remove(0);
+        read_exactly(
+            &mut a,
+            b"* welcome a; 1 member here; /nick NAME, /who, quit\n",
+        );
+        read_exactly(&mut a, b"* b joined\n* stalled joined\n* stalled left\n");
+        // The stalled member's socket was shut down: draining it reaches the end.
+        let mut stalled = clients.remove(0);
+        let mut rest = Vec::new();
+        stalled.read_to_end(&mut rest).unwrap();
+    }
+}
