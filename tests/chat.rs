@@ -893,6 +893,57 @@ fn sigterm_closes_every_member_cleanly_and_exits_zero_at_once() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 12. --idle-timeout
+
+/// The idle timeout counts lines written to a member as activity: a member that only listens
+/// stays while lines reach it, and is dropped once nothing has moved for the timeout.
+#[test]
+fn a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_stop() {
+    // Not beside the heavy tests: a tick delayed past the timeout by a loaded machine would
+    // rightly drop the listener.
+    let _turn = heavy_turn();
+    let (mut server, addr) = chat_server(&["--idle-timeout", "2"]);
+    let mut listener = Member::join(addr, &mut []);
+    let mut talker = Member::join(addr, &mut [&mut listener]);
+    // 3 s of ticks, 250 ms apart: the listener never sends, yet stays.
+    for n in 0..12 {
+        thread::sleep(Duration::from_millis(250));
+        talker.say(&format!("tick {n}"));
+        listener.expect(&format!("{}: tick {n}", talker.name));
+    }
+    talker.say("/who");
+    let mut names = [listener.name.clone(), talker.name.clone()];
+    names.sort();
+    talker.expect(&format!("* members: {}", names.join(", ")));
+
+    // Now nothing moves: both are dropped within about two seconds. The listener may first see the
+    // talker leave (whichever timeout fires first), then its own end of stream.
+    let quiet = Instant::now();
+    let deadline = quiet + DEADLINE;
+    loop {
+        match listener.fill(deadline) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "{}: expected the idle timeout's close, got {e}",
+                listener.name
+            ),
+        }
+    }
+    let rest = String::from_utf8_lossy(&listener.buffer[listener.start..]).into_owned();
+    assert!(
+        rest.is_empty() || rest == format!("* {} left\n", talker.name),
+        "before its close the idle listener received {rest:?}"
+    );
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before the idle timeout",
+        quiet.elapsed()
+    );
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
 // The same tests under the threaded models (the room behind a lock, see `src/models/chat.rs`).
 
 macro_rules! per_model {
@@ -922,6 +973,7 @@ per_model! {
         crlf_is_dropped_and_control_characters_arrive_in_caret_notation,
         two_chat_services_in_one_server_are_two_rooms,
         sigterm_closes_every_member_cleanly_and_exits_zero_at_once,
+        a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_stop,
     ]
 }
 
@@ -940,5 +992,6 @@ per_model! {
         crlf_is_dropped_and_control_characters_arrive_in_caret_notation,
         two_chat_services_in_one_server_are_two_rooms,
         sigterm_closes_every_member_cleanly_and_exits_zero_at_once,
+        a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_stop,
     ]
 }

@@ -45,7 +45,9 @@
 //!
 //! `quit` (or a line over `--max-line`): the member's last replies are written, then it ends with
 //! a lingering close. End of stream, a read error or the idle timeout: [`Room::on_end`] or
-//! [`Room::leave`], routed. At a graceful shutdown the member stops reading and leaves the room
+//! [`Room::leave`], routed. `--idle-timeout` counts from the last byte read from the member *or
+//! written to it*, as in the reactor: a member that only listens stays while lines reach it (its
+//! read timeout expiring only makes its thread look when the room last wrote to it). At a graceful shutdown the member stops reading and leaves the room
 //! quietly (everyone is leaving, as in the reactor: no `left` notices), and its connection ends
 //! like any other once the lines already written to it are acknowledged.
 
@@ -54,7 +56,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::debug;
 
@@ -104,11 +106,30 @@ pub struct ChatRoom {
 struct State {
     room: Room,
     /// Every member's socket, to write to it.
-    sockets: HashMap<MemberId, Arc<BlockingStream>>,
+    sockets: HashMap<MemberId, Socket>,
     /// The next member's id: ids are never reused.
     next_id: usize,
     /// Deliveries the room has emitted and that are not yet carried out.
     deliveries: Vec<Delivery>,
+}
+
+/// A member's socket, as the other members' threads see it.
+#[derive(Debug)]
+struct Socket {
+    stream: Arc<BlockingStream>,
+    /// When a write to it last succeeded: a member that only listens is not idle while lines
+    /// reach it (`--idle-timeout` measures from the last byte read *or written*, as in the
+    /// reactor).
+    last_written: Instant,
+}
+
+impl Socket {
+    fn new(stream: Arc<BlockingStream>) -> Socket {
+        Socket {
+            stream,
+            last_written: Instant::now(),
+        }
+    }
 }
 
 impl ChatRoom {
@@ -149,7 +170,9 @@ impl ChatRoom {
             let mut state = self.lock();
             let member = MemberId(state.next_id);
             state.next_id += 1;
-            state.sockets.insert(member, Arc::clone(stream));
+            state
+                .sockets
+                .insert(member, Socket::new(Arc::clone(stream)));
             let State {
                 room, deliveries, ..
             } = &mut *state;
@@ -161,6 +184,9 @@ impl ChatRoom {
         let guard = Membership { room: self, member };
         let mut reader: &BlockingStream = stream;
         let mut input = [0u8; BLOCKING_READ_BYTES];
+        let mut last_read = Instant::now();
+        // Whether the read timeout is shorter than `--idle-timeout` (see the timeout below).
+        let mut shortened = false;
         loop {
             if stopping.load(Ordering::Acquire) {
                 return guard.stop(stream, &mut input);
@@ -175,12 +201,37 @@ impl ChatRoom {
                 }
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Nothing read for the idle timeout; but lines written to it count too.
+                    let idle = settings.idle_timeout.unwrap_or(Duration::ZERO);
+                    let last_written = self.lock().sockets.get(&member).map(|s| s.last_written);
+                    let last = last_written.map_or(last_read, |written| written.max(last_read));
+                    let left = idle.saturating_sub(last.elapsed());
+                    if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                        debug!("{peer}: idle timeout; leaving");
+                        return; // The guard's drop leaves the room.
+                    }
+                    shortened = true;
+                    continue;
+                }
                 Err(e) => {
-                    // The idle timeout, a reset, or a socket shut down by a drop.
+                    // A reset, or a socket shut down by a drop.
                     debug!("{peer}: read failed: {e}; leaving");
                     return; // The guard's drop leaves the room.
                 }
             };
+            last_read = Instant::now();
+            if shortened {
+                shortened = false;
+                if stream.set_read_timeout(settings.idle_timeout).is_err() {
+                    return;
+                }
+            }
             let mut state = self.lock();
             let State {
                 room, deliveries, ..
@@ -256,13 +307,13 @@ impl State {
                     Delivery::Broadcast { except, bytes } => {
                         for member in self.room.members() {
                             if Some(member) != except && !dropped.contains(&member) {
-                                write_to(&self.sockets, member, &bytes, &mut dropped);
+                                write_to(&mut self.sockets, member, &bytes, &mut dropped);
                             }
                         }
                     }
                     Delivery::To { member, bytes } => {
                         if !dropped.contains(&member) {
-                            write_to(&self.sockets, member, &bytes, &mut dropped);
+                            write_to(&mut self.sockets, member, &bytes, &mut dropped);
                         }
                     }
                     Delivery::Close { member } => {
@@ -278,7 +329,7 @@ impl State {
             for member in dropped.drain(..) {
                 if let Some(socket) = self.sockets.remove(&member) {
                     // Wakes its thread, blocked in `read`, with an end of stream.
-                    let _ = socket.shutdown(Shutdown::Both);
+                    let _ = socket.stream.shutdown(Shutdown::Both);
                 }
                 self.room.leave(member, &mut self.deliveries);
                 closed.push(member);
@@ -290,25 +341,27 @@ impl State {
 
 /// Writes `bytes` to `member`; a failure (the send timeout, a reset) lists it in `dropped`.
 fn write_to(
-    sockets: &HashMap<MemberId, Arc<BlockingStream>>,
+    sockets: &mut HashMap<MemberId, Socket>,
     member: MemberId,
     bytes: &[u8],
     dropped: &mut Vec<MemberId>,
 ) {
-    let Some(socket) = sockets.get(&member) else {
+    let Some(socket) = sockets.get_mut(&member) else {
         return;
     };
-    let mut writer: &BlockingStream = socket;
-    if let Err(e) = writer.write_all(bytes) {
-        debug!("chat member {}: write failed: {e}; dropping it", member.0);
-        dropped.push(member);
+    let mut writer: &BlockingStream = &socket.stream;
+    match writer.write_all(bytes) {
+        Ok(()) => socket.last_written = Instant::now(),
+        Err(e) => {
+            debug!("chat member {}: write failed: {e}; dropping it", member.0);
+            dropped.push(member);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixStream;
-    use std::time::Instant;
 
     use super::*;
 
@@ -352,7 +405,7 @@ mod tests {
             let mut state = chat.lock();
             for (n, name) in ["a", "b", "stalled"].iter().enumerate() {
                 let (socket, client) = pair(timeout);
-                state.sockets.insert(MemberId(n), socket);
+                state.sockets.insert(MemberId(n), Socket::new(socket));
                 let State {
                     room, deliveries, ..
                 } = &mut *state;
@@ -360,7 +413,7 @@ mod tests {
                 assert!(state.route().is_empty());
                 clients.push(client);
             }
-            fill(&state.sockets[&MemberId(2)]);
+            fill(&state.sockets[&MemberId(2)].stream);
         }
         // Two lines in one input: one batch of two broadcasts, each to `b` and `stalled`.
         let started = Instant::now();
