@@ -593,6 +593,10 @@ fn a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_st
     let (mut c, c_saw_a_leave) = match reader.join() {
         Ok(result) => result,
         Err(panic) => {
+            eprintln!(
+                "C's reader failed under --model {}",
+                util::model().unwrap_or("reactor")
+            );
             server.assert_running();
             std::panic::resume_unwind(panic);
         }
