@@ -2,7 +2,9 @@
 //!
 //! The usual fix for "a thread per client is too many threads": cap them. The cost moves
 //! elsewhere — a worker is busy for a connection's whole life, so with more clients than
-//! workers, the extra clients wait in the queue until a worker's client leaves.
+//! workers, the extra clients wait in the queue until a worker's client leaves. A chat member
+//! holds its worker for as long as it stays in the room (see [`super::chat`]): a room has at
+//! most `--threads` members talking, the others queued, not even greeted.
 
 use std::collections::VecDeque;
 use std::io;
