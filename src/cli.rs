@@ -160,7 +160,7 @@ fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
     match service.protocol {
         ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo => Ok(()),
         ProtocolKind::Chat => match model {
-            Model::Reactor => Ok(()),
+            Model::Reactor | Model::Threaded | Model::Pool => Ok(()),
             Model::Serial | Model::Forking => Err(format!(
                 "{service}: --model {} cannot serve chat: a room is shared by all its members, \
                  and {}",
@@ -170,10 +170,6 @@ fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
                 } else {
                     "each forked process would hold a room of its own"
                 }
-            )),
-            Model::Threaded | Model::Pool => Err(format!(
-                "{service}: chat is not served by --model {} yet (only by the reactor)",
-                model.name()
             )),
         },
         protocol => Err(format!(
@@ -390,7 +386,10 @@ mod tests {
         assert!(check_supported(&chat, Model::Serial)
             .unwrap_err()
             .contains("chat"));
-        assert!(check_supported(&chat, Model::Reactor).is_ok());
+        for model in [Model::Reactor, Model::Threaded, Model::Pool] {
+            assert!(check_supported(&chat, model).is_ok(), "{model:?}");
+        }
+        assert!(check_supported(&chat, Model::Forking).is_err());
         for served in [
             "echo@127.0.0.1:0",
             "upper@udp:[::1]:0",

@@ -64,7 +64,7 @@ fn bad_options_are_usage_errors() {
 
 #[test]
 fn services_this_build_does_not_serve_yet_are_refused() {
-    // upload is parsed but not served by this build, and chat only by the reactor: refused
+    // upload is parsed but not served by this build, and chat not by serial or forking: refused
     // before anything is bound, so a script learns at once rather than from a missing service.
     assert_usage_error(&["serve", "upload@127.0.0.1:0"], "upload");
     assert_usage_error(&["serve", "chat@udp:127.0.0.1:0"], "udp");

@@ -60,6 +60,8 @@ pub enum Next {
 struct Listener {
     socket: StreamListener,
     protocol: ProtocolKind,
+    /// Its index among the listeners: which service its connections belong to.
+    service: usize,
     local: Address,
     /// Clients may be waiting: set by a readiness edge, cleared only by `WouldBlock` (or an empty
     /// backlog found while shedding).
@@ -111,6 +113,7 @@ impl Acceptor {
                 Ok(Listener {
                     socket: bound.register(poll.registry(), Token(index))?,
                     protocol,
+                    service: index,
                     local,
                     // Clients may have connected before the registration.
                     ready: true,
@@ -254,6 +257,7 @@ impl Listener {
                     Attempt::Accepted(Accepted {
                         stream,
                         protocol: self.protocol,
+                        service: self.service,
                         peer,
                     })
                 }

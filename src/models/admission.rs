@@ -29,6 +29,7 @@ use crate::net::{BlockingStream, Peer};
 use crate::protocol::ProtocolKind;
 
 use super::acceptor::{Acceptor, Next};
+use super::chat::ChatRooms;
 use super::{refuse, serve_blocking, Accepted, Settings};
 
 /// Counts and registers the connections being served.
@@ -79,6 +80,7 @@ impl Admission {
         Some(Admitted {
             stream,
             protocol: accepted.protocol,
+            service: accepted.service,
             peer: accepted.peer,
             slot: Slot {
                 shared: Arc::clone(&self.shared),
@@ -117,20 +119,20 @@ pub struct Admitted {
     // registry's handle — the last one — and so closes the socket before the count goes down.
     stream: Arc<BlockingStream>,
     protocol: ProtocolKind,
+    service: usize,
     peer: Peer,
     slot: Slot,
 }
 
 impl Admitted {
-    /// Serves the connection to its end with [`serve_blocking`], then closes it.
-    pub fn serve(self, settings: &Settings) {
-        serve_blocking(
-            &self.stream,
-            self.protocol,
-            self.peer,
-            settings,
-            &self.slot.shared.stopping,
-        );
+    /// Serves the connection to its end — a chat member in its service's room of `rooms`, any
+    /// other with [`serve_blocking`] — then closes it.
+    pub fn serve(self, settings: &Settings, rooms: &ChatRooms) {
+        let stopping = &self.slot.shared.stopping;
+        if let Some(room) = rooms.get(self.service) {
+            return room.serve(&self.stream, self.peer, settings, stopping);
+        }
+        serve_blocking(&self.stream, self.protocol, self.peer, settings, stopping);
     }
 
     /// Closes a connection that was never served (it waited in the pool's queue until the

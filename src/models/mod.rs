@@ -12,8 +12,14 @@
 //! accept through the same [`Acceptor`], which keeps the backlog moving when the process runs out
 //! of file descriptors, as the reactor does (see [`acceptor`]).
 //!
+//! Chat is the exception to "the same [`Session`]": a room is shared by all its members, so
+//! `threaded` and `pool` keep one per chat service behind a lock, and each member's thread writes
+//! to the others' sockets itself ([`chat`], the foil to the reactor's routing). `serial` and
+//! `forking` do not serve it.
+//!
 //! What a blocking model does not need: `--output-limit` (a thread blocked in `write` stops
-//! reading, and the kernel's socket buffers are the bound) and fairness budgets (the kernel
+//! reading, and the kernel's socket buffers are the bound; a chat member is dropped after a send
+//! timeout instead) and fairness budgets (the kernel
 //! scheduler shares the CPU between threads). `--max-line` applies unchanged: it lives in the
 //! protocol. `--idle-timeout` becomes the socket's read and write timeouts (a blocked `read` or
 //! `write` that long means no byte moved that long), and `--max-connections` a count of the
@@ -45,6 +51,7 @@
 
 pub mod acceptor;
 pub mod admission;
+pub mod chat;
 pub mod datagram;
 pub mod forking;
 pub mod pool;
@@ -127,6 +134,9 @@ pub struct Accepted {
     pub stream: BlockingStream,
     /// The protocol of the listener it arrived on.
     pub protocol: ProtocolKind,
+    /// The index of that listener among those the model was given: its service (one chat room
+    /// per chat service).
+    pub service: usize,
     /// The client's address, for logs.
     pub peer: Peer,
 }
@@ -241,7 +251,7 @@ fn more_input_waiting(stream: &BlockingStream) -> bool {
 
 /// The lingering close, blocking version: shut down our sending side, then read and discard until
 /// the peer closes or [`LINGER`] passes, so unread input does not turn the close into an RST.
-fn linger(mut stream: &BlockingStream, scratch: &mut [u8]) {
+pub(super) fn linger(mut stream: &BlockingStream, scratch: &mut [u8]) {
     let _ = stream.shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER;
     loop {
@@ -275,7 +285,7 @@ const LINGER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 /// update on a socket whose reading side is shut down, so such a client would wait on a closed
 /// window — for its own timeout — instead of learning that nobody reads any more. (The reactor's
 /// close with unread input does the same.)
-fn linger_after_stop(mut stream: &BlockingStream, scratch: &mut [u8]) {
+pub(super) fn linger_after_stop(mut stream: &BlockingStream, scratch: &mut [u8]) {
     let deadline = Instant::now() + LINGER;
     let mut end_of_stream_sent = false;
     let mut client_kept_sending = false;

@@ -2,7 +2,9 @@
 //!
 //! The usual fix for "a thread per client is too many threads": cap them. The cost moves
 //! elsewhere — a worker is busy for a connection's whole life, so with more clients than
-//! workers, the extra clients wait in the queue until a worker's client leaves.
+//! workers, the extra clients wait in the queue until a worker's client leaves. A chat member
+//! holds its worker for as long as it stays in the room (see [`super::chat`]): a room has at
+//! most `--threads` members talking, the others queued, not even greeted.
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,6 +17,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::net::BoundListener;
 
 use super::admission::shut_down;
+use super::chat::ChatRooms;
 use super::{Acceptor, Admission, Admitted, Next, Settings};
 
 /// Serves connections on `workers` threads until SIGINT or SIGTERM. `--max-connections` counts
@@ -25,16 +28,18 @@ pub fn run(
     workers: usize,
     signals: Signals,
 ) -> io::Result<()> {
+    let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
     let mut acceptor = Acceptor::new(listeners, signals)?;
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);
     let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {
         let queue = Arc::clone(&queue);
+        let rooms = Arc::clone(&rooms);
         thread::Builder::new()
             .name(format!("worker {worker}"))
             .spawn(move || {
                 while let Some(connection) = queue.pop() {
-                    connection.serve(&settings);
+                    connection.serve(&settings, &rooms);
                 }
             })?;
     }

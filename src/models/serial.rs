@@ -16,6 +16,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::net::BoundListener;
 
 use super::admission::shut_down;
+use super::chat::ChatRooms;
 use super::{Acceptor, Admission, Admitted, Next, Settings};
 
 /// Serves connections one after another until SIGINT or SIGTERM. (`--max-connections` is moot:
@@ -29,7 +30,8 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
         .name("serial".into())
         .spawn(move || {
             for connection in connections {
-                connection.serve(&settings);
+                // Chat is refused before serial starts (one member at a time is no room).
+                connection.serve(&settings, &ChatRooms::default());
             }
         })?;
     loop {

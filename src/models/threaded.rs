@@ -5,6 +5,7 @@
 //! the scheduler a context switch to the thread that owns the socket.
 
 use std::io;
+use std::sync::Arc;
 use std::thread;
 
 use log::warn;
@@ -13,10 +14,12 @@ use signal_hook_mio::v1_0::Signals;
 use crate::net::BoundListener;
 
 use super::admission::shut_down;
+use super::chat::ChatRooms;
 use super::{Acceptor, Admission, Next, Settings};
 
 /// Serves every connection on a new thread until SIGINT or SIGTERM.
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+    let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
     let mut acceptor = Acceptor::new(listeners, signals)?;
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);
     loop {
@@ -26,9 +29,10 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
                     continue;
                 };
                 let peer = connection.peer();
+                let rooms = Arc::clone(&rooms);
                 let spawned = thread::Builder::new()
                     .name(format!("conn {peer}"))
-                    .spawn(move || connection.serve(&settings));
+                    .spawn(move || connection.serve(&settings, &rooms));
                 if let Err(e) = spawned {
                     // Out of threads (or memory): this client is dropped, the others carry on.
                     warn!("{peer}: cannot start a thread: {e}; closing");
