@@ -47,9 +47,10 @@
 //! a lingering close. End of stream, a read error or the idle timeout: [`Room::on_end`] or
 //! [`Room::leave`], routed. `--idle-timeout` counts from the last byte read from the member *or
 //! written to it*, as in the reactor: a member that only listens stays while lines reach it (its
-//! read timeout expiring only makes its thread look when the room last wrote to it). At a graceful shutdown the member stops reading and leaves the room
-//! quietly (everyone is leaving, as in the reactor: no `left` notices), and its connection ends
-//! like any other once the lines already written to it are acknowledged.
+//! read timeout expiring only makes its thread look when the room last wrote to it). At a
+//! graceful shutdown the member stops reading and leaves the room quietly (everyone is leaving,
+//! as in the reactor: no `left` notices), and its connection ends like any other once the lines
+//! already written to it are acknowledged.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
