@@ -794,6 +794,25 @@ mod tests {
     use std::io::Read;
     use std::net::SocketAddr;
 
+    /// Waits, as the loop does — in the reactor's own `poll`, never a sleep — until the poller
+    /// reports readiness for `token` (the test then drives it by hand).
+    fn wait_for_event(reactor: &mut Reactor, token: Token) {
+        let mut events = Events::with_capacity(64);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no event for token {} within 10 s",
+                token.0
+            );
+            reactor.poll.poll(&mut events, Some(left)).unwrap();
+            if events.iter().any(|event| event.token() == token) {
+                return;
+            }
+        }
+    }
+
     /// A reactor with no listeners and `count` real loopback connections to echo in its slab,
     /// with the client ends.
     fn reactor_with_connections(count: usize) -> (Reactor, Vec<std::net::TcpStream>, Now) {
@@ -851,7 +870,7 @@ mod tests {
         let reused = reactor.connections.iter().next().unwrap().0;
         assert!(keys.contains(&reused), "the slab reuses freed keys");
         client.write_all(b"ping").unwrap();
-        std::thread::sleep(Duration::from_millis(50)); // let loopback deliver it
+        wait_for_event(&mut reactor, Token(reused)); // the ping is in its receive queue
         reactor.serve_still_ready(&now);
         assert!(reactor.still_ready.is_empty(), "stale tokens are dropped");
         client.set_nonblocking(true).unwrap();
@@ -903,19 +922,14 @@ mod tests {
             0,
             &now,
         );
-        let writer = {
-            let mut client = client.try_clone().unwrap();
-            std::thread::spawn(move || client.write_all(&[b'x'; SENT]))
-        };
-        writer.join().unwrap().unwrap();
-        // Wait until every byte is in the server's receive queue.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The server's 4 MiB receive buffer takes the whole message without being read.
+        client.write_all(&[b'x'; SENT]).unwrap();
+        // Wait (in the poller, as the loop would) until every byte is in its receive queue.
+        let key = reactor.connections.iter().next().unwrap().0;
         let mut peek = vec![0u8; SENT];
         while probe.peek(&mut peek).unwrap() < SENT {
-            assert!(Instant::now() < deadline, "the message never arrived whole");
-            std::thread::sleep(Duration::from_millis(5));
+            wait_for_event(&mut reactor, Token(key));
         }
-        let key = reactor.connections.iter().next().unwrap().0;
         reactor.dispatch(Token(key), &now);
         assert!(
             reactor.connections[key].queued,
@@ -963,24 +977,20 @@ mod tests {
         reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Upper, 0, &now);
         let key = reactor.connections.iter().next().unwrap().0;
         client.write_all(b"abc\xc3").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        wait_for_event(&mut reactor, Token(key));
+        reactor.dispatch(Token(key), &now);
         let mut reply = [0u8; 3];
-        client.set_nonblocking(true).unwrap();
-        loop {
-            reactor.dispatch(Token(key), &now);
-            if client.read_exact(&mut reply).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no reply");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.read_exact(&mut reply).unwrap();
         assert_eq!(&reply, b"ABC");
         // The client vanishes with a reset; the server has not looked yet.
         socket2::SockRef::from(&client)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(client);
-        std::thread::sleep(Duration::from_millis(50)); // let the RST land
+        wait_for_event(&mut reactor, Token(key)); // the RST has landed
         reactor.begin_shutdown(&now);
         assert_eq!(
             reactor.open_connection_count(),
