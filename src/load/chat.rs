@@ -160,20 +160,11 @@ struct Chat<'a> {
 
 /// Runs the chat load: connect, barrier, gate, load, grace.
 pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
-    struct Arrival<'a>(Option<&'a Gate>);
-    impl Drop for Arrival<'_> {
-        fn drop(&mut self) {
-            if let Some(gate) = self.0.take() {
-                gate.arrive();
-            }
-        }
-    }
-    let mut arrival = Arrival(Some(gate));
+    // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
+    let mut arrival = gate.arrival();
     let mut chat = Chat::new(plan, meter)?;
     let ready = chat.connect_all() && chat.barrier()?;
-    if let Some(gate) = arrival.0.take() {
-        gate.arrive();
-    }
+    arrival.arrive();
     let Some(start) = gate.wait_open() else {
         return Ok(chat.tally);
     };
@@ -459,12 +450,7 @@ impl<'a> Chat<'a> {
             }
         }
         self.spare_ready = ready;
-        if self.unpublished > 0 {
-            self.meter
-                .completed
-                .fetch_add(self.unpublished, Ordering::Relaxed);
-            self.unpublished = 0;
-        }
+        self.meter.publish(&mut self.unpublished);
         Ok(())
     }
 

@@ -501,10 +501,36 @@ struct GateState {
     aborted: bool,
 }
 
+/// A worker's arrival at the [`Gate`]: made explicitly with [`Arrival::arrive`], or when it is
+/// dropped — an error or a panic before the worker got there — so that the calling thread, which
+/// waits for every worker, never waits for ever.
+#[derive(Debug)]
+pub(crate) struct Arrival<'a>(Option<&'a Gate>);
+
+impl Arrival<'_> {
+    /// Arrives now (once: later calls, and the drop, do nothing).
+    pub(crate) fn arrive(&mut self) {
+        if let Some(gate) = self.0.take() {
+            gate.arrive();
+        }
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        self.arrive();
+    }
+}
+
 impl Gate {
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         // A worker that panicked holding the lock leaves the state consistent (plain fields).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A worker's promise to arrive exactly once (see [`Arrival`]).
+    pub(crate) fn arrival(&self) -> Arrival<'_> {
+        Arrival(Some(self))
     }
 
     /// A worker has finished connecting.

@@ -131,20 +131,11 @@ struct Sock {
 
 /// Runs one thread's share of a UDP run: open the sockets, wait at the gate, load, tally.
 pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
-    struct Arrival<'a>(Option<&'a Gate>);
-    impl Drop for Arrival<'_> {
-        fn drop(&mut self) {
-            if let Some(gate) = self.0.take() {
-                gate.arrive();
-            }
-        }
-    }
-    let mut arrival = Arrival(Some(gate));
+    // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
+    let mut arrival = gate.arrival();
     let mut worker = Worker::new(plan, meter)?;
     worker.open_all();
-    if let Some(gate) = arrival.0.take() {
-        gate.arrive();
-    }
+    arrival.arrive();
     let Some(start) = gate.wait_open() else {
         return Ok(worker.tally);
     };
@@ -352,12 +343,7 @@ impl<'a> Worker<'a> {
             self.serve(i);
         }
         self.spare_ready = ready;
-        if self.unpublished > 0 {
-            self.meter
-                .completed
-                .fetch_add(self.unpublished, Ordering::Relaxed);
-            self.unpublished = 0;
-        }
+        self.meter.publish(&mut self.unpublished);
         Ok(())
     }
 

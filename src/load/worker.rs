@@ -77,6 +77,15 @@ impl Meter {
     pub fn completed(&self) -> u64 {
         self.completed.load(Ordering::Relaxed)
     }
+
+    /// Adds a turn's verified replies to the shared count (one atomic add per turn, not per
+    /// reply) and resets the turn's count.
+    pub(crate) fn publish(&self, unpublished: &mut u64) {
+        if *unpublished > 0 {
+            self.completed.fetch_add(*unpublished, Ordering::Relaxed);
+            *unpublished = 0;
+        }
+    }
 }
 
 /// What a thread counted; the threads' tallies, added up, are the report's [`counts`].
@@ -358,15 +367,7 @@ enum ReadOutcome {
 /// Runs one thread's share of the run: connect, wait at the gate, load or hold, tally.
 pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
-    struct Arrival<'a>(Option<&'a Gate>);
-    impl Drop for Arrival<'_> {
-        fn drop(&mut self) {
-            if let Some(gate) = self.0.take() {
-                gate.arrive();
-            }
-        }
-    }
-    let mut arrival = Arrival(Some(gate));
+    let mut arrival = gate.arrival();
     let mut worker = Worker::new(plan, meter)?;
     worker.connect_all()?;
     worker.tally.established = worker
@@ -374,9 +375,7 @@ pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> 
         .iter()
         .filter(|c| matches!(c.state, State::Ready { .. } | State::Holding))
         .count() as u64;
-    if let Some(gate) = arrival.0.take() {
-        gate.arrive();
-    }
+    arrival.arrive();
     let Some(start) = gate.wait_open() else {
         return Ok(worker.tally);
     };
@@ -711,12 +710,7 @@ impl<'a> Worker<'a> {
             self.drive(i);
         }
         self.spare_ready = ready;
-        if self.unpublished > 0 {
-            self.meter
-                .completed
-                .fetch_add(self.unpublished, Ordering::Relaxed);
-            self.unpublished = 0;
-        }
+        self.meter.publish(&mut self.unpublished);
         Ok(())
     }
 

@@ -202,12 +202,7 @@ impl ChatRoom {
                 }
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if crate::net::is_timeout(&e) => {
                     // Nothing read for the idle timeout; but lines written to it count too.
                     let idle = settings.idle_timeout.unwrap_or(Duration::ZERO);
                     let last_written = self.lock().sockets.get(&member).map(|s| s.last_written);

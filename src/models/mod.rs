@@ -187,12 +187,7 @@ pub fn serve_blocking(
             }
             Ok(count) => count,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if crate::net::is_timeout(&e) => {
                 debug!("{peer}: idle timeout; closing");
                 return;
             }
