@@ -362,6 +362,7 @@ impl Connection {
         if let Work::Chat(output) = &mut self.work {
             output.dirty = false;
         }
+        self.flush_output();
         let verdict = self.finish_phases(shared, now, Verdict::default());
         if std::mem::take(&mut self.moved_bytes) {
             self.last_active = now.instant;
@@ -396,25 +397,24 @@ impl Connection {
         chat: Option<ChatSink<'_>>,
     ) -> Verdict {
         let mut verdict = Verdict::default();
+        // Once, before reading: replies produced by this drive are written as they are made
+        // (`send`), so flushing again afterwards would only be a write that finds the socket full.
+        self.flush_output();
         match self.phase {
-            Phase::Serving => {
-                self.flush_output();
-                verdict.still_ready = self.read_requests(shared, now, chat);
-            }
+            Phase::Serving => verdict.still_ready = self.read_requests(shared, now, chat),
             Phase::Lingering { .. } => verdict.still_ready = self.discard_input(shared),
             Phase::Draining | Phase::Ending | Phase::Closed => {}
         }
         self.finish_phases(shared, now, verdict)
     }
 
-    /// Flushes queued output, then moves on the phases that wait for it to be written.
+    /// Moves on the phases that wait for the queued output to be written.
     fn finish_phases(
         &mut self,
         shared: &mut SharedBuffers,
         now: &Now,
         mut verdict: Verdict,
     ) -> Verdict {
-        self.flush_output();
         // Phases that wait for the queue to empty move on once it has.
         if self.output_pending() == 0 {
             match self.phase {
