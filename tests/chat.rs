@@ -737,6 +737,117 @@ fn a_thousand_members_each_receive_one_line_from_each_of_ten_senders() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 7b. Memory: a line is stored once, however many members it waits for
+
+/// Lines of 1 KiB sent to members that have stopped reading: the server's memory grows by about
+/// the lines' size, not by members × lines (which here would be tens of MiB).
+#[test]
+fn lines_for_members_who_stopped_reading_are_stored_once() {
+    const STALLED: usize = 300;
+    const LINES: usize = 100;
+    let limit = raise_fd_limit();
+    if limit < 2 * STALLED as u64 + 100 {
+        eprintln!("skipped: the open-file limit is {limit}, too low for {STALLED} members");
+        return;
+    }
+    let _turn = heavy_turn();
+    let (mut server, addr) = chat_server(&[]);
+    let mut sender = Member::join(addr, &mut []);
+    let mut reader = Member::join(addr, &mut [&mut sender]);
+    // Members with tiny receive buffers that read nothing after their greeting: the others'
+    // join notices already fill them.
+    let mut stalled = Vec::with_capacity(STALLED);
+    for _ in 0..STALLED {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+        let (member, _) = Member::greeted(TcpStream::from(socket), &mut []);
+        stalled.push(member);
+    }
+    // Every join has been handled once the reader has seen the last one; a first line warms
+    // up whatever the server allocates once.
+    let last = stalled.last().unwrap().name.clone();
+    reader.lines_until(&format!("* {last} joined"));
+    sender.say("warm-up");
+    reader.expect(&format!("{}: warm-up", sender.name));
+    let before = server.rss_kib();
+
+    let body = "x".repeat(1000);
+    for n in 0..LINES {
+        sender.say(&format!("{n:04} {body}"));
+    }
+    // The server writes every member's lines in the turn it reads them, so once the reader has
+    // the last line, the stalled members' shares wait in the server.
+    for n in 0..LINES {
+        reader.expect(&format!("{}: {n:04} {body}", sender.name));
+    }
+    let grown_kib = server.rss_kib().saturating_sub(before);
+    let lines_kib = (LINES * 1024 / 1024) as u64;
+    let copies_kib = lines_kib * STALLED as u64;
+    eprintln!(
+        "{LINES} lines of 1 KiB for {STALLED} stalled members: the server grew by {grown_kib} KiB \
+         (one copy each would be about {copies_kib} KiB)"
+    );
+    assert!(
+        grown_kib < 4096,
+        "the server grew by {grown_kib} KiB: the lines are not shared (copies: {copies_kib} KiB)"
+    );
+    server.assert_running();
+    drop(stalled);
+}
+
+/// After a burst of joins (every member is sent every later member's `joined` notice), each
+/// idle member costs under a kibibyte of server memory: nothing of the burst stays per member.
+#[test]
+fn idle_members_stay_small_after_a_burst_of_joins() {
+    let limit = raise_fd_limit();
+    let members: usize = 2000.min((limit as usize).saturating_sub(200) / 2);
+    if members < 500 {
+        eprintln!("skipped: the open-file limit is {limit}, too low for 500 members");
+        return;
+    }
+    let _turn = heavy_turn();
+    let (mut server, addr) = chat_server(&[]);
+    let before = server.rss_kib();
+    let mut load = std::process::Command::new(env!("CARGO_BIN_EXE_oneloop"))
+        .args(["load", &addr.to_string(), "--protocol", "chat", "--idle"])
+        .args(["--connections", &members.to_string(), "--duration", "120"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut established = String::new();
+    io::BufRead::read_line(
+        &mut io::BufReader::new(load.stdout.take().unwrap()),
+        &mut established,
+    )
+    .unwrap();
+    assert!(
+        established.starts_with(&format!("established {members} of {members} connections")),
+        "{established:?}"
+    );
+    // Every member has its greeting; let the last join notices drain before measuring.
+    let deadline = Instant::now() + DEADLINE;
+    let mut per_member = u64::MAX;
+    while Instant::now() < deadline {
+        per_member = (server.rss_kib().saturating_sub(before) * 1024) / members as u64;
+        if per_member < 1024 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = load.kill();
+    let _ = load.wait();
+    eprintln!("{members} idle chat members: {per_member} bytes of server RSS each");
+    assert!(
+        per_member < 1024,
+        "an idle member costs {per_member} bytes after the join burst"
+    );
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
 // 8. Unix members
 
 fn socket_path(name: &str) -> PathBuf {

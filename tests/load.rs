@@ -399,6 +399,10 @@ fn contradictory_options_are_usage_errors() {
         ),
         (&["--protocol", "chat", "--connections", "1"], "2 to"),
         (&["--senders", "2"], "chat"),
+        (
+            &["--protocol", "chat", "--idle", "--senders", "2"],
+            "send nothing",
+        ),
     ] {
         let mut args = vec!["127.0.0.1:9"];
         args.extend_from_slice(argv);
@@ -1108,4 +1112,56 @@ fn chat_load_against_the_real_reactor() {
     ]);
     assert_clean(&outcome, 30.0);
     assert!(outcome.number("deliveries") > 0.0, "{}", outcome.json());
+}
+
+#[test]
+fn idle_chat_members_are_each_greeted_and_held() {
+    // The real room: each member's one check is its `* welcome` greeting; then the others'
+    // join notices arrive while it is held, and are read and ignored.
+    let server = Server::start(&["chat@127.0.0.1:0"]);
+    let address = server.addr("chat").to_string();
+    let outcome = load(&[
+        &address,
+        "--protocol",
+        "chat",
+        "--idle",
+        "--connections",
+        "50",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    assert_clean_idle(&outcome, 50.0);
+    assert!(
+        outcome
+            .stderr
+            .contains("established 50 of 50 connections in"),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn idle_chat_members_the_server_drops_are_errors() {
+    let server = Server::start(&["--idle-timeout", "1", "chat@127.0.0.1:0"]);
+    let address = server.addr("chat").to_string();
+    let outcome = load(&[
+        &address,
+        "--protocol",
+        "chat",
+        "--idle",
+        "--connections",
+        "5",
+        "--duration",
+        "3",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert!(
+        outcome
+            .stdout
+            .contains("errors      5 (5 connections dropped by the server)"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(outcome.stdout.contains("greeting"), "{}", outcome.stdout);
 }

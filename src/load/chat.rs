@@ -30,6 +30,14 @@
 //! receipt time less NANOS, on the same clock. At the end senders stop, and the last lines get
 //! [`GRACE`] to reach everyone; each one a member still lacks is missing.
 //!
+//! ## Idle members (`--idle`)
+//!
+//! With `--idle`, members only join: each must receive its `* welcome` greeting (its one
+//! verified round trip, timed from its connect), then all are held open for `--duration`,
+//! reading and discarding the notices of the others' joins, so the server's memory per idle
+//! member can be measured. A line other than a `* ` notice, or a member the server drops, is an
+//! error. No barrier, and no N × N table: any number of members.
+//!
 //! Lines are built into one reused buffer and parsed in place (a partial line is kept in the
 //! member's own reused buffer), so a delivery allocates nothing once the buffers have grown.
 
@@ -41,7 +49,7 @@ use log::{debug, trace};
 use mio::{Events, Interest, Poll, Token};
 
 use super::worker::{Meter, Plan, Tally};
-use super::{Gate, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECT_ATTEMPTS};
+use super::{Gate, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECT_ATTEMPTS};
 use crate::net::{write_until_blocked, Stream};
 use crate::service::Address;
 
@@ -56,6 +64,9 @@ pub const MAX_MEMBERS: usize = 2048;
 
 /// The longest line a member accepts beyond `--size` (the name, the numbers).
 const LINE_SLACK: usize = 128;
+
+/// Idle members connected between two reads of what has arrived.
+const IDLE_CONNECTS_PER_TURN: usize = 64;
 
 /// Size of the read buffer shared by the members.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -124,6 +135,8 @@ impl Member {
 enum Phase {
     Barrier,
     Load,
+    /// `--idle`: members join and listen; nobody sends.
+    Idle,
 }
 
 /// The one chat thread.
@@ -146,6 +159,10 @@ struct Chat<'a> {
     sent: Vec<u64>,
     /// Load: lines of each sender its observer has received (or skipped past).
     observed: Vec<u64>,
+    /// Idle: when each member connected, until its greeting arrives (then `None`).
+    awaiting_greeting: Vec<Option<Instant>>,
+    /// Idle: members whose greeting has arrived.
+    greeted: usize,
     start: Instant,
     warmup_nanos: u64,
     stopping: bool,
@@ -163,13 +180,20 @@ pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> 
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
     let mut arrival = gate.arrival();
     let mut chat = Chat::new(plan, meter)?;
-    let ready = chat.connect_all() && chat.barrier()?;
+    let ready = chat.connect_all()?
+        && match chat.phase {
+            Phase::Idle => chat.await_greetings()?,
+            Phase::Barrier | Phase::Load => chat.barrier()?,
+        };
     arrival.arrive();
     let Some(start) = gate.wait_open() else {
         return Ok(chat.tally);
     };
     if ready {
-        chat.load(start)?;
+        match chat.phase {
+            Phase::Idle => chat.hold(start + plan.config.duration)?,
+            Phase::Barrier | Phase::Load => chat.load(start)?,
+        }
     }
     for i in 0..chat.members.len() {
         chat.close(i);
@@ -180,7 +204,14 @@ pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> 
 impl<'a> Chat<'a> {
     fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Chat<'a>> {
         let n = plan.count;
-        let senders = plan.config.senders.unwrap_or(n).min(n);
+        let idle = plan.config.mode == Mode::Idle;
+        let senders = if idle {
+            0
+        } else {
+            plan.config.senders.unwrap_or(n).min(n)
+        };
+        // The barrier's table is N × N: idle members, who need none, may be many.
+        let table = if idle { 0 } else { n };
         Ok(Chat {
             plan,
             meter,
@@ -198,15 +229,17 @@ impl<'a> Chat<'a> {
                 .collect(),
             prefix: format!("ld{}-", std::process::id()),
             senders,
-            heard: vec![false; n * n],
-            heard_by: vec![0; n],
+            heard: vec![false; table * table],
+            heard_by: vec![0; table],
             expected: vec![0; n * senders],
             sent: vec![0; senders],
             observed: vec![0; senders],
+            awaiting_greeting: vec![None; if idle { n } else { 0 }],
+            greeted: 0,
             start: Instant::now(),
             warmup_nanos: 0,
             stopping: false,
-            phase: Phase::Barrier,
+            phase: if idle { Phase::Idle } else { Phase::Barrier },
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
             still_ready: Vec::new(),
@@ -217,9 +250,14 @@ impl<'a> Chat<'a> {
     }
 
     /// Connects every member, one after the other (blocking, with retries), and registers it.
-    /// False if one could not be connected: the room would be incomplete.
-    fn connect_all(&mut self) -> bool {
+    /// False if one could not be connected: the room would be incomplete. Idle members read
+    /// what has arrived every [`IDLE_CONNECTS_PER_TURN`] connects, so that the notices of
+    /// thousands of joins never pile up unread in the server.
+    fn connect_all(&mut self) -> io::Result<bool> {
         for i in 0..self.members.len() {
+            if self.phase == Phase::Idle && i % IDLE_CONNECTS_PER_TURN == 0 {
+                self.turn(Some(Instant::now()))?;
+            }
             let mut attempt = 1;
             let stream = loop {
                 match connect(&self.plan.config.address) {
@@ -235,7 +273,7 @@ impl<'a> Chat<'a> {
                         self.tally.note_error(|| {
                             format!("member {i}: cannot connect after {attempt} attempts: {reason}")
                         });
-                        return false;
+                        return Ok(false);
                     }
                 }
             };
@@ -249,13 +287,46 @@ impl<'a> Chat<'a> {
                 self.tally.connect_failures += 1;
                 self.tally
                     .note_error(|| format!("member {i}: cannot register with the poller: {e}"));
-                return false;
+                return Ok(false);
             }
             member.stream = Some(stream);
+            if let Some(awaiting) = self.awaiting_greeting.get_mut(i) {
+                *awaiting = Some(Instant::now());
+            }
             self.tally.established += 1;
             self.meter.open.fetch_add(1, Ordering::Relaxed);
         }
-        true
+        Ok(true)
+    }
+
+    /// Idle: waits until every member has its greeting (at most [`CONNECT_TIMEOUT`]).
+    fn await_greetings(&mut self) -> io::Result<bool> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        while self.greeted < self.members.len() && self.errors() == 0 {
+            if Instant::now() >= deadline {
+                let lacking = self.members.len() - self.greeted;
+                self.tally.missing_replies += lacking as u64;
+                self.tally.note_error(|| {
+                    format!(
+                        "{lacking} members had no greeting {} s after connecting",
+                        CONNECT_TIMEOUT.as_secs()
+                    )
+                });
+                return Ok(false);
+            }
+            self.turn(Some(deadline))?;
+        }
+        Ok(self.errors() == 0)
+    }
+
+    /// Idle: holds every member open until `until`, reading and discarding notices; a member
+    /// the server drops is counted.
+    fn hold(&mut self, until: Instant) -> io::Result<()> {
+        while Instant::now() < until && self.members.iter().any(|m| m.stream.is_some()) {
+            self.turn(Some(until))?;
+        }
+        self.stopping = true;
+        Ok(())
     }
 
     /// The start barrier (see the module documentation). False if it timed out or failed.
@@ -527,8 +598,22 @@ impl<'a> Chat<'a> {
 
     /// Handles one line (without its newline) received by member `r`.
     fn line(&mut self, r: usize, line: &[u8]) {
+        if line.starts_with(b"* welcome ") {
+            if let Some(connected) = self.awaiting_greeting.get_mut(r).and_then(Option::take) {
+                self.greeted += 1;
+                self.tally.requests += 1;
+                self.unpublished += 1;
+                let latency = nanos(connected.elapsed());
+                self.tally.latency.saturating_record(latency.max(1));
+            }
+        }
         if line.starts_with(b"* ") {
             return; // joins, leaves, nick notices, greetings
+        }
+        if self.phase == Phase::Idle {
+            return self.wrong(r, || {
+                format!("a line while every member is idle: {:?}", lossy(line))
+            });
         }
         let Some(colon) = find(line, b": ") else {
             return self.wrong(r, || {

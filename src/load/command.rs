@@ -68,8 +68,9 @@ pub struct LoadArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Open the connections, do one verified round trip on each, then hold them open and quiet
-    /// for the duration (to measure the server's memory per idle connection).
+    /// Open the connections, do one verified round trip on each (chat: receive the greeting),
+    /// then hold them open and quiet for the duration (to measure the server's memory per idle
+    /// connection).
     #[arg(long)]
     pub idle: bool,
 }

@@ -245,11 +245,15 @@ impl LoadConfig {
         if let Address::Udp(_) = self.address {
             return Err("chat runs over tcp or unix:, not UDP".into());
         }
-        if self.mode == Mode::Idle {
-            return Err("--idle is not for chat".into());
-        }
         if self.threads != 1 {
             return Err("chat load runs every member on one thread: --threads 1".into());
+        }
+        if self.mode == Mode::Idle {
+            // Members only join and listen: no N × N table, so the general limit applies.
+            return match self.senders {
+                Some(_) => Err("--idle members send nothing: no --senders".into()),
+                None => Ok(()),
+            };
         }
         if !(2..=chat::MAX_MEMBERS).contains(&self.connections) {
             return Err(format!(

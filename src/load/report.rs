@@ -104,7 +104,9 @@ impl LoadReport {
     pub fn succeeded(&self) -> bool {
         self.errors() == 0
             && self.counts.requests > 0
-            && (self.protocol != ProtocolKind::Chat || self.counts.deliveries > 0)
+            && (self.protocol != ProtocolKind::Chat
+                || self.mode == Mode::Idle
+                || self.counts.deliveries > 0)
     }
 
     /// Chat: lines delivered (and checked) per second, over [`measured_time`]; zero for the
@@ -376,10 +378,15 @@ impl fmt::Display for LoadReport {
                 writeln!(f, "latency     {latency}")?;
             }
             Mode::Idle => {
+                // A chat member's round trip is its greeting: it joins, and `* welcome` comes.
+                let (check, label) = match self.protocol {
+                    ProtocolKind::Chat => ("its greeting received", "greeting  "),
+                    _ => ("a verified round trip", "round trip"),
+                };
                 writeln!(
                     f,
-                    "idle {} connections on {}: {} of {} established, each with a verified round \
-                     trip, in {:.3} s; held {:.2} s",
+                    "idle {} connections on {}: {} of {} established, each with {check}, in \
+                     {:.3} s; held {:.2} s",
                     self.protocol,
                     address_label(&self.address),
                     self.counts.established,
@@ -387,7 +394,7 @@ impl fmt::Display for LoadReport {
                     self.connect_time.as_secs_f64(),
                     self.duration.as_secs_f64()
                 )?;
-                writeln!(f, "round trip  {latency}")?;
+                writeln!(f, "{label}  {latency}")?;
             }
         }
         self.write_errors(f)?;

@@ -59,6 +59,7 @@
 //! formatted once, whatever the number of recipients.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::{Limits, LINE_TOO_LONG_REPLY};
 
@@ -100,8 +101,9 @@ pub enum Delivery {
 /// One member's state.
 #[derive(Debug)]
 struct Member {
-    /// The current name; also in [`Room::names`].
-    name: Box<str>,
+    /// The current name, shared with [`Room::names`]: one allocation per member, not two
+    /// (every member pays for it; `Arc` because the blocking models share the room).
+    name: Arc<str>,
     /// The start of the current line, read but not yet ended by a newline. Never holds a
     /// newline, never passes `max_line`; empty and unallocated between lines.
     partial: Vec<u8>,
@@ -112,7 +114,7 @@ struct Member {
 pub struct Room {
     members: HashMap<MemberId, Member>,
     /// Every member's current name, for the uniqueness check.
-    names: HashSet<Box<str>>,
+    names: HashSet<Arc<str>>,
     limits: Limits,
 }
 
@@ -299,7 +301,7 @@ impl Room {
         if self.names.contains(new) {
             return reply(member, b"error name taken\n", out);
         }
-        let new: Box<str> = new.into();
+        let new: Arc<str> = new.into();
         let old = std::mem::replace(&mut m.name, new.clone());
         self.names.remove(&old);
         self.names.insert(new.clone());
@@ -346,7 +348,7 @@ impl Room {
     }
 
     /// `wanted`, or `wanted-2`, `wanted-3`, ... whichever is free first.
-    fn free_name(&self, wanted: &str) -> Box<str> {
+    fn free_name(&self, wanted: &str) -> Arc<str> {
         if !self.names.contains(wanted) {
             return wanted.into();
         }
@@ -354,7 +356,7 @@ impl Room {
             .map(|n| format!("{wanted}-{n}"))
             .find(|name| !self.names.contains(name.as_str()))
             .expect("a free suffix")
-            .into_boxed_str()
+            .into()
     }
 }
 

@@ -3,76 +3,191 @@
 //! The room ([`crate::protocol::room`]) is sans-I/O: member ids and bytes in, [`Delivery`]s out.
 //! This is the other half. Three rules make a room safe in one loop:
 //!
-//! * **One copy per line, not one per member.** A broadcast is turned into one `Rc<[u8]>` (one
-//!   thread: no atomics needed), and each recipient's queue holds a clone of the pointer. A line
-//!   to 1,000 members costs one allocation and 1,000 pointer copies.
-//! * **Write at the end of the turn, not per line.** A recipient is put on a flush list the first
-//!   time a line is queued for it; after the turn's events the loop writes each listed member's
-//!   queue with `writev`, so several lines that arrived in one turn leave in one system call.
-//! * **A slow member is dropped, never waited for.** Past `--output-limit` queued bytes, a member
-//!   is disconnected (like a Redis pub/sub client over its output buffer limit, or an IRC client
-//!   over its SendQ). It is dropped *after* the current batch of deliveries, and its `* NAME left`
-//!   goes out then: a broadcast never re-enters a broadcast.
-
-use std::rc::Rc;
+//! * **One copy per line, not one per member.** A broadcast is appended once to the room's log
+//!   ([`super::fanout`]); each member holds only its position in it. A line to 1,000 members
+//!   costs one allocation, and a member that falls behind costs no more than one that keeps up.
+//! * **Write at the end of the turn, not per line.** The lines a turn produced are written after
+//!   its events: every member of a room that grew is written to with `writev`, so several lines
+//!   that arrived in one turn leave in one system call.
+//! * **A slow member is dropped, never waited for.** A member still owed more than
+//!   `--output-limit` bytes after that write is disconnected (like a Redis pub/sub client over
+//!   its output buffer limit, or an IRC client over its SendQ). It is dropped *after* the turn's
+//!   deliveries, and its `* NAME left` goes out then: a broadcast never re-enters a broadcast.
 
 use log::{debug, trace};
-use slab::Slab;
 
 use crate::clock::Now;
 use crate::net::Peer;
-use crate::protocol::room::{Delivery, MemberId};
+use crate::protocol::room::{Delivery, MemberId, Room};
+use crate::protocol::Limits;
 
-use super::{Connection, Reactor};
+use super::fanout::RoomLog;
+use super::Reactor;
+
+/// A chat endpoint's room, and the log of its lines not yet written to every member.
+#[derive(Debug)]
+pub(super) struct ChatRoom {
+    /// Members, names and rules (sans-I/O).
+    pub(super) room: Room,
+    /// Broadcast lines, each stored once, until every member has been written past them.
+    pub(super) log: RoomLog,
+    /// Whether it is on the outbox's list of rooms to write out at the end of the turn.
+    listed: bool,
+}
+
+impl ChatRoom {
+    pub(super) fn new(limits: Limits) -> ChatRoom {
+        ChatRoom {
+            room: Room::new(limits),
+            log: RoomLog::default(),
+            listed: false,
+        }
+    }
+}
 
 impl Reactor {
     /// Adds the newly accepted connection `key` to the room of endpoint `room` as `peer`.
     pub(super) fn join_room(&mut self, key: usize, room: usize, peer: &Peer) {
         if let Some(chat) = self.rooms[room].as_mut() {
-            chat.join(MemberId(key), &peer.to_string(), &mut self.deliveries);
+            chat.room
+                .join(MemberId(key), &peer.to_string(), &mut self.deliveries);
             self.route(room);
         }
     }
 
-    /// Routes the room's pending deliveries, then drops the members that went over their output
-    /// limit, whose `left` notices are routed in turn, until nothing is pending.
+    /// Routes the room's pending deliveries: broadcasts into its log, lines for one member into
+    /// that member's own queue, closes to their connections.
     pub(super) fn route(&mut self, room: usize) {
-        while !self.deliveries.is_empty() {
-            let mut batch = std::mem::take(&mut self.deliveries);
-            for delivery in batch.drain(..) {
-                match delivery {
-                    Delivery::Broadcast { except, bytes } => {
-                        let line: Rc<[u8]> = bytes.into();
-                        let Some(chat) = self.rooms[room].as_ref() else {
-                            continue;
-                        };
-                        for member in chat.members() {
-                            if Some(member) != except {
-                                self.outbox.deliver(&mut self.connections, member.0, &line);
-                            }
+        let Some(chat) = self.rooms[room].as_mut() else {
+            self.deliveries.clear();
+            return;
+        };
+        for delivery in self.deliveries.drain(..) {
+            match delivery {
+                Delivery::Broadcast { except, bytes } => {
+                    chat.log.append(bytes.into(), except);
+                    if !std::mem::replace(&mut chat.listed, true) {
+                        self.outbox.rooms.push(room);
+                    }
+                }
+                Delivery::To { member, bytes } => {
+                    if let Some(connection) = self.connections.get_mut(member.0) {
+                        if connection.queue_own_line(&chat.log, bytes.into()) {
+                            self.outbox.members.push(member.0);
                         }
                     }
-                    Delivery::To { member, bytes } => {
-                        let line: Rc<[u8]> = bytes.into();
-                        self.outbox.deliver(&mut self.connections, member.0, &line);
-                    }
-                    Delivery::Close { member } => {
-                        if let Some(connection) = self.connections.get_mut(member.0) {
-                            connection.end_conversation();
-                            self.outbox.mark(connection, member.0);
+                }
+                Delivery::Close { member } => {
+                    if let Some(connection) = self.connections.get_mut(member.0) {
+                        connection.leave_log(&chat.log, member);
+                        connection.end_conversation();
+                        if connection.mark_dirty() {
+                            self.outbox.members.push(member.0);
                         }
                     }
                 }
             }
-            // Keep the (empty) allocation for next time, unless new deliveries came meanwhile.
-            if self.deliveries.is_empty() {
-                self.deliveries = batch;
-            }
-            self.drop_slow_members(room);
         }
     }
 
-    /// Members over `--output-limit`: closed now, and their `left` notices queued for routing.
+    /// Writes out what this turn routed: first the members sent lines of their own (or ended),
+    /// then every member of each room whose log grew. Members still owed more than
+    /// `--output-limit` after that are dropped, and the log is trimmed to the oldest cursor.
+    pub(super) fn flush_chat_members(&mut self, now: &Now) {
+        let mut members = std::mem::take(&mut self.outbox.members);
+        for key in members.drain(..) {
+            self.flush_member(key, now);
+        }
+        if self.outbox.members.is_empty() {
+            self.outbox.members = members; // keep the allocation
+        }
+        let mut rooms = std::mem::take(&mut self.outbox.rooms);
+        for room in rooms.drain(..) {
+            self.write_out_room(room, now);
+        }
+        if self.outbox.rooms.is_empty() {
+            self.outbox.rooms = rooms;
+        }
+    }
+
+    /// Lists `room` to be written out (and its log trimmed) at the end of the turn.
+    pub(super) fn list_room(&mut self, room: usize) {
+        if let Some(chat) = self.rooms[room].as_mut() {
+            if !std::mem::replace(&mut chat.listed, true) {
+                self.outbox.rooms.push(room);
+            }
+        }
+    }
+
+    /// Whether lines routed this turn are still to be written (the loop must not block).
+    pub(super) fn chat_output_waiting(&self) -> bool {
+        !self.outbox.members.is_empty() || !self.outbox.rooms.is_empty()
+    }
+
+    /// Writes to chat member `key` what its room owes it, and settles its phase and interest.
+    fn flush_member(&mut self, key: usize, now: &Now) {
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        let Some(chat) = connection.chat_room().and_then(|r| self.rooms[r].as_ref()) else {
+            return;
+        };
+        if connection.is_closed() {
+            return;
+        }
+        let verdict = connection.drive_output(&mut self.shared, now, &chat.log, MemberId(key));
+        if let Some(at) = verdict.wake_at {
+            let id = connection.id;
+            self.timers
+                .push(std::cmp::Reverse((at, super::Wake::Linger { key, id })));
+        }
+        self.settle(key, false);
+    }
+
+    /// Writes every member of `room` its new lines, drops those left over the output limit,
+    /// and trims the log to what some member still needs.
+    fn write_out_room(&mut self, room: usize, now: &Now) {
+        let Some(chat) = self.rooms[room].as_mut() else {
+            return;
+        };
+        chat.listed = false;
+        let mut members = std::mem::take(&mut self.outbox.scratch);
+        members.extend(chat.room.members().map(|member| member.0));
+        let mut oldest = chat.log.head();
+        for &key in &members {
+            self.flush_member(key, now);
+            let (Some(connection), Some(chat)) = (self.connections.get(key), &self.rooms[room])
+            else {
+                continue;
+            };
+            if connection.is_closed() {
+                continue;
+            }
+            let backlog = connection.chat_backlog(&chat.log);
+            if backlog > self.config.output_limit {
+                debug!(
+                    "conn #{}: chat member over --output-limit ({backlog} bytes owed); dropping it",
+                    connection.id
+                );
+                self.outbox.over_limit.push(key);
+            } else if let Some(cursor) = connection.log_cursor() {
+                oldest = oldest.min(cursor);
+            }
+        }
+        members.clear();
+        self.outbox.scratch = members;
+        self.drop_slow_members(room);
+        if let Some(chat) = self.rooms[room].as_mut() {
+            chat.log.trim_before(oldest);
+            trace!(
+                "room {room}: {} lines held for members still behind",
+                chat.log.len()
+            );
+        }
+    }
+
+    /// Members over `--output-limit`: closed now, and their `left` notices routed (they are
+    /// written out next turn).
     fn drop_slow_members(&mut self, room: usize) {
         while let Some(key) = self.outbox.over_limit.pop() {
             let Some(connection) = self.connections.get_mut(key) else {
@@ -81,43 +196,12 @@ impl Reactor {
             if connection.is_closed() {
                 continue;
             }
-            debug!(
-                "conn #{}: chat member over --output-limit ({} bytes queued); dropping it",
-                connection.id,
-                connection.output_pending()
-            );
             connection.abandon("over the output limit");
             self.finished.push(key);
             if let Some(chat) = self.rooms[room].as_mut() {
-                chat.leave(MemberId(key), &mut self.deliveries);
+                chat.room.leave(MemberId(key), &mut self.deliveries);
             }
-        }
-    }
-
-    /// Writes the queues of the members that were sent lines this turn (one `writev` each, as
-    /// far as the socket takes), then settles their phase and poller interest.
-    pub(super) fn flush_chat_members(&mut self, now: &Now) {
-        if self.outbox.dirty.is_empty() {
-            return;
-        }
-        let mut dirty = std::mem::take(&mut self.outbox.dirty);
-        for key in dirty.drain(..) {
-            let Some(connection) = self.connections.get_mut(key) else {
-                continue;
-            };
-            if connection.is_closed() {
-                continue;
-            }
-            let verdict = connection.drive_output(&mut self.shared, now);
-            if let Some(at) = verdict.wake_at {
-                let id = connection.id;
-                self.timers
-                    .push(std::cmp::Reverse((at, super::Wake::Linger { key, id })));
-            }
-            self.settle(key, false);
-        }
-        if self.outbox.dirty.is_empty() {
-            self.outbox.dirty = dirty;
+            self.route(room);
         }
     }
 
@@ -127,61 +211,29 @@ impl Reactor {
         if self.shutdown_deadline.is_some() {
             return; // Everyone is leaving: no point telling each about all the others.
         }
-        if let Some(chat) = self.rooms[room].as_mut() {
-            if chat.name(MemberId(key)).is_some() {
-                chat.leave(MemberId(key), &mut self.deliveries);
-                self.route(room);
-            }
-        }
-    }
-}
-
-/// Where routed lines wait to be written: the members to flush at the end of the turn, and
-/// those that went over their output limit.
-#[derive(Debug)]
-pub(super) struct Outbox {
-    /// `--output-limit`.
-    pub(super) output_limit: usize,
-    /// Members with lines queued this turn, flushed at its end.
-    pub(super) dirty: Vec<usize>,
-    /// Members over the limit, dropped after the current batch of deliveries.
-    pub(super) over_limit: Vec<usize>,
-}
-
-impl Outbox {
-    pub(super) fn new(output_limit: usize) -> Outbox {
-        Outbox {
-            output_limit,
-            dirty: Vec::new(),
-            over_limit: Vec::new(),
-        }
-    }
-
-    /// Queues `line` for member `key` (if it is still there and open).
-    fn deliver(&mut self, connections: &mut Slab<Connection>, key: usize, line: &Rc<[u8]>) {
-        let Some(connection) = connections.get_mut(key) else {
+        let Some(chat) = self.rooms[room].as_mut() else {
             return;
         };
-        let (queued, newly_dirty) = connection.queue_line(line);
-        if newly_dirty {
-            self.dirty.push(key);
-        }
-        if queued > self.output_limit {
-            trace!(
-                "conn #{}: {queued} bytes queued, over the limit",
-                connection.id
-            );
-            // Listed once: it is closed when dropped, and a closed member takes no more lines.
-            if !self.over_limit.contains(&key) {
-                self.over_limit.push(key);
+        if chat.room.name(MemberId(key)).is_some() {
+            chat.room.leave(MemberId(key), &mut self.deliveries);
+            if chat.room.is_empty() {
+                chat.log.trim_before(chat.log.head()); // nobody is owed anything
             }
+            self.route(room);
         }
     }
+}
 
-    /// Puts `connection` on the flush list (a member whose conversation just ended).
-    fn mark(&mut self, connection: &mut Connection, key: usize) {
-        if connection.mark_dirty() {
-            self.dirty.push(key);
-        }
-    }
+/// What routing left for the end of the turn: the members and rooms to write out, and the
+/// members that went over their output limit.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    /// Members sent lines of their own (or whose conversation ended) this turn.
+    pub(super) members: Vec<usize>,
+    /// Rooms whose log grew this turn: each of their members is written to.
+    pub(super) rooms: Vec<usize>,
+    /// Members over the limit, dropped after the room is written out.
+    over_limit: Vec<usize>,
+    /// A reused list of one room's members.
+    scratch: Vec<usize>,
 }

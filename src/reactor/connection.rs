@@ -28,7 +28,6 @@
 //!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
 //!   the peer's kernel throw away the reply it has not read yet.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::rc::Rc;
@@ -41,6 +40,8 @@ use crate::clock::Now;
 use crate::net::{write_until_blocked, Stream, LINGER};
 use crate::protocol::room::{Delivery, MemberId, Room};
 use crate::protocol::{Arrival, Flow, Session};
+
+use super::fanout::{MemberOutput, RoomLog};
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
 /// reads of the shared buffer: large enough for bulk transfers to be efficient, small enough that
@@ -172,27 +173,18 @@ enum Work {
 /// system calls, and the `IoSlice` array stays on the stack.
 pub const MAX_LINES_PER_WRITE: usize = 64;
 
-/// A chat member's output: its room, and the lines queued for it.
+/// A chat member's output: its room, and its place in the room's log of lines.
 #[derive(Debug)]
 pub struct ChatOutput {
     /// The endpoint (and so the room) it belongs to.
     room: u32,
     /// Whether it is on the loop's list of members to flush at the end of the turn.
     pub dirty: bool,
-    /// Lines not yet written, allocated only while some are queued: an idle member costs no
-    /// buffer.
-    queue: Option<Box<ChatQueue>>,
-}
-
-/// Lines queued for one member. Each line is a reference-counted buffer shared with every other
-/// member it was sent to: a line broadcast to 1,000 members is one allocation, not 1,000 copies.
-#[derive(Debug, Default)]
-struct ChatQueue {
-    lines: VecDeque<Rc<[u8]>>,
-    /// How much of the front line has been written already.
-    written: usize,
-    /// Bytes queued and not yet written, over all lines: what `--output-limit` bounds.
-    bytes: usize,
+    /// Whether lines were still owed to it when it was last written to (the socket was full):
+    /// what its interest and phase decisions go by between writes.
+    owed: bool,
+    /// Its cursor into the room's log, and lines for it alone.
+    output: MemberOutput,
 }
 
 /// What a chat member's input goes to while the connection is driven.
@@ -200,6 +192,8 @@ struct ChatQueue {
 pub struct ChatSink<'a> {
     /// The member's room.
     pub room: &'a mut Room,
+    /// The room's lines, some of which may still be owed to this member.
+    pub log: &'a RoomLog,
     /// Where the room's decisions go; the loop routes them after the drive.
     pub deliveries: &'a mut Vec<Delivery>,
     /// The member (its slab key).
@@ -240,11 +234,12 @@ impl Connection {
     }
 
     /// A chat member of the room of endpoint `room`, just accepted and registered.
-    pub fn new_chat(id: u64, stream: Stream, room: u32, now: &Now) -> Connection {
+    pub fn new_chat(id: u64, stream: Stream, room: u32, log: &RoomLog, now: &Now) -> Connection {
         let output = ChatOutput {
             room,
             dirty: false,
-            queue: None,
+            owed: false,
+            output: MemberOutput::joining(log),
         };
         Connection::with_work(id, stream, Work::Chat(output), now)
     }
@@ -282,7 +277,7 @@ impl Connection {
     pub fn wanted_interest(&self, output_limit: usize) -> Option<Interest> {
         match self.phase {
             Phase::Serving if self.unsent.len() > output_limit => Some(Interest::WRITABLE),
-            Phase::Serving if self.output_pending() == 0 => Some(Interest::READABLE),
+            Phase::Serving if !self.output_pending() => Some(Interest::READABLE),
             Phase::Serving => Some(Interest::READABLE | Interest::WRITABLE),
             Phase::Draining | Phase::Ending => Some(Interest::WRITABLE),
             Phase::Lingering { .. } => Some(Interest::READABLE),
@@ -324,20 +319,42 @@ impl Connection {
         }
     }
 
-    /// Queues a shared line for this chat member; returns the bytes now queued for it (what
-    /// `--output-limit` bounds), and whether it needs adding to the loop's flush list.
-    pub fn queue_line(&mut self, line: &Rc<[u8]>) -> (usize, bool) {
+    /// Queues a line for this chat member alone (after the room's lines so far); returns
+    /// whether it needs adding to the loop's flush list.
+    pub fn queue_own_line(&mut self, log: &RoomLog, line: Rc<[u8]>) -> bool {
         let Work::Chat(output) = &mut self.work else {
-            return (0, false);
+            return false;
         };
         if self.phase == Phase::Closed {
-            return (0, false);
+            return false;
         }
-        let queue = output.queue.get_or_insert_with(Box::default);
-        queue.lines.push_back(Rc::clone(line));
-        queue.bytes += line.len();
-        let newly_dirty = !std::mem::replace(&mut output.dirty, true);
-        (queue.bytes, newly_dirty)
+        output.output.push_own(log, line);
+        !std::mem::replace(&mut output.dirty, true)
+    }
+
+    /// The member has left its room: it is still owed the room's lines sent before now, and no
+    /// later ones.
+    pub fn leave_log(&mut self, log: &RoomLog, me: MemberId) {
+        if let Work::Chat(output) = &mut self.work {
+            output.output.detach(log, me);
+        }
+    }
+
+    /// Where this chat member stands in its room's log (`None` once it has left the room):
+    /// lines before every member's cursor can be trimmed.
+    pub fn log_cursor(&self) -> Option<u64> {
+        match &self.work {
+            Work::Chat(output) if self.phase != Phase::Closed => output.output.cursor(),
+            _ => None,
+        }
+    }
+
+    /// Bytes still owed to this chat member: what `--output-limit` bounds.
+    pub fn chat_backlog(&self, log: &RoomLog) -> usize {
+        match &self.work {
+            Work::Chat(output) => output.output.backlog(log),
+            Work::Stream(_) => 0,
+        }
     }
 
     /// Puts a chat member on the loop's flush list; whether it was not on it already.
@@ -358,11 +375,17 @@ impl Connection {
 
     /// Writes what is queued and makes the transitions that waited for it, without reading: a
     /// chat member that was sent lines at the end of the turn.
-    pub fn drive_output(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
+    pub fn drive_output(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        log: &RoomLog,
+        me: MemberId,
+    ) -> Verdict {
         if let Work::Chat(output) = &mut self.work {
             output.dirty = false;
         }
-        self.flush_output();
+        self.flush_output(Some((log, me)));
         let verdict = self.finish_phases(shared, now, Verdict::default());
         if std::mem::take(&mut self.moved_bytes) {
             self.last_active = now.instant;
@@ -399,7 +422,7 @@ impl Connection {
         let mut verdict = Verdict::default();
         // Once, before reading: replies produced by this drive are written as they are made
         // (`send`), so flushing again afterwards would only be a write that finds the socket full.
-        self.flush_output();
+        self.flush_output(chat.as_ref().map(|sink| (sink.log, sink.member)));
         match self.phase {
             Phase::Serving => verdict.still_ready = self.read_requests(shared, now, chat),
             Phase::Lingering { .. } => verdict.still_ready = self.discard_input(shared),
@@ -416,7 +439,7 @@ impl Connection {
         mut verdict: Verdict,
     ) -> Verdict {
         // Phases that wait for the queue to empty move on once it has.
-        if self.output_pending() == 0 {
+        if !self.output_pending() {
             match self.phase {
                 Phase::Draining => self.close("peer finished and every reply is written"),
                 Phase::Ending => {
@@ -617,71 +640,57 @@ impl Connection {
         }
     }
 
-    /// Bytes queued and not yet written: stream replies, or a chat member's lines.
-    pub fn output_pending(&self) -> usize {
+    /// Whether output waits for the socket: stream replies, or lines owed to a chat member.
+    pub fn output_pending(&self) -> bool {
         let chat = match &self.work {
-            Work::Chat(ChatOutput {
-                queue: Some(queue), ..
-            }) => queue.bytes,
-            _ => 0,
+            Work::Chat(output) => output.owed,
+            Work::Stream(_) => false,
         };
-        self.unsent.len() + chat
+        !self.unsent.is_empty() || chat
     }
 
-    /// Writes what is queued, as far as the socket takes it.
-    fn flush_output(&mut self) {
+    /// Writes what is queued, as far as the socket takes it (for a chat member, given its
+    /// room's log and its member id).
+    fn flush_output(&mut self, chat: Option<(&RoomLog, MemberId)>) {
         if !self.unsent.is_empty() {
             self.flush();
         }
-        if matches!(&self.work, Work::Chat(ChatOutput { queue: Some(_), .. })) {
-            self.flush_lines();
+        if let Some((log, me)) = chat {
+            self.flush_lines(log, me);
         }
     }
 
-    /// Writes a chat member's queued lines with as few `writev` calls as the socket takes:
-    /// up to [`MAX_LINES_PER_WRITE`] lines each, until the queue is empty or the socket full.
-    fn flush_lines(&mut self) {
+    /// Writes the lines owed to a chat member with as few `writev` calls as the socket takes:
+    /// up to [`MAX_LINES_PER_WRITE`] lines each, until none is left or the socket is full.
+    fn flush_lines(&mut self, log: &RoomLog, me: MemberId) {
         let Work::Chat(output) = &mut self.work else {
             return;
         };
-        let Some(queue) = output.queue.as_mut() else {
+        if self.phase == Phase::Closed {
             return;
-        };
-        while queue.bytes > 0 {
+        }
+        loop {
             let mut slices = [IoSlice::new(&[]); MAX_LINES_PER_WRITE];
-            let mut count = 0;
-            for (i, line) in queue.lines.iter().take(MAX_LINES_PER_WRITE).enumerate() {
-                let skip = if i == 0 { queue.written } else { 0 };
-                slices[i] = IoSlice::new(&line[skip..]);
-                count += 1;
+            let count = output.output.gather(log, me, &mut slices);
+            if count == 0 {
+                output.output.consume(log, me, 0); // past trailing lines not for it
+                break;
             }
             match self.stream.write_vectored(&slices[..count]) {
                 Ok(0) => {
                     return self.close_on_error("write", &io::ErrorKind::WriteZero.into());
                 }
-                Ok(mut written) => {
+                Ok(written) => {
                     self.moved_bytes = true;
                     trace!("conn #{}: wrote {written} bytes of chat lines", self.id);
-                    queue.bytes -= written;
-                    while written > 0 {
-                        let front = queue.lines[0].len() - queue.written;
-                        if written >= front {
-                            written -= front;
-                            queue.lines.pop_front();
-                            queue.written = 0;
-                        } else {
-                            queue.written += written;
-                            written = 0;
-                        }
-                    }
+                    output.output.consume(log, me, written);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.close_on_error("write", &e),
             }
         }
-        // Drained: give the queue back, so an idle member holds no buffer.
-        output.queue = None;
+        output.owed = output.output.backlog(log) > 0;
     }
 
     /// Writes as much of the queue as the socket takes.
@@ -705,7 +714,8 @@ impl Connection {
         self.phase = Phase::Closed;
         self.unsent = Unsent::default();
         if let Work::Chat(output) = &mut self.work {
-            output.queue = None;
+            // Owed lines are dropped with the connection: nothing more will be written.
+            output.owed = false;
         }
     }
 

@@ -36,6 +36,7 @@
 mod chat;
 pub mod connection;
 pub mod datagram;
+mod fanout;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -55,11 +56,11 @@ use crate::net::{
     BoundDatagram, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener,
     TOO_MANY_CONNECTIONS_REPLY,
 };
-use crate::protocol::room::{Delivery, MemberId, Room};
+use crate::protocol::room::{Delivery, MemberId};
 use crate::protocol::{Limits, ProtocolKind, Session};
 use crate::service::Address;
 
-use chat::Outbox;
+use chat::{ChatRoom, Outbox};
 pub use connection::{ChatSink, Connection, SharedBuffers, Verdict};
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
@@ -156,10 +157,10 @@ pub struct Reactor {
     /// Buffers lent to whichever connection is being driven.
     shared: SharedBuffers,
     /// The chat room of each endpoint that serves chat (`None` for the others).
-    rooms: Vec<Option<Room>>,
+    rooms: Vec<Option<ChatRoom>>,
     /// What a room has decided and the loop has not routed yet.
     deliveries: Vec<Delivery>,
-    /// Chat lines routed this turn and waiting to be written.
+    /// Chat members and rooms with lines routed this turn, written at its end.
     outbox: Outbox,
     config: Config,
     clock: Clock,
@@ -235,7 +236,7 @@ impl Reactor {
         // Each chat service is a room of its own.
         let rooms = endpoints
             .iter()
-            .map(|e| (e.protocol == ProtocolKind::Chat).then(|| Room::new(config.limits)))
+            .map(|e| (e.protocol == ProtocolKind::Chat).then(|| ChatRoom::new(config.limits)))
             .collect();
         let mut signals = signals;
         if let Some(signals) = signals.as_mut() {
@@ -249,7 +250,7 @@ impl Reactor {
             shared: SharedBuffers::new(config.output_limit),
             rooms,
             deliveries: Vec::new(),
-            outbox: Outbox::new(config.output_limit),
+            outbox: Outbox::default(),
             config,
             clock: Clock::default(),
             signals,
@@ -481,7 +482,18 @@ impl Reactor {
         trace!("accept: conn #{id} from {peer} ({protocol}), token {key}");
         match session {
             Some(session) => entry.insert(Connection::new(id, stream, session, now)),
-            None => entry.insert(Connection::new_chat(id, stream, endpoint as u32, now)),
+            None => {
+                let Some(chat) = self.rooms[endpoint].as_ref() else {
+                    return; // Not a chat endpoint: cannot happen, checked above.
+                };
+                entry.insert(Connection::new_chat(
+                    id,
+                    stream,
+                    endpoint as u32,
+                    &chat.log,
+                    now,
+                ))
+            }
         };
         if let Some(idle) = self.config.idle_timeout {
             self.timers
@@ -501,14 +513,20 @@ impl Reactor {
             return; // Finished earlier this turn; reaped after the batch.
         }
         let room = connection.chat_room();
+        let mut oldest_moved = false;
         let verdict = match room.and_then(|r| self.rooms[r].as_mut()) {
-            Some(room) => {
+            Some(chat) => {
+                let was_oldest = connection.log_cursor() == Some(chat.log.first());
                 let sink = ChatSink {
-                    room,
+                    room: &mut chat.room,
+                    log: &chat.log,
                     deliveries: &mut self.deliveries,
                     member: MemberId(key),
                 };
-                connection.drive(&mut self.shared, now, Some(sink))
+                let verdict = connection.drive(&mut self.shared, now, Some(sink));
+                // A member that held the log's oldest line has moved on: trim at the turn's end.
+                oldest_moved = was_oldest && connection.log_cursor() != Some(chat.log.first());
+                verdict
             }
             None => connection.drive(&mut self.shared, now, None),
         };
@@ -519,6 +537,9 @@ impl Reactor {
         self.settle(key, verdict.still_ready);
         if let Some(room) = room {
             self.route(room);
+            if oldest_moved {
+                self.list_room(room);
+            }
         }
     }
 
@@ -748,7 +769,7 @@ impl Reactor {
 
     /// Zero if work is left over from the last turn; otherwise until the nearest deadline.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.still_ready.is_empty() || !self.outbox.dirty.is_empty() {
+        if !self.still_ready.is_empty() || self.chat_output_waiting() {
             return Some(Duration::ZERO);
         }
         let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
