@@ -18,6 +18,14 @@
 //!   shared with every other process; the private figure is what each model adds;
 //! * the peak number of threads and processes.
 //!
+//! **Chat cells** put the reactor against `threaded` and `pool` as a chat room of 100 and 1,000
+//! members, 10 of them sending 64-byte lines in a closed loop (`oneloop load --protocol chat
+//! --senders 10`). There the figures are per *delivery* (one line received by one member): the
+//! req/s column holds deliveries/s, latency is send-to-receipt, and CPU per delivery divides
+//! the server's CPU time by every line the members received in the run (`lines_received`: the
+//! joins, renames and the start barrier's hellos are fan-out work too). A pool must hold every
+//! member in a worker to be a room at all, so its chat cells run with one worker per member.
+//!
 //! Each cell runs several times and the median run (by requests/s) is reported. Results go to
 //! stdout as a table and to `target/oneloop-bench/` as `results.csv`, `results.json` and an SVG
 //! chart `results.svg`.
@@ -37,6 +45,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_oneloop");
+
+/// Members of a chat cell that send lines; the rest only listen.
+const CHAT_SENDERS: usize = 10;
+
+/// Members in the chat cells: the issue's two room sizes.
+const CHAT_MEMBERS: [usize; 2] = [100, 1000];
 
 /// Worker threads for the `pool` model. A closed-loop client keeps every connection open for the
 /// whole run, so a pool serves at most this many connections; cells with more are skipped.
@@ -83,6 +97,9 @@ impl Cell {
 
     /// Why a model cannot sensibly run this cell, if it cannot.
     fn skip_reason(&self) -> Option<String> {
+        if self.protocol == "chat" {
+            return None; // only the models that can hold a room get chat cells
+        }
         match self.model {
             "serial" if self.connections > 1 => Some(
                 "serial serves one connection at a time: in a closed loop the others would never \
@@ -174,6 +191,17 @@ fn main() {
             pipeline: 1,
         });
     }
+    for model in ["reactor", "threaded", "pool"] {
+        for connections in CHAT_MEMBERS {
+            cells.push(Cell {
+                model,
+                transport: "tcp",
+                protocol: "chat",
+                connections,
+                pipeline: 1,
+            });
+        }
+    }
     cells.retain(|cell| filter.iter().all(|f| cell.label().contains(f.as_str())));
 
     println!(
@@ -220,7 +248,7 @@ fn main() {
         samples.sort_by(|a, b| a.rps.total_cmp(&b.rps));
         let median = samples[samples.len() / 2].clone();
         println!(
-            "{:<40} {:>10.0} {:>9.0} {:>9.0} {:>10.1} {:>10.0} {:>11.0} {:>8.0} {:>6.0} {:>7.0}",
+            "{:<40} {:>10.0} {:>9.0} {:>9.0} {:>10.2} {:>10.0} {:>11.0} {:>8.0} {:>6.0} {:>7.0}",
             cell.label(),
             median.rps,
             median.p50_us,
@@ -234,7 +262,10 @@ fn main() {
         );
         results.push((cell, Some(median), None));
     }
-    println!("(took {:.0} s)", started.elapsed().as_secs_f64());
+    println!(
+        "(took {:.0} s; chat cells: deliveries/s, delivery latency, CPU per delivery)",
+        started.elapsed().as_secs_f64()
+    );
     print_ratios(&results);
     if let Err(e) = write_outputs(&results, &settings) {
         eprintln!("cannot write results: {e}");
@@ -259,6 +290,7 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
             }
         })
     };
+    let chat = cell.protocol == "chat";
     let output = Command::new(BINARY)
         .args([
             "load",
@@ -277,6 +309,11 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
             &settings.warmup_s.to_string(),
             "--json",
         ])
+        .args(if chat {
+            vec!["--senders".to_string(), CHAT_SENDERS.to_string()]
+        } else {
+            Vec::new()
+        })
         .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run the load generator: {e}"))?;
@@ -296,13 +333,17 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
     })?;
     let number = |key: &str| report.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
     // CPU is measured over the whole load run, warm-up included, so divide by every request
-    // completed in it.
-    let all_requests = number("requests") + number("warmup_requests");
+    // completed in it; for chat, by every line a member received (see the module doc).
+    let all_requests = if chat {
+        number("lines_received")
+    } else {
+        number("requests") + number("warmup_requests")
+    };
     let cpu_seconds = (cpu_after.saturating_sub(cpu_before)) as f64 / TICKS_PER_SECOND;
     Ok(Sample {
-        requests: number("requests"),
+        requests: number(if chat { "deliveries" } else { "requests" }),
         errors: number("errors"),
-        rps: number("rps"),
+        rps: number(if chat { "delivery_rps" } else { "rps" }),
         p50_us: number("p50_us"),
         p99_us: number("p99_us"),
         cpu_us_per_request: if all_requests > 0.0 {
@@ -332,7 +373,12 @@ impl Server {
                 "--model",
                 cell.model,
                 "--threads",
-                &POOL_THREADS.to_string(),
+                // A room needs every member in a worker at once.
+                &if cell.protocol == "chat" {
+                    POOL_THREADS.max(cell.connections).to_string()
+                } else {
+                    POOL_THREADS.to_string()
+                },
                 &match cell.transport {
                     "unix" => format!("{}@unix:{}", cell.protocol, unix_path().display()),
                     "udp" => format!("{}@udp:127.0.0.1:0", cell.protocol),
@@ -492,6 +538,24 @@ fn print_ratios(results: &[(Cell, Option<Sample>, Option<String>)]) {
             );
         }
     }
+    for members in CHAT_MEMBERS {
+        let Some(reactor) = find(results, "reactor", "chat", members) else {
+            continue;
+        };
+        for other in ["threaded", "pool"] {
+            if let Some(sample) = find(results, other, "chat", members) {
+                println!(
+                    "reactor vs {other}, chat, {members} members: {:.2}x the deliveries/s, \
+                     {:.2}x the CPU per delivery, {:.3}x the peak RSS, {:.3}x the peak private \
+                     memory",
+                    reactor.rps / sample.rps,
+                    reactor.cpu_us_per_request / sample.cpu_us_per_request,
+                    reactor.peak_memory_kib / sample.peak_memory_kib,
+                    reactor.peak_private_kib / sample.peak_private_kib
+                );
+            }
+        }
+    }
     for protocol in ["echo", "upper"] {
         let Some(reactor) = find(results, "reactor", protocol, 1) else {
             continue;
@@ -600,8 +664,9 @@ const MODEL_COLOURS: [(&str, &str); 5] = [
     ("serial", "#7f7f7f"),
 ];
 
-/// Four panels against concurrent connections (log scale), one line per model: requests/s for
-/// echo and upper, then server CPU per request and private memory for echo.
+/// Six panels against concurrent connections (log scale), one line per model: requests/s for
+/// echo and upper, server CPU per request and private memory for echo, then the chat room's
+/// deliveries/s and CPU per delivery against its members.
 fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
     const PANEL_W: f64 = 460.0;
     const PANEL_H: f64 = 260.0;
@@ -634,9 +699,22 @@ fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
             value: |s| s.peak_private_kib,
             log_y: true,
         },
+        Panel {
+            title: "chat, 10 senders: deliveries/s",
+            protocol: "chat",
+            value: |s| s.rps,
+            log_y: false,
+        },
+        Panel {
+            title: "chat: server CPU µs per delivery (lower is better)",
+            protocol: "chat",
+            value: |s| s.cpu_us_per_request,
+            log_y: false,
+        },
     ];
     let width = LEFT + 2.0 * PANEL_W + GAP_X + 140.0;
-    let height = TOP + 2.0 * PANEL_H + GAP_Y + 60.0;
+    let rows = panels.len().div_ceil(2) as f64;
+    let height = TOP + rows * PANEL_H + (rows - 1.0) * GAP_Y + 60.0;
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>

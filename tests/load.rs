@@ -950,7 +950,9 @@ fn chat_member(
     let room = Arc::clone(room);
     let me = {
         let mut guard = room.lock().unwrap();
-        let _ = writer.write_all(format!("* welcome, {name}\n").as_bytes());
+        let count = guard.0.iter().flatten().count() + 1;
+        let greeting = format!("* welcome {name}; {count} members here; /nick NAME, /who, quit\n");
+        let _ = writer.write_all(greeting.as_bytes());
         broadcast(
             &mut guard.0,
             usize::MAX,

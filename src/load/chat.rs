@@ -8,15 +8,17 @@
 //!
 //! ## Names and the start barrier
 //!
-//! Each member renames itself `/nick ld<PID>-<ID>` (the process id keeps two runs in one room
-//! apart), then sends the line `hello`. The server handles a member's lines in order, so the
-//! `hello` reaches the others as `ld<PID>-<ID>: hello` — under the new name — whether or not
-//! they saw the `* OLD is now NEW` notice. A member the server had not yet accepted when a
-//! `hello` was broadcast misses it, so every [`HELLO_INTERVAL`] each member that some other
-//! member has not yet heard from sends `hello` again. When every member has heard every other
-//! one (at most [`BARRIER_TIMEOUT`]; past that the run fails), the threads' gate opens and the
-//! load starts. Lines starting with `* ` (joins, leaves, nick notices, greetings) are ignored
-//! throughout; stray `hello`s arriving later are ignored too.
+//! First every member waits for its `* welcome` greeting: then the server has it in the room,
+//! and a line broadcast from then on reaches it. (A member the server had not yet accepted
+//! would miss a `hello`; waiting for the greetings means none is ever sent twice — resending
+//! hellos on a timer, the first design, flooded a 1,000-member room with millions of extra
+//! deliveries exactly while it was slowest.) Then each member renames itself
+//! `/nick ld<PID>-<ID>` (the process id keeps two runs in one room apart) and sends the line
+//! `hello`, once. The server handles a member's lines in order, so the `hello` reaches the
+//! others as `ld<PID>-<ID>: hello` — under the new name — whether or not they saw the
+//! `* OLD is now NEW` notice. When every member has heard every other one (at most
+//! [`barrier_timeout`]; past that the run fails), the threads' gate opens and the load starts.
+//! Lines starting with `* ` (joins, leaves, nick notices, greetings) are ignored throughout.
 //!
 //! ## The load: a closed loop through an observer
 //!
@@ -53,11 +55,13 @@ use super::{Gate, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECT_A
 use crate::net::{write_until_blocked, Stream};
 use crate::service::Address;
 
-/// How often, during the barrier, a member not yet heard by everyone says `hello` again.
-pub const HELLO_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Longest the start barrier may take.
-pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the start barrier may take for `members`: 5 s, plus 10 µs for each of the N²
+/// deliveries the renames and hellos cost (a 1,000-member room: 15 s), so that a slow model
+/// still starts while a server that loses a `hello` fails in bounded time.
+pub fn barrier_timeout(members: usize) -> Duration {
+    let deliveries = (members * members) as u64;
+    Duration::from_secs(5) + Duration::from_micros(10 * deliveries)
+}
 
 /// Most chat members: the barrier keeps an N × N table, and every line goes to N − 1 members.
 pub const MAX_MEMBERS: usize = 2048;
@@ -234,7 +238,7 @@ impl<'a> Chat<'a> {
             expected: vec![0; n * senders],
             sent: vec![0; senders],
             observed: vec![0; senders],
-            awaiting_greeting: vec![None; if idle { n } else { 0 }],
+            awaiting_greeting: vec![None; n],
             greeted: 0,
             start: Instant::now(),
             warmup_nanos: 0,
@@ -299,7 +303,7 @@ impl<'a> Chat<'a> {
         Ok(true)
     }
 
-    /// Idle: waits until every member has its greeting (at most [`CONNECT_TIMEOUT`]).
+    /// Waits until every member has its greeting (at most [`CONNECT_TIMEOUT`]).
     fn await_greetings(&mut self) -> io::Result<bool> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         while self.greeted < self.members.len() && self.errors() == 0 {
@@ -331,14 +335,17 @@ impl<'a> Chat<'a> {
 
     /// The start barrier (see the module documentation). False if it timed out or failed.
     fn barrier(&mut self) -> io::Result<bool> {
+        if !self.await_greetings()? {
+            return Ok(false);
+        }
         let n = self.members.len();
         for i in 0..n {
             self.out.clear();
             let _ = write!(self.out, "/nick {}{i}\nhello\n", self.prefix);
             self.send_out(i);
         }
-        let deadline = Instant::now() + BARRIER_TIMEOUT;
-        let mut next_hello = Instant::now() + HELLO_INTERVAL;
+        let timeout = barrier_timeout(n);
+        let deadline = Instant::now() + timeout;
         while self.heard_by.iter().any(|&h| h + 1 < n) {
             if self.errors() > 0 {
                 return Ok(false);
@@ -354,24 +361,14 @@ impl<'a> Chat<'a> {
                 let prefix = &self.prefix;
                 self.tally.note_error(|| {
                     format!(
-                        "chat start: after {} s, {silent} member pairs had not heard each other \
+                        "chat start: after {:.0} s, {silent} member pairs had not heard each other \
                          (first: {prefix}{r} never got {prefix}{s}'s hello)",
-                        BARRIER_TIMEOUT.as_secs()
+                        timeout.as_secs_f64()
                     )
                 });
                 return Ok(false);
             }
-            if now >= next_hello {
-                next_hello = now + HELLO_INTERVAL;
-                for i in 0..n {
-                    if self.heard_by[i] + 1 < n {
-                        self.out.clear();
-                        self.out.extend_from_slice(b"hello\n");
-                        self.send_out(i);
-                    }
-                }
-            }
-            self.turn(Some(next_hello.min(deadline)))?;
+            self.turn(Some(deadline))?;
         }
         Ok(self.errors() == 0)
     }
@@ -598,13 +595,17 @@ impl<'a> Chat<'a> {
 
     /// Handles one line (without its newline) received by member `r`.
     fn line(&mut self, r: usize, line: &[u8]) {
+        self.tally.lines_received += 1;
         if line.starts_with(b"* welcome ") {
             if let Some(connected) = self.awaiting_greeting.get_mut(r).and_then(Option::take) {
                 self.greeted += 1;
-                self.tally.requests += 1;
-                self.unpublished += 1;
-                let latency = nanos(connected.elapsed());
-                self.tally.latency.saturating_record(latency.max(1));
+                if self.phase == Phase::Idle {
+                    // An idle member's one round trip: counted and timed like one.
+                    self.tally.requests += 1;
+                    self.unpublished += 1;
+                    let latency = nanos(connected.elapsed());
+                    self.tally.latency.saturating_record(latency.max(1));
+                }
             }
         }
         if line.starts_with(b"* ") {

@@ -186,6 +186,8 @@ impl LoadReport {
     /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
     /// `deliveries` and `delivery_rps` (chat: lines received by members, each checked; with chat
     /// `requests` is lines sent and the latencies are delivery latencies; 0 for the others),
+    /// `lines_received` (chat: every line received in the whole run, greetings, notices, the
+    /// barrier and the warm-up included — what the server's CPU time is spent on),
     /// `connect_failures`, `wrong_replies`, `missing_replies`, `lost` (UDP requests whose reply never
     /// came; 0 over a stream), `late` (UDP replies that came after their request was lost, and
     /// were ignored; not an error), `dropped`, `warmup_requests`,
@@ -228,6 +230,7 @@ impl LoadReport {
         field("mean_us", format!("{:.1}", self.mean_latency_us()));
         field("deliveries", self.counts.deliveries.to_string());
         field("delivery_rps", format!("{:.1}", self.delivery_rps()));
+        field("lines_received", self.counts.lines_received.to_string());
         field("errors", self.errors().to_string());
         field("connect_failures", self.counts.connect_failures.to_string());
         field("wrong_replies", self.counts.wrong_replies.to_string());

@@ -109,6 +109,10 @@ pub struct Tally {
     /// Chat: lines received, checked, from senders, sent after the warm-up (each line counts
     /// once per member that receives it). Zero for the other protocols.
     pub deliveries: u64,
+    /// Chat: every line the members received over the whole run — greetings, notices, the
+    /// barrier's hellos, the warm-up's lines and the measured ones: all the server's fan-out
+    /// work, which its CPU time is spent on. Zero for the other protocols.
+    pub lines_received: u64,
     /// UDP: requests whose reply did not come within the `--udp-timeout`, or was overtaken by
     /// the reply to a later request. Datagrams may be lost; each loss is still an error.
     pub lost: u64,
@@ -141,6 +145,7 @@ impl Tally {
             wrong_replies: 0,
             missing_replies: 0,
             deliveries: 0,
+            lines_received: 0,
             lost: 0,
             late: 0,
             dropped: 0,
@@ -162,6 +167,7 @@ impl Tally {
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
             total.deliveries += tally.deliveries;
+            total.lines_received += tally.lines_received;
             total.lost += tally.lost;
             total.late += tally.late;
             total.dropped += tally.dropped;
