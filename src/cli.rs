@@ -1,4 +1,4 @@
-//! The command line: `oneloop serve` and `oneloop client`.
+//! The command line: `oneloop serve`, `client`, `load` and `send`.
 //!
 //! Exit codes follow the contract: 0 on success, 1 when the job fails (a bind failure, a client
 //! that cannot connect), 2 for a bad command line (clap's own code for usage errors, which it
@@ -38,6 +38,8 @@ pub enum Command {
     Client(ClientArgs),
     /// Closed-loop load against a server: verified replies, req/s and latency percentiles.
     Load(crate::load::LoadArgs),
+    /// Upload FILE to an upload service and check the server's size and CRC-32 against its own.
+    Send(crate::send::SendArgs),
 }
 
 /// `oneloop serve [OPTIONS] [SERVICE...]`
@@ -137,6 +139,7 @@ pub fn main() -> ExitCode {
             Err(message) => usage_error(message),
             Ok(()) => crate::load::main(&args),
         },
+        Command::Send(args) => crate::send::run(&args),
     }
 }
 

@@ -38,7 +38,8 @@ pub struct ClientArgs {
     pub timeout: Option<Duration>,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+/// Parses a positive number of seconds (fractions allowed).
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
         _ => Err(format!("{text:?} is not a positive number of seconds")),
@@ -65,13 +66,27 @@ fn describe(error: &io::Error, timeout: Option<Duration>) -> String {
     }
 }
 
-fn talk(args: &ClientArgs) -> io::Result<()> {
-    let stream = match &args.address {
-        Address::Tcp(addr) => BlockingStream::Tcp(match args.timeout {
+/// Connects a blocking stream to a tcp or `unix:` address, waiting at most `timeout`.
+pub(crate) fn connect_stream(
+    address: &Address,
+    timeout: Option<Duration>,
+) -> io::Result<BlockingStream> {
+    match address {
+        Address::Tcp(addr) => Ok(BlockingStream::Tcp(match timeout {
             Some(timeout) => TcpStream::connect_timeout(addr, timeout)?,
             None => TcpStream::connect(addr)?,
-        }),
-        Address::Unix(path) => BlockingStream::Unix(connect_unix(path, args.timeout)?),
+        })),
+        Address::Unix(path) => Ok(BlockingStream::Unix(connect_unix(path, timeout)?)),
+        Address::Udp(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a stream needs a tcp or unix: address",
+        )),
+    }
+}
+
+fn talk(args: &ClientArgs) -> io::Result<()> {
+    let stream = match &args.address {
+        Address::Tcp(_) | Address::Unix(_) => connect_stream(&args.address, args.timeout)?,
         Address::Udp(addr) => {
             return datagrams(
                 *addr,

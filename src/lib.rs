@@ -22,6 +22,8 @@
 //! * [`clock`] — the caller's side of "sans-I/O time": reads the clocks once per loop turn and
 //!   caches the formatted `ctime` text.
 //! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
+//! * [`send`] — `oneloop send`, the upload client (the seeds' size-header file sender), which
+//!   checks the server's size and CRC-32 against its own.
 //! * [`load`] — `oneloop load`, the closed-loop load generator that verifies every reply; its
 //!   own mio loop per thread, so it is not the bottleneck it measures.
 //! * [`net`] — the transport layer every driver shares: binding listeners, the
@@ -44,5 +46,6 @@ pub mod models;
 pub mod net;
 pub mod protocol;
 pub mod reactor;
+pub mod send;
 pub mod service;
 pub mod sys;
