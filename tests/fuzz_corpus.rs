@@ -46,3 +46,8 @@ fn echo_corpus() {
 fn service_spec_corpus() {
     replay("service_spec", invariants::check_service_spec);
 }
+
+#[test]
+fn room_corpus() {
+    replay("room", invariants::check_room);
+}

@@ -225,6 +225,15 @@ impl Room {
         self.members.get(&member).map(|m| &*m.name)
     }
 
+    /// The start of `member`'s current line: read, not yet ended by a newline, and what
+    /// `--max-line` bounds. No driver needs it; it is public (and hidden) because the fuzzer's
+    /// invariant check, outside this crate's tests, must see the one thing the deliveries cannot
+    /// show: that the room holds exactly the unfinished tail, and never more than the limit.
+    #[doc(hidden)]
+    pub fn partial_line(&self, member: MemberId) -> Option<&[u8]> {
+        self.members.get(&member).map(|m| &m.partial[..])
+    }
+
     /// How many members the room has.
     pub fn len(&self) -> usize {
         self.members.len()
