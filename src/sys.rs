@@ -595,6 +595,59 @@ mod tests {
     }
 
     #[test]
+    fn at_calls_work_inside_the_directory_and_never_replace() {
+        use std::fs::File;
+        use std::io::Write;
+        use std::os::fd::AsFd;
+
+        let path = std::env::temp_dir().join(format!("oneloop-sys-at-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        let dir = File::open(&path).unwrap();
+        let dir = dir.as_fd();
+        let create = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC;
+
+        File::from(open_at(dir, c"a", create, 0o600).unwrap())
+            .write_all(b"A")
+            .unwrap();
+        assert!(path.join("a").exists());
+        let again = open_at(dir, c"a", create, 0o600).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+
+        std::fs::write(path.join("b"), b"B").unwrap();
+        let error = rename_no_replace_at(dir, c"a", c"b").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        let error = link_at(dir, c"a", c"b").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(path.join("b")).unwrap(), b"B");
+
+        link_at(dir, c"a", c"c").unwrap();
+        assert_eq!(
+            file_id_at(dir, c"a").unwrap(),
+            file_id_at(dir, c"c").unwrap()
+        );
+        assert_ne!(
+            file_id_at(dir, c"a").unwrap(),
+            file_id_at(dir, c"b").unwrap()
+        );
+        unlink_at(dir, c"a").unwrap();
+        let gone = file_id_at(dir, c"a").unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        rename_no_replace_at(dir, c"c", c"d").unwrap();
+        assert_eq!(std::fs::read(path.join("d")).unwrap(), b"A");
+
+        // Two open files of one inode: one lock at a time, released when its file closes.
+        let first = open_at(dir, c"d", libc::O_RDONLY | libc::O_CLOEXEC, 0).unwrap();
+        let second = open_at(dir, c"d", libc::O_RDONLY | libc::O_CLOEXEC, 0).unwrap();
+        assert!(try_lock_exclusive(first.as_fd()).unwrap());
+        assert!(!try_lock_exclusive(second.as_fd()).unwrap());
+        drop(first);
+        assert!(try_lock_exclusive(second.as_fd()).unwrap());
+
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
     fn os_reason_reads_like_strerror() {
         let error = io::Error::from_raw_os_error(libc::EADDRINUSE);
         assert_eq!(os_reason(&error), "address already in use");

@@ -690,6 +690,51 @@ pub fn candidate_name(name: &str, n: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::testing::Scratch;
+
+    fn store(dir: &Arc<UploadDir>, name: &str, content: &[u8]) -> String {
+        let mut file = TempFile::create(dir).unwrap();
+        file.write_all(content).unwrap();
+        file.commit(name).unwrap().name
+    }
+
+    #[test]
+    fn link_and_unlink_never_replace_either() {
+        // What a file system without RENAME_NOREPLACE (NFS) gets: forced here, on any.
+        let scratch = Scratch::new("link-fallback");
+        std::fs::write(scratch.path.join("x.txt"), b"existing").unwrap();
+        let dir = Arc::new(UploadDir::open(&scratch.path).unwrap());
+        dir.no_replace_rename.store(false, Ordering::Relaxed);
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = Arc::clone(&dir);
+                std::thread::spawn(move || store(&dir, "x.txt", format!("upload {i}").as_bytes()))
+            })
+            .collect();
+        let mut names: Vec<String> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        names.sort();
+        let mut expected: Vec<String> = (2..=9).map(|n| format!("x-{n}.txt")).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        assert_eq!(
+            std::fs::read(scratch.path.join("x.txt")).unwrap(),
+            b"existing"
+        );
+        let mut all = expected.clone();
+        all.push("x.txt".into());
+        all.sort();
+        assert_eq!(scratch.names(), all, "no temporary name may be left");
+        assert!(!dir.renames_without_replacing());
+    }
+
+    #[test]
+    fn the_probe_finds_rename_noreplace_and_leaves_nothing() {
+        let scratch = Scratch::new("probe");
+        let dir = UploadDir::open(&scratch.path).unwrap();
+        assert!(dir.renames_without_replacing(), "ext4 and tmpfs have it");
+        assert!(scratch.names().is_empty());
+        assert_eq!(dir.leftovers(), Leftovers::default());
+    }
 
     #[test]
     fn the_first_candidate_is_the_name_itself() {

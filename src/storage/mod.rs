@@ -15,6 +15,8 @@
 
 pub mod durable;
 pub mod pool;
+#[cfg(test)]
+mod testing;
 
 pub use durable::{candidate_name, Leftovers, Stored, TempFile, UploadDir, TEMP_PREFIX};
 pub use pool::{Completion, Op, Outcome, StoragePool, SubmitError};

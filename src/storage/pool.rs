@@ -617,3 +617,365 @@ fn not_begun(index: usize, upload: u64, op: &str) -> Outcome {
     warn!("io-{index}: upload #{upload}: {op} before begin");
     failed("upload not begun".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::{Scratch, Tmpfs};
+    use mio::{Events, Poll, Token};
+
+    const WAKE: Token = Token(7);
+    /// Every wait in these tests has this deadline; none is expected to come near it.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A pool on a scratch (or given) directory, and the poll its waker wakes.
+    struct Harness {
+        poll: Poll,
+        events: Events,
+        pool: StoragePool,
+    }
+
+    impl Harness {
+        fn new(path: &std::path::Path, threads: usize, queue_per_thread: usize) -> Harness {
+            let poll = Poll::new().unwrap();
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
+            let dir = Arc::new(UploadDir::open(path).unwrap());
+            let pool = StoragePool::new(dir, threads, queue_per_thread, waker).unwrap();
+            Harness {
+                poll,
+                events: Events::with_capacity(8),
+                pool,
+            }
+        }
+
+        /// Blocks in `poll` until the waker's token is reported; fails after `PATIENCE`.
+        fn wait_for_wake(&mut self) {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(!left.is_zero(), "the waker never woke the poll");
+                self.poll.poll(&mut self.events, Some(left)).unwrap();
+                if self.events.iter().any(|e| e.token() == WAKE) {
+                    return;
+                }
+            }
+        }
+
+        /// Drains completions, waiting on the poll for more, until there are `count`.
+        fn collect(&mut self, count: usize) -> Vec<Completion> {
+            let mut out = Vec::new();
+            self.pool.drain(&mut out);
+            while out.len() < count {
+                self.wait_for_wake();
+                self.pool.drain(&mut out);
+            }
+            assert_eq!(out.len(), count, "more completions than ops: {out:?}");
+            out
+        }
+
+        /// Submits `ops` in the given order (stopping on `Full` to drain, which keeps every
+        /// upload's order), and returns all their completions.
+        fn run(&mut self, ops: Vec<(u64, Op)>) -> Vec<Completion> {
+            let total = ops.len();
+            let mut pending = VecDeque::from(ops);
+            let mut done = Vec::new();
+            while done.len() < total {
+                while let Some((upload, op)) = pending.pop_front() {
+                    match self.pool.try_submit(upload, op) {
+                        Ok(()) => {}
+                        Err(SubmitError::Full(op)) => {
+                            pending.push_front((upload, op));
+                            break;
+                        }
+                        Err(SubmitError::Closed(op)) => panic!("closed: {op:?}"),
+                    }
+                }
+                if self.pool.drain(&mut done) == 0 {
+                    self.wait_for_wake();
+                }
+            }
+            done
+        }
+    }
+
+    fn outcomes_of(completions: &[Completion], upload: u64) -> Vec<Outcome> {
+        completions
+            .iter()
+            .filter(|c| c.upload == upload)
+            .map(|c| c.outcome.clone())
+            .collect()
+    }
+
+    fn reason(outcome: &Outcome) -> &str {
+        match outcome {
+            Outcome::Failed { reason } => reason,
+            other => panic!("not a failure: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_completion_wakes_the_poll() {
+        let scratch = Scratch::new("pool-wake");
+        let mut h = Harness::new(&scratch.path, 1, 4);
+        h.pool.try_submit(1, Op::Begin).unwrap();
+        // Nothing drained yet: only the waker can end this poll before the deadline.
+        h.wait_for_wake();
+        let mut out = Vec::new();
+        assert_eq!(h.pool.drain(&mut out), 1);
+        assert_eq!(out[0].upload, 1);
+        assert_eq!(out[0].outcome, Outcome::Begun);
+        assert_eq!(h.pool.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_uploads_ops_run_in_order_and_its_file_is_whole() {
+        const UPLOADS: u64 = 6;
+        const CHUNKS: usize = 20;
+        let scratch = Scratch::new("pool-order");
+        let mut h = Harness::new(&scratch.path, 2, 3);
+        let mut ops = vec![];
+        for upload in 0..UPLOADS {
+            ops.push((upload, Op::Begin));
+        }
+        for chunk in 0..CHUNKS {
+            for upload in 0..UPLOADS {
+                ops.push((upload, Op::Write(format!("{upload}:{chunk};").into_bytes())));
+            }
+        }
+        for upload in 0..UPLOADS {
+            let name = format!("upload-{upload}.txt");
+            ops.push((upload, Op::Commit { name }));
+        }
+        let done = h.run(ops);
+        for upload in 0..UPLOADS {
+            let mut expected = vec![Outcome::Begun];
+            expected.extend(std::iter::repeat(Outcome::Written).take(CHUNKS));
+            let outcomes = outcomes_of(&done, upload);
+            assert_eq!(outcomes[..=CHUNKS], expected[..], "upload {upload}");
+            match &outcomes[CHUNKS + 1] {
+                Outcome::Committed(stored) => {
+                    assert_eq!(stored.name, format!("upload-{upload}.txt"))
+                }
+                other => panic!("upload {upload}: {other:?}"),
+            }
+            let content: String = (0..CHUNKS).map(|c| format!("{upload}:{c};")).collect();
+            let path = scratch.path.join(format!("upload-{upload}.txt"));
+            assert_eq!(std::fs::read_to_string(path).unwrap(), content);
+        }
+        assert_eq!(
+            scratch.names().len(),
+            UPLOADS as usize,
+            "{:?}",
+            scratch.names()
+        );
+    }
+
+    #[test]
+    fn a_writes_buffer_comes_back_empty_with_its_capacity() {
+        let scratch = Scratch::new("pool-buffer");
+        let mut h = Harness::new(&scratch.path, 1, 4);
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        chunk.extend_from_slice(&[b'z'; 1000]);
+        let done = h.run(vec![
+            (9, Op::Begin),
+            (9, Op::Write(chunk)),
+            (9, Op::Discard),
+        ]);
+        let buffer = done[1].buffer.as_ref().expect("a write returns its buffer");
+        assert!(buffer.is_empty());
+        assert!(buffer.capacity() >= 64 * 1024);
+        assert!(done[0].buffer.is_none() && done[2].buffer.is_none());
+        assert_eq!(done[2].outcome, Outcome::Discarded);
+        assert!(scratch.names().is_empty());
+    }
+
+    #[test]
+    fn a_busy_worker_refuses_ops_at_once_and_the_others_go_on() {
+        let scratch = Scratch::new("pool-full");
+        let mut h = Harness::new(&scratch.path, 2, 2);
+        // Worker 0 (even uploads) is held inside its first op; a second op fills it.
+        let (release, hold) = mpsc::channel();
+        h.pool.try_submit(0, Op::Hold(hold)).unwrap();
+        h.pool.try_submit(2, Op::Begin).unwrap();
+        match h.pool.try_submit(4, Op::Begin) {
+            Err(SubmitError::Full(Op::Begin)) => {}
+            other => panic!("a third op for a full worker: {other:?}"),
+        }
+        // Worker 1 (odd uploads) is not held up by worker 0.
+        h.pool.try_submit(1, Op::Begin).unwrap();
+        let done = h.collect(1);
+        assert_eq!((done[0].upload, &done[0].outcome), (1, &Outcome::Begun));
+        assert!(matches!(
+            h.pool.try_submit(4, Op::Begin),
+            Err(SubmitError::Full(_))
+        ));
+        // Released, worker 0 finishes; once its completions are drained it has room again.
+        release.send(()).unwrap();
+        let done = h.collect(2);
+        assert_eq!(outcomes_of(&done, 2), vec![Outcome::Begun]);
+        let done = h.run(vec![
+            (4, Op::Begin),
+            (1, Op::Discard),
+            (2, Op::Discard),
+            (4, Op::Discard),
+        ]);
+        assert_eq!(
+            outcomes_of(&done, 4),
+            vec![Outcome::Begun, Outcome::Discarded]
+        );
+        assert!(scratch.names().is_empty(), "{:?}", scratch.names());
+    }
+
+    #[test]
+    fn after_a_failure_every_op_fails_without_touching_files() {
+        let scratch = Scratch::new("pool-failed");
+        let mut h = Harness::new(&scratch.path, 1, 16);
+        let done = h.run(vec![
+            (5, Op::Begin),
+            (5, Op::Write(b"data".to_vec())),
+            (5, Op::Begin), // a caller's bug: the upload fails, its file is removed
+            (5, Op::Write(b"more".to_vec())),
+            (5, Op::Commit { name: "x".into() }),
+            (6, Op::Write(b"never begun".to_vec())),
+            (7, Op::Discard),
+        ]);
+        let five = outcomes_of(&done, 5);
+        assert_eq!(five[..2], [Outcome::Begun, Outcome::Written]);
+        for outcome in &five[2..] {
+            assert_eq!(reason(outcome), "upload begun twice");
+        }
+        assert!(
+            done[3].buffer.is_some(),
+            "a failed write returns its buffer too"
+        );
+        assert_eq!(reason(&outcomes_of(&done, 6)[0]), "upload not begun");
+        assert_eq!(outcomes_of(&done, 7), vec![Outcome::Discarded]);
+        assert!(scratch.names().is_empty(), "{:?}", scratch.names());
+    }
+
+    #[test]
+    fn a_bad_name_fails_the_commit_and_removes_the_file() {
+        let scratch = Scratch::new("pool-bad-name");
+        let mut h = Harness::new(&scratch.path, 1, 4);
+        let done = h.run(vec![
+            (1, Op::Begin),
+            (1, Op::Write(b"x".to_vec())),
+            (1, Op::Commit { name: "a/b".into() }),
+        ]);
+        assert!(reason(&done[2].outcome).starts_with("bad name"), "{done:?}");
+        assert!(scratch.names().is_empty(), "{:?}", scratch.names());
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_upload_and_leaves_nothing() {
+        let Some(tmpfs) = Tmpfs::mount("pool-full-disk", "size=64k") else {
+            return;
+        };
+        let mut h = Harness::new(&tmpfs.scratch.path, 1, 4);
+        let done = h.run(vec![
+            (1, Op::Begin),
+            (1, Op::Write(vec![b'x'; 256 * 1024])),
+            (1, Op::Write(vec![b'x'; 10])),
+            (1, Op::Discard),
+        ]);
+        assert_eq!(done[0].outcome, Outcome::Begun);
+        assert_eq!(reason(&done[1].outcome), "no space left on device");
+        assert_eq!(reason(&done[2].outcome), "no space left on device");
+        assert_eq!(done[3].outcome, Outcome::Discarded);
+        assert!(
+            tmpfs.scratch.names().is_empty(),
+            "{:?}",
+            tmpfs.scratch.names()
+        );
+        // The disk has its space back: a small upload fits.
+        let done = h.run(vec![
+            (2, Op::Begin),
+            (2, Op::Write(b"small".to_vec())),
+            (
+                2,
+                Op::Commit {
+                    name: "small.txt".into(),
+                },
+            ),
+        ]);
+        assert!(matches!(done[2].outcome, Outcome::Committed(_)), "{done:?}");
+        drop(h);
+    }
+
+    #[test]
+    fn shutdown_finishes_submitted_ops_and_removes_uncommitted_files() {
+        let scratch = Scratch::new("pool-shutdown");
+        let h = Harness::new(&scratch.path, 2, 16);
+        for upload in 0..4 {
+            h.pool.try_submit(upload, Op::Begin).unwrap();
+            let bytes = format!("upload {upload}").into_bytes();
+            h.pool.try_submit(upload, Op::Write(bytes)).unwrap();
+            if upload < 3 {
+                let name = format!("s{upload}.txt");
+                h.pool.try_submit(upload, Op::Commit { name }).unwrap();
+            }
+        }
+        let rest = h.pool.shutdown(PATIENCE);
+        assert_eq!(rest.len(), 11);
+        for upload in 0..3 {
+            let outcomes = outcomes_of(&rest, upload);
+            assert!(matches!(outcomes[2], Outcome::Committed(_)), "{outcomes:?}");
+            let path = scratch.path.join(format!("s{upload}.txt"));
+            assert_eq!(
+                std::fs::read_to_string(path).unwrap(),
+                format!("upload {upload}")
+            );
+        }
+        // Upload 3 was never committed: no file, temporary or not.
+        assert_eq!(scratch.names(), vec!["s0.txt", "s1.txt", "s2.txt"]);
+    }
+
+    #[test]
+    fn shutdown_does_not_wait_for_ever_for_a_stuck_worker() {
+        let scratch = Scratch::new("pool-stuck");
+        let h = Harness::new(&scratch.path, 2, 4);
+        let (release, hold) = mpsc::channel();
+        h.pool.try_submit(0, Op::Hold(hold)).unwrap();
+        let started = Instant::now();
+        let rest = h.pool.shutdown(Duration::from_millis(200));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < PATIENCE, "{waited:?}");
+        assert!(rest.is_empty(), "{rest:?}");
+        release.send(()).unwrap(); // The detached worker finishes and exits on its own.
+    }
+
+    #[test]
+    fn sizes_out_of_bounds_are_refused() {
+        let scratch = Scratch::new("pool-sizes");
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
+        let dir = Arc::new(UploadDir::open(&scratch.path).unwrap());
+        for (threads, queue) in [
+            (0, 4),
+            (2, 0),
+            (MAX_IO_THREADS + 1, 4),
+            (2, MAX_QUEUE_PER_THREAD + 1),
+        ] {
+            let error =
+                StoragePool::new(Arc::clone(&dir), threads, queue, Arc::clone(&waker)).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        }
+        let pool = StoragePool::new(dir, 3, 1, waker).unwrap();
+        assert_eq!(pool.threads(), 3);
+        let names: Vec<String> = pool
+            .workers
+            .iter()
+            .map(|w| {
+                w.thread
+                    .as_ref()
+                    .unwrap()
+                    .thread()
+                    .name()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(names, ["oneloop-io-0", "oneloop-io-1", "oneloop-io-2"]);
+    }
+}
