@@ -51,7 +51,8 @@
 //! program, so it is left alone (with a warning). A temporary file that another *running* server
 //! sharing the directory is still writing is left alone too: each writer holds a `flock` on its
 //! temporary file for as long as it writes, and the lock dies with its process, so a file nobody
-//! holds locked is a crash's leftover.
+//! holds locked is a crash's leftover. (On a file system without `flock` support, every such
+//! file is taken for a leftover, as it would be with a single server.)
 
 use std::collections::hash_map::RandomState;
 use std::ffi::{CStr, CString, OsStr};
@@ -121,6 +122,14 @@ pub struct Leftovers {
     /// FIFO...), a file another running server is still writing, or one that could not be
     /// examined. Each is logged as a warning with its reason.
     pub kept: usize,
+}
+
+impl AsFd for UploadDir {
+    /// The open directory: a forked child that stores uploads must keep this descriptor when it
+    /// closes what it inherited.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
 }
 
 impl UploadDir {
@@ -304,8 +313,17 @@ impl UploadDir {
         if !metadata.is_file() {
             return Ok(Fate::Kept("not a regular file"));
         }
-        if !sys::try_lock_exclusive(file.as_fd())? {
-            return Ok(Fate::Kept("another running process is writing it"));
+        match sys::try_lock_exclusive(file.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Fate::Kept("another running process is writing it")),
+            // A file system without locks cannot tell a live writer from a dead one: the file
+            // is taken for a leftover, as it would be with a single server.
+            Err(e) => debug!(
+                "{}: cannot lock {} ({}); removing it as a leftover",
+                self.path.display(),
+                name.to_string_lossy(),
+                sys::os_reason(&e)
+            ),
         }
         // Holding the lock, check that the name still leads to the file locked: a writer that
         // created this name a moment ago checks the same from its side (see `TempFile::create`).
@@ -440,9 +458,14 @@ impl TempFile {
             // directory at this very moment may have taken the file for a leftover (it locks
             // first, then removes). Either it holds the lock now, or it removed the name before
             // we locked; both times the file is its, and we start again with a new name.
-            if !sys::try_lock_exclusive(temp.file.as_fd())? {
-                temp.done = true; // The cleaner removes the name.
-                continue;
+            match sys::try_lock_exclusive(temp.file.as_fd()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    temp.done = true; // The cleaner removes the name.
+                    continue;
+                }
+                // No locks on this file system: write unlocked (see `remove_leftover`).
+                Err(_) => {}
             }
             let metadata = temp.file.metadata()?;
             match sys::file_id_at(dir.fd(), &temp.name) {
