@@ -29,9 +29,13 @@
 //! * [`net`] — the transport layer every driver shares: binding listeners, the
 //!   write-until-`WouldBlock` loop, the lingering-close time and the reserve descriptor that keeps
 //!   the backlog moving when the process runs out of file descriptors.
+//! * [`storage`] — where uploads go: a hidden temporary file, `fsync`, a rename that never
+//!   replaces a file, a directory `fsync`; and the I/O threads that do it for the reactor, so the
+//!   loop never waits for a disk.
 //! * [`cli`] — the command line (clap), and the exit-code policy.
 //! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`,
-//!   `kill`, the forked child's signal handler, `SIOCOUTQ`).
+//!   `kill`, the forked child's signal handler, `SIOCOUTQ`, and the `*at` file calls of
+//!   [`storage`]).
 //!
 //! The public interface (command line, output lines, protocols, limits) is fixed by the project's
 //! contract; `README.md` summarises it and `docs/ARCHITECTURE.md` walks through the loop.
@@ -48,4 +52,5 @@ pub mod protocol;
 pub mod reactor;
 pub mod send;
 pub mod service;
+pub mod storage;
 pub mod sys;

@@ -1,6 +1,7 @@
 //! Raw syscalls that std does not wrap. The only module with `unsafe`; each block is one libc
 //! call with its safety argument beside it.
 
+use std::ffi::CStr;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -438,6 +439,114 @@ pub fn peer_credentials(socket: &impl std::os::fd::AsRawFd) -> io::Result<PeerCr
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// File-system calls relative to a directory descriptor, for `storage`. std opens and renames by
+// path only; these name a file *inside a directory already open*, so that the directory's path
+// being renamed or replaced afterwards cannot send a write somewhere else.
+// ---------------------------------------------------------------------------------------------
+
+/// `openat(2)`: opens `name`, looked up inside the open directory `dir`, with `flags` (`O_*`) and,
+/// when the file is created, permission bits `mode` (the umask applies).
+pub fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call; openat reads it,
+    // and the mode argument is a plain integer (the C variadic promotes it as it would).
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `renameat2(2)` with `RENAME_NOREPLACE`, both names inside `dir`: gives the file `from` the
+/// name `to` in one atomic step, and fails with `EEXIST` rather than replace a file that already
+/// has that name. A file system that cannot do it fails with `EINVAL` (a kernel older than 3.15
+/// with `ENOSYS`): see [`link_at`] for the fallback.
+///
+/// Made as a raw system call rather than through the C library's wrapper, which only glibc 2.28
+/// and later have.
+pub fn rename_no_replace_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    // SAFETY: both names are valid NUL-terminated strings that outlive the call; the kernel only
+    // reads them. The other arguments are plain integers.
+    let code = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            fd,
+            from.as_ptr(),
+            fd,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if code != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `linkat(2)`, both names inside `dir`: gives the file `from` a second name `to`, failing with
+/// `EEXIST` if `to` exists — like [`rename_no_replace_at`], never replacing a file, but leaving
+/// the old name in place too (unlink it with [`unlink_at`]). Symbolic links are not followed.
+pub fn link_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    // SAFETY: both names are valid NUL-terminated strings that outlive the call and are only read.
+    if unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unlinkat(2)`: removes the name `name` inside `dir`. A symbolic link is removed itself (its
+/// target is untouched); a directory is refused (`EISDIR`).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call and is only read.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The device and inode numbers of `name` inside `dir`, without following a symbolic link
+/// (`fstatat(2)` with `AT_SYMLINK_NOFOLLOW`): whether a name still leads to a file we hold open
+/// (compare with `MetadataExt::dev` and `ino` of the open file).
+pub fn file_id_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(u64, u64)> {
+    let mut stat = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call; fstatat writes one
+    // `stat` through a pointer to an owned, properly sized and aligned local.
+    let code = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            stat.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if code != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatat succeeded, so it filled the struct in.
+    let stat = unsafe { stat.assume_init() };
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Tries to take an exclusive `flock(2)` lock on an open file without waiting: `Ok(true)` if it
+/// is now ours, `Ok(false)` if another open file description holds one. The lock goes away when
+/// every descriptor of that open file is closed — also when its process dies, which is how a
+/// temporary file still being written by a live server is told from one a crash left behind.
+pub fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock takes two integers and touches no memory of ours.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.kind() == io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +592,59 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+    }
+
+    #[test]
+    fn at_calls_work_inside_the_directory_and_never_replace() {
+        use std::fs::File;
+        use std::io::Write;
+        use std::os::fd::AsFd;
+
+        let path = std::env::temp_dir().join(format!("oneloop-sys-at-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        let dir = File::open(&path).unwrap();
+        let dir = dir.as_fd();
+        let create = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC;
+
+        File::from(open_at(dir, c"a", create, 0o600).unwrap())
+            .write_all(b"A")
+            .unwrap();
+        assert!(path.join("a").exists());
+        let again = open_at(dir, c"a", create, 0o600).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+
+        std::fs::write(path.join("b"), b"B").unwrap();
+        let error = rename_no_replace_at(dir, c"a", c"b").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        let error = link_at(dir, c"a", c"b").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(path.join("b")).unwrap(), b"B");
+
+        link_at(dir, c"a", c"c").unwrap();
+        assert_eq!(
+            file_id_at(dir, c"a").unwrap(),
+            file_id_at(dir, c"c").unwrap()
+        );
+        assert_ne!(
+            file_id_at(dir, c"a").unwrap(),
+            file_id_at(dir, c"b").unwrap()
+        );
+        unlink_at(dir, c"a").unwrap();
+        let gone = file_id_at(dir, c"a").unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        rename_no_replace_at(dir, c"c", c"d").unwrap();
+        assert_eq!(std::fs::read(path.join("d")).unwrap(), b"A");
+
+        // Two open files of one inode: one lock at a time, released when its file closes.
+        let first = open_at(dir, c"d", libc::O_RDONLY | libc::O_CLOEXEC, 0).unwrap();
+        let second = open_at(dir, c"d", libc::O_RDONLY | libc::O_CLOEXEC, 0).unwrap();
+        assert!(try_lock_exclusive(first.as_fd()).unwrap());
+        assert!(!try_lock_exclusive(second.as_fd()).unwrap());
+        drop(first);
+        assert!(try_lock_exclusive(second.as_fd()).unwrap());
+
+        std::fs::remove_dir_all(&path).unwrap();
     }
 
     #[test]

@@ -1,0 +1,856 @@
+//! Storing one upload so that it is either there, whole and under its own name, or not there at
+//! all — even if the machine loses power a moment later.
+//!
+//! These calls block: the blocking models call them in the thread or process that serves the
+//! connection, the reactor only from its I/O threads ([`super::pool`]).
+//!
+//! ## The steps, and why each one
+//!
+//! 1. **A hidden temporary file in the same directory** ([`TempFile::create`]):
+//!    `.oneloop-upload-<pid>-<serial>-<random>`, created with `O_CREAT | O_EXCL | O_NOFOLLOW`,
+//!    so it is always a new file of ours — never an existing file, never the target of a symbolic
+//!    link someone planted under that name. It lives in the upload directory itself because a
+//!    rename is atomic only within one file system. Nobody sees a half-written upload under a real
+//!    name, and one cut short is removed (by [`TempFile::discard`], or when the value is dropped:
+//!    an early return or a panic cannot leave it behind).
+//! 2. **`fsync` the file** before it gets its name. Without it, a crash soon after the rename can
+//!    leave the *name* on disk with the data still missing: the rename reached the journal, the
+//!    data blocks never did (the ext4 "zero-length files after a crash" reports of 2009 are this).
+//! 3. **Name it without ever replacing a file**: `renameat2(RENAME_NOREPLACE)` fails with `EEXIST`
+//!    instead of replacing. A check-then-rename ("does `photo.jpg` exist? no — rename") would let
+//!    two uploads of one name pass the check together, and the second rename would silently
+//!    destroy the first upload. On `EEXIST` the next candidate is tried: `photo.jpg`,
+//!    `photo-2.jpg`, `photo-3.jpg`... ([`candidate_name`]). File systems without
+//!    `RENAME_NOREPLACE` (NFS, some FUSE ones) get `link` + `unlink` instead: `link` also fails
+//!    with `EEXIST` rather than replace, and the temporary name is removed after.
+//! 4. **`fsync` the directory**: a rename changes the *directory*, and until the directory is
+//!    flushed the new name may not survive a crash. Only after this is the upload durable, and
+//!    only then may the client be told `saved`.
+//!
+//! ## An `fsync` that fails is never retried
+//!
+//! In 2018 PostgreSQL learned ("fsyncgate") that when `fsync` reports an I/O error, Linux may
+//! already have thrown the unwritten pages away and marked them clean: a second `fsync` then
+//! succeeds with the data lost. So a failed `fsync` here fails the upload — the caller answers
+//! `error storage failed: ...` — and the temporary file is removed. The client still has its
+//! file and can send it again; what must never happen is `saved` for bytes that are gone.
+//!
+//! ## The directory, held open
+//!
+//! [`UploadDir`] keeps the upload directory open and names every file relative to it (`openat`,
+//! `renameat2`, `unlinkat`): if someone renames the directory's path away, or puts a symbolic link
+//! in its place, after the server started, uploads still land in the directory that was checked
+//! at start. Stored names are a single path component (no `/`), so nothing can climb out of it.
+//!
+//! ## Leftovers
+//!
+//! A crash (or `kill -9`) between step 1 and step 3 leaves a temporary file behind.
+//! [`UploadDir::open`] removes them: regular files directly inside the directory whose name starts
+//! with [`TEMP_PREFIX`]. It never follows a symbolic link and never removes anything that is not a
+//! regular file — a symbolic link, directory or FIFO under such a name was not made by this
+//! program, so it is left alone (with a warning). A temporary file that another *running* server
+//! sharing the directory is still writing is left alone too: each writer holds a `flock` on its
+//! temporary file for as long as it writes, and the lock dies with its process, so a file nobody
+//! holds locked is a crash's leftover. (On a file system without `flock` support, every such
+//! file is taken for a leftover, as it would be with a single server.)
+
+use std::collections::hash_map::RandomState;
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+
+use crate::sys;
+
+/// How every temporary file's name starts. Hidden (a leading dot), and a name no stored file
+/// ever has: [`TempFile::commit`] refuses it, and [`candidate_name`] never makes it.
+pub const TEMP_PREFIX: &str = ".oneloop-upload-";
+
+/// The longest stored name, in bytes: `NAME_MAX` on Linux file systems.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// How many names [`TempFile::commit`] tries (`photo.jpg` up to `photo-10000.jpg`) before giving
+/// up. A bound, so that a directory full of one name cannot make a commit loop for ever; each try
+/// is one system call, so the worst case is a few milliseconds.
+pub const MAX_NAME_CANDIDATES: u32 = 10_000;
+
+/// How many fresh temporary names [`TempFile::create`] tries before giving up. A collision needs
+/// a 64-bit random tag to repeat (or a cleaner to take the file, see the module docs), so more
+/// than one attempt is already rare.
+const CREATE_ATTEMPTS: u32 = 16;
+
+/// Permission bits of a stored file, before the umask: what `cp` or a shell redirection gives.
+const FILE_MODE: u32 = 0o644;
+
+/// Serial number for the next temporary file of this process (part of its name).
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
+
+/// The upload directory, held open; every file operation of this module goes through it.
+///
+/// Share it between threads in an [`Arc`]: a [`TempFile`] keeps the directory alive for as long
+/// as it needs it.
+#[derive(Debug)]
+pub struct UploadDir {
+    /// The path it was opened with, for messages.
+    path: PathBuf,
+    /// The directory itself (`O_DIRECTORY | O_CLOEXEC`): what the `*at` calls name files
+    /// relative to, and what is `fsync`ed after a rename.
+    dir: File,
+    /// Whether `renameat2(RENAME_NOREPLACE)` works here. Found out at [`UploadDir::open`], and
+    /// switched off for good if a later rename says it is unsupported; `link` + `unlink` then.
+    no_replace_rename: AtomicBool,
+    /// What the start-up clean-up found.
+    leftovers: Leftovers,
+}
+
+/// Temporary files that [`UploadDir::open`] found left behind in the directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Regular files named `.oneloop-upload-*` that nobody was writing: removed.
+    pub removed: usize,
+    /// Entries with such a name left in place: not a regular file (a symbolic link, directory,
+    /// FIFO...), a file another running server is still writing, or one that could not be
+    /// examined. Each is logged as a warning with its reason.
+    pub kept: usize,
+}
+
+impl AsFd for UploadDir {
+    /// The open directory: a forked child that stores uploads must keep this descriptor when it
+    /// closes what it inherited.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+}
+
+impl UploadDir {
+    /// Opens the upload directory: it must exist, be a directory, and be writable; then removes
+    /// the temporary files a crash left in it (see [`Leftovers`]).
+    ///
+    /// "Writable" is checked by really creating (and removing) a temporary file, not with
+    /// `access(2)`: for root `access` says yes even on a read-only mount, and it knows nothing of
+    /// a full disk's inode table. The same check finds out whether the file system can rename
+    /// without replacing (see the module docs). Each error's message starts with the path, for
+    /// the command line to print as it is.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<UploadDir> {
+        let path = path.as_ref();
+        let named = |what: &str, e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: {what}{}", path.display(), sys::os_reason(&e)),
+            )
+        };
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY) // std adds O_CLOEXEC itself
+            .open(path)
+            .map_err(|e| named("", e))?;
+        let mut upload_dir = UploadDir {
+            path: path.to_path_buf(),
+            dir,
+            no_replace_rename: AtomicBool::new(true),
+            leftovers: Leftovers::default(),
+        };
+        upload_dir.leftovers = upload_dir
+            .remove_leftovers()
+            .map_err(|e| named("cannot list the directory: ", e))?;
+        let upload_dir = Arc::new(upload_dir);
+        probe(&upload_dir).map_err(|e| named("not writable: ", e))?;
+        // Makes the removals above durable, and proves `fsync` works on this directory before
+        // any upload depends on it.
+        upload_dir
+            .sync()
+            .map_err(|e| named("cannot fsync the directory: ", e))?;
+        let leftovers = upload_dir.leftovers;
+        if leftovers.removed > 0 {
+            info!(
+                "{}: removed {} temporary file(s) left by an earlier run",
+                path.display(),
+                leftovers.removed
+            );
+        }
+        // Every TempFile of the probe is gone, so this is the only reference.
+        Ok(Arc::try_unwrap(upload_dir).expect("the probe keeps no reference"))
+    }
+
+    /// The path the directory was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What [`UploadDir::open`] found and removed.
+    pub fn leftovers(&self) -> Leftovers {
+        self.leftovers
+    }
+
+    /// Whether names are given with `renameat2(RENAME_NOREPLACE)` (`true`) or with `link` +
+    /// `unlink` on a file system that lacks it (`false`).
+    pub fn renames_without_replacing(&self) -> bool {
+        self.no_replace_rename.load(Ordering::Relaxed)
+    }
+
+    /// `fsync`s the directory itself, making the names created or removed in it durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.dir.sync_all()
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// Gives the file named `from` the name `to`, never replacing an existing `to` (`EEXIST`
+    /// instead). See the module docs, step 3.
+    fn give_name(&self, from: &CStr, to: &CStr) -> io::Result<()> {
+        if self.no_replace_rename.load(Ordering::Relaxed) {
+            match sys::rename_no_replace_at(self.fd(), from, to) {
+                Err(e) if is_unsupported(&e) => {
+                    warn!(
+                        "{}: renameat2(RENAME_NOREPLACE) is not supported here ({}); using link + \
+                         unlink",
+                        self.path.display(),
+                        sys::os_reason(&e)
+                    );
+                    self.no_replace_rename.store(false, Ordering::Relaxed);
+                }
+                done => return done,
+            }
+        }
+        sys::link_at(self.fd(), from, to)?;
+        if let Err(e) = sys::unlink_at(self.fd(), from) {
+            // The file is stored under `to` all the same; the extra name is a leftover that the
+            // next start removes (removing a name never touches the data another name holds).
+            warn!(
+                "{}: stored as {}, but the temporary name {} could not be removed: {}",
+                self.path.display(),
+                to.to_string_lossy(),
+                from.to_string_lossy(),
+                sys::os_reason(&e)
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes the temporary files a crash left behind (see the module docs).
+    fn remove_leftovers(&self) -> io::Result<Leftovers> {
+        // List the directory we hold open, not whatever its path leads to now. /proc is missing
+        // in some chroots: then the path, which was the same directory a moment ago. Either way
+        // every name found is then opened and removed relative to our descriptor.
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
+            .or_else(|_| std::fs::read_dir(&self.path))?;
+        let mut leftovers = Leftovers::default();
+        for entry in listing {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+                continue;
+            }
+            // The entry's own type (lstat's view: a symbolic link is a link), checked before
+            // opening anything: opening a device node or FIFO can have effects of its own.
+            let regular = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            let fate = if regular {
+                self.remove_leftover(&name)
+            } else {
+                Ok(Fate::Kept("not a regular file"))
+            };
+            match fate {
+                Ok(Fate::Removed) => {
+                    debug!(
+                        "{}: removed leftover {}",
+                        self.path.display(),
+                        name.to_string_lossy()
+                    );
+                    leftovers.removed += 1;
+                }
+                Ok(Fate::Gone) => {}
+                Ok(Fate::Kept(why)) => {
+                    warn!(
+                        "{}: left {} alone: {why}",
+                        self.path.display(),
+                        name.to_string_lossy()
+                    );
+                    leftovers.kept += 1;
+                }
+                Err(e) => {
+                    warn!(
+                        "{}: left {} alone: {}",
+                        self.path.display(),
+                        name.to_string_lossy(),
+                        sys::os_reason(&e)
+                    );
+                    leftovers.kept += 1;
+                }
+            }
+        }
+        Ok(leftovers)
+    }
+
+    /// Removes one leftover regular file, unless a live process holds its lock.
+    fn remove_leftover(&self, name: &OsStr) -> io::Result<Fate> {
+        let name = CString::new(name.as_bytes())?;
+        // O_NOFOLLOW: if the entry became a symbolic link since it was listed, the open fails
+        // (ELOOP) instead of reaching the link's target. O_NONBLOCK: a FIFO put there meanwhile
+        // cannot make the open wait.
+        let flags =
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        let file = match sys::open_at(self.fd(), &name, flags, 0) {
+            Ok(fd) => File::from(fd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Fate::Gone),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Ok(Fate::Kept("not a regular file"))
+            }
+            Err(e) => return Err(e),
+        };
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Ok(Fate::Kept("not a regular file"));
+        }
+        match sys::try_lock_exclusive(file.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Fate::Kept("another running process is writing it")),
+            // A file system without locks cannot tell a live writer from a dead one: the file
+            // is taken for a leftover, as it would be with a single server.
+            Err(e) => debug!(
+                "{}: cannot lock {} ({}); removing it as a leftover",
+                self.path.display(),
+                name.to_string_lossy(),
+                sys::os_reason(&e)
+            ),
+        }
+        // Holding the lock, check that the name still leads to the file locked: a writer that
+        // created this name a moment ago checks the same from its side (see `TempFile::create`).
+        match sys::file_id_at(self.fd(), &name) {
+            Ok(id) if id == (metadata.dev(), metadata.ino()) => {}
+            Ok(_) => return Ok(Fate::Kept("replaced while being examined")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Fate::Gone),
+            Err(e) => return Err(e),
+        }
+        match sys::unlink_at(self.fd(), &name) {
+            Ok(()) => Ok(Fate::Removed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Fate::Gone),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What happened to one leftover.
+enum Fate {
+    Removed,
+    /// Left in place, and why.
+    Kept(&'static str),
+    /// Vanished while we looked (its owner renamed or removed it).
+    Gone,
+}
+
+/// Whether a rename failed because the file system (or kernel) cannot do `RENAME_NOREPLACE`.
+fn is_unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+/// Creates and removes a temporary file, and gives it a second hidden name on the way, to learn
+/// whether `RENAME_NOREPLACE` works (else whether `link` does). Leaves nothing behind.
+fn probe(dir: &Arc<UploadDir>) -> io::Result<()> {
+    let mut file = TempFile::create(dir)?;
+    let other = fresh_temp_name();
+    match sys::rename_no_replace_at(dir.fd(), &file.name, &other) {
+        Ok(()) => {
+            file.name = other; // So that dropping it removes the right name.
+            Ok(())
+        }
+        Err(e) if is_unsupported(&e) => {
+            dir.no_replace_rename.store(false, Ordering::Relaxed);
+            info!(
+                "{}: renameat2(RENAME_NOREPLACE) is not supported here ({}); uploads are named \
+                 with link + unlink",
+                dir.path.display(),
+                sys::os_reason(&e)
+            );
+            sys::link_at(dir.fd(), &file.name, &other).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "no way to name a file without replacing another: neither \
+                         renameat2(RENAME_NOREPLACE) nor link works here ({})",
+                        sys::os_reason(&e)
+                    ),
+                )
+            })?;
+            sys::unlink_at(dir.fd(), &other)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A new temporary file name: `.oneloop-upload-<pid>-<serial>-<16 hex digits>`.
+///
+/// The process id and serial number make it unique within this machine's running processes;
+/// the random tag makes it unguessable, so nobody can plant a file under the next name (and if
+/// they did, `O_EXCL` would refuse it and another name would be tried). The tag comes from std's
+/// randomly keyed SipHash: no cryptography is needed, only unpredictability.
+fn fresh_temp_name() -> CString {
+    let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(serial);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    let name = format!(
+        "{TEMP_PREFIX}{}-{serial}-{:016x}",
+        std::process::id(),
+        hasher.finish()
+    );
+    CString::new(name).expect("digits and dashes contain no NUL")
+}
+
+/// An upload being written: a hidden temporary file in the [`UploadDir`].
+///
+/// It ends in one of three ways: [`commit`](TempFile::commit) gives it its name (durably),
+/// [`discard`](TempFile::discard) removes it, and dropping it without either removes it too — so
+/// an upload cut short by an error, an early return or a panic leaves no file.
+#[derive(Debug)]
+pub struct TempFile {
+    dir: Arc<UploadDir>,
+    /// Open for writing, and `flock`ed for as long as it is open (see the module docs).
+    file: File,
+    /// Its hidden name in the directory.
+    name: CString,
+    /// Bytes written so far.
+    written: u64,
+    /// A write failed (the file is already removed): it can no longer be committed.
+    broken: bool,
+    /// Committed, discarded or removed: nothing left for `drop` to remove.
+    done: bool,
+}
+
+impl TempFile {
+    /// Creates a new, empty temporary file in `dir` (module docs, step 1).
+    pub fn create(dir: &Arc<UploadDir>) -> io::Result<TempFile> {
+        let flags =
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+        for _ in 0..CREATE_ATTEMPTS {
+            let name = fresh_temp_name();
+            let fd = match sys::open_at(dir.fd(), &name, flags, FILE_MODE) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            let mut temp = TempFile {
+                dir: Arc::clone(dir),
+                file: File::from(fd),
+                name,
+                written: 0,
+                broken: false,
+                done: false,
+            };
+            // Lock it, then check that the name is still ours: a server starting up on the same
+            // directory at this very moment may have taken the file for a leftover (it locks
+            // first, then removes). Either it holds the lock now, or it removed the name before
+            // we locked; both times the file is its, and we start again with a new name.
+            match sys::try_lock_exclusive(temp.file.as_fd()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    temp.done = true; // The cleaner removes the name.
+                    continue;
+                }
+                // No locks on this file system: write unlocked (see `remove_leftover`).
+                Err(_) => {}
+            }
+            let metadata = temp.file.metadata()?;
+            match sys::file_id_at(dir.fd(), &temp.name) {
+                Ok(id) if id == (metadata.dev(), metadata.ino()) => return Ok(temp),
+                Ok(_) | Err(_) => {
+                    temp.done = true; // The name is gone, or someone else's.
+                    continue;
+                }
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("no free temporary file name after {CREATE_ATTEMPTS} attempts"),
+        ))
+    }
+
+    /// The temporary file's hidden name.
+    pub fn name(&self) -> &str {
+        self.name.to_str().expect("temporary names are ASCII")
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends all of `bytes`. If the write fails (a full disk, an I/O error), the temporary file
+    /// is removed at once — freeing what it held on a full disk — and every later call, commit
+    /// included, fails.
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("an earlier write to this upload failed"));
+        }
+        match self.file.write_all(bytes) {
+            Ok(()) => {
+                self.written += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                self.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the upload durable under the name `wanted`, or, if a file of that name exists, the
+    /// first free [`candidate_name`]: `fsync` the file, name it without replacing anything,
+    /// `fsync` the directory (module docs, steps 2 to 4). Returns the name it got.
+    ///
+    /// On any error the upload is not stored and its temporary file is removed; a failed
+    /// `fsync` is never retried. `wanted` must be a single path component as the protocol
+    /// cleans names (not empty, `.` or `..`; no `/` or NUL; at most 255 bytes; not starting with
+    /// [`TEMP_PREFIX`]); anything else is refused with [`io::ErrorKind::InvalidInput`].
+    pub fn commit(mut self, wanted: &str) -> io::Result<Stored> {
+        check_name(wanted)?;
+        if self.broken {
+            return Err(io::Error::other("an earlier write to this upload failed"));
+        }
+        let started = Instant::now();
+        // Never retried: on error `self` is dropped here, which removes the temporary file.
+        self.file.sync_all()?;
+        let file_sync = started.elapsed();
+
+        let mut taken = 0;
+        let name = loop {
+            if taken == MAX_NAME_CANDIDATES {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{MAX_NAME_CANDIDATES} names like {wanted} are all taken"),
+                ));
+            }
+            let candidate = candidate_name(wanted, taken + 1);
+            let c_candidate = CString::new(candidate.as_bytes())?;
+            match self.dir.give_name(&self.name, &c_candidate) {
+                Ok(()) => break c_candidate,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => taken += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        // The temporary name is gone: from here on `drop` has nothing to remove.
+        self.done = true;
+
+        let started = Instant::now();
+        if let Err(e) = self.dir.sync() {
+            // Not durable, so not stored: the client is told so, and keeps no file it was told
+            // was not saved. Never retried (see the module docs).
+            self.unpublish(&name);
+            return Err(e);
+        }
+        Ok(Stored {
+            name: name.into_string().expect("made from a &str"),
+            size: self.written,
+            names_taken: taken,
+            file_sync,
+            directory_sync: started.elapsed(),
+        })
+    }
+
+    /// Removes the temporary file: the upload is abandoned.
+    pub fn discard(mut self) -> io::Result<()> {
+        self.done = true;
+        sys::unlink_at(self.dir.fd(), &self.name)
+    }
+
+    /// Removes the temporary file now, logging (not returning) a failure: for `drop` and for a
+    /// failed write, where nobody could act on the error.
+    fn remove(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Err(e) = sys::unlink_at(self.dir.fd(), &self.name) {
+            warn!(
+                "{}: cannot remove temporary file {}: {} (removed at the next start)",
+                self.dir.path.display(),
+                self.name(),
+                sys::os_reason(&e)
+            );
+        }
+    }
+
+    /// After a failed directory `fsync`: removes the stored name, if it still leads to our file.
+    fn unpublish(&self, name: &CStr) {
+        let ours = self.file.metadata().map(|m| (m.dev(), m.ino()));
+        match (ours, sys::file_id_at(self.dir.fd(), name)) {
+            (Ok(ours), Ok(now)) if ours == now => {
+                if let Err(e) = sys::unlink_at(self.dir.fd(), name) {
+                    warn!(
+                        "{}: cannot remove {} after a failed directory fsync: {}",
+                        self.dir.path.display(),
+                        name.to_string_lossy(),
+                        sys::os_reason(&e)
+                    );
+                }
+            }
+            _ => warn!(
+                "{}: {} is no longer our file; left alone",
+                self.dir.path.display(),
+                name.to_string_lossy()
+            ),
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A committed upload: its final name, and what making it durable took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The name the file has now, directly inside the upload directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How many names before it were taken by existing files (0: it got the name asked for).
+    pub names_taken: u32,
+    /// How long the file's `fsync` took.
+    pub file_sync: Duration,
+    /// How long the directory's `fsync` took.
+    pub directory_sync: Duration,
+}
+
+impl fmt::Display for Stored {
+    /// `fsync'd 1048576 bytes (2.1ms), renamed to photo-2.jpg (1 name taken), fsync'd the
+    /// directory (0.3ms)`: a log line's worth, in the order it happened.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "fsync'd {} bytes ({:.1?}), renamed to {}",
+            self.size, self.file_sync, self.name
+        )?;
+        match self.names_taken {
+            0 => {}
+            1 => write!(f, " (1 name taken)")?,
+            n => write!(f, " ({n} names taken)")?,
+        }
+        write!(f, ", fsync'd the directory ({:.1?})", self.directory_sync)
+    }
+}
+
+/// Refuses a name that is not a single, visible-or-hidden path component we may store under.
+fn check_name(name: &str) -> io::Result<()> {
+    let problem = if name.is_empty() || name == "." || name == ".." {
+        Some("empty, . or ..")
+    } else if name.contains(['/', '\0']) {
+        Some("contains / or NUL")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("longer than 255 bytes")
+    } else if name.starts_with(TEMP_PREFIX) {
+        Some("reserved for temporary files")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad name {name:?}: {problem}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The `n`th name to try for a file that wants to be called `name`: `name` itself for `n` ≤ 1,
+/// then `photo-2.jpg`, `photo-3.jpg`, ... — the suffix goes before the last extension, or at the
+/// end when there is none (`notes-2`, and `.bashrc-2`: a leading dot starts no extension).
+///
+/// The result is at most [`MAX_NAME_BYTES`] long: the stem is shortened (at a character
+/// boundary) to make room for the suffix. If the extension is so long that no character of the
+/// stem would be left, the name is treated as having no extension. And the result never starts
+/// with [`TEMP_PREFIX`]: for the one stem that would make it (`.oneloop-upload`) the suffix is
+/// `_2` instead of `-2`.
+///
+/// `name` is expected to be a valid stored name (see [`TempFile::commit`]).
+pub fn candidate_name(name: &str, n: u32) -> String {
+    if n <= 1 {
+        return name.to_owned();
+    }
+    let suffix_len = format!("-{n}").len();
+    let (mut stem, mut extension) = match name.rfind('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name, ""),
+    };
+    let first_char = stem.chars().next().map_or(0, char::len_utf8);
+    if extension.len() + suffix_len + first_char > MAX_NAME_BYTES {
+        (stem, extension) = (name, "");
+    }
+    let mut room = MAX_NAME_BYTES - suffix_len - extension.len();
+    room = room.min(stem.len());
+    while !stem.is_char_boundary(room) {
+        room -= 1;
+    }
+    let stem = &stem[..room];
+    let candidate = format!("{stem}-{n}{extension}");
+    if candidate.starts_with(TEMP_PREFIX) {
+        format!("{stem}_{n}{extension}")
+    } else {
+        candidate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::Scratch;
+
+    fn store(dir: &Arc<UploadDir>, name: &str, content: &[u8]) -> String {
+        let mut file = TempFile::create(dir).unwrap();
+        file.write_all(content).unwrap();
+        file.commit(name).unwrap().name
+    }
+
+    #[test]
+    fn link_and_unlink_never_replace_either() {
+        // What a file system without RENAME_NOREPLACE (NFS) gets: forced here, on any.
+        let scratch = Scratch::new("link-fallback");
+        std::fs::write(scratch.path.join("x.txt"), b"existing").unwrap();
+        let dir = Arc::new(UploadDir::open(&scratch.path).unwrap());
+        dir.no_replace_rename.store(false, Ordering::Relaxed);
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = Arc::clone(&dir);
+                std::thread::spawn(move || store(&dir, "x.txt", format!("upload {i}").as_bytes()))
+            })
+            .collect();
+        let mut names: Vec<String> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        names.sort();
+        let mut expected: Vec<String> = (2..=9).map(|n| format!("x-{n}.txt")).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        assert_eq!(
+            std::fs::read(scratch.path.join("x.txt")).unwrap(),
+            b"existing"
+        );
+        let mut all = expected.clone();
+        all.push("x.txt".into());
+        all.sort();
+        assert_eq!(scratch.names(), all, "no temporary name may be left");
+        assert!(!dir.renames_without_replacing());
+    }
+
+    #[test]
+    fn the_probe_finds_rename_noreplace_and_leaves_nothing() {
+        let scratch = Scratch::new("probe");
+        let dir = UploadDir::open(&scratch.path).unwrap();
+        assert!(dir.renames_without_replacing(), "ext4 and tmpfs have it");
+        assert!(scratch.names().is_empty());
+        assert_eq!(dir.leftovers(), Leftovers::default());
+    }
+
+    #[test]
+    fn the_first_candidate_is_the_name_itself() {
+        assert_eq!(candidate_name("photo.jpg", 1), "photo.jpg");
+        assert_eq!(candidate_name("photo.jpg", 0), "photo.jpg");
+    }
+
+    #[test]
+    fn the_suffix_goes_before_the_last_extension() {
+        assert_eq!(candidate_name("photo.jpg", 2), "photo-2.jpg");
+        assert_eq!(candidate_name("photo.jpg", 10), "photo-10.jpg");
+        assert_eq!(candidate_name("backup.tar.gz", 3), "backup.tar-3.gz");
+        assert_eq!(candidate_name("photo.", 2), "photo-2.");
+    }
+
+    #[test]
+    fn no_extension_or_a_dotfile_gets_the_suffix_at_the_end() {
+        assert_eq!(candidate_name("notes", 2), "notes-2");
+        assert_eq!(candidate_name(".bashrc", 2), ".bashrc-2");
+        assert_eq!(candidate_name(".config.bak", 2), ".config-2.bak");
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_the_stem() {
+        let name = format!("{}.jpg", "a".repeat(251));
+        assert_eq!(name.len(), 255);
+        let second = candidate_name(&name, 2);
+        assert_eq!(second.len(), 255);
+        assert_eq!(second, format!("{}-2.jpg", "a".repeat(249)));
+        let big = candidate_name(&name, 123_456);
+        assert_eq!(big.len(), 255);
+        assert!(big.ends_with("-123456.jpg"), "{big}");
+    }
+
+    #[test]
+    fn shortening_keeps_whole_characters() {
+        // 'é' is two bytes. With "-2" and ".txt", 249 bytes are left for a 250-byte stem: it is
+        // cut at 248, between two characters, not at 249, inside one.
+        let name = format!("{}.txt", "é".repeat(125));
+        assert_eq!(name.len(), 254);
+        let second = candidate_name(&name, 2);
+        assert!(second.len() <= MAX_NAME_BYTES);
+        assert!(second.ends_with("-2.txt"), "{second}");
+        assert_eq!(second.chars().filter(|&c| c == 'é').count(), 124);
+    }
+
+    #[test]
+    fn a_huge_extension_is_treated_as_part_of_the_stem() {
+        let name = format!("x.{}", "e".repeat(253));
+        assert_eq!(name.len(), 255);
+        let second = candidate_name(&name, 2);
+        assert_eq!(second.len(), 255);
+        assert!(second.starts_with("x.e"), "{second}");
+        assert!(second.ends_with("e-2"), "{second}");
+    }
+
+    #[test]
+    fn a_candidate_never_takes_a_temporary_name() {
+        assert_eq!(
+            candidate_name(".oneloop-upload.txt", 2),
+            ".oneloop-upload_2.txt"
+        );
+        assert_eq!(candidate_name(".oneloop-upload", 2), ".oneloop-upload_2");
+        for n in 2..50 {
+            assert!(!candidate_name(".oneloop-upload", n).starts_with(TEMP_PREFIX));
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_one_component_are_refused() {
+        for bad in ["", ".", "..", "a/b", "/x", "a\0b", ".oneloop-upload-1-2-3"] {
+            let error = check_name(bad).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        check_name(&"n".repeat(256)).unwrap_err();
+        check_name(&"n".repeat(255)).unwrap();
+        check_name(".bashrc").unwrap();
+        check_name(".oneloop-upload").unwrap();
+    }
+
+    #[test]
+    fn stored_reads_as_a_log_line() {
+        let stored = Stored {
+            name: "photo-2.jpg".into(),
+            size: 1_048_576,
+            names_taken: 1,
+            file_sync: Duration::from_micros(2_100),
+            directory_sync: Duration::from_micros(300),
+        };
+        assert_eq!(
+            stored.to_string(),
+            "fsync'd 1048576 bytes (2.1ms), renamed to photo-2.jpg (1 name taken), fsync'd the \
+             directory (300.0µs)"
+        );
+    }
+}
