@@ -46,3 +46,8 @@ fn echo_corpus() {
 fn service_spec_corpus() {
     replay("service_spec", invariants::check_service_spec);
 }
+
+#[test]
+fn upload_header_corpus() {
+    replay("upload_header", invariants::check_upload);
+}
