@@ -204,6 +204,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     });
     let limits = Limits {
         max_line: args.max_line,
+        ..Limits::default()
     };
     // Held until `serve` returns: dropping them removes the Unix socket files (if still ours).
     let net::Bound {

@@ -51,3 +51,8 @@ fn service_spec_corpus() {
 fn room_corpus() {
     replay("room", invariants::check_room);
 }
+
+#[test]
+fn upload_header_corpus() {
+    replay("upload_header", invariants::check_upload);
+}

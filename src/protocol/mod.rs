@@ -33,12 +33,20 @@
 //! Chat is not a [`Session`]: one member's line is output for the *others*. [`room::Room`] holds
 //! every member of one chat service and turns a member's bytes into [`room::Delivery`] orders
 //! (broadcast, reply to one, close) that the driver carries out — still no socket inside.
+//!
+//! ## Upload
+//!
+//! Upload is not a [`Session`] either: its input is mostly a file's bytes, which belong on disk,
+//! not in a reply. [`upload::UploadSession`] reads the input one [`upload::Step`] at a time
+//! (header accepted, body bytes to write, body complete, refused) and the driver does the file
+//! work, then reports how storing went — still no file inside.
 
 pub mod datagram;
 pub mod echo;
 pub mod invariants;
 pub mod room;
 pub mod timestamp;
+pub mod upload;
 pub mod upper;
 
 use std::fmt;
@@ -130,22 +138,34 @@ pub enum Flow {
 }
 
 /// Per-session limits from the command line.
+///
+/// One struct for every protocol, although each reads only its own fields: the drivers (the
+/// reactor's and the models' `Config`) already carry it to every session they create, so a new
+/// limit reaches all of them by adding a field here rather than a parameter to each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Longest line, in bytes not counting its `\n`, that line protocols accept (`--max-line`).
+    /// For upload it bounds the header line.
     pub max_line: usize,
+    /// Largest upload, in bytes, that the upload protocol accepts (`--max-upload`): a header
+    /// announcing more is refused before any body byte is read.
+    pub max_upload: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_line: DEFAULT_MAX_LINE,
+            max_upload: DEFAULT_MAX_UPLOAD,
         }
     }
 }
 
 /// Default for `--max-line`: 64 KiB, Redis's inline-request limit.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+
+/// Default for `--max-upload`: 1 GiB, the contract's default.
+pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
 
 /// The reply a line protocol sends before closing a connection whose line passed `--max-line`.
 pub const LINE_TOO_LONG_REPLY: &[u8] = b"error line too long\n";
@@ -165,8 +185,8 @@ pub enum Session {
 }
 
 impl Session {
-    /// A fresh session of `kind`, or `None` for protocols that are not byte-stream transforms
-    /// (chat, upload), which this build does not serve yet.
+    /// A fresh session of `kind`, or `None` for protocols that are not byte-stream transforms:
+    /// chat ([`room::Room`]) and upload ([`upload::UploadSession`]).
     pub fn new(kind: ProtocolKind, limits: Limits) -> Option<Session> {
         match kind {
             ProtocolKind::Upper => Some(Session::Upper(Upper::default())),

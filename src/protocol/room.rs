@@ -423,7 +423,10 @@ mod tests {
     impl Net {
         fn new(max_line: usize) -> Net {
             Net {
-                room: Room::new(Limits { max_line }),
+                room: Room::new(Limits {
+                    max_line,
+                    ..Limits::default()
+                }),
                 inbox: BTreeMap::new(),
                 closed: BTreeSet::new(),
             }
@@ -688,7 +691,10 @@ mod tests {
 
     #[test]
     fn partial_lines_are_held_bounded_and_given_back() {
-        let mut room = Room::new(Limits { max_line: 1000 });
+        let mut room = Room::new(Limits {
+            max_line: 1000,
+            ..Limits::default()
+        });
         let mut out = Vec::new();
         room.join(A, "a", &mut out);
         room.join(B, "b", &mut out);
@@ -754,7 +760,10 @@ mod tests {
     /// Every delivery from `input` sent by `a` (cut at `cuts`) in a room of a, b and c, ending
     /// with `a`'s end of stream.
     fn deliveries(max_line: usize, input: &[u8], cuts: &[usize]) -> Vec<Delivery> {
-        let mut room = Room::new(Limits { max_line });
+        let mut room = Room::new(Limits {
+            max_line,
+            ..Limits::default()
+        });
         let mut out = Vec::new();
         for (id, name) in [(A, "a"), (B, "b"), (C, "c")] {
             room.join(id, name, &mut out);

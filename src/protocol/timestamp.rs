@@ -122,7 +122,11 @@ mod tests {
     const STAMP: &str = "[Wed Sep  9 16:42:46 2026] ";
 
     fn session(max_line: usize) -> Session {
-        Session::new(ProtocolKind::Timestamp, Limits { max_line }).unwrap()
+        let limits = Limits {
+            max_line,
+            ..Limits::default()
+        };
+        Session::new(ProtocolKind::Timestamp, limits).unwrap()
     }
 
     /// Splits a reply stream into stamped pieces, checking each starts with the stamp.

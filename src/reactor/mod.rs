@@ -918,7 +918,10 @@ mod tests {
     fn shutdown_flushes_a_line_held_after_a_budget_limited_read() {
         const SENT: usize = MAX_READ_BYTES_PER_TURN + 44 * 1024;
         let config = Config {
-            limits: Limits { max_line: 4 << 20 },
+            limits: Limits {
+                max_line: 4 << 20,
+                ..Limits::default()
+            },
             ..Config::default()
         };
         let mut reactor = Reactor::new(Vec::new(), Vec::new(), config, None).unwrap();
