@@ -16,9 +16,10 @@ use signal_hook_mio::v1_0::Signals;
 use crate::client::ClientArgs;
 use crate::models::{self, Model};
 use crate::net::{self, BoundListener, Listening};
-use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE};
+use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
 use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
 use crate::service::{ServiceSpec, DEFAULT_SERVICES};
+use crate::storage::durable::UploadDir;
 
 /// oneloop: one thread, one event loop, thousands of connections.
 #[derive(Debug, Parser)]
@@ -95,6 +96,16 @@ pub struct ServeArgs {
     /// force from the moment each file exists [default: from the umask].
     #[arg(long, value_name = "OCTAL", value_parser = octal_mode)]
     pub unix_mode: Option<u32>,
+
+    /// Where upload services store files; it must exist and be writable. Temporary files a
+    /// crash left there (`.oneloop-upload-*`) are removed at start.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub upload_dir: std::path::PathBuf,
+
+    /// Largest upload accepted, in bytes; a bigger SIZE gets `error too large` before any of the
+    /// body is read [default: 1 GiB].
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UPLOAD, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload: u64,
 }
 
 /// Parses `--unix-mode`: permission bits in octal, 0 to 777.
@@ -175,10 +186,13 @@ fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
                 }
             )),
         },
-        protocol => Err(format!(
-            "{service}: the {protocol} protocol is not served yet (this build serves upper, \
-             timestamp and echo)"
-        )),
+        ProtocolKind::Upload => match model {
+            Model::Reactor => Ok(()),
+            _ => Err(format!(
+                "{service}: --model {} does not serve upload yet (the reactor does)",
+                model.name()
+            )),
+        },
     }
 }
 
@@ -204,7 +218,19 @@ fn serve(args: ServeArgs) -> ExitCode {
     });
     let limits = Limits {
         max_line: args.max_line,
-        ..Limits::default()
+        max_upload: args.max_upload,
+    };
+    // Checked before anything is bound: a server that cannot store uploads must not start.
+    let upload_dir = if services.iter().any(|s| s.protocol == ProtocolKind::Upload) {
+        match open_upload_dir(&args.upload_dir) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                eprintln!("oneloop: --upload-dir {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
     };
     // Held until `serve` returns: dropping them removes the Unix socket files (if still ours).
     let net::Bound {
@@ -247,6 +273,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 max_connections,
                 idle_timeout,
                 shutdown_timeout,
+                upload_dir,
             };
             match Reactor::new(listeners, datagrams, config, Some(signals)) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),
@@ -293,6 +320,21 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens `--upload-dir` (it must exist and be writable) and removes the temporary files a crash
+/// left in it; the error names the directory.
+fn open_upload_dir(path: &std::path::Path) -> std::io::Result<std::sync::Arc<UploadDir>> {
+    let dir = UploadDir::open(path)?;
+    let leftovers = dir.leftovers();
+    if leftovers.removed > 0 {
+        log::info!(
+            "{}: removed {} temporary files left by an earlier run",
+            path.display(),
+            leftovers.removed
+        );
+    }
+    Ok(std::sync::Arc::new(dir))
 }
 
 /// What `serve` runs once the listening lines are out.

@@ -41,6 +41,7 @@ mod fanout;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
@@ -57,6 +58,7 @@ use crate::net::{
     TOO_MANY_CONNECTIONS_REPLY,
 };
 use crate::protocol::room::{Delivery, MemberId};
+use crate::storage::durable::UploadDir;
 use crate::protocol::{Limits, ProtocolKind, Session};
 use crate::service::Address;
 
@@ -82,7 +84,7 @@ pub const MAX_ACCEPTS_PER_TURN: usize = 256;
 pub const DEFAULT_OUTPUT_LIMIT: usize = 1024 * 1024;
 
 /// What the reactor needs from the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Limits every protocol session gets.
     pub limits: Limits,
@@ -94,6 +96,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// `--shutdown-timeout`: how long a graceful shutdown waits for busy connections.
     pub shutdown_timeout: Duration,
+    /// `--upload-dir`, opened, when an upload service is served.
+    pub upload_dir: Option<Arc<UploadDir>>,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             max_connections: 1024,
             idle_timeout: Some(Duration::from_secs(300)),
             shutdown_timeout: Duration::from_secs(10),
+            upload_dir: None,
         }
     }
 }
