@@ -63,10 +63,9 @@ fn bad_options_are_usage_errors() {
 }
 
 #[test]
-fn services_this_build_does_not_serve_yet_are_refused() {
-    // upload is parsed but not served by this build, and chat not by serial or forking: refused
-    // before anything is bound, so a script learns at once rather than from a missing service.
-    assert_usage_error(&["serve", "upload@127.0.0.1:0"], "upload");
+fn services_a_model_cannot_serve_are_refused() {
+    // chat is not served by serial or forking, nor over UDP: refused before anything is bound,
+    // so a script learns at once rather than from a missing service.
     assert_usage_error(&["serve", "chat@udp:127.0.0.1:0"], "udp");
     for model in ["serial", "forking"] {
         assert_usage_error(
@@ -75,16 +74,15 @@ fn services_this_build_does_not_serve_yet_are_refused() {
         );
     }
     let socket = std::env::temp_dir().join(format!("oneloop-cli-{}.sock", std::process::id()));
-    let spec = format!("upload@unix:{}", socket.display());
-    assert_usage_error(&["serve", "echo@127.0.0.1:0", &spec], "upload");
+    let spec = format!("chat@unix:{}", socket.display());
+    // Even alongside services that could be served.
+    assert_usage_error(
+        &["serve", "--model", "serial", "echo@127.0.0.1:0", &spec],
+        "cannot serve chat",
+    );
     assert!(
         !socket.exists(),
         "a refused unix service must not create its socket file"
-    );
-    // Even alongside services that could be served.
-    assert_usage_error(
-        &["serve", "echo@127.0.0.1:0", "upload@127.0.0.1:0"],
-        "upload",
     );
 }
 

@@ -42,6 +42,10 @@ use crate::protocol::room::{Delivery, MemberId, Room};
 use crate::protocol::{Arrival, Flow, Session};
 
 use super::fanout::{MemberOutput, RoomLog};
+use super::upload::{Feed, UploadSink, UploadWork};
+use crate::protocol::upload::End;
+use crate::protocol::Limits;
+use crate::storage::pool::Completion;
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
 /// reads of the shared buffer: large enough for bulk transfers to be efficient, small enough that
@@ -167,6 +171,30 @@ enum Work {
     /// A chat member: its input goes to its room, and the loop routes what the room decides —
     /// lines for other members land in *their* [`ChatOutput`].
     Chat(ChatOutput),
+    /// An upload: its session, and its file operations in flight with the I/O threads (boxed:
+    /// the rarer kind of connection should not make every other one bigger).
+    Upload(Box<UploadWork>),
+}
+
+/// Where a connection's input goes besides its own session, for the drive.
+#[derive(Debug)]
+pub enum Sink<'a> {
+    /// Nowhere: a stream protocol answers on its own.
+    Own,
+    /// A chat room.
+    Chat(ChatSink<'a>),
+    /// The storage's I/O threads.
+    Upload(UploadSink<'a>),
+}
+
+impl Sink<'_> {
+    /// The room's log and the member, for writing a chat member's owed lines.
+    fn chat_log(&self) -> Option<(&RoomLog, MemberId)> {
+        match self {
+            Sink::Chat(sink) => Some((sink.log, sink.member)),
+            _ => None,
+        }
+    }
 }
 
 /// Most lines handed to one `writev`: enough that a member who fell behind catches up in few
@@ -300,7 +328,16 @@ impl Connection {
     /// Bytes the session holds back — half a UTF-8 character for upper, an unterminated line
     /// read just before the shutdown for timestamp — are its answer to input already read, so
     /// they are flushed first, exactly as at the peer's end of stream.
+    ///
+    /// An upload whose body has all arrived is stored and answered first (its connection waits
+    /// in `Ending` until then); one still arriving is cut short: closed now, and its temporary
+    /// file discarded when it is reaped.
     pub fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
+        if let Work::Upload(work) = &self.work {
+            if self.phase == Phase::Serving && work.is_mid_upload() {
+                return self.close("shutdown: upload cut short");
+            }
+        }
         if self.phase == Phase::Serving {
             shared.replies.clear();
             if let Work::Stream(session) = &mut self.work {
@@ -311,11 +348,74 @@ impl Connection {
         }
     }
 
+    /// An upload connection, just accepted and registered.
+    pub fn new_upload(id: u64, stream: Stream, limits: Limits, now: &Now) -> Connection {
+        let work = Work::Upload(Box::new(UploadWork::new(limits)));
+        Connection::with_work(id, stream, work, now)
+    }
+
+    /// Whether this is an upload connection.
+    pub fn is_upload(&self) -> bool {
+        matches!(self.work, Work::Upload(_))
+    }
+
+    /// The connection is being removed: the serial of its upload, and whether that upload was
+    /// cut short (its temporary file must be discarded) rather than handed its commit.
+    pub fn upload_left_behind(&self) -> Option<(u64, bool)> {
+        match &self.work {
+            Work::Upload(work) => work.serial().map(|serial| (serial, work.is_mid_upload())),
+            _ => None,
+        }
+    }
+
+    /// The I/O threads answered an op of this connection's upload: the client gets the session's
+    /// answer (`saved ...`, `error storage failed: ...`), ops that waited for room go, input
+    /// held meanwhile is handled. `still_ready` says the socket should be read again now: no
+    /// new edge will come for bytes that arrived while reading was paused.
+    pub fn on_upload_completion(
+        &mut self,
+        completion: &Completion,
+        shared: &mut SharedBuffers,
+        sink: &mut UploadSink<'_>,
+        now: &Now,
+    ) -> Verdict {
+        let Work::Upload(work) = &mut self.work else {
+            return Verdict::default();
+        };
+        if self.phase == Phase::Closed {
+            return Verdict::default();
+        }
+        shared.replies.clear();
+        let mut feed = work.on_completion(completion, &mut shared.replies);
+        if feed == Feed::Continue && self.phase == Phase::Serving {
+            feed = work.retry_waiting(sink, &mut shared.replies);
+        }
+        if feed == Feed::Continue && self.phase == Phase::Serving && !work.is_paused_for_io() {
+            let held = work.take_held();
+            if !held.is_empty() {
+                feed = work.feed(&held, sink, &mut shared.replies);
+            }
+            work.return_held(held);
+        }
+        let paused = work.is_paused();
+        self.send(&shared.replies);
+        if feed == Feed::End && self.phase == Phase::Serving {
+            debug!("conn #{}: upload ended the conversation", self.id);
+            self.phase = Phase::Ending;
+        }
+        // Bytes that arrived while reading was paused raised no new edge: read them now.
+        let verdict = Verdict {
+            still_ready: self.phase == Phase::Serving && !paused,
+            ..Verdict::default()
+        };
+        self.finish_phases(shared, now, verdict)
+    }
+
     /// The chat room of this member (its endpoint index), if it is one.
     pub fn chat_room(&self) -> Option<usize> {
         match &self.work {
             Work::Chat(output) => Some(output.room as usize),
-            Work::Stream(_) => None,
+            Work::Stream(_) | Work::Upload(_) => None,
         }
     }
 
@@ -353,7 +453,7 @@ impl Connection {
     pub fn chat_backlog(&self, log: &RoomLog) -> usize {
         match &self.work {
             Work::Chat(output) => output.output.backlog(log),
-            Work::Stream(_) => 0,
+            Work::Stream(_) | Work::Upload(_) => 0,
         }
     }
 
@@ -361,7 +461,7 @@ impl Connection {
     pub fn mark_dirty(&mut self) -> bool {
         match &mut self.work {
             Work::Chat(output) => !std::mem::replace(&mut output.dirty, true),
-            Work::Stream(_) => false,
+            Work::Stream(_) | Work::Upload(_) => false,
         }
     }
 
@@ -399,13 +499,8 @@ impl Connection {
     }
 
     /// Does all the I/O the connection can do now without blocking.
-    pub fn drive(
-        &mut self,
-        shared: &mut SharedBuffers,
-        now: &Now,
-        chat: Option<ChatSink<'_>>,
-    ) -> Verdict {
-        let verdict = self.drive_phases(shared, now, chat);
+    pub fn drive(&mut self, shared: &mut SharedBuffers, now: &Now, sink: Sink<'_>) -> Verdict {
+        let verdict = self.drive_phases(shared, now, sink);
         if std::mem::take(&mut self.moved_bytes) {
             self.last_active = now.instant;
         }
@@ -413,18 +508,13 @@ impl Connection {
     }
 
     /// The body of [`drive`](Self::drive): every phase transition that I/O causes is here.
-    fn drive_phases(
-        &mut self,
-        shared: &mut SharedBuffers,
-        now: &Now,
-        chat: Option<ChatSink<'_>>,
-    ) -> Verdict {
+    fn drive_phases(&mut self, shared: &mut SharedBuffers, now: &Now, sink: Sink<'_>) -> Verdict {
         let mut verdict = Verdict::default();
         // Once, before reading: replies produced by this drive are written as they are made
         // (`send`), so flushing again afterwards would only be a write that finds the socket full.
-        self.flush_output(chat.as_ref().map(|sink| (sink.log, sink.member)));
+        self.flush_output(sink.chat_log());
         match self.phase {
-            Phase::Serving => verdict.still_ready = self.read_requests(shared, now, chat),
+            Phase::Serving => verdict.still_ready = self.read_requests(shared, now, sink),
             Phase::Lingering { .. } => verdict.still_ready = self.discard_input(shared),
             Phase::Draining | Phase::Ending | Phase::Closed => {}
         }
@@ -471,14 +561,18 @@ impl Connection {
 
     /// Reads and answers requests until the socket is drained, the budget is spent, the reply
     /// queue passes its limit, or the conversation ends. Returns whether it stopped on the budget.
-    fn read_requests(
-        &mut self,
-        shared: &mut SharedBuffers,
-        now: &Now,
-        mut chat: Option<ChatSink<'_>>,
-    ) -> bool {
+    fn read_requests(&mut self, shared: &mut SharedBuffers, now: &Now, mut sink: Sink<'_>) -> bool {
         let mut budget = MAX_READ_BYTES_PER_TURN;
         while self.phase == Phase::Serving {
+            if let Work::Upload(work) = &self.work {
+                if work.is_paused() {
+                    trace!(
+                        "conn #{}: upload waits for the I/O threads; not reading",
+                        self.id
+                    );
+                    return false;
+                }
+            }
             if self.unsent.len() > shared.output_limit {
                 trace!(
                     "conn #{}: {} reply bytes queued, over the limit: not reading until they drain",
@@ -498,14 +592,30 @@ impl Connection {
                         "conn #{}: read end of stream (peer shut down writes)",
                         self.id
                     );
-                    match (&mut self.work, chat.as_mut()) {
+                    match (&mut self.work, &mut sink) {
                         (Work::Stream(session), _) => {
                             self.phase = Phase::Draining;
                             shared.replies.clear();
                             session.on_end(now, &mut shared.replies);
                             self.send(&shared.replies);
                         }
-                        (Work::Chat(_), Some(sink)) => {
+                        (Work::Upload(work), _) => {
+                            shared.replies.clear();
+                            let end = work.on_end(&mut shared.replies);
+                            self.send(&shared.replies);
+                            if let End::CutShort { received, size } = end {
+                                debug!(
+                                    "conn #{}: upload cut short at {received} of {size} bytes",
+                                    self.id
+                                );
+                                // Reaping it discards the temporary file.
+                                self.close("upload cut short");
+                            } else {
+                                // Waits for the answer of an upload being stored, if any.
+                                self.phase = Phase::Draining;
+                            }
+                        }
+                        (Work::Chat(_), Sink::Chat(sink)) => {
                             // The room answers the last partial line (perhaps to this member:
                             // `/who` without its newline) and says Close; the loop routes both,
                             // and the close waits until what was queued is written.
@@ -514,7 +624,7 @@ impl Connection {
                                 self.phase = Phase::Draining;
                             }
                         }
-                        (Work::Chat(_), None) => self.phase = Phase::Draining,
+                        (Work::Chat(_), _) => self.phase = Phase::Draining,
                     }
                     return false;
                 }
@@ -527,7 +637,7 @@ impl Connection {
                     } else {
                         Arrival::Partial
                     };
-                    let flow = match (&mut self.work, chat.as_mut()) {
+                    let flow = match (&mut self.work, &mut sink) {
                         (Work::Stream(session), _) => {
                             shared.replies.clear();
                             let flow = session.on_input(
@@ -539,7 +649,18 @@ impl Connection {
                             self.send(&shared.replies);
                             flow
                         }
-                        (Work::Chat(_), Some(sink)) => {
+                        (Work::Upload(work), Sink::Upload(sink)) => {
+                            shared.replies.clear();
+                            let feed = work.feed(&shared.read[..count], sink, &mut shared.replies);
+                            self.send(&shared.replies);
+                            match feed {
+                                Feed::Continue => Flow::Continue,
+                                Feed::Pause => return false,
+                                Feed::End => Flow::Close,
+                            }
+                        }
+                        (Work::Upload(_), _) => Flow::Close,
+                        (Work::Chat(_), Sink::Chat(sink)) => {
                             let before = sink.deliveries.len();
                             sink.room
                                 .on_input(sink.member, &shared.read[..count], sink.deliveries);
@@ -551,7 +672,7 @@ impl Connection {
                             }
                             Flow::Continue
                         }
-                        (Work::Chat(_), None) => Flow::Continue,
+                        (Work::Chat(_), _) => Flow::Continue,
                     };
                     if flow == Flow::Close && self.phase == Phase::Serving {
                         debug!("conn #{}: protocol ended the conversation", self.id);
@@ -640,13 +761,16 @@ impl Connection {
         }
     }
 
-    /// Whether output waits for the socket: stream replies, or lines owed to a chat member.
+    /// Whether output waits: stream replies, lines owed to a chat member, or the answer to an
+    /// upload being stored.
     pub fn output_pending(&self) -> bool {
-        let chat = match &self.work {
+        let other = match &self.work {
             Work::Chat(output) => output.owed,
+            // The answer to an upload being stored is still to come.
+            Work::Upload(work) => work.is_storing(),
             Work::Stream(_) => false,
         };
-        !self.unsent.is_empty() || chat
+        !self.unsent.is_empty() || other
     }
 
     /// Writes what is queued, as far as the socket takes it (for a chat member, given its

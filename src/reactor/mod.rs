@@ -37,6 +37,7 @@ mod chat;
 pub mod connection;
 pub mod datagram;
 mod fanout;
+pub mod upload;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -58,12 +59,13 @@ use crate::net::{
     TOO_MANY_CONNECTIONS_REPLY,
 };
 use crate::protocol::room::{Delivery, MemberId};
-use crate::storage::durable::UploadDir;
 use crate::protocol::{Limits, ProtocolKind, Session};
 use crate::service::Address;
+use crate::storage::durable::UploadDir;
 
 use chat::{ChatRoom, Outbox};
-pub use connection::{ChatSink, Connection, SharedBuffers, Verdict};
+pub use connection::{ChatSink, Connection, SharedBuffers, Sink, Verdict};
+use upload::{UploadSink, Uploads};
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
 /// is `LISTENER_TOKEN_BASE + i`).
@@ -71,6 +73,13 @@ pub const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
 
 /// The token of the signal pipe (SIGINT, SIGTERM).
 pub const SIGNAL_TOKEN: Token = Token(usize::MAX);
+
+/// The storage pool's waker: I/O threads have answered upload operations.
+pub const STORAGE_TOKEN: Token = Token(usize::MAX - 1);
+
+/// How long the loop, once stopped, waits for the I/O threads to finish what they were handed
+/// (the discards of uploads cut short by the shutdown).
+const STORAGE_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// Most events taken from one `poll` call. Events beyond it stay queued in the kernel for the
 /// next turn, so this bounds the turn's length, not what can be handled.
@@ -167,6 +176,10 @@ pub struct Reactor {
     deliveries: Vec<Delivery>,
     /// Chat members and rooms with lines routed this turn, written at its end.
     outbox: Outbox,
+    /// The I/O threads that store uploads, when an upload service is served.
+    uploads: Option<Uploads>,
+    /// Reused list of the uploads' completions, with their connections' keys.
+    upload_completions: Vec<(usize, crate::storage::pool::Completion)>,
     config: Config,
     clock: Clock,
     /// SIGINT and SIGTERM, delivered through a pipe the poll watches.
@@ -248,7 +261,16 @@ impl Reactor {
             poll.registry()
                 .register(signals, SIGNAL_TOKEN, Interest::READABLE)?;
         }
+        let uploads = match &config.upload_dir {
+            Some(dir) if endpoints.iter().any(|e| e.protocol == ProtocolKind::Upload) => {
+                let waker = Arc::new(Waker::new(poll.registry(), STORAGE_TOKEN)?);
+                Some(Uploads::start(Arc::clone(dir), waker)?)
+            }
+            _ => None,
+        };
         Ok(Reactor {
+            uploads,
+            upload_completions: Vec::new(),
             poll,
             endpoints,
             connections: Slab::new(),
@@ -278,6 +300,16 @@ impl Reactor {
 
     /// Serves until a graceful shutdown completes (`Ok`) or the poller fails.
     pub fn run(&mut self) -> io::Result<()> {
+        let served = self.serve_until_stopped();
+        if let Some(uploads) = self.uploads.take() {
+            // Discards of uploads cut short at the end are still to run; commits were answered.
+            uploads.shut_down(STORAGE_SHUTDOWN_WAIT);
+        }
+        served
+    }
+
+    /// The loop itself: poll, serve every event, then the work left over, until stopped.
+    fn serve_until_stopped(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = self.poll_timeout();
@@ -300,6 +332,10 @@ impl Reactor {
                         ""
                     },
                 );
+                if event.token() == STORAGE_TOKEN {
+                    self.on_storage_ready(&now);
+                    continue;
+                }
                 if event.token() == SIGNAL_TOKEN {
                     if self.on_signal(&now) == Stop::Now {
                         return Ok(());
@@ -470,7 +506,8 @@ impl Reactor {
             debug!("conn #{id}: cannot set TCP_NODELAY: {e}");
         }
         let session = Session::new(protocol, self.config.limits);
-        if session.is_none() && protocol != ProtocolKind::Chat {
+        let storage_ready = protocol != ProtocolKind::Upload || self.uploads.is_some();
+        if session.is_none() && protocol != ProtocolKind::Chat && !storage_ready {
             warn!("conn #{id}: {protocol} is not served by this build; closing");
             return;
         }
@@ -487,6 +524,9 @@ impl Reactor {
         trace!("accept: conn #{id} from {peer} ({protocol}), token {key}");
         match session {
             Some(session) => entry.insert(Connection::new(id, stream, session, now)),
+            None if protocol == ProtocolKind::Upload => {
+                entry.insert(Connection::new_upload(id, stream, self.config.limits, now))
+            }
             None => {
                 let Some(chat) = self.rooms[endpoint].as_ref() else {
                     return; // Not a chat endpoint: cannot happen, checked above.
@@ -519,8 +559,8 @@ impl Reactor {
         }
         let room = connection.chat_room();
         let mut oldest_moved = false;
-        let verdict = match room.and_then(|r| self.rooms[r].as_mut()) {
-            Some(chat) => {
+        let verdict = match (room.and_then(|r| self.rooms[r].as_mut()), &mut self.uploads) {
+            (Some(chat), _) => {
                 let was_oldest = connection.log_cursor() == Some(chat.log.first());
                 let sink = ChatSink {
                     room: &mut chat.room,
@@ -528,12 +568,16 @@ impl Reactor {
                     deliveries: &mut self.deliveries,
                     member: MemberId(key),
                 };
-                let verdict = connection.drive(&mut self.shared, now, Some(sink));
+                let verdict = connection.drive(&mut self.shared, now, Sink::Chat(sink));
                 // A member that held the log's oldest line has moved on: trim at the turn's end.
                 oldest_moved = was_oldest && connection.log_cursor() != Some(chat.log.first());
                 verdict
             }
-            None => connection.drive(&mut self.shared, now, None),
+            (None, Some(uploads)) if connection.is_upload() => {
+                let sink = UploadSink { uploads, key };
+                connection.drive(&mut self.shared, now, Sink::Upload(sink))
+            }
+            (None, _) => connection.drive(&mut self.shared, now, Sink::Own),
         };
         if let Some(at) = verdict.wake_at {
             let id = connection.id;
@@ -663,6 +707,11 @@ impl Reactor {
                     "conn #{}: removed (token {key} is free again)",
                     connection.id
                 );
+                if let (Some((serial, cut_short)), Some(uploads)) =
+                    (connection.upload_left_behind(), self.uploads.as_mut())
+                {
+                    uploads.forget(serial, cut_short);
+                }
                 if let Some(room) = connection.chat_room() {
                     self.leave_room(key, room);
                 }
@@ -699,6 +748,36 @@ impl Reactor {
             "timers: dropped {} of closed connections",
             before - self.timers.len()
         );
+    }
+
+    /// The I/O threads answered: each answer goes to its upload's connection, which may reply
+    /// (`saved ...`), send the ops that waited for room, and read again.
+    fn on_storage_ready(&mut self, now: &Now) {
+        let Some(uploads) = self.uploads.as_mut() else {
+            return;
+        };
+        let mut completions = std::mem::take(&mut self.upload_completions);
+        uploads.drain(&mut completions);
+        trace!(
+            "storage: {} answers from the I/O threads",
+            completions.len()
+        );
+        for (key, completion) in completions.drain(..) {
+            let (Some(connection), Some(uploads)) =
+                (self.connections.get_mut(key), self.uploads.as_mut())
+            else {
+                continue;
+            };
+            let mut sink = UploadSink { uploads, key };
+            let verdict =
+                connection.on_upload_completion(&completion, &mut self.shared, &mut sink, now);
+            if let Some(at) = verdict.wake_at {
+                let id = connection.id;
+                self.timers.push(Reverse((at, Wake::Linger { key, id })));
+            }
+            self.settle(key, verdict.still_ready);
+        }
+        self.upload_completions = completions;
     }
 
     /// Handles pending signals: the first starts a graceful shutdown, a second one means "now".

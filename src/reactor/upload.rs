@@ -1,0 +1,468 @@
+//! Uploads in the loop: the protocol decides, I/O threads touch the disk, the loop only routes.
+//!
+//! An upload's bytes arrive on a socket the loop reads like any other, and the sans-I/O
+//! [`UploadSession`] says what they mean: a header (`Begin`), body bytes (`Body`), the end of the
+//! body (`BodyDone`). None of that may touch the disk here — a `write` to a file can wait for the
+//! page cache, an `fsync` for the disk, and a one-thread server that waits serves nobody — so
+//! every file operation becomes an [`Op`] for the [`StoragePool`]'s I/O threads, and its answer
+//! comes back as a [`Completion`] when the pool's [`mio::Waker`] wakes the poll
+//! ([`STORAGE_TOKEN`](super::STORAGE_TOKEN)).
+//!
+//! Three rules keep that safe:
+//!
+//! * **Back-pressure, not buffering.** Body bytes are gathered into chunks of [`CHUNK_BYTES`];
+//!   while [`MAX_WRITES_IN_FLIGHT`] chunks of a connection are with the I/O threads, or the pool
+//!   refuses an op because it is full, the loop stops reading that connection. The bytes of the
+//!   read that was being handled wait in the connection (at most one read), and the rest waits
+//!   in the kernel's socket buffer, where TCP flow control slows the client down. However fast a
+//!   client sends, an upload holds a few chunks of memory.
+//! * **Every upload ends with a commit or a discard.** A body that arrives whole is committed
+//!   (fsync, rename without replacing, directory fsync) and only then answered `saved ...`; an
+//!   upload cut short — end of stream mid-body, a reset, the idle timeout, a shutdown — is
+//!   discarded when its connection is reaped, so no partial file stays. A discard the pool cannot
+//!   take at once waits in a list the loop retries every time completions are drained.
+//! * **Serial numbers, not slab keys.** Completions name their upload by a serial number that is
+//!   never reused; a connection that closed while its op was in flight has no serial any more,
+//!   and its late completion is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use log::{debug, trace, warn};
+use mio::Waker;
+
+use crate::protocol::upload::{Step, UploadSession};
+use crate::protocol::Limits;
+use crate::storage::durable::UploadDir;
+use crate::storage::pool::{
+    Completion, Op, Outcome, StoragePool, SubmitError, DEFAULT_IO_THREADS, DEFAULT_QUEUE_PER_THREAD,
+};
+
+/// Body bytes gathered before they are handed to an I/O thread as one write.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Chunks of one connection that may be with the I/O threads at once before the loop stops
+/// reading it: two, so the disk writes one while the socket fills the next.
+pub const MAX_WRITES_IN_FLIGHT: u8 = 2;
+
+/// Emptied chunk buffers kept for reuse (no allocation per chunk in the steady state).
+const SPARE_CHUNKS: usize = 16;
+
+/// The loop's side of the storage: the I/O pool, which connection each upload belongs to, and
+/// what is waiting to be retried.
+pub struct Uploads {
+    pool: StoragePool,
+    /// Upload serial number → slab key of its connection.
+    owners: HashMap<u64, usize>,
+    next_serial: u64,
+    /// Emptied chunk buffers, back from the I/O threads.
+    spare_chunks: Vec<Vec<u8>>,
+    /// Discards of uploads whose connection is gone, waiting for room in the pool.
+    orphan_discards: Vec<u64>,
+    /// Reused list of drained completions.
+    completions: Vec<Completion>,
+}
+
+impl std::fmt::Debug for Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploads")
+            .field("in_flight", &self.pool.in_flight())
+            .field("uploads", &self.owners.len())
+            .field("orphan_discards", &self.orphan_discards.len())
+            .finish()
+    }
+}
+
+impl Uploads {
+    /// Starts the I/O threads for uploads into `dir`; they wake the loop through `waker`.
+    pub fn start(dir: Arc<UploadDir>, waker: Arc<Waker>) -> std::io::Result<Uploads> {
+        let pool = StoragePool::new(dir, DEFAULT_IO_THREADS, DEFAULT_QUEUE_PER_THREAD, waker)?;
+        Ok(Uploads {
+            pool,
+            owners: HashMap::new(),
+            next_serial: 1,
+            spare_chunks: Vec::new(),
+            orphan_discards: Vec::new(),
+            completions: Vec::new(),
+        })
+    }
+
+    /// Takes the completions that are ready (the waker fired), recycling write buffers and
+    /// retrying orphaned discards. Returns each with the slab key of its connection, if it still
+    /// has one.
+    pub fn drain(&mut self, out: &mut Vec<(usize, Completion)>) {
+        self.pool.drain(&mut self.completions);
+        for mut completion in self.completions.drain(..) {
+            if let Some(mut buffer) = completion.buffer.take() {
+                if self.spare_chunks.len() < SPARE_CHUNKS {
+                    buffer.clear();
+                    self.spare_chunks.push(buffer);
+                }
+                completion.buffer = Some(Vec::new()); // marks a write's completion
+            }
+            let last = matches!(
+                completion.outcome,
+                Outcome::Committed(_) | Outcome::Discarded
+            );
+            let owner = if last {
+                self.owners.remove(&completion.upload)
+            } else {
+                self.owners.get(&completion.upload).copied()
+            };
+            match owner {
+                Some(key) => out.push((key, completion)),
+                None => trace!(
+                    "upload {}: {:?} for a connection that is gone",
+                    completion.upload,
+                    completion.outcome
+                ),
+            }
+        }
+        self.retry_orphans();
+    }
+
+    /// Stops the I/O threads, letting them finish what was submitted (at most `timeout`).
+    pub fn shut_down(self, timeout: std::time::Duration) {
+        let left = self.pool.shutdown(timeout);
+        if !left.is_empty() {
+            debug!(
+                "storage: {} completions came after their connections closed",
+                left.len()
+            );
+        }
+    }
+
+    /// The connection of upload `serial` is being removed. Cut short (its commit never handed
+    /// over), the upload's temporary file is discarded; otherwise its commit goes on, and its
+    /// answer, which nobody will read, is dropped.
+    pub fn forget(&mut self, serial: u64, cut_short: bool) {
+        self.owners.remove(&serial);
+        if cut_short {
+            self.discard_orphan(serial);
+        }
+    }
+
+    /// The upload of a connection being removed ended early: its temporary file goes.
+    fn discard_orphan(&mut self, serial: u64) {
+        match self.pool.try_submit(serial, Op::Discard) {
+            Ok(()) => trace!("upload {serial}: cut short; discarding its temporary file"),
+            Err(SubmitError::Full(_)) => self.orphan_discards.push(serial),
+            Err(SubmitError::Closed(_)) => {
+                warn!("upload {serial}: the I/O thread is gone; its temporary file stays")
+            }
+        }
+    }
+
+    fn retry_orphans(&mut self) {
+        let mut index = 0;
+        while index < self.orphan_discards.len() {
+            let serial = self.orphan_discards[index];
+            match self.pool.try_submit(serial, Op::Discard) {
+                Err(SubmitError::Full(_)) => index += 1,
+                _ => {
+                    self.orphan_discards.swap_remove(index);
+                }
+            }
+        }
+    }
+
+    /// Whether discards are still waiting for room in the pool.
+    pub fn has_orphans(&self) -> bool {
+        !self.orphan_discards.is_empty()
+    }
+}
+
+/// What an upload connection's input goes to while it is driven: the loop's storage side, and
+/// the connection's slab key (which owns the uploads it begins).
+#[derive(Debug)]
+pub struct UploadSink<'a> {
+    /// The I/O pool and its bookkeeping.
+    pub uploads: &'a mut Uploads,
+    /// The connection's slab key.
+    pub key: usize,
+}
+
+/// What the connection should do after its input was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// Read on.
+    Continue,
+    /// Stop reading until the I/O threads answer (a commit, or room for more chunks).
+    Pause,
+    /// The session ended the conversation (an error line is queued): end the connection.
+    End,
+}
+
+/// One upload connection's state beside its session.
+#[derive(Debug)]
+pub struct UploadWork {
+    session: UploadSession,
+    /// The upload in progress, if any.
+    current: Option<Current>,
+    /// Input read but not yet handled (the session was storing, or the pool busy); at most one
+    /// read's worth, because reading stops meanwhile.
+    held: Vec<u8>,
+    /// Body bytes gathered for the next write.
+    chunk: Vec<u8>,
+    /// Ops the pool refused for now, submitted in order as it drains.
+    waiting: VecDeque<Op>,
+    /// Writes submitted and not yet answered.
+    writes_in_flight: u8,
+}
+
+/// The upload a connection is sending.
+#[derive(Debug)]
+struct Current {
+    /// Its serial number in the pool.
+    serial: u64,
+    /// The cleaned name to store it under.
+    name: String,
+    /// Whether its commit has been handed over (the body is complete): it is being stored.
+    committing: bool,
+    /// Whether the storage failed and the client has been told.
+    failed: bool,
+}
+
+impl UploadWork {
+    /// A new upload connection.
+    pub fn new(limits: Limits) -> UploadWork {
+        UploadWork {
+            session: UploadSession::new(limits),
+            current: None,
+            held: Vec::new(),
+            chunk: Vec::new(),
+            waiting: VecDeque::new(),
+            writes_in_flight: 0,
+        }
+    }
+
+    /// Whether a body is complete and its storage not yet answered: the connection must stay
+    /// (and say nothing more) until it is.
+    pub fn is_storing(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|c| c.committing && !c.failed)
+    }
+
+    /// Whether reading must wait: an answer from the I/O threads is needed first, or input
+    /// read earlier is still to be handled.
+    pub fn is_paused(&self) -> bool {
+        !self.held.is_empty() || self.is_paused_for_io()
+    }
+
+    /// Whether the I/O threads must answer before more input can be handled: ops wait for room
+    /// in the pool, enough chunks are in flight, or a body is being stored.
+    pub fn is_paused_for_io(&self) -> bool {
+        !self.waiting.is_empty()
+            || self.writes_in_flight >= MAX_WRITES_IN_FLIGHT
+            || self.is_storing()
+    }
+
+    /// The serial number of the upload under way, if any.
+    pub fn serial(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.serial)
+    }
+
+    /// Whether an upload is under way that has not been handed its commit: cut short if the
+    /// connection ends now.
+    pub fn is_mid_upload(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| !c.committing)
+    }
+
+    /// Handles `input`, as far as the session and the pool allow; the rest is held.
+    pub fn feed(&mut self, input: &[u8], sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Feed {
+        let mut rest = input;
+        loop {
+            if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT || !self.waiting.is_empty() {
+                self.held.extend_from_slice(rest);
+                return Feed::Pause;
+            }
+            match self.session.on_input(&mut rest, out) {
+                Step::NeedInput => return Feed::Continue,
+                Step::Begin { name, size } => {
+                    let serial = sink.uploads.next_serial;
+                    sink.uploads.next_serial += 1;
+                    sink.uploads.owners.insert(serial, sink.key);
+                    debug!("upload {serial}: {size} bytes for {name:?}; ok");
+                    self.current = Some(Current {
+                        serial,
+                        name,
+                        committing: false,
+                        failed: false,
+                    });
+                    if let Some(feed) = self.submit(Op::Begin, sink, out) {
+                        return feed;
+                    }
+                }
+                Step::Body(bytes) => {
+                    if self.chunk.capacity() == 0 {
+                        self.chunk = sink
+                            .uploads
+                            .spare_chunks
+                            .pop()
+                            .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+                    }
+                    let mut bytes = bytes;
+                    while !bytes.is_empty() {
+                        let room = CHUNK_BYTES - self.chunk.len();
+                        let (now, later) = bytes.split_at(room.min(bytes.len()));
+                        self.chunk.extend_from_slice(now);
+                        bytes = later;
+                        if self.chunk.len() == CHUNK_BYTES {
+                            if let Some(feed) = self.submit_chunk(sink, out) {
+                                // Body bytes the chunk could not take go back in front.
+                                let mut held = bytes.to_vec();
+                                held.extend_from_slice(rest);
+                                self.held = held;
+                                return feed;
+                            }
+                        }
+                    }
+                }
+                Step::BodyDone { size, crc32 } => {
+                    trace!("upload body complete: {size} bytes, CRC-32 {crc32:08x}");
+                    if !self.chunk.is_empty() {
+                        if let Some(feed) = self.submit_chunk(sink, out) {
+                            self.held.extend_from_slice(rest);
+                            return feed;
+                        }
+                    }
+                    let Some(current) = self.current.as_mut() else {
+                        return Feed::End;
+                    };
+                    current.committing = true;
+                    let name = current.name.clone();
+                    if let Some(feed) = self.submit(Op::Commit { name }, sink, out) {
+                        self.held.extend_from_slice(rest);
+                        return feed;
+                    }
+                }
+                Step::Storing => {
+                    self.held.extend_from_slice(rest);
+                    return Feed::Pause;
+                }
+                Step::Refused(refusal) => {
+                    debug!("upload refused: {refusal}");
+                    return Feed::End;
+                }
+                Step::Closed => return Feed::End,
+            }
+        }
+    }
+
+    /// Hands the gathered chunk to the I/O threads.
+    fn submit_chunk(&mut self, sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Option<Feed> {
+        let chunk = std::mem::take(&mut self.chunk);
+        self.writes_in_flight += 1; // counted from now: a waiting write holds reading too
+        self.submit(Op::Write(chunk), sink, out)
+    }
+
+    /// Submits `op` after any op still waiting; `Some` if the connection must stop here.
+    fn submit(&mut self, op: Op, sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Option<Feed> {
+        let current = self.current.as_ref()?;
+        if !self.waiting.is_empty() {
+            self.waiting.push_back(op);
+            return Some(Feed::Pause);
+        }
+        match sink.uploads.pool.try_submit(current.serial, op) {
+            Ok(()) => None,
+            Err(SubmitError::Full(op)) => {
+                trace!(
+                    "upload {}: the I/O threads are busy; pausing the connection",
+                    current.serial
+                );
+                self.waiting.push_back(op);
+                Some(Feed::Pause)
+            }
+            Err(SubmitError::Closed(_)) => {
+                self.fail("the I/O thread is gone", out);
+                Some(Feed::End)
+            }
+        }
+    }
+
+    /// Submits the ops that waited for room in the pool, in order; whether all went.
+    pub fn retry_waiting(&mut self, sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Feed {
+        let Some(serial) = self.current.as_ref().map(|c| c.serial) else {
+            self.waiting.clear();
+            return Feed::Continue;
+        };
+        while let Some(op) = self.waiting.pop_front() {
+            match sink.uploads.pool.try_submit(serial, op) {
+                Ok(()) => {}
+                Err(SubmitError::Full(op)) => {
+                    self.waiting.push_front(op);
+                    return Feed::Pause;
+                }
+                Err(SubmitError::Closed(_)) => {
+                    self.fail("the I/O thread is gone", out);
+                    return Feed::End;
+                }
+            }
+        }
+        Feed::Continue
+    }
+
+    /// The input held while reading was paused, to be handled before anything new is read.
+    pub fn take_held(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Gives back the (emptied) buffer [`take_held`](Self::take_held) returned, keeping its
+    /// allocation if nothing new was held meanwhile.
+    pub fn return_held(&mut self, mut buffer: Vec<u8>) {
+        if self.held.is_empty() {
+            buffer.clear();
+            self.held = buffer;
+        }
+    }
+
+    /// An answer from the I/O threads for this connection's upload. Returns what to do next.
+    pub fn on_completion(&mut self, completion: &Completion, out: &mut Vec<u8>) -> Feed {
+        if completion.buffer.is_some() {
+            self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+        }
+        let Some(current) = self.current.as_mut() else {
+            return Feed::Continue;
+        };
+        if current.serial != completion.upload {
+            return Feed::Continue; // an earlier upload's late answer
+        }
+        match &completion.outcome {
+            Outcome::Begun | Outcome::Written | Outcome::Discarded => Feed::Continue,
+            Outcome::Committed(stored) => {
+                debug!("upload {}: {stored}", current.serial);
+                let name = stored.name.clone();
+                self.current = None;
+                match self.session.stored(&name, out) {
+                    crate::protocol::Flow::Continue => Feed::Continue,
+                    crate::protocol::Flow::Close => Feed::End,
+                }
+            }
+            Outcome::Failed { reason } => {
+                if current.failed {
+                    return Feed::End; // told already; later ops of it fail the same way
+                }
+                let reason = reason.clone();
+                self.fail(&reason, out);
+                Feed::End
+            }
+        }
+    }
+
+    /// The storage failed: the client is told once, and the connection ends.
+    fn fail(&mut self, reason: &str, out: &mut Vec<u8>) {
+        if let Some(current) = self.current.as_mut() {
+            debug!("upload {}: storage failed: {reason}", current.serial);
+            current.failed = true;
+        }
+        self.waiting.clear();
+        self.held.clear();
+        self.session.storage_failed(reason, out);
+    }
+
+    /// The client's end of stream: the session's last word, and whether an upload was cut short.
+    pub fn on_end(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
+        self.session.on_end(out)
+    }
+}
