@@ -106,6 +106,20 @@ pub struct ServeArgs {
     /// body is read [default: 1 GiB].
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UPLOAD, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload: u64,
+
+    /// Where the reactor does uploads' file work: on I/O threads (threads), or in the event loop
+    /// itself (loop) — a foil, to measure what a disk wait inside the loop costs every client.
+    #[arg(long, value_enum, default_value_t = UploadIo::Threads)]
+    pub upload_io: UploadIo,
+}
+
+/// `--upload-io`: where the reactor's file work for uploads runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UploadIo {
+    /// A small pool of I/O threads; completions come back through a waker (the design).
+    Threads,
+    /// In the loop thread: every `write` and `fsync` stalls every client (the foil).
+    Loop,
 }
 
 /// Parses `--unix-mode`: permission bits in octal, 0 to 777.
@@ -274,6 +288,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 idle_timeout,
                 shutdown_timeout,
                 upload_dir,
+                upload_io_in_loop: args.upload_io == UploadIo::Loop,
             };
             match Reactor::new(listeners, datagrams, config, Some(signals)) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),

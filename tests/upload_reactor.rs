@@ -239,3 +239,30 @@ fn a_client_faster_than_the_disk_does_not_grow_the_server() {
     assert!(dir.names().is_empty(), "left behind: {:?}", dir.names());
     server.assert_running();
 }
+
+#[test]
+fn an_upload_whose_last_bytes_arrive_while_the_disk_is_busy_is_still_stored() {
+    // The body's last bytes are read while the connection's chunks fill the slow disk's queue:
+    // the end of the body is then a step the session has with no input left, and the loop must
+    // still take it when the disk catches up (it once waited for bytes that would never come).
+    let dir = Dir::new("busy-end");
+    let Some(server) = SlowDiskServer::start(&dir, "write", Duration::from_millis(20)) else {
+        return;
+    };
+    for (n, size) in [(1, 3 << 20), (2, (1 << 20) + 13), (3, 200_000)] {
+        let upload = connect(server.upload);
+        let mut reader = BufReader::new(upload.try_clone().unwrap());
+        let name = format!("end{n}.bin");
+        let mut request = format!("{size} {name}\n").into_bytes();
+        request.resize(request.len() + size, b'z');
+        (&upload).write_all(&request).unwrap();
+        assert_eq!(read_line(&mut reader), "ok\n");
+        let saved = read_line(&mut reader);
+        assert!(
+            saved.starts_with(&format!("saved {name} {size} ")),
+            "{name}: {saved:?}"
+        );
+    }
+    assert_eq!(dir.names(), ["end1.bin", "end2.bin", "end3.bin"]);
+    server.assert_running();
+}

@@ -372,9 +372,12 @@ impl Connection {
     /// answer (`saved ...`, `error storage failed: ...`), ops that waited for room go, input
     /// held meanwhile is handled. `still_ready` says the socket should be read again now: no
     /// new edge will come for bytes that arrived while reading was paused.
+    ///
+    /// Without a completion: only the retry of ops that waited for room in the pool (another
+    /// connection's completion made some).
     pub fn on_upload_completion(
         &mut self,
-        completion: &Completion,
+        completion: Option<&Completion>,
         shared: &mut SharedBuffers,
         sink: &mut UploadSink<'_>,
         now: &Now,
@@ -386,15 +389,18 @@ impl Connection {
             return Verdict::default();
         }
         shared.replies.clear();
-        let mut feed = work.on_completion(completion, &mut shared.replies);
+        let mut feed = match completion {
+            Some(completion) => work.on_completion(completion, &mut shared.replies),
+            None => Feed::Continue,
+        };
         if feed == Feed::Continue && self.phase == Phase::Serving {
             feed = work.retry_waiting(sink, &mut shared.replies);
         }
         if feed == Feed::Continue && self.phase == Phase::Serving && !work.is_paused_for_io() {
+            // Even with nothing held: the session may have a step left without new input (the
+            // end of a body whose last bytes were handed over just before the pause).
             let held = work.take_held();
-            if !held.is_empty() {
-                feed = work.feed(&held, sink, &mut shared.replies);
-            }
+            feed = work.feed(&held, sink, &mut shared.replies);
             work.return_held(held);
         }
         let paused = work.is_paused();

@@ -107,6 +107,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--upload-dir`, opened, when an upload service is served.
     pub upload_dir: Option<Arc<UploadDir>>,
+    /// `--upload-io loop`: file operations in the loop itself, a foil (normally: I/O threads).
+    pub upload_io_in_loop: bool,
 }
 
 impl Default for Config {
@@ -118,6 +120,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(300)),
             shutdown_timeout: Duration::from_secs(10),
             upload_dir: None,
+            upload_io_in_loop: false,
         }
     }
 }
@@ -180,6 +183,8 @@ pub struct Reactor {
     uploads: Option<Uploads>,
     /// Reused list of the uploads' completions, with their connections' keys.
     upload_completions: Vec<(usize, crate::storage::pool::Completion)>,
+    /// Reused list of upload connections to retry at a drain.
+    upload_blocked: Vec<usize>,
     config: Config,
     clock: Clock,
     /// SIGINT and SIGTERM, delivered through a pipe the poll watches.
@@ -264,13 +269,18 @@ impl Reactor {
         let uploads = match &config.upload_dir {
             Some(dir) if endpoints.iter().any(|e| e.protocol == ProtocolKind::Upload) => {
                 let waker = Arc::new(Waker::new(poll.registry(), STORAGE_TOKEN)?);
-                Some(Uploads::start(Arc::clone(dir), waker)?)
+                Some(Uploads::start(
+                    Arc::clone(dir),
+                    waker,
+                    config.upload_io_in_loop,
+                )?)
             }
             _ => None,
         };
         Ok(Reactor {
             uploads,
             upload_completions: Vec::new(),
+            upload_blocked: Vec::new(),
             poll,
             endpoints,
             connections: Slab::new(),
@@ -769,8 +779,12 @@ impl Reactor {
                 continue;
             };
             let mut sink = UploadSink { uploads, key };
-            let verdict =
-                connection.on_upload_completion(&completion, &mut self.shared, &mut sink, now);
+            let verdict = connection.on_upload_completion(
+                Some(&completion),
+                &mut self.shared,
+                &mut sink,
+                now,
+            );
             if let Some(at) = verdict.wake_at {
                 let id = connection.id;
                 self.timers.push(Reverse((at, Wake::Linger { key, id })));
@@ -778,6 +792,26 @@ impl Reactor {
             self.settle(key, verdict.still_ready);
         }
         self.upload_completions = completions;
+        // Room freed by any upload's completion may be what a blocked connection waits for.
+        let mut blocked = std::mem::take(&mut self.upload_blocked);
+        if let Some(uploads) = self.uploads.as_mut() {
+            uploads.take_blocked(&mut blocked);
+        }
+        for key in blocked.drain(..) {
+            let (Some(connection), Some(uploads)) =
+                (self.connections.get_mut(key), self.uploads.as_mut())
+            else {
+                continue;
+            };
+            let mut sink = UploadSink { uploads, key };
+            let verdict = connection.on_upload_completion(None, &mut self.shared, &mut sink, now);
+            if let Some(at) = verdict.wake_at {
+                let id = connection.id;
+                self.timers.push(Reverse((at, Wake::Linger { key, id })));
+            }
+            self.settle(key, verdict.still_ready);
+        }
+        self.upload_blocked = blocked;
     }
 
     /// Handles pending signals: the first starts a graceful shutdown, a second one means "now".

@@ -59,6 +59,10 @@ pub struct Uploads {
     spare_chunks: Vec<Vec<u8>>,
     /// Discards of uploads whose connection is gone, waiting for room in the pool.
     orphan_discards: Vec<u64>,
+    /// Connections with ops the pool refused for lack of room: a worker is shared by many
+    /// uploads, so room may come from another connection's completion, and these must be
+    /// retried at every drain, not only at their own completions.
+    blocked: Vec<usize>,
     /// Reused list of drained completions.
     completions: Vec<Completion>,
 }
@@ -74,15 +78,26 @@ impl std::fmt::Debug for Uploads {
 }
 
 impl Uploads {
-    /// Starts the I/O threads for uploads into `dir`; they wake the loop through `waker`.
-    pub fn start(dir: Arc<UploadDir>, waker: Arc<Waker>) -> std::io::Result<Uploads> {
-        let pool = StoragePool::new(dir, DEFAULT_IO_THREADS, DEFAULT_QUEUE_PER_THREAD, waker)?;
+    /// Starts the I/O threads for uploads into `dir`; they wake the loop through `waker`. With
+    /// `in_loop` there are none: file operations run in the loop itself (`--upload-io loop`, the
+    /// foil that shows what that costs).
+    pub fn start(
+        dir: Arc<UploadDir>,
+        waker: Arc<Waker>,
+        in_loop: bool,
+    ) -> std::io::Result<Uploads> {
+        let pool = if in_loop {
+            StoragePool::in_caller(dir, DEFAULT_QUEUE_PER_THREAD, waker)
+        } else {
+            StoragePool::new(dir, DEFAULT_IO_THREADS, DEFAULT_QUEUE_PER_THREAD, waker)?
+        };
         Ok(Uploads {
             pool,
             owners: HashMap::new(),
             next_serial: 1,
             spare_chunks: Vec::new(),
             orphan_discards: Vec::new(),
+            blocked: Vec::new(),
             completions: Vec::new(),
         })
     }
@@ -166,6 +181,12 @@ impl Uploads {
         }
     }
 
+    /// The connections whose ops waited for room, to retry now (the list is emptied; those still
+    /// refused list themselves again).
+    pub fn take_blocked(&mut self, into: &mut Vec<usize>) {
+        into.append(&mut self.blocked);
+    }
+
     /// Whether discards are still waiting for room in the pool.
     pub fn has_orphans(&self) -> bool {
         !self.orphan_discards.is_empty()
@@ -206,6 +227,8 @@ pub struct UploadWork {
     chunk: Vec<u8>,
     /// Ops the pool refused for now, submitted in order as it drains.
     waiting: VecDeque<Op>,
+    /// Whether it is on the loop's list of connections to retry at the next drain.
+    listed_blocked: bool,
     /// Writes submitted and not yet answered.
     writes_in_flight: u8,
 }
@@ -232,6 +255,7 @@ impl UploadWork {
             held: Vec::new(),
             chunk: Vec::new(),
             waiting: VecDeque::new(),
+            listed_blocked: false,
             writes_in_flight: 0,
         }
     }
@@ -290,51 +314,47 @@ impl UploadWork {
                         committing: false,
                         failed: false,
                     });
-                    if let Some(feed) = self.submit(Op::Begin, sink, out) {
-                        return feed;
+                    if self.submit(Op::Begin, sink, out) == Some(Feed::End) {
+                        return Feed::End;
                     }
                 }
                 Step::Body(bytes) => {
-                    if self.chunk.capacity() == 0 {
-                        self.chunk = sink
-                            .uploads
-                            .spare_chunks
-                            .pop()
-                            .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
-                    }
+                    // The session has counted these bytes: every one must go into a chunk now.
+                    // A chunk the pool cannot take waits in `waiting`, and the loop's first check
+                    // holds the rest of the input until it has gone.
                     let mut bytes = bytes;
                     while !bytes.is_empty() {
+                        if self.chunk.capacity() == 0 {
+                            self.chunk = sink
+                                .uploads
+                                .spare_chunks
+                                .pop()
+                                .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+                        }
                         let room = CHUNK_BYTES - self.chunk.len();
                         let (now, later) = bytes.split_at(room.min(bytes.len()));
                         self.chunk.extend_from_slice(now);
                         bytes = later;
-                        if self.chunk.len() == CHUNK_BYTES {
-                            if let Some(feed) = self.submit_chunk(sink, out) {
-                                // Body bytes the chunk could not take go back in front.
-                                let mut held = bytes.to_vec();
-                                held.extend_from_slice(rest);
-                                self.held = held;
-                                return feed;
-                            }
+                        if self.chunk.len() == CHUNK_BYTES
+                            && self.submit_chunk(sink, out) == Some(Feed::End)
+                        {
+                            return Feed::End;
                         }
                     }
                 }
                 Step::BodyDone { size, crc32 } => {
                     trace!("upload body complete: {size} bytes, CRC-32 {crc32:08x}");
-                    if !self.chunk.is_empty() {
-                        if let Some(feed) = self.submit_chunk(sink, out) {
-                            self.held.extend_from_slice(rest);
-                            return feed;
-                        }
+                    if !self.chunk.is_empty() && self.submit_chunk(sink, out) == Some(Feed::End) {
+                        return Feed::End;
                     }
                     let Some(current) = self.current.as_mut() else {
                         return Feed::End;
                     };
                     current.committing = true;
                     let name = current.name.clone();
-                    if let Some(feed) = self.submit(Op::Commit { name }, sink, out) {
-                        self.held.extend_from_slice(rest);
-                        return feed;
+                    // After the last chunk, even if both wait for room: the order is kept.
+                    if self.submit(Op::Commit { name }, sink, out) == Some(Feed::End) {
+                        return Feed::End;
                     }
                 }
                 Step::Storing => {
@@ -372,6 +392,7 @@ impl UploadWork {
                     current.serial
                 );
                 self.waiting.push_back(op);
+                self.list_blocked(sink);
                 Some(Feed::Pause)
             }
             Err(SubmitError::Closed(_)) => {
@@ -383,6 +404,7 @@ impl UploadWork {
 
     /// Submits the ops that waited for room in the pool, in order; whether all went.
     pub fn retry_waiting(&mut self, sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Feed {
+        self.listed_blocked = false;
         let Some(serial) = self.current.as_ref().map(|c| c.serial) else {
             self.waiting.clear();
             return Feed::Continue;
@@ -392,6 +414,7 @@ impl UploadWork {
                 Ok(()) => {}
                 Err(SubmitError::Full(op)) => {
                     self.waiting.push_front(op);
+                    self.list_blocked(sink);
                     return Feed::Pause;
                 }
                 Err(SubmitError::Closed(_)) => {
@@ -401,6 +424,13 @@ impl UploadWork {
             }
         }
         Feed::Continue
+    }
+
+    /// Puts this connection on the loop's list to retry at the next drain (once).
+    fn list_blocked(&mut self, sink: &mut UploadSink<'_>) {
+        if !std::mem::replace(&mut self.listed_blocked, true) {
+            sink.uploads.blocked.push(sink.key);
+        }
     }
 
     /// The input held while reading was paused, to be handled before anything new is read.

@@ -227,6 +227,8 @@ pub struct StoragePool {
     /// Each worker sends its index here as it exits (also when it dies): how shutdown waits
     /// with a deadline, which `JoinHandle::join` cannot.
     exits: Mutex<Receiver<usize>>,
+    /// The foil ([`StoragePool::in_caller`]): no threads, every op runs in the submitting thread.
+    in_caller: Option<Mutex<WorkerLoop>>,
 }
 
 impl fmt::Debug for StoragePool {
@@ -274,6 +276,7 @@ impl StoragePool {
             }),
             queue_per_thread,
             exits: Mutex::new(exit_rx),
+            in_caller: None,
         };
         for index in 0..threads {
             let (jobs, queue) = mpsc::sync_channel(queue_per_thread);
@@ -301,6 +304,37 @@ impl StoragePool {
         Ok(pool)
     }
 
+    /// The foil for measuring what the threads are for: no I/O thread at all, every op runs in
+    /// the thread that submits it — for the reactor, *in the loop*, `fsync` and all — and its
+    /// completion is queued and `waker` woken as a thread's would be. `--upload-io loop` serves
+    /// with it, so `docs/BENCHMARKS.md` can show what a disk wait inside the loop costs every
+    /// other client. Never the default.
+    pub fn in_caller(dir: Arc<UploadDir>, queue: usize, waker: Arc<Waker>) -> StoragePool {
+        let (_, exits) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            completions: Mutex::new(VecDeque::new()),
+            waker,
+        });
+        let worker = WorkerLoop {
+            index: 0,
+            dir,
+            shared: Arc::clone(&shared),
+            uploads: HashMap::new(),
+        };
+        debug!("storage: no I/O thread; file operations run in the event loop (a foil)");
+        StoragePool {
+            workers: vec![Worker {
+                jobs: None,
+                thread: None,
+                in_flight: AtomicUsize::new(0),
+            }],
+            shared,
+            queue_per_thread: queue.clamp(1, MAX_QUEUE_PER_THREAD),
+            exits: Mutex::new(exits),
+            in_caller: Some(Mutex::new(worker)),
+        }
+    }
+
     /// Hands `op` for `upload` to that upload's worker, without ever waiting: if the worker has
     /// its fill of ops in flight, the op comes back in [`SubmitError::Full`].
     ///
@@ -314,6 +348,16 @@ impl StoragePool {
         if worker.in_flight.fetch_add(1, Ordering::AcqRel) >= self.queue_per_thread {
             worker.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Full(op));
+        }
+        if let Some(in_caller) = &self.in_caller {
+            let mut worker = in_caller.lock().unwrap_or_else(PoisonError::into_inner);
+            let (outcome, buffer) = worker.perform(upload, op);
+            worker.shared.complete(Completion {
+                upload,
+                outcome,
+                buffer,
+            });
+            return Ok(());
         }
         let Some(jobs) = &worker.jobs else {
             worker.in_flight.fetch_sub(1, Ordering::AcqRel);
