@@ -14,7 +14,8 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use oneloop::storage::{TempFile, UploadDir, TEMP_PREFIX};
+use oneloop::protocol::upload::TEMP_PREFIX;
+use oneloop::storage::{TempFile, UploadDir};
 
 /// A fresh, empty directory, removed (with its contents) when dropped.
 struct Scratch {
@@ -307,7 +308,16 @@ fn discard_and_drop_leave_nothing() {
 fn a_bad_name_is_refused_and_the_file_removed() {
     let scratch = Scratch::new("bad-names");
     let dir = open(&scratch);
-    for bad in ["a/b", "../x", "nul\0byte", "", "..", ".oneloop-upload-x"] {
+    for bad in [
+        "a/b",
+        "../x",
+        "nul\0byte",
+        "",
+        "..",
+        ".oneloop-upload-x",
+        ".oneloop-upload",
+        "a\\b",
+    ] {
         let mut file = TempFile::create(&dir).unwrap();
         file.write_all(b"x").unwrap();
         let error = file.commit(bad).unwrap_err();

@@ -1130,7 +1130,11 @@ mod tests {
             ("photo.jpg", 1, "photo.jpg"),
             ("photo.jpg", 2, "photo-2.jpg"),
             ("photo.jpg", 3, "photo-3.jpg"),
+            ("photo.jpg", 10, "photo-10.jpg"),
             ("archive.tar.gz", 2, "archive.tar-2.gz"),
+            ("backup.tar.gz", 3, "backup.tar-3.gz"),
+            ("notes", 2, "notes-2"),
+            (".config.bak", 2, ".config-2.bak"),
             ("README", 2, "README-2"),
             (".bashrc", 2, ".bashrc-2"),
             (".config.json", 2, ".config-2.json"),
@@ -1145,9 +1149,15 @@ mod tests {
         let c = candidate_name(&long, 2);
         assert_eq!(c.len(), 255);
         assert!(c.ends_with("x-2.jpg"));
+        let c = candidate_name(&long, 123_456);
+        assert_eq!(c.len(), 255);
+        assert!(c.ends_with("x-123456.jpg"), "{c}");
+        // 'é' is two bytes: with `-2` and `.jpg`, 249 bytes are left for a 250-byte stem, which
+        // is cut at 248, between two characters, not at 249, inside one.
         let long = format!("{}.jpg", "é".repeat(125));
         let c = candidate_name(&long, 2);
         assert!(c.len() <= 255 && c.ends_with("é-2.jpg"), "{c}");
+        assert_eq!(c.chars().filter(|&c| c == 'é').count(), 124);
         // A 255-byte name that already ends in `-2`: its second candidate is not itself.
         let long = format!("{}-2.jpg", "x".repeat(249));
         assert_eq!(long.len(), 255);

@@ -70,14 +70,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 
+// The name rules are the upload protocol's: one definition of what a stored name may be, of how
+// a taken name's alternatives are made, and of the temporaries' prefix that no stored name has.
+use crate::protocol::upload::{candidate_name, clean_name, TEMP_PREFIX};
 use crate::sys;
-
-/// How every temporary file's name starts. Hidden (a leading dot), and a name no stored file
-/// ever has: [`TempFile::commit`] refuses it, and [`candidate_name`] never makes it.
-pub const TEMP_PREFIX: &str = ".oneloop-upload-";
-
-/// The longest stored name, in bytes: `NAME_MAX` on Linux file systems.
-pub const MAX_NAME_BYTES: usize = 255;
 
 /// How many names [`TempFile::commit`] tries (`photo.jpg` up to `photo-10000.jpg`) before giving
 /// up. A bound, so that a directory full of one name cannot make a commit loop for ever; each try
@@ -517,9 +513,10 @@ impl TempFile {
     /// `fsync` the directory (module docs, steps 2 to 4). Returns the name it got.
     ///
     /// On any error the upload is not stored and its temporary file is removed; a failed
-    /// `fsync` is never retried. `wanted` must be a single path component as the protocol
-    /// cleans names (not empty, `.` or `..`; no `/` or NUL; at most 255 bytes; not starting with
-    /// [`TEMP_PREFIX`]); anything else is refused with [`io::ErrorKind::InvalidInput`].
+    /// `fsync` is never retried. `wanted` must be a name the upload protocol accepts, unchanged
+    /// by its [`clean_name`] (a single path component: not empty, `.` or `..`; no `/`, `\\` or
+    /// control character; at most 255 bytes; not starting with the temporaries' prefix);
+    /// anything else is refused with [`io::ErrorKind::InvalidInput`].
     pub fn commit(mut self, wanted: &str) -> io::Result<Stored> {
         check_name(wanted)?;
         if self.broken {
@@ -650,63 +647,25 @@ impl fmt::Display for Stored {
     }
 }
 
-/// Refuses a name that is not a single, visible-or-hidden path component we may store under.
+/// Refuses a name the upload protocol would not have accepted: anything but the single path
+/// component [`clean_name`] gives back unchanged (so no `/` or `\\`, no control character, not
+/// empty, `.` or `..`, at most 255 bytes, and not starting with the temporaries' prefix).
+///
+/// The names come from the protocol, cleaned already; this is the storage layer's own check that
+/// nothing else reaches `renameat2`, with the very same rules — a second, looser copy of them
+/// would let a name through that [`candidate_name`] does not expect (`.oneloop-upload` would get
+/// `.oneloop-upload-2`, a temporary's name).
 fn check_name(name: &str) -> io::Result<()> {
-    let problem = if name.is_empty() || name == "." || name == ".." {
-        Some("empty, . or ..")
-    } else if name.contains(['/', '\0']) {
-        Some("contains / or NUL")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("longer than 255 bytes")
-    } else if name.starts_with(TEMP_PREFIX) {
-        Some("reserved for temporary files")
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(io::Error::new(
+    match clean_name(name.as_bytes()) {
+        Ok(clean) if clean == name => Ok(()),
+        Ok(_) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("bad name {name:?}: {problem}"),
+            format!("bad name {name:?}: not a single path component"),
         )),
-        None => Ok(()),
-    }
-}
-
-/// The `n`th name to try for a file that wants to be called `name`: `name` itself for `n` ≤ 1,
-/// then `photo-2.jpg`, `photo-3.jpg`, ... — the suffix goes before the last extension, or at the
-/// end when there is none (`notes-2`, and `.bashrc-2`: a leading dot starts no extension).
-///
-/// The result is at most [`MAX_NAME_BYTES`] long: the stem is shortened (at a character
-/// boundary) to make room for the suffix. If the extension is so long that no character of the
-/// stem would be left, the name is treated as having no extension. And the result never starts
-/// with [`TEMP_PREFIX`]: for the one stem that would make it (`.oneloop-upload`) the suffix is
-/// `_2` instead of `-2`.
-///
-/// `name` is expected to be a valid stored name (see [`TempFile::commit`]).
-pub fn candidate_name(name: &str, n: u32) -> String {
-    if n <= 1 {
-        return name.to_owned();
-    }
-    let suffix_len = format!("-{n}").len();
-    let (mut stem, mut extension) = match name.rfind('.') {
-        Some(dot) if dot > 0 => name.split_at(dot),
-        _ => (name, ""),
-    };
-    let first_char = stem.chars().next().map_or(0, char::len_utf8);
-    if extension.len() + suffix_len + first_char > MAX_NAME_BYTES {
-        (stem, extension) = (name, "");
-    }
-    let mut room = MAX_NAME_BYTES - suffix_len - extension.len();
-    room = room.min(stem.len());
-    while !stem.is_char_boundary(room) {
-        room -= 1;
-    }
-    let stem = &stem[..room];
-    let candidate = format!("{stem}-{n}{extension}");
-    if candidate.starts_with(TEMP_PREFIX) {
-        format!("{stem}_{n}{extension}")
-    } else {
-        candidate
+        Err(why) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad name {name:?}: {why}"),
+        )),
     }
 }
 
@@ -760,82 +719,48 @@ mod tests {
     }
 
     #[test]
-    fn the_first_candidate_is_the_name_itself() {
-        assert_eq!(candidate_name("photo.jpg", 1), "photo.jpg");
-        assert_eq!(candidate_name("photo.jpg", 0), "photo.jpg");
-    }
-
-    #[test]
-    fn the_suffix_goes_before_the_last_extension() {
-        assert_eq!(candidate_name("photo.jpg", 2), "photo-2.jpg");
-        assert_eq!(candidate_name("photo.jpg", 10), "photo-10.jpg");
-        assert_eq!(candidate_name("backup.tar.gz", 3), "backup.tar-3.gz");
-        assert_eq!(candidate_name("photo.", 2), "photo-2.");
-    }
-
-    #[test]
-    fn no_extension_or_a_dotfile_gets_the_suffix_at_the_end() {
-        assert_eq!(candidate_name("notes", 2), "notes-2");
-        assert_eq!(candidate_name(".bashrc", 2), ".bashrc-2");
-        assert_eq!(candidate_name(".config.bak", 2), ".config-2.bak");
-    }
-
-    #[test]
-    fn long_names_are_shortened_in_the_stem() {
-        let name = format!("{}.jpg", "a".repeat(251));
-        assert_eq!(name.len(), 255);
-        let second = candidate_name(&name, 2);
-        assert_eq!(second.len(), 255);
-        assert_eq!(second, format!("{}-2.jpg", "a".repeat(249)));
-        let big = candidate_name(&name, 123_456);
-        assert_eq!(big.len(), 255);
-        assert!(big.ends_with("-123456.jpg"), "{big}");
-    }
-
-    #[test]
-    fn shortening_keeps_whole_characters() {
-        // 'é' is two bytes. With "-2" and ".txt", 249 bytes are left for a 250-byte stem: it is
-        // cut at 248, between two characters, not at 249, inside one.
-        let name = format!("{}.txt", "é".repeat(125));
-        assert_eq!(name.len(), 254);
-        let second = candidate_name(&name, 2);
-        assert!(second.len() <= MAX_NAME_BYTES);
-        assert!(second.ends_with("-2.txt"), "{second}");
-        assert_eq!(second.chars().filter(|&c| c == 'é').count(), 124);
-    }
-
-    #[test]
-    fn a_huge_extension_is_treated_as_part_of_the_stem() {
-        let name = format!("x.{}", "e".repeat(253));
-        assert_eq!(name.len(), 255);
-        let second = candidate_name(&name, 2);
-        assert_eq!(second.len(), 255);
-        assert!(second.starts_with("x.e"), "{second}");
-        assert!(second.ends_with("e-2"), "{second}");
-    }
-
-    #[test]
-    fn a_candidate_never_takes_a_temporary_name() {
-        assert_eq!(
-            candidate_name(".oneloop-upload.txt", 2),
-            ".oneloop-upload_2.txt"
-        );
-        assert_eq!(candidate_name(".oneloop-upload", 2), ".oneloop-upload_2");
-        for n in 2..50 {
-            assert!(!candidate_name(".oneloop-upload", n).starts_with(TEMP_PREFIX));
-        }
-    }
-
-    #[test]
-    fn names_that_are_not_one_component_are_refused() {
-        for bad in ["", ".", "..", "a/b", "/x", "a\0b", ".oneloop-upload-1-2-3"] {
+    fn names_the_protocol_would_not_accept_are_refused() {
+        // `candidate_name` and its tests live with the protocol (`protocol::upload`); what this
+        // layer adds is that nothing else reaches a rename.
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/x",
+            "a\\b",
+            "a\0b",
+            "tab\there",
+            "esc\x1b[2J",
+            ".oneloop-upload-1-2-3",
+            // Reserved too, without the dash: its second candidate would be `.oneloop-upload-2`,
+            // a temporary's name.
+            ".oneloop-upload",
+            ".oneloop-upload.txt",
+        ] {
             let error = check_name(bad).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
         check_name(&"n".repeat(256)).unwrap_err();
         check_name(&"n".repeat(255)).unwrap();
         check_name(".bashrc").unwrap();
-        check_name(".oneloop-upload").unwrap();
+        check_name("my photo.jpg").unwrap();
+    }
+
+    #[test]
+    fn a_taken_255_byte_name_is_not_tried_twice() {
+        // Its second candidate must be another name (the protocol's `candidate_name` shortens
+        // one byte more): trying the name itself again would only cost an EEXIST.
+        let scratch = Scratch::new("long-taken");
+        let dir = Arc::new(UploadDir::open(&scratch.path).unwrap());
+        let long = format!("{}-2.jpg", "x".repeat(249));
+        assert_eq!(long.len(), 255);
+        assert_eq!(store(&dir, &long, b"first"), long);
+        let mut file = TempFile::create(&dir).unwrap();
+        file.write_all(b"second").unwrap();
+        let stored = file.commit(&long).unwrap();
+        assert_eq!(stored.names_taken, 1);
+        assert_eq!(stored.name, format!("{}-2.jpg", "x".repeat(248)));
     }
 
     #[test]

@@ -9,14 +9,16 @@
 //! for hundreds of milliseconds. [`pool`] runs the same calls on a few I/O threads fed through
 //! bounded queues, and hands the outcomes back to the loop through a [`mio::Waker`].
 //!
-//! This module sits beside [`crate::net`]: it knows files, not sockets, protocols or loops. The
-//! names it is given are already cleaned by the upload protocol; it checks them again all the
-//! same, and refuses anything that is not a single path component.
+//! This module sits beside [`crate::net`]: it knows files, not sockets or loops, and of the
+//! protocols only the upload's name rules. The names it is given are already cleaned by the upload protocol; it checks them again all the
+//! same, with the protocol's own rules ([`crate::protocol::upload::clean_name`]), and takes the
+//! protocol's [`candidate_name`](crate::protocol::upload::candidate_name) and
+//! [`TEMP_PREFIX`](crate::protocol::upload::TEMP_PREFIX) rather than keeping copies.
 
 pub mod durable;
 pub mod pool;
 #[cfg(test)]
 mod testing;
 
-pub use durable::{candidate_name, Leftovers, Stored, TempFile, UploadDir, TEMP_PREFIX};
+pub use durable::{Leftovers, Stored, TempFile, UploadDir};
 pub use pool::{Completion, Op, Outcome, StoragePool, SubmitError};
