@@ -50,8 +50,8 @@ pub struct ServeArgs {
     /// ([`DEFAULT_SERVICES`]).
     #[arg(
         value_name = "SERVICE",
-        help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp, echo or chat (chat: \
-                tcp and unix); ADDRESS is HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 \
+        help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp, echo, chat or \
+                upload (chat and upload: tcp and unix); ADDRESS is HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 \
                 picks a free port), \
                 udp:HOST:PORT or unix:PATH. Under the blocking models each UDP service is one \
                 thread (under forking, one process) blocked in recv_from: a datagram service has \
@@ -200,13 +200,8 @@ fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
                 }
             )),
         },
-        ProtocolKind::Upload => match model {
-            Model::Reactor => Ok(()),
-            _ => Err(format!(
-                "{service}: --model {} does not serve upload yet (the reactor does)",
-                model.name()
-            )),
-        },
+        // Every model: the blocking ones store each upload in the thread or process serving it.
+        ProtocolKind::Upload => Ok(()),
     }
 }
 
@@ -276,6 +271,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         idle_timeout,
         max_connections,
         shutdown_timeout,
+        upload_dir: upload_dir.clone(),
     };
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.
@@ -458,6 +454,16 @@ mod tests {
         ] {
             let spec: ServiceSpec = served.parse().unwrap();
             assert!(check_supported(&spec, Model::Reactor).is_ok(), "{served}");
+        }
+        let upload: ServiceSpec = "upload@127.0.0.1:0".parse().unwrap();
+        for model in [
+            Model::Reactor,
+            Model::Serial,
+            Model::Threaded,
+            Model::Pool,
+            Model::Forking,
+        ] {
+            assert!(check_supported(&upload, model).is_ok(), "{model:?}");
         }
     }
 }

@@ -34,7 +34,7 @@
 //!   loop never waits for a disk.
 //! * [`cli`] — the command line (clap), and the exit-code policy.
 //! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`,
-//!   `kill`, the forked child's signal handler, `SIOCOUTQ`, and the `*at` file calls of
+//!   `kill`, the forked child's signal handler, `SIOCOUTQ` and `FIONREAD`, and the `*at` file calls of
 //!   [`storage`]).
 //!
 //! The public interface (command line, output lines, protocols, limits) is fixed by the project's

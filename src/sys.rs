@@ -360,6 +360,17 @@ pub fn unacknowledged_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(usize::try_from(count).unwrap_or(0))
 }
 
+/// Bytes received on a stream socket and not yet read (`FIONREAD`, alias `SIOCINQ`): what has
+/// arrived from the peer so far, TCP or Unix.
+pub fn queued_input_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a pointer to a valid local.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut count) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
 /// The number of threads in this process, from `/proc/self/status`.
 pub fn thread_count() -> io::Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status")?;

@@ -64,9 +64,11 @@ fn bad_options_are_usage_errors() {
 
 #[test]
 fn services_a_model_cannot_serve_are_refused() {
-    // chat is not served by serial or forking, nor over UDP: refused before anything is bound,
-    // so a script learns at once rather than from a missing service.
+    // chat is not served by serial or forking, nor over UDP (nor is upload): refused before
+    // anything is bound, so a script learns at once rather than from a missing service. (Every
+    // model serves upload.)
     assert_usage_error(&["serve", "chat@udp:127.0.0.1:0"], "udp");
+    assert_usage_error(&["serve", "upload@udp:127.0.0.1:0"], "udp");
     for model in ["serial", "forking"] {
         assert_usage_error(
             &["serve", "--model", model, "chat@127.0.0.1:0"],

@@ -4,6 +4,11 @@
 //! back to `accept`. Clients are isolated from one another (a crash takes down one process), at
 //! the price of a `fork` per connection and a whole process per waiting client.
 //!
+//! A child stores its connection's uploads itself, through the upload directory's descriptor it
+//! inherited with the [`Settings`] (the `UploadDir`, opened by the parent at start): the child
+//! closes none of what it inherits but the listeners and the signal pipe, so that descriptor stays
+//! open, and a file the child is writing when it dies is a leftover the next start removes.
+//!
 //! The parent never starts a thread ([`fork_single_threaded`] checks). It watches SIGCHLD through
 //! the same signal pipe as SIGINT and SIGTERM, and collects each exited child when told, so none
 //! lingers as a zombie (`ForkingMixIn`'s `collect_children`, without the polling).

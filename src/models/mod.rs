@@ -15,7 +15,11 @@
 //! Chat is the exception to "the same [`Session`]": a room is shared by all its members, so
 //! `threaded` and `pool` keep one per chat service behind a lock, and each member's thread writes
 //! to the others' sockets itself ([`chat`], the foil to the reactor's routing). `serial` and
-//! `forking` do not serve it.
+//! `forking` do not serve it. Upload is the other exception: its input is mostly a file's bytes,
+//! so [`serve_blocking`] hands it to [`upload`], which drives the protocol's
+//! [`UploadSession`](crate::protocol::upload::UploadSession) and does the file work — create,
+//! write, `fsync`, rename — in the serving thread or process itself, as these models naturally
+//! would. Every model serves it.
 //!
 //! What a blocking model does not need: `--output-limit` (a thread blocked in `write` stops
 //! reading, and the kernel's socket buffers are the bound; a chat member is dropped after a send
@@ -47,6 +51,11 @@
 //!   (SIGCHLD, through the same pipe), and kills those still busy at the timeout or at a second
 //!   signal.
 //!
+//! An upload connection stops the same way, with one difference: "requests already read"
+//! includes the bytes already received and queued in its socket, so an upload whose body has
+//! wholly arrived is still stored and answered, and one cut short by the shutdown is removed
+//! (see [`upload`]).
+//!
 //! [`Admission::stop`]: admission::Admission::stop
 
 pub mod acceptor;
@@ -57,11 +66,13 @@ pub mod forking;
 pub mod pool;
 pub mod serial;
 pub mod threaded;
+pub mod upload;
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,6 +82,7 @@ use socket2::SockRef;
 use crate::clock::Clock;
 use crate::net::{BlockingStream, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
+use crate::storage::UploadDir;
 use crate::sys::unacknowledged_bytes;
 
 pub use acceptor::{Acceptor, Next};
@@ -105,7 +117,10 @@ impl Model {
 }
 
 /// The options the blocking models honour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Cloned into each serving thread (or shared behind an [`Arc`]); a forked child has its own
+/// copy.
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Limits every protocol session gets.
     pub limits: Limits,
@@ -115,6 +130,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// `--shutdown-timeout`: how long a graceful shutdown waits for busy connections.
     pub shutdown_timeout: Duration,
+    /// `--upload-dir`, opened, when an upload service is served: each serving thread or forked
+    /// child stores its connection's uploads there itself ([`upload`]).
+    pub upload_dir: Option<Arc<UploadDir>>,
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.
@@ -162,6 +180,10 @@ pub fn serve_blocking(
         || stream.set_write_timeout(settings.idle_timeout).is_err()
     {
         return;
+    }
+    if protocol == ProtocolKind::Upload {
+        // Its input is mostly a file's bytes, for a file this thread writes itself.
+        return upload::serve(stream, peer, settings, stopping);
     }
     let Some(mut session) = Session::new(protocol, settings.limits) else {
         warn!("{peer}: {protocol} is not served by this model; closing");

@@ -35,6 +35,7 @@ pub fn run(
     for worker in 0..workers.max(1) {
         let queue = Arc::clone(&queue);
         let rooms = Arc::clone(&rooms);
+        let settings = settings.clone();
         thread::Builder::new()
             .name(format!("worker {worker}"))
             .spawn(move || {

@@ -26,6 +26,7 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
     // Rings when the client being served is done: the moment to accept the next.
     let admission = Admission::new(1, acceptor.waker()?);
     let (server, connections) = mpsc::channel::<Admitted>();
+    let shutdown_timeout = settings.shutdown_timeout;
     thread::Builder::new()
         .name("serial".into())
         .spawn(move || {
@@ -50,7 +51,7 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
                 }
             }
             Next::Signal(signal) => {
-                return shut_down(&mut acceptor, &admission, signal, settings.shutdown_timeout);
+                return shut_down(&mut acceptor, &admission, signal, shutdown_timeout);
             }
             Next::Woken | Next::TimedOut => {}
         }

@@ -22,6 +22,8 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
     let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
     let mut acceptor = Acceptor::new(listeners, signals)?;
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);
+    // Shared by every connection's thread, rather than cloned for each.
+    let settings = Arc::new(settings);
     loop {
         match acceptor.accept_next(None)? {
             Next::Accepted(accepted) => {
@@ -30,6 +32,7 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
                 };
                 let peer = connection.peer();
                 let rooms = Arc::clone(&rooms);
+                let settings = Arc::clone(&settings);
                 let spawned = thread::Builder::new()
                     .name(format!("conn {peer}"))
                     .spawn(move || connection.serve(&settings, &rooms));

@@ -1,0 +1,288 @@
+//! Upload under the blocking models: the sans-I/O [`UploadSession`] driven step by step, with the
+//! file work done right here, in the thread or process that serves the connection.
+//!
+//! The reactor cannot afford to wait for a disk, so it sends every file operation to I/O threads
+//! ([`crate::storage::pool`]). A blocking model has nothing else to do while its connection's
+//! file is written: a thread blocked in `fsync` is the same as a thread blocked in `read`, which
+//! is what these models are. So the driver here is the protocol's own driver loop, told in its
+//! module docs, with [`TempFile`] calls in place of "create the file", "write", "store":
+//!
+//! * [`Step::Begin`]: a new hidden temporary file in the upload directory. If it cannot be
+//!   created (a full disk, a directory made read-only since the start), the client is told
+//!   `error storage failed: REASON` and the connection ends.
+//! * [`Step::Body`]: appended to that file as it comes. A failed write (`ENOSPC`, `EIO`) removes
+//!   the file at once and ends the connection the same way.
+//! * [`Step::BodyDone`]: [`TempFile::commit`] (`fsync`, a rename that never replaces, a directory
+//!   `fsync`), then `saved NAME SIZE CRC32HEX` with the name the file got — or `error storage
+//!   failed: REASON`, the temporary file removed, and the end of the connection.
+//! * [`Step::Refused`]: the error line, then the lingering close (`linger`), so a client that
+//!   was already sending its body reads the error instead of a reset.
+//!
+//! Replies are written after each read has been run down, before the next `read`: `ok` reaches a
+//! client that waits for it before sending its body (the seeds' client does), and the `saved`
+//! line before the connection reads the next header.
+//!
+//! ## Cut short, idle, shut down
+//!
+//! The file being received is owned by the connection's state: whatever ends the
+//! connection early — the client's end of stream mid-body, a reset, `--idle-timeout` — drops it,
+//! and dropping a [`TempFile`] removes it. So an upload cut short leaves no file, with no clean-up
+//! code on each of those paths (the end of stream mid-body discards it explicitly, to log a
+//! failure to remove it).
+//!
+//! At a graceful shutdown the contract keeps uploads "whose bytes have all arrived" and removes
+//! the rest. Arrived means received by this host: bytes the thread has read, and bytes waiting in
+//! the socket's receive queue, which stay readable after the `shutdown(SHUT_RD)` that woke the
+//! thread. So the connection reads what was queued when it noticed the shutdown — no more: the
+//! queue's length (`FIONREAD`) bounds it, so a client that keeps sending cannot keep the server
+//! from exiting — and runs it through the session as usual; then the session's
+//! [`on_end`](UploadSession::on_end) says what is left: a complete body is stored and answered,
+//! a partial one is removed, and an idle connection simply ends.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use log::{debug, warn};
+
+use crate::net::{BlockingStream, Peer};
+use crate::protocol::upload::{End, Step, UploadSession};
+use crate::protocol::{Flow, Limits};
+use crate::storage::{TempFile, UploadDir};
+use crate::sys;
+
+use super::{linger, linger_after_stop, Settings};
+
+/// Bytes an upload connection reads at a time. Larger than [`super::BLOCKING_READ_BYTES`]: each
+/// read is followed by a write to the file, and 64 KiB (the size `oneloop send` writes) halves
+/// and halves again the system calls per MiB that 8 KiB would cost. On the heap, allocated once
+/// per connection.
+pub const UPLOAD_READ_BYTES: usize = 64 * 1024;
+
+/// Serves one upload connection on a blocking socket until it ends (see the module docs).
+/// `stopping` is the graceful shutdown, as in [`super::serve_blocking`]; the socket's timeouts
+/// (`--idle-timeout`) are already set.
+pub fn serve(stream: &BlockingStream, peer: Peer, settings: &Settings, stopping: &AtomicBool) {
+    let Some(dir) = &settings.upload_dir else {
+        // `serve` opens the directory whenever an upload service is configured.
+        warn!("{peer}: no --upload-dir to store uploads in; closing");
+        return;
+    };
+    let mut connection = Connection::new(peer, dir, settings.limits);
+    let mut input = vec![0; UPLOAD_READ_BYTES];
+    let mut reader = stream;
+    loop {
+        if stopping.load(Ordering::Acquire) {
+            return connection.end_for_shutdown(stream, &mut input);
+        }
+        let count = match reader.read(&mut input) {
+            Ok(0) if stopping.load(Ordering::Acquire) => {
+                // Woken by the shutdown, not by the client: it may still be sending.
+                return connection.end_for_shutdown(stream, &mut input);
+            }
+            Ok(0) => {
+                connection.end();
+                let _ = connection.flush(stream);
+                return;
+            }
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if crate::net::is_timeout(&e) => {
+                // An upload in progress goes with the connection: its file is removed.
+                debug!("{peer}: idle timeout; closing");
+                return;
+            }
+            Err(e) => {
+                debug!("{peer}: read failed: {e}");
+                return;
+            }
+        };
+        let flow = connection.feed(&input[..count]);
+        if let Err(e) = connection.flush(stream) {
+            debug!("{peer}: write failed: {e}");
+            return;
+        }
+        if flow == Flow::Close {
+            linger(stream, &mut input);
+            return;
+        }
+    }
+}
+
+/// One upload connection: the protocol's state, the file being received, and the replies not
+/// yet written.
+struct Connection<'a> {
+    peer: Peer,
+    dir: &'a Arc<UploadDir>,
+    session: UploadSession,
+    /// The upload whose body is arriving, between [`Step::Begin`] and its commit. Dropping it
+    /// removes its temporary file: that is how an upload cut short leaves nothing behind.
+    receiving: Option<Receiving>,
+    /// Replies (`ok`, `saved ...`, an error line) for the client, written after each read.
+    out: Vec<u8>,
+}
+
+/// An upload being received: its temporary file and the (cleaned) name the client asked for.
+struct Receiving {
+    file: TempFile,
+    name: String,
+}
+
+impl<'a> Connection<'a> {
+    fn new(peer: Peer, dir: &'a Arc<UploadDir>, limits: Limits) -> Connection<'a> {
+        Connection {
+            peer,
+            dir,
+            session: UploadSession::new(limits),
+            receiving: None,
+            out: Vec::new(),
+        }
+    }
+
+    /// Runs one read's bytes through the session, a step at a time, doing each step's file
+    /// work. [`Flow::Close`] once the conversation is over (refused, or storing failed): the
+    /// replies are then to be flushed and the connection closed.
+    fn feed(&mut self, mut input: &[u8]) -> Flow {
+        loop {
+            match self.session.on_input(&mut input, &mut self.out) {
+                Step::NeedInput => return Flow::Continue,
+                Step::Begin { name, size } => self.begin(name, size),
+                Step::Body(bytes) => self.write(bytes),
+                // The outcome is reported to the session: the next step is the next header, or
+                // `Closed` if storing failed.
+                Step::BodyDone { .. } => {
+                    let _ = self.store();
+                }
+                Step::Storing => {
+                    // Never: each BodyDone is answered before the session is asked again.
+                    debug_assert!(false, "the session waits for an outcome already reported");
+                    return Flow::Close;
+                }
+                Step::Refused(why) => {
+                    debug!("{}: refused: {why}", self.peer);
+                    return Flow::Close;
+                }
+                Step::Closed => return Flow::Close,
+            }
+        }
+    }
+
+    /// A header was accepted: the body's temporary file.
+    fn begin(&mut self, name: String, size: u64) {
+        debug!("{}: receiving {name:?} ({size} bytes)", self.peer);
+        match TempFile::create(self.dir) {
+            Ok(file) => self.receiving = Some(Receiving { file, name }),
+            Err(e) => self.failed(&name, "cannot create a temporary file", &e),
+        }
+    }
+
+    /// Body bytes: appended to the file.
+    fn write(&mut self, bytes: &[u8]) {
+        let Some(receiving) = &mut self.receiving else {
+            debug_assert!(false, "body bytes without a file");
+            return;
+        };
+        if let Err(e) = receiving.file.write_all(bytes) {
+            let name = receiving.name.clone();
+            self.failed(&name, "write failed", &e);
+        }
+    }
+
+    /// The body is complete: make it durable under a free name, and tell the session how that
+    /// went. [`Flow::Close`] if the conversation is now over.
+    fn store(&mut self) -> Flow {
+        let Some(Receiving { file, name }) = self.receiving.take() else {
+            debug_assert!(false, "a complete body without a file");
+            self.session.storage_failed("no file", &mut self.out);
+            return Flow::Close;
+        };
+        match file.commit(&name) {
+            Ok(stored) => {
+                debug!("{}: {name:?}: {stored}", self.peer);
+                self.session.stored(&stored.name, &mut self.out)
+            }
+            Err(e) => {
+                // `commit` consumed the file, and removed it on the way out.
+                self.failed(&name, "cannot store it", &e);
+                Flow::Close
+            }
+        }
+    }
+
+    /// Storing `name` failed: the file (if any) is removed, and the client gets `error storage
+    /// failed: REASON`, which ends the conversation.
+    fn failed(&mut self, name: &str, what: &str, error: &io::Error) {
+        warn!("{}: upload of {name:?}: {what}: {error}", self.peer);
+        self.receiving = None;
+        self.session
+            .storage_failed(&sys::os_reason(error), &mut self.out);
+    }
+
+    /// The client's end of stream: what it means for the upload in progress (see [`End`]).
+    fn end(&mut self) {
+        match self.session.on_end(&mut self.out) {
+            End::Idle | End::Closed => {}
+            End::PartialHeader => debug!("{}: ended in the middle of a header", self.peer),
+            End::CutShort { received, size } => {
+                debug!(
+                    "{}: cut short after {received} of {size} bytes; removing the file",
+                    self.peer
+                );
+                if let Some(Receiving { file, name }) = self.receiving.take() {
+                    if let Err(e) = file.discard() {
+                        warn!(
+                            "{}: cannot remove the temporary file of {name:?}: {e}",
+                            self.peer
+                        );
+                    }
+                }
+            }
+            End::Storing { .. } => {
+                let _ = self.store();
+            }
+        }
+    }
+
+    /// Writes the replies gathered so far.
+    fn flush(&mut self, mut stream: &BlockingStream) -> io::Result<()> {
+        let written = stream.write_all(&self.out);
+        self.out.clear();
+        written
+    }
+
+    /// A graceful shutdown (see the module docs): what had arrived is still read and served, then
+    /// the end of stream decides — a complete body is stored and answered, a partial one removed.
+    fn end_for_shutdown(mut self, stream: &BlockingStream, scratch: &mut [u8]) {
+        debug!("{}: shutting down", self.peer);
+        // Usually done already by whoever set the stop flag; the reads below rely on it: after
+        // it a `read` never waits.
+        let _ = stream.shutdown(Shutdown::Read);
+        let mut arrived = sys::queued_input_bytes(stream.as_fd()).unwrap_or(0);
+        let mut reader = stream;
+        while arrived > 0 {
+            let want = arrived.min(scratch.len());
+            let count = match reader.read(&mut scratch[..want]) {
+                Ok(0) => break,
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            arrived -= count;
+            let flow = self.feed(&scratch[..count]);
+            if self.flush(stream).is_err() {
+                return;
+            }
+            if flow == Flow::Close {
+                break;
+            }
+        }
+        self.end();
+        if let Err(e) = self.flush(stream) {
+            debug!("{}: write failed: {e}", self.peer);
+            return;
+        }
+        linger_after_stop(stream, scratch);
+    }
+}
