@@ -691,7 +691,7 @@ fn sigterm_stores_and_answers_an_upload_whose_bytes_have_all_arrived() {
     let mut stored = BTreeMap::new();
     for round in 1..=ROUNDS {
         let (first_name, second_name) = (format!("first{round}.bin"), format!("second{round}.bin"));
-        let first = body(round, 8 << 20);
+        let first = body(round, 16 << 20);
         client.send(format!("{} {first_name}\n", first.len()).as_bytes());
         client.expect("ok");
         client.send(&first);
