@@ -556,6 +556,16 @@ fn a_size_over_max_upload_is_refused_before_any_body() {
         "error too large",
     );
     refused(addr, b"11 big.bin\n0123456789a", "error too large");
+    // A client that sends its body without waiting for `ok` (as `nc` does) still reads the
+    // error, and its writes are not cut off: the server reads and discards what keeps coming (a
+    // close with unread input would be a reset) — the lingering close.
+    let mut client = Client::connect(addr);
+    let mut bytes = b"1048576 big.bin\n".to_vec();
+    bytes.extend_from_slice(&body(20, 1 << 20));
+    client.send(&bytes);
+    client.expect("error too large");
+    client.expect_closed(false);
+    drop(client);
     assert!(dir.names().is_empty(), "{:?}", dir.names());
     let mut client = Client::connect(addr);
     assert_eq!(client.upload("ten.bin", b"0123456789"), "ten.bin");
