@@ -37,7 +37,9 @@
 //! queue's length (`FIONREAD`) bounds it, so a client that keeps sending cannot keep the server
 //! from exiting — and runs it through the session as usual; then the session's
 //! [`on_end`](UploadSession::on_end) says what is left: a complete body is stored and answered,
-//! a partial one is removed, and an idle connection simply ends.
+//! a partial one is removed, and an idle connection simply ends. A connection still storing at
+//! `--shutdown-timeout` is abandoned with the process (or its forked child is killed): its
+//! temporary file is then a crash's leftover, which the next start removes.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -56,9 +58,9 @@ use crate::sys;
 use super::{linger, linger_after_stop, Settings};
 
 /// Bytes an upload connection reads at a time. Larger than [`super::BLOCKING_READ_BYTES`]: each
-/// read is followed by a write to the file, and 64 KiB (the size `oneloop send` writes) halves
-/// and halves again the system calls per MiB that 8 KiB would cost. On the heap, allocated once
-/// per connection.
+/// read is followed by a write to the file, and 64 KiB (the size `oneloop send` writes) makes
+/// eight times fewer of both per MiB than 8 KiB would. On the heap, allocated once per
+/// connection.
 pub const UPLOAD_READ_BYTES: usize = 64 * 1024;
 
 /// Serves one upload connection on a blocking socket until it ends (see the module docs).
