@@ -634,7 +634,8 @@ fn a_full_disk_fails_the_upload_and_removes_the_file() {
     let _ = client.stream.write_all(&content);
     let line = client.line();
     assert!(
-        line.starts_with("error storage failed: ") && line.contains("no space left on device"),
+        line.starts_with("error storage failed: ")
+            && line.to_lowercase().contains("no space left on device"),
         "{line:?}"
     );
     client.expect_closed(true);
