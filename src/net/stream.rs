@@ -189,6 +189,15 @@ impl AsRawFd for Stream {
     }
 }
 
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 /// A blocking connection, for the comparison models and the client.
 #[derive(Debug)]
 pub enum BlockingStream {

@@ -30,6 +30,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -333,9 +334,18 @@ impl Connection {
     /// in `Ending` until then); one still arriving is cut short: closed now, and its temporary
     /// file discarded when it is reaped.
     pub fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
-        if let Work::Upload(work) = &self.work {
-            if self.phase == Phase::Serving && work.is_mid_upload() {
-                return self.close("shutdown: upload cut short");
+        if let Work::Upload(work) = &mut self.work {
+            if self.phase == Phase::Serving && work.is_busy() {
+                // "Arrived" means received by this host: the bytes already in the socket are
+                // read (and no more), so an upload whose body is all here is still stored.
+                let queued = crate::sys::queued_input_bytes(self.stream.as_fd()).unwrap_or(0);
+                trace!(
+                    "conn #{}: shutdown; the upload may still read the {queued} bytes that \
+                     have arrived",
+                    self.id
+                );
+                work.allow_until_shutdown(queued);
+                return;
             }
         }
         if self.phase == Phase::Serving {
@@ -570,6 +580,7 @@ impl Connection {
     fn read_requests(&mut self, shared: &mut SharedBuffers, now: &Now, mut sink: Sink<'_>) -> bool {
         let mut budget = MAX_READ_BYTES_PER_TURN;
         while self.phase == Phase::Serving {
+            let mut asked = budget.min(shared.read.len());
             if let Work::Upload(work) = &self.work {
                 if work.is_paused() {
                     trace!(
@@ -578,6 +589,15 @@ impl Connection {
                     );
                     return false;
                 }
+                if work.input_is_over() {
+                    trace!(
+                        "conn #{}: shutdown: every byte that had arrived is read",
+                        self.id
+                    );
+                    self.end_upload_input(shared);
+                    return false;
+                }
+                asked = work.read_allowance(asked);
             }
             if self.unsent.len() > shared.output_limit {
                 trace!(
@@ -591,7 +611,6 @@ impl Connection {
                 trace!("conn #{}: read budget spent; serving others first", self.id);
                 return true;
             }
-            let asked = budget.min(shared.read.len());
             let arrival = match self.stream.read(&mut shared.read[..asked]) {
                 Ok(0) => {
                     trace!(
@@ -605,22 +624,7 @@ impl Connection {
                             session.on_end(now, &mut shared.replies);
                             self.send(&shared.replies);
                         }
-                        (Work::Upload(work), _) => {
-                            shared.replies.clear();
-                            let end = work.on_end(&mut shared.replies);
-                            self.send(&shared.replies);
-                            if let End::CutShort { received, size } = end {
-                                debug!(
-                                    "conn #{}: upload cut short at {received} of {size} bytes",
-                                    self.id
-                                );
-                                // Reaping it discards the temporary file.
-                                self.close("upload cut short");
-                            } else {
-                                // Waits for the answer of an upload being stored, if any.
-                                self.phase = Phase::Draining;
-                            }
-                        }
+                        (Work::Upload(_), _) => self.end_upload_input(shared),
                         (Work::Chat(_), Sink::Chat(sink)) => {
                             // The room answers the last partial line (perhaps to this member:
                             // `/who` without its newline) and says Close; the loop routes both,
@@ -637,6 +641,9 @@ impl Connection {
                 Ok(count) => {
                     budget -= count;
                     self.moved_bytes = true;
+                    if let Work::Upload(work) = &mut self.work {
+                        work.note_read(count);
+                    }
                     trace!("conn #{}: read {count} bytes", self.id);
                     let arrival = if count < asked {
                         Arrival::Drained
@@ -712,6 +719,28 @@ impl Connection {
             }
         }
         false
+    }
+
+    /// An upload connection's input is over (the client's end of stream, or at a shutdown every
+    /// byte that had arrived): a complete body is stored and answered before the close, a
+    /// partial one is cut short (the temporary file goes when the connection is reaped).
+    fn end_upload_input(&mut self, shared: &mut SharedBuffers) {
+        let Work::Upload(work) = &mut self.work else {
+            return;
+        };
+        shared.replies.clear();
+        let end = work.on_end(&mut shared.replies);
+        self.send(&shared.replies);
+        if let End::CutShort { received, size } = end {
+            debug!(
+                "conn #{}: upload cut short at {received} of {size} bytes",
+                self.id
+            );
+            self.close("upload cut short");
+        } else {
+            // Waits for the answer of an upload being stored, if any.
+            self.phase = Phase::Draining;
+        }
     }
 
     /// Lingering: reads and throws away whatever the peer still sends, until it closes.

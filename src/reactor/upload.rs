@@ -229,6 +229,10 @@ pub struct UploadWork {
     waiting: VecDeque<Op>,
     /// Whether it is on the loop's list of connections to retry at the next drain.
     listed_blocked: bool,
+    /// At a graceful shutdown: the bytes that had arrived in the socket when it began, still to
+    /// be read; what comes after is not read, and the connection then ends as at the client's
+    /// end of stream (a complete body stored and answered, a partial one discarded).
+    shutdown_allowance: Option<usize>,
     /// Writes submitted and not yet answered.
     writes_in_flight: u8,
 }
@@ -256,6 +260,7 @@ impl UploadWork {
             chunk: Vec::new(),
             waiting: VecDeque::new(),
             listed_blocked: false,
+            shutdown_allowance: None,
             writes_in_flight: 0,
         }
     }
@@ -285,6 +290,37 @@ impl UploadWork {
     /// The serial number of the upload under way, if any.
     pub fn serial(&self) -> Option<u64> {
         self.current.as_ref().map(|c| c.serial)
+    }
+
+    /// Whether the connection has anything to finish at a shutdown: an upload under way or
+    /// being stored, or input held.
+    pub fn is_busy(&self) -> bool {
+        self.current.is_some() || !self.held.is_empty()
+    }
+
+    /// The graceful shutdown began with `queued` bytes waiting in the socket: read those and no
+    /// more.
+    pub fn allow_until_shutdown(&mut self, queued: usize) {
+        self.shutdown_allowance = Some(queued);
+    }
+
+    /// How much of `asked` may be read now: all of it normally; at a shutdown, what is left of
+    /// the bytes that had arrived when it began (`Some(0)`: the input is over).
+    pub fn read_allowance(&self, asked: usize) -> usize {
+        self.shutdown_allowance
+            .map_or(asked, |left| left.min(asked))
+    }
+
+    /// Whether a shutdown's allowance is used up: the input is over.
+    pub fn input_is_over(&self) -> bool {
+        self.shutdown_allowance == Some(0)
+    }
+
+    /// Counts `count` bytes read against a shutdown's allowance.
+    pub fn note_read(&mut self, count: usize) {
+        if let Some(left) = self.shutdown_allowance.as_mut() {
+            *left = left.saturating_sub(count);
+        }
     }
 
     /// Whether an upload is under way that has not been handed its commit: cut short if the
