@@ -5,9 +5,13 @@
 #
 # Starts `oneloop serve --upload-io MODE upload@… echo@…`, measures an echo client's latency
 # (`oneloop load --connections 1`) alone, then again while UPLOADERS [4] clients each upload MIB
-# [512] MiB with `oneloop send`, over and over, as fast as they can. With `threads` (the design)
-# the file work runs on I/O threads; with `loop` (the foil) every write and fsync runs in the
-# event loop, and the echo client waits behind them. Prints both p50/p99/max and the upload rate.
+# [512] MiB with `oneloop send`, over and over, as fast as they can — at nice 19: on a small
+# machine the uploaders must not take the cores from the server, or the figure measures the
+# scheduler. With `threads` (the design) the file work runs on I/O threads; with `loop` (the foil)
+# every write and fsync runs in the event loop, and the echo client waits behind them. Prints
+# both p50/p99/max and the upload rate. A closed-loop client sends its next request only after
+# the answer, so a stall delays one request, not all those that would have come meanwhile: the
+# max and the echo client's req/s show a stall better than the p99 does.
 # Needs a release build (cargo build --release) and UPLOADERS × MIB of free disk for a moment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +53,7 @@ for i in $(seq "$UPLOADERS"); do
     (
         n=0
         while [ ! -e "$WORK/stop" ]; do
-            "$BIN" send "$UPLOAD" "$WORK/file$i" --name "u$i" > /dev/null
+            nice -n 19 "$BIN" send "$UPLOAD" "$WORK/file$i" --name "u$i" > /dev/null
             rm -f "$STORE"/u"$i"*
             n=$((n + 1))
             echo "$n" > "$WORK/count$i"
