@@ -3,9 +3,9 @@
 //! One thread, one [`mio::Poll`] loop, thousands of connections.
 //!
 //! oneloop serves the classic socket-tutorial protocols (an upper-casing "translation" server, a
-//! timestamp server, echo) from a single event loop, and exists to show — in code a newcomer can
-//! read and in numbers a benchmark can check — why that loop beats a thread or a process per
-//! connection.
+//! timestamp server, echo, a group chat, a file upload) from a single event loop, and exists to
+//! show — in code a newcomer can read and in numbers a benchmark can check — why that loop beats
+//! a thread or a process per connection.
 //!
 //! ## Layout
 //!
