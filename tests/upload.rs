@@ -991,6 +991,50 @@ fn send_exits_1_when_the_server_answers_a_wrong_crc() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A big upload: memory bounded by the chunks in flight, not by the file.
+
+/// 256 MiB, streamed as fast as the client can: the server (and, under forking, its child)
+/// grows by far less than the file — it holds a few chunks, never the body.
+fn a_256_mib_upload_keeps_the_server_small() {
+    const SIZE: usize = 256 << 20;
+    let dir = Dir::new("big");
+    let (mut server, addr) = upload_server(&dir, &[]);
+    let rss = |pid: u32| -> u64 {
+        util::rss_kib(pid)
+            + util::child_pids(pid)
+                .into_iter()
+                .map(util::rss_kib)
+                .sum::<u64>()
+    };
+    let before = rss(server.pid());
+    let mut client = Client::connect(addr);
+    client.send(format!("{SIZE} big.bin\n").as_bytes());
+    client.expect("ok");
+    let piece = body(9, 1 << 20);
+    let mut peak = before;
+    for _ in 0..SIZE / piece.len() {
+        client.send(&piece);
+        peak = peak.max(rss(server.pid()));
+    }
+    let line = client.line();
+    assert!(
+        line.starts_with(&format!("saved big.bin {SIZE} ")),
+        "{line:?}"
+    );
+    let grown_kib = peak.saturating_sub(before);
+    eprintln!("256 MiB upload: the server grew by at most {grown_kib} KiB");
+    assert!(
+        grown_kib < 32 * 1024,
+        "the server grew by {grown_kib} KiB during a 256 MiB upload"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("big.bin")).unwrap().len(),
+        SIZE as u64
+    );
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
 // The suite, once per model.
 
 macro_rules! per_model {
@@ -1029,5 +1073,6 @@ per_model! {
         send_stores_a_file_and_prints_the_saved_line,
         send_prints_the_servers_error_and_exits_1,
         send_over_unix_stores_the_file,
+        a_256_mib_upload_keeps_the_server_small,
     ]
 }
