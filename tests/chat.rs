@@ -98,8 +98,10 @@ impl<S: Timed> Member<S> {
 
     /// Reads more bytes before `deadline`; `Ok(0)` at end of stream.
     fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
-        if self.start > 0 && self.start == self.buffer.len() {
-            self.buffer.clear();
+        // Drop what has been taken as lines, or a reader of 20 MiB of short lines copies an
+        // ever-growing buffer and falls behind the very flood it is checking.
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
             self.start = 0;
         }
         let mut chunk = [0; 64 * 1024];
@@ -652,6 +654,49 @@ fn a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_st
             Err(_) => break, // A reset: closed too.
         }
     }
+}
+
+/// `/who` answers the asker alone, and one read of `/who` lines asks for many answers: a member
+/// that floods `/who` and reads nothing is dropped at `--output-limit` like any slow member,
+/// instead of the server making hundreds of megabytes of answers for it.
+#[test]
+fn a_member_flooding_who_without_reading_is_dropped() {
+    let _turn = heavy_turn();
+    let (mut server, addr) = chat_server(&["--output-limit", "65536"]);
+    let mut others: Vec<Member> = Vec::new();
+    for _ in 0..40 {
+        let mut refs: Vec<&mut Member> = others.iter_mut().collect();
+        let member = Member::join(addr, &mut refs);
+        others.push(member);
+    }
+    let before = server.rss_kib();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    let mut refs: Vec<&mut Member> = others.iter_mut().collect();
+    let (flooder, _) = Member::greeted(TcpStream::from(socket), &mut refs);
+    // 4 MiB of `/who`: about 800,000 answers of 40 names, 0.6 GB if all were made.
+    let writer = {
+        let mut stream = flooder.stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let lines = b"/who\n".repeat(4 << 20 >> 5);
+            stream.write_all(&lines)
+        })
+    };
+    let left = format!("* {} left", flooder.name);
+    others[0].lines_until(&left);
+    // Whether the writer finished (the kernel's buffers may take it all) or was cut off.
+    let _ = writer.join().expect("the writer thread");
+    let grown_kib = server.rss_kib().saturating_sub(before);
+    assert!(
+        grown_kib < 32 * 1024,
+        "the server grew by {grown_kib} KiB answering /who to a member that never reads"
+    );
+    // The others are served as before.
+    others[1].say("still here");
+    let line = format!("{}: still here", others[1].name);
+    others[0].lines_until(&line);
+    server.assert_running();
 }
 
 // ---------------------------------------------------------------------------------------------

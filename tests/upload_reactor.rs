@@ -62,6 +62,16 @@ struct SlowDiskServer {
 impl SlowDiskServer {
     /// `None` (and a note) if strace is missing or this machine does not allow tracing.
     fn start(dir: &Dir, syscall: &str, delay: Duration) -> Option<SlowDiskServer> {
+        SlowDiskServer::start_with(dir, syscall, delay, &[])
+    }
+
+    /// [`SlowDiskServer::start`] with more `serve` options.
+    fn start_with(
+        dir: &Dir,
+        syscall: &str,
+        delay: Duration,
+        extra: &[&str],
+    ) -> Option<SlowDiskServer> {
         let child = Command::new("strace")
             .args(["-f", "--seccomp-bpf", "-qq", "-o", "/dev/null"])
             .args(["-e", &format!("trace={syscall}")])
@@ -73,6 +83,7 @@ impl SlowDiskServer {
             .arg(env!("CARGO_BIN_EXE_oneloop"))
             .args(["serve", "upload@127.0.0.1:0", "echo@127.0.0.1:0"])
             .args(["--upload-dir", dir.0.to_str().unwrap()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -264,5 +275,58 @@ fn an_upload_whose_last_bytes_arrive_while_the_disk_is_busy_is_still_stored() {
         );
     }
     assert_eq!(dir.names(), ["end1.bin", "end2.bin", "end3.bin"]);
+    server.assert_running();
+}
+
+#[test]
+fn uploads_waiting_for_a_slow_disk_are_not_idle_and_leave_nothing_behind() {
+    // Sixteen clients send their whole body at once; the disk takes 64 KiB per 30 ms, so most
+    // wait — for the server, not the other way round. The idle timeout (1 s) must not cut them
+    // off, and every upload ends stored, with no temporary file or open descriptor left.
+    let dir = Dir::new("queue");
+    let Some(server) = SlowDiskServer::start_with(
+        &dir,
+        "write",
+        Duration::from_millis(30),
+        &["--idle-timeout", "1"],
+    ) else {
+        return;
+    };
+    let clients: Vec<_> = (0..16)
+        .map(|n| {
+            let addr = server.upload;
+            thread::spawn(move || {
+                let stream = TcpStream::connect(addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let size = 512 << 10;
+                let mut request = format!("{size} q{n}.bin\n").into_bytes();
+                request.resize(request.len() + size, b'q');
+                (&stream).write_all(&request).unwrap();
+                let mut answers = String::new();
+                for _ in 0..2 {
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    answers.push_str(&line);
+                }
+                answers
+            })
+        })
+        .collect();
+    for (n, client) in clients.into_iter().enumerate() {
+        let answers = client.join().unwrap();
+        assert!(
+            answers.starts_with("ok\n") && answers.contains(&format!("saved q{n}.bin 524288 ")),
+            "client {n}: {answers:?}"
+        );
+    }
+    let names = dir.names();
+    assert_eq!(names.len(), 16, "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with(".oneloop")),
+        "{names:?}"
+    );
     server.assert_running();
 }

@@ -101,6 +101,17 @@ pub enum Phase {
     Closed,
 }
 
+/// Bytes of the deliveries addressed to `member` alone (its `/who` replies, its errors).
+fn replies_to(deliveries: &[Delivery], member: MemberId) -> usize {
+    deliveries
+        .iter()
+        .map(|delivery| match delivery {
+            Delivery::To { member: to, bytes } if *to == member => bytes.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Whether `deliveries` end `member`'s conversation.
 fn ends_member(deliveries: &[Delivery], member: MemberId) -> bool {
     deliveries
@@ -364,6 +375,12 @@ impl Connection {
         Connection::with_work(id, stream, work, now)
     }
 
+    /// Whether this connection waits for the disk (an upload's ops with the I/O threads): the
+    /// idle timeout does not run meanwhile — the quiet is the server's, not the client's.
+    pub fn waits_for_disk(&self) -> bool {
+        matches!(&self.work, Work::Upload(work) if work.waits_for_disk())
+    }
+
     /// Whether this is an upload connection.
     pub fn is_upload(&self) -> bool {
         matches!(self.work, Work::Upload(_))
@@ -373,7 +390,7 @@ impl Connection {
     /// cut short (its temporary file must be discarded) rather than handed its commit.
     pub fn upload_left_behind(&self) -> Option<(u64, bool)> {
         match &self.work {
-            Work::Upload(work) => work.serial().map(|serial| (serial, work.is_mid_upload())),
+            Work::Upload(work) => work.serial().map(|serial| (serial, work.needs_discard())),
             _ => None,
         }
     }
@@ -415,6 +432,10 @@ impl Connection {
         }
         let paused = work.is_paused();
         self.send(&shared.replies);
+        // The disk made progress for it: the idle timeout counts from here, not from the client's
+        // last byte (its quiet was the server's doing).
+        self.last_active = now.instant;
+        self.moved_bytes = false;
         if feed == Feed::End && self.phase == Phase::Serving {
             debug!("conn #{}: upload ended the conversation", self.id);
             self.phase = Phase::Ending;
@@ -673,15 +694,35 @@ impl Connection {
                             }
                         }
                         (Work::Upload(_), _) => Flow::Close,
-                        (Work::Chat(_), Sink::Chat(sink)) => {
-                            let before = sink.deliveries.len();
-                            sink.room
-                                .on_input(sink.member, &shared.read[..count], sink.deliveries);
-                            if ends_member(&sink.deliveries[before..], sink.member) {
-                                // Its last replies (an error line, a /who) are routed after this
-                                // drive, and the Close after them ends the connection then: stop
-                                // reading, but do not end it before they are queued.
-                                return false;
+                        (Work::Chat(output), Sink::Chat(sink)) => {
+                            // Line by line, counting the replies to this member itself (`/who`,
+                            // errors): one read of `/who` lines would otherwise make hundreds of
+                            // megabytes of replies at once. Past `--output-limit` it is dropped.
+                            let mut owed = output.output.backlog(sink.log);
+                            let mut rest = &shared.read[..count];
+                            while !rest.is_empty() {
+                                let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+                                let before = sink.deliveries.len();
+                                sink.room
+                                    .on_input(sink.member, &rest[..cut], sink.deliveries);
+                                rest = &rest[cut..];
+                                if ends_member(&sink.deliveries[before..], sink.member) {
+                                    // Its last replies (an error line, a /who) are routed after
+                                    // this drive, and the Close after them ends the connection
+                                    // then: stop reading, but do not end it before they are
+                                    // queued.
+                                    return false;
+                                }
+                                owed += replies_to(&sink.deliveries[before..], sink.member);
+                                if owed > shared.output_limit {
+                                    debug!(
+                                        "conn #{}: chat member owed {owed} bytes of its own replies, \
+                                         over --output-limit; dropping it",
+                                        self.id
+                                    );
+                                    self.close("over the output limit");
+                                    return false;
+                                }
                             }
                             Flow::Continue
                         }

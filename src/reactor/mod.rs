@@ -686,7 +686,11 @@ impl Reactor {
                     if let Wake::Linger { .. } = wake {
                         connection.on_linger_deadline(now);
                     } else if let Some(idle) = self.config.idle_timeout {
-                        let quiet_until = connection.last_active() + idle;
+                        let quiet_until = if connection.waits_for_disk() {
+                            now.instant + idle // the server's wait, not the client's silence
+                        } else {
+                            connection.last_active() + idle
+                        };
                         if quiet_until <= now.instant {
                             debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
                             connection.abandon("idle timeout");
@@ -772,46 +776,42 @@ impl Reactor {
             "storage: {} answers from the I/O threads",
             completions.len()
         );
-        for (key, completion) in completions.drain(..) {
-            let (Some(connection), Some(uploads)) =
-                (self.connections.get_mut(key), self.uploads.as_mut())
-            else {
-                continue;
-            };
-            let mut sink = UploadSink { uploads, key };
-            let verdict = connection.on_upload_completion(
-                Some(&completion),
-                &mut self.shared,
-                &mut sink,
-                now,
-            );
-            if let Some(at) = verdict.wake_at {
-                let id = connection.id;
-                self.timers.push(Reverse((at, Wake::Linger { key, id })));
-            }
-            self.settle(key, verdict.still_ready);
-        }
-        self.upload_completions = completions;
-        // Room freed by any upload's completion may be what a blocked connection waits for.
+        // The room those answers freed goes first to the connections that were refused for lack
+        // of it, and only then to those whose answers these are, which would take it at once.
         let mut blocked = std::mem::take(&mut self.upload_blocked);
         if let Some(uploads) = self.uploads.as_mut() {
             uploads.take_blocked(&mut blocked);
         }
         for key in blocked.drain(..) {
-            let (Some(connection), Some(uploads)) =
-                (self.connections.get_mut(key), self.uploads.as_mut())
-            else {
-                continue;
-            };
-            let mut sink = UploadSink { uploads, key };
-            let verdict = connection.on_upload_completion(None, &mut self.shared, &mut sink, now);
-            if let Some(at) = verdict.wake_at {
-                let id = connection.id;
-                self.timers.push(Reverse((at, Wake::Linger { key, id })));
-            }
-            self.settle(key, verdict.still_ready);
+            self.upload_answered(key, None, now);
         }
         self.upload_blocked = blocked;
+        for (key, completion) in completions.drain(..) {
+            self.upload_answered(key, Some(&completion), now);
+        }
+        self.upload_completions = completions;
+    }
+
+    /// Gives upload connection `key` an answer from the I/O threads (or, with `None`, a chance
+    /// to send the ops that waited for room), and settles it.
+    fn upload_answered(
+        &mut self,
+        key: usize,
+        completion: Option<&crate::storage::pool::Completion>,
+        now: &Now,
+    ) {
+        let (Some(connection), Some(uploads)) =
+            (self.connections.get_mut(key), self.uploads.as_mut())
+        else {
+            return;
+        };
+        let mut sink = UploadSink { uploads, key };
+        let verdict = connection.on_upload_completion(completion, &mut self.shared, &mut sink, now);
+        if let Some(at) = verdict.wake_at {
+            let id = connection.id;
+            self.timers.push(Reverse((at, Wake::Linger { key, id })));
+        }
+        self.settle(key, verdict.still_ready);
     }
 
     /// Handles pending signals: the first starts a graceful shutdown, a second one means "now".

@@ -244,8 +244,12 @@ struct Current {
     serial: u64,
     /// The cleaned name to store it under.
     name: String,
-    /// Whether its commit has been handed over (the body is complete): it is being stored.
+    /// Whether its body is complete and its commit asked for (it may still wait for room in
+    /// the pool): the client is owed `saved` or an error, and is not read meanwhile.
     committing: bool,
+    /// Whether the pool has taken its commit (or a discard): the I/O thread will end the upload
+    /// on its own. Until then, a connection that goes away must discard it.
+    handed_over: bool,
     /// Whether the storage failed and the client has been told.
     failed: bool,
 }
@@ -323,10 +327,22 @@ impl UploadWork {
         }
     }
 
-    /// Whether an upload is under way that has not been handed its commit: cut short if the
-    /// connection ends now.
+    /// Whether an upload is under way whose body is not complete: cut short if the connection
+    /// ends now.
     pub fn is_mid_upload(&self) -> bool {
         self.current.as_ref().is_some_and(|c| !c.committing)
+    }
+
+    /// Whether the I/O threads still hold an upload of this connection that only a discard will
+    /// end: its commit was never taken by the pool (it failed, or waits for room).
+    pub fn needs_discard(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| !c.handed_over)
+    }
+
+    /// Whether the connection waits for the disk (ops waiting for room, chunks in flight, a
+    /// body being stored): its quiet is the server's, and the idle timeout must not count it.
+    pub fn waits_for_disk(&self) -> bool {
+        self.is_paused_for_io() || self.writes_in_flight > 0
     }
 
     /// Handles `input`, as far as the session and the pool allow; the rest is held.
@@ -348,6 +364,7 @@ impl UploadWork {
                         serial,
                         name,
                         committing: false,
+                        handed_over: false,
                         failed: false,
                     });
                     if self.submit(Op::Begin, sink, out) == Some(Feed::End) {
@@ -420,8 +437,14 @@ impl UploadWork {
             self.waiting.push_back(op);
             return Some(Feed::Pause);
         }
+        let ends_upload = matches!(op, Op::Commit { .. } | Op::Discard);
         match sink.uploads.pool.try_submit(current.serial, op) {
-            Ok(()) => None,
+            Ok(()) => {
+                if ends_upload {
+                    self.mark_handed_over();
+                }
+                None
+            }
             Err(SubmitError::Full(op)) => {
                 trace!(
                     "upload {}: the I/O threads are busy; pausing the connection",
@@ -446,8 +469,13 @@ impl UploadWork {
             return Feed::Continue;
         };
         while let Some(op) = self.waiting.pop_front() {
+            let ends_upload = matches!(op, Op::Commit { .. } | Op::Discard);
             match sink.uploads.pool.try_submit(serial, op) {
-                Ok(()) => {}
+                Ok(()) => {
+                    if ends_upload {
+                        self.mark_handed_over();
+                    }
+                }
                 Err(SubmitError::Full(op)) => {
                     self.waiting.push_front(op);
                     self.list_blocked(sink);
@@ -460,6 +488,12 @@ impl UploadWork {
             }
         }
         Feed::Continue
+    }
+
+    fn mark_handed_over(&mut self) {
+        if let Some(current) = self.current.as_mut() {
+            current.handed_over = true;
+        }
     }
 
     /// Puts this connection on the loop's list to retry at the next drain (once).
