@@ -28,14 +28,15 @@
 //!   own mio loop per thread, so it is not the bottleneck it measures.
 //! * [`net`] — the transport layer every driver shares: binding listeners, the
 //!   write-until-`WouldBlock` loop, the lingering-close time and the reserve descriptor that keeps
-//!   the backlog moving when the process runs out of file descriptors.
+//!   the backlog moving when the process runs out of file descriptors; and [`net::systemd`],
+//!   the sockets systemd passes in and the `READY=1`/`WATCHDOG=1` notifications it waits for.
 //! * [`storage`] — where uploads go: a hidden temporary file, `fsync`, a rename that never
 //!   replaces a file, a directory `fsync`; and the I/O threads that do it for the reactor, so the
 //!   loop never waits for a disk.
 //! * [`cli`] — the command line (clap), and the exit-code policy.
 //! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`,
-//!   `kill`, the forked child's signal handler, `SIOCOUTQ` and `FIONREAD`, and the `*at` file calls of
-//!   [`storage`]).
+//!   `kill`, the forked child's signal handler, `SIOCOUTQ` and `FIONREAD`, the `*at` file calls of
+//!   [`storage`], and taking ownership of the descriptors socket activation passes in).
 //!
 //! The public interface (command line, output lines, protocols, limits) is fixed by the project's
 //! contract; `README.md` summarises it and `docs/ARCHITECTURE.md` walks through the loop.

@@ -450,6 +450,53 @@ pub fn peer_credentials(socket: &impl std::os::fd::AsRawFd) -> io::Result<PeerCr
     })
 }
 
+/// The first descriptor systemd passes to an activated process (`SD_LISTEN_FDS_START`): 0, 1 and
+/// 2 stay standard input, output and error.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// Whether [`take_listen_fds`] has run in this process: it may hand each descriptor out once.
+static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of the `count` descriptors a socket-activating parent passed (numbers 3,
+/// 4, ...), marking each close-on-exec. One result per descriptor, in order; a number that is not
+/// open gives `EBADF` for that entry.
+///
+/// Call it only once `LISTEN_PID` has been checked to name this process (see
+/// `net::systemd`): that check is what makes the descriptors ours. It runs at most once per
+/// process; a second call returns nothing, so no descriptor ever gets two owners.
+pub fn take_listen_fds(count: usize) -> Vec<(RawFd, io::Result<OwnedFd>)> {
+    if LISTEN_FDS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Vec::new();
+    }
+    (0..count)
+        .map_while(|index| {
+            let fd = LISTEN_FDS_START.checked_add(RawFd::try_from(index).ok()?)?;
+            Some((fd, take_inherited_fd(fd)))
+        })
+        .collect()
+}
+
+/// Takes one inherited descriptor: checks it is open, sets `FD_CLOEXEC` so a program this
+/// process runs does not inherit it, and wraps it.
+fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_GETFD) takes two integers and touches no memory of ours; on a number that
+    // is not open it fails with EBADF, which is how a missing descriptor is told apart.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFD only changes the descriptor's close-on-exec flag.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked above), and it is this process's to own: by the
+    // socket-activation protocol, the process that LISTEN_PID names owns descriptors 3 to
+    // 3 + LISTEN_FDS - 1 (the caller has checked LISTEN_PID), and nothing in this process opened
+    // them — they were open before `main`. `take_listen_fds` runs once per process, so no second
+    // `OwnedFd` for the same number can ever be made here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 // ---------------------------------------------------------------------------------------------
 // File-system calls relative to a directory descriptor, for `storage`. std opens and renames by
 // path only; these name a file *inside a directory already open*, so that the directory's path

@@ -1,6 +1,8 @@
 //! The transport layer the reactor, the comparison models, `client` and `load` share: binding
 //! TCP, Unix and UDP sockets, one stream type for TCP and Unix connections, writing to
-//! non-blocking sockets, and what every server does when a connection has to be turned away.
+//! non-blocking sockets, what every server does when a connection has to be turned away, and
+//! systemd's side of it all: sockets passed in by socket activation, and readiness notifications
+//! ([`systemd`]).
 //!
 //! None of it knows about the event loop or about threads, which is why both drivers can use it:
 //! the reactor and the blocking models differ in *how they wait*, not in how a socket is bound,
@@ -12,6 +14,7 @@ pub mod listener;
 pub mod nonblocking;
 pub mod reserve;
 pub mod stream;
+pub mod systemd;
 pub mod unix;
 
 use std::time::Duration;
