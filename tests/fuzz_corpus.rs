@@ -56,3 +56,8 @@ fn room_corpus() {
 fn upload_header_corpus() {
     replay("upload_header", invariants::check_upload);
 }
+
+#[test]
+fn proxy_header_corpus() {
+    replay("proxy_header", invariants::check_proxy);
+}

@@ -40,10 +40,17 @@
 //! not in a reply. [`upload::UploadSession`] reads the input one [`upload::Step`] at a time
 //! (header accepted, body bytes to write, body complete, refused) and the driver does the file
 //! work, then reports how storing went — still no file inside.
+//!
+//! ## PROXY header
+//!
+//! Under `--proxy-protocol`, a stream connection starts with a PROXY protocol header from the
+//! load balancer in front, before any protocol byte. [`proxy::ProxyHeader`] reads it (bytes in,
+//! the client's address out, bounded, no clock) and says where the session's bytes begin.
 
 pub mod datagram;
 pub mod echo;
 pub mod invariants;
+pub mod proxy;
 pub mod room;
 pub mod timestamp;
 pub mod upload;
