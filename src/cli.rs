@@ -306,8 +306,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         // Whoever started us stopped listening; serving can still be useful.
         log::warn!("cannot print the listening lines: {e}");
     }
+    // systemd (Type=notify) learns the services are up once every one listens; without
+    // NOTIFY_SOCKET this is a no-op.
+    let notifier = crate::net::systemd::Notifier::from_env();
+    notifier.ready();
     let served = match serving {
-        Serving::Reactor(mut reactor) => reactor.run(),
+        Serving::Reactor(mut reactor) => {
+            reactor.notify_systemd(notifier, crate::net::systemd::watchdog_interval());
+            reactor.run()
+        }
         Serving::Blocking(model, listeners, signals, udp) => {
             let served = match model {
                 Model::Serial => models::serial::run(listeners, blocking, signals),

@@ -579,3 +579,60 @@ fn fd_names_select_every_socket_of_a_unit_or_one_by_number() {
     assert_eq!(by_number[0].name, "upper");
     assert!(sockets.is_empty());
 }
+
+/// `oneloop serve` itself, as systemd runs a `Type=notify` service: `READY=1` once the listening
+/// lines are out, `WATCHDOG=1` (with a `STATUS=` line) from the loop at half of `WATCHDOG_USEC`,
+/// and `STOPPING=1` when SIGTERM begins the graceful shutdown.
+#[test]
+fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
+    let path = temp_path("serve-notify");
+    let receiver = UnixDatagram::bind(&path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oneloop"))
+        .args(["serve", "echo@127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening echo tcp "), "{line:?}");
+    assert_eq!(receive(&receiver), "READY=1");
+    // Every 100 ms: a WATCHDOG=1 and a STATUS= line. Count the pings in about a second.
+    let started = Instant::now();
+    let mut pings = 0;
+    let mut status = String::new();
+    while started.elapsed() < Duration::from_secs(1) {
+        match receive(&receiver).as_str() {
+            "WATCHDOG=1" => pings += 1,
+            other if other.starts_with("STATUS=") => status = other.to_owned(),
+            other => panic!("unexpected notification {other:?}"),
+        }
+    }
+    assert!(
+        (4..=20).contains(&pings),
+        "{pings} WATCHDOG=1 in about a second; expected about 10 (every 100 ms)"
+    );
+    assert_eq!(status, "STATUS=0 connections");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    loop {
+        let message = receive(&receiver);
+        if message == "STOPPING=1" {
+            break;
+        }
+        assert!(
+            message == "WATCHDOG=1" || message.starts_with("STATUS="),
+            "{message:?}"
+        );
+    }
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_file(&path);
+}

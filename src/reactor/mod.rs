@@ -54,6 +54,7 @@ use slab::Slab;
 use crate::clock::{Clock, Now};
 use crate::net::datagram::DatagramStats;
 use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory, ACCEPT_PAUSE};
+use crate::net::systemd::Notifier;
 use crate::net::{
     BoundDatagram, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener,
     TOO_MANY_CONNECTIONS_REPLY,
@@ -160,6 +161,8 @@ enum Wake {
     Linger { key: usize, id: u64 },
     /// Try accepting on listener `index` again after running out of file descriptors.
     Accept { index: usize },
+    /// Tell systemd's watchdog the loop still turns (and update the status line).
+    Watchdog,
 }
 
 /// A deadline: when, and what for. The connection's serial number travels with its key, so a
@@ -185,6 +188,10 @@ pub struct Reactor {
     upload_completions: Vec<(usize, crate::storage::pool::Completion)>,
     /// Reused list of upload connections to retry at a drain.
     upload_blocked: Vec<usize>,
+    /// systemd's notification socket (`NOTIFY_SOCKET`), or a no-op.
+    notifier: Notifier,
+    /// How often to send `WATCHDOG=1` (half of `WATCHDOG_USEC`), if systemd asked for it.
+    watchdog_every: Option<Duration>,
     config: Config,
     clock: Clock,
     /// SIGINT and SIGTERM, delivered through a pipe the poll watches.
@@ -281,6 +288,8 @@ impl Reactor {
             uploads,
             upload_completions: Vec::new(),
             upload_blocked: Vec::new(),
+            notifier: Notifier::disabled(),
+            watchdog_every: None,
             poll,
             endpoints,
             connections: Slab::new(),
@@ -299,6 +308,18 @@ impl Reactor {
             refusing: false,
             shutdown_deadline: None,
         })
+    }
+
+    /// Reports to systemd through `notifier`: `STOPPING=1` when a graceful shutdown begins,
+    /// and, every `watchdog_every`, `WATCHDOG=1` and a `STATUS=` line from the loop's own turn.
+    /// (`READY=1` is the caller's, once the listening lines are out.)
+    pub fn notify_systemd(&mut self, notifier: Notifier, watchdog_every: Option<Duration>) {
+        self.notifier = notifier;
+        self.watchdog_every = watchdog_every;
+        if let Some(every) = watchdog_every {
+            self.timers
+                .push(Reverse((Instant::now() + every, Wake::Watchdog)));
+        }
     }
 
     /// How many client connections are open: those in the slab, less those that finished this
@@ -676,6 +697,17 @@ impl Reactor {
                     self.endpoints[index].paused = false;
                     self.accept_ready(index, now);
                 }
+                Wake::Watchdog => {
+                    // Sent from the loop's own turn: a loop that hangs stops sending, and
+                    // systemd restarts it.
+                    self.notifier.watchdog();
+                    self.notifier
+                        .status(&format!("{} connections", self.open_connection_count()));
+                    if let Some(every) = self.watchdog_every {
+                        self.timers
+                            .push(Reverse((now.instant + every, Wake::Watchdog)));
+                    }
+                }
                 Wake::Idle { key, id } | Wake::Linger { key, id } => {
                     let Some(connection) = self.connections.get_mut(key) else {
                         continue;
@@ -755,7 +787,7 @@ impl Reactor {
             Wake::Idle { key, id } | Wake::Linger { key, id } => {
                 connections.get(key).is_some_and(|c| c.id == id)
             }
-            Wake::Accept { .. } => true,
+            Wake::Accept { .. } | Wake::Watchdog => true,
         });
         self.timers.shrink_to(2 * self.timers.len());
         debug!(
@@ -836,6 +868,7 @@ impl Reactor {
 
     /// Stops accepting, closes idle connections, and lets busy ones finish writing.
     fn begin_shutdown(&mut self, now: &Now) {
+        self.notifier.stopping();
         self.shutdown_deadline = Some(now.instant + self.config.shutdown_timeout);
         for (index, endpoint) in self.endpoints.iter_mut().enumerate() {
             // Closing the socket deregisters it; clients connecting from now on are refused, and
