@@ -461,10 +461,12 @@ static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
 /// 4, ...), marking each close-on-exec. One result per descriptor, in order; a number that is not
 /// open gives `EBADF` for that entry.
 ///
-/// Call it only once `LISTEN_PID` has been checked to name this process (see
-/// `net::systemd`): that check is what makes the descriptors ours. It runs at most once per
-/// process; a second call returns nothing, so no descriptor ever gets two owners.
-pub fn take_listen_fds(count: usize) -> Vec<(RawFd, io::Result<OwnedFd>)> {
+/// Crate-private on purpose: its one caller (`net::systemd::take_activated_sockets`) has read
+/// `LISTEN_PID` from the environment and checked that it names this process — the check that
+/// makes the descriptors ours — and no other code may claim descriptors it did not open. It
+/// runs at most once per process; a second call returns nothing, so no descriptor ever gets two
+/// owners.
+pub(crate) fn take_listen_fds(count: usize) -> Vec<(RawFd, io::Result<OwnedFd>)> {
     if LISTEN_FDS_TAKEN.swap(true, Ordering::SeqCst) {
         return Vec::new();
     }

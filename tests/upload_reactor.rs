@@ -330,3 +330,25 @@ fn uploads_waiting_for_a_slow_disk_are_not_idle_and_leave_nothing_behind() {
     );
     server.assert_running();
 }
+
+#[test]
+fn a_client_waiting_for_a_slow_fsync_is_not_idle() {
+    // The whole body is in; its fsync takes 2 s, longer than the idle timeout (1 s). The quiet
+    // is the server's, so the client still gets its answer.
+    let dir = Dir::new("slow-commit");
+    let Some(server) = SlowDiskServer::start_with(
+        &dir,
+        "fsync",
+        Duration::from_secs(2),
+        &["--idle-timeout", "1"],
+    ) else {
+        return;
+    };
+    let upload = connect(server.upload);
+    let mut reader = BufReader::new(upload.try_clone().unwrap());
+    (&upload).write_all(b"5 patient.txt\nhello").unwrap();
+    assert_eq!(read_line(&mut reader), "ok\n");
+    let saved = read_line(&mut reader);
+    assert_eq!(saved, "saved patient.txt 5 3610a686\n");
+    server.assert_running();
+}

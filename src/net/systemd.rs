@@ -262,6 +262,9 @@ pub fn take_activated_sockets() -> Result<Vec<ActivatedSocket>, ActivationError>
 
 /// Reads the three variables' values: `None` when this process was not socket-activated, else
 /// the descriptors and their names.
+/// The most descriptors accepted from `LISTEN_FDS`.
+const MAX_LISTEN_FDS: usize = 65_536;
+
 fn parse_listen_environment(
     pid: Option<&str>,
     fds: Option<&str>,
@@ -292,12 +295,14 @@ fn parse_listen_environment(
         .trim()
         .parse()
         .map_err(|_| bad("LISTEN_FDS", fds, "not a number of descriptors"))?;
-    if RawFd::try_from(count)
-        .ok()
-        .and_then(|count| crate::sys::LISTEN_FDS_START.checked_add(count))
-        .is_none()
-    {
-        return Err(bad("LISTEN_FDS", fds, "more descriptors than can exist"));
+    // No service has this many sockets; a number past it is garbage, and would otherwise cost
+    // one name string and one system call per "descriptor" before failing.
+    if count > MAX_LISTEN_FDS {
+        return Err(bad(
+            "LISTEN_FDS",
+            fds,
+            "more descriptors than a service is passed (at most 65,536)",
+        ));
     }
     let names: Vec<String> = match names {
         None => vec![UNKNOWN_NAME.to_owned(); count],

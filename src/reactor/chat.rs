@@ -97,6 +97,20 @@ impl Reactor {
         let mut members = std::mem::take(&mut self.outbox.members);
         for key in members.drain(..) {
             self.flush_member(key, now);
+            // Lines for it alone (`/who`, errors) count against its limit too, whether or not
+            // its room's log grew this turn.
+            let over = self.connections.get(key).and_then(|connection| {
+                let room = connection.chat_room()?;
+                let chat = self.rooms[room].as_ref()?;
+                (!connection.is_closed()
+                    && connection.chat_backlog(&chat.log) > self.config.output_limit)
+                    .then_some(room)
+            });
+            if let Some(room) = over {
+                debug!("conn key {key}: chat member over --output-limit; dropping it");
+                self.outbox.over_limit.push(key);
+                self.drop_slow_members(room);
+            }
         }
         if self.outbox.members.is_empty() {
             self.outbox.members = members; // keep the allocation

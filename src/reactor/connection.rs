@@ -600,6 +600,8 @@ impl Connection {
     /// queue passes its limit, or the conversation ends. Returns whether it stopped on the budget.
     fn read_requests(&mut self, shared: &mut SharedBuffers, now: &Now, mut sink: Sink<'_>) -> bool {
         let mut budget = MAX_READ_BYTES_PER_TURN;
+        // A chat member's bytes owed to it, once first needed (see the chat arm below).
+        let mut chat_owed: Option<usize> = None;
         while self.phase == Phase::Serving {
             let mut asked = budget.min(shared.read.len());
             if let Work::Upload(work) = &self.work {
@@ -615,7 +617,7 @@ impl Connection {
                         "conn #{}: shutdown: every byte that had arrived is read",
                         self.id
                     );
-                    self.end_upload_input(shared);
+                    self.end_upload_input(shared, true);
                     return false;
                 }
                 asked = work.read_allowance(asked);
@@ -645,7 +647,7 @@ impl Connection {
                             session.on_end(now, &mut shared.replies);
                             self.send(&shared.replies);
                         }
-                        (Work::Upload(_), _) => self.end_upload_input(shared),
+                        (Work::Upload(_), _) => self.end_upload_input(shared, false),
                         (Work::Chat(_), Sink::Chat(sink)) => {
                             // The room answers the last partial line (perhaps to this member:
                             // `/who` without its newline) and says Close; the loop routes both,
@@ -698,7 +700,10 @@ impl Connection {
                             // Line by line, counting the replies to this member itself (`/who`,
                             // errors): one read of `/who` lines would otherwise make hundreds of
                             // megabytes of replies at once. Past `--output-limit` it is dropped.
-                            let mut owed = output.output.backlog(sink.log);
+                            // Counted over the whole drive: earlier reads' replies wait in
+                            // `deliveries`, not yet in the member's queue.
+                            let owed =
+                                chat_owed.get_or_insert_with(|| output.output.backlog(sink.log));
                             let mut rest = &shared.read[..count];
                             while !rest.is_empty() {
                                 let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
@@ -713,8 +718,8 @@ impl Connection {
                                     // queued.
                                     return false;
                                 }
-                                owed += replies_to(&sink.deliveries[before..], sink.member);
-                                if owed > shared.output_limit {
+                                *owed += replies_to(&sink.deliveries[before..], sink.member);
+                                if *owed > shared.output_limit {
                                     debug!(
                                         "conn #{}: chat member owed {owed} bytes of its own replies, \
                                          over --output-limit; dropping it",
@@ -765,7 +770,11 @@ impl Connection {
     /// An upload connection's input is over (the client's end of stream, or at a shutdown every
     /// byte that had arrived): a complete body is stored and answered before the close, a
     /// partial one is cut short (the temporary file goes when the connection is reaped).
-    fn end_upload_input(&mut self, shared: &mut SharedBuffers) {
+    ///
+    /// At a shutdown (`unread_may_follow`) the client may still be sending: the connection ends
+    /// like an error reply, with its write side shut down and a lingering close, so the unread
+    /// bytes do not turn the close into an RST that would destroy the answer.
+    fn end_upload_input(&mut self, shared: &mut SharedBuffers, unread_may_follow: bool) {
         let Work::Upload(work) = &mut self.work else {
             return;
         };
@@ -778,6 +787,9 @@ impl Connection {
                 self.id
             );
             self.close("upload cut short");
+        } else if unread_may_follow {
+            // Waits for the answer of an upload being stored, if any, then lingers.
+            self.phase = Phase::Ending;
         } else {
             // Waits for the answer of an upload being stored, if any.
             self.phase = Phase::Draining;

@@ -342,7 +342,10 @@ impl UploadWork {
     /// Whether the connection waits for the disk (ops waiting for room, chunks in flight, a
     /// body being stored): its quiet is the server's, and the idle timeout must not count it.
     pub fn waits_for_disk(&self) -> bool {
-        self.is_paused_for_io() || self.writes_in_flight > 0
+        // A failed upload waits for nothing: its client has been told, and writes it counted
+        // may never be answered.
+        let failed = self.current.as_ref().is_some_and(|c| c.failed);
+        !failed && (self.is_paused_for_io() || self.writes_in_flight > 0)
     }
 
     /// Handles `input`, as far as the session and the pool allow; the rest is held.
