@@ -301,3 +301,15 @@ fn client_timeout_bounds_the_wait_for_a_silent_server() {
     );
     assert!(!result.stderr.trim().is_empty(), "{result:?}");
 }
+
+#[test]
+fn send_refuses_what_it_cannot_send_as_usage_errors() {
+    // An upload needs a stream, and a name must fit on the header line: one line, exit 2,
+    // before anything is connected.
+    let usage = assert_usage_error(&["send", "udp:127.0.0.1:9", "Cargo.toml"], "udp");
+    assert_eq!(usage.stderr.lines().count(), 1, "{usage:?}");
+    assert_usage_error(
+        &["send", "127.0.0.1:9", "Cargo.toml", "--name", "a\nb"],
+        "one line",
+    );
+}

@@ -193,30 +193,18 @@ pub fn serve_blocking(
     let mut input = [0u8; BLOCKING_READ_BYTES];
     let mut replies = Vec::new();
     loop {
-        if stopping.load(Ordering::Acquire) {
-            return end_for_shutdown(stream, peer, &mut session, &mut clock, &mut input);
-        }
-        let count = match stream.read(&mut input) {
-            Ok(0) if stopping.load(Ordering::Acquire) => {
-                // Woken by the shutdown, not by the client: it may still be sending.
+        let count = match read_input(stream, &mut input, stopping, peer) {
+            Input::Bytes(count) => count,
+            Input::Stopping => {
                 return end_for_shutdown(stream, peer, &mut session, &mut clock, &mut input);
             }
-            Ok(0) => {
+            Input::End => {
                 replies.clear();
                 session.on_end(&clock.now(), &mut replies);
                 let _ = stream.write_all(&replies);
                 return;
             }
-            Ok(count) => count,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if crate::net::is_timeout(&e) => {
-                debug!("{peer}: idle timeout; closing");
-                return;
-            }
-            Err(e) => {
-                debug!("{peer}: read failed: {e}");
-                return;
-            }
+            Input::Gone => return,
         };
         // As in the reactor, a short read has taken everything there was: the peer has paused.
         // A full read may have emptied the socket exactly, and the next blocking read would wait
@@ -235,6 +223,48 @@ pub fn serve_blocking(
         if flow == Flow::Close {
             linger(stream, &mut input);
             return;
+        }
+    }
+}
+
+/// What one blocking read of a served connection brought.
+pub(super) enum Input {
+    /// This many bytes, at the start of the buffer.
+    Bytes(usize),
+    /// The client's end of stream.
+    End,
+    /// The graceful shutdown has begun (checked before the read, and when a read returns 0:
+    /// woken by the shutdown's `SHUT_RD`, not by the client, which may still be sending).
+    Stopping,
+    /// The idle timeout or a socket error: the connection ends here (logged at debug).
+    Gone,
+}
+
+/// One read, the way every blocking driver reads: the shutdown checked around it, an
+/// interrupted read retried, the idle timeout and errors ending the connection.
+pub(super) fn read_input(
+    mut stream: &BlockingStream,
+    buffer: &mut [u8],
+    stopping: &AtomicBool,
+    peer: Peer,
+) -> Input {
+    loop {
+        if stopping.load(Ordering::Acquire) {
+            return Input::Stopping;
+        }
+        match stream.read(buffer) {
+            Ok(0) if stopping.load(Ordering::Acquire) => return Input::Stopping,
+            Ok(0) => return Input::End,
+            Ok(count) => return Input::Bytes(count),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if crate::net::is_timeout(&e) => {
+                debug!("{peer}: idle timeout; closing");
+                return Input::Gone;
+            }
+            Err(e) => {
+                debug!("{peer}: read failed: {e}");
+                return Input::Gone;
+            }
         }
     }
 }

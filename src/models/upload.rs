@@ -44,7 +44,7 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -55,7 +55,7 @@ use crate::protocol::{Flow, Limits};
 use crate::storage::{TempFile, UploadDir};
 use crate::sys;
 
-use super::{linger, linger_after_stop, Settings};
+use super::{linger, linger_after_stop, read_input, Input, Settings};
 
 /// Bytes an upload connection reads at a time. Larger than [`super::BLOCKING_READ_BYTES`]: each
 /// read is followed by a write to the file, and 64 KiB (the size `oneloop send` writes) makes
@@ -74,32 +74,17 @@ pub fn serve(stream: &BlockingStream, peer: Peer, settings: &Settings, stopping:
     };
     let mut connection = Connection::new(peer, dir, settings.limits);
     let mut input = vec![0; UPLOAD_READ_BYTES];
-    let mut reader = stream;
     loop {
-        if stopping.load(Ordering::Acquire) {
-            return connection.end_for_shutdown(stream, &mut input);
-        }
-        let count = match reader.read(&mut input) {
-            Ok(0) if stopping.load(Ordering::Acquire) => {
-                // Woken by the shutdown, not by the client: it may still be sending.
-                return connection.end_for_shutdown(stream, &mut input);
-            }
-            Ok(0) => {
+        let count = match read_input(stream, &mut input, stopping, peer) {
+            Input::Bytes(count) => count,
+            Input::Stopping => return connection.end_for_shutdown(stream, &mut input),
+            Input::End => {
                 connection.end();
                 let _ = connection.flush(stream);
                 return;
             }
-            Ok(count) => count,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if crate::net::is_timeout(&e) => {
-                // An upload in progress goes with the connection: its file is removed.
-                debug!("{peer}: idle timeout; closing");
-                return;
-            }
-            Err(e) => {
-                debug!("{peer}: read failed: {e}");
-                return;
-            }
+            // An upload in progress goes with the connection: its file is removed.
+            Input::Gone => return,
         };
         let flow = connection.feed(&input[..count]);
         if let Err(e) = connection.flush(stream) {
