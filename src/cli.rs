@@ -18,7 +18,7 @@ use crate::models::{self, Model};
 use crate::net::{self, BoundListener, Listening};
 use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
 use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
-use crate::service::{ServiceSpec, DEFAULT_SERVICES};
+use crate::service::{Endpoint, ServiceSpec, DEFAULT_SERVICES};
 use crate::storage::durable::UploadDir;
 
 /// oneloop: one thread, one event loop, thousands of connections.
@@ -53,7 +53,9 @@ pub struct ServeArgs {
         help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp, echo, chat or \
                 upload (chat and upload: tcp and unix); ADDRESS is HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 \
                 picks a free port), \
-                udp:HOST:PORT or unix:PATH. Under the blocking models each UDP service is one \
+                udp:HOST:PORT, unix:PATH, or fd:NAME (a socket systemd passed in, by its \
+                FileDescriptorName= or number; with no SERVICE, each passed socket serves the \
+                protocol its name names). Under the blocking models each UDP service is one \
                 thread (under forking, one process) blocked in recv_from: a datagram service has \
                 no connections to spread \
                 [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]"
@@ -206,13 +208,30 @@ fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let services = if args.services.is_empty() {
+    // First, while the process has one thread: it removes the LISTEN_* variables from the
+    // environment. Without them (not socket-activated) the list is empty and nothing changes.
+    let mut passed = match net::systemd::take_activated_sockets() {
+        Ok(passed) => passed,
+        Err(e) => {
+            eprintln!("oneloop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let services = if !args.services.is_empty() {
+        args.services
+    } else if passed.is_empty() {
         DEFAULT_SERVICES
             .iter()
             .map(|text| text.parse().expect("default services parse"))
             .collect()
     } else {
-        args.services
+        match services_named_by(&passed) {
+            Ok(services) => services,
+            Err(message) => {
+                eprintln!("oneloop: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
     };
     if let Some(message) = services
         .iter()
@@ -247,13 +266,23 @@ fn serve(args: ServeArgs) -> ExitCode {
         datagrams,
         socket_files: _socket_files,
         lines,
-    } = match net::bind_services(&services, args.unix_mode) {
+    } = match net::bind_services(&services, args.unix_mode, &mut passed) {
         Ok(bound) => bound,
         Err(e) => {
             eprintln!("oneloop: {e}");
             return ExitCode::FAILURE;
         }
     };
+    for unused in passed {
+        // systemd keeps its own copy, so closing ours loses nothing; serving it under a guessed
+        // protocol would.
+        log::warn!(
+            "passed socket fd {} ({:?}, {}) is not named by any service; not served",
+            unused.fd,
+            unused.name,
+            unused.local
+        );
+    }
     // The contract: signal handling is in place before the listening lines are printed. Every
     // model shuts down gracefully on SIGINT and SIGTERM: the handler only writes to a pipe that
     // the model's poll watches.
@@ -266,12 +295,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    // systemd (Type=notify); without NOTIFY_SOCKET every notification is a no-op.
+    let notifier = std::sync::Arc::new(crate::net::systemd::Notifier::from_env());
+    let watchdog_every = crate::net::systemd::watchdog_interval();
     let blocking = models::Settings {
         limits,
         idle_timeout,
         max_connections,
         shutdown_timeout,
         upload_dir: upload_dir.clone(),
+        notifier: notifier.clone(),
+        watchdog_every,
     };
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.
@@ -306,13 +340,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         // Whoever started us stopped listening; serving can still be useful.
         log::warn!("cannot print the listening lines: {e}");
     }
-    // systemd (Type=notify) learns the services are up once every one listens; without
-    // NOTIFY_SOCKET this is a no-op.
-    let notifier = crate::net::systemd::Notifier::from_env();
+    // systemd learns the services are up once every one listens.
     notifier.ready();
     let served = match serving {
         Serving::Reactor(mut reactor) => {
-            reactor.notify_systemd(notifier, crate::net::systemd::watchdog_interval());
+            reactor.notify_systemd(notifier, watchdog_every);
             reactor.run()
         }
         Serving::Blocking(model, listeners, signals, udp) => {
@@ -338,6 +370,29 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// With no `SERVICE` and sockets passed by systemd: one `PROTOCOL@fd:NAME` service per distinct
+/// socket name, in the order passed, where each name must be a protocol's (the socket unit's
+/// `FileDescriptorName=upper`, for example). A name that is not is an error: serving a socket
+/// under a guessed protocol would answer its clients in the wrong language.
+fn services_named_by(passed: &[net::systemd::ActivatedSocket]) -> Result<Vec<ServiceSpec>, String> {
+    let mut services: Vec<ServiceSpec> = Vec::new();
+    for socket in passed {
+        let protocol: ProtocolKind = socket.name.parse().map_err(|_| {
+            format!(
+                "passed socket fd {} ({:?}, {}) names no protocol: give its .socket unit \
+                 FileDescriptorName=upper, timestamp, echo, chat or upload, or name the service \
+                 on the command line, e.g. `oneloop serve echo@fd:{}`",
+                socket.fd, socket.name, socket.local, socket.fd
+            )
+        })?;
+        let endpoint = Endpoint::Passed(socket.name.clone());
+        if !services.iter().any(|service| service.endpoint == endpoint) {
+            services.push(ServiceSpec { protocol, endpoint });
+        }
+    }
+    Ok(services)
 }
 
 /// Opens `--upload-dir` (it must exist and be writable) and removes the temporary files a crash

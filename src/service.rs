@@ -1,13 +1,17 @@
 //! What `serve` is asked to serve: `PROTOCOL@ADDRESS` specs.
 //!
 //! ```
-//! use oneloop::service::{Address, ServiceSpec};
+//! use oneloop::service::{Address, Endpoint, ServiceSpec};
 //! use oneloop::protocol::ProtocolKind;
 //!
 //! let spec: ServiceSpec = "upper@127.0.0.1:9999".parse().unwrap();
 //! assert_eq!(spec.protocol, ProtocolKind::Upper);
-//! assert_eq!(spec.address, Address::Tcp("127.0.0.1:9999".parse().unwrap()));
+//! assert_eq!(spec.endpoint, Endpoint::Bind(Address::Tcp("127.0.0.1:9999".parse().unwrap())));
 //! assert!("upper@nowhere".parse::<ServiceSpec>().is_err());
+//!
+//! // A socket systemd passed in (socket activation), chosen by its FileDescriptorName=:
+//! let passed: ServiceSpec = "chat@fd:chat".parse().unwrap();
+//! assert_eq!(passed.endpoint, Endpoint::Passed("chat".into()));
 //! ```
 
 use std::fmt;
@@ -138,13 +142,63 @@ fn parse_host_port(text: &str, resolve: Resolver<'_>) -> Result<SocketAddr, Stri
     resolve(host, port)
 }
 
-/// One `PROTOCOL@ADDRESS` service.
+/// Where a service's listening socket comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// oneloop binds it: `HOST:PORT`, `tcp:`, `udp:` or `unix:`.
+    Bind(Address),
+    /// systemd bound it and passed it in (socket activation): `fd:NAME` selects every passed
+    /// socket whose `FileDescriptorName=` is NAME, or the one whose descriptor number is NAME.
+    /// Whether it is TCP, UDP or Unix is known only once the socket is in hand.
+    Passed(String),
+}
+
+/// The longest `FileDescriptorName=` systemd accepts (`FDNAME_MAX`).
+pub const MAX_FD_NAME: usize = 255;
+
+impl Endpoint {
+    /// Parses an endpoint: `fd:NAME`, or an [`Address`] resolved with `resolve`.
+    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<Endpoint, String> {
+        let Some(name) = text.strip_prefix("fd:") else {
+            return Address::parse_with(text, resolve).map(Endpoint::Bind);
+        };
+        // systemd's own rule for FileDescriptorName= (`fdname_is_valid`): printable ASCII, no
+        // colon (LISTEN_FDNAMES is colon-separated), at most 255 bytes. A name it could never
+        // pass is a mistake worth an error now, not a "no such socket" later.
+        if name.is_empty() {
+            return Err(
+                "fd: needs the name (FileDescriptorName=) or number of a socket systemd \
+                        passes, e.g. fd:chat"
+                    .into(),
+            );
+        }
+        if name.len() > MAX_FD_NAME || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(format!(
+                "fd:{name}: a passed socket's name is 1 to {MAX_FD_NAME} printable ASCII \
+                 characters with no ':' or space, as systemd's FileDescriptorName= allows"
+            ));
+        }
+        Ok(Endpoint::Passed(name.to_owned()))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// As on the command line: `tcp:127.0.0.1:9999`, `unix:/tmp/chat.sock`, `fd:chat`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Bind(address) => write!(f, "{}:{address}", address.transport()),
+            Endpoint::Passed(name) => write!(f, "fd:{name}"),
+        }
+    }
+}
+
+/// One `PROTOCOL@ADDRESS` (or `PROTOCOL@fd:NAME`) service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// What is spoken.
     pub protocol: ProtocolKind,
     /// Where it listens.
-    pub address: Address,
+    pub endpoint: Endpoint,
 }
 
 impl FromStr for ServiceSpec {
@@ -158,29 +212,25 @@ impl FromStr for ServiceSpec {
 impl ServiceSpec {
     /// Parses like [`FromStr`], resolving host names with `resolve`.
     pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<ServiceSpec, String> {
-        let (protocol, address) = text.split_once('@').ok_or_else(|| {
+        let (protocol, endpoint) = text.split_once('@').ok_or_else(|| {
             format!("{text:?} is not PROTOCOL@ADDRESS (e.g. echo@127.0.0.1:9000)")
         })?;
         let protocol: ProtocolKind = protocol.parse()?;
-        let address = Address::parse_with(address, resolve)?;
-        if matches!(address, Address::Udp(_))
+        let endpoint = Endpoint::parse_with(endpoint, resolve)?;
+        // A passed socket's transport is checked when it is taken (`ActivatedSocket::add_to`).
+        if matches!(endpoint, Endpoint::Bind(Address::Udp(_)))
             && matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload)
         {
             return Err(format!("{protocol} runs over tcp or unix, not udp"));
         }
-        Ok(ServiceSpec { protocol, address })
+        Ok(ServiceSpec { protocol, endpoint })
     }
 }
 
 impl fmt::Display for ServiceSpec {
+    /// `upper@tcp:127.0.0.1:9999`, `chat@fd:chat`: parses back to the same spec.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}@{}:{}",
-            self.protocol,
-            self.address.transport(),
-            self.address
-        )
+        write!(f, "{}@{}", self.protocol, self.endpoint)
     }
 }
 
@@ -192,21 +242,43 @@ mod tests {
         text.parse()
     }
 
+    fn bind(address: Address) -> Endpoint {
+        Endpoint::Bind(address)
+    }
+
     #[test]
     fn parses_every_transport() {
         let tcp = spec("echo@tcp:127.0.0.1:0").unwrap();
-        assert_eq!(tcp.address, Address::Tcp("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(
+            tcp.endpoint,
+            bind(Address::Tcp("127.0.0.1:0".parse().unwrap()))
+        );
         let v6 = spec("upper@[::1]:7000").unwrap();
-        assert_eq!(v6.address, Address::Tcp("[::1]:7000".parse().unwrap()));
+        assert_eq!(
+            v6.endpoint,
+            bind(Address::Tcp("[::1]:7000".parse().unwrap()))
+        );
         let udp = spec("echo@udp:[::1]:7000").unwrap();
-        assert_eq!(udp.address.transport(), "udp");
+        assert_eq!(udp.endpoint.to_string(), "udp:[::1]:7000");
         let unix = spec("chat@unix:/tmp/chat.sock").unwrap();
-        assert_eq!(unix.address, Address::Unix("/tmp/chat.sock".into()));
+        assert_eq!(unix.endpoint, bind(Address::Unix("/tmp/chat.sock".into())));
         assert_eq!(unix.protocol, ProtocolKind::Chat);
         let longest = format!("unix:/{}", "p".repeat(MAX_UNIX_PATH - 1));
         assert!(longest.parse::<Address>().is_ok());
         let too_long = format!("unix:/{}", "p".repeat(MAX_UNIX_PATH));
         assert!(too_long.parse::<Address>().is_err());
+    }
+
+    #[test]
+    fn passed_sockets_are_named_and_print_back() {
+        let by_name = spec("chat@fd:chat").unwrap();
+        assert_eq!(by_name.endpoint, Endpoint::Passed("chat".into()));
+        assert_eq!(by_name.to_string(), "chat@fd:chat");
+        // A number is a name too; which one it means is decided against the passed sockets.
+        let by_number = spec("upload@fd:3").unwrap();
+        assert_eq!(by_number.endpoint, Endpoint::Passed("3".into()));
+        assert!(spec(&format!("echo@fd:{}", "n".repeat(MAX_FD_NAME))).is_ok());
+        assert!(spec(&format!("echo@fd:{}", "n".repeat(MAX_FD_NAME + 1))).is_err());
     }
 
     #[test]
@@ -219,8 +291,8 @@ mod tests {
     #[test]
     fn resolves_localhost() {
         let s = spec("echo@localhost:9").unwrap();
-        match s.address {
-            Address::Tcp(addr) => assert!(addr.ip().is_loopback()),
+        match s.endpoint {
+            Endpoint::Bind(Address::Tcp(addr)) => assert!(addr.ip().is_loopback()),
             other => panic!("{other:?}"),
         }
     }
@@ -236,6 +308,9 @@ mod tests {
             ("echo@unix:", "socket path"),
             ("chat@udp:127.0.0.1:1", "not udp"),
             ("upload@udp:127.0.0.1:1", "not udp"),
+            ("upper@fd:", "FileDescriptorName"),
+            ("upper@fd:a:b", "no ':'"),
+            ("upper@fd:a b", "no ':' or space"),
         ] {
             let err = spec(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");

@@ -26,6 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory, ACCEPT_PAUSE};
+use crate::net::systemd::Notifier;
 use crate::net::{BlockingStream, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener};
 use crate::protocol::ProtocolKind;
 use crate::service::Address;
@@ -97,6 +98,11 @@ pub struct Acceptor {
     pending_signals: VecDeque<i32>,
     /// Whether the waker rang and that is not reported yet.
     woken: bool,
+    /// systemd's notifications (a no-op outside `Type=notify`): `STOPPING=1` at
+    /// [`stop_accepting`](Acceptor::stop_accepting), and the watchdog below.
+    notifier: Arc<Notifier>,
+    /// When `WATCHDOG_USEC` is set: how often to ping, and when next.
+    watchdog: Option<(Duration, Instant)>,
 }
 
 impl Acceptor {
@@ -131,7 +137,21 @@ impl Acceptor {
             signals,
             pending_signals: VecDeque::new(),
             woken: false,
+            notifier: Arc::new(Notifier::disabled()),
+            watchdog: None,
         })
+    }
+
+    /// Reports to systemd through `notifier`: `STOPPING=1` once the graceful shutdown stops
+    /// accepting, and, every `watchdog_every` (half of `WATCHDOG_USEC`), `WATCHDOG=1`.
+    ///
+    /// The pings come from this thread, the one that accepts and watches the signals in every
+    /// blocking model: while it turns, clients are admitted and a SIGTERM is heard. A worker
+    /// stuck with one client does not stop them, and need not: the other workers still serve
+    /// (the reactor pings from its one loop, where a stuck turn stops everything).
+    pub fn notify_systemd(&mut self, notifier: Arc<Notifier>, watchdog_every: Option<Duration>) {
+        self.notifier = notifier;
+        self.watchdog = watchdog_every.map(|every| (every, Instant::now() + every));
     }
 
     /// A waker that makes a waiting [`Acceptor::accept_next`] or [`Acceptor::wait`] return
@@ -153,6 +173,10 @@ impl Acceptor {
 
     /// Closes every listener: from now on clients are refused by the kernel.
     pub fn stop_accepting(&mut self) {
+        self.notifier.stopping();
+        // From here the shutdown is bounded by --shutdown-timeout, and systemd's stop timeout
+        // governs: no more pings.
+        self.watchdog = None;
         for listener in self.listeners.drain(..) {
             debug!("listener on {}: closed", listener.local);
         }
@@ -168,6 +192,12 @@ impl Acceptor {
                 return Ok(Next::Woken);
             }
             let now = Instant::now();
+            if let Some((every, due)) = &mut self.watchdog {
+                if *due <= now {
+                    self.notifier.watchdog();
+                    *due = now + *every;
+                }
+            }
             for listener in &mut self.listeners {
                 if listener.paused_until.is_some_and(|until| until <= now) {
                     listener.paused_until = None; // `ready` is still set: try it again.
@@ -183,10 +213,12 @@ impl Acceptor {
             } else if deadline.is_some_and(|deadline| deadline <= now) {
                 return Ok(Next::TimedOut);
             } else {
-                // Until the caller's deadline or the end of a listener's rest, the earlier.
+                // Until the caller's deadline, the end of a listener's rest or the next
+                // watchdog ping, the earliest.
                 let resume = self.listeners.iter().filter_map(|l| l.paused_until).min();
                 let resume = resume.filter(|_| accepting);
-                [deadline, resume]
+                let ping = self.watchdog.map(|(_, due)| due);
+                [deadline, resume, ping]
                     .into_iter()
                     .flatten()
                     .min()

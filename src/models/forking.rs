@@ -50,6 +50,7 @@ pub const KILLED_CHILDREN_WAIT: Duration = Duration::from_secs(1);
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
     signals.add_signal(SIGCHLD)?;
     let mut acceptor = Acceptor::new(listeners, signals)?;
+    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
     let mut children = Children::default();
     loop {
         match acceptor.accept_next(None)? {

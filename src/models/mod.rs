@@ -80,6 +80,7 @@ use log::{debug, warn};
 use socket2::SockRef;
 
 use crate::clock::Clock;
+use crate::net::systemd::Notifier;
 use crate::net::{BlockingStream, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
 use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
 use crate::storage::UploadDir;
@@ -133,6 +134,11 @@ pub struct Settings {
     /// `--upload-dir`, opened, when an upload service is served: each serving thread or forked
     /// child stores its connection's uploads there itself ([`upload`]).
     pub upload_dir: Option<Arc<UploadDir>>,
+    /// systemd's notifications (`NOTIFY_SOCKET`; a no-op without it): the acceptor sends
+    /// `STOPPING=1` and the watchdog pings.
+    pub notifier: Arc<Notifier>,
+    /// How often to send `WATCHDOG=1`, when systemd asked for it (`WATCHDOG_USEC`).
+    pub watchdog_every: Option<Duration>,
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.

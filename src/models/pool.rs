@@ -30,6 +30,7 @@ pub fn run(
 ) -> io::Result<()> {
     let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
     let mut acceptor = Acceptor::new(listeners, signals)?;
+    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);
     let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {

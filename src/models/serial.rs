@@ -23,6 +23,7 @@ use super::{Acceptor, Admission, Admitted, Next, Settings};
 /// one at a time.)
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
     let mut acceptor = Acceptor::new(listeners, signals)?;
+    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
     // Rings when the client being served is done: the moment to accept the next.
     let admission = Admission::new(1, acceptor.waker()?);
     let (server, connections) = mpsc::channel::<Admitted>();

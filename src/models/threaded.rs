@@ -21,6 +21,7 @@ use super::{Acceptor, Admission, Next, Settings};
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
     let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
     let mut acceptor = Acceptor::new(listeners, signals)?;
+    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);
     // Shared by every connection's thread, rather than cloned for each.
     let settings = Arc::new(settings);

@@ -14,9 +14,10 @@ use log::debug;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::stream::{Peer, Stream};
+use super::systemd::{self, ActivatedSocket};
 use super::unix::{bind_unix, SocketFile};
 use crate::protocol::ProtocolKind;
-use crate::service::{Address, ServiceSpec};
+use crate::service::{Address, Endpoint, ServiceSpec};
 
 /// The backlog requested from `listen`; the kernel silently lowers it to `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;
@@ -152,16 +153,35 @@ pub struct Bound {
 
 /// Binds every service, in order; the first failure is returned (earlier sockets are closed and
 /// their socket files removed). `unix_mode` is `--unix-mode`.
-pub fn bind_services(services: &[ServiceSpec], unix_mode: Option<u32>) -> Result<Bound, BindError> {
+///
+/// A `PROTOCOL@fd:NAME` service takes its sockets out of `passed` (the ones systemd passed in,
+/// see [`systemd::take_activated_sockets`]) instead of binding: every passed socket NAME
+/// selects, each with a `listening` line of its own. The sockets no service takes are left in
+/// `passed`.
+pub fn bind_services(
+    services: &[ServiceSpec],
+    unix_mode: Option<u32>,
+    passed: &mut Vec<ActivatedSocket>,
+) -> Result<Bound, ListenError> {
     let mut bound = Bound::default();
+    let anything_passed = !passed.is_empty();
     for service in services {
-        let fail = |source| BindError {
-            protocol: service.protocol,
-            address: service.address.clone(),
-            source,
-        };
         let protocol = service.protocol;
-        match &service.address {
+        let address = match &service.endpoint {
+            Endpoint::Bind(address) => address,
+            Endpoint::Passed(name) => {
+                take_passed(&mut bound, protocol, name, passed, anything_passed)?;
+                continue;
+            }
+        };
+        let fail = |source| {
+            ListenError::Bind(BindError {
+                protocol,
+                address: address.clone(),
+                source,
+            })
+        };
+        match address {
             Address::Tcp(addr) => {
                 let socket = bind_tcp(*addr).map_err(fail)?;
                 let local = Address::Tcp(socket.local_addr().map_err(fail)?);
@@ -205,6 +225,83 @@ pub fn bind_services(services: &[ServiceSpec], unix_mode: Option<u32>) -> Result
         }
     }
     Ok(bound)
+}
+
+/// `PROTOCOL@fd:NAME`: moves every passed socket NAME selects into `bound`, as a service speaking
+/// `protocol`. None selected is an error naming what was passed, so a typo in a unit file reads
+/// as one.
+fn take_passed(
+    bound: &mut Bound,
+    protocol: ProtocolKind,
+    name: &str,
+    passed: &mut Vec<ActivatedSocket>,
+    anything_passed: bool,
+) -> Result<(), ListenError> {
+    let service = format!("{protocol}@fd:{name}");
+    let selected = systemd::take_matching(passed, name);
+    if selected.is_empty() {
+        let reason = if !anything_passed {
+            "no socket was passed to this process (socket activation sets LISTEN_FDS and \
+             LISTEN_PID; run it from a systemd .socket unit or systemd-socket-activate)"
+                .to_owned()
+        } else if passed.is_empty() {
+            "every passed socket is already taken by an earlier service".to_owned()
+        } else {
+            let names: Vec<String> = passed
+                .iter()
+                .map(|socket| format!("fd {} {:?}", socket.fd, socket.name))
+                .collect();
+            format!(
+                "no passed socket is named {name:?} or numbered {name} (left: {})",
+                names.join(", ")
+            )
+        };
+        return Err(ListenError::Passed { service, reason });
+    }
+    for socket in selected {
+        socket
+            .add_to(bound, protocol)
+            .map_err(|reason| ListenError::Passed {
+                service: service.clone(),
+                reason,
+            })?;
+    }
+    Ok(())
+}
+
+/// Why `serve` cannot listen on one of its services.
+#[derive(Debug)]
+pub enum ListenError {
+    /// Binding an address failed.
+    Bind(BindError),
+    /// A `PROTOCOL@fd:NAME` service has no passed socket to serve, or cannot serve the one it
+    /// has.
+    Passed {
+        /// The service as given, `chat@fd:chat`.
+        service: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ListenError {
+    /// `cannot listen on tcp 127.0.0.1:9999 (upper): address already in use`, or
+    /// `chat@fd:chat: no passed socket is named "chat" or numbered chat (left: fd 3 "upper")`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenError::Bind(error) => error.fmt(f),
+            ListenError::Passed { service, reason } => write!(f, "{service}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ListenError::Bind(error) => Some(error),
+            ListenError::Passed { .. } => None,
+        }
+    }
 }
 
 /// A bound service, as the `listening` line reports it.

@@ -20,7 +20,7 @@ pub mod unix;
 use std::time::Duration;
 
 pub use listener::{
-    bind_services, bind_tcp, bind_udp, BindError, Bound, BoundDatagram, BoundListener,
+    bind_services, bind_tcp, bind_udp, BindError, Bound, BoundDatagram, BoundListener, ListenError,
     ListenSocket, Listening, StreamListener,
 };
 pub use nonblocking::write_until_blocked;

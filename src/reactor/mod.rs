@@ -189,7 +189,7 @@ pub struct Reactor {
     /// Reused list of upload connections to retry at a drain.
     upload_blocked: Vec<usize>,
     /// systemd's notification socket (`NOTIFY_SOCKET`), or a no-op.
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     /// How often to send `WATCHDOG=1` (half of `WATCHDOG_USEC`), if systemd asked for it.
     watchdog_every: Option<Duration>,
     config: Config,
@@ -288,7 +288,7 @@ impl Reactor {
             uploads,
             upload_completions: Vec::new(),
             upload_blocked: Vec::new(),
-            notifier: Notifier::disabled(),
+            notifier: Arc::new(Notifier::disabled()),
             watchdog_every: None,
             poll,
             endpoints,
@@ -313,7 +313,7 @@ impl Reactor {
     /// Reports to systemd through `notifier`: `STOPPING=1` when a graceful shutdown begins,
     /// and, every `watchdog_every`, `WATCHDOG=1` and a `STATUS=` line from the loop's own turn.
     /// (`READY=1` is the caller's, once the listening lines are out.)
-    pub fn notify_systemd(&mut self, notifier: Notifier, watchdog_every: Option<Duration>) {
+    pub fn notify_systemd(&mut self, notifier: Arc<Notifier>, watchdog_every: Option<Duration>) {
         self.notifier = notifier;
         self.watchdog_every = watchdog_every;
         if let Some(every) = watchdog_every {
