@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""The seeds' one-shot "translation" client (seed 000's client.py), pointed at oneloop.
+
+    python3 upper_client.py [--connect ADDRESS] WORDS...
+
+Sends the words (joined by spaces, no newline), then prints what one recv(1024) returns, with
+the time of each step, exactly as the seed does. It also says how many whole seconds the answer
+took, which is what the seed's two timestamps are for: against `oneloop serve --reply-delay 5`,
+two of these started together are both answered after 5 s by a concurrent server, and the
+second after 10 s by a serial one.
+
+One recv is the seed's choice, kept here: for a short request the server's reply arrives in one
+piece, but TCP is a byte stream and promises no such thing (see "message boundaries" in
+docs/TUTORIAL.md).
+"""
+
+import argparse
+import socket
+import time
+from datetime import datetime
+
+import _address
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connect", default="127.0.0.1:9999", metavar="ADDRESS")
+    parser.add_argument("words", nargs="+")
+    args = parser.parse_args()
+    family, address = _address.parse(args.connect)
+    data = " ".join(args.words)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.connect(address)
+        started = time.monotonic()
+        print(f"client {datetime.now()} sent {data}", flush=True)
+        sock.sendall(data.encode("utf-8"))
+        received = sock.recv(1024)
+        waited = int(time.monotonic() - started)
+        print(f"client {datetime.now()} received {received!r} after {waited} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
