@@ -381,14 +381,20 @@ fn the_header_and_the_first_request_in_one_write_are_both_served() {
     }
 }
 
-fn an_upload_in_the_same_write_as_the_header_is_stored() {
+/// A fresh, empty upload directory for the test `name` under the current model.
+fn upload_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "oneloop-p{}-upload-{}",
+        "oneloop-p{}-{name}-{}",
         std::process::id(),
         util::model().unwrap_or("reactor")
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn an_upload_in_the_same_write_as_the_header_is_stored() {
+    let dir = upload_dir("upload");
     let dir_arg = dir.display().to_string();
     let server = Server::start(&[
         "--proxy-protocol",
@@ -576,8 +582,16 @@ fn a_unix_stream_service_expects_the_header_too() {
 }
 
 fn the_debug_log_names_the_client_and_the_balancer() {
+    let dir = upload_dir("log");
+    let dir_arg = dir.display().to_string();
     let server = Server::start_with_env(
-        &["--proxy-protocol", "upper@127.0.0.1:0"],
+        &[
+            "--proxy-protocol",
+            "--upload-dir",
+            &dir_arg,
+            "upper@127.0.0.1:0",
+            "upload@127.0.0.1:0",
+        ],
         &[("RUST_LOG", "oneloop=debug")],
     );
     let mut stream = connect(server.addr("upper"));
@@ -585,12 +599,28 @@ fn the_debug_log_names_the_client_and_the_balancer() {
     send(&mut stream, &[V1, b"hello"].concat());
     half_close(&stream);
     assert_eq!(read_to_end_within(&mut stream), b"HELLO");
-    let expected = format!("PROXY header: client {CLIENT} via {via}");
+    wait_for_log(&server, &format!("PROXY header: client {CLIENT} via {via}"));
+    if util::model() != Some("reactor") {
+        // The blocking models name a connection by its peer in every line: the client's now.
+        // (The reactor names it `conn #N`, which the line above ties to the client.)
+        let reply = upper_reply(server.addr("upload"), V1, b"5 hello.txt\nhello");
+        assert!(reply.starts_with(b"ok\n"), "{:?}", Snippet(&reply));
+        wait_for_log(
+            &server,
+            &format!("{CLIENT}: receiving \"hello.txt\" (5 bytes)"),
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits (up to [`DEADLINE`]) until the server's stderr contains `expected`.
+fn wait_for_log(server: &Server, expected: &str) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let log = server.stderr();
-        if log.contains(&expected) {
-            break;
+        if log.contains(expected) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
