@@ -9,7 +9,10 @@
 //! A blocking model has no timer heap, and needs none: the deadline is the socket's read
 //! timeout, set before each read to what is left of the 3 s, so a client that sends half a
 //! header and waits (or nothing at all) costs its thread 3 s at most. The serving code sets its
-//! own timeouts (`--idle-timeout`) once the header is read.
+//! own timeouts (`--idle-timeout`) once the header is read. The 3 s count from when the
+//! connection's service starts, which is its accept except under `pool` (a connection queued for
+//! a worker is not read at all until a worker takes it) and `serial` (where, as any slow client
+//! does, a client that sends no header holds the one connection being served for its 3 s).
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
