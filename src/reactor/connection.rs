@@ -324,7 +324,8 @@ pub struct Connection {
     pub id: u64,
     /// The socket.
     pub stream: Stream,
-    /// The protocol's state for this client: a stream session, or a chat membership.
+    /// The protocol's state for this client: a stream session, a chat membership, an upload,
+    /// or (before any of those) the PROXY header being read.
     work: Work,
     /// Replies waiting for the socket to accept them.
     unsent: Unsent,
@@ -395,9 +396,10 @@ impl Connection {
     }
 
     /// Reads the PROXY header: until the socket is drained or the header is complete or
-    /// refused. A short read means drained, as for requests. The parser takes no more bytes
-    /// than a header has, so its own bounds bound what a peer can make this read (its deadline
-    /// is the loop's [`Wake::Header`](super::Reactor) timer).
+    /// refused. A short read means drained, as for requests. Every byte before the end of the
+    /// header goes to the parser, whose own bounds refuse a header that grows past a few hundred
+    /// held bytes, so a peer cannot make this loop run long; its deadline is the loop's (a
+    /// `Wake::Header` timer, [`on_header_deadline`](Self::on_header_deadline)).
     ///
     /// When the header is complete, the rest of that read is moved to the start of the shared
     /// read buffer and described by [`HeaderDone::first`]: the protocol's first bytes.
