@@ -113,6 +113,14 @@ pub struct ServeArgs {
     /// itself (loop) — a foil, to measure what a disk wait inside the loop costs every client.
     #[arg(long, value_enum, default_value_t = UploadIo::Threads)]
     pub upload_io: UploadIo,
+
+    /// TCP and Unix stream services expect a PROXY protocol header (v1 or v2, as HAProxy's
+    /// `send-proxy` sends it) before the client's first byte, and name the client by the
+    /// address it carries (logs, chat names). A connection whose header is missing, malformed
+    /// or not complete within 3 s is closed. Only behind a balancer that sends one: it is never
+    /// guessed from the bytes.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 /// `--upload-io`: where the reactor's file work for uploads runs.
@@ -306,6 +314,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         upload_dir: upload_dir.clone(),
         notifier: notifier.clone(),
         watchdog_every,
+        proxy_protocol: args.proxy_protocol,
     };
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.
@@ -319,6 +328,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 shutdown_timeout,
                 upload_dir,
                 upload_io_in_loop: args.upload_io == UploadIo::Loop,
+                proxy_protocol: args.proxy_protocol,
             };
             match Reactor::new(listeners, datagrams, config, Some(signals)) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),

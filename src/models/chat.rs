@@ -152,6 +152,9 @@ impl ChatRoom {
     }
 
     /// Serves one member on the calling thread until it leaves, is dropped, or the server stops.
+    ///
+    /// Under `--proxy-protocol` it joins only once its PROXY header is read, under the name the
+    /// header carries, and the bytes that followed the header are its first input.
     pub fn serve(
         &self,
         stream: &Arc<BlockingStream>,
@@ -159,6 +162,12 @@ impl ChatRoom {
         settings: &Settings,
         stopping: &AtomicBool,
     ) {
+        let mut input = [0u8; BLOCKING_READ_BYTES];
+        let Some((peer, mut first)) =
+            super::proxy::client(stream, peer, settings, stopping, &mut input)
+        else {
+            return;
+        };
         let send_timeout = settings
             .idle_timeout
             .map_or(SEND_TIMEOUT, |idle| idle.min(SEND_TIMEOUT));
@@ -184,41 +193,45 @@ impl ChatRoom {
         // From here on the member must leave the socket map however this function ends.
         let guard = Membership { room: self, member };
         let mut reader: &BlockingStream = stream;
-        let mut input = [0u8; BLOCKING_READ_BYTES];
         let mut last_read = Instant::now();
         // Whether the read timeout is shorter than `--idle-timeout` (see the timeout below).
         let mut shortened = false;
         loop {
-            if stopping.load(Ordering::Acquire) {
-                return guard.stop(stream, &mut input);
-            }
-            let count = match reader.read(&mut input) {
-                Ok(0) if stopping.load(Ordering::Acquire) => {
+            // The bytes that followed a PROXY header, if any, stand for the first read.
+            let count = if first > 0 {
+                std::mem::take(&mut first)
+            } else {
+                if stopping.load(Ordering::Acquire) {
                     return guard.stop(stream, &mut input);
                 }
-                Ok(0) => {
-                    debug!("{peer}: end of stream");
-                    return guard.end(stream);
-                }
-                Ok(count) => count,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if crate::net::is_timeout(&e) => {
-                    // Nothing read for the idle timeout; but lines written to it count too.
-                    let idle = settings.idle_timeout.unwrap_or(Duration::ZERO);
-                    let last_written = self.lock().sockets.get(&member).map(|s| s.last_written);
-                    let last = last_written.map_or(last_read, |written| written.max(last_read));
-                    let left = idle.saturating_sub(last.elapsed());
-                    if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-                        debug!("{peer}: idle timeout; leaving");
+                match reader.read(&mut input) {
+                    Ok(0) if stopping.load(Ordering::Acquire) => {
+                        return guard.stop(stream, &mut input);
+                    }
+                    Ok(0) => {
+                        debug!("{peer}: end of stream");
+                        return guard.end(stream);
+                    }
+                    Ok(count) => count,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if crate::net::is_timeout(&e) => {
+                        // Nothing read for the idle timeout; but lines written to it count too.
+                        let idle = settings.idle_timeout.unwrap_or(Duration::ZERO);
+                        let last_written = self.lock().sockets.get(&member).map(|s| s.last_written);
+                        let last = last_written.map_or(last_read, |written| written.max(last_read));
+                        let left = idle.saturating_sub(last.elapsed());
+                        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                            debug!("{peer}: idle timeout; leaving");
+                            return; // The guard's drop leaves the room.
+                        }
+                        shortened = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        // A reset, or a socket shut down by a drop.
+                        debug!("{peer}: read failed: {e}; leaving");
                         return; // The guard's drop leaves the room.
                     }
-                    shortened = true;
-                    continue;
-                }
-                Err(e) => {
-                    // A reset, or a socket shut down by a drop.
-                    debug!("{peer}: read failed: {e}; leaving");
-                    return; // The guard's drop leaves the room.
                 }
             };
             last_read = Instant::now();

@@ -64,6 +64,7 @@ pub mod chat;
 pub mod datagram;
 pub mod forking;
 pub mod pool;
+mod proxy;
 pub mod serial;
 pub mod threaded;
 pub mod upload;
@@ -139,6 +140,9 @@ pub struct Settings {
     pub notifier: Arc<Notifier>,
     /// How often to send `WATCHDOG=1`, when systemd asked for it (`WATCHDOG_USEC`).
     pub watchdog_every: Option<Duration>,
+    /// `--proxy-protocol`: every stream connection starts with a PROXY protocol header, read
+    /// before anything else (see [`crate::protocol::proxy`]).
+    pub proxy_protocol: bool,
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.
@@ -168,6 +172,10 @@ pub struct Accepted {
 /// Serves one connection on a blocking socket until it ends: read, feed the session, write the
 /// replies, repeat. This is the whole protocol driver of the blocking models.
 ///
+/// Under `--proxy-protocol` the connection's PROXY header is read first, within 3 s; the client
+/// it names is the `peer` of every later log line, and the bytes that followed it are the
+/// session's first input.
+///
 /// `stopping` is the graceful shutdown: once it is set, the connection reads no more requests;
 /// what the protocol still holds is answered as at the client's end of stream, the replies are
 /// written, and the connection ends with a lingering close. It is checked before every `read`,
@@ -182,6 +190,11 @@ pub fn serve_blocking(
 ) {
     // `&BlockingStream` reads and writes: the socket may be shared with the shutdown registry.
     let mut stream = stream;
+    let mut input = [0u8; BLOCKING_READ_BYTES];
+    let Some((peer, mut first)) = proxy::client(stream, peer, settings, stopping, &mut input)
+    else {
+        return;
+    };
     if stream.set_read_timeout(settings.idle_timeout).is_err()
         || stream.set_write_timeout(settings.idle_timeout).is_err()
     {
@@ -189,33 +202,38 @@ pub fn serve_blocking(
     }
     if protocol == ProtocolKind::Upload {
         // Its input is mostly a file's bytes, for a file this thread writes itself.
-        return upload::serve(stream, peer, settings, stopping);
+        return upload::serve(stream, peer, settings, stopping, &input[..first]);
     }
     let Some(mut session) = Session::new(protocol, settings.limits) else {
         warn!("{peer}: {protocol} is not served by this model; closing");
         return;
     };
     let mut clock = Clock::default();
-    let mut input = [0u8; BLOCKING_READ_BYTES];
     let mut replies = Vec::new();
     loop {
-        let count = match read_input(stream, &mut input, stopping, peer) {
-            Input::Bytes(count) => count,
-            Input::Stopping => {
-                return end_for_shutdown(stream, peer, &mut session, &mut clock, &mut input);
+        // The bytes that followed a PROXY header, if any, stand for the first read.
+        let (count, short) = if first > 0 {
+            // Whether that read was short is not known here: the socket is asked below.
+            (std::mem::take(&mut first), false)
+        } else {
+            match read_input(stream, &mut input, stopping, peer) {
+                Input::Bytes(count) => (count, count < input.len()),
+                Input::Stopping => {
+                    return end_for_shutdown(stream, peer, &mut session, &mut clock, &mut input);
+                }
+                Input::End => {
+                    replies.clear();
+                    session.on_end(&clock.now(), &mut replies);
+                    let _ = stream.write_all(&replies);
+                    return;
+                }
+                Input::Gone => return,
             }
-            Input::End => {
-                replies.clear();
-                session.on_end(&clock.now(), &mut replies);
-                let _ = stream.write_all(&replies);
-                return;
-            }
-            Input::Gone => return,
         };
         // As in the reactor, a short read has taken everything there was: the peer has paused.
         // A full read may have emptied the socket exactly, and the next blocking read would wait
         // for ever for a client that is waiting for us: look first, without blocking.
-        let arrival = if count < input.len() || !more_input_waiting(stream) {
+        let arrival = if short || !more_input_waiting(stream) {
             Arrival::Drained
         } else {
             Arrival::Partial

@@ -65,26 +65,39 @@ pub const UPLOAD_READ_BYTES: usize = 64 * 1024;
 
 /// Serves one upload connection on a blocking socket until it ends (see the module docs).
 /// `stopping` is the graceful shutdown, as in [`super::serve_blocking`]; the socket's timeouts
-/// (`--idle-timeout`) are already set.
-pub fn serve(stream: &BlockingStream, peer: Peer, settings: &Settings, stopping: &AtomicBool) {
+/// (`--idle-timeout`) are already set. `first`: bytes already read for the session (what followed
+/// a PROXY header), taken before the socket is read.
+pub fn serve(
+    stream: &BlockingStream,
+    peer: Peer,
+    settings: &Settings,
+    stopping: &AtomicBool,
+    first: &[u8],
+) {
     let Some(dir) = &settings.upload_dir else {
         // `serve` opens the directory whenever an upload service is configured.
         warn!("{peer}: no --upload-dir to store uploads in; closing");
         return;
     };
     let mut connection = Connection::new(peer, dir, settings.limits);
-    let mut input = vec![0; UPLOAD_READ_BYTES];
+    let mut input = vec![0; UPLOAD_READ_BYTES.max(first.len())];
+    input[..first.len()].copy_from_slice(first);
+    let mut first = first.len();
     loop {
-        let count = match read_input(stream, &mut input, stopping, peer) {
-            Input::Bytes(count) => count,
-            Input::Stopping => return connection.end_for_shutdown(stream, &mut input),
-            Input::End => {
-                connection.end();
-                let _ = connection.flush(stream);
-                return;
+        let count = if first > 0 {
+            std::mem::take(&mut first)
+        } else {
+            match read_input(stream, &mut input, stopping, peer) {
+                Input::Bytes(count) => count,
+                Input::Stopping => return connection.end_for_shutdown(stream, &mut input),
+                Input::End => {
+                    connection.end();
+                    let _ = connection.flush(stream);
+                    return;
+                }
+                // An upload in progress goes with the connection: its file is removed.
+                Input::Gone => return,
             }
-            // An upload in progress goes with the connection: its file is removed.
-            Input::Gone => return,
         };
         let flow = connection.feed(&input[..count]);
         if let Err(e) = connection.flush(stream) {

@@ -25,7 +25,7 @@ pub use listener::{
 };
 pub use nonblocking::write_until_blocked;
 pub use reserve::{ReserveFd, Shed};
-pub use stream::{BlockingStream, Peer, Stream};
+pub use stream::{BlockingStream, Peer, Relayed, Stream};
 pub use unix::SocketFile;
 
 /// How long a lingering close waits for the peer to finish sending before closing anyway.

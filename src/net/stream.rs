@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
+use crate::protocol::proxy::{Address as ProxyAddress, Header};
+
 /// Who is on the other end, as logs (and chat names) show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
@@ -39,6 +41,57 @@ impl Peer {
     /// A name for a newly accepted Unix client.
     pub fn next_unix() -> Peer {
         Peer::Unix(NEXT_UNIX_PEER.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The client that a PROXY protocol header (`--proxy-protocol`) says this connection relays,
+    /// named as logs and chat names show it, when `self` is who connected (the balancer).
+    ///
+    /// * An IP client is its address and port, as if it had connected itself.
+    /// * A Unix client gets a `unix-N` number of its own, like every Unix peer: its path says
+    ///   nothing (a client's socket is rarely bound, so the path is usually empty).
+    /// * A header with no client address (LOCAL: the balancer's own health check; UNKNOWN)
+    ///   leaves `self`, as the spec says.
+    pub fn relayed_client(self, header: &Header) -> Peer {
+        match header.source() {
+            Some(ProxyAddress::Inet(address)) => Peer::Ip(*address),
+            Some(ProxyAddress::Unix(_)) => Peer::next_unix(),
+            None => self,
+        }
+    }
+}
+
+/// What a complete PROXY header changed, as the logs say it: `client 203.0.113.7:56324 via
+/// 127.0.0.1:40000`; for a relayed Unix client also the name it got (`client unix:/run/c.sock
+/// via 127.0.0.1:40000, named unix-4`); and for a header without a client address, why the
+/// real peer is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Relayed<'a> {
+    /// The header.
+    pub header: &'a Header,
+    /// Who connected (the balancer, normally).
+    pub via: Peer,
+    /// The name the connection goes by from now on ([`Peer::relayed_client`]).
+    pub client: Peer,
+}
+
+impl fmt::Display for Relayed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Relayed {
+            header,
+            via,
+            client,
+        } = self;
+        match header.source() {
+            Some(source @ ProxyAddress::Inet(_)) => write!(f, "client {source} via {via}"),
+            Some(source @ ProxyAddress::Unix(_)) => {
+                write!(f, "client {source} via {via}, named {client}")
+            }
+            None if **header == Header::Local => write!(
+                f,
+                "LOCAL (the balancer's own connection, a health check): keeping {via}"
+            ),
+            None => write!(f, "without a client address: keeping {via}"),
+        }
     }
 }
 

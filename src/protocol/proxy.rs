@@ -47,8 +47,8 @@
 //!
 //! Time is the driver's: this module has no clock. A client that sends half a header and waits
 //! keeps getting [`Parse::NeedMore`]; the driver closes the connection if the header is not
-//! complete within 3 s of the accept (the contract's limit; the spec asks for at least 3 s, to
-//! cover one TCP retransmission).
+//! complete within [`HEADER_TIMEOUT`] (3 s) of the accept (the contract's limit; the spec asks
+//! for at least 3 s, to cover one TCP retransmission).
 //!
 //! ## Driving it
 //!
@@ -88,6 +88,12 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// How long a driver waits, from the accept, for the header to be complete before it closes the
+/// connection: the contract's 3 s, the least the spec allows (one TCP retransmission). Only a
+/// duration: the clock is the driver's.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The longest v1 header, CRLF included: `PROXY UNKNOWN` with two full IPv6 addresses and
 /// ports (the spec's worst case).

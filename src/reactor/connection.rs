@@ -27,6 +27,10 @@
 //! * **Lingering close.** After a final error reply, shut down the write side and read and
 //!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
 //!   the peer's kernel throw away the reply it has not read yet.
+//! * **The PROXY header first.** Under `--proxy-protocol` a new connection's work is
+//!   [`AwaitingHeader`] until [`Connection::read_header`] has read a whole header: no byte is
+//!   the protocol's before that, and the bytes that followed the header in the same read are
+//!   handed to the protocol as its first input ([`FirstInput`]), never lost.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -38,7 +42,8 @@ use log::{debug, trace};
 use mio::Interest;
 
 use crate::clock::Now;
-use crate::net::{write_until_blocked, Stream, LINGER};
+use crate::net::{write_until_blocked, Peer, Stream, LINGER};
+use crate::protocol::proxy::{Header, Parse, ProxyHeader, HEADER_TIMEOUT};
 use crate::protocol::room::{Delivery, MemberId, Room};
 use crate::protocol::{Arrival, Flow, Session};
 
@@ -186,6 +191,64 @@ enum Work {
     /// An upload: its session, and its file operations in flight with the I/O threads (boxed:
     /// the rarer kind of connection should not make every other one bigger).
     Upload(Box<UploadWork>),
+    /// Not started yet: reading its PROXY protocol header (`--proxy-protocol`). Boxed: the
+    /// parser's few hundred bytes are needed for a few milliseconds after the accept, and
+    /// every connection past its header (all of them, in the steady state) should not carry
+    /// them.
+    Header(Box<AwaitingHeader>),
+}
+
+/// A connection waiting for its PROXY protocol header: the parser, and what starting its
+/// protocol will need once the header is read.
+#[derive(Debug)]
+pub struct AwaitingHeader {
+    /// The header so far. It holds at most a few hundred bytes, whatever the peer sends (see
+    /// [`crate::protocol::proxy`]).
+    parser: ProxyHeader,
+    /// Who connected: the balancer, normally. Named in logs until the header says who the
+    /// client is, and kept as the client's name when it does not (LOCAL, UNKNOWN).
+    via: Peer,
+    /// The endpoint it was accepted on, whose protocol starts once the header is read.
+    endpoint: usize,
+}
+
+/// What [`Connection::read_header`] made of the bytes that had arrived.
+#[derive(Debug)]
+pub enum HeaderRead {
+    /// Every byte read so far is header, and the header is not complete: wait for more (until
+    /// its deadline).
+    Pending,
+    /// The header is complete: the protocol can start.
+    Done(HeaderDone),
+    /// No header: refused as malformed, the peer left, or the read failed. The connection is
+    /// closed, without a reply.
+    Closed,
+}
+
+/// A complete PROXY header, and what the connection's protocol starts with.
+#[derive(Debug)]
+pub struct HeaderDone {
+    /// What the header says.
+    pub header: Header,
+    /// Who connected (the balancer, normally).
+    pub via: Peer,
+    /// The endpoint the connection was accepted on.
+    pub endpoint: usize,
+    /// The bytes that followed the header in the same read, for the protocol.
+    pub first: FirstInput,
+}
+
+/// Bytes read for a protocol before it started: what followed a PROXY header in the read that
+/// completed it (a balancer may send the header and the client's first request in one segment).
+/// They wait at the start of the loop's shared read buffer, and go to the protocol before the
+/// socket is read again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstInput {
+    /// How many bytes.
+    pub len: usize,
+    /// How many the read had room for after the header. Fewer than that (`len < room`) means
+    /// the read was short: the socket was drained, as after any short read.
+    pub room: usize,
 }
 
 /// Where a connection's input goes besides its own session, for the drive.
@@ -227,6 +290,19 @@ pub struct ChatOutput {
     output: MemberOutput,
 }
 
+impl ChatOutput {
+    /// The output of a member of endpoint `room`'s room joining now: owed the lines appended to
+    /// `log` from here on.
+    fn joining(room: u32, log: &RoomLog) -> ChatOutput {
+        ChatOutput {
+            room,
+            dirty: false,
+            owed: false,
+            output: MemberOutput::joining(log),
+        }
+    }
+}
+
 /// What a chat member's input goes to while the connection is driven.
 #[derive(Debug)]
 pub struct ChatSink<'a> {
@@ -248,7 +324,8 @@ pub struct Connection {
     pub id: u64,
     /// The socket.
     pub stream: Stream,
-    /// The protocol's state for this client: a stream session, or a chat membership.
+    /// The protocol's state for this client: a stream session, a chat membership, an upload,
+    /// or (before any of those) the PROXY header being read.
     work: Work,
     /// Replies waiting for the socket to accept them.
     unsent: Unsent,
@@ -275,13 +352,156 @@ impl Connection {
 
     /// A chat member of the room of endpoint `room`, just accepted and registered.
     pub fn new_chat(id: u64, stream: Stream, room: u32, log: &RoomLog, now: &Now) -> Connection {
-        let output = ChatOutput {
-            room,
-            dirty: false,
-            owed: false,
-            output: MemberOutput::joining(log),
+        Connection::with_work(id, stream, Work::Chat(ChatOutput::joining(room, log)), now)
+    }
+
+    /// A connection accepted from `via` on `endpoint` under `--proxy-protocol`, just registered:
+    /// its protocol starts (one of the `start_*` methods) once [`read_header`](Self::read_header)
+    /// has read its PROXY header.
+    pub fn awaiting_header(
+        id: u64,
+        stream: Stream,
+        via: Peer,
+        endpoint: usize,
+        now: &Now,
+    ) -> Connection {
+        let waiting = AwaitingHeader {
+            parser: ProxyHeader::new(),
+            via,
+            endpoint,
         };
-        Connection::with_work(id, stream, Work::Chat(output), now)
+        Connection::with_work(id, stream, Work::Header(Box::new(waiting)), now)
+    }
+
+    /// Starts a byte-stream protocol on a connection that has read its PROXY header.
+    pub fn start_stream(&mut self, session: Session) {
+        self.work = Work::Stream(session);
+    }
+
+    /// Makes a connection that has read its PROXY header a member of endpoint `room`'s room,
+    /// owed the room's lines from now on (none sent before it joined).
+    pub fn start_chat(&mut self, room: u32, log: &RoomLog) {
+        self.work = Work::Chat(ChatOutput::joining(room, log));
+    }
+
+    /// Starts an upload on a connection that has read its PROXY header.
+    pub fn start_upload(&mut self, limits: Limits) {
+        self.work = Work::Upload(Box::new(UploadWork::new(limits)));
+    }
+
+    /// Whether the connection is still reading its PROXY header (nothing of its protocol has
+    /// started).
+    pub fn awaits_header(&self) -> bool {
+        matches!(self.work, Work::Header(_))
+    }
+
+    /// Reads the PROXY header: until the socket is drained or the header is complete or
+    /// refused. A short read means drained, as for requests. Every byte before the end of the
+    /// header goes to the parser, whose own bounds refuse a header that grows past a few hundred
+    /// held bytes, so a peer cannot make this loop run long; its deadline is the loop's (a
+    /// `Wake::Header` timer, [`on_header_deadline`](Self::on_header_deadline)).
+    ///
+    /// When the header is complete, the rest of that read is moved to the start of the shared
+    /// read buffer and described by [`HeaderDone::first`]: the protocol's first bytes.
+    pub fn read_header(&mut self, shared: &mut SharedBuffers, now: &Now) -> HeaderRead {
+        let read = self.read_header_bytes(shared);
+        if std::mem::take(&mut self.moved_bytes) {
+            self.last_active = now.instant;
+        }
+        read
+    }
+
+    /// The body of [`read_header`](Self::read_header).
+    fn read_header_bytes(&mut self, shared: &mut SharedBuffers) -> HeaderRead {
+        let Work::Header(waiting) = &mut self.work else {
+            return HeaderRead::Pending;
+        };
+        if self.phase != Phase::Serving {
+            return HeaderRead::Closed;
+        }
+        loop {
+            let asked = shared.read.len();
+            match self.stream.read(&mut shared.read[..]) {
+                Ok(0) => {
+                    debug!(
+                        "conn #{}: {} closed before its PROXY header was complete",
+                        self.id, waiting.via
+                    );
+                    self.close("end of stream before the PROXY header");
+                    return HeaderRead::Closed;
+                }
+                Ok(count) => {
+                    self.moved_bytes = true;
+                    match waiting.parser.on_input(&shared.read[..count]) {
+                        Parse::NeedMore => {
+                            trace!(
+                                "conn #{}: read {count} bytes of its PROXY header; not complete \
+                                 yet",
+                                self.id
+                            );
+                            if count < asked && !self.peer_closing {
+                                return HeaderRead::Pending; // drained: wait for the next edge
+                            }
+                        }
+                        Parse::Done { header, consumed } => {
+                            if consumed < count {
+                                trace!(
+                                    "conn #{}: read {count} bytes: {consumed} complete its \
+                                     PROXY header, {} are the protocol's first input",
+                                    self.id,
+                                    count - consumed
+                                );
+                            } else {
+                                trace!(
+                                    "conn #{}: read {count} bytes, which complete its PROXY \
+                                     header",
+                                    self.id
+                                );
+                            }
+                            shared.read.copy_within(consumed..count, 0);
+                            return HeaderRead::Done(HeaderDone {
+                                header,
+                                via: waiting.via,
+                                endpoint: waiting.endpoint,
+                                first: FirstInput {
+                                    len: count - consumed,
+                                    room: asked - consumed,
+                                },
+                            });
+                        }
+                        Parse::Invalid(reason) => {
+                            debug!(
+                                "conn #{}: refusing {}: {reason}; closing",
+                                self.id, waiting.via
+                            );
+                            self.close("no valid PROXY header");
+                            return HeaderRead::Closed;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return HeaderRead::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_on_error("read of the PROXY header", &e);
+                    return HeaderRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// The PROXY header's deadline has passed: a connection still waiting for it is closed.
+    pub fn on_header_deadline(&mut self) {
+        if let Work::Header(waiting) = &self.work {
+            if self.phase != Phase::Closed {
+                debug!(
+                    "conn #{}: no complete PROXY header from {} within {} s; closing",
+                    self.id,
+                    waiting.via,
+                    HEADER_TIMEOUT.as_secs()
+                );
+                self.close("PROXY header deadline");
+            }
+        }
     }
 
     fn with_work(id: u64, stream: Stream, work: Work, now: &Now) -> Connection {
@@ -345,6 +565,14 @@ impl Connection {
     /// in `Ending` until then); one still arriving is cut short: closed now, and its temporary
     /// file discarded when it is reaped.
     pub fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
+        if let Work::Header(waiting) = &self.work {
+            // Nothing of its protocol has started, so nothing is owed to it.
+            debug!(
+                "conn #{}: shutting down before {}'s PROXY header was complete; closing",
+                self.id, waiting.via
+            );
+            return self.close("shutdown before the PROXY header");
+        }
         if let Work::Upload(work) = &mut self.work {
             if self.phase == Phase::Serving && work.is_busy() {
                 // "Arrived" means received by this host: the bytes already in the socket are
@@ -452,7 +680,7 @@ impl Connection {
     pub fn chat_room(&self) -> Option<usize> {
         match &self.work {
             Work::Chat(output) => Some(output.room as usize),
-            Work::Stream(_) | Work::Upload(_) => None,
+            Work::Stream(_) | Work::Upload(_) | Work::Header(_) => None,
         }
     }
 
@@ -490,7 +718,7 @@ impl Connection {
     pub fn chat_backlog(&self, log: &RoomLog) -> usize {
         match &self.work {
             Work::Chat(output) => output.output.backlog(log),
-            Work::Stream(_) | Work::Upload(_) => 0,
+            Work::Stream(_) | Work::Upload(_) | Work::Header(_) => 0,
         }
     }
 
@@ -498,7 +726,7 @@ impl Connection {
     pub fn mark_dirty(&mut self) -> bool {
         match &mut self.work {
             Work::Chat(output) => !std::mem::replace(&mut output.dirty, true),
-            Work::Stream(_) | Work::Upload(_) => false,
+            Work::Stream(_) | Work::Upload(_) | Work::Header(_) => false,
         }
     }
 
@@ -535,9 +763,17 @@ impl Connection {
         self.close(why);
     }
 
-    /// Does all the I/O the connection can do now without blocking.
-    pub fn drive(&mut self, shared: &mut SharedBuffers, now: &Now, sink: Sink<'_>) -> Verdict {
-        let verdict = self.drive_phases(shared, now, sink);
+    /// Does all the I/O the connection can do now without blocking. `first`: bytes already read
+    /// for the protocol, which it takes before the socket is read (the rest of the read that
+    /// completed a PROXY header).
+    pub fn drive(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        sink: Sink<'_>,
+        first: Option<FirstInput>,
+    ) -> Verdict {
+        let verdict = self.drive_phases(shared, now, sink, first);
         if std::mem::take(&mut self.moved_bytes) {
             self.last_active = now.instant;
         }
@@ -545,13 +781,19 @@ impl Connection {
     }
 
     /// The body of [`drive`](Self::drive): every phase transition that I/O causes is here.
-    fn drive_phases(&mut self, shared: &mut SharedBuffers, now: &Now, sink: Sink<'_>) -> Verdict {
+    fn drive_phases(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        sink: Sink<'_>,
+        first: Option<FirstInput>,
+    ) -> Verdict {
         let mut verdict = Verdict::default();
         // Once, before reading: replies produced by this drive are written as they are made
         // (`send`), so flushing again afterwards would only be a write that finds the socket full.
         self.flush_output(sink.chat_log());
         match self.phase {
-            Phase::Serving => verdict.still_ready = self.read_requests(shared, now, sink),
+            Phase::Serving => verdict.still_ready = self.read_requests(shared, now, sink, first),
             Phase::Lingering { .. } => verdict.still_ready = self.discard_input(shared),
             Phase::Draining | Phase::Ending | Phase::Closed => {}
         }
@@ -598,7 +840,17 @@ impl Connection {
 
     /// Reads and answers requests until the socket is drained, the budget is spent, the reply
     /// queue passes its limit, or the conversation ends. Returns whether it stopped on the budget.
-    fn read_requests(&mut self, shared: &mut SharedBuffers, now: &Now, mut sink: Sink<'_>) -> bool {
+    /// `first`, if any, is taken as the first read's bytes.
+    fn read_requests(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+        mut sink: Sink<'_>,
+        mut first: Option<FirstInput>,
+    ) -> bool {
+        if self.awaits_header() {
+            return false; // The loop reads the header itself (`read_header`), then starts this.
+        }
         let mut budget = MAX_READ_BYTES_PER_TURN;
         // A chat member's bytes owed to it, once first needed (see the chat arm below).
         let mut chat_owed: Option<usize> = None;
@@ -634,7 +886,17 @@ impl Connection {
                 trace!("conn #{}: read budget spent; serving others first", self.id);
                 return true;
             }
-            let arrival = match self.stream.read(&mut shared.read[..asked]) {
+            let from_header = first.is_some_and(|first| first.len > 0);
+            let read = match first.take().filter(|first| first.len > 0) {
+                // Already at the start of the buffer; as for a read, fewer than there was room
+                // for means the socket was drained.
+                Some(first) => {
+                    asked = first.room;
+                    Ok(first.len)
+                }
+                None => self.stream.read(&mut shared.read[..asked]),
+            };
+            let arrival = match read {
                 Ok(0) => {
                     trace!(
                         "conn #{}: read end of stream (peer shut down writes)",
@@ -658,6 +920,8 @@ impl Connection {
                             }
                         }
                         (Work::Chat(_), _) => self.phase = Phase::Draining,
+                        // Never here (returned above): nothing of its protocol to end.
+                        (Work::Header(_), _) => self.close("end of stream"),
                     }
                     return false;
                 }
@@ -667,7 +931,14 @@ impl Connection {
                     if let Work::Upload(work) = &mut self.work {
                         work.note_read(count);
                     }
-                    trace!("conn #{}: read {count} bytes", self.id);
+                    if from_header {
+                        trace!(
+                            "conn #{}: {count} bytes that came with its PROXY header",
+                            self.id
+                        );
+                    } else {
+                        trace!("conn #{}: read {count} bytes", self.id);
+                    }
                     let arrival = if count < asked {
                         Arrival::Drained
                     } else {
@@ -732,6 +1003,8 @@ impl Connection {
                             Flow::Continue
                         }
                         (Work::Chat(_), _) => Flow::Continue,
+                        // Never here (returned above): no protocol to take the bytes.
+                        (Work::Header(_), _) => Flow::Close,
                     };
                     if flow == Flow::Close && self.phase == Phase::Serving {
                         debug!("conn #{}: protocol ended the conversation", self.id);
@@ -856,7 +1129,7 @@ impl Connection {
             Work::Chat(output) => output.owed,
             // The answer to an upload being stored is still to come.
             Work::Upload(work) => work.is_storing(),
-            Work::Stream(_) => false,
+            Work::Stream(_) | Work::Header(_) => false,
         };
         !self.unsent.is_empty() || other
     }

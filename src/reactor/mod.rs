@@ -13,7 +13,8 @@
 //!    again. Under edge triggering no new event will come for bytes that already arrived, so a
 //!    budgeted connection must remember that it has work left.
 //! 4. **Timers.** Deadlines that have passed are acted on: idle timeouts, the end of a lingering
-//!    close, a listener paused for lack of file descriptors.
+//!    close, a listener paused for lack of file descriptors, a PROXY header not complete within
+//!    its 3 s (`--proxy-protocol`, see `proxy.rs`).
 //! 5. **Reap.** Connections that finished during the turn leave the slab *now*, after the batch,
 //!    not in the middle of it: the slab reuses keys, and a key freed and reused mid-batch would
 //!    let a later event of the old connection reach the new one.
@@ -37,6 +38,7 @@ mod chat;
 pub mod connection;
 pub mod datagram;
 mod fanout;
+mod proxy;
 pub mod upload;
 
 use std::cmp::Reverse;
@@ -59,13 +61,14 @@ use crate::net::{
     BoundDatagram, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener,
     TOO_MANY_CONNECTIONS_REPLY,
 };
+use crate::protocol::proxy::HEADER_TIMEOUT;
 use crate::protocol::room::{Delivery, MemberId};
 use crate::protocol::{Limits, ProtocolKind, Session};
 use crate::service::Address;
 use crate::storage::durable::UploadDir;
 
 use chat::{ChatRoom, Outbox};
-pub use connection::{ChatSink, Connection, SharedBuffers, Sink, Verdict};
+pub use connection::{ChatSink, Connection, FirstInput, SharedBuffers, Sink, Verdict};
 use upload::{UploadSink, Uploads};
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
@@ -110,6 +113,10 @@ pub struct Config {
     pub upload_dir: Option<Arc<UploadDir>>,
     /// `--upload-io loop`: file operations in the loop itself, a foil (normally: I/O threads).
     pub upload_io_in_loop: bool,
+    /// `--proxy-protocol`: every stream connection starts with a PROXY protocol header, read
+    /// before any byte of its protocol, within [`HEADER_TIMEOUT`] of the accept (see
+    /// [`crate::protocol::proxy`]).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Config {
@@ -122,6 +129,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             upload_dir: None,
             upload_io_in_loop: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -159,6 +167,8 @@ enum Wake {
     Idle { key: usize, id: u64 },
     /// End connection `key`'s lingering close.
     Linger { key: usize, id: u64 },
+    /// Close connection `key` if its PROXY header is still incomplete (`--proxy-protocol`).
+    Header { key: usize, id: u64 },
     /// Try accepting on listener `index` again after running out of file descriptors.
     Accept { index: usize },
     /// Tell systemd's watchdog the loop still turns (and update the status line).
@@ -553,6 +563,23 @@ impl Reactor {
             return;
         }
         trace!("accept: conn #{id} from {peer} ({protocol}), token {key}");
+        if let Some(idle) = self.config.idle_timeout {
+            self.timers
+                .push(Reverse((now.instant + idle, Wake::Idle { key, id })));
+        }
+        if self.config.proxy_protocol {
+            // The protocol starts once the header is read (`proxy.rs`); until then the
+            // connection is nobody's member and is owed nothing, not even a greeting.
+            trace!(
+                "conn #{id}: waiting for its PROXY header (at most {} s) before any byte of {protocol}",
+                HEADER_TIMEOUT.as_secs()
+            );
+            entry.insert(Connection::awaiting_header(id, stream, peer, endpoint, now));
+            let deadline = now.instant + HEADER_TIMEOUT;
+            self.timers
+                .push(Reverse((deadline, Wake::Header { key, id })));
+            return;
+        }
         match session {
             Some(session) => entry.insert(Connection::new(id, stream, session, now)),
             None if protocol == ProtocolKind::Upload => {
@@ -571,10 +598,6 @@ impl Reactor {
                 ))
             }
         };
-        if let Some(idle) = self.config.idle_timeout {
-            self.timers
-                .push(Reverse((now.instant + idle, Wake::Idle { key, id })));
-        }
         if protocol == ProtocolKind::Chat {
             self.join_room(key, endpoint, &peer);
         }
@@ -582,11 +605,20 @@ impl Reactor {
 
     /// Drives one connection and applies its verdict: requeue, timer, interest, or removal.
     fn drive_connection(&mut self, key: usize, now: &Now) {
+        self.drive_connection_from(key, now, None);
+    }
+
+    /// [`drive_connection`](Self::drive_connection), with bytes already read for the protocol
+    /// (`first`: what followed its PROXY header) taken before the socket is read again.
+    fn drive_connection_from(&mut self, key: usize, now: &Now, first: Option<FirstInput>) {
         let Some(connection) = self.connections.get_mut(key) else {
             return; // A stale token: nothing lives there any more.
         };
         if connection.is_closed() {
             return; // Finished earlier this turn; reaped after the batch.
+        }
+        if connection.awaits_header() {
+            return self.drive_header(key, now);
         }
         let room = connection.chat_room();
         let mut oldest_moved = false;
@@ -599,16 +631,16 @@ impl Reactor {
                     deliveries: &mut self.deliveries,
                     member: MemberId(key),
                 };
-                let verdict = connection.drive(&mut self.shared, now, Sink::Chat(sink));
+                let verdict = connection.drive(&mut self.shared, now, Sink::Chat(sink), first);
                 // A member that held the log's oldest line has moved on: trim at the turn's end.
                 oldest_moved = was_oldest && connection.log_cursor() != Some(chat.log.first());
                 verdict
             }
             (None, Some(uploads)) if connection.is_upload() => {
                 let sink = UploadSink { uploads, key };
-                connection.drive(&mut self.shared, now, Sink::Upload(sink))
+                connection.drive(&mut self.shared, now, Sink::Upload(sink), first)
             }
-            (None, _) => connection.drive(&mut self.shared, now, Sink::Own),
+            (None, _) => connection.drive(&mut self.shared, now, Sink::Own, first),
         };
         if let Some(at) = verdict.wake_at {
             let id = connection.id;
@@ -708,7 +740,7 @@ impl Reactor {
                             .push(Reverse((now.instant + every, Wake::Watchdog)));
                     }
                 }
-                Wake::Idle { key, id } | Wake::Linger { key, id } => {
+                Wake::Idle { key, id } | Wake::Linger { key, id } | Wake::Header { key, id } => {
                     let Some(connection) = self.connections.get_mut(key) else {
                         continue;
                     };
@@ -717,6 +749,10 @@ impl Reactor {
                     }
                     if let Wake::Linger { .. } = wake {
                         connection.on_linger_deadline(now);
+                    } else if let Wake::Header { .. } = wake {
+                        // Closes it only if it is still waiting: once read, the header's
+                        // deadline means nothing.
+                        connection.on_header_deadline();
                     } else if let Some(idle) = self.config.idle_timeout {
                         let quiet_until = if connection.waits_for_disk() {
                             now.instant + idle // the server's wait, not the client's silence
@@ -784,7 +820,7 @@ impl Reactor {
         let connections = &self.connections;
         let before = self.timers.len();
         self.timers.retain(|Reverse((_, wake))| match *wake {
-            Wake::Idle { key, id } | Wake::Linger { key, id } => {
+            Wake::Idle { key, id } | Wake::Linger { key, id } | Wake::Header { key, id } => {
                 connections.get(key).is_some_and(|c| c.id == id)
             }
             Wake::Accept { .. } | Wake::Watchdog => true,
