@@ -11,7 +11,8 @@
 //! * each instance sees the real client address: a chat member that joined through HAProxy is
 //!   named by its own address, the one its socket's `local_addr()` gives, not by HAProxy's;
 //! * when one instance gets SIGTERM, HAProxy's health check marks it down within a bounded time
-//!   and every connection made from then on is served by the other.
+//!   and every connection made from then on is served by the other;
+//! * the guide's own `haproxy.cfg` is one HAProxy accepts (`haproxy -c`).
 //!
 //! HAProxy must be installed: `.ci/run` installs it (`apt-get install haproxy`, as root) when it
 //! is missing. Without it these tests fail, saying so; they never skip.
@@ -358,6 +359,43 @@ fn stamp_through(addr: SocketAddr) -> Result<usize, String> {
 #[test]
 fn haproxy_is_installed() {
     assert!(haproxy_available(), "{MISSING}");
+}
+
+/// The `haproxy.cfg` of `docs/DEPLOY.md` (its one ```` ```haproxy ```` block) is one HAProxy
+/// accepts: `haproxy -c` parses it whole, resolves its user and group, and checks every line.
+#[test]
+fn the_deploy_guide_configuration_is_valid() {
+    let Some(binary) = haproxy_path() else {
+        panic!("{MISSING}");
+    };
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DEPLOY.md");
+    let guide = fs::read_to_string(&guide).expect("read docs/DEPLOY.md");
+    let blocks: Vec<&str> = guide
+        .split("\n```haproxy\n")
+        .skip(1)
+        .map(|rest| rest.split("\n```").next().unwrap())
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "docs/DEPLOY.md should hold one ```haproxy block"
+    );
+    let path = std::env::temp_dir().join(format!("oneloop-deploy-{}.cfg", std::process::id()));
+    fs::write(&path, format!("{}\n", blocks[0])).expect("write the guide's haproxy.cfg");
+    let output = Command::new(&binary)
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run haproxy -c");
+    let _ = fs::remove_file(&path);
+    assert!(
+        output.status.success(),
+        "haproxy -c rejects the guide's haproxy.cfg:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
