@@ -375,6 +375,13 @@ impl Runner {
         if !has_services {
             command.push_str(" upper@127.0.0.1:0 timestamp@127.0.0.1:0 echo@127.0.0.1:0");
         }
+        assert!(
+            !step.expected.is_empty(),
+            "{}: `{}` starts a server, but the doc shows none of its listening lines (they are \
+             how the reader, and this test, learn its addresses)",
+            block.place,
+            step.command
+        );
         let doc_ports: Vec<Option<u16>> = step.expected.iter().map(|l| port_of(l)).collect();
         // A port the doc reuses belongs to the new server from now on.
         let reused = |server: &Server| {
