@@ -121,6 +121,24 @@ pub struct ServeArgs {
     /// guessed from the bytes.
     #[arg(long)]
     pub proxy_protocol: bool,
+
+    /// Seconds (fractions allowed) that upper, timestamp and echo hold each reply after its
+    /// request was read: the tutorial's demonstration of concurrency (the seeds'
+    /// `time.sleep(5)`). The reactor holds them on a timer and serves everyone else meanwhile;
+    /// the blocking models sleep. Replies stay in order, held bytes count against
+    /// --output-limit, and the idle timeout does not run while a reply is held [default: 0].
+    #[arg(long, value_name = "SECS", value_parser = reply_delay)]
+    pub reply_delay: Option<Duration>,
+}
+
+/// `--reply-delay`: 0 (off) or a positive number of seconds, at most an hour.
+fn reply_delay(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..=3600.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 3600"
+        )),
+    }
 }
 
 /// `--upload-io`: where the reactor's file work for uploads runs.
@@ -315,6 +333,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         notifier: notifier.clone(),
         watchdog_every,
         proxy_protocol: args.proxy_protocol,
+        reply_delay: args.reply_delay.filter(|delay| !delay.is_zero()),
     };
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.
@@ -329,6 +348,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 upload_dir,
                 upload_io_in_loop: args.upload_io == UploadIo::Loop,
                 proxy_protocol: args.proxy_protocol,
+                reply_delay: args.reply_delay,
             };
             match Reactor::new(listeners, datagrams, config, Some(signals)) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),

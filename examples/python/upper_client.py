@@ -15,11 +15,17 @@ docs/TUTORIAL.md).
 """
 
 import argparse
+import os
 import socket
 import time
 from datetime import datetime
 
 import _address
+
+
+def say(line):
+    """Prints a line in one write, so two clients sharing a terminal never mix their lines."""
+    os.write(1, (line + "\n").encode("utf-8"))
 
 
 def main():
@@ -32,11 +38,11 @@ def main():
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.connect(address)
         started = time.monotonic()
-        print(f"client {datetime.now()} sent {data}", flush=True)
+        say(f"client {datetime.now()} sent {data}")
         sock.sendall(data.encode("utf-8"))
         received = sock.recv(1024)
         waited = int(time.monotonic() - started)
-        print(f"client {datetime.now()} received {received!r} after {waited} s", flush=True)
+        say(f"client {datetime.now()} received {received!r} after {waited} s")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,8 @@ pub struct Settings {
     /// `--proxy-protocol`: every stream connection starts with a PROXY protocol header, read
     /// before anything else (see [`crate::protocol::proxy`]).
     pub proxy_protocol: bool,
+    /// `--reply-delay`: upper, timestamp and echo sleep this long before writing each reply.
+    pub reply_delay: Option<Duration>,
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.
@@ -189,7 +191,6 @@ pub fn serve_blocking(
     stopping: &AtomicBool,
 ) {
     // `&BlockingStream` reads and writes: the socket may be shared with the shutdown registry.
-    let mut stream = stream;
     let mut input = [0u8; BLOCKING_READ_BYTES];
     let Some((peer, mut first)) = proxy::client(stream, peer, settings, stopping, &mut input)
     else {
@@ -219,12 +220,12 @@ pub fn serve_blocking(
             match read_input(stream, &mut input, stopping, peer) {
                 Input::Bytes(count) => (count, count < input.len()),
                 Input::Stopping => {
-                    return end_for_shutdown(stream, peer, &mut session, &mut clock, &mut input);
+                    return end_for_shutdown(stream, peer, &mut session, settings, &mut input);
                 }
                 Input::End => {
                     replies.clear();
                     session.on_end(&clock.now(), &mut replies);
-                    let _ = stream.write_all(&replies);
+                    let _ = write_reply(stream, &replies, settings.reply_delay);
                     return;
                 }
                 Input::Gone => return,
@@ -240,7 +241,7 @@ pub fn serve_blocking(
         };
         replies.clear();
         let flow = session.on_input(&input[..count], arrival, &clock.now(), &mut replies);
-        if let Err(e) = stream.write_all(&replies) {
+        if let Err(e) = write_reply(stream, &replies, settings.reply_delay) {
             debug!("{peer}: write failed: {e}");
             return;
         }
@@ -297,22 +298,39 @@ pub(super) fn read_input(
 /// holds is answered as at the client's end of stream (a timestamp line without its newline, the
 /// tail of a UTF-8 sequence), written, and the connection ends with [`linger_after_stop`].
 fn end_for_shutdown(
-    mut stream: &BlockingStream,
+    stream: &BlockingStream,
     peer: Peer,
     session: &mut Session,
-    clock: &mut Clock,
+    settings: &Settings,
     scratch: &mut [u8],
 ) {
     debug!("{peer}: shutting down");
     // Usually done already by whoever set the stop flag; `linger_after_stop` relies on it.
     let _ = stream.shutdown(Shutdown::Read);
     let mut replies = Vec::new();
-    session.on_end(&clock.now(), &mut replies);
-    if let Err(e) = stream.write_all(&replies) {
+    session.on_end(&Clock::default().now(), &mut replies);
+    if let Err(e) = write_reply(stream, &replies, settings.reply_delay) {
         debug!("{peer}: write failed: {e}");
         return;
     }
     linger_after_stop(stream, scratch);
+}
+
+/// Writes a reply, after sleeping `--reply-delay` if it is set: the blocking models' way of
+/// holding a reply (the seeds' `time.sleep(5)`), which holds the whole thread — under `serial`,
+/// the whole server. Nothing is slept for an empty reply.
+fn write_reply(
+    mut stream: &BlockingStream,
+    replies: &[u8],
+    delay: Option<Duration>,
+) -> io::Result<()> {
+    if replies.is_empty() {
+        return Ok(());
+    }
+    if let Some(delay) = delay {
+        thread::sleep(delay);
+    }
+    stream.write_all(replies)
 }
 
 /// Whether bytes are waiting to be read, checked without blocking.

@@ -32,11 +32,12 @@
 //!   the protocol's before that, and the bytes that followed the header in the same read are
 //!   handed to the protocol as its first input ([`FirstInput`]), never lost.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 use mio::Interest;
@@ -71,6 +72,9 @@ pub struct SharedBuffers {
     pub(super) replies: Vec<u8>,
     /// `--output-limit`: queued reply bytes past which a connection stops reading.
     output_limit: usize,
+    /// `--reply-delay`: how long a byte-stream protocol's replies are held after their request
+    /// was read (`None`: sent at once, the normal case).
+    reply_delay: Option<Duration>,
 }
 
 impl SharedBuffers {
@@ -80,7 +84,14 @@ impl SharedBuffers {
             read: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             replies: Vec::with_capacity(READ_BUFFER_BYTES),
             output_limit,
+            reply_delay: None,
         }
+    }
+
+    /// Holds every byte-stream reply `delay` after its request was read (`--reply-delay`).
+    pub fn with_reply_delay(mut self, delay: Option<Duration>) -> SharedBuffers {
+        self.reply_delay = delay.filter(|delay| !delay.is_zero());
+        self
     }
 }
 
@@ -185,6 +196,9 @@ impl Unsent {
 enum Work {
     /// A byte-stream protocol: input in, replies out, all within this connection.
     Stream(Session),
+    /// A byte-stream protocol whose replies wait `--reply-delay` before they are sent (the
+    /// tutorial's demonstration of concurrency). Boxed: only that mode pays for the held bytes.
+    Delayed(Box<Delayed>),
     /// A chat member: its input goes to its room, and the loop routes what the room decides —
     /// lines for other members land in *their* [`ChatOutput`].
     Chat(ChatOutput),
@@ -196,6 +210,98 @@ enum Work {
     /// every connection past its header (all of them, in the steady state) should not carry
     /// them.
     Header(Box<AwaitingHeader>),
+}
+
+/// A byte-stream session whose replies are held for `--reply-delay`.
+#[derive(Debug)]
+pub struct Delayed {
+    session: Session,
+    held: HeldReplies,
+}
+
+/// Replies held until they are due, oldest first: the loop's timer, not a sleep, lets them go,
+/// so every other connection is served meanwhile.
+///
+/// Held in *runs*, each the bytes that fall due at one moment: every reply made in one loop turn
+/// has the same due time (the turn's clock plus the delay), and a reply due less than
+/// [`RUN_GRANULARITY`] after the last run joins it — moving that run's due time later, never
+/// earlier, so no reply is sent before its delay has passed. A connection so holds at most one
+/// run per millisecond of delay however it splits its requests, and at most `--output-limit`
+/// bytes (past that it is not read).
+#[derive(Debug, Default)]
+pub struct HeldReplies {
+    bytes: Vec<u8>,
+    /// How much of the front of `bytes` has been let go.
+    released: usize,
+    /// When each run is due, and its length in bytes.
+    runs: VecDeque<(Instant, usize)>,
+    /// Whether the loop holds a timer for the first run.
+    armed: bool,
+}
+
+/// Replies due within this of the last run join it (see [`HeldReplies`]).
+pub const RUN_GRANULARITY: Duration = Duration::from_millis(1);
+
+impl HeldReplies {
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.released
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Holds `replies` until `due`.
+    fn hold(&mut self, replies: &[u8], due: Instant) {
+        if replies.is_empty() {
+            return;
+        }
+        if self.released > 0 && self.released >= self.bytes.len() / 2 {
+            self.bytes.drain(..self.released);
+            self.released = 0;
+        }
+        self.bytes.extend_from_slice(replies);
+        match self.runs.back_mut() {
+            Some((last_due, length)) if due < *last_due + RUN_GRANULARITY => {
+                *last_due = (*last_due).max(due);
+                *length += replies.len();
+            }
+            _ => self.runs.push_back((due, replies.len())),
+        }
+    }
+
+    /// When the first run is due, if no timer is set for it yet (and marks one set).
+    fn arm(&mut self) -> Option<Instant> {
+        if self.armed {
+            return None;
+        }
+        let (due, _) = *self.runs.front()?;
+        self.armed = true;
+        Some(due)
+    }
+
+    /// Moves every run due by `now` into `out`, oldest first; returns how many bytes.
+    fn release(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
+        self.armed = false;
+        let mut count = 0;
+        while let Some(&(due, length)) = self.runs.front() {
+            if due > now {
+                break;
+            }
+            self.runs.pop_front();
+            out.extend_from_slice(&self.bytes[self.released..self.released + length]);
+            self.released += length;
+            count += length;
+        }
+        if self.runs.is_empty() {
+            // Nothing held: give the memory back, as `Unsent` does.
+            self.bytes = Vec::new();
+            self.released = 0;
+        }
+        count
+    }
 }
 
 /// A connection waiting for its PROXY protocol header: the parser, and what starting its
@@ -249,6 +355,28 @@ pub struct FirstInput {
     /// How many the read had room for after the header. Fewer than that (`len < room`) means
     /// the read was short: the socket was drained, as after any short read.
     pub room: usize,
+}
+
+impl Work {
+    /// A byte-stream protocol's work: its replies held if `--reply-delay` asks for it.
+    fn stream(session: Session, shared: &SharedBuffers) -> Work {
+        match shared.reply_delay {
+            None => Work::Stream(session),
+            Some(_) => Work::Delayed(Box::new(Delayed {
+                session,
+                held: HeldReplies::default(),
+            })),
+        }
+    }
+
+    /// The byte-stream session, delayed or not.
+    fn session(&mut self) -> Option<&mut Session> {
+        match self {
+            Work::Stream(session) => Some(session),
+            Work::Delayed(delayed) => Some(&mut delayed.session),
+            Work::Chat(_) | Work::Upload(_) | Work::Header(_) => None,
+        }
+    }
 }
 
 /// Where a connection's input goes besides its own session, for the drive.
@@ -346,8 +474,14 @@ pub struct Connection {
 
 impl Connection {
     /// A connection that has just been accepted and registered for `READABLE`.
-    pub fn new(id: u64, stream: Stream, session: Session, now: &Now) -> Connection {
-        Connection::with_work(id, stream, Work::Stream(session), now)
+    pub fn new(
+        id: u64,
+        stream: Stream,
+        session: Session,
+        shared: &SharedBuffers,
+        now: &Now,
+    ) -> Connection {
+        Connection::with_work(id, stream, Work::stream(session, shared), now)
     }
 
     /// A chat member of the room of endpoint `room`, just accepted and registered.
@@ -374,8 +508,8 @@ impl Connection {
     }
 
     /// Starts a byte-stream protocol on a connection that has read its PROXY header.
-    pub fn start_stream(&mut self, session: Session) {
-        self.work = Work::Stream(session);
+    pub fn start_stream(&mut self, session: Session, shared: &SharedBuffers) {
+        self.work = Work::stream(session, shared);
     }
 
     /// Makes a connection that has read its PROXY header a member of endpoint `room`'s room,
@@ -589,11 +723,13 @@ impl Connection {
         }
         if self.phase == Phase::Serving {
             shared.replies.clear();
-            if let Work::Stream(session) = &mut self.work {
+            if let Some(session) = self.work.session() {
                 session.on_end(now, &mut shared.replies);
             }
             self.phase = Phase::Ending;
-            self.send(&shared.replies);
+            // Held replies, this one included, are still sent when due (within the shutdown
+            // timeout): they answer requests already read.
+            self.reply(shared, now);
         }
     }
 
@@ -680,7 +816,7 @@ impl Connection {
     pub fn chat_room(&self) -> Option<usize> {
         match &self.work {
             Work::Chat(output) => Some(output.room as usize),
-            Work::Stream(_) | Work::Upload(_) | Work::Header(_) => None,
+            Work::Stream(_) | Work::Delayed(_) | Work::Upload(_) | Work::Header(_) => None,
         }
     }
 
@@ -718,7 +854,7 @@ impl Connection {
     pub fn chat_backlog(&self, log: &RoomLog) -> usize {
         match &self.work {
             Work::Chat(output) => output.output.backlog(log),
-            Work::Stream(_) | Work::Upload(_) | Work::Header(_) => 0,
+            Work::Stream(_) | Work::Delayed(_) | Work::Upload(_) | Work::Header(_) => 0,
         }
     }
 
@@ -726,7 +862,7 @@ impl Connection {
     pub fn mark_dirty(&mut self) -> bool {
         match &mut self.work {
             Work::Chat(output) => !std::mem::replace(&mut output.dirty, true),
-            Work::Stream(_) | Work::Upload(_) | Work::Header(_) => false,
+            Work::Stream(_) | Work::Delayed(_) | Work::Upload(_) | Work::Header(_) => false,
         }
     }
 
@@ -874,11 +1010,12 @@ impl Connection {
                 }
                 asked = work.read_allowance(asked);
             }
-            if self.unsent.len() > shared.output_limit {
+            if self.queued_output() > shared.output_limit {
                 trace!(
-                    "conn #{}: {} reply bytes queued, over the limit: not reading until they drain",
+                    "conn #{}: {} reply bytes queued or held, over the limit: not reading until \
+                     they drain",
                     self.id,
-                    self.unsent.len()
+                    self.queued_output()
                 );
                 return false;
             }
@@ -902,13 +1039,15 @@ impl Connection {
                         "conn #{}: read end of stream (peer shut down writes)",
                         self.id
                     );
+                    if let Some(session) = self.work.session() {
+                        self.phase = Phase::Draining;
+                        shared.replies.clear();
+                        session.on_end(now, &mut shared.replies);
+                        self.reply(shared, now);
+                        return false;
+                    }
                     match (&mut self.work, &mut sink) {
-                        (Work::Stream(session), _) => {
-                            self.phase = Phase::Draining;
-                            shared.replies.clear();
-                            session.on_end(now, &mut shared.replies);
-                            self.send(&shared.replies);
-                        }
+                        (Work::Stream(_) | Work::Delayed(_), _) => {}
                         (Work::Upload(_), _) => self.end_upload_input(shared, false),
                         (Work::Chat(_), Sink::Chat(sink)) => {
                             // The room answers the last partial line (perhaps to this member:
@@ -945,15 +1084,16 @@ impl Connection {
                         Arrival::Partial
                     };
                     let flow = match (&mut self.work, &mut sink) {
-                        (Work::Stream(session), _) => {
+                        (Work::Stream(_) | Work::Delayed(_), _) => {
                             shared.replies.clear();
+                            let session = self.work.session().expect("a stream session");
                             let flow = session.on_input(
                                 &shared.read[..count],
                                 arrival,
                                 now,
                                 &mut shared.replies,
                             );
-                            self.send(&shared.replies);
+                            self.reply(shared, now);
                             flow
                         }
                         (Work::Upload(work), Sink::Upload(sink)) => {
@@ -1018,12 +1158,12 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The previous read filled the buffer exactly; now the peer has paused.
-                    if let Work::Stream(session) = &mut self.work {
+                    if let Some(session) = self.work.session() {
                         shared.replies.clear();
                         let flow =
                             session.on_input(&[], Arrival::Drained, now, &mut shared.replies);
                         debug_assert_eq!(flow, Flow::Continue, "empty input cannot break a limit");
-                        self.send(&shared.replies);
+                        self.reply(shared, now);
                     }
                     Arrival::Drained
                 }
@@ -1122,6 +1262,81 @@ impl Connection {
         }
     }
 
+    /// Sends the replies in `shared.replies` — or, under `--reply-delay`, holds them until
+    /// `now` plus the delay.
+    fn reply(&mut self, shared: &mut SharedBuffers, now: &Now) {
+        match (&mut self.work, shared.reply_delay) {
+            (Work::Delayed(delayed), Some(delay)) if self.phase != Phase::Closed => {
+                if shared.replies.is_empty() {
+                    return;
+                }
+                delayed.held.hold(&shared.replies, now.instant + delay);
+                trace!(
+                    "conn #{}: {} reply bytes held for {} s (--reply-delay); {} held in all",
+                    self.id,
+                    shared.replies.len(),
+                    delay.as_secs_f64(),
+                    delayed.held.len()
+                );
+            }
+            _ => self.send(&shared.replies),
+        }
+    }
+
+    /// Reply bytes this connection has queued for the socket or holds for `--reply-delay`:
+    /// what `--output-limit` bounds.
+    fn queued_output(&self) -> usize {
+        let held = match &self.work {
+            Work::Delayed(delayed) => delayed.held.len(),
+            _ => 0,
+        };
+        self.unsent.len() + held
+    }
+
+    /// Whether replies are held for `--reply-delay`: the idle timeout does not run meanwhile
+    /// (the quiet is the server's).
+    pub fn holds_replies(&self) -> bool {
+        matches!(&self.work, Work::Delayed(delayed) if !delayed.held.is_empty())
+    }
+
+    /// When the loop must wake to send held replies, if it has no timer for them yet.
+    pub fn reply_timer(&mut self) -> Option<Instant> {
+        match &mut self.work {
+            Work::Delayed(delayed) if self.phase != Phase::Closed => delayed.held.arm(),
+            _ => None,
+        }
+    }
+
+    /// The reply timer fired: sends the held replies now due, and makes the transitions that
+    /// waited for them. `still_ready`: a connection that stopped reading with its held replies
+    /// over `--output-limit` may read again, and no new edge will announce input that waited.
+    pub fn release_replies(&mut self, shared: &mut SharedBuffers, now: &Now) -> Verdict {
+        let Work::Delayed(delayed) = &mut self.work else {
+            return Verdict::default();
+        };
+        if self.phase == Phase::Closed {
+            return Verdict::default();
+        }
+        shared.replies.clear();
+        let released = delayed.held.release(now.instant, &mut shared.replies);
+        if released > 0 {
+            trace!(
+                "conn #{}: {released} held reply bytes are due; sending",
+                self.id
+            );
+        }
+        self.send(&shared.replies);
+        let verdict = Verdict {
+            still_ready: self.phase == Phase::Serving,
+            ..Verdict::default()
+        };
+        let verdict = self.finish_phases(shared, now, verdict);
+        if std::mem::take(&mut self.moved_bytes) {
+            self.last_active = now.instant;
+        }
+        verdict
+    }
+
     /// Whether output waits: stream replies, lines owed to a chat member, or the answer to an
     /// upload being stored.
     pub fn output_pending(&self) -> bool {
@@ -1129,6 +1344,9 @@ impl Connection {
             Work::Chat(output) => output.owed,
             // The answer to an upload being stored is still to come.
             Work::Upload(work) => work.is_storing(),
+            // Held replies are output that waits too: a draining or ending connection stays
+            // until they have been sent.
+            Work::Delayed(delayed) => !delayed.held.is_empty(),
             Work::Stream(_) | Work::Header(_) => false,
         };
         !self.unsent.is_empty() || other
@@ -1214,6 +1432,47 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn held_replies_go_out_in_order_never_before_they_are_due() {
+        let start = Instant::now();
+        let mut held = HeldReplies::default();
+        let delay = Duration::from_secs(1);
+        held.hold(b"one ", start + delay);
+        // Within the granularity: joins the run, whose due time moves later, never earlier.
+        held.hold(b"two ", start + delay + Duration::from_micros(500));
+        held.hold(b"three", start + delay + Duration::from_millis(300));
+        assert_eq!(held.runs.len(), 2);
+        assert_eq!(held.len(), 13);
+        assert_eq!(held.arm(), Some(start + delay + Duration::from_micros(500)));
+        assert_eq!(held.arm(), None, "one timer at a time");
+        let mut out = Vec::new();
+        assert_eq!(held.release(start + delay, &mut out), 0, "not due yet");
+        assert_eq!(held.arm(), Some(start + delay + Duration::from_micros(500)));
+        assert_eq!(held.release(start + 2 * delay, &mut out), 13);
+        assert_eq!(out, b"one two three");
+        assert!(held.is_empty());
+        assert_eq!(
+            held.bytes.capacity(),
+            0,
+            "memory given back once nothing is held"
+        );
+    }
+
+    #[test]
+    fn a_trickle_of_requests_holds_one_run_per_millisecond_at_most() {
+        let start = Instant::now();
+        let mut held = HeldReplies::default();
+        for micros in 0..10_000u64 {
+            held.hold(b"x", start + Duration::from_micros(micros));
+        }
+        assert!(held.runs.len() <= 11, "{} runs for 10 ms", held.runs.len());
+        let mut out = Vec::new();
+        assert_eq!(
+            held.release(start + Duration::from_secs(1), &mut out),
+            10_000
+        );
+    }
+
     use super::*;
 
     #[test]

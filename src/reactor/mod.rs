@@ -117,6 +117,9 @@ pub struct Config {
     /// before any byte of its protocol, within [`HEADER_TIMEOUT`] of the accept (see
     /// [`crate::protocol::proxy`]).
     pub proxy_protocol: bool,
+    /// `--reply-delay`: upper, timestamp and echo hold each reply this long after its request
+    /// was read, on a timer (the loop serves everyone else meanwhile).
+    pub reply_delay: Option<Duration>,
 }
 
 impl Default for Config {
@@ -130,6 +133,7 @@ impl Default for Config {
             upload_dir: None,
             upload_io_in_loop: false,
             proxy_protocol: false,
+            reply_delay: None,
         }
     }
 }
@@ -169,6 +173,8 @@ enum Wake {
     Linger { key: usize, id: u64 },
     /// Close connection `key` if its PROXY header is still incomplete (`--proxy-protocol`).
     Header { key: usize, id: u64 },
+    /// Send connection `key`'s held replies that are due (`--reply-delay`).
+    Reply { key: usize, id: u64 },
     /// Try accepting on listener `index` again after running out of file descriptors.
     Accept { index: usize },
     /// Tell systemd's watchdog the loop still turns (and update the status line).
@@ -303,7 +309,7 @@ impl Reactor {
             poll,
             endpoints,
             connections: Slab::new(),
-            shared: SharedBuffers::new(config.output_limit),
+            shared: SharedBuffers::new(config.output_limit).with_reply_delay(config.reply_delay),
             rooms,
             deliveries: Vec::new(),
             outbox: Outbox::default(),
@@ -581,7 +587,7 @@ impl Reactor {
             return;
         }
         match session {
-            Some(session) => entry.insert(Connection::new(id, stream, session, now)),
+            Some(session) => entry.insert(Connection::new(id, stream, session, &self.shared, now)),
             None if protocol == ProtocolKind::Upload => {
                 entry.insert(Connection::new_upload(id, stream, self.config.limits, now))
             }
@@ -667,6 +673,10 @@ impl Reactor {
             connection.queued = true;
             self.still_ready.push(Token(key));
         }
+        if let Some(due) = connection.reply_timer() {
+            let id = connection.id;
+            self.timers.push(Reverse((due, Wake::Reply { key, id })));
+        }
         let wanted = connection.wanted_interest(self.config.output_limit);
         if let Some(interest) = wanted.filter(|&i| i != connection.registered) {
             trace!("conn #{}: interest now {interest:?}", connection.id);
@@ -740,6 +750,19 @@ impl Reactor {
                             .push(Reverse((now.instant + every, Wake::Watchdog)));
                     }
                 }
+                Wake::Reply { key, id } => {
+                    let Some(connection) = self.connections.get_mut(key) else {
+                        continue;
+                    };
+                    if connection.id != id {
+                        continue; // The connection this timer was for is gone.
+                    }
+                    let verdict = connection.release_replies(&mut self.shared, now);
+                    if let Some(at) = verdict.wake_at {
+                        self.timers.push(Reverse((at, Wake::Linger { key, id })));
+                    }
+                    self.settle(key, verdict.still_ready);
+                }
                 Wake::Idle { key, id } | Wake::Linger { key, id } | Wake::Header { key, id } => {
                     let Some(connection) = self.connections.get_mut(key) else {
                         continue;
@@ -754,11 +777,12 @@ impl Reactor {
                         // deadline means nothing.
                         connection.on_header_deadline();
                     } else if let Some(idle) = self.config.idle_timeout {
-                        let quiet_until = if connection.waits_for_disk() {
-                            now.instant + idle // the server's wait, not the client's silence
-                        } else {
-                            connection.last_active() + idle
-                        };
+                        let quiet_until =
+                            if connection.waits_for_disk() || connection.holds_replies() {
+                                now.instant + idle // the server's wait, not the client's silence
+                            } else {
+                                connection.last_active() + idle
+                            };
                         if quiet_until <= now.instant {
                             debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
                             connection.abandon("idle timeout");
@@ -820,9 +844,10 @@ impl Reactor {
         let connections = &self.connections;
         let before = self.timers.len();
         self.timers.retain(|Reverse((_, wake))| match *wake {
-            Wake::Idle { key, id } | Wake::Linger { key, id } | Wake::Header { key, id } => {
-                connections.get(key).is_some_and(|c| c.id == id)
-            }
+            Wake::Idle { key, id }
+            | Wake::Linger { key, id }
+            | Wake::Header { key, id }
+            | Wake::Reply { key, id } => connections.get(key).is_some_and(|c| c.id == id),
             Wake::Accept { .. } | Wake::Watchdog => true,
         });
         self.timers.shrink_to(2 * self.timers.len());

@@ -99,7 +99,7 @@ impl Reactor {
                 connection.start_upload(self.config.limits);
             }
             _ => match Session::new(protocol, self.config.limits) {
-                Some(session) => connection.start_stream(session),
+                Some(session) => connection.start_stream(session, &self.shared),
                 // Upload without storage: refused at the accept already, so cannot be.
                 None => return self.refuse_to_start(key, protocol),
             },

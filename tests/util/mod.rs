@@ -341,13 +341,23 @@ fn spawn_line_reader(stdout: ChildStdout) -> Receiver<String> {
     receiver
 }
 
-/// `VmRSS` of a process, in KiB.
+/// A process's peak resident memory so far, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A process's resident memory now, in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` figure in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("a VmRSS line");
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no {key} line"));
     line.split_whitespace()
         .nth(1)
         .and_then(|kib| kib.parse().ok())
