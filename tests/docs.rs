@@ -1,5 +1,5 @@
-//! The docs cannot drift from the program: every `console` block of `docs/TUTORIAL.md` and the
-//! README is run, against real servers this test starts, and its output compared with what the
+//! The docs cannot drift from the program: every `console` block of `docs/TUTORIAL.md`,
+//! `docs/ARCHITECTURE.md` and the README is run, against real servers this test starts, and its output compared with what the
 //! doc shows; every trace excerpt is checked against the real trace of the same exchange.
 //!
 //! # How a doc is read
@@ -399,7 +399,7 @@ impl Runner {
         let traced = command.contains("RUST_LOG=");
         let mut child = Command::new("bash")
             .arg("-c")
-            .arg(format!("exec {command}"))
+            .arg(format!("exec env {command}"))
             .current_dir(&self.scratch)
             .env("PATH", self.path_variable())
             .env_remove("RUST_LOG")
@@ -610,6 +610,11 @@ fn the_readme_examples_run_as_shown() {
 #[test]
 fn the_tutorial_runs_as_shown() {
     check_doc("docs/TUTORIAL.md");
+}
+
+#[test]
+fn the_architecture_traces_are_real() {
+    check_doc("docs/ARCHITECTURE.md");
 }
 
 #[test]

@@ -4,10 +4,10 @@
     python3 upper_client.py [--connect ADDRESS] WORDS...
 
 Sends the words (joined by spaces, no newline), then prints what one recv(1024) returns, with
-the time of each step, exactly as the seed does. It also says how many whole seconds the answer
-took, which is what the seed's two timestamps are for: against `oneloop serve --reply-delay 5`,
-two of these started together are both answered after 5 s by a concurrent server, and the
-second after 10 s by a serial one.
+the time of each step, exactly as the seed does. It also says how many seconds the answer took
+(rounded to whole seconds), which is what the seed's two timestamps are for: against
+`oneloop serve --reply-delay 5`, two of these started together are both answered after 5 s by a
+concurrent server, and the second after 10 s by a serial one.
 
 One recv is the seed's choice, kept here: for a short request the server's reply arrives in one
 piece, but TCP is a byte stream and promises no such thing (see "message boundaries" in
@@ -41,7 +41,7 @@ def main():
         say(f"client {datetime.now()} sent {data}")
         sock.sendall(data.encode("utf-8"))
         received = sock.recv(1024)
-        waited = int(time.monotonic() - started)
+        waited = round(time.monotonic() - started)
         say(f"client {datetime.now()} received {received!r} after {waited} s")
 
 

@@ -671,8 +671,10 @@ impl Connection {
     pub fn wanted_interest(&self, output_limit: usize) -> Option<Interest> {
         match self.phase {
             Phase::Serving if self.unsent.len() > output_limit => Some(Interest::WRITABLE),
-            Phase::Serving if !self.output_pending() => Some(Interest::READABLE),
+            Phase::Serving if !self.writes_pending() => Some(Interest::READABLE),
             Phase::Serving => Some(Interest::READABLE | Interest::WRITABLE),
+            // Only held replies left: the timer, not the socket, says when to write.
+            Phase::Draining | Phase::Ending if !self.writes_pending() => Some(Interest::READABLE),
             Phase::Draining | Phase::Ending => Some(Interest::WRITABLE),
             Phase::Lingering { .. } => Some(Interest::READABLE),
             Phase::Closed => None,
@@ -1036,7 +1038,7 @@ impl Connection {
             let arrival = match read {
                 Ok(0) => {
                     trace!(
-                        "conn #{}: read end of stream (peer shut down writes)",
+                        "conn #{}: read 0 bytes: end of stream (the peer shut down its writes)",
                         self.id
                     );
                     if let Some(session) = self.work.session() {
@@ -1075,8 +1077,23 @@ impl Connection {
                             "conn #{}: {count} bytes that came with its PROXY header",
                             self.id
                         );
+                    } else if count < asked && self.peer_closing {
+                        trace!(
+                            "conn #{}: read {count} bytes; the peer has closed, so read on to \
+                             its end of stream",
+                            self.id
+                        );
+                    } else if count < asked {
+                        trace!(
+                            "conn #{}: read {count} bytes, fewer than asked: the socket is \
+                             drained, no need to read again until the next event",
+                            self.id
+                        );
                     } else {
-                        trace!("conn #{}: read {count} bytes", self.id);
+                        trace!(
+                            "conn #{}: read {count} bytes, as many as asked: more may wait",
+                            self.id
+                        );
                     }
                     let arrival = if count < asked {
                         Arrival::Drained
@@ -1158,6 +1175,10 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The previous read filled the buffer exactly; now the peer has paused.
+                    trace!(
+                        "conn #{}: read: WouldBlock, nothing more for now; back to the loop",
+                        self.id
+                    );
                     if let Some(session) = self.work.session() {
                         shared.replies.clear();
                         let flow =
@@ -1248,7 +1269,18 @@ impl Connection {
         match write_until_blocked(&mut self.stream, replies) {
             Ok(written) => {
                 self.moved_bytes |= written > 0;
-                trace!("conn #{}: wrote {written} bytes", self.id);
+                if written == replies.len() {
+                    trace!(
+                        "conn #{}: wrote {written} reply bytes, all of them, at once",
+                        self.id
+                    );
+                } else {
+                    trace!(
+                        "conn #{}: wrote {written} of {} reply bytes: the socket is full",
+                        self.id,
+                        replies.len()
+                    );
+                }
                 if written < replies.len() {
                     self.unsent.push(&replies[written..]);
                     trace!(
@@ -1317,6 +1349,8 @@ impl Connection {
         if self.phase == Phase::Closed {
             return Verdict::default();
         }
+        // Reading stopped with the held bytes over the limit: releasing them may let it resume.
+        let held_back = self.unsent.len() + delayed.held.len() > shared.output_limit;
         shared.replies.clear();
         let released = delayed.held.release(now.instant, &mut shared.replies);
         if released > 0 {
@@ -1327,7 +1361,7 @@ impl Connection {
         }
         self.send(&shared.replies);
         let verdict = Verdict {
-            still_ready: self.phase == Phase::Serving,
+            still_ready: held_back && self.phase == Phase::Serving,
             ..Verdict::default()
         };
         let verdict = self.finish_phases(shared, now, verdict);
@@ -1335,6 +1369,14 @@ impl Connection {
             self.last_active = now.instant;
         }
         verdict
+    }
+
+    /// Whether output waits for room in the socket (held replies wait for their timer instead).
+    fn writes_pending(&self) -> bool {
+        match &self.work {
+            Work::Delayed(_) => !self.unsent.is_empty(),
+            _ => self.output_pending(),
+        }
     }
 
     /// Whether output waits: stream replies, lines owed to a chat member, or the answer to an
@@ -1514,7 +1556,7 @@ mod size {
     /// every one of ten thousand connections: this test makes that a decision, not an accident.
     #[test]
     fn a_connection_stays_small() {
-        // 136 bytes today: the socket, the session (a timestamp session is the largest), an
+        // 144 bytes today: the socket, the session (a timestamp session is the largest), an
         // empty reply queue, the phase, the idle clock and a few flags.
         let size = std::mem::size_of::<Connection>();
         assert!(size <= 144, "Connection grew to {size} bytes");

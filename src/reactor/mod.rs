@@ -360,25 +360,26 @@ impl Reactor {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = self.poll_timeout();
-            trace!("poll: waiting ({})", describe_timeout(timeout));
+            trace!("poll: {}", describe_timeout(timeout));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    trace!("poll: interrupted by a signal; its pipe will say which");
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
             let now = self.clock.now();
+            if log::log_enabled!(log::Level::Trace) {
+                match events.iter().count() {
+                    0 if timeout == Some(Duration::ZERO) => trace!("poll: no new event"),
+                    0 => trace!("poll: woke with no event: a timer is due"),
+                    1 => trace!("poll: woke with 1 event"),
+                    n => trace!("poll: woke with {n} events"),
+                }
+            }
             for event in events.iter() {
-                trace!(
-                    "event: token {} {}{}{}",
-                    event.token().0,
-                    if event.is_readable() { "readable " } else { "" },
-                    if event.is_writable() { "writable " } else { "" },
-                    if event.is_read_closed() || event.is_write_closed() {
-                        "closed"
-                    } else {
-                        ""
-                    },
-                );
+                trace!("event: {}", self.describe_event(event));
                 if event.token() == STORAGE_TOKEN {
                     self.on_storage_ready(&now);
                     continue;
@@ -406,6 +407,63 @@ impl Reactor {
             if self.shutdown_is_over(&now) {
                 return Ok(());
             }
+        }
+    }
+
+    /// What an event means, in words, for the trace: whose token it is and what its readiness
+    /// promises (`listener echo tcp 127.0.0.1:7000 is readable: clients wait to be accepted`).
+    fn describe_event(&self, event: &mio::event::Event) -> String {
+        let token = event.token();
+        let closed = if event.is_read_closed() || event.is_error() {
+            ", and the peer has closed its side"
+        } else {
+            ""
+        };
+        let readiness =
+            |readable: &str, writable: &str| match (event.is_readable(), event.is_writable()) {
+                (true, true) => format!("is readable ({readable}) and writable ({writable})"),
+                (true, false) => format!("is readable ({readable})"),
+                (false, true) => format!("is writable ({writable})"),
+                (false, false) => "has an error or hang-up".to_owned(),
+            };
+        if token == SIGNAL_TOKEN {
+            return "the signal pipe is readable: a signal arrived".to_owned();
+        }
+        if token == STORAGE_TOKEN {
+            return "the I/O threads rang the waker: file operations finished".to_owned();
+        }
+        if token.0 >= LISTENER_TOKEN_BASE {
+            let Some(endpoint) = self.endpoints.get(token.0 - LISTENER_TOKEN_BASE) else {
+                return format!("token {} (no endpoint)", token.0);
+            };
+            return match endpoint.socket {
+                Some(EndpointSocket::Datagram(_)) => format!(
+                    "{} udp {} {}",
+                    endpoint.protocol,
+                    endpoint.local,
+                    readiness("datagrams wait", "room to send")
+                ),
+                _ => format!(
+                    "listener {} {} {} {}: clients wait to be accepted",
+                    endpoint.protocol,
+                    endpoint.local.transport(),
+                    endpoint.local,
+                    if event.is_readable() {
+                        "is readable"
+                    } else {
+                        "is ready"
+                    }
+                ),
+            };
+        }
+        match self.connections.get(token.0) {
+            Some(connection) => format!(
+                "conn #{} (token {}) {}{closed}",
+                connection.id,
+                token.0,
+                readiness("bytes or the end of stream to read", "room to write")
+            ),
+            None => format!("token {}, whose connection is gone: ignored", token.0),
         }
     }
 
@@ -468,7 +526,13 @@ impl Reactor {
                     let protocol = listener.protocol;
                     self.open_connection(stream, peer, protocol, index, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    trace!(
+                        "accept: WouldBlock: no more clients waiting on {}",
+                        listener.local
+                    );
+                    return;
+                }
                 // The client gave up before we got to it, or a signal interrupted us: next one.
                 Err(e)
                     if matches!(
@@ -568,7 +632,9 @@ impl Reactor {
             warn!("conn #{id}: cannot register with the poller: {e}; closing");
             return;
         }
-        trace!("accept: conn #{id} from {peer} ({protocol}), token {key}");
+        trace!(
+            "accept: conn #{id} from {peer} for {protocol}; token {key}, registered for READABLE"
+        );
         if let Some(idle) = self.config.idle_timeout {
             self.timers
                 .push(Reverse((now.instant + idle, Wake::Idle { key, id })));
@@ -679,7 +745,15 @@ impl Reactor {
         }
         let wanted = connection.wanted_interest(self.config.output_limit);
         if let Some(interest) = wanted.filter(|&i| i != connection.registered) {
-            trace!("conn #{}: interest now {interest:?}", connection.id);
+            trace!(
+                "conn #{}: poller interest now {interest:?}{}",
+                connection.id,
+                if interest.is_writable() {
+                    " (replies wait for room in the socket)"
+                } else {
+                    " (nothing waits to be written)"
+                }
+            );
             match self
                 .poll
                 .registry()
@@ -1014,9 +1088,14 @@ pub fn log_fd_limit(result: &io::Result<crate::sys::FdLimit>) {
 
 fn describe_timeout(timeout: Option<Duration>) -> String {
     match timeout {
-        None => "no deadline".to_string(),
-        Some(Duration::ZERO) => "not at all: connections still have work".to_string(),
-        Some(d) => format!("at most {} ms", d.as_millis()),
+        None => "waiting for an event (no timer is set)".to_string(),
+        Some(Duration::ZERO) => {
+            "only looking, not waiting: connections still have work from last turn".to_string()
+        }
+        Some(d) => format!(
+            "waiting for an event, at most {:.3} s (then the next timer is due)",
+            d.as_secs_f64()
+        ),
     }
 }
 
