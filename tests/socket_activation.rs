@@ -34,12 +34,38 @@ fn require_tool() {
     );
 }
 
+/// The tool's process (the server, once it has exec'd), killed if a test ends early: a failed
+/// assertion must not leave a server running.
+struct Activated(Child);
+
+impl std::ops::Deref for Activated {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Activated {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `systemd-socket-activate OPTIONS oneloop serve ARGS`, with stdout and stderr piped. The tool
 /// prints `Listening on ...` on stderr once per socket, then waits for the first connection or
 /// datagram before it execs the server (same process): call [`wait_bound`] before connecting.
-fn activate(options: &[String], serve: &[&str]) -> Child {
+fn activate(options: &[String], serve: &[&str]) -> Activated {
     require_tool();
-    Command::new(TOOL)
+    let child = Command::new(TOOL)
         .args(options)
         // The tool passes the child only the variables named here (plus its own).
         .arg("--setenv=RUST_LOG=oneloop=info")
@@ -50,12 +76,13 @@ fn activate(options: &[String], serve: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {TOOL}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run {TOOL}: {e}"));
+    Activated(child)
 }
 
 /// Reads the tool's stderr until it has reported `sockets` sockets bound; returns the reader,
 /// which the caller drains at the end.
-fn wait_bound(child: &mut Child, sockets: usize) -> BufReader<std::process::ChildStderr> {
+fn wait_bound(child: &mut Activated, sockets: usize) -> BufReader<std::process::ChildStderr> {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = Vec::new();
     while seen
@@ -86,7 +113,7 @@ fn listening_lines(stdout: &mut BufReader<ChildStdout>, count: usize) -> Vec<Str
 
 /// SIGTERM (the server is the tool's process: it execs in place), then the exit status and the
 /// rest of stderr.
-fn stop(mut child: Child, mut stderr: BufReader<std::process::ChildStderr>) -> (bool, String) {
+fn stop(mut child: Activated, mut stderr: BufReader<std::process::ChildStderr>) -> (bool, String) {
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -591,10 +591,35 @@ fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
     }
 }
 
+/// A child process killed when dropped, unless it has already exited.
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn tell_systemd(model: &str) {
     let path = temp_path(&format!("serve-notify-{model}"));
     let receiver = UnixDatagram::bind(&path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oneloop"))
+    let child = Command::new(env!("CARGO_BIN_EXE_oneloop"))
         .args(["serve", "--model", model, "echo@127.0.0.1:0"])
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "200000")
@@ -603,6 +628,8 @@ fn tell_systemd(model: &str) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed if an assertion below fails: no server may outlive its test.
+    let mut child = KillOnDrop(child);
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
