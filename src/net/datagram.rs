@@ -50,15 +50,31 @@ impl DatagramStats {
     /// Counts a datagram of `length` bytes from `from`, and says whether it is to be answered:
     /// not if it is over the size limit or comes from a well-known port.
     pub fn admit(&mut self, length: usize, from: SocketAddr) -> bool {
+        self.admit_on(&"udp", length, from)
+    }
+
+    /// [`admit`](Self::admit), naming `service` (`upper on udp 127.0.0.1:9999`) in the log.
+    pub fn admit_on(
+        &mut self,
+        service: &dyn fmt::Display,
+        length: usize,
+        from: SocketAddr,
+    ) -> bool {
         self.received += 1;
         if length > MAX_DATAGRAM_PAYLOAD {
             self.oversize += 1;
-            debug!("udp: dropped a datagram of {length} bytes from {from} (over {MAX_DATAGRAM_PAYLOAD})");
+            debug!(
+                "{service}: dropped {length} bytes from {from} unanswered: over \
+                 {MAX_DATAGRAM_PAYLOAD}, the largest datagram answered"
+            );
             return false;
         }
         if from.port() < FIRST_UNPRIVILEGED_PORT {
             self.reflection += 1;
-            debug!("udp: no reply to {from}: source port below {FIRST_UNPRIVILEGED_PORT}");
+            debug!(
+                "{service}: no reply to {from}: a source port below {FIRST_UNPRIVILEGED_PORT} may \
+                 be another server, and two servers would answer each other for ever"
+            );
             return false;
         }
         true
@@ -68,19 +84,32 @@ impl DatagramStats {
     /// dropped, never queued or retried: UDP is lossy, and a queue would grow without bound
     /// under a flood.
     pub fn sent(&mut self, result: io::Result<usize>, to: SocketAddr) {
+        self.sent_on(&"udp", result, to);
+    }
+
+    /// [`sent`](Self::sent), naming `service` (`upper on udp 127.0.0.1:9999`) in the log.
+    pub fn sent_on(
+        &mut self,
+        service: &dyn fmt::Display,
+        result: io::Result<usize>,
+        to: SocketAddr,
+    ) {
         match result {
             Ok(count) => {
                 self.answered += 1;
-                trace!("udp: {count} bytes to {to}");
+                trace!("{service}: a reply of {count} bytes goes back to {to}");
             }
             Err(e) => {
                 self.replies_dropped += 1;
                 if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
                 {
-                    trace!("udp: reply to {to} dropped: send buffer full");
+                    trace!(
+                        "{service}: reply to {to} dropped: the send buffer is full, and a UDP \
+                         reply is never queued"
+                    );
                 } else {
                     // EMSGSIZE (a reply grown past the limit), EHOSTUNREACH...: that reply only.
-                    debug!("udp: reply to {to} dropped: {e}");
+                    debug!("{service}: reply to {to} dropped: {e}");
                 }
             }
         }

@@ -14,15 +14,19 @@
 //!   its output buffer limit, or an IRC client over its SendQ). It is dropped *after* the turn's
 //!   deliveries, and its `* NAME left` goes out then: a broadcast never re-enters a broadcast.
 
-use log::{debug, trace};
+use std::fmt;
+
+use log::{debug, log_enabled, trace, Level};
+use slab::Slab;
 
 use crate::clock::Now;
 use crate::net::Peer;
 use crate::protocol::room::{Delivery, MemberId, Room};
 use crate::protocol::Limits;
+use crate::service::Address;
 
 use super::fanout::RoomLog;
-use super::Reactor;
+use super::{Connection, Reactor};
 
 /// A chat endpoint's room, and the log of its lines not yet written to every member.
 #[derive(Debug)]
@@ -51,6 +55,12 @@ impl Reactor {
         if let Some(chat) = self.rooms[room].as_mut() {
             chat.room
                 .join(MemberId(key), &peer.to_string(), &mut self.deliveries);
+            trace!(
+                "{}: {} joins; {} now",
+                RoomName(&self.endpoints[room].local),
+                member(&self.connections, &chat.room, key),
+                Members(chat.room.len())
+            );
             self.route(room);
         }
     }
@@ -62,23 +72,56 @@ impl Reactor {
             self.deliveries.clear();
             return;
         };
+        let name = RoomName(&self.endpoints[room].local);
+        // Only counted while traced: then one read of many lines makes a few log lines.
+        let mut tally = log_enabled!(Level::Trace).then(Tally::default);
         for delivery in self.deliveries.drain(..) {
             match delivery {
                 Delivery::Broadcast { except, bytes } => {
+                    if let Some(tally) = tally.as_mut() {
+                        let reach = Members(recipients(&chat.room, except));
+                        // Names cannot start with `*`: a line that does is the room's notice.
+                        if bytes.starts_with(b"* ") {
+                            tally.notices += 1;
+                            if tally.notices == 1 {
+                                trace!(
+                                    "{name}: {} for {reach}; stored once, in the room's log",
+                                    Quoted(&bytes)
+                                );
+                            }
+                        } else {
+                            tally.said(except, bytes.len(), reach);
+                        }
+                    }
                     chat.log.append(bytes.into(), except);
                     if !std::mem::replace(&mut chat.listed, true) {
                         self.outbox.rooms.push(room);
                     }
                 }
-                Delivery::To { member, bytes } => {
-                    if let Some(connection) = self.connections.get_mut(member.0) {
+                Delivery::To { member: to, bytes } => {
+                    if let Some(tally) = tally.as_mut() {
+                        tally.replies += 1;
+                        if tally.replies == 1 {
+                            trace!(
+                                "{name}: {} for {} alone",
+                                Quoted(&bytes),
+                                member(&self.connections, &chat.room, to.0)
+                            );
+                        }
+                    }
+                    if let Some(connection) = self.connections.get_mut(to.0) {
                         if connection.queue_own_line(&chat.log, bytes.into()) {
-                            self.outbox.members.push(member.0);
+                            self.outbox.members.push(to.0);
                         }
                     }
                 }
                 Delivery::Close { member } => {
                     if let Some(connection) = self.connections.get_mut(member.0) {
+                        trace!(
+                            "{name}: conn #{} has left; it is written what it is owed, then \
+                             closed",
+                            connection.id
+                        );
                         connection.leave_log(&chat.log, member);
                         connection.end_conversation();
                         if connection.mark_dirty() {
@@ -87,6 +130,9 @@ impl Reactor {
                     }
                 }
             }
+        }
+        if let Some(tally) = tally {
+            tally.log(&name, |key| member(&self.connections, &chat.room, key));
         }
     }
 
@@ -107,7 +153,16 @@ impl Reactor {
                     .then_some(room)
             });
             if let Some(room) = over {
-                debug!("conn key {key}: chat member over --output-limit; dropping it");
+                if let Some(chat) = self.rooms[room].as_ref() {
+                    debug!(
+                        "{}: dropped for falling behind: owed {} bytes, over --output-limit ({})",
+                        member(&self.connections, &chat.room, key),
+                        self.connections
+                            .get(key)
+                            .map_or(0, |connection| connection.chat_backlog(&chat.log)),
+                        self.config.output_limit
+                    );
+                }
                 self.outbox.over_limit.push(key);
                 self.drop_slow_members(room);
             }
@@ -168,7 +223,15 @@ impl Reactor {
         let mut members = std::mem::take(&mut self.outbox.scratch);
         members.extend(chat.room.members().map(|member| member.0));
         let mut oldest = chat.log.head();
+        let tracing = log_enabled!(Level::Trace);
+        let mut behind = 0;
         for &key in &members {
+            // Where it stood, to tell how many lines this write took it past.
+            let before = if tracing {
+                self.connections.get(key).and_then(Connection::log_cursor)
+            } else {
+                None
+            };
             self.flush_member(key, now);
             let (Some(connection), Some(chat)) = (self.connections.get(key), &self.rooms[room])
             else {
@@ -178,25 +241,59 @@ impl Reactor {
                 continue;
             }
             let backlog = connection.chat_backlog(&chat.log);
+            let who = || member(&self.connections, &chat.room, key);
+            if let (Some(before), Some(after)) = (before, connection.log_cursor()) {
+                let lines = chat.log.lines_for(before, after, MemberId(key));
+                let place = RoomName(&self.endpoints[room].local);
+                match (lines, backlog) {
+                    (0, 0) => {}
+                    (_, 0) => trace!("{place}: {} got {}; up to date", who(), Lines(lines)),
+                    _ => trace!(
+                        "{place}: {} got {}; still owed {backlog} bytes, for when its socket \
+                         takes more",
+                        who(),
+                        Lines(lines)
+                    ),
+                }
+            }
             if backlog > self.config.output_limit {
                 debug!(
-                    "conn #{}: chat member over --output-limit ({backlog} bytes owed); dropping it",
-                    connection.id
+                    "{}: dropped for falling behind: owed {backlog} bytes, over --output-limit \
+                     ({})",
+                    who(),
+                    self.config.output_limit
                 );
                 self.outbox.over_limit.push(key);
             } else if let Some(cursor) = connection.log_cursor() {
+                behind += usize::from(backlog > 0);
                 oldest = oldest.min(cursor);
             }
         }
+        let (written, dropped) = (members.len(), self.outbox.over_limit.len());
         members.clear();
         self.outbox.scratch = members;
         self.drop_slow_members(room);
         if let Some(chat) = self.rooms[room].as_mut() {
             chat.log.trim_before(oldest);
-            trace!(
-                "room {room}: {} lines held for members still behind",
-                chat.log.len()
-            );
+            let place = RoomName(&self.endpoints[room].local);
+            match (written, dropped, behind, chat.log.len()) {
+                (0, ..) => trace!("{place}: nobody left in it; its log is empty again"),
+                (written, 0, 0, 0) => trace!(
+                    "{place}: written out; {} up to date, its log is empty again",
+                    Members(written)
+                ),
+                (written, 0, behind, held) => trace!(
+                    "{place}: written out to {}; {behind} still behind, so its log keeps {}",
+                    Members(written),
+                    Lines(held)
+                ),
+                (written, dropped, behind, held) => trace!(
+                    "{place}: written out to {}; {dropped} dropped, {behind} still behind; its log \
+                     keeps {} (the news of those dropped goes out next turn)",
+                    Members(written),
+                    Lines(held)
+                ),
+            }
         }
     }
 
@@ -229,6 +326,11 @@ impl Reactor {
             return;
         };
         if chat.room.name(MemberId(key)).is_some() {
+            trace!(
+                "{}: {} has gone (its connection closed); the others are told",
+                RoomName(&self.endpoints[room].local),
+                member(&self.connections, &chat.room, key)
+            );
             chat.room.leave(MemberId(key), &mut self.deliveries);
             if chat.room.is_empty() {
                 chat.log.trim_before(chat.log.head()); // nobody is owed anything
@@ -250,4 +352,160 @@ pub(super) struct Outbox {
     over_limit: Vec<usize>,
     /// A reused list of one room's members.
     scratch: Vec<usize>,
+}
+
+/// How the log names a chat room: `room on 127.0.0.1:7000` (one room per chat service).
+struct RoomName<'a>(&'a Address);
+
+impl fmt::Display for RoomName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "room on {}", self.0)
+    }
+}
+
+/// What one routing said beyond the lines logged as they came: the first notice and the first
+/// line for one member are quoted at once, and the rest, with the members' own lines (measured,
+/// never quoted: what members say is theirs, not the log's), are summed up at the end.
+#[derive(Default)]
+struct Tally {
+    notices: usize,
+    replies: usize,
+    /// Members' lines, their bytes, and how many members they reached.
+    lines: usize,
+    bytes: usize,
+    reach: usize,
+    /// Who sent them: `Some(Some(key))` while it is one member.
+    sender: Option<Option<usize>>,
+    several: bool,
+}
+
+impl Tally {
+    /// A member's line of `bytes` bytes, sent by `from`, reaching `reach` members.
+    fn said(&mut self, from: Option<MemberId>, bytes: usize, reach: Members) {
+        let from = from.map(|member| member.0);
+        self.several |= self.sender.is_some_and(|sender| sender != from);
+        self.sender = Some(from);
+        self.lines += 1;
+        self.bytes += bytes;
+        self.reach = reach.0;
+    }
+
+    /// The summary lines; `member` names a member by its key.
+    fn log<'a>(&self, name: &RoomName<'_>, member: impl Fn(usize) -> Member<'a>) {
+        if self.notices > 1 {
+            trace!(
+                "{name}: and {} more notices, each stored once",
+                self.notices - 1
+            );
+        }
+        if self.lines > 0 {
+            let from = Sender(match self.sender {
+                Some(Some(key)) if !self.several => Some(member(key)),
+                _ => None,
+            });
+            let reach = Members(self.reach);
+            match self.lines {
+                1 => trace!(
+                    "{name}: a line of {} bytes from {from} for {reach}; stored once, in the \
+                     room's log",
+                    self.bytes
+                ),
+                lines => trace!(
+                    "{name}: {lines} lines ({} bytes) from {from} for {reach}; each stored once, \
+                     in the room's log",
+                    self.bytes
+                ),
+            }
+        }
+        if self.replies > 1 {
+            trace!(
+                "{name}: and {} more lines for members alone",
+                self.replies - 1
+            );
+        }
+    }
+}
+
+/// The sender of some lines: one member, or several.
+struct Sender<'a>(Option<Member<'a>>);
+
+impl fmt::Display for Sender<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(member) => member.fmt(f),
+            None => f.write_str("several members"),
+        }
+    }
+}
+
+/// How the log names a chat member: `conn #2 (bob)`; `conn #2` once it has left its room, and
+/// `bob` once its connection is gone.
+struct Member<'a> {
+    id: Option<u64>,
+    name: Option<&'a str>,
+}
+
+/// Member `key` of `room`, for the log.
+fn member<'a>(connections: &Slab<Connection>, room: &'a Room, key: usize) -> Member<'a> {
+    Member {
+        id: connections.get(key).map(|connection| connection.id),
+        name: room.name(MemberId(key)),
+    }
+}
+
+impl fmt::Display for Member<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.id, self.name) {
+            (Some(id), Some(name)) => write!(f, "conn #{id} ({name})"),
+            (Some(id), None) => write!(f, "conn #{id}"),
+            (None, Some(name)) => f.write_str(name),
+            (None, None) => f.write_str("a member that has gone"),
+        }
+    }
+}
+
+/// How many members a broadcast reaches: the room's, but for `except` if it is one of them.
+fn recipients(room: &Room, except: Option<MemberId>) -> usize {
+    let excepted = except.is_some_and(|member| room.name(member).is_some());
+    room.len() - usize::from(excepted)
+}
+
+/// `1 member`, `2 members`.
+struct Members(usize);
+
+impl fmt::Display for Members {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            1 => f.write_str("1 member"),
+            n => write!(f, "{n} members"),
+        }
+    }
+}
+
+/// `1 line`, `2 lines`.
+struct Lines(usize);
+
+impl fmt::Display for Lines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            1 => f.write_str("1 line"),
+            n => write!(f, "{n} lines"),
+        }
+    }
+}
+
+/// A line the room wrote itself (a notice, a greeting, an error), quoted without its newline
+/// and cut short past a log line's worth.
+struct Quoted<'a>(&'a [u8]);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MOST: usize = 80;
+        let line = self.0.strip_suffix(b"\n").unwrap_or(self.0);
+        let text = String::from_utf8_lossy(line);
+        match text.char_indices().nth(MOST) {
+            Some((cut, _)) => write!(f, "{:?}…", &text[..cut]),
+            None => write!(f, "{text:?}"),
+        }
+    }
 }

@@ -20,9 +20,11 @@
 //!   datagram "from" another well-known UDP service (echo to chargen, say) would otherwise start
 //!   two servers answering each other for ever; FreeBSD's inetd refuses them the same way.
 
+use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 
-use log::{debug, trace};
+use log::{debug, log_enabled, trace, Level};
 use mio::net::UdpSocket;
 
 use crate::clock::Now;
@@ -49,28 +51,65 @@ pub fn serve_datagrams(
     stats: &mut DatagramStats,
     now: &Now,
 ) -> bool {
-    for _ in 0..MAX_DATAGRAMS_PER_TURN {
+    // The log names the service as the learner started it; its address costs a `getsockname`,
+    // asked only when its lines are logged at all.
+    let service = Service {
+        protocol,
+        local: if log_enabled!(Level::Debug) {
+            socket.local_addr().ok()
+        } else {
+            None
+        },
+    };
+    for handled in 0..MAX_DATAGRAMS_PER_TURN {
         let (length, from) = match socket.recv_from(&mut shared.read) {
             Ok(received) => received,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                trace!(
+                    "{service}: no more datagrams waiting (recv_from would block); {handled} \
+                     handled this turn"
+                );
+                return false;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // ECONNREFUSED (an ICMP error for an earlier reply) and its kind are about one
             // datagram, not the socket: note it and take the next.
             Err(e) => {
-                debug!("udp {protocol}: receive error: {e}");
+                debug!("{service}: receive error about an earlier reply, not the socket: {e}");
                 continue;
             }
         };
-        trace!("udp {protocol}: datagram of {length} bytes from {from}");
-        if !stats.admit(length, from) {
+        trace!("{service}: a datagram of {length} bytes from {from}");
+        if !stats.admit_on(&service, length, from) {
             continue;
         }
         shared.replies.clear();
         if datagram::reply(protocol, &shared.read[..length], now, &mut shared.replies).is_none() {
             continue; // Not a datagram protocol; `serve` refuses such services before binding.
         }
-        stats.sent(socket.send_to(&shared.replies, from), from);
+        stats.sent_on(&service, socket.send_to(&shared.replies, from), from);
     }
-    trace!("udp {protocol}: datagram budget spent; serving others first");
+    trace!(
+        "{service}: {MAX_DATAGRAMS_PER_TURN} datagrams this turn, its budget; serving the others \
+         before reading more"
+    );
     true
+}
+
+/// How the log names a datagram service: `upper on udp 127.0.0.1:9999`, as the endpoint's
+/// own line at start-up does.
+struct Service {
+    protocol: ProtocolKind,
+    /// Its address; `None` when not logged (or unknown).
+    local: Option<SocketAddr>,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on udp", self.protocol)?;
+        match self.local {
+            Some(local) => write!(f, " {local}"),
+            None => Ok(()),
+        }
+    }
 }

@@ -101,6 +101,15 @@ impl RoomLog {
         }
     }
 
+    /// How many of the lines from `from` to just before `to` are for `me` (not its own): what a
+    /// member whose cursor moved from one to the other was written of the log. For the log.
+    pub fn lines_for(&self, from: u64, to: u64, me: MemberId) -> usize {
+        (from..to)
+            .filter_map(|seq| self.get(seq))
+            .filter(|line| line.except != Some(me))
+            .count()
+    }
+
     fn get(&self, seq: u64) -> Option<&LogLine> {
         let index = usize::try_from(seq.checked_sub(self.first)?).ok()?;
         self.lines.get(index)

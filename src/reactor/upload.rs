@@ -26,6 +26,7 @@
 //!   and its late completion is dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::Arc;
 
 use log::{debug, trace, warn};
@@ -35,7 +36,8 @@ use crate::protocol::upload::{Step, UploadSession};
 use crate::protocol::Limits;
 use crate::storage::durable::UploadDir;
 use crate::storage::pool::{
-    Completion, Op, Outcome, StoragePool, SubmitError, DEFAULT_IO_THREADS, DEFAULT_QUEUE_PER_THREAD,
+    Completion, IoThread, Op, Outcome, StoragePool, SubmitError, DEFAULT_IO_THREADS,
+    DEFAULT_QUEUE_PER_THREAD,
 };
 
 /// Body bytes gathered before they are handed to an I/O thread as one write.
@@ -44,6 +46,9 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks of one connection that may be with the I/O threads at once before the loop stops
 /// reading it: two, so the disk writes one while the socket fills the next.
 pub const MAX_WRITES_IN_FLIGHT: u8 = 2;
+
+/// How the log says an op runs under `--upload-io loop`, the foil.
+const IN_LOOP: &str = "in the loop itself (--upload-io loop): every other client waits meanwhile";
 
 /// Emptied chunk buffers kept for reuse (no allocation per chunk in the steady state).
 const SPARE_CHUNKS: usize = 16;
@@ -127,9 +132,10 @@ impl Uploads {
             match owner {
                 Some(key) => out.push((key, completion)),
                 None => trace!(
-                    "upload {}: {:?} for a connection that is gone",
+                    "upload #{}: {} {}; its connection is gone, so nobody is told",
                     completion.upload,
-                    completion.outcome
+                    self.pool.thread_of(completion.upload),
+                    Answer(&completion.outcome)
                 ),
             }
         }
@@ -159,11 +165,24 @@ impl Uploads {
 
     /// The upload of a connection being removed ended early: its temporary file goes.
     fn discard_orphan(&mut self, serial: u64) {
+        // Said before it goes: the I/O thread may log its work before `try_submit` returns.
+        let thread = self.pool.thread_of(serial);
+        if thread.is_the_loop() {
+            trace!("upload #{serial}: cut short; removes its temporary file {IN_LOOP}");
+        } else {
+            trace!("upload #{serial}: cut short; asks {thread} to remove its temporary file");
+        }
         match self.pool.try_submit(serial, Op::Discard) {
-            Ok(()) => trace!("upload {serial}: cut short; discarding its temporary file"),
-            Err(SubmitError::Full(_)) => self.orphan_discards.push(serial),
+            Ok(()) => {}
+            Err(SubmitError::Full(_)) => {
+                trace!(
+                    "upload #{serial}: {thread} has its fill of ops; the discard waits for a later \
+                     drain"
+                );
+                self.orphan_discards.push(serial);
+            }
             Err(SubmitError::Closed(_)) => {
-                warn!("upload {serial}: the I/O thread is gone; its temporary file stays")
+                warn!("upload #{serial}: the I/O thread is gone; its temporary file stays")
             }
         }
     }
@@ -252,6 +271,8 @@ struct Current {
     handed_over: bool,
     /// Whether the storage failed and the client has been told.
     failed: bool,
+    /// The thread its ops run on, for the log.
+    thread: IoThread,
 }
 
 impl UploadWork {
@@ -353,6 +374,25 @@ impl UploadWork {
         let mut rest = input;
         loop {
             if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT || !self.waiting.is_empty() {
+                // Ops waiting for room said so when they were refused.
+                match self.current.as_ref().filter(|_| self.waiting.is_empty()) {
+                    Some(current) if current.committing => trace!(
+                        "upload #{}: waits for the answer to its commit (from {}); its client \
+                         is not read until then{}",
+                        current.serial,
+                        current.thread,
+                        Held(rest.len())
+                    ),
+                    Some(current) => trace!(
+                        "upload #{}: {} chunks with {}, the most; its client is not read until \
+                         one is written (back-pressure){}",
+                        current.serial,
+                        self.writes_in_flight,
+                        current.thread,
+                        Held(rest.len())
+                    ),
+                    None => {}
+                }
                 self.held.extend_from_slice(rest);
                 return Feed::Pause;
             }
@@ -362,13 +402,18 @@ impl UploadWork {
                     let serial = sink.uploads.next_serial;
                     sink.uploads.next_serial += 1;
                     sink.uploads.owners.insert(serial, sink.key);
-                    debug!("upload {serial}: {size} bytes for {name:?}; ok");
+                    debug!(
+                        "upload #{serial}: header accepted from the conn at token {}: {name:?}, \
+                         {size} bytes; answering \"ok\"",
+                        sink.key
+                    );
                     self.current = Some(Current {
                         serial,
                         name,
                         committing: false,
                         handed_over: false,
                         failed: false,
+                        thread: sink.uploads.pool.thread_of(serial),
                     });
                     if self.submit(Op::Begin, sink, out) == Some(Feed::End) {
                         return Feed::End;
@@ -397,9 +442,22 @@ impl UploadWork {
                             return Feed::End;
                         }
                     }
+                    if let Some(current) = self.current.as_ref().filter(|_| !self.chunk.is_empty())
+                    {
+                        trace!(
+                            "upload #{}: {} of {CHUNK_BYTES} bytes gathered for its next chunk",
+                            current.serial,
+                            self.chunk.len()
+                        );
+                    }
                 }
                 Step::BodyDone { size, crc32 } => {
-                    trace!("upload body complete: {size} bytes, CRC-32 {crc32:08x}");
+                    if let Some(current) = &self.current {
+                        trace!(
+                            "upload #{}: body complete: {size} bytes, CRC-32 {crc32:08x}",
+                            current.serial
+                        );
+                    }
                     if !self.chunk.is_empty() && self.submit_chunk(sink, out) == Some(Feed::End) {
                         return Feed::End;
                     }
@@ -414,11 +472,23 @@ impl UploadWork {
                     }
                 }
                 Step::Storing => {
+                    if let Some(current) = &self.current {
+                        trace!(
+                            "upload #{}: waits for the answer to its commit (from {}); its client \
+                             is not read until then{}",
+                            current.serial,
+                            current.thread,
+                            Held(rest.len())
+                        );
+                    }
                     self.held.extend_from_slice(rest);
                     return Feed::Pause;
                 }
                 Step::Refused(refusal) => {
-                    debug!("upload refused: {refusal}");
+                    debug!(
+                        "upload refused from the conn at token {}: {refusal}",
+                        sink.key
+                    );
                     return Feed::End;
                 }
                 Step::Closed => return Feed::End,
@@ -441,6 +511,8 @@ impl UploadWork {
             return Some(Feed::Pause);
         }
         let ends_upload = matches!(op, Op::Commit { .. } | Op::Discard);
+        // Said before it goes: the I/O thread may log its work before `try_submit` returns.
+        self.log_handing(Handed::of(&op));
         match sink.uploads.pool.try_submit(current.serial, op) {
             Ok(()) => {
                 if ends_upload {
@@ -450,8 +522,11 @@ impl UploadWork {
             }
             Err(SubmitError::Full(op)) => {
                 trace!(
-                    "upload {}: the I/O threads are busy; pausing the connection",
-                    current.serial
+                    "upload #{}: {} has its fill of ops; this one waits here, and its client is \
+                     not read until {} answers",
+                    current.serial,
+                    current.thread,
+                    current.thread
                 );
                 self.waiting.push_back(op);
                 self.list_blocked(sink);
@@ -473,6 +548,7 @@ impl UploadWork {
         };
         while let Some(op) = self.waiting.pop_front() {
             let ends_upload = matches!(op, Op::Commit { .. } | Op::Discard);
+            self.log_handing(Handed::of(&op));
             match sink.uploads.pool.try_submit(serial, op) {
                 Ok(()) => {
                     if ends_upload {
@@ -491,6 +567,50 @@ impl UploadWork {
             }
         }
         Feed::Continue
+    }
+
+    /// One line per op handed to the I/O threads: the loop gives the work away and goes on.
+    /// (Under `--upload-io loop` it does the work itself, and says what that costs.)
+    fn log_handing(&self, handed: Handed) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let (serial, thread) = (current.serial, current.thread);
+        if thread.is_the_loop() {
+            let name = &current.name;
+            return match handed {
+                Handed::Begin => trace!("upload #{serial}: creates its temporary file {IN_LOOP}"),
+                Handed::Chunk(bytes) => {
+                    trace!("upload #{serial}: writes a {bytes}-byte chunk {IN_LOOP}")
+                }
+                Handed::Commit => trace!(
+                    "upload #{serial}: commits (fsync, name it {name:?}, fsync the directory) \
+                     {IN_LOOP}"
+                ),
+                Handed::Discard => {
+                    trace!("upload #{serial}: removes its temporary file {IN_LOOP}")
+                }
+            };
+        }
+        match handed {
+            Handed::Begin => trace!(
+                "upload #{serial}: asks {thread} to create its temporary file; the loop does not \
+                 wait"
+            ),
+            Handed::Chunk(bytes) => trace!(
+                "upload #{serial}: a {bytes}-byte chunk goes to {thread} ({} of {} in flight)",
+                self.writes_in_flight,
+                MAX_WRITES_IN_FLIGHT
+            ),
+            Handed::Commit => trace!(
+                "upload #{serial}: asks {thread} to commit: fsync, name it {:?}, fsync the \
+                 directory; the loop does not wait",
+                current.name
+            ),
+            Handed::Discard => {
+                trace!("upload #{serial}: asks {thread} to remove its temporary file")
+            }
+        }
     }
 
     fn mark_handed_over(&mut self) {
@@ -532,12 +652,44 @@ impl UploadWork {
             return Feed::Continue; // an earlier upload's late answer
         }
         match &completion.outcome {
-            Outcome::Begun | Outcome::Written | Outcome::Discarded => Feed::Continue,
+            Outcome::Written => {
+                let freed = self.writes_in_flight + 1 == MAX_WRITES_IN_FLIGHT;
+                trace!(
+                    "upload #{}: {} wrote a chunk (its answer came through the waker); {} still \
+                     in flight{}",
+                    current.serial,
+                    current.thread,
+                    self.writes_in_flight,
+                    if freed && !current.committing {
+                        ", so its client may be read again"
+                    } else {
+                        ""
+                    }
+                );
+                Feed::Continue
+            }
+            Outcome::Begun | Outcome::Discarded => {
+                trace!(
+                    "upload #{}: {} {} (its answer came through the waker)",
+                    current.serial,
+                    current.thread,
+                    Answer(&completion.outcome)
+                );
+                Feed::Continue
+            }
             Outcome::Committed(stored) => {
-                debug!("upload {}: {stored}", current.serial);
                 let name = stored.name.clone();
+                let (serial, thread) = (current.serial, current.thread);
                 self.current = None;
-                match self.session.stored(&name, out) {
+                let start = out.len();
+                let flow = self.session.stored(&name, out);
+                debug!(
+                    "upload #{serial}: {thread} {} (its answer came through the waker); \
+                     answering {:?}",
+                    Answer(&completion.outcome),
+                    String::from_utf8_lossy(&out[start..]).trim_end()
+                );
+                match flow {
                     crate::protocol::Flow::Continue => Feed::Continue,
                     crate::protocol::Flow::Close => Feed::End,
                 }
@@ -556,7 +708,10 @@ impl UploadWork {
     /// The storage failed: the client is told once, and the connection ends.
     fn fail(&mut self, reason: &str, out: &mut Vec<u8>) {
         if let Some(current) = self.current.as_mut() {
-            debug!("upload {}: storage failed: {reason}", current.serial);
+            debug!(
+                "upload #{}: storage failed: {reason}; the client is told",
+                current.serial
+            );
             current.failed = true;
         }
         self.waiting.clear();
@@ -567,5 +722,55 @@ impl UploadWork {
     /// The client's end of stream: the session's last word, and whether an upload was cut short.
     pub fn on_end(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
         self.session.on_end(out)
+    }
+}
+
+/// What was handed to the I/O threads, for the log (the op itself has gone with them).
+#[derive(Clone, Copy, Debug)]
+enum Handed {
+    Begin,
+    Chunk(usize),
+    Commit,
+    Discard,
+}
+
+impl Handed {
+    fn of(op: &Op) -> Handed {
+        match op {
+            Op::Write(bytes) => Handed::Chunk(bytes.len()),
+            Op::Commit { .. } => Handed::Commit,
+            Op::Discard => Handed::Discard,
+            Op::Begin => Handed::Begin,
+            // Tests only: it holds up a worker, like a slow begin.
+            #[cfg(test)]
+            Op::Hold(_) => Handed::Begin,
+        }
+    }
+}
+
+/// An I/O thread's answer, in words: `wrote a chunk`, `stored it durably as photo.jpg`.
+struct Answer<'a>(&'a Outcome);
+
+impl fmt::Display for Answer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Outcome::Begun => f.write_str("created its temporary file"),
+            Outcome::Written => f.write_str("wrote a chunk"),
+            Outcome::Committed(stored) => write!(f, "stored it durably as {}", stored.name),
+            Outcome::Discarded => f.write_str("removed its temporary file"),
+            Outcome::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// `; the 1200 bytes already read wait` when a paused connection holds input, else nothing.
+struct Held(usize);
+
+impl fmt::Display for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            bytes => write!(f, "; the {bytes} bytes already read wait"),
+        }
     }
 }

@@ -198,22 +198,30 @@ struct Shared {
 }
 
 impl Shared {
-    /// Queues a completion, waking the loop if it may be asleep: if the queue was not empty, a
-    /// wake-up is already on its way for the completions in it, and the loop drains all of them.
-    fn complete(&self, completion: Completion) {
-        let was_empty = {
+    /// Queues a completion from worker `index`, waking the loop if it may be asleep: if the
+    /// queue was not empty, a wake-up is already on its way for the completions in it, and the
+    /// loop drains all of them.
+    fn complete(&self, index: usize, completion: Completion) {
+        let upload = completion.upload;
+        let ahead = {
             let mut queue = self
                 .completions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let was_empty = queue.is_empty();
+            let ahead = queue.len();
             queue.push_back(completion);
-            was_empty
+            ahead
         };
-        if was_empty {
+        if ahead == 0 {
+            trace!("io-{index}: upload #{upload}: answer queued for the loop; waking it");
             if let Err(e) = self.waker.wake() {
                 warn!("cannot wake the event loop: {}", sys::os_reason(&e));
             }
+        } else {
+            trace!(
+                "io-{index}: upload #{upload}: answer queued behind {ahead} more; the loop's \
+                 wake-up is already on its way"
+            );
         }
     }
 }
@@ -352,11 +360,14 @@ impl StoragePool {
         if let Some(in_caller) = &self.in_caller {
             let mut worker = in_caller.lock().unwrap_or_else(PoisonError::into_inner);
             let (outcome, buffer) = worker.perform(upload, op);
-            worker.shared.complete(Completion {
-                upload,
-                outcome,
-                buffer,
-            });
+            worker.shared.complete(
+                worker.index,
+                Completion {
+                    upload,
+                    outcome,
+                    buffer,
+                },
+            );
             return Ok(());
         }
         let Some(jobs) = &worker.jobs else {
@@ -459,6 +470,12 @@ impl StoragePool {
         true
     }
 
+    /// The thread that runs `upload`'s ops, for the log: `io-1`, or the loop itself for the
+    /// foil ([`StoragePool::in_caller`]).
+    pub fn thread_of(&self, upload: u64) -> IoThread {
+        IoThread((self.in_caller.is_none()).then(|| self.worker_of(upload)))
+    }
+
     fn worker_of(&self, upload: u64) -> usize {
         (upload % self.workers.len() as u64) as usize
     }
@@ -468,6 +485,27 @@ impl Drop for StoragePool {
     /// Stops the pool as [`StoragePool::shutdown`] does, waiting at most [`DROP_WAIT`].
     fn drop(&mut self) {
         self.stop(DROP_WAIT);
+    }
+}
+
+/// Which thread runs an upload's ops, as the log names it: `io-1` (the thread `oneloop-io-1`),
+/// or `the loop itself` under `--upload-io loop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoThread(Option<usize>);
+
+impl IoThread {
+    /// Whether the ops run in the loop itself (`--upload-io loop`), every other client waiting.
+    pub fn is_the_loop(self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl fmt::Display for IoThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(index) => write!(f, "io-{index}"),
+            None => f.write_str("the loop itself"),
+        }
     }
 }
 
@@ -516,11 +554,14 @@ impl WorkerLoop {
                         (failed("internal error".to_owned()), None)
                     }
                 };
-            self.shared.complete(Completion {
-                upload,
-                outcome,
-                buffer,
-            });
+            self.shared.complete(
+                self.index,
+                Completion {
+                    upload,
+                    outcome,
+                    buffer,
+                },
+            );
         }
         for (upload, state) in self.uploads.drain() {
             if let UploadState::Open(file) = state {
