@@ -709,7 +709,11 @@ impl Reactor {
                 verdict
             }
             (None, Some(uploads)) if connection.is_upload() => {
-                let sink = UploadSink { uploads, key };
+                let sink = UploadSink {
+                    uploads,
+                    key,
+                    conn: connection.id,
+                };
                 connection.drive(&mut self.shared, now, Sink::Upload(sink), first)
             }
             (None, _) => connection.drive(&mut self.shared, now, Sink::Own, first),
@@ -939,10 +943,10 @@ impl Reactor {
         };
         let mut completions = std::mem::take(&mut self.upload_completions);
         uploads.drain(&mut completions);
-        trace!(
-            "storage: {} answers from the I/O threads",
-            completions.len()
-        );
+        match completions.len() {
+            1 => trace!("storage: 1 answer from the I/O threads"),
+            n => trace!("storage: {n} answers from the I/O threads"),
+        }
         // The room those answers freed goes first to the connections that were refused for lack
         // of it, and only then to those whose answers these are, which would take it at once.
         let mut blocked = std::mem::take(&mut self.upload_blocked);
@@ -972,7 +976,11 @@ impl Reactor {
         else {
             return;
         };
-        let mut sink = UploadSink { uploads, key };
+        let mut sink = UploadSink {
+            uploads,
+            key,
+            conn: connection.id,
+        };
         let verdict = connection.on_upload_completion(completion, &mut self.shared, &mut sink, now);
         if let Some(at) = verdict.wake_at {
             let id = connection.id;

@@ -220,6 +220,8 @@ pub struct UploadSink<'a> {
     pub uploads: &'a mut Uploads,
     /// The connection's slab key.
     pub key: usize,
+    /// The connection's serial number, as the trace names it (`conn #N`).
+    pub conn: u64,
 }
 
 /// What the connection should do after its input was handled.
@@ -403,9 +405,9 @@ impl UploadWork {
                     sink.uploads.next_serial += 1;
                     sink.uploads.owners.insert(serial, sink.key);
                     debug!(
-                        "upload #{serial}: header accepted from the conn at token {}: {name:?}, \
-                         {size} bytes; answering \"ok\"",
-                        sink.key
+                        "upload #{serial}: header accepted from conn #{}: {name:?}, {size} \
+                         bytes; answering \"ok\"",
+                        sink.conn
                     );
                     self.current = Some(Current {
                         serial,
@@ -485,10 +487,7 @@ impl UploadWork {
                     return Feed::Pause;
                 }
                 Step::Refused(refusal) => {
-                    debug!(
-                        "upload refused from the conn at token {}: {refusal}",
-                        sink.key
-                    );
+                    debug!("upload refused from conn #{}: {refusal}", sink.conn);
                     return Feed::End;
                 }
                 Step::Closed => return Feed::End,
