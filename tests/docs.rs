@@ -14,8 +14,9 @@
 //!   every port replaced by 0 and every `/tmp/` path moved into the scratch directory (tests run
 //!   side by side), and the ports the doc shows are mapped to the real ones in the commands that
 //!   follow. Servers are stopped with SIGTERM at the next `## ` heading, at the end of the doc,
-//!   or when a later server reuses one of their ports; each must then exit 0. `$!` in a command
-//!   is the last server's process id, as in the reader's shell.
+//!   or when a later server reuses one of their ports; each must then exit 0. The reader finds
+//!   the server's process id with `$(pgrep -of 'oneloop serve')` (the only server on their
+//!   machine); here, where other tests run servers too, that text becomes the last server's id.
 //! * A block right after `<!-- check: any order -->` compares its output lines as a set (two
 //!   clients run at once print in either order).
 //! * A ```` ```text ```` block right after `<!-- check: trace -->` is a log excerpt: its lines
@@ -40,6 +41,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use regex::Regex;
+
+/// How the docs find the server's process id: on the reader's machine the only `oneloop serve`
+/// (`-o`, the oldest: a forking server's children have the same command line).
+const SERVER_PID: &str = "$(pgrep -of 'oneloop serve')";
 
 /// The longest any one command may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
@@ -283,13 +288,13 @@ impl Runner {
 
     /// The command as the reader wrote it, made to run here: `oneloop` for `cargo run
     /// --release --`, `/tmp/` in the scratch directory, the doc's ports replaced by the live
-    /// servers' real ones, `$!` by the last server's pid.
+    /// servers' real ones, `$(pgrep -of 'oneloop serve')` by the last server's pid.
     fn localize(&self, command: &str) -> String {
         let mut command = command
             .replace("cargo run --release --", "oneloop")
             .replace("/tmp/", &self.scratch_prefix());
         if let Some(server) = self.servers.last() {
-            command = command.replace("$!", &server.child.id().to_string());
+            command = command.replace(SERVER_PID, &server.child.id().to_string());
         }
         let ports: HashMap<u16, u16> = self
             .servers
