@@ -126,7 +126,8 @@ pub struct ServeArgs {
     /// request was read: the tutorial's demonstration of concurrency (the seeds'
     /// `time.sleep(5)`). The reactor holds them on a timer and serves everyone else meanwhile;
     /// the blocking models sleep. Replies stay in order, held bytes count against
-    /// --output-limit, and the idle timeout does not run while a reply is held [default: 0].
+    /// --output-limit, and the idle timeout does not run while a reply is held. TCP and Unix
+    /// connections only: UDP answers at once [default: 0].
     #[arg(long, value_name = "SECS", value_parser = reply_delay)]
     pub reply_delay: Option<Duration>,
 }

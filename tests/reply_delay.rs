@@ -22,10 +22,14 @@ use util::{connect, read_exact_within, read_to_end_within, send, Server};
 const DELAY: Duration = Duration::from_secs(1);
 
 /// Sends `request` on a new connection at once, and returns the reply of `reply_len` bytes and
-/// how long it took from the send.
-fn timed_exchange(addr: SocketAddr, request: &[u8], reply_len: usize) -> (Vec<u8>, Duration) {
+/// how long it took from `started` (a moment before the send).
+fn timed_exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    reply_len: usize,
+    started: Instant,
+) -> (Vec<u8>, Duration) {
     let mut stream = connect(addr);
-    let started = Instant::now();
     send(&mut stream, request);
     let reply = read_exact_within(&mut stream, reply_len);
     (reply, started.elapsed())
@@ -36,8 +40,11 @@ fn timed_exchange(addr: SocketAddr, request: &[u8], reply_len: usize) -> (Vec<u8
 fn two_clients_at_once() {
     let server = Server::start(&["--reply-delay", "1", "upper@127.0.0.1:0"]);
     let addr = server.addr("upper");
+    // Both measured from one moment before either connects: under serial, the second reply
+    // comes a whole delay after the first, whenever the second client sent.
+    let started = Instant::now();
     let clients: Vec<_> = (0..2)
-        .map(|_| thread::spawn(move || timed_exchange(addr, b"hello", 5)))
+        .map(|_| thread::spawn(move || timed_exchange(addr, b"hello", 5, started)))
         .collect();
     let mut waits: Vec<Duration> = clients
         .into_iter()
@@ -238,13 +245,18 @@ fn ten_thousand_delayed_requests_on_one_thread() {
     };
     assert_eq!(number("errors"), 0.0, "{json}");
     assert_eq!(number("connections"), 10_000.0, "{json}");
-    // Each connection's first request went out as soon as it was connected; every one is held a
-    // whole second, so even the fastest reply took that long.
+    // Every reply is held a whole second, so the median took at least that long, and no
+    // connection can have completed more than one request per second of the run (3 s, plus the
+    // one in flight when it stopped): replies sent early would show as more requests.
     assert!(
         number("p50_us") >= 1_000_000.0,
         "half the replies came before the delay: {json}"
     );
     assert!(number("requests") >= 10_000.0, "{json}");
+    assert!(
+        number("requests") <= 40_000.0,
+        "more requests than one per connection per second: replies were not held: {json}"
+    );
     let threads = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
         .unwrap()
         .lines()

@@ -60,6 +60,22 @@ impl Drop for Activated {
     }
 }
 
+/// Waits for the process to exit, at most [`DEADLINE`]; panics (the guard then kills it) if it
+/// does not.
+fn wait_within(child: &mut Activated) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `systemd-socket-activate OPTIONS oneloop serve ARGS`, with stdout and stderr piped. The tool
 /// prints `Listening on ...` on stderr once per socket, then waits for the first connection or
 /// datagram before it execs the server (same process): call [`wait_bound`] before connecting.
@@ -119,7 +135,7 @@ fn stop(mut child: Activated, mut stderr: BufReader<std::process::ChildStderr>) 
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = child.wait().unwrap();
+    let status = wait_within(&mut child);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     (status.success(), rest)
@@ -131,7 +147,7 @@ fn refused(options: &[String], serve: &[&str], poke: SocketAddr, sockets: usize)
     let mut child = activate(options, serve);
     let mut stderr = wait_bound(&mut child, sockets);
     let _poke = TcpStream::connect(poke).unwrap();
-    let status = child.wait().unwrap();
+    let status = wait_within(&mut child);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     let errors: Vec<&str> = rest.lines().filter(|l| l.starts_with("oneloop:")).collect();
@@ -322,7 +338,7 @@ fn passed_socket_mistakes_are_named_and_exit_1() {
         .unwrap()
         .send_to(b"x", ("127.0.0.1", udp_port))
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = wait_within(&mut child);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert_eq!(status.code(), Some(1), "{rest}");

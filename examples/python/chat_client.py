@@ -3,8 +3,10 @@
 
     python3 chat_client.py [--connect ADDRESS]
 
-Two threads, as in the seed: one prints every line the room sends, the other sends each line
-you type (`/nick NAME`, `/who`, `quit`). At the end of input it says `quit`, then prints what
+Two threads: one prints every line the room sends, the other sends each line you type
+(`/nick NAME`, `/who`, `quit`). The seed's client is one `input`/`send`/`recv` loop, which works
+only while every message is an answer to your own; in a room, the others' lines arrive whenever
+they are said, so reading cannot wait for typing. At the end of input it says `quit`, then prints what
 the server still sends until it closes.
 """
 

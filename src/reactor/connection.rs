@@ -28,7 +28,7 @@
 //!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
 //!   the peer's kernel throw away the reply it has not read yet.
 //! * **The PROXY header first.** Under `--proxy-protocol` a new connection's work is
-//!   [`AwaitingHeader`] until [`Connection::read_header`] has read a whole header: no byte is
+//!   `AwaitingHeader` until [`Connection::read_header`] has read a whole header: no byte is
 //!   the protocol's before that, and the bytes that followed the header in the same read are
 //!   handed to the protocol as its first input ([`FirstInput`]), never lost.
 
@@ -214,7 +214,7 @@ enum Work {
 
 /// A byte-stream session whose replies are held for `--reply-delay`.
 #[derive(Debug)]
-pub struct Delayed {
+pub(crate) struct Delayed {
     session: Session,
     held: HeldReplies,
 }
@@ -222,30 +222,42 @@ pub struct Delayed {
 /// Replies held until they are due, oldest first: the loop's timer, not a sleep, lets them go,
 /// so every other connection is served meanwhile.
 ///
-/// Held in *runs*, each the bytes that fall due at one moment: every reply made in one loop turn
-/// has the same due time (the turn's clock plus the delay), and a reply due less than
-/// [`RUN_GRANULARITY`] after the last run joins it — moving that run's due time later, never
-/// earlier, so no reply is sent before its delay has passed. A connection so holds at most one
-/// run per millisecond of delay however it splits its requests, and at most `--output-limit`
-/// bytes (past that it is not read).
+/// Held in *runs*, each the bytes that fall due at one moment. A reply's due time (the turn's
+/// clock plus the delay) is rounded *up* to the next tick of [`RUN_GRANULARITY`], counted from
+/// the connection's first held reply, and replies on the same tick share a run: each reply is
+/// held at least its delay and less than one tick more, however the client spaces its requests,
+/// and a connection holds at most one run per tick of delay. Every run's bookkeeping is counted
+/// with the bytes against `--output-limit` ([`HeldReplies::cost`]), so a client cannot make the
+/// server hold more than the limit by sending one byte per tick.
 #[derive(Debug, Default)]
-pub struct HeldReplies {
+pub(crate) struct HeldReplies {
     bytes: Vec<u8>,
     /// How much of the front of `bytes` has been let go.
     released: usize,
-    /// When each run is due, and its length in bytes.
+    /// When each run is due (a tick), and its length in bytes.
     runs: VecDeque<(Instant, usize)>,
+    /// Where the ticks are counted from: the first reply held.
+    epoch: Option<Instant>,
     /// Whether the loop holds a timer for the first run.
     armed: bool,
 }
 
-/// Replies due within this of the last run join it (see [`HeldReplies`]).
-pub const RUN_GRANULARITY: Duration = Duration::from_millis(1);
+/// The tick held replies' due times are rounded up to (see [`HeldReplies`]).
+const RUN_GRANULARITY: Duration = Duration::from_millis(1);
+
+/// What one run's bookkeeping costs, counted against `--output-limit` with the bytes.
+const RUN_COST: usize = std::mem::size_of::<(Instant, usize)>();
 
 impl HeldReplies {
     /// Bytes held.
     pub fn len(&self) -> usize {
         self.bytes.len() - self.released
+    }
+
+    /// Memory the held replies stand for: their bytes and their runs' bookkeeping. What
+    /// `--output-limit` bounds.
+    pub fn cost(&self) -> usize {
+        self.len() + self.runs.len() * RUN_COST
     }
 
     /// Whether nothing is held.
@@ -263,11 +275,15 @@ impl HeldReplies {
             self.released = 0;
         }
         self.bytes.extend_from_slice(replies);
+        let epoch = *self.epoch.get_or_insert(due);
+        let tick = RUN_GRANULARITY.as_nanos();
+        let ticks = due
+            .saturating_duration_since(epoch)
+            .as_nanos()
+            .div_ceil(tick);
+        let due = epoch + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX));
         match self.runs.back_mut() {
-            Some((last_due, length)) if due < *last_due + RUN_GRANULARITY => {
-                *last_due = (*last_due).max(due);
-                *length += replies.len();
-            }
+            Some((last_due, length)) if *last_due == due => *length += replies.len(),
             _ => self.runs.push_back((due, replies.len())),
         }
     }
@@ -298,6 +314,7 @@ impl HeldReplies {
         if self.runs.is_empty() {
             // Nothing held: give the memory back, as `Unsent` does.
             self.bytes = Vec::new();
+            self.runs = VecDeque::new();
             self.released = 0;
         }
         count
@@ -307,7 +324,7 @@ impl HeldReplies {
 /// A connection waiting for its PROXY protocol header: the parser, and what starting its
 /// protocol will need once the header is read.
 #[derive(Debug)]
-pub struct AwaitingHeader {
+pub(crate) struct AwaitingHeader {
     /// The header so far. It holds at most a few hundred bytes, whatever the peer sends (see
     /// [`crate::protocol::proxy`]).
     parser: ProxyHeader,
@@ -1319,7 +1336,7 @@ impl Connection {
     /// what `--output-limit` bounds.
     fn queued_output(&self) -> usize {
         let held = match &self.work {
-            Work::Delayed(delayed) => delayed.held.len(),
+            Work::Delayed(delayed) => delayed.held.cost(),
             _ => 0,
         };
         self.unsent.len() + held
@@ -1350,7 +1367,7 @@ impl Connection {
             return Verdict::default();
         }
         // Reading stopped with the held bytes over the limit: releasing them may let it resume.
-        let held_back = self.unsent.len() + delayed.held.len() > shared.output_limit;
+        let held_back = self.unsent.len() + delayed.held.cost() > shared.output_limit;
         shared.replies.clear();
         let released = delayed.held.release(now.instant, &mut shared.replies);
         if released > 0 {
@@ -1474,23 +1491,30 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn held_replies_go_out_in_order_never_before_they_are_due() {
         let start = Instant::now();
         let mut held = HeldReplies::default();
         let delay = Duration::from_secs(1);
         held.hold(b"one ", start + delay);
-        // Within the granularity: joins the run, whose due time moves later, never earlier.
-        held.hold(b"two ", start + delay + Duration::from_micros(500));
+        // On the same tick as the first: joins its run.
+        held.hold(b"two ", start + delay);
         held.hold(b"three", start + delay + Duration::from_millis(300));
         assert_eq!(held.runs.len(), 2);
         assert_eq!(held.len(), 13);
-        assert_eq!(held.arm(), Some(start + delay + Duration::from_micros(500)));
+        assert_eq!(held.cost(), 13 + 2 * RUN_COST);
+        assert_eq!(held.arm(), Some(start + delay));
         assert_eq!(held.arm(), None, "one timer at a time");
         let mut out = Vec::new();
-        assert_eq!(held.release(start + delay, &mut out), 0, "not due yet");
-        assert_eq!(held.arm(), Some(start + delay + Duration::from_micros(500)));
-        assert_eq!(held.release(start + 2 * delay, &mut out), 13);
+        assert_eq!(
+            held.release(start + delay - Duration::from_nanos(1), &mut out),
+            0
+        );
+        assert_eq!(held.release(start + delay, &mut out), 8);
+        assert_eq!(held.arm(), Some(start + delay + Duration::from_millis(300)));
+        assert_eq!(held.release(start + 2 * delay, &mut out), 5);
         assert_eq!(out, b"one two three");
         assert!(held.is_empty());
         assert_eq!(
@@ -1500,22 +1524,44 @@ mod tests {
         );
     }
 
+    /// However the requests are spaced, a reply is held at least its delay and less than one
+    /// tick more (a trickle of requests cannot keep pushing the first reply back), and at most
+    /// one run per tick is kept.
     #[test]
-    fn a_trickle_of_requests_holds_one_run_per_millisecond_at_most() {
+    fn a_trickle_of_requests_is_held_within_a_tick_of_each_delay() {
         let start = Instant::now();
         let mut held = HeldReplies::default();
-        for micros in 0..10_000u64 {
-            held.hold(b"x", start + Duration::from_micros(micros));
+        let due = |k: u64| start + Duration::from_micros(300 * k + 17);
+        for k in 0..1_000 {
+            held.hold(b"x", due(k));
         }
-        assert!(held.runs.len() <= 11, "{} runs for 10 ms", held.runs.len());
-        let mut out = Vec::new();
-        assert_eq!(
-            held.release(start + Duration::from_secs(1), &mut out),
-            10_000
+        assert!(
+            held.runs.len() <= 301,
+            "{} runs for 300 ms",
+            held.runs.len()
         );
+        // A clock in 50 µs steps: each reply goes out at the first step at or after its due
+        // time, and within a tick (plus the step) of it.
+        let step = Duration::from_micros(50);
+        let mut out = Vec::new();
+        let mut released = 0;
+        let mut now = start;
+        while released < 1_000 && now < start + Duration::from_secs(1) {
+            let newly = held.release(now, &mut out);
+            for k in released..released + newly {
+                let due = due(k as u64);
+                assert!(now >= due, "reply {k} sent before its delay");
+                assert!(
+                    now < due + RUN_GRANULARITY + step,
+                    "reply {k} held {:?} past its delay",
+                    now - due
+                );
+            }
+            released += newly;
+            now += step;
+        }
+        assert_eq!(released, 1_000);
     }
-
-    use super::*;
 
     #[test]
     fn unsent_frees_its_buffer_once_drained() {

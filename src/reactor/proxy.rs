@@ -25,22 +25,23 @@
 //!   `--max-connections` like any other connection, and a graceful shutdown simply closes it
 //!   (nothing was read from it, so nothing is owed).
 //!
-//! With `RUST_LOG=oneloop=trace` a relayed connection reads:
+//! With `RUST_LOG=oneloop=trace` a relayed connection reads (the same exchange, checked against a
+//! real trace, is in `docs/ARCHITECTURE.md`):
 //!
 //! ```text
-//! accept: conn #1 from 127.0.0.1:40000 (upper), token 0
+//! accept: conn #1 from 127.0.0.1:40000 for upper; token 0, registered for READABLE
 //! conn #1: waiting for its PROXY header (at most 3 s) before any byte of upper
 //! conn #1: read 50 bytes: 45 complete its PROXY header, 5 are the protocol's first input
 //! conn #1: PROXY header: client 203.0.113.7:56324 via 127.0.0.1:40000
 //! conn #1: 5 bytes that came with its PROXY header
-//! conn #1: wrote 5 bytes
+//! conn #1: wrote 5 reply bytes, all of them, at once
 //! ```
 //!
 //! (the `PROXY header` line is at debug level, the others at trace), and one that never sends a
 //! header:
 //!
 //! ```text
-//! accept: conn #2 from 127.0.0.1:40002 (upper), token 1
+//! accept: conn #2 from 127.0.0.1:40002 for upper; token 1, registered for READABLE
 //! conn #2: waiting for its PROXY header (at most 3 s) before any byte of upper
 //! conn #2: no complete PROXY header from 127.0.0.1:40002 within 3 s; closing
 //! conn #2: closing: PROXY header deadline
