@@ -15,8 +15,8 @@
 //!   side by side), and the ports the doc shows are mapped to the real ones in the commands that
 //!   follow. Servers are stopped with SIGTERM at the next `## ` heading, at the end of the doc,
 //!   or when a later server reuses one of their ports; each must then exit 0. The reader finds
-//!   the server's process id with `$(pgrep -of 'oneloop serve')` (the only server on their
-//!   machine); here, where other tests run servers too, that text becomes the last server's id.
+//!   the server's process id with `$(pgrep -of 'oneloop serve.*SERVICE')`; here, where other
+//!   tests run servers too, that text becomes the last server's id.
 //! * A block right after `<!-- check: any order -->` compares its output lines as a set (two
 //!   clients run at once print in either order).
 //! * A ```` ```text ```` block right after `<!-- check: trace -->` is a log excerpt: its lines
@@ -46,9 +46,10 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 
-/// How the docs find the server's process id: on the reader's machine the only `oneloop serve`
-/// (`-o`, the oldest: a forking server's children have the same command line).
-const SERVER_PID: &str = "$(pgrep -of 'oneloop serve')";
+/// How the docs find the server's process id: `$(pgrep -of 'oneloop serve...')`, on the
+/// reader's machine the server (`-o`, the oldest: a forking server's children have the same
+/// command line), here the last server started.
+const SERVER_PID: &str = r"\$\(pgrep -of 'oneloop serve[^']*'\)";
 
 /// The longest any one command may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
@@ -300,13 +301,16 @@ impl Runner {
 
     /// The command as the reader wrote it, made to run here: `oneloop` for `cargo run
     /// --release --`, `/tmp/` in the scratch directory, the doc's ports replaced by the live
-    /// servers' real ones, `$(pgrep -of 'oneloop serve')` by the last server's pid.
+    /// servers' real ones, `$(pgrep -of 'oneloop serve...')` by the last server's pid.
     fn localize(&self, command: &str) -> String {
         let mut command = command
             .replace("cargo run --release --", "oneloop")
             .replace("/tmp/", &self.scratch_prefix());
         if let Some(server) = self.servers.last() {
-            command = command.replace(SERVER_PID, &server.child.id().to_string());
+            command = Regex::new(SERVER_PID)
+                .unwrap()
+                .replace_all(&command, server.child.id().to_string())
+                .into_owned();
         }
         let ports: HashMap<u16, u16> = self
             .servers
