@@ -9,6 +9,7 @@
 //! it is all the room sent it in between (the server handles one member's input in order, and
 //! the barrier was sent only after the action had visibly taken effect).
 
+#[macro_use]
 mod util;
 
 use std::io::{self, BufWriter, Read, Write};
@@ -1107,19 +1108,6 @@ fn a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_
 
 // ---------------------------------------------------------------------------------------------
 // The same tests under the threaded models (the room behind a lock, see `src/models/chat.rs`).
-
-macro_rules! per_model {
-    ($model:ident: [$($test:ident),* $(,)?]) => {
-        mod $model {
-            $(
-                #[test]
-                fn $test() {
-                    super::util::as_model(stringify!($model), super::$test);
-                }
-            )*
-        }
-    };
-}
 
 per_model! {
     threaded: [

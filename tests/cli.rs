@@ -37,6 +37,9 @@ fn a_bad_service_spec_is_a_usage_error_naming_it() {
     assert_usage_error(&["serve", "echo@127.0.0.1"], "127.0.0.1");
     assert_usage_error(&["serve", "echo@127.0.0.1:99999"], "99999");
     assert_usage_error(&["serve", "echo@::1:80"], "::1:80");
+    // A passed socket's name as systemd could never pass it (empty, or with a colon).
+    assert_usage_error(&["serve", "upper@fd:"], "fd:");
+    assert_usage_error(&["serve", "upper@fd:a:b"], "fd:a:b");
     // One bad spec among good ones refuses the whole command line.
     assert_usage_error(&["serve", "echo@127.0.0.1:0", "upper@nowhere"], "nowhere");
 }
@@ -56,6 +59,12 @@ fn bad_options_are_usage_errors() {
         &["serve", "--no-such-option", "echo@127.0.0.1:0"],
         "no-such-option",
     );
+    for delay in ["-1", "3601", "soon"] {
+        assert_usage_error(
+            &["serve", "--reply-delay", delay, "echo@127.0.0.1:0"],
+            delay,
+        );
+    }
     assert_usage_error(&["frobnicate"], "frobnicate");
     assert_usage_error(&[], "Usage");
     assert_usage_error(&["client"], "ADDRESS");

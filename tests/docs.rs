@@ -418,17 +418,7 @@ impl Runner {
             server.stop();
         }
         let traced = command.contains("RUST_LOG=");
-        let mut child = Command::new("bash")
-            .arg("-c")
-            .arg(format!("exec env {command}"))
-            .current_dir(&self.scratch)
-            .env("PATH", self.path_variable())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self.shell(&format!("exec env {command}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let lines = Arc::clone(&stderr);
         let pipe = child.stderr.take().unwrap();
@@ -493,6 +483,23 @@ impl Runner {
         });
     }
 
+    /// Starts `bash -c script` as the reader's shell would run it: in the scratch directory, the
+    /// `oneloop` under test first on `PATH`, no `RUST_LOG` but the script's own, stdin empty,
+    /// stdout and stderr piped.
+    fn shell(&self, script: &str) -> Child {
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.scratch)
+            .env("PATH", self.path_variable())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run bash: {e}"))
+    }
+
     fn path_variable(&self) -> String {
         let bin = self.oneloop.parent().unwrap();
         format!(
@@ -504,17 +511,7 @@ impl Runner {
 
     fn run_command(&mut self, block: &Block, step: &Step, any_order: bool) {
         let command = self.localize(&step.command);
-        let mut child = Command::new("bash")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(&self.scratch)
-            .env("PATH", self.path_variable())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self.shell(&command);
         // Both pipes drained at once (a full stderr pipe would block the command), into one
         // transcript per stream.
         let mut err_pipe = child.stderr.take().unwrap();

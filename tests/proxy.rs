@@ -6,6 +6,7 @@
 //! blocking model where the test makes sense (chat: threaded and pool only; serial serves one
 //! connection at a time, so not the tests that need two at once).
 
+#[macro_use]
 mod util;
 
 use std::io::{self, Read, Write};
@@ -16,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::{
-    connect, half_close, read_exact_within, read_to_end_within, send, Server, Snippet, DEADLINE,
+    connect, half_close, read_exact_within, read_to_end_within, send, LineReader, Server, Snippet,
+    DEADLINE,
 };
 
 /// The client every relayed connection in these tests comes from, as a balancer would name it.
@@ -101,55 +103,10 @@ fn unix_connect(path: &Path) -> UnixStream {
 // ---------------------------------------------------------------------------------------------
 // Reading: lines for chat, the end of the stream for refused connections.
 
-/// A connection read line by line, every wait bounded by [`DEADLINE`].
-struct Lines<S> {
-    stream: S,
-    buffer: Vec<u8>,
-}
+/// A chat member's connection, read line by line (see [`LineReader`]).
+type Lines<S> = LineReader<S>;
 
 impl<S: Read + Write> Lines<S> {
-    /// Takes over `stream` (whose read timeout is already set).
-    fn new(stream: S) -> Lines<S> {
-        Lines {
-            stream,
-            buffer: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("write {} bytes: {e}", bytes.len()));
-    }
-
-    /// The next line, without its newline.
-    fn line(&mut self) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return String::from_utf8_lossy(&line[..end]).into_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no whole line within {DEADLINE:?}; got {:?}",
-                Snippet(&self.buffer)
-            );
-            let mut chunk = [0; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("end of stream; got {:?}", Snippet(&self.buffer)),
-                Ok(count) => self.buffer.extend_from_slice(&chunk[..count]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => panic!("read failed: {e}; got {:?}", Snippet(&self.buffer)),
-            }
-        }
-    }
-
-    /// Reads the next line and checks it.
-    fn expect(&mut self, expected: &str) {
-        assert_eq!(self.line(), expected);
-    }
-
     /// Reads the greeting and returns the name it gives this member.
     fn greeting(&mut self) -> String {
         let line = self.line();
@@ -633,55 +590,8 @@ fn wait_for_log(server: &Server, expected: &str) {
 // ---------------------------------------------------------------------------------------------
 // Each test under the reactor, and under the blocking models where it makes sense.
 
-macro_rules! under {
-    ($model:ident: [$($test:ident),* $(,)?]) => {
-        mod $model {
-            $(
-                #[test]
-                fn $test() {
-                    super::util::as_model(stringify!($model), super::$test);
-                }
-            )*
-        }
-    };
-}
-
-under! {
-    reactor: [
-        v1_header_names_the_chat_member_after_the_client_it_carries,
-        v2_headers_ipv4_and_ipv6_name_the_chat_member,
-        v2_local_and_v1_unknown_keep_the_real_peer,
-        a_header_sent_byte_by_byte_is_read_whole,
-        the_header_and_the_first_request_in_one_write_are_both_served,
-        an_upload_in_the_same_write_as_the_header_is_stored,
-        a_malformed_or_overlong_header_is_closed_without_a_reply,
-        a_connection_without_a_header_is_closed_after_3_s_while_others_are_served,
-        a_connection_awaiting_its_header_counts_and_is_closed_at_shutdown,
-        without_the_flag_a_proxy_line_is_just_data,
-        a_unix_stream_service_expects_the_header_too,
-        the_debug_log_names_the_client_and_the_balancer,
-    ]
-}
-
-under! {
-    threaded: [
-        v1_header_names_the_chat_member_after_the_client_it_carries,
-        v2_headers_ipv4_and_ipv6_name_the_chat_member,
-        v2_local_and_v1_unknown_keep_the_real_peer,
-        a_header_sent_byte_by_byte_is_read_whole,
-        the_header_and_the_first_request_in_one_write_are_both_served,
-        an_upload_in_the_same_write_as_the_header_is_stored,
-        a_malformed_or_overlong_header_is_closed_without_a_reply,
-        a_connection_without_a_header_is_closed_after_3_s_while_others_are_served,
-        a_connection_awaiting_its_header_counts_and_is_closed_at_shutdown,
-        without_the_flag_a_proxy_line_is_just_data,
-        a_unix_stream_service_expects_the_header_too,
-        the_debug_log_names_the_client_and_the_balancer,
-    ]
-}
-
-under! {
-    pool: [
+per_model! {
+    [reactor, threaded, pool]: [
         v1_header_names_the_chat_member_after_the_client_it_carries,
         v2_headers_ipv4_and_ipv6_name_the_chat_member,
         v2_local_and_v1_unknown_keep_the_real_peer,
@@ -699,7 +609,7 @@ under! {
 
 // No chat (a forked process per member would hold a room of its own): the chat parts of the
 // tests above are skipped, and the chat-only tests are left out.
-under! {
+per_model! {
     forking: [
         a_header_sent_byte_by_byte_is_read_whole,
         the_header_and_the_first_request_in_one_write_are_both_served,
@@ -715,7 +625,7 @@ under! {
 
 // One connection at a time: not the tests that need another client served meanwhile (a client
 // without a header holds the server for its 3 s, as any slow client does under serial).
-under! {
+per_model! {
     serial: [
         a_header_sent_byte_by_byte_is_read_whole,
         the_header_and_the_first_request_in_one_write_are_both_served,

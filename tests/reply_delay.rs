@@ -10,6 +10,7 @@
 //! The delay is 1 s, and the upper bounds leave the rest of a second for a loaded machine: what
 //! is checked is "held, then sent", not how fast.
 
+#[macro_use]
 mod util;
 
 use std::io::{Read, Write};
@@ -122,49 +123,27 @@ fn a_graceful_shutdown_delivers_held_replies() {
     assert!(server.wait_for_exit().success());
 }
 
-macro_rules! under {
-    ($model:ident: [$($test:ident),* $(,)?]) => {
-        mod $model {
-            $(
-                #[test]
-                fn $test() {
-                    super::util::as_model(stringify!($model), super::$test);
-                }
-            )*
-        }
-    };
+per_model! {
+    [reactor, serial, threaded, pool, forking]: [
+        two_clients_at_once,
+        replies_stay_in_order_each_held_from_its_request,
+        the_idle_timeout_waits_for_held_replies,
+        a_graceful_shutdown_delivers_held_replies,
+    ]
 }
 
-under! { reactor: [
-    two_clients_at_once,
-    replies_stay_in_order_each_held_from_its_request,
-    the_idle_timeout_waits_for_held_replies,
-    a_graceful_shutdown_delivers_held_replies,
-] }
-under! { serial: [
-    two_clients_at_once,
-    replies_stay_in_order_each_held_from_its_request,
-    the_idle_timeout_waits_for_held_replies,
-    a_graceful_shutdown_delivers_held_replies,
-] }
-under! { threaded: [
-    two_clients_at_once,
-    replies_stay_in_order_each_held_from_its_request,
-    the_idle_timeout_waits_for_held_replies,
-    a_graceful_shutdown_delivers_held_replies,
-] }
-under! { pool: [
-    two_clients_at_once,
-    replies_stay_in_order_each_held_from_its_request,
-    the_idle_timeout_waits_for_held_replies,
-    a_graceful_shutdown_delivers_held_replies,
-] }
-under! { forking: [
-    two_clients_at_once,
-    replies_stay_in_order_each_held_from_its_request,
-    the_idle_timeout_waits_for_held_replies,
-    a_graceful_shutdown_delivers_held_replies,
-] }
+/// Fractions of a second are allowed, as the contract says: a 0.3 s delay holds a reply that
+/// long, not a whole second and not zero.
+#[test]
+fn a_fractional_delay_is_held_that_long() {
+    let server = Server::start(&["--reply-delay", "0.3", "echo@127.0.0.1:0"]);
+    let (reply, waited) = timed_exchange(server.addr("echo"), b"soon\n", 5, Instant::now());
+    assert_eq!(reply, b"soon\n");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < DELAY,
+        "a 0.3 s delay answered after {waited:?}"
+    );
+}
 
 /// Held replies count against `--output-limit`: a client that pours requests in while its
 /// replies are held is not read past the limit, so the server does not grow with what it holds

@@ -8,15 +8,16 @@
 //! The building blocks (descriptor checks, the variables' removal) are tested in
 //! `tests/systemd.rs`; this file tests the program.
 
+mod util;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-/// The bound on every wait in these tests.
-const DEADLINE: Duration = Duration::from_secs(10);
+use util::{KillOnDrop, DEADLINE};
 
 const TOOL: &str = "systemd-socket-activate";
 
@@ -34,31 +35,8 @@ fn require_tool() {
     );
 }
 
-/// The tool's process (the server, once it has exec'd), killed if a test ends early: a failed
-/// assertion must not leave a server running.
-struct Activated(Child);
-
-impl std::ops::Deref for Activated {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Activated {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Activated {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+/// The tool's process (the server, once it has exec'd), killed if a test ends early.
+type Activated = KillOnDrop;
 
 /// Waits for the process to exit, at most [`DEADLINE`]; panics (the guard then kills it) if it
 /// does not.
@@ -93,7 +71,7 @@ fn activate(options: &[String], serve: &[&str]) -> Activated {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {TOOL}: {e}"));
-    Activated(child)
+    KillOnDrop(child)
 }
 
 /// Reads the tool's stderr until it has reported `sockets` sockets bound; returns the reader,

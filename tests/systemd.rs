@@ -7,6 +7,8 @@
 //! `examples/activation_probe.rs` (included below), so the probe is always built from the code
 //! under test. Each probe line starts with `probe `.
 
+mod util;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -20,13 +22,11 @@ use oneloop::net::systemd::{take_matching, ActivatedKind, ActivatedSocket, Notif
 use oneloop::net::Bound;
 use oneloop::protocol::ProtocolKind;
 use oneloop::service::Address;
+use util::{KillOnDrop, DEADLINE};
 
 #[path = "../examples/activation_probe.rs"]
 #[allow(dead_code)]
 mod probe;
-
-/// The bound on every wait in these tests.
-const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Set in the environment of the re-run test binary that plays the activated process.
 const PROBE_VARIABLE: &str = "ONELOOP_ACTIVATION_PROBE";
@@ -588,31 +588,6 @@ fn fd_names_select_every_socket_of_a_unit_or_one_by_number() {
 fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
     for model in ["reactor", "serial", "threaded", "pool", "forking"] {
         tell_systemd(model);
-    }
-}
-
-/// A child process killed when dropped, unless it has already exited.
-struct KillOnDrop(std::process::Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = std::process::Child;
-    fn deref(&self) -> &std::process::Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut std::process::Child {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }
 

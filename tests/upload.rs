@@ -10,6 +10,7 @@
 //!
 //! Every wait is bounded: reads by [`DEADLINE`], "the file is gone" by [`REMOVED_WITHIN`].
 
+#[macro_use]
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +27,7 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{connect, run, tcp_queues, Pseudo, Server, Snippet, DEADLINE};
+use util::{connect, run, tcp_queues, LineReader, Pseudo, Server, Snippet, DEADLINE};
 
 /// The contract: a client that disconnects mid-body leaves no file "within a second"; the tests
 /// allow twice that for a loaded machine.
@@ -186,59 +187,15 @@ fn body(seed: u64, size: usize) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // A client: a connection read line by line, every wait bounded by `DEADLINE`.
 
-struct Client<S: Read + Write = TcpStream> {
-    stream: S,
-    /// Bytes read and not yet taken as lines.
-    pending: Vec<u8>,
-}
+type Client<S = TcpStream> = LineReader<S>;
 
 impl Client<TcpStream> {
     fn connect(addr: SocketAddr) -> Client {
-        Client {
-            stream: connect(addr),
-            pending: Vec::new(),
-        }
+        LineReader::new(connect(addr))
     }
 }
 
 impl<S: Read + Write> Client<S> {
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("write {} bytes: {e}", bytes.len()));
-    }
-
-    /// The next line, without its `\n`. Panics on end of stream, an error or the deadline (the
-    /// socket's read timeout is [`DEADLINE`]).
-    fn line(&mut self) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                return String::from_utf8_lossy(&line[..end]).into_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no complete line within {DEADLINE:?}; pending {:?}",
-                Snippet(&self.pending)
-            );
-            let mut buffer = [0; 4096];
-            match self.stream.read(&mut buffer) {
-                Ok(0) => panic!(
-                    "end of stream while waiting for a line; pending {:?}",
-                    Snippet(&self.pending)
-                ),
-                Ok(count) => self.pending.extend_from_slice(&buffer[..count]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => panic!("no line ({e}); pending {:?}", Snippet(&self.pending)),
-            }
-        }
-    }
-
-    fn expect(&mut self, expected: &str) {
-        assert_eq!(self.line(), expected);
-    }
-
     /// The server closes the connection after sending nothing more than what is pending. A
     /// reset counts as a close too when `reset_ok` (a server that stopped reading a client that
     /// was still sending may end with one); otherwise the close must be clean.
@@ -943,10 +900,7 @@ fn send_over_unix_stores_the_file() {
     // The protocol by hand over the same socket.
     let stream = UnixStream::connect(&socket).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut client = Client {
-        stream,
-        pending: Vec::new(),
-    };
+    let mut client = LineReader::new(stream);
     assert_eq!(client.upload("by-hand.txt", b"by hand"), "by-hand.txt");
     server.assert_running();
 }
@@ -960,10 +914,7 @@ fn send_exits_1_when_the_server_answers_a_wrong_crc() {
     let fake = thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut client = Client {
-            stream,
-            pending: Vec::new(),
-        };
+        let mut client = LineReader::new(stream);
         let header = client.line();
         let (size, name) = header.split_once(' ').unwrap();
         let size: usize = size.parse().unwrap();
@@ -1036,22 +987,6 @@ fn a_256_mib_upload_keeps_the_server_small() {
 
 // ---------------------------------------------------------------------------------------------
 // The suite, once per model.
-
-macro_rules! per_model {
-    ([$($model:ident),* $(,)?]: $tests:tt) => {
-        $( per_model!(@one $model $tests); )*
-    };
-    (@one $model:ident [$($test:ident),* $(,)?]) => {
-        mod $model {
-            $(
-                #[test]
-                fn $test() {
-                    super::util::as_model(stringify!($model), super::$test);
-                }
-            )*
-        }
-    };
-}
 
 per_model! {
     [serial, threaded, pool, forking, reactor]: [

@@ -223,7 +223,7 @@ fn serve(bound: BoundDatagram, stopping: &AtomicBool) -> DatagramStats {
                 continue;
             }
         };
-        if !stats.admit(length, from) {
+        if !stats.admit(&format_args!("{protocol} on udp {local}"), length, from) {
             continue;
         }
         output.clear();
@@ -236,6 +236,6 @@ fn serve(bound: BoundDatagram, stopping: &AtomicBool) -> DatagramStats {
             &from.into(),
             libc::MSG_DONTWAIT,
         );
-        stats.sent(sent, from);
+        stats.sent(&format_args!("{protocol} on udp {local}"), sent, from);
     }
 }

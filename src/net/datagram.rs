@@ -48,18 +48,9 @@ impl fmt::Display for DatagramStats {
 
 impl DatagramStats {
     /// Counts a datagram of `length` bytes from `from`, and says whether it is to be answered:
-    /// not if it is over the size limit or comes from a well-known port.
-    pub fn admit(&mut self, length: usize, from: SocketAddr) -> bool {
-        self.admit_on(&"udp", length, from)
-    }
-
-    /// [`admit`](Self::admit), naming `service` (`upper on udp 127.0.0.1:9999`) in the log.
-    pub fn admit_on(
-        &mut self,
-        service: &dyn fmt::Display,
-        length: usize,
-        from: SocketAddr,
-    ) -> bool {
+    /// not if it is over the size limit or comes from a well-known port. `service` names the
+    /// socket in the log (`upper on udp 127.0.0.1:9999`).
+    pub fn admit(&mut self, service: &dyn fmt::Display, length: usize, from: SocketAddr) -> bool {
         self.received += 1;
         if length > MAX_DATAGRAM_PAYLOAD {
             self.oversize += 1;
@@ -82,18 +73,8 @@ impl DatagramStats {
 
     /// Counts the outcome of one reply's `send_to`. A reply that could not go at once is
     /// dropped, never queued or retried: UDP is lossy, and a queue would grow without bound
-    /// under a flood.
-    pub fn sent(&mut self, result: io::Result<usize>, to: SocketAddr) {
-        self.sent_on(&"udp", result, to);
-    }
-
-    /// [`sent`](Self::sent), naming `service` (`upper on udp 127.0.0.1:9999`) in the log.
-    pub fn sent_on(
-        &mut self,
-        service: &dyn fmt::Display,
-        result: io::Result<usize>,
-        to: SocketAddr,
-    ) {
+    /// under a flood. `service` names the socket in the log, as for [`admit`](Self::admit).
+    pub fn sent(&mut self, service: &dyn fmt::Display, result: io::Result<usize>, to: SocketAddr) {
         match result {
             Ok(count) => {
                 self.answered += 1;

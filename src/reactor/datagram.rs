@@ -80,14 +80,14 @@ pub fn serve_datagrams(
             }
         };
         trace!("{service}: a datagram of {length} bytes from {from}");
-        if !stats.admit_on(&service, length, from) {
+        if !stats.admit(&service, length, from) {
             continue;
         }
         shared.replies.clear();
         if datagram::reply(protocol, &shared.read[..length], now, &mut shared.replies).is_none() {
             continue; // Not a datagram protocol; `serve` refuses such services before binding.
         }
-        stats.sent_on(&service, socket.send_to(&shared.replies, from), from);
+        stats.sent(&service, socket.send_to(&shared.replies, from), from);
     }
     trace!(
         "{service}: {MAX_DATAGRAMS_PER_TURN} datagrams this turn, its budget; serving the others \

@@ -40,6 +40,110 @@ pub fn as_model(model: &'static str, test: fn()) {
     test();
 }
 
+/// One `#[test]` per model for each listed test function: `per_model! { [reactor, pool]: [a, b] }`
+/// makes `reactor::a`, `reactor::b`, `pool::a` and `pool::b`, each running the function with
+/// every server it starts under that `--model` ([`as_model`]), so a failure names its model.
+/// `per_model! { pool: [a, b] }` is the one-model form. (Test files say `#[macro_use] mod util;`.)
+#[allow(unused_macros)] // Only some test binaries run tests per model.
+macro_rules! per_model {
+    ([$($model:ident),+ $(,)?]: $tests:tt) => {
+        $( per_model! { $model: $tests } )+
+    };
+    ($model:ident: [$($test:ident),* $(,)?]) => {
+        mod $model {
+            $(
+                #[test]
+                fn $test() {
+                    super::util::as_model(stringify!($model), super::$test);
+                }
+            )*
+        }
+    };
+}
+
+/// A connection read line by line (chat, the upload protocol's replies), every wait bounded by
+/// [`DEADLINE`]. Set the stream's read timeout too, so that one read cannot outlast it.
+pub struct LineReader<S> {
+    /// The connection.
+    pub stream: S,
+    /// Bytes read and not yet taken as lines.
+    pub pending: Vec<u8>,
+}
+
+impl<S: Read + Write> LineReader<S> {
+    /// Takes over `stream`.
+    pub fn new(stream: S) -> LineReader<S> {
+        LineReader {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes all of `bytes`; panics on an error.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("write {} bytes: {e}", bytes.len()));
+    }
+
+    /// The next line, without its `\n`. Panics on end of stream, an error or the deadline.
+    pub fn line(&mut self) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return String::from_utf8_lossy(&line[..end]).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no complete line within {DEADLINE:?}; pending {:?}",
+                Snippet(&self.pending)
+            );
+            let mut buffer = [0; 4096];
+            match self.stream.read(&mut buffer) {
+                Ok(0) => panic!(
+                    "end of stream while waiting for a line; pending {:?}",
+                    Snippet(&self.pending)
+                ),
+                Ok(count) => self.pending.extend_from_slice(&buffer[..count]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("no line ({e}); pending {:?}", Snippet(&self.pending)),
+            }
+        }
+    }
+
+    /// Reads the next line and checks it.
+    pub fn expect(&mut self, expected: &str) {
+        assert_eq!(self.line(), expected);
+    }
+}
+
+/// A child process killed (and reaped) when dropped, unless it has exited: a test that fails
+/// an assertion must not leave its server running.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The `--model` servers started on this thread use (`None`: the default, reactor).
 pub fn model() -> Option<&'static str> {
     MODEL.with(|current| current.get())
