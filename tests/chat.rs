@@ -342,6 +342,14 @@ fn nick_renames_and_is_announced_and_bad_or_taken_names_are_refused_quietly() {
         b"/nick esc\x1b[1m\n".to_vec(),
         b"/nick del\x7f\n".to_vec(),
         b"/nick\n".to_vec(),
+        // Look-alikes (v3): format characters, and names shaped like a default name.
+        "/nick alice\u{200b}\n".as_bytes().to_vec(),
+        "/nick \u{202e}ecila\n".as_bytes().to_vec(),
+        "/nick al\u{ad}ice\n".as_bytes().to_vec(),
+        format!("/nick {}\n", c.name).into_bytes(),
+        b"/nick 127.0.0.1:1\n".to_vec(),
+        b"/nick [::1]:5000\n".to_vec(),
+        b"/nick unix-7\n".to_vec(),
     ];
     for attempt in &refused {
         b.send_raw(attempt);
@@ -366,6 +374,12 @@ fn nick_renames_and_is_announced_and_bad_or_taken_names_are_refused_quietly() {
     c.expect(&format!("{}: still me", b.name));
 
     // 32 bytes is the limit, not over it; `*` inside a name is fine.
+    b.say("/nick bee");
+    let to_bee = format!("* {} is now bee", b.name);
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect(&to_bee);
+    }
+    b.name = "bee".to_string();
     let longest = format!("{}*b", "n".repeat(30));
     assert_eq!(longest.len(), 32);
     b.say(&format!("/nick {longest}"));
@@ -943,12 +957,12 @@ fn unix_members_are_named_unix_1_unix_2_in_order() {
 // 9. CRLF and control characters
 
 #[test]
-fn crlf_is_dropped_and_control_characters_arrive_in_caret_notation() {
+fn crlf_is_dropped_and_control_characters_arrive_escaped() {
     let (mut server, addr) = chat_server(&[]);
     let mut a = Member::join(addr, &mut []);
     let mut b = Member::join(addr, &mut [&mut a]);
 
-    let cases: [(&[u8], String); 5] = [
+    let cases: [(&[u8], String); 9] = [
         (b"hi\r\n", format!("{}: hi", a.name)),
         (
             b"\x1b[31mred\x1b[0m\r\n",
@@ -959,6 +973,17 @@ fn crlf_is_dropped_and_control_characters_arrive_in_caret_notation() {
         (
             b"bell\x07 nul\x00 cr\rinside\n",
             format!("{}: bell^G nul^@ cr^Minside", a.name),
+        ),
+        // C1 controls and invalid UTF-8 (v3): CSI in UTF-8, a lone CSI byte, OSC ... ST.
+        (b"\xc2\x9b2J\n", format!("{}: \\u{{9b}}2J", a.name)),
+        (b"\x9b2J\n", format!("{}: \\x9b2J", a.name)),
+        (
+            b"\xc2\x9d0;pwned\xc2\x9c\n",
+            format!("{}: \\u{{9d}}0;pwned\\u{{9c}}", a.name),
+        ),
+        (
+            "caf\u{e9} \u{65e5}\n".as_bytes(),
+            format!("{}: caf\u{e9} \u{65e5}", a.name),
         ),
     ];
     for (sent, expected) in &cases {
@@ -1120,7 +1145,7 @@ per_model! {
         a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_stalling,
         a_thousand_members_each_receive_one_line_from_each_of_ten_senders,
         unix_members_are_named_unix_1_unix_2_in_order,
-        crlf_is_dropped_and_control_characters_arrive_in_caret_notation,
+        crlf_is_dropped_and_control_characters_arrive_escaped,
         two_chat_services_in_one_server_are_two_rooms,
         sigterm_closes_every_member_cleanly_and_exits_zero_at_once,
         a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_stop,
@@ -1139,7 +1164,7 @@ per_model! {
         a_line_over_max_line_closes_its_sender_and_is_never_broadcast,
         a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_stalling,
         unix_members_are_named_unix_1_unix_2_in_order,
-        crlf_is_dropped_and_control_characters_arrive_in_caret_notation,
+        crlf_is_dropped_and_control_characters_arrive_escaped,
         two_chat_services_in_one_server_are_two_rooms,
         sigterm_closes_every_member_cleanly_and_exits_zero_at_once,
         a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_stop,
