@@ -74,6 +74,10 @@ use std::sync::Arc;
 
 use super::{Limits, LINE_TOO_LONG_REPLY};
 
+/// What every member still in a room is told at a graceful shutdown, before its connection ends
+/// (the drivers send it: the room is not told of shutdowns).
+pub const SHUTDOWN_NOTICE: &[u8] = b"* server shutting down\n";
+
 /// The longest name `/nick` accepts, in bytes.
 pub const MAX_NAME: usize = 32;
 
