@@ -78,6 +78,13 @@ use super::{Limits, LINE_TOO_LONG_REPLY};
 /// (the drivers send it: the room is not told of shutdowns).
 pub const SHUTDOWN_NOTICE: &[u8] = b"* server shutting down\n";
 
+/// Flow control, for every driver: how long a room waits for a member that holds it back (it is
+/// owed more than the low mark while the room waits for its members to drain) before the room
+/// goes on without it, and it is dropped once it is owed more than `--output-limit`. One
+/// second: long enough for a reader merely descheduled on a loaded machine, short enough that
+/// the others see a pause, not a hang.
+pub const PACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The longest name `/nick` accepts, in bytes.
 pub const MAX_NAME: usize = 32;
 

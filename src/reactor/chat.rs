@@ -23,14 +23,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, log_enabled, trace, Level};
 use slab::Slab;
 
 use crate::clock::Now;
 use crate::net::Peer;
-use crate::protocol::room::{Delivery, MemberId, Room};
+use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE};
 use crate::protocol::Limits;
 use crate::service::Address;
 
@@ -62,12 +62,6 @@ impl ChatRoom {
         }
     }
 }
-
-/// How long a room waits for a member that holds it back (owed more than the low mark while
-/// the room waits to drain) before it goes on without that member. One second, as the blocking
-/// models' send timeout: long enough for a reader merely descheduled on a loaded machine, short
-/// enough that the others see a pause, not a hang.
-pub(super) const PACE_GRACE: Duration = Duration::from_secs(1);
 
 /// A room's flow control: the room's pace is set by the members that keep up.
 ///
