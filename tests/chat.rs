@@ -866,6 +866,78 @@ fn a_burst_over_tcp_never_gets_the_members_who_keep_reading_dropped() {
     a_burst_keeps_its_readers(&mut server, || connect(addr), silent);
 }
 
+/// While one member floods, another member's line still gets through long before the flood
+/// ends: a flooder that the room reads more slowly does not starve the other senders.
+#[test]
+fn a_flooder_does_not_starve_another_sender() {
+    let _turn = heavy_turn();
+    const LINES: usize = 300_000;
+    let path = socket_path("fair");
+    let spec = format!("chat@unix:{}", path.display());
+    let mut server = Server::start(&[&spec]);
+    let (mut flooder, _) = unix_member(&path, &mut []);
+    let (mut talker, _) = unix_member(&path, &mut [&mut flooder]);
+    let (mut reader, _) = unix_member(&path, &mut [&mut flooder, &mut talker]);
+    let mut burst = String::new();
+    for n in 0..LINES {
+        burst += &burst_line(n);
+        burst.push('\n');
+    }
+    burst += "end\n";
+    let writer = {
+        let mut stream = flooder.stream.try_clone().unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        thread::spawn(move || stream.write_all(burst.as_bytes()))
+    };
+    // The talker reads what the room sends it (else it would rightly be dropped), until its
+    // read side is shut down below.
+    let drain = {
+        let mut stream = talker.stream.try_clone().unwrap();
+        thread::spawn(move || {
+            stream.set_read_timeout(None).unwrap(); // shared with `talker`, which only writes now
+            let mut chunk = [0; 64 * 1024];
+            while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
+        })
+    };
+    let from_flooder = format!("{}: ", flooder.name);
+    let hello = format!("{}: hello", talker.name);
+    let mut flood_lines = 0;
+    let mut hello_after = None;
+    loop {
+        let line = reader.line();
+        if line == hello {
+            hello_after = Some(flood_lines);
+            continue;
+        }
+        let text = line
+            .strip_prefix(&from_flooder)
+            .unwrap_or_else(|| panic!("unexpected {line:?}"));
+        if text == "end" {
+            break;
+        }
+        assert_eq!(text, burst_line(flood_lines), "flood line {flood_lines}");
+        flood_lines += 1;
+        if flood_lines == 1000 {
+            talker.say("hello");
+        }
+    }
+    writer
+        .join()
+        .unwrap()
+        .expect("the flooder wrote everything");
+    talker.stream.shutdown(std::net::Shutdown::Read).unwrap();
+    drain.join().unwrap();
+    let after = hello_after.expect("the other sender's line never arrived before the flood ended");
+    eprintln!("the other sender's line arrived after {after} of the flood's {LINES} lines");
+    assert!(
+        after < LINES / 2,
+        "the other sender's line waited for {after} of the flood's {LINES} lines"
+    );
+    server.assert_running();
+}
+
 /// A member that reads a trickle (32 bytes every 100 ms) is dropped once it is owed more than
 /// `--output-limit`, and the member that reads at full pace gets every line meanwhile: the
 /// trickle does not set the room's pace. Over Unix sockets, where each trickle read frees room
@@ -1389,6 +1461,7 @@ per_model! {
         a_burst_over_unix_never_gets_the_members_who_keep_reading_dropped,
         a_burst_over_tcp_never_gets_the_members_who_keep_reading_dropped,
         a_member_reading_a_trickle_is_dropped_and_does_not_pace_the_room,
+        a_flooder_does_not_starve_another_sender,
         a_thousand_members_each_receive_one_line_from_each_of_ten_senders,
         unix_members_are_named_unix_1_unix_2_in_order,
         crlf_is_dropped_and_control_characters_arrive_escaped,
@@ -1412,6 +1485,7 @@ per_model! {
         a_burst_over_unix_never_gets_the_members_who_keep_reading_dropped,
         a_burst_over_tcp_never_gets_the_members_who_keep_reading_dropped,
         a_member_reading_a_trickle_is_dropped_and_does_not_pace_the_room,
+        a_flooder_does_not_starve_another_sender,
         unix_members_are_named_unix_1_unix_2_in_order,
         crlf_is_dropped_and_control_characters_arrive_escaped,
         two_chat_services_in_one_server_are_two_rooms,
