@@ -335,6 +335,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         watchdog_every,
         proxy_protocol: args.proxy_protocol,
         reply_delay: args.reply_delay.filter(|delay| !delay.is_zero()),
+        output_limit: args.output_limit,
     };
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.

@@ -342,6 +342,14 @@ fn nick_renames_and_is_announced_and_bad_or_taken_names_are_refused_quietly() {
         b"/nick esc\x1b[1m\n".to_vec(),
         b"/nick del\x7f\n".to_vec(),
         b"/nick\n".to_vec(),
+        // Look-alikes (v3): format characters, and names shaped like a default name.
+        "/nick alice\u{200b}\n".as_bytes().to_vec(),
+        "/nick \u{202e}ecila\n".as_bytes().to_vec(),
+        "/nick al\u{ad}ice\n".as_bytes().to_vec(),
+        format!("/nick {}\n", c.name).into_bytes(),
+        b"/nick 127.0.0.1:1\n".to_vec(),
+        b"/nick [::1]:5000\n".to_vec(),
+        b"/nick unix-7\n".to_vec(),
     ];
     for attempt in &refused {
         b.send_raw(attempt);
@@ -366,6 +374,12 @@ fn nick_renames_and_is_announced_and_bad_or_taken_names_are_refused_quietly() {
     c.expect(&format!("{}: still me", b.name));
 
     // 32 bytes is the limit, not over it; `*` inside a name is fine.
+    b.say("/nick bee");
+    let to_bee = format!("* {} is now bee", b.name);
+    for member in [&mut a, &mut b, &mut c] {
+        member.expect(&to_bee);
+    }
+    b.name = "bee".to_string();
     let longest = format!("{}*b", "n".repeat(30));
     assert_eq!(longest.len(), 32);
     b.say(&format!("/nick {longest}"));
@@ -612,9 +626,8 @@ fn a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_st
         "20 MiB through the room in {took:?}; C's longest wait between reads {:?}",
         c.longest_gap
     );
-    // The reactor never waits for A. The threaded models write each line to every member in
-    // turn, so the write to A that finds its buffers full blocks everyone's line for up to the
-    // send timeout (1 s) before A is dropped: one pause of about a second is their design.
+    // Every model waits for A once, for the flow-control grace (1 s), before the room goes on
+    // without it and drops it; the threaded models' writer threads add their scheduling.
     let gap_bound = match util::model() {
         Some("threaded" | "pool") => Duration::from_secs(3),
         _ => Duration::from_secs(2),
@@ -697,6 +710,321 @@ fn a_member_flooding_who_without_reading_is_dropped() {
     others[1].say("still here");
     let line = format!("{}: still here", others[1].name);
     others[0].lines_until(&line);
+    server.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6b. Flow control (v3): a burst slows its sender, never gets the readers dropped; a member that
+// reads a trickle, or nothing, is dropped and does not set the room's pace.
+
+/// Line `n` of a burst: mostly empty lines (what costs the room most per byte read: each is a
+/// whole `NAME: ` line for every member), every 100th numbered so the order is checked too.
+fn burst_line(n: usize) -> String {
+    if n % 100 == 0 {
+        n.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Reads `lines` lines of `sender`'s burst, in order, then `sender: end`; `* GONE left` may come
+/// in between, once each. Returns the member and the names seen leaving.
+fn read_burst<S: Timed>(
+    mut member: Member<S>,
+    sender: &str,
+    lines: usize,
+) -> (Member<S>, Vec<String>) {
+    let started = Instant::now();
+    let mut left = Vec::new();
+    let mut next = 0;
+    while next <= lines {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{}: got only {next} of {lines} lines in 120 s",
+            member.name
+        );
+        let line = member.line();
+        if let Some(gone) = line
+            .strip_prefix("* ")
+            .and_then(|l| l.strip_suffix(" left"))
+        {
+            assert!(!left.iter().any(|l| l == gone), "{gone} left twice");
+            left.push(gone.to_string());
+            continue;
+        }
+        let text = if next == lines {
+            "end".to_string()
+        } else {
+            burst_line(next)
+        };
+        assert_eq!(
+            line,
+            format!("{sender}: {text}"),
+            "{}: line {next} of the burst",
+            member.name
+        );
+        next += 1;
+    }
+    (member, left)
+}
+
+/// A member floods the room with `LINES` lines in one write while two members read as fast as
+/// they can and one never reads: both readers stay and get every line in order, the one that
+/// never reads is dropped, and the sender stays (it was only read more slowly).
+fn a_burst_keeps_its_readers<S: Timed + Send + 'static>(
+    server: &mut Server,
+    connect: impl Fn() -> S,
+    silent: impl FnOnce() -> S,
+) {
+    const LINES: usize = 300_000;
+    let (mut flooder, _) = Member::greeted(connect(), &mut []);
+    let (mut one, _) = Member::greeted(connect(), &mut [&mut flooder]);
+    let (mut two, _) = Member::greeted(connect(), &mut [&mut flooder, &mut one]);
+    let (silent, _) = Member::greeted(silent(), &mut [&mut flooder, &mut one, &mut two]);
+    let before_kib = server.rss_kib();
+    let mut burst = String::new();
+    for n in 0..LINES {
+        burst += &burst_line(n);
+        burst.push('\n');
+    }
+    burst += "end\n";
+    let sender = flooder.name.clone();
+    let started = Instant::now();
+    let readers: Vec<_> = [one, two]
+        .into_iter()
+        .map(|member| {
+            let sender = sender.clone();
+            thread::spawn(move || read_burst(member, &sender, LINES))
+        })
+        .collect();
+    flooder.send_raw(burst.as_bytes());
+    let mut peak_kib = 0;
+    let mut readers: Vec<(Member<S>, Vec<String>)> = readers
+        .into_iter()
+        .map(|reader| {
+            peak_kib = peak_kib.max(server.rss_kib());
+            match reader.join() {
+                Ok(result) => result,
+                Err(panic) => {
+                    server.assert_running();
+                    std::panic::resume_unwind(panic)
+                }
+            }
+        })
+        .collect();
+    let took = started.elapsed();
+    eprintln!(
+        "burst of {LINES} lines ({} bytes) to two readers in {took:?}; both got all {LINES}; \
+         server RSS {before_kib} KiB before, {} KiB after",
+        burst.len(),
+        server.rss_kib().max(peak_kib)
+    );
+    for (member, left) in &readers {
+        assert_eq!(
+            left,
+            std::slice::from_ref(&silent.name),
+            "{}: the member that never reads must be dropped, and only it",
+            member.name
+        );
+    }
+    // The sender is still a member: it hears the others.
+    let (one, _) = &mut readers[0];
+    one.say("still here?");
+    flooder.lines_until(&format!("{}: still here?", one.name));
+    server.assert_running();
+}
+
+#[test]
+fn a_burst_over_unix_never_gets_the_members_who_keep_reading_dropped() {
+    let _turn = heavy_turn();
+    let path = socket_path("burst");
+    let spec = format!("chat@unix:{}", path.display());
+    let mut server = Server::start(&[&spec]);
+    let connect = || {
+        let stream = UnixStream::connect(&path).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        stream
+    };
+    a_burst_keeps_its_readers(&mut server, connect, connect);
+}
+
+#[test]
+fn a_burst_over_tcp_never_gets_the_members_who_keep_reading_dropped() {
+    let _turn = heavy_turn();
+    let (mut server, addr) = chat_server(&[]);
+    // The silent member's receive buffer is small, so that loopback TCP's large buffers do
+    // not hold the whole burst for it.
+    let silent = || {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+        TcpStream::from(socket)
+    };
+    a_burst_keeps_its_readers(&mut server, || connect(addr), silent);
+}
+
+/// While one member floods, another member's line still gets through long before the flood
+/// ends: a flooder that the room reads more slowly does not starve the other senders.
+#[test]
+fn a_flooder_does_not_starve_another_sender() {
+    let _turn = heavy_turn();
+    const LINES: usize = 300_000;
+    let path = socket_path("fair");
+    let spec = format!("chat@unix:{}", path.display());
+    let mut server = Server::start(&[&spec]);
+    let (mut flooder, _) = unix_member(&path, &mut []);
+    let (mut talker, _) = unix_member(&path, &mut [&mut flooder]);
+    let (mut reader, _) = unix_member(&path, &mut [&mut flooder, &mut talker]);
+    let mut burst = String::new();
+    for n in 0..LINES {
+        burst += &burst_line(n);
+        burst.push('\n');
+    }
+    burst += "end\n";
+    let writer = {
+        let mut stream = flooder.stream.try_clone().unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        thread::spawn(move || stream.write_all(burst.as_bytes()))
+    };
+    // The talker reads what the room sends it (else it would rightly be dropped), until its
+    // read side is shut down below.
+    let drain = {
+        let mut stream = talker.stream.try_clone().unwrap();
+        thread::spawn(move || {
+            stream.set_read_timeout(None).unwrap(); // shared with `talker`, which only writes now
+            let mut chunk = [0; 64 * 1024];
+            while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
+        })
+    };
+    let from_flooder = format!("{}: ", flooder.name);
+    let hello = format!("{}: hello", talker.name);
+    let mut flood_lines = 0;
+    let mut hello_after = None;
+    loop {
+        let line = reader.line();
+        if line == hello {
+            hello_after = Some(flood_lines);
+            continue;
+        }
+        let text = line
+            .strip_prefix(&from_flooder)
+            .unwrap_or_else(|| panic!("unexpected {line:?}"));
+        if text == "end" {
+            break;
+        }
+        assert_eq!(text, burst_line(flood_lines), "flood line {flood_lines}");
+        flood_lines += 1;
+        if flood_lines == 1000 {
+            talker.say("hello");
+        }
+    }
+    writer
+        .join()
+        .unwrap()
+        .expect("the flooder wrote everything");
+    talker.stream.shutdown(std::net::Shutdown::Read).unwrap();
+    drain.join().unwrap();
+    let after = hello_after.expect("the other sender's line never arrived before the flood ended");
+    eprintln!("the other sender's line arrived after {after} of the flood's {LINES} lines");
+    assert!(
+        after < LINES / 2,
+        "the other sender's line waited for {after} of the flood's {LINES} lines"
+    );
+    server.assert_running();
+}
+
+/// A member that reads a trickle (32 bytes every 100 ms) is dropped once it is owed more than
+/// `--output-limit`, and the member that reads at full pace gets every line meanwhile: the
+/// trickle does not set the room's pace. Over Unix sockets, where each trickle read frees room
+/// for about one more line well within a second (so a send timeout never fires).
+#[test]
+fn a_member_reading_a_trickle_is_dropped_and_does_not_pace_the_room() {
+    let _turn = heavy_turn();
+    const LINES: usize = 40_000; // of 100 bytes: 4 MB, sixteen times the limit
+    let path = socket_path("trickle");
+    let spec = format!("chat@unix:{}", path.display());
+    let mut server = Server::start(&[&spec, "--output-limit", "262144"]);
+    let (mut sender, _) = unix_member(&path, &mut []);
+    let (mut reader, _) = unix_member(&path, &mut [&mut sender]);
+    let (trickle, _) = unix_member(&path, &mut [&mut sender, &mut reader]);
+    let trickle_name = trickle.name.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut stream = trickle.stream;
+        thread::spawn(move || {
+            let mut got = 0;
+            let mut chunk = [0; 16];
+            stream
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match stream.read(&mut chunk) {
+                    Ok(0) => return (got, true),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                    Err(_) => return (got, true), // reset: closed too
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            (got, false)
+        })
+    };
+    let writer = {
+        let stream = sender.stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut out = BufWriter::with_capacity(64 * 1024, stream);
+            for n in 0..LINES {
+                out.write_all(&flood_line(n))?;
+            }
+            out.flush()
+        })
+    };
+    let started = Instant::now();
+    let prefix = format!("{}: ", sender.name);
+    let mut next = 0;
+    let mut trickle_left = false;
+    while next < LINES {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the reader got only {next} of {LINES} lines in 60 s: the trickle paces the room"
+        );
+        let line = reader.raw_line();
+        if line == format!("* {trickle_name} left").as_bytes() {
+            trickle_left = true;
+            continue;
+        }
+        let mut expected = prefix.clone().into_bytes();
+        expected.extend_from_slice(&flood_line(next));
+        expected.pop();
+        assert!(line == expected, "line {next} is {:?}", Snippet(&line));
+        next += 1;
+    }
+    let took = started.elapsed();
+    writer.join().unwrap().expect("the sender wrote everything");
+    if !trickle_left {
+        sender.say("barrier");
+        trickle_left = reader
+            .lines_until(&format!("{}: barrier", sender.name))
+            .contains(&format!("* {trickle_name} left"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (trickled, closed) = trickler.join().unwrap();
+    eprintln!(
+        "{LINES} lines to the full-pace reader in {took:?}; the trickle reader took {trickled} \
+         bytes, closed: {closed}"
+    );
+    assert!(trickle_left, "the trickle reader was never dropped");
+    assert!(
+        took < Duration::from_secs(30),
+        "the reader needed {took:?}: the trickle reader set the room's pace"
+    );
     server.assert_running();
 }
 
@@ -943,12 +1271,12 @@ fn unix_members_are_named_unix_1_unix_2_in_order() {
 // 9. CRLF and control characters
 
 #[test]
-fn crlf_is_dropped_and_control_characters_arrive_in_caret_notation() {
+fn crlf_is_dropped_and_control_characters_arrive_escaped() {
     let (mut server, addr) = chat_server(&[]);
     let mut a = Member::join(addr, &mut []);
     let mut b = Member::join(addr, &mut [&mut a]);
 
-    let cases: [(&[u8], String); 5] = [
+    let cases: [(&[u8], String); 9] = [
         (b"hi\r\n", format!("{}: hi", a.name)),
         (
             b"\x1b[31mred\x1b[0m\r\n",
@@ -959,6 +1287,17 @@ fn crlf_is_dropped_and_control_characters_arrive_in_caret_notation() {
         (
             b"bell\x07 nul\x00 cr\rinside\n",
             format!("{}: bell^G nul^@ cr^Minside", a.name),
+        ),
+        // C1 controls and invalid UTF-8 (v3): CSI in UTF-8, a lone CSI byte, OSC ... ST.
+        (b"\xc2\x9b2J\n", format!("{}: \\u{{9b}}2J", a.name)),
+        (b"\x9b2J\n", format!("{}: \\x9b2J", a.name)),
+        (
+            b"\xc2\x9d0;pwned\xc2\x9c\n",
+            format!("{}: \\u{{9d}}0;pwned\\u{{9c}}", a.name),
+        ),
+        (
+            "caf\u{e9} \u{65e5}\n".as_bytes(),
+            format!("{}: caf\u{e9} \u{65e5}", a.name),
         ),
     ];
     for (sent, expected) in &cases {
@@ -1033,7 +1372,7 @@ fn two_chat_services_in_one_server_are_two_rooms() {
 // 11. Graceful shutdown
 
 #[test]
-fn sigterm_closes_every_member_cleanly_and_exits_zero_at_once() {
+fn sigterm_tells_every_member_then_closes_it_cleanly_and_exits_zero_at_once() {
     let (mut server, addr) = chat_server(&["--shutdown-timeout", "30"]);
     let (mut a, mut b, mut c) = three(addr);
     a.say("before the end");
@@ -1042,9 +1381,10 @@ fn sigterm_closes_every_member_cleanly_and_exits_zero_at_once() {
 
     let started = Instant::now();
     server.signal("TERM");
-    // Everyone is leaving: nobody is told about the others, each just gets its end of stream.
+    // Everyone is leaving: nobody is told about the others; each is told the server is
+    // shutting down (v3), then gets its end of stream.
     for member in [&mut a, &mut b, &mut c] {
-        member.expect_end_after(b"");
+        member.expect_end_after(b"* server shutting down\n");
     }
     let status = server.wait_for_exit();
     assert!(status.success(), "SIGTERM: {status:?}");
@@ -1118,11 +1458,15 @@ per_model! {
         a_reply_queued_before_quit_is_delivered_before_the_close,
         a_line_over_max_line_closes_its_sender_and_is_never_broadcast,
         a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_stalling,
+        a_burst_over_unix_never_gets_the_members_who_keep_reading_dropped,
+        a_burst_over_tcp_never_gets_the_members_who_keep_reading_dropped,
+        a_member_reading_a_trickle_is_dropped_and_does_not_pace_the_room,
+        a_flooder_does_not_starve_another_sender,
         a_thousand_members_each_receive_one_line_from_each_of_ten_senders,
         unix_members_are_named_unix_1_unix_2_in_order,
-        crlf_is_dropped_and_control_characters_arrive_in_caret_notation,
+        crlf_is_dropped_and_control_characters_arrive_escaped,
         two_chat_services_in_one_server_are_two_rooms,
-        sigterm_closes_every_member_cleanly_and_exits_zero_at_once,
+        sigterm_tells_every_member_then_closes_it_cleanly_and_exits_zero_at_once,
         a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_stop,
     ]
 }
@@ -1138,10 +1482,14 @@ per_model! {
         a_reply_queued_before_quit_is_delivered_before_the_close,
         a_line_over_max_line_closes_its_sender_and_is_never_broadcast,
         a_member_that_never_reads_is_dropped_and_the_others_get_every_line_without_stalling,
+        a_burst_over_unix_never_gets_the_members_who_keep_reading_dropped,
+        a_burst_over_tcp_never_gets_the_members_who_keep_reading_dropped,
+        a_member_reading_a_trickle_is_dropped_and_does_not_pace_the_room,
+        a_flooder_does_not_starve_another_sender,
         unix_members_are_named_unix_1_unix_2_in_order,
-        crlf_is_dropped_and_control_characters_arrive_in_caret_notation,
+        crlf_is_dropped_and_control_characters_arrive_escaped,
         two_chat_services_in_one_server_are_two_rooms,
-        sigterm_closes_every_member_cleanly_and_exits_zero_at_once,
+        sigterm_tells_every_member_then_closes_it_cleanly_and_exits_zero_at_once,
         a_listening_member_is_not_idle_while_lines_reach_it_and_is_dropped_once_they_stop,
     ]
 }

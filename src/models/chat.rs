@@ -1,75 +1,95 @@
-//! Group chat under `--model threaded` and `pool`: the room behind a lock, and every member's
-//! thread writing to the others' sockets itself.
+//! Group chat under `--model threaded` and `pool`: the room behind a lock, a bounded queue of
+//! lines per member, and a writer thread per member that empties it.
 //!
 //! The sans-I/O room ([`crate::protocol::room`]) is the same one the reactor drives; only the
 //! routing of its [`Delivery`]s differs. Each chat service has one [`ChatRoom`]: the [`Room`] and
-//! a map from each [`MemberId`] to that member's socket (an [`Arc`] on the socket the admission
-//! registry also holds — no descriptor is duplicated), behind one [`Mutex`]. A member's thread
-//! blocks in `read` on its own socket; when bytes come it locks the room, calls
-//! [`Room::on_input`], and carries out the deliveries itself, still holding the lock: a broadcast
-//! is one `write_all` of the same bytes (formatted once by the room) to each other member's
-//! socket, in turn. The lock is what keeps the lines to one member in order, and the room
-//! consistent.
+//! each member's [`Outbox`], behind one [`Mutex`]. A member's thread (its own under `threaded`,
+//! a pool worker under `pool`) blocks in `read` on its own socket; when bytes come it locks the
+//! room, calls [`Room::on_input`], and routes the deliveries itself, still holding the lock: a
+//! broadcast is formatted once by the room, shared (an [`Arc`]) and appended to each other
+//! member's queue. The lock is what keeps the lines to one member in order, and the room
+//! consistent. Each member also has a **writer thread**, started when it joins, which takes lines
+//! from its queue and writes them to its socket with a blocking `write`.
 //!
-//! ## The send timeout: a stalled member is dropped
+//! ## Why a queue and a writer thread per member
 //!
-//! A member whose client stops reading fills its socket buffers, and the next write to it blocks.
-//! Every member socket has `SO_SNDTIMEO` set to [`SEND_TIMEOUT`] (1 s, or `--idle-timeout` if that
-//! is shorter): a write that moves no byte for that long fails, and the member is dropped — its
-//! socket shut down both ways (its own thread, blocked in `read`, wakes with an end of stream),
-//! removed from the room with [`Room::leave`], and its `* NAME left` routed to the others. Drops
-//! found during a batch of deliveries are only collected; they are processed, and their notices
-//! routed, after the batch, so a broadcast never re-enters a broadcast (as in the reactor).
-//! `--output-limit` does not apply here: the kernel's socket buffers are the limit, and the send
-//! timeout is how long a full one is waited for. One second is long enough for a reader that is
-//! merely descheduled on a loaded machine, and short enough that the others notice the pause
-//! rather than a hang.
+//! The first design here wrote each line to every member's socket in turn, under the lock, with a
+//! send timeout to drop a member whose socket stayed full. A member that read a trickle defeated
+//! it: each write moved a few bytes before the timeout, so the timeout never fired, and every
+//! line for everyone waited on that member — the room went at the trickle's pace. The contract
+//! says a member more than `--output-limit` behind is dropped, so "behind" must be something a
+//! blocking model can count: the bytes queued for the member and not yet written. A blocking
+//! thread can wait in only one call, so reading a member and writing to it take one thread each:
+//! the classic blocking chat server's shape (a reader and a writer per client, a hub between
+//! them, a client whose queue overflows dropped). It doubles the threads — the foil's cost made
+//! plainer — and under `pool` the writers are outside `--threads`, but never more of them than
+//! members being served, so at most `--threads` of them.
 //!
-//! ## Why this design hurts (it is the foil)
+//! * **Dropped at the limit.** A line that takes a member's queue past `--output-limit` drops it:
+//!   its queue is abandoned, its socket shut down both ways (its reader thread, blocked in `read`,
+//!   wakes with an end of stream; its writer's `write` fails), it leaves the room with
+//!   [`Room::leave`], and its `* NAME left` is routed to the others. Drops found during a batch of
+//!   deliveries are only collected, and processed after the batch, so a broadcast never re-enters
+//!   a broadcast (as in the reactor).
+//! * **Flow control** is the reactor's ([`PACE_GRACE`], and the reactor's `Pace` for the whole
+//!   story): a sender hands the room lines only while the largest queue among the members that
+//!   keep up is under half of `--output-limit`; then it waits (on a condition variable the
+//!   writers signal, not reading its socket, so its client's writes block) until they are down to
+//!   a quarter. Senders take turns in the order they began waiting, a quantum each. A member that
+//!   holds the room back for [`PACE_GRACE`] no longer sets its pace: the room goes on, and that
+//!   member is dropped once its queue passes the limit (unless it catches up first). So a burst
+//!   never gets the readers dropped, and a slow reader never holds the room to its pace.
+//! * **A writer's `write` looks up every [`WRITE_CHECK_INTERVAL`]** (its socket's send timeout)
+//!   whether its member is still served, then waits again: a member is dropped by its backlog,
+//!   never by how long one write took.
 //!
-//! * **A broadcaster waits on the slowest member's socket.** A line reaches member N only after
-//!   the writes to members 1 to N-1 have returned; one member whose buffers are full stalls every
-//!   line for everyone — for up to the send timeout each time, until that member is dropped. The
-//!   reactor queues the line and moves on, and drops the member when its queue passes a size.
-//! * **A lock held across writes.** Every other member's thread that has a line to hand in waits
-//!   for the lock meanwhile, so it stops reading its own socket: a stall spreads to the senders.
-//!   Worse, it can close a cycle: a thread blocked writing to member B's socket, while B's client
-//!   is blocked writing to the server and B's thread waits for the lock — only the send timeout
-//!   breaks it (B is dropped).
-//! * **A thread (or a pool worker) per member**, most of them blocked in `read`. Under `pool`, a
-//!   member beyond `--threads` waits in the queue, not even greeted, until a member leaves.
+//! ## Why this design still hurts (it is the foil)
+//!
+//! * **Two threads per member**, most of them blocked, each with a stack and a kernel task; a
+//!   line costs a context switch to each member's writer. Under `pool`, a member beyond
+//!   `--threads` waits in the queue, not even greeted, until a member leaves.
+//! * **A lock held across the routing.** Every other member's thread that has a line to hand in
+//!   waits for the lock meanwhile; a room of a thousand members appends each line to a thousand
+//!   queues, each behind its own lock.
 //! * **One system call per line per member**, where the reactor writes a member's several lines
 //!   with one `writev`.
 //!
 //! ## Leaving
 //!
-//! `quit` (or a line over `--max-line`): the member's last replies are written, then it ends with
-//! a lingering close. End of stream, a read error or the idle timeout: [`Room::on_end`] or
-//! [`Room::leave`], routed. `--idle-timeout` counts from the last byte read from the member *or
-//! written to it*, as in the reactor: a member that only listens stays while lines reach it (its
-//! read timeout expiring only makes its thread look when the room last wrote to it). At a
-//! graceful shutdown the member stops reading and leaves the room quietly (everyone is leaving,
-//! as in the reactor: no `left` notices), and its connection ends like any other once the lines
-//! already written to it are acknowledged.
+//! `quit` (or a line over `--max-line`): the member's last replies are written by its writer,
+//! then it ends with a lingering close. End of stream: [`Room::on_end`], routed, then the queue is
+//! written out and our side shut down. A read error or the idle timeout: [`Room::leave`], routed.
+//! `--idle-timeout` counts from the last byte read from the member *or written to it*, as in the
+//! reactor: a member that only listens stays while lines reach it (its read timeout expiring only
+//! makes its thread look when its writer last wrote). At a graceful shutdown the member stops
+//! reading and leaves the room quietly (everyone is leaving, as in the reactor: no `left`
+//! notices); its writer writes what is queued and then
+//! [`SHUTDOWN_NOTICE`](crate::protocol::room::SHUTDOWN_NOTICE), and its connection ends like any
+//! other once that is acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::net::{BlockingStream, BoundListener, Peer};
-use crate::protocol::room::{Delivery, MemberId, Room};
+use crate::net::{is_timeout, BlockingStream, BoundListener, Peer};
+use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE, SHUTDOWN_NOTICE};
 use crate::protocol::{Limits, ProtocolKind};
 
 use super::{linger, linger_after_stop, Settings, BLOCKING_READ_BYTES};
 
-/// How long one write to a chat member may move no byte before the member is dropped (shortened
-/// to `--idle-timeout` when that is shorter). See the module doc.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a writer's blocked `write` waits before it looks whether its member is still served
+/// (the socket's send timeout; a write that moved nothing is then simply tried again).
+pub const WRITE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a sender waiting for its room to drain sleeps at most before it looks again: a
+/// writer's signal can come between the look and the wait (it does not take the room's lock).
+const PACE_RECHECK: Duration = Duration::from_millis(10);
 
 /// One room per chat service, indexed like the listeners the model was given (`None` for the
 /// other services). The default has none: the models that do not serve chat.
@@ -79,13 +99,15 @@ pub struct ChatRooms {
 }
 
 impl ChatRooms {
-    /// An empty room for each chat service among `listeners`.
-    pub fn new(listeners: &[BoundListener], limits: Limits) -> ChatRooms {
+    /// An empty room for each chat service among `listeners`, whose members may be owed up to
+    /// `output_limit` bytes each.
+    pub fn new(listeners: &[BoundListener], limits: Limits, output_limit: usize) -> ChatRooms {
         ChatRooms {
             rooms: listeners
                 .iter()
                 .map(|listener| {
-                    (listener.protocol == ProtocolKind::Chat).then(|| ChatRoom::new(limits))
+                    (listener.protocol == ProtocolKind::Chat)
+                        .then(|| ChatRoom::new(limits, output_limit))
                 })
                 .collect(),
         }
@@ -97,61 +119,192 @@ impl ChatRooms {
     }
 }
 
-/// One chat service's room and its members' sockets, behind one lock.
+/// One chat service's room and its members' queues, behind one lock.
 #[derive(Debug)]
 pub struct ChatRoom {
     state: Mutex<State>,
+    /// Signalled by the writers after each line: senders waiting for the room to drain look again.
+    drained: Condvar,
+    /// `--output-limit`: a member whose queue passes it is dropped.
+    output_limit: usize,
 }
 
 #[derive(Debug)]
 struct State {
     room: Room,
-    /// Every member's socket, to write to it.
-    sockets: HashMap<MemberId, Socket>,
+    /// Every member's queue, to append its lines to.
+    outboxes: HashMap<MemberId, Arc<Outbox>>,
     /// The next member's id: ids are never reused.
     next_id: usize,
     /// Deliveries the room has emitted and that are not yet carried out.
     deliveries: Vec<Delivery>,
+    /// Since when the room has waited for its members to drain (`None`: it takes lines).
+    draining_since: Option<Instant>,
+    /// Senders waiting for the room to take their lines, oldest first: a sender goes only when
+    /// none is waiting before it.
+    waiting: VecDeque<MemberId>,
 }
 
-/// A member's socket, as the other members' threads see it.
+/// A member's lines not yet written, shared by the routing threads (which append) and the
+/// member's writer thread (which writes them out).
 #[derive(Debug)]
-struct Socket {
+struct Outbox {
+    queue: Mutex<Queue>,
+    /// Signalled when a line is queued, or the queue is closed or abandoned.
+    ready: Condvar,
     stream: Arc<BlockingStream>,
-    /// When a write to it last succeeded: a member that only listens is not idle while lines
-    /// reach it (`--idle-timeout` measures from the last byte read *or written*, as in the
-    /// reactor).
+}
+
+#[derive(Debug)]
+struct Queue {
+    lines: VecDeque<Arc<[u8]>>,
+    /// Bytes of those lines, and of the one being written: what `--output-limit` bounds.
+    bytes: usize,
+    /// No more lines will come: the writer writes what is queued, then stops.
+    closing: bool,
+    /// Abandoned (the member was dropped, left, or its socket failed): the writer stops at once.
+    abandoned: bool,
+    /// It held the room back past the grace: the room's pace does not wait for it.
+    behind: bool,
+    /// When a write to it last moved bytes (`--idle-timeout` counts writes too).
     last_written: Instant,
 }
 
-impl Socket {
-    fn new(stream: Arc<BlockingStream>) -> Socket {
-        Socket {
+impl Outbox {
+    fn new(stream: Arc<BlockingStream>) -> Outbox {
+        Outbox {
+            queue: Mutex::new(Queue {
+                lines: VecDeque::new(),
+                bytes: 0,
+                closing: false,
+                abandoned: false,
+                behind: false,
+                last_written: Instant::now(),
+            }),
+            ready: Condvar::new(),
             stream,
-            last_written: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Every change to a queue is a push, a pop or a flag: none is left half-done by a panic.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `line`; whether the queue is now over `limit` (the member must be dropped).
+    fn push(&self, line: &Arc<[u8]>, limit: usize) -> bool {
+        let mut queue = self.lock();
+        if queue.abandoned || queue.closing {
+            return false;
+        }
+        queue.lines.push_back(Arc::clone(line));
+        queue.bytes += line.len();
+        self.ready.notify_one();
+        queue.bytes > limit
+    }
+
+    /// No more lines: the writer stops once it has written what is queued.
+    fn close(&self) {
+        self.lock().closing = true;
+        self.ready.notify_one();
+    }
+
+    /// Nothing more is written: the writer stops at once.
+    fn abandon(&self) {
+        let mut queue = self.lock();
+        queue.abandoned = true;
+        queue.lines.clear();
+        queue.bytes = 0;
+        self.ready.notify_one();
+    }
+
+    /// The writer thread's loop: each queued line, in order, with a blocking `write`.
+    fn write_out(&self, drained: &Condvar) {
+        let mut writer: &BlockingStream = &self.stream;
+        loop {
+            let line = {
+                let mut queue = self.lock();
+                loop {
+                    if queue.abandoned {
+                        return;
+                    }
+                    if let Some(line) = queue.lines.pop_front() {
+                        break line;
+                    }
+                    if queue.closing {
+                        return;
+                    }
+                    queue = self
+                        .ready
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            let mut written = 0;
+            while written < line.len() {
+                match writer.write(&line[written..]) {
+                    Ok(0) => return self.abandon(),
+                    Ok(count) => written += count,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // Its socket is still full: go on waiting, unless the member is gone.
+                    Err(e) if is_timeout(&e) => {
+                        if self.lock().abandoned {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // A reset: its reader thread sees the end too, and leaves the room.
+                        debug!("chat member: write failed: {e}; it leaves");
+                        self.abandon();
+                        let _ = self.stream.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+            }
+            {
+                let mut queue = self.lock();
+                queue.bytes = queue.bytes.saturating_sub(line.len());
+                queue.last_written = Instant::now();
+            }
+            drained.notify_all();
         }
     }
 }
 
 impl ChatRoom {
-    fn new(limits: Limits) -> ChatRoom {
+    fn new(limits: Limits, output_limit: usize) -> ChatRoom {
         ChatRoom {
             state: Mutex::new(State {
                 room: Room::new(limits),
-                sockets: HashMap::new(),
+                outboxes: HashMap::new(),
                 next_id: 0,
                 deliveries: Vec::new(),
+                draining_since: None,
+                waiting: VecDeque::new(),
             }),
+            drained: Condvar::new(),
+            output_limit,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while routing leaves at worst a member half-written-to; the room itself is
-        // changed only by the sans-I/O calls, which do not panic half-way.
+        // A panic while routing leaves at worst a line queued for some members only; the room
+        // itself is changed only by the sans-I/O calls, which do not panic half-way.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Serves one member on the calling thread until it leaves, is dropped, or the server stops.
+    /// Backlog at which the room stops taking lines.
+    fn high_mark(&self) -> usize {
+        (self.output_limit / 2).max(1)
+    }
+
+    /// Backlog every member that keeps up must be down to before the room takes lines again.
+    fn low_mark(&self) -> usize {
+        self.output_limit / 4
+    }
+
+    /// Serves one member on the calling thread until it leaves, is dropped, or the server stops;
+    /// its writer runs on a second thread meanwhile.
     ///
     /// Under `--proxy-protocol` it joins only once its PROXY header is read, under the name the
     /// header carries, and the bytes that followed the header are its first input.
@@ -163,35 +316,88 @@ impl ChatRoom {
         stopping: &AtomicBool,
     ) {
         let mut input = [0u8; BLOCKING_READ_BYTES];
-        let Some((peer, mut first)) =
+        let Some((peer, first)) =
             super::proxy::client(stream, peer, settings, stopping, &mut input)
         else {
             return;
         };
-        let send_timeout = settings
-            .idle_timeout
-            .map_or(SEND_TIMEOUT, |idle| idle.min(SEND_TIMEOUT));
         if stream.set_read_timeout(settings.idle_timeout).is_err()
-            || stream.set_write_timeout(Some(send_timeout)).is_err()
+            || stream
+                .set_write_timeout(Some(WRITE_CHECK_INTERVAL))
+                .is_err()
         {
             return;
         }
-        let member = {
-            let mut state = self.lock();
-            let member = MemberId(state.next_id);
-            state.next_id += 1;
-            state
-                .sockets
-                .insert(member, Socket::new(Arc::clone(stream)));
-            let State {
-                room, deliveries, ..
-            } = &mut *state;
-            room.join(member, &peer.to_string(), deliveries);
-            state.route();
-            member
-        };
-        // From here on the member must leave the socket map however this function ends.
-        let guard = Membership { room: self, member };
+        let outbox = Arc::new(Outbox::new(Arc::clone(stream)));
+        thread::scope(|scope| {
+            let writer = thread::Builder::new()
+                .name(format!("chat writer {peer}"))
+                .spawn_scoped(scope, || outbox.write_out(&self.drained));
+            let writer = match writer {
+                Ok(writer) => writer,
+                Err(e) => {
+                    // Out of threads: this member is refused, the others carry on.
+                    debug!("{peer}: cannot start its writer thread: {e}; closing");
+                    return;
+                }
+            };
+            let member = {
+                let mut state = self.lock();
+                let member = MemberId(state.next_id);
+                state.next_id += 1;
+                state.outboxes.insert(member, Arc::clone(&outbox));
+                let State {
+                    room, deliveries, ..
+                } = &mut *state;
+                room.join(member, &peer.to_string(), deliveries);
+                self.route(&mut state);
+                member
+            };
+            let guard = Membership {
+                room: self,
+                member,
+                outbox: &outbox,
+            };
+            let end = self.read_member(&guard, stream, peer, settings, stopping, &mut input, first);
+            match end {
+                Ending::Closed => {
+                    // Its last lines are queued (or it was dropped): write them, then close.
+                    drop(guard);
+                    let _ = writer.join();
+                    linger(stream, &mut input);
+                }
+                Ending::PeerFinished => {
+                    guard.end();
+                    let _ = writer.join();
+                    // The client has finished sending: nothing to linger for.
+                    let _ = stream.shutdown(Shutdown::Write);
+                }
+                Ending::Stopping => {
+                    guard.stop();
+                    let _ = writer.join();
+                    linger_after_stop(stream, &mut input);
+                }
+                Ending::Gone => {
+                    outbox.abandon();
+                    drop(guard);
+                    let _ = writer.join();
+                }
+            }
+        });
+    }
+
+    /// The member's reading loop; says how its conversation ended.
+    #[allow(clippy::too_many_arguments)]
+    fn read_member(
+        &self,
+        guard: &Membership<'_>,
+        stream: &BlockingStream,
+        peer: Peer,
+        settings: &Settings,
+        stopping: &AtomicBool,
+        input: &mut [u8],
+        mut first: usize,
+    ) -> Ending {
         let mut reader: &BlockingStream = stream;
         let mut last_read = Instant::now();
         // Whether the read timeout is shorter than `--idle-timeout` (see the timeout below).
@@ -202,27 +408,24 @@ impl ChatRoom {
                 std::mem::take(&mut first)
             } else {
                 if stopping.load(Ordering::Acquire) {
-                    return guard.stop(stream, &mut input);
+                    return Ending::Stopping;
                 }
-                match reader.read(&mut input) {
-                    Ok(0) if stopping.load(Ordering::Acquire) => {
-                        return guard.stop(stream, &mut input);
-                    }
+                match reader.read(input) {
+                    Ok(0) if stopping.load(Ordering::Acquire) => return Ending::Stopping,
                     Ok(0) => {
                         debug!("{peer}: end of stream");
-                        return guard.end(stream);
+                        return Ending::PeerFinished;
                     }
                     Ok(count) => count,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if crate::net::is_timeout(&e) => {
+                    Err(e) if is_timeout(&e) => {
                         // Nothing read for the idle timeout; but lines written to it count too.
                         let idle = settings.idle_timeout.unwrap_or(Duration::ZERO);
-                        let last_written = self.lock().sockets.get(&member).map(|s| s.last_written);
-                        let last = last_written.map_or(last_read, |written| written.max(last_read));
+                        let last = guard.outbox.lock().last_written.max(last_read);
                         let left = idle.saturating_sub(last.elapsed());
                         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
                             debug!("{peer}: idle timeout; leaving");
-                            return; // The guard's drop leaves the room.
+                            return Ending::Gone;
                         }
                         shortened = true;
                         continue;
@@ -230,7 +433,7 @@ impl ChatRoom {
                     Err(e) => {
                         // A reset, or a socket shut down by a drop.
                         debug!("{peer}: read failed: {e}; leaving");
-                        return; // The guard's drop leaves the room.
+                        return Ending::Gone;
                     }
                 }
             };
@@ -238,132 +441,269 @@ impl ChatRoom {
             if shortened {
                 shortened = false;
                 if stream.set_read_timeout(settings.idle_timeout).is_err() {
-                    return;
+                    return Ending::Gone;
                 }
             }
-            let mut state = self.lock();
-            let State {
-                room, deliveries, ..
-            } = &mut *state;
-            room.on_input(member, &input[..count], deliveries);
-            let closed = state.route();
-            drop(state);
-            if closed.contains(&member) {
-                // Its last replies are written (or it was dropped): end the conversation.
-                linger(stream, &mut input);
-                return;
+            match self.feed(guard.member, &input[..count], stopping) {
+                Fed::All => {}
+                Fed::Closed => return Ending::Closed,
+                Fed::Stopping => return Ending::Stopping,
             }
         }
     }
+
+    /// Hands `input` from `member` to the room line by line, while the room takes lines (flow
+    /// control, see the module doc), routing each line's deliveries at once.
+    fn feed(&self, member: MemberId, input: &[u8], stopping: &AtomicBool) -> Fed {
+        let quantum = ((self.high_mark() - self.low_mark()) / 2).max(1);
+        let mut state = self.lock();
+        let mut allowance = 0;
+        let mut rest = input;
+        while !rest.is_empty() {
+            if allowance == 0 {
+                loop {
+                    if state.room.name(member).is_none() {
+                        state.waiting.retain(|&m| m != member);
+                        return Fed::Closed; // Dropped while it waited.
+                    }
+                    if stopping.load(Ordering::Acquire) {
+                        state.waiting.retain(|&m| m != member);
+                        return Fed::Stopping;
+                    }
+                    let turn = state.waiting.front().map_or(true, |&first| first == member);
+                    if turn {
+                        let headroom = self.headroom(&mut state, Instant::now());
+                        if headroom > 0 {
+                            if state.waiting.front() == Some(&member) {
+                                state.waiting.pop_front();
+                            }
+                            allowance = headroom.min(quantum);
+                            break;
+                        }
+                    }
+                    if !state.waiting.contains(&member) {
+                        state.waiting.push_back(member);
+                        // The one now first may be asleep: its turn has come.
+                        self.drained.notify_all();
+                    }
+                    state = self
+                        .drained
+                        .wait_timeout(state, PACE_RECHECK)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+            let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let before = state.deliveries.len();
+            let State {
+                room, deliveries, ..
+            } = &mut *state;
+            room.on_input(member, &rest[..cut], deliveries);
+            rest = &rest[cut..];
+            let added: usize = state.deliveries[before..]
+                .iter()
+                .map(|delivery| match delivery {
+                    Delivery::Broadcast { bytes, .. } => bytes.len(),
+                    _ => 0,
+                })
+                .sum();
+            allowance = allowance.saturating_sub(added);
+            if self.route(&mut state).contains(&member) {
+                return Fed::Closed;
+            }
+        }
+        Fed::All
+    }
+
+    /// What the room may still take: the high mark less the largest queue among the members that
+    /// keep up; 0 while it waits for them to drain. Marks the members that held it back past the
+    /// grace, and those that caught up.
+    fn headroom(&self, state: &mut State, now: Instant) -> usize {
+        let (high, low) = (self.high_mark(), self.low_mark());
+        let mut largest = 0;
+        for outbox in state.outboxes.values() {
+            let mut queue = outbox.lock();
+            if queue.behind {
+                if queue.bytes > low {
+                    continue;
+                }
+                queue.behind = false;
+            }
+            largest = largest.max(queue.bytes);
+        }
+        match state.draining_since {
+            None if largest < high => high - largest,
+            None => {
+                state.draining_since = Some(now);
+                0
+            }
+            Some(_) if largest <= low => {
+                state.draining_since = None;
+                high - largest
+            }
+            Some(since) if now >= since + PACE_GRACE => {
+                let mut largest = 0;
+                for (member, outbox) in &state.outboxes {
+                    let mut queue = outbox.lock();
+                    if queue.behind {
+                        continue;
+                    }
+                    if queue.bytes > low {
+                        queue.behind = true;
+                        debug!(
+                            "chat member {}: owed {} bytes, it held the room back for {} s; the \
+                             room goes on without it",
+                            member.0,
+                            queue.bytes,
+                            PACE_GRACE.as_secs_f64()
+                        );
+                    } else {
+                        largest = largest.max(queue.bytes);
+                    }
+                }
+                state.draining_since = None;
+                high - largest
+            }
+            Some(_) => 0,
+        }
+    }
+
+    /// Carries out the pending deliveries, batch after batch: members whose queue passed the
+    /// limit are dropped after each batch, and their `left` notices make the next. Returns the
+    /// members closed by a [`Delivery::Close`] or dropped.
+    fn route(&self, state: &mut State) -> Vec<MemberId> {
+        let mut closed = Vec::new();
+        let mut dropped: Vec<MemberId> = Vec::new();
+        while !state.deliveries.is_empty() {
+            let mut batch = std::mem::take(&mut state.deliveries);
+            for delivery in batch.drain(..) {
+                match delivery {
+                    Delivery::Broadcast { except, bytes } => {
+                        let line: Arc<[u8]> = bytes.into();
+                        for member in state.room.members() {
+                            if Some(member) != except && !dropped.contains(&member) {
+                                self.queue(state, member, &line, &mut dropped);
+                            }
+                        }
+                    }
+                    Delivery::To { member, bytes } => {
+                        if !dropped.contains(&member) {
+                            self.queue(state, member, &bytes.into(), &mut dropped);
+                        }
+                    }
+                    Delivery::Close { member } => {
+                        // Its writer writes what is queued, then its thread ends the connection.
+                        if let Some(outbox) = state.outboxes.remove(&member) {
+                            outbox.close();
+                        }
+                        closed.push(member);
+                    }
+                }
+            }
+            if state.deliveries.is_empty() {
+                state.deliveries = batch; // Keep the allocation.
+            }
+            for member in dropped.drain(..) {
+                if let Some(outbox) = state.outboxes.remove(&member) {
+                    outbox.abandon();
+                    // Wakes its reader, blocked in `read`, with an end of stream.
+                    let _ = outbox.stream.shutdown(Shutdown::Both);
+                }
+                state.room.leave(member, &mut state.deliveries);
+                closed.push(member);
+            }
+        }
+        closed
+    }
+
+    /// Queues `line` for `member`; one over `--output-limit` is listed in `dropped`.
+    fn queue(
+        &self,
+        state: &State,
+        member: MemberId,
+        line: &Arc<[u8]>,
+        dropped: &mut Vec<MemberId>,
+    ) {
+        let Some(outbox) = state.outboxes.get(&member) else {
+            return;
+        };
+        if outbox.push(line, self.output_limit) {
+            debug!(
+                "chat member {}: dropped for falling behind: owed more than --output-limit ({})",
+                member.0, self.output_limit
+            );
+            dropped.push(member);
+        }
+    }
+}
+
+/// How a member's reading loop ended.
+enum Ending {
+    /// The room closed it (`quit`, a line too long, dropped): write what is queued, linger.
+    Closed,
+    /// The client's end of stream.
+    PeerFinished,
+    /// A graceful shutdown.
+    Stopping,
+    /// The idle timeout or a read error: it just goes.
+    Gone,
+}
+
+/// How far [`ChatRoom::feed`] got.
+enum Fed {
+    All,
+    Closed,
+    Stopping,
 }
 
 /// A member's place in the room, given up when its thread is done with it.
 struct Membership<'a> {
     room: &'a ChatRoom,
     member: MemberId,
+    outbox: &'a Outbox,
 }
 
 impl Membership<'_> {
-    /// The client's end of stream: a held partial line is handled, then the member leaves.
-    fn end(self, stream: &BlockingStream) {
+    /// The client's end of stream: a held partial line is handled, then the member leaves (its
+    /// Close lets the writer finish what is queued).
+    fn end(self) {
         let mut state = self.room.lock();
         let State {
             room, deliveries, ..
         } = &mut *state;
         room.on_end(self.member, deliveries);
-        state.route();
-        drop(state);
-        // The Close it got has nothing left to wait for: the client has finished sending.
-        let _ = stream.shutdown(Shutdown::Write);
+        self.room.route(&mut state);
     }
 
-    /// A graceful shutdown: leave quietly, then close once what was written is acknowledged.
-    fn stop(self, stream: &BlockingStream, scratch: &mut [u8]) {
-        let _ = stream.shutdown(Shutdown::Read);
-        // Out of the socket map first, under the lock: no other thread writes to it afterwards.
-        self.room.lock().sockets.remove(&self.member);
+    /// A graceful shutdown: leave quietly; the writer writes what is queued, then the notice.
+    fn stop(self) {
+        let mut state = self.room.lock();
+        // Out of the map first, under the lock: no other thread queues for it afterwards.
+        state.outboxes.remove(&self.member);
+        state.waiting.retain(|&m| m != self.member);
+        let notice: Arc<[u8]> = SHUTDOWN_NOTICE.into();
+        let _ = self.outbox.push(&notice, usize::MAX);
+        self.outbox.close();
+        drop(state);
         // Still in the room: its name stays until the process exits, and nobody is told.
         std::mem::forget(self);
-        linger_after_stop(stream, scratch);
     }
 }
 
 impl Drop for Membership<'_> {
     fn drop(&mut self) {
         let mut state = self.room.lock();
+        state.waiting.retain(|&m| m != self.member);
         if state.room.name(self.member).is_some() {
             let State {
                 room, deliveries, ..
             } = &mut *state;
             room.leave(self.member, deliveries);
-            state.route();
+            self.room.route(&mut state);
         }
-        state.sockets.remove(&self.member);
-    }
-}
-
-impl State {
-    /// Carries out the pending deliveries, batch after batch: members whose writes failed or
-    /// timed out are dropped after each batch, and their `left` notices make the next. Returns
-    /// the members closed by a [`Delivery::Close`] or dropped.
-    fn route(&mut self) -> Vec<MemberId> {
-        let mut closed = Vec::new();
-        let mut dropped: Vec<MemberId> = Vec::new();
-        while !self.deliveries.is_empty() {
-            let mut batch = std::mem::take(&mut self.deliveries);
-            for delivery in batch.drain(..) {
-                match delivery {
-                    Delivery::Broadcast { except, bytes } => {
-                        for member in self.room.members() {
-                            if Some(member) != except && !dropped.contains(&member) {
-                                write_to(&mut self.sockets, member, &bytes, &mut dropped);
-                            }
-                        }
-                    }
-                    Delivery::To { member, bytes } => {
-                        if !dropped.contains(&member) {
-                            write_to(&mut self.sockets, member, &bytes, &mut dropped);
-                        }
-                    }
-                    Delivery::Close { member } => {
-                        // Its thread ends the connection; nobody writes to it any more.
-                        self.sockets.remove(&member);
-                        closed.push(member);
-                    }
-                }
-            }
-            if self.deliveries.is_empty() {
-                self.deliveries = batch; // Keep the allocation.
-            }
-            for member in dropped.drain(..) {
-                if let Some(socket) = self.sockets.remove(&member) {
-                    // Wakes its thread, blocked in `read`, with an end of stream.
-                    let _ = socket.stream.shutdown(Shutdown::Both);
-                }
-                self.room.leave(member, &mut self.deliveries);
-                closed.push(member);
-            }
-        }
-        closed
-    }
-}
-
-/// Writes `bytes` to `member`; a failure (the send timeout, a reset) lists it in `dropped`.
-fn write_to(
-    sockets: &mut HashMap<MemberId, Socket>,
-    member: MemberId,
-    bytes: &[u8],
-    dropped: &mut Vec<MemberId>,
-) {
-    let Some(socket) = sockets.get_mut(&member) else {
-        return;
-    };
-    let mut writer: &BlockingStream = &socket.stream;
-    match writer.write_all(bytes) {
-        Ok(()) => socket.last_written = Instant::now(),
-        Err(e) => {
-            debug!("chat member {}: write failed: {e}; dropping it", member.0);
-            dropped.push(member);
+        if state.outboxes.remove(&self.member).is_some() {
+            // Left without a Close (idle, a read error): nothing more is written.
+            self.outbox.close();
         }
     }
 }
@@ -374,93 +714,77 @@ mod tests {
 
     use super::*;
 
-    /// A member socket (server side, with `timeout` as its send timeout) and its client end.
-    fn pair(timeout: Duration) -> (Arc<BlockingStream>, UnixStream) {
+    /// A member of `chat` named `name`, with a queue but no writer: its lines stay queued, as
+    /// for a client that never reads.
+    fn member(chat: &ChatRoom, n: usize, name: &str) -> (Arc<Outbox>, UnixStream) {
         let (server, client) = UnixStream::pair().unwrap();
-        server.set_write_timeout(Some(timeout)).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        (Arc::new(BlockingStream::Unix(server)), client)
-    }
-
-    /// Fills the socket's buffers, so that the next write to it blocks.
-    fn fill(socket: &BlockingStream) {
-        let BlockingStream::Unix(s) = socket else {
-            unreachable!()
-        };
-        s.set_nonblocking(true).unwrap();
-        let chunk = [b'x'; 4096];
-        let mut s: &UnixStream = s;
-        while s.write(&chunk).is_ok() {}
-        s.set_nonblocking(false).unwrap();
-    }
-
-    fn read_exactly(client: &mut UnixStream, expected: &[u8]) {
-        let mut got = vec![0; expected.len()];
-        client.read_exact(&mut got).unwrap();
-        assert_eq!(
-            got.escape_ascii().to_string(),
-            expected.escape_ascii().to_string()
-        );
+        let outbox = Arc::new(Outbox::new(Arc::new(BlockingStream::Unix(server))));
+        let mut state = chat.lock();
+        state.outboxes.insert(MemberId(n), Arc::clone(&outbox));
+        let State {
+            room, deliveries, ..
+        } = &mut *state;
+        room.join(MemberId(n), name, deliveries);
+        assert!(chat.route(&mut state).is_empty());
+        (outbox, client)
     }
 
     #[test]
-    fn a_stalled_member_is_dropped_once_after_the_batch_and_the_others_get_every_line() {
-        let timeout = Duration::from_millis(100);
-        let chat = ChatRoom::new(Limits::default());
-        let mut clients = Vec::new();
-        {
-            let mut state = chat.lock();
-            for (n, name) in ["a", "b", "stalled"].iter().enumerate() {
-                let (socket, client) = pair(timeout);
-                state.sockets.insert(MemberId(n), Socket::new(socket));
-                let State {
-                    room, deliveries, ..
-                } = &mut *state;
-                room.join(MemberId(n), name, deliveries);
-                assert!(state.route().is_empty());
-                clients.push(client);
-            }
-            fill(&state.sockets[&MemberId(2)].stream);
+    fn a_member_whose_queue_passes_the_limit_is_dropped_once_after_the_batch() {
+        // 280 bytes: two 124-byte lines fit an emptied queue, not one holding the greeting too.
+        let chat = ChatRoom::new(Limits::default(), 280);
+        let (a, _a) = member(&chat, 0, "a");
+        let (b, _b) = member(&chat, 1, "b");
+        let (stalled, mut stalled_client) = member(&chat, 2, "stalled");
+        // Only `b` and `a` are read: their queues are emptied as a writer would.
+        for outbox in [&a, &b] {
+            let mut queue = outbox.lock();
+            queue.lines.clear();
+            queue.bytes = 0;
         }
-        // Two lines in one input: one batch of two broadcasts, each to `b` and `stalled`.
-        let started = Instant::now();
-        let closed = {
-            let mut state = chat.lock();
-            let State {
-                room, deliveries, ..
-            } = &mut *state;
-            room.on_input(MemberId(0), b"one\ntwo\n", deliveries);
-            state.route()
-        };
-        let took = started.elapsed();
-        assert_eq!(closed, [MemberId(2)]);
-        // One send timeout, not one per line: the second broadcast skips the dropped member.
-        assert!(took < timeout * 2, "routing took {took:?}");
-        let state = chat.lock();
+        let line = format!("{}\n", "x".repeat(120));
+        let mut state = chat.lock();
+        let State {
+            room, deliveries, ..
+        } = &mut *state;
+        room.on_input(MemberId(0), format!("{line}{line}").as_bytes(), deliveries);
+        let closed = chat.route(&mut state);
+        assert_eq!(closed, [MemberId(2)], "dropped once, after the batch");
         assert_eq!(state.room.len(), 2);
-        assert!(!state.sockets.contains_key(&MemberId(2)));
+        assert!(!state.outboxes.contains_key(&MemberId(2)));
         drop(state);
-
-        let mut b = clients.remove(1);
-        read_exactly(
-            &mut b,
-            b"* welcome b; 2 members here; /nick NAME, /who, quit\n",
-        );
-        read_exactly(
-            &mut b,
-            b"* stalled joined\na: one\na: two\n* stalled left\n",
-        );
-        let mut a = clients.remove(0);
-        read_exactly(
-            &mut a,
-            b"* welcome a; 1 member here; /nick NAME, /who, quit\n",
-        );
-        read_exactly(&mut a, b"* b joined\n* stalled joined\n* stalled left\n");
-        // The stalled member's socket was shut down: draining it reaches the end.
-        let mut stalled = clients.remove(0);
+        let expected = format!("a: {line}a: {line}* stalled left\n");
+        let got: Vec<u8> = b.lock().lines.iter().flat_map(|l| l.to_vec()).collect();
+        assert_eq!(String::from_utf8(got).unwrap(), expected);
+        assert!(stalled.lock().abandoned);
+        // Its socket was shut down: its client sees the end.
         let mut rest = Vec::new();
-        stalled.read_to_end(&mut rest).unwrap();
+        stalled_client.read_to_end(&mut rest).unwrap();
+    }
+
+    #[test]
+    fn the_room_stops_taking_lines_at_the_high_mark_and_goes_on_without_a_member_after_the_grace() {
+        let chat = ChatRoom::new(Limits::default(), 1000);
+        let (a, _a) = member(&chat, 0, "a");
+        a.lock().bytes = 0; // its greeting written
+        let mut state = chat.lock();
+        let start = Instant::now();
+        assert_eq!(chat.headroom(&mut state, start), 500);
+        a.lock().bytes = 600;
+        assert_eq!(chat.headroom(&mut state, start), 0, "over the high mark");
+        a.lock().bytes = 300;
+        assert_eq!(
+            chat.headroom(&mut state, start),
+            0,
+            "not yet down to the low mark"
+        );
+        assert!(
+            chat.headroom(&mut state, start + PACE_GRACE) > 0,
+            "after the grace the room goes on without it"
+        );
+        assert!(a.lock().behind);
+        a.lock().bytes = 100;
+        assert_eq!(chat.headroom(&mut state, start + PACE_GRACE), 400);
+        assert!(!a.lock().behind, "caught up: it counts again");
     }
 }

@@ -21,9 +21,9 @@
 //! write, `fsync`, rename — in the serving thread or process itself, as these models naturally
 //! would. Every model serves it.
 //!
-//! What a blocking model does not need: `--output-limit` (a thread blocked in `write` stops
-//! reading, and the kernel's socket buffers are the bound; a chat member is dropped after a send
-//! timeout instead) and fairness budgets (the kernel
+//! What a blocking model does not need: `--output-limit` for the stream protocols (a thread
+//! blocked in `write` stops reading, and the kernel's socket buffers are the bound; chat is the
+//! exception: each member has a bounded queue, see [`chat`]) and fairness budgets (the kernel
 //! scheduler shares the CPU between threads). `--max-line` applies unchanged: it lives in the
 //! protocol. `--idle-timeout` becomes the socket's read and write timeouts (a blocked `read` or
 //! `write` that long means no byte moved that long), and `--max-connections` a count of the
@@ -145,6 +145,9 @@ pub struct Settings {
     pub proxy_protocol: bool,
     /// `--reply-delay`: upper, timestamp and echo sleep this long before writing each reply.
     pub reply_delay: Option<Duration>,
+    /// `--output-limit`: a chat member owed more than this is dropped ([`chat`]); the stream
+    /// protocols need none (a thread blocked in `write` stops reading).
+    pub output_limit: usize,
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.

@@ -28,7 +28,11 @@ pub fn run(
     workers: usize,
     signals: Signals,
 ) -> io::Result<()> {
-    let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
+    let rooms = Arc::new(ChatRooms::new(
+        &listeners,
+        settings.limits,
+        settings.output_limit,
+    ));
     let mut acceptor = Acceptor::new(listeners, signals)?;
     acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);

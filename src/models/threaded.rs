@@ -19,7 +19,11 @@ use super::{Acceptor, Admission, Next, Settings};
 
 /// Serves every connection on a new thread until SIGINT or SIGTERM.
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
-    let rooms = Arc::new(ChatRooms::new(&listeners, settings.limits));
+    let rooms = Arc::new(ChatRooms::new(
+        &listeners,
+        settings.limits,
+        settings.output_limit,
+    ));
     let mut acceptor = Acceptor::new(listeners, signals)?;
     acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
     let admission = Admission::new(settings.max_connections, acceptor.waker()?);

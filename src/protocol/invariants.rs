@@ -527,15 +527,26 @@ impl RoomRun {
                     String::from_utf8_lossy(bytes)
                 )
             });
-        // Undoing the escapes: a caret before `@`..`_` or `?` stands for one byte. (A `^[` the
-        // member typed counts one byte less than it was: the count is a lower bound, safe here.)
+        // Undoing the escapes: a caret before `@`..`_` or `?` stands for one byte, `\xHH` for one
+        // byte, `\u{HH}` for two. (An escape the member typed counts fewer bytes than it was:
+        // the count is a lower bound, safe here.)
         let text = &text[..text.len() - 1];
         let carets = text
             .windows(2)
             .filter(|w| w[0] == b'^' && (0x3f..=0x5f).contains(&w[1]))
             .count();
+        let hex = |b: &u8| b.is_ascii_hexdigit();
+        let bytes_escaped = text
+            .windows(4)
+            .filter(|w| w.starts_with(b"\\x") && w[2..].iter().all(hex))
+            .count();
+        let characters_escaped = text
+            .windows(6)
+            .filter(|w| w.starts_with(b"\\u{") && w[3..5].iter().all(hex) && w[5] == b'}')
+            .count();
+        let shrink = carets + 3 * bytes_escaped + 4 * characters_escaped;
         assert!(
-            text.len() - carets <= self.rules.max_line,
+            text.len().saturating_sub(shrink) <= self.rules.max_line,
             "a line over --max-line ({}) was broadcast: {:?}",
             self.rules.max_line,
             String::from_utf8_lossy(bytes)
@@ -581,9 +592,10 @@ fn assert_one_clean_line(bytes: &[u8]) {
     let text = bytes
         .strip_suffix(b"\n")
         .unwrap_or_else(|| panic!("a delivery that does not end a line: {bytes:?}"));
-    let bad = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
+    // No C0 but tab, no DEL, no C1, and nothing that is not UTF-8: nothing a terminal acts on.
+    let bad = |c: char| c.is_control() && c != '\t';
     assert!(
-        !text.iter().any(bad),
+        std::str::from_utf8(text).is_ok_and(|text| !text.chars().any(bad)),
         "a delivery with a newline inside or a raw control character: {:?}",
         String::from_utf8_lossy(bytes)
     );
@@ -594,7 +606,9 @@ fn assert_one_clean_line(bytes: &[u8]) {
 fn name_is_valid(name: &str) -> bool {
     (1..=room::MAX_NAME).contains(&name.len())
         && !name.starts_with('*')
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || room::is_format(c))
 }
 
 /// A predicted delivery. Error lines are predicted by their first words only: the rest is prose
@@ -718,16 +732,23 @@ impl RoomRules {
         }
         let name = self.members[&member].name.clone();
         let Some(command) = line.strip_prefix(b"/") else {
-            let mut text = format!("{name}: ").into_bytes();
-            for &b in line {
-                match b {
-                    b'\t' => text.push(b),
-                    0..=0x1f => text.extend_from_slice(&[b'^', b'@' + b]),
-                    0x7f => text.extend_from_slice(b"^?"),
-                    _ => text.push(b),
+            let mut text = format!("{name}: ");
+            for chunk in line.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    match u32::from(c) {
+                        0x09 => text.push(c),
+                        b @ 0..=0x1f => text.extend(['^', char::from(b'@' + b as u8)]),
+                        0x7f => text.push_str("^?"),
+                        b @ 0x80..=0x9f => text += &format!("\\u{{{b:x}}}"),
+                        _ => text.push(c),
+                    }
+                }
+                for b in chunk.invalid() {
+                    text += &format!("\\x{b:02x}");
                 }
             }
-            text.push(b'\n');
+            text.push('\n');
+            let text = text.into_bytes();
             if self.members.len() > 1 {
                 out.push(Expect::Exactly(Delivery::Broadcast {
                     except: Some(member),
@@ -754,7 +775,9 @@ impl RoomRules {
                     (Some(start), Some(end)) => &argument[start..=end],
                     _ => &[],
                 };
-                let new = std::str::from_utf8(new).ok().filter(|n| name_is_valid(n));
+                let new = std::str::from_utf8(new)
+                    .ok()
+                    .filter(|n| name_is_valid(n) && !room::looks_like_default_name(n));
                 let Some(new) = new else {
                     return out.push(Expect::Error(member, "error bad name"));
                 };

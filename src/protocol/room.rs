@@ -13,11 +13,15 @@
 //! * `/nick NAME` renames the member, announced as `* OLD is now NEW`; `/who` answers the asker
 //!   only; `quit` or `:q` leaves. Others see `* NAME joined` and `* NAME left` (also when a member
 //!   disconnects or is dropped: [`Room::on_end`], [`Room::leave`]).
-//! * A name is 1 to 32 bytes of UTF-8 with no whitespace (Unicode's) or control characters, not
-//!   starting with `*`. A bad name, a taken name, or a line that starts with `/` and names no
-//!   command gets an `error ...` line, and is not broadcast.
-//! * A line's trailing `\r` is dropped; other C0 control characters except tab, and DEL, reach the
-//!   others in caret notation (`^[` for ESC, `^?` for DEL, `^@` for NUL, `^M` for an inner `\r`).
+//! * A name is 1 to 32 bytes of UTF-8 with no whitespace (Unicode's), control or format
+//!   characters (category Cf: zero-width, bidi controls, the soft hyphen), not starting with `*`,
+//!   and not shaped like a default name (an IP address with a port, `unix-N`, either with a `-N`
+//!   suffix). A bad name, a taken name, or a line that starts with `/` and names no command gets
+//!   an `error ...` line, and is not broadcast.
+//! * A line's trailing `\r` is dropped. Nothing that could act on a terminal reaches the others
+//!   raw: C0 control characters except tab, and DEL, arrive in caret notation (`^[` for ESC, `^?`
+//!   for DEL, `^@` for NUL, `^M` for an inner `\r`); C1 controls (U+0080 to U+009F) as `\u{9b}`
+//!   (CSI is one character in C1), and each byte that is not valid UTF-8 as `\x9b`.
 //! * `--max-line` counts every byte since the last newline (a trailing `\r` included). Past it the
 //!   member gets `error line too long` and is closed; the over-long line is never broadcast, not
 //!   even the part of it that already arrived.
@@ -40,8 +44,15 @@
 //! * **`/who`** answers `* members: a, b, c` — every name, sorted bytewise, so the reply does not
 //!   depend on hash order.
 //! * **Empty lines** are chat lines too (`NAME: \n`), as `ncat --chat` relays them.
-//! * **Invalid UTF-8** in a chat line passes through unchanged (only control bytes are escaped);
-//!   C1 controls (U+0080–U+009F) pass too, as the contract names only C0 and DEL.
+//! * **The escape notation**: caret for C0 and DEL (what `cat -v` and terminals' own echo show),
+//!   and for the rest the backslash forms of Rust and Python string literals, `\u{9b}` for a
+//!   character and `\x9b` for a byte, so the two cases stay distinguishable. Like caret notation,
+//!   an escape is not itself escaped: a member who types `\x9b` or `^[` shows those characters.
+//!   Lines are escaped whole (the room holds a line until its newline), so how the input was cut
+//!   never changes the result.
+//! * **Default-shaped names** are refused with their `-N` suffix too (`10.0.0.1:5-2`, the name a
+//!   second client behind that address would get), and so are any parseable socket addresses
+//!   (`0.0.0.0:1`), not only live ones: a name must not pass for a peer's address.
 //! * **Quitting** sends the quitter nothing more: the others see `* NAME left` and the driver
 //!   closes ([`Delivery::Close`]). Bytes after the `quit` line are ignored.
 //! * **End of stream** ([`Room::on_end`]): a final partial line is handled as a line (a chat line
@@ -62,6 +73,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Limits, LINE_TOO_LONG_REPLY};
+
+/// What every member still in a room is told at a graceful shutdown, before its connection ends
+/// (the drivers send it: the room is not told of shutdowns).
+pub const SHUTDOWN_NOTICE: &[u8] = b"* server shutting down\n";
+
+/// Flow control, for every driver: how long a room waits for a member that holds it back (it is
+/// owed more than the low mark while the room waits for its members to drain) before the room
+/// goes on without it, and it is dropped once it is owed more than `--output-limit`. One
+/// second: long enough for a reader merely descheduled on a loaded machine, short enough that
+/// the others see a pause, not a hang.
+pub const PACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The longest name `/nick` accepts, in bytes.
 pub const MAX_NAME: usize = 32;
@@ -258,7 +280,7 @@ impl Room {
             let mut bytes = Vec::with_capacity(name.len() + 2 + line.len() + 1);
             bytes.extend_from_slice(name.as_bytes());
             bytes.extend_from_slice(b": ");
-            push_caret_escaped(line, &mut bytes);
+            push_escaped(line, &mut bytes);
             bytes.push(b'\n');
             out.push(Delivery::Broadcast {
                 except: Some(member),
@@ -299,7 +321,7 @@ impl Room {
         let Some(new) = valid_name(new) else {
             return reply(
                 member,
-                b"error bad name (1 to 32 bytes, no spaces or control characters, not starting with *)\n",
+                b"error bad name (1 to 32 bytes; no spaces, control or format characters; not starting with *; not shaped like an address or unix-N)\n",
                 out,
             );
         };
@@ -381,26 +403,123 @@ fn reply(member: MemberId, bytes: &[u8], out: &mut Vec<Delivery>) {
     });
 }
 
-/// `name` if `/nick` may take it: 1 to 32 bytes of UTF-8, no whitespace or control character,
-/// not starting with `*`.
+/// `name` if `/nick` may take it: 1 to 32 bytes of UTF-8, no whitespace, control or format
+/// character, not starting with `*`, and not shaped like a name the room gives by default.
 fn valid_name(name: &[u8]) -> Option<&str> {
     let name = std::str::from_utf8(name).ok()?;
     let ok = (1..=MAX_NAME).contains(&name.len())
         && !name.starts_with('*')
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_format(c))
+        && !looks_like_default_name(name);
     ok.then_some(name)
 }
 
-/// Appends `line`, with C0 controls other than tab, and DEL, in caret notation (`^[`, `^?`).
-fn push_caret_escaped(line: &[u8], out: &mut Vec<u8>) {
-    let needs_escape = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
-    let mut rest = line;
-    while let Some(i) = rest.iter().position(needs_escape) {
-        out.extend_from_slice(&rest[..i]);
-        out.extend_from_slice(&[b'^', rest[i] ^ 0x40]);
-        rest = &rest[i + 1..];
+/// Unicode's format characters (general category Cf), as ranges of code points, complete as of
+/// Unicode 15.0 to 16.0 (`DerivedGeneralCategory.txt`; checked against Python's `unicodedata`,
+/// which adds only U+13439..U+1343F from 15.0). They are invisible or reorder text: with them
+/// `bob` and `bob` + U+200B, or a name with a bidi override, look like another member's name.
+/// No crate: std has no category lookup, and 21 ranges are smaller than any dependency.
+const FORMAT_CHARACTERS: [(u32, u32); 21] = [
+    (0x00AD, 0x00AD),   // soft hyphen
+    (0x0600, 0x0605),   // Arabic number signs
+    (0x061C, 0x061C),   // Arabic letter mark
+    (0x06DD, 0x06DD),   // Arabic end of ayah
+    (0x070F, 0x070F),   // Syriac abbreviation mark
+    (0x0890, 0x0891),   // Arabic pound and piastre marks above
+    (0x08E2, 0x08E2),   // Arabic disputed end of ayah
+    (0x180E, 0x180E),   // Mongolian vowel separator
+    (0x200B, 0x200F),   // zero-width space, ZWNJ, ZWJ, LRM, RLM
+    (0x202A, 0x202E),   // bidi embeddings and overrides
+    (0x2060, 0x2064),   // word joiner, invisible operators
+    (0x2066, 0x206F),   // bidi isolates, deprecated format controls
+    (0xFEFF, 0xFEFF),   // zero-width no-break space (BOM)
+    (0xFFF9, 0xFFFB),   // interlinear annotation controls
+    (0x110BD, 0x110BD), // Kaithi number sign
+    (0x110CD, 0x110CD), // Kaithi number sign above
+    (0x13430, 0x1343F), // Egyptian hieroglyph format controls
+    (0x1BCA0, 0x1BCA3), // shorthand format controls
+    (0x1D173, 0x1D17A), // musical symbol format controls
+    (0xE0001, 0xE0001), // language tag
+    (0xE0020, 0xE007F), // tag characters
+];
+
+/// Whether `c` is a Unicode format character (category Cf). Public (and hidden) for the
+/// fuzzer's invariant check, which restates the name rules.
+#[doc(hidden)]
+pub fn is_format(c: char) -> bool {
+    let c = u32::from(c);
+    FORMAT_CHARACTERS
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
+}
+
+/// Whether `name` could be a name the room gives a member by default — an IP address with a
+/// port (`127.0.0.1:5000`, `[::1]:5000`) or `unix-N`, with or without the `-2`, `-3` suffix of
+/// a taken join name — so that no member can take the name a later client would arrive under.
+/// Public (and hidden) for the fuzzer's invariant check.
+#[doc(hidden)]
+pub fn looks_like_default_name(name: &str) -> bool {
+    let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let shaped = |s: &str| {
+        s.parse::<std::net::SocketAddr>().is_ok() || s.strip_prefix("unix-").is_some_and(is_number)
+    };
+    shaped(name)
+        || name
+            .rsplit_once('-')
+            .is_some_and(|(base, suffix)| is_number(suffix) && shaped(base))
+}
+
+/// Appends `line` with every byte that could act on a terminal escaped, so no member can send
+/// another an escape sequence:
+///
+/// * C0 controls other than tab, and DEL, in caret notation (`^[` for ESC, `^?` for DEL);
+/// * C1 controls (U+0080 to U+009F, two bytes in UTF-8) as `\u{9b}` (CSI), `\u{9d}` (OSC);
+/// * bytes that are not valid UTF-8 as `\x9b`, each (a terminal reading Latin-1 or a lone
+///   `0x9B` would take it for CSI).
+///
+/// Everything else passes unchanged, so plain text in any script arrives as it was sent.
+fn push_escaped(line: &[u8], out: &mut Vec<u8>) {
+    // Most lines are printable ASCII: one scan, one copy.
+    let plain = |b: &u8| (0x20..0x7f).contains(b) || *b == b'\t';
+    if line.iter().all(plain) {
+        return out.extend_from_slice(line);
     }
-    out.extend_from_slice(rest);
+    for chunk in line.utf8_chunks() {
+        let valid = chunk.valid().as_bytes();
+        let mut rest = valid;
+        while let Some(i) = rest
+            .iter()
+            .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f || b == 0xc2)
+        {
+            out.extend_from_slice(&rest[..i]);
+            let b = rest[i];
+            match rest.get(i + 1) {
+                // Valid UTF-8, so 0xC2 always has its continuation byte.
+                Some(&next) if b == 0xc2 && (0x80..0xa0).contains(&next) => {
+                    push_hex(out, b"\\u{", next, b"}");
+                    rest = &rest[i + 2..];
+                    continue;
+                }
+                _ if b == 0xc2 => out.push(b),
+                _ => out.extend_from_slice(&[b'^', b ^ 0x40]),
+            }
+            rest = &rest[i + 1..];
+        }
+        out.extend_from_slice(rest);
+        for &byte in chunk.invalid() {
+            push_hex(out, b"\\x", byte, b"");
+        }
+    }
+}
+
+/// Appends `before`, `byte` as two lowercase hex digits, then `after`.
+fn push_hex(out: &mut Vec<u8>, before: &[u8], byte: u8, after: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(before);
+    out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
+    out.extend_from_slice(after);
 }
 
 #[cfg(test)]
@@ -600,12 +719,43 @@ mod tests {
             b"/nick c1\xc2\x85x\n",
             b"/nick \xff\xfe\n",
             format!("/nick {too_long}\n").as_bytes(),
+            // Format characters (Cf): zero-width space, LRM, RLO, an isolate, BOM, soft
+            // hyphen, a tag character, a Kaithi sign.
+            "/nick bob\u{200b}\n".as_bytes(),
+            "/nick \u{200e}bob\n".as_bytes(),
+            "/nick bob\u{202e}x\n".as_bytes(),
+            "/nick \u{2066}bob\u{2069}\n".as_bytes(),
+            "/nick \u{feff}bob\n".as_bytes(),
+            "/nick bo\u{ad}b\n".as_bytes(),
+            "/nick bob\u{e0041}\n".as_bytes(),
+            "/nick \u{110bd}\n".as_bytes(),
+            // Shaped like a default name.
+            b"/nick 127.0.0.1:5000\n",
+            b"/nick [::1]:5000\n",
+            b"/nick [fe80::1%2]:1\n",
+            b"/nick 10.0.0.1:5-2\n",
+            b"/nick unix-1\n",
+            b"/nick unix-42-3\n",
         ] {
             let mut net = Net::abc(100);
             net.send(A, bad);
             assert!(net.got(A).starts_with("error bad name"), "{bad:?}");
             assert_eq!(net.got(B), "", "{bad:?}");
             assert_eq!(net.room.name(A), Some("a"));
+        }
+        // Near misses of a default name are names.
+        for fine in [
+            "unix-",
+            "unix-1a",
+            "unix",
+            "127.0.0.1",
+            "host:80",
+            "1.2.3.4:x",
+            "a-2",
+        ] {
+            let mut net = Net::abc(100);
+            net.send(A, format!("/nick {fine}\n").as_bytes());
+            assert_eq!(net.got(B), format!("* a is now {fine}\n"), "{fine:?}");
         }
         // 32 bytes, multi-byte characters and a `*` inside are fine.
         let mut net = Net::abc(100);
@@ -656,11 +806,65 @@ mod tests {
         assert_eq!(net.got(B), "a: crlf\n");
         net.send(A, b"\x1b[2Jclear\tme\x7f\x00\x01\x1f\r\r\n");
         assert_eq!(net.got(B), "a: ^[[2Jclear\tme^?^@^A^_^M\n");
-        net.send(A, b"bad \xff utf-8 \xc3\n");
-        assert_eq!(
-            net.inbox[&B], b"a: bad \xff utf-8 \xc3\n",
-            "invalid UTF-8 passes through"
-        );
+    }
+
+    #[test]
+    fn c1_controls_and_invalid_bytes_are_escaped_and_other_text_passes() {
+        let cases: [(&[u8], &str); 9] = [
+            (b"csi \xc2\x9b2J", "csi \\u{9b}2J"),
+            (b"osc \xc2\x9d0;title\xc2\x9c", "osc \\u{9d}0;title\\u{9c}"),
+            (b"\xc2\x80\xc2\x9f", "\\u{80}\\u{9f}"),
+            (b"lone \x9b[2J", "lone \\x9b[2J"),
+            (b"bad \xff utf-8 \xc3", "bad \\xff utf-8 \\xc3"),
+            (b"\xc2", "\\xc2"),
+            // Not C1: U+00A0 and U+00E9 start with 0xC2 and 0xC3 too.
+            (
+                "nbsp\u{a0} caf\u{e9} \u{65e5}\u{672c}".as_bytes(),
+                "nbsp\u{a0} caf\u{e9} \u{65e5}\u{672c}",
+            ),
+            (b"\x1b\xc2\x9b\x9b", "^[\\u{9b}\\x9b"),
+            (b"typed \\x9b ^[", "typed \\x9b ^["),
+        ];
+        for (sent, expected) in cases {
+            let mut net = Net::abc(100);
+            let mut input = sent.to_vec();
+            input.push(b'\n');
+            net.send(A, &input);
+            let got = std::mem::take(net.inbox.get_mut(&B).unwrap());
+            assert_eq!(
+                String::from_utf8(got).expect("escaped output is valid UTF-8"),
+                format!("a: {expected}\n"),
+                "{sent:?}"
+            );
+        }
+    }
+
+    /// Every byte value, alone and after every other, in every split: the output is valid UTF-8
+    /// with no C0 (but tab), DEL or C1 in it, and the same however the input was cut.
+    #[test]
+    fn no_split_and_no_byte_pair_lets_a_control_through() {
+        for first in 0..=255u8 {
+            for second in 0..=255u8 {
+                let input = [b'x', first, second, b'y', b'\n'];
+                let whole = deliveries(100, &input, &[]);
+                for cut in 1..input.len() {
+                    assert_eq!(
+                        whole,
+                        deliveries(100, &input, &[cut]),
+                        "{input:?} cut at {cut}"
+                    );
+                }
+                let Some(Delivery::Broadcast { bytes, .. }) = whole.first() else {
+                    continue; // `\n` as the first byte: an empty line, or a command.
+                };
+                let text = std::str::from_utf8(bytes).expect("valid UTF-8");
+                let line = text.strip_suffix('\n').unwrap();
+                assert!(
+                    !line.chars().any(|c| c.is_control() && c != '\t'),
+                    "{input:?} gave {line:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -800,6 +1004,9 @@ mod tests {
             b"\t",
             "é".as_bytes(),
             b"\xff",
+            b"\xc2",
+            b"\x9b",
+            b"\xc2\x9b",
         ];
         let piece = proptest::sample::select(PIECES);
         proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
@@ -855,7 +1062,7 @@ mod tests {
                 }
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 let mut escaped = Vec::new();
-                push_caret_escaped(line, &mut escaped);
+                push_escaped(line, &mut escaped);
                 expected += &format!("a: {}\n", String::from_utf8(escaped).unwrap());
             }
             expected += "* a left\n";

@@ -9,22 +9,32 @@
 //! * **Write at the end of the turn, not per line.** The lines a turn produced are written after
 //!   its events: every member of a room that grew is written to with `writev`, so several lines
 //!   that arrived in one turn leave in one system call.
-//! * **A slow member is dropped, never waited for.** A member still owed more than
+//! * **A slow member is dropped, never waited for long.** A member still owed more than
 //!   `--output-limit` bytes after that write is disconnected (like a Redis pub/sub client over
 //!   its output buffer limit, or an IRC client over its SendQ). It is dropped *after* the turn's
 //!   deliveries, and its `* NAME left` goes out then: a broadcast never re-enters a broadcast.
+//! * **A sender is read only as fast as the room takes its lines** ([`Pace`]): a burst slows its
+//!   sender (parked, not read, until the members that keep up have drained), never gets those
+//!   members dropped; a member that does not keep up holds the room one grace at most
+//!   ([`PACE_GRACE`]), then the room goes on and it is dropped at the limit.
+//! * **At a graceful shutdown** every member still in the room is sent
+//!   [`SHUTDOWN_NOTICE`](crate::protocol::room::SHUTDOWN_NOTICE) after the lines it is owed,
+//!   then its connection ends like any other.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::time::Instant;
 
 use log::{debug, log_enabled, trace, Level};
 use slab::Slab;
 
 use crate::clock::Now;
 use crate::net::Peer;
-use crate::protocol::room::{Delivery, MemberId, Room};
+use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE};
 use crate::protocol::Limits;
 use crate::service::Address;
 
+use super::connection::HeldInput;
 use super::fanout::RoomLog;
 use super::{Connection, Reactor};
 
@@ -37,16 +47,162 @@ pub(super) struct ChatRoom {
     pub(super) log: RoomLog,
     /// Whether it is on the outbox's list of rooms to write out at the end of the turn.
     listed: bool,
+    /// Flow control: how much more the room takes, and the senders waiting for it.
+    pub(super) pace: Pace,
 }
 
 impl ChatRoom {
-    pub(super) fn new(limits: Limits) -> ChatRoom {
+    /// An empty room whose members may be owed up to `output_limit` bytes each.
+    pub(super) fn new(limits: Limits, output_limit: usize) -> ChatRoom {
         ChatRoom {
             room: Room::new(limits),
             log: RoomLog::default(),
             listed: false,
+            pace: Pace::new(output_limit),
         }
     }
+}
+
+/// A room's flow control: the room's pace is set by the members that keep up.
+///
+/// A member's read turns lines into broadcasts owed to every other member, so one read of
+/// empty lines (256 KiB of input) would owe each member megabytes. Instead a sender may add to
+/// the log only what the room can take: the room's **headroom** is the high mark (half of
+/// `--output-limit`) less the largest backlog among the members that keep up. A read turn hands
+/// the room lines while its allowance lasts — the headroom, at most a quantum — keeps the rest
+/// of what it read (one read's worth at most), and the sender is **parked**: not read again
+/// (its READABLE events change nothing), so its client's writes block once the kernel's buffers
+/// are full, as an upper or echo client's do past `--output-limit`. That is the IRC server's
+/// flood throttle, decided by the readers instead of a fixed rate.
+///
+/// Once the headroom is spent the room **drains**: it takes nothing until every member that
+/// keeps up is owed no more than the low mark (a quarter of the limit; the gap keeps a flood
+/// from costing a wake-up per line), then unparks the waiting senders in the order they parked,
+/// as many as the headroom has a quantum for; under edge triggering they go on the still-ready
+/// queue, since no new edge will come for bytes that already wait. A sender that used up its
+/// quantum parks again at the back, so a flooder cannot starve the others.
+///
+/// A member that holds the room back — owed more than the low mark while the room drains — for
+/// [`PACE_GRACE`] is **behind**: the pace no longer waits for it. The room goes on, and that
+/// member is dropped once it is owed more than `--output-limit`, like any slow member — unless
+/// it catches up to the low mark first, and then it counts again. So a member that never reads,
+/// or reads a trickle, or only starts reading late, holds the others for one grace at most,
+/// and a burst never gets the members that keep reading dropped: their backlog stays under the
+/// high mark plus one line.
+#[derive(Debug)]
+pub(super) struct Pace {
+    /// Backlog at which the room stops taking lines (half of `--output-limit`).
+    high: usize,
+    /// Backlog every member that keeps up must be down to before the room takes lines again.
+    low: usize,
+    /// The most one sender may add in one drive.
+    quantum: usize,
+    /// Broadcast bytes the room still takes before it looks at its members again.
+    headroom: usize,
+    /// Since when the room has waited for its members to drain (`None`: it takes lines).
+    draining_since: Option<Instant>,
+    /// Senders waiting for the room to take their lines, oldest first (slab key, serial).
+    parked: VecDeque<(usize, u64)>,
+    /// What parked senders read and the room did not take yet, by slab key (with the serial,
+    /// so a key's next tenant never gets it).
+    held: HashMap<usize, (u64, Box<HeldInput>)>,
+}
+
+impl Pace {
+    fn new(output_limit: usize) -> Pace {
+        let high = (output_limit / 2).max(1);
+        let low = output_limit / 4;
+        Pace {
+            high,
+            low,
+            quantum: ((high - low) / 2).max(1),
+            headroom: high,
+            draining_since: None,
+            parked: VecDeque::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// The input sender `key` (serial `id`) left unread by the room, if any.
+    pub(super) fn take_held(&mut self, key: usize, id: u64) -> Option<Box<HeldInput>> {
+        if self.held.is_empty() {
+            return None; // The steady state: no lookup.
+        }
+        self.held
+            .remove(&key)
+            .filter(|(owner, _)| *owner == id)
+            .map(|(_, held)| held)
+    }
+
+    /// Keeps sender `key`'s unread input until its next drive.
+    pub(super) fn put_back_held(&mut self, key: usize, id: u64, held: Box<HeldInput>) {
+        self.held.insert(key, (id, held));
+    }
+
+    /// Member `key` has left: what it held is dropped with it.
+    fn forget(&mut self, key: usize) {
+        self.held.remove(&key);
+    }
+
+    /// What one sender may add to the log in its next drive.
+    pub(super) fn allowance(&self) -> usize {
+        self.headroom.min(self.quantum)
+    }
+
+    /// Whether the room waits for its members to drain.
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining_since.is_some()
+    }
+
+    /// A sender stopped for lack of allowance: it waits at the back of the queue.
+    pub(super) fn park(&mut self, key: usize, id: u64) {
+        self.parked.push_back((key, id));
+    }
+
+    /// `bytes` were appended to the log (a broadcast: every member is owed them).
+    fn took(&mut self, bytes: usize) {
+        self.headroom = self.headroom.saturating_sub(bytes);
+    }
+
+    /// After a write-out, with `largest` the largest backlog among the members that keep up:
+    /// takes lines again, goes on draining, or says that the grace is over (`true`), so the
+    /// members holding the room back must be found and marked behind.
+    fn settle(&mut self, largest: usize, now: Instant) -> Settled {
+        match self.draining_since {
+            None if largest < self.high => {
+                self.headroom = self.high - largest;
+                Settled::Taking
+            }
+            None => {
+                self.headroom = 0;
+                self.draining_since = Some(now);
+                Settled::StartedDraining(now + PACE_GRACE)
+            }
+            Some(_) if largest <= self.low => {
+                self.draining_since = None;
+                self.headroom = self.high - largest;
+                Settled::Taking
+            }
+            Some(since) if now >= since + PACE_GRACE => Settled::GraceOver,
+            Some(_) => {
+                self.headroom = 0;
+                Settled::Draining
+            }
+        }
+    }
+}
+
+/// What [`Pace::settle`] decided.
+#[derive(Debug, PartialEq)]
+enum Settled {
+    /// The room takes lines: unpark senders.
+    Taking,
+    /// The room has just begun waiting; look again at this instant at the latest.
+    StartedDraining(Instant),
+    /// Still waiting, within the grace.
+    Draining,
+    /// Waited a grace for members that did not drain.
+    GraceOver,
 }
 
 impl Reactor {
@@ -93,6 +249,7 @@ impl Reactor {
                             tally.said(except, bytes.len(), reach);
                         }
                     }
+                    chat.pace.took(bytes.len());
                     chat.log.append(bytes.into(), except);
                     if !std::mem::replace(&mut chat.listed, true) {
                         self.outbox.rooms.push(room);
@@ -214,13 +371,14 @@ impl Reactor {
     }
 
     /// Writes every member of `room` its new lines, drops those left over the output limit,
-    /// and trims the log to what some member still needs.
+    /// trims the log to what some member still needs, and settles the room's pace.
     fn write_out_room(&mut self, room: usize, now: &Now) {
         let Some(chat) = self.rooms[room].as_mut() else {
             return;
         };
         chat.listed = false;
         let mut members = std::mem::take(&mut self.outbox.scratch);
+        let mut backlogs = std::mem::take(&mut self.outbox.backlogs);
         members.extend(chat.room.members().map(|member| member.0));
         let mut oldest = chat.log.head();
         let tracing = log_enabled!(Level::Trace);
@@ -235,9 +393,11 @@ impl Reactor {
             self.flush_member(key, now);
             let (Some(connection), Some(chat)) = (self.connections.get(key), &self.rooms[room])
             else {
+                backlogs.push(None);
                 continue;
             };
             if connection.is_closed() {
+                backlogs.push(None);
                 continue;
             }
             let backlog = connection.chat_backlog(&chat.log);
@@ -264,14 +424,21 @@ impl Reactor {
                     self.config.output_limit
                 );
                 self.outbox.over_limit.push(key);
+                backlogs.push(None);
             } else if let Some(cursor) = connection.log_cursor() {
                 behind += usize::from(backlog > 0);
                 oldest = oldest.min(cursor);
+                backlogs.push(Some(backlog));
+            } else {
+                backlogs.push(None);
             }
         }
+        self.settle_pace(room, &members, &backlogs, now);
         let (written, dropped) = (members.len(), self.outbox.over_limit.len());
         members.clear();
+        backlogs.clear();
         self.outbox.scratch = members;
+        self.outbox.backlogs = backlogs;
         self.drop_slow_members(room);
         if let Some(chat) = self.rooms[room].as_mut() {
             chat.log.trim_before(oldest);
@@ -297,6 +464,100 @@ impl Reactor {
         }
     }
 
+    /// Flow control after a write-out (see [`Pace`]): with each member's backlog (`None` for
+    /// those dropped or gone), decides whether the room takes lines, marks the members that held
+    /// it back past the grace, or that caught up, and unparks the waiting senders it can take.
+    fn settle_pace(
+        &mut self,
+        room: usize,
+        members: &[usize],
+        backlogs: &[Option<usize>],
+        now: &Now,
+    ) {
+        let Some(chat) = self.rooms[room].as_mut() else {
+            return;
+        };
+        let low = chat.pace.low;
+        let mut largest = 0;
+        for (&key, &backlog) in members.iter().zip(backlogs) {
+            let (Some(backlog), Some(connection)) = (backlog, self.connections.get_mut(key)) else {
+                continue;
+            };
+            if connection.chat_behind() {
+                if backlog > low {
+                    continue; // The pace does not wait for it.
+                }
+                debug!(
+                    "{}: caught up; the room's pace waits for it again",
+                    member(&self.connections, &chat.room, key)
+                );
+                if let Some(connection) = self.connections.get_mut(key) {
+                    connection.set_chat_behind(false);
+                }
+            }
+            largest = largest.max(backlog);
+        }
+        let mut settled = chat.pace.settle(largest, now.instant);
+        if settled == Settled::GraceOver {
+            // The members still over the low mark held everyone for the whole grace.
+            largest = 0;
+            for (&key, &backlog) in members.iter().zip(backlogs) {
+                let (Some(backlog), Some(connection)) = (backlog, self.connections.get_mut(key))
+                else {
+                    continue;
+                };
+                if connection.chat_behind() {
+                    continue;
+                }
+                if backlog > low {
+                    connection.set_chat_behind(true);
+                    debug!(
+                        "{}: owed {backlog} bytes, it held the room back for {} s; the room \
+                         goes on without it (dropped past --output-limit unless it catches up)",
+                        member(&self.connections, &chat.room, key),
+                        PACE_GRACE.as_secs_f64()
+                    );
+                } else {
+                    largest = largest.max(backlog);
+                }
+            }
+            settled = chat.pace.settle(largest, now.instant);
+        }
+        match settled {
+            Settled::Taking => {
+                let mut granted = 0;
+                while granted < chat.pace.headroom {
+                    let Some((key, id)) = chat.pace.parked.pop_front() else {
+                        break;
+                    };
+                    let Some(connection) = self.connections.get_mut(key) else {
+                        continue;
+                    };
+                    if connection.id != id || connection.is_closed() || !connection.chat_parked() {
+                        continue; // Gone, or a new tenant of its slab key.
+                    }
+                    connection.unpark();
+                    granted += chat.pace.quantum;
+                    // No new edge will come for the bytes it left unread.
+                    if !connection.queued {
+                        connection.queued = true;
+                        self.still_ready.push(mio::Token(key));
+                    }
+                }
+            }
+            Settled::StartedDraining(at) => {
+                trace!(
+                    "{}: a member is owed {largest} bytes; the room takes no more lines until \
+                     its members drain",
+                    RoomName(&self.endpoints[room].local)
+                );
+                self.timers
+                    .push(std::cmp::Reverse((at, super::Wake::Room { room })));
+            }
+            Settled::Draining | Settled::GraceOver => {}
+        }
+    }
+
     /// Members over `--output-limit`: closed now, and their `left` notices routed (they are
     /// written out next turn).
     fn drop_slow_members(&mut self, room: usize) {
@@ -310,6 +571,7 @@ impl Reactor {
             connection.abandon("over the output limit");
             self.finished.push(key);
             if let Some(chat) = self.rooms[room].as_mut() {
+                chat.pace.forget(key);
                 chat.room.leave(MemberId(key), &mut self.deliveries);
             }
             self.route(room);
@@ -325,6 +587,7 @@ impl Reactor {
         let Some(chat) = self.rooms[room].as_mut() else {
             return;
         };
+        chat.pace.forget(key);
         if chat.room.name(MemberId(key)).is_some() {
             trace!(
                 "{}: {} has gone (its connection closed); the others are told",
@@ -352,6 +615,8 @@ pub(super) struct Outbox {
     over_limit: Vec<usize>,
     /// A reused list of one room's members.
     scratch: Vec<usize>,
+    /// Their backlogs after the write-out (`None`: dropped or gone), for flow control.
+    backlogs: Vec<Option<usize>>,
 }
 
 /// How the log names a chat room: `room on 127.0.0.1:7000` (one room per chat service).

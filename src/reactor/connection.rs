@@ -23,7 +23,9 @@
 //!   buffer shared by every connection; only bytes the socket refuses are copied into the
 //!   connection's own [`Unsent`] queue, and only then does the connection want `WRITABLE`.
 //! * **Back-pressure.** Past `--output-limit` queued bytes, the connection stops reading, so a
-//!   peer that never reads cannot make the server buffer without bound.
+//!   peer that never reads cannot make the server buffer without bound. A chat member's lines
+//!   fill other members' queues, so it is read only while its room takes them
+//!   ([`ChatSink::allowance`]); the rest of a read waits in the room ([`HeldInput`]).
 //! * **Lingering close.** After a final error reply, shut down the write side and read and
 //!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
 //!   the peer's kernel throw away the reply it has not read yet.
@@ -123,6 +125,17 @@ fn replies_to(deliveries: &[Delivery], member: MemberId) -> usize {
         .iter()
         .map(|delivery| match delivery {
             Delivery::To { member: to, bytes } if *to == member => bytes.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Bytes of the broadcasts among `deliveries`: what they add to the room's log.
+fn broadcast_bytes(deliveries: &[Delivery]) -> usize {
+    deliveries
+        .iter()
+        .map(|delivery| match delivery {
+            Delivery::Broadcast { bytes, .. } => bytes.len(),
             _ => 0,
         })
         .sum()
@@ -431,8 +444,35 @@ pub struct ChatOutput {
     /// Whether lines were still owed to it when it was last written to (the socket was full):
     /// what its interest and phase decisions go by between writes.
     owed: bool,
+    /// Waiting in its room's queue of senders for the room to take more of its lines: it is not
+    /// read meanwhile (see `reactor::chat`, flow control).
+    parked: bool,
+    /// It held the room back for too long: the room's pace no longer waits for it (it catches
+    /// up, or it is dropped at `--output-limit`).
+    behind: bool,
     /// Its cursor into the room's log, and lines for it alone.
     output: MemberOutput,
+}
+
+/// A chat sender's input read but not yet handed to its room (it was parked in the middle of a
+/// read): at most one read's worth. The room keeps it ([`ChatSink::held`]), not the connection:
+/// only a member sending faster than the room takes has one, and every member would pay for the
+/// field.
+#[derive(Debug, Default)]
+pub struct HeldInput {
+    bytes: Vec<u8>,
+    /// Where the bytes not yet handed over start.
+    start: usize,
+}
+
+/// How far [`Connection::feed_room`] got.
+enum Fed {
+    /// Every byte went to the room.
+    All,
+    /// The room took no more after this many bytes (the sender's allowance is spent).
+    Stopped(usize),
+    /// The member's conversation ended (or it was dropped): read no more.
+    Ended,
 }
 
 impl ChatOutput {
@@ -443,6 +483,8 @@ impl ChatOutput {
             room,
             dirty: false,
             owed: false,
+            parked: false,
+            behind: false,
             output: MemberOutput::joining(log),
         }
     }
@@ -459,6 +501,12 @@ pub struct ChatSink<'a> {
     pub deliveries: &'a mut Vec<Delivery>,
     /// The member (its slab key).
     pub member: MemberId,
+    /// Bytes of broadcast lines the room may still take from this member in this drive (its
+    /// share of the room's headroom): once spent, the member is read no more until the loop
+    /// unparks it.
+    pub allowance: usize,
+    /// Its input read but not yet handed to the room, if any (taken first, before the socket).
+    pub held: &'a mut Option<Box<HeldInput>>,
 }
 
 /// One accepted client.
@@ -877,6 +925,36 @@ impl Connection {
         }
     }
 
+    /// Whether this chat member waits for its room to take more of its lines (not read meanwhile).
+    pub fn chat_parked(&self) -> bool {
+        matches!(&self.work, Work::Chat(output) if output.parked)
+    }
+
+    /// The room can take this member's lines again: the next drive reads it.
+    pub fn unpark(&mut self) {
+        if let Work::Chat(output) = &mut self.work {
+            output.parked = false;
+        }
+    }
+
+    /// Whether this chat member no longer sets its room's pace (it held the room back too long).
+    pub fn chat_behind(&self) -> bool {
+        matches!(&self.work, Work::Chat(output) if output.behind)
+    }
+
+    /// Says whether this chat member sets its room's pace (`false`) or not (`true`).
+    pub fn set_chat_behind(&mut self, behind: bool) {
+        if let Work::Chat(output) = &mut self.work {
+            output.behind = behind;
+        }
+    }
+
+    /// Queues `* server shutting down` (or any notice) for this chat member alone, after the
+    /// lines already owed to it.
+    pub fn queue_notice(&mut self, log: &RoomLog, line: &[u8]) -> bool {
+        self.queue_own_line(log, line.into())
+    }
+
     /// Puts a chat member on the loop's flush list; whether it was not on it already.
     pub fn mark_dirty(&mut self) -> bool {
         match &mut self.work {
@@ -1029,6 +1107,37 @@ impl Connection {
                 }
                 asked = work.read_allowance(asked);
             }
+            if let Sink::Chat(sink) = &mut sink {
+                // Input the room could not take last time goes first, then the socket, while
+                // the room takes this member's lines.
+                if let Some(mut held) = sink.held.take() {
+                    let limit = shared.output_limit;
+                    let fed =
+                        self.feed_room(&held.bytes[held.start..], sink, &mut chat_owed, limit);
+                    match fed {
+                        Fed::All => {
+                            held.bytes.clear();
+                            held.start = 0;
+                            *sink.held = Some(held); // a flood goes on: keep the buffer
+                        }
+                        Fed::Stopped(taken) => {
+                            held.start += taken;
+                            *sink.held = Some(held);
+                            self.park();
+                            return false;
+                        }
+                        Fed::Ended => return false,
+                    }
+                }
+                if sink.allowance == 0 {
+                    trace!(
+                        "conn #{}: its room takes no more of its lines for now: not reading it",
+                        self.id
+                    );
+                    self.park();
+                    return false;
+                }
+            }
             if self.queued_output() > shared.output_limit {
                 trace!(
                     "conn #{}: {} reply bytes queued or held, over the limit: not reading until \
@@ -1141,40 +1250,21 @@ impl Connection {
                             }
                         }
                         (Work::Upload(_), _) => Flow::Close,
-                        (Work::Chat(output), Sink::Chat(sink)) => {
-                            // Line by line, counting the replies to this member itself (`/who`,
-                            // errors): one read of `/who` lines would otherwise make hundreds of
-                            // megabytes of replies at once. Past `--output-limit` it is dropped.
-                            // Counted over the whole drive: earlier reads' replies wait in
-                            // `deliveries`, not yet in the member's queue.
-                            let owed =
-                                chat_owed.get_or_insert_with(|| output.output.backlog(sink.log));
-                            let mut rest = &shared.read[..count];
-                            while !rest.is_empty() {
-                                let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-                                let before = sink.deliveries.len();
-                                sink.room
-                                    .on_input(sink.member, &rest[..cut], sink.deliveries);
-                                rest = &rest[cut..];
-                                if ends_member(&sink.deliveries[before..], sink.member) {
-                                    // Its last replies (an error line, a /who) are routed after
-                                    // this drive, and the Close after them ends the connection
-                                    // then: stop reading, but do not end it before they are
-                                    // queued.
+                        (Work::Chat(_), Sink::Chat(sink)) => {
+                            let limit = shared.output_limit;
+                            match self.feed_room(&shared.read[..count], sink, &mut chat_owed, limit)
+                            {
+                                Fed::All => Flow::Continue,
+                                Fed::Stopped(taken) => {
+                                    let held = sink.held.get_or_insert_with(Box::default);
+                                    held.bytes.drain(..held.start);
+                                    held.start = 0;
+                                    held.bytes.extend_from_slice(&shared.read[taken..count]);
+                                    self.park();
                                     return false;
                                 }
-                                *owed += replies_to(&sink.deliveries[before..], sink.member);
-                                if *owed > shared.output_limit {
-                                    debug!(
-                                        "conn #{}: chat member owed {owed} bytes of its own replies, \
-                                         over --output-limit; dropping it",
-                                        self.id
-                                    );
-                                    self.close("over the output limit");
-                                    return false;
-                                }
+                                Fed::Ended => return false,
                             }
-                            Flow::Continue
                         }
                         (Work::Chat(_), _) => Flow::Continue,
                         // Never here (returned above): no protocol to take the bytes.
@@ -1212,10 +1302,75 @@ impl Connection {
                 }
             };
             if arrival == Arrival::Drained {
+                if let Sink::Chat(sink) = &mut sink {
+                    // Its socket is drained: whatever flood there was is over.
+                    if sink
+                        .held
+                        .as_ref()
+                        .is_some_and(|held| held.start == held.bytes.len())
+                    {
+                        *sink.held = None;
+                    }
+                }
                 return false;
             }
         }
         false
+    }
+
+    /// Hands `input` to the room line by line, while this member's allowance lasts, counting
+    /// the replies to this member itself (`/who`, errors): one read of `/who` lines would
+    /// otherwise make hundreds of megabytes of replies at once, so past `--output-limit` it is
+    /// dropped. `owed` is counted over the whole drive: earlier reads' replies wait in
+    /// `deliveries`, not yet in the member's queue.
+    fn feed_room(
+        &mut self,
+        input: &[u8],
+        sink: &mut ChatSink<'_>,
+        owed: &mut Option<usize>,
+        output_limit: usize,
+    ) -> Fed {
+        let Work::Chat(output) = &self.work else {
+            return Fed::All;
+        };
+        let owed = owed.get_or_insert_with(|| output.output.backlog(sink.log));
+        let mut rest = input;
+        while !rest.is_empty() {
+            if sink.allowance == 0 {
+                return Fed::Stopped(input.len() - rest.len());
+            }
+            let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let before = sink.deliveries.len();
+            sink.room
+                .on_input(sink.member, &rest[..cut], sink.deliveries);
+            rest = &rest[cut..];
+            let new = &sink.deliveries[before..];
+            if ends_member(new, sink.member) {
+                // Its last replies (an error line, a /who) are routed after this drive, and the
+                // Close after them ends the connection then: stop reading, but do not end it
+                // before they are queued.
+                return Fed::Ended;
+            }
+            *owed += replies_to(new, sink.member);
+            sink.allowance = sink.allowance.saturating_sub(broadcast_bytes(new));
+            if *owed > output_limit {
+                debug!(
+                    "conn #{}: chat member owed {owed} bytes of its own replies, over \
+                     --output-limit; dropping it",
+                    self.id
+                );
+                self.close("over the output limit");
+                return Fed::Ended;
+            }
+        }
+        Fed::All
+    }
+
+    /// Stops reading this chat member until its room unparks it.
+    fn park(&mut self) {
+        if let Work::Chat(output) = &mut self.work {
+            output.parked = true;
+        }
     }
 
     /// An upload connection's input is over (the client's end of stream, or at a shutdown every

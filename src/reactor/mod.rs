@@ -179,6 +179,9 @@ enum Wake {
     Accept { index: usize },
     /// Tell systemd's watchdog the loop still turns (and update the status line).
     Watchdog,
+    /// Look again at chat room `room`, which has waited for its members to drain since the
+    /// timer was set (flow control's grace, see [`chat`]).
+    Room { room: usize },
 }
 
 /// A deadline: when, and what for. The connection's serial number travels with its key, so a
@@ -282,7 +285,10 @@ impl Reactor {
         // Each chat service is a room of its own.
         let rooms = endpoints
             .iter()
-            .map(|e| (e.protocol == ProtocolKind::Chat).then(|| ChatRoom::new(config.limits)))
+            .map(|e| {
+                (e.protocol == ProtocolKind::Chat)
+                    .then(|| ChatRoom::new(config.limits, config.output_limit))
+            })
             .collect();
         let mut signals = signals;
         if let Some(signals) = signals.as_mut() {
@@ -697,15 +703,29 @@ impl Reactor {
         let verdict = match (room.and_then(|r| self.rooms[r].as_mut()), &mut self.uploads) {
             (Some(chat), _) => {
                 let was_oldest = connection.log_cursor() == Some(chat.log.first());
+                let was_parked = connection.chat_parked();
+                let mut held = chat.pace.take_held(key, connection.id);
                 let sink = ChatSink {
                     room: &mut chat.room,
                     log: &chat.log,
                     deliveries: &mut self.deliveries,
                     member: MemberId(key),
+                    // A parked member waits its turn in the room's queue of senders.
+                    allowance: if was_parked { 0 } else { chat.pace.allowance() },
+                    held: &mut held,
                 };
                 let verdict = connection.drive(&mut self.shared, now, Sink::Chat(sink), first);
-                // A member that held the log's oldest line has moved on: trim at the turn's end.
-                oldest_moved = was_oldest && connection.log_cursor() != Some(chat.log.first());
+                if let Some(held) = held.filter(|_| !connection.is_closed()) {
+                    chat.pace.put_back_held(key, connection.id, held);
+                }
+                if connection.chat_parked() && !was_parked && !connection.is_closed() {
+                    chat.pace.park(key, connection.id);
+                }
+                // A member that held the log's oldest line has moved on, or one that took
+                // bytes while the room waits for its members to drain: look at the room at the
+                // turn's end (trim the log, perhaps take lines again).
+                oldest_moved = (was_oldest && connection.log_cursor() != Some(chat.log.first()))
+                    || chat.pace.is_draining();
                 verdict
             }
             (None, Some(uploads)) if connection.is_upload() => {
@@ -828,6 +848,7 @@ impl Reactor {
                             .push(Reverse((now.instant + every, Wake::Watchdog)));
                     }
                 }
+                Wake::Room { room } => self.list_room(room),
                 Wake::Reply { key, id } => {
                     let Some(connection) = self.connections.get_mut(key) else {
                         continue;
@@ -855,12 +876,14 @@ impl Reactor {
                         // deadline means nothing.
                         connection.on_header_deadline();
                     } else if let Some(idle) = self.config.idle_timeout {
-                        let quiet_until =
-                            if connection.waits_for_disk() || connection.holds_replies() {
-                                now.instant + idle // the server's wait, not the client's silence
-                            } else {
-                                connection.last_active() + idle
-                            };
+                        let quiet_until = if connection.waits_for_disk()
+                            || connection.holds_replies()
+                            || connection.chat_parked()
+                        {
+                            now.instant + idle // the server's wait, not the client's silence
+                        } else {
+                            connection.last_active() + idle
+                        };
                         if quiet_until <= now.instant {
                             debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
                             connection.abandon("idle timeout");
@@ -926,7 +949,7 @@ impl Reactor {
             | Wake::Linger { key, id }
             | Wake::Header { key, id }
             | Wake::Reply { key, id } => connections.get(key).is_some_and(|c| c.id == id),
-            Wake::Accept { .. } | Wake::Watchdog => true,
+            Wake::Accept { .. } | Wake::Watchdog | Wake::Room { .. } => true,
         });
         self.timers.shrink_to(2 * self.timers.len());
         debug!(
@@ -1029,6 +1052,11 @@ impl Reactor {
             let connection = &mut self.connections[key];
             if connection.is_closed() {
                 continue;
+            }
+            // A chat member still in its room is told, after the lines it is already owed.
+            let room = connection.chat_room().and_then(|r| self.rooms[r].as_ref());
+            if let Some(chat) = room.filter(|chat| chat.room.name(MemberId(key)).is_some()) {
+                connection.queue_notice(&chat.log, crate::protocol::room::SHUTDOWN_NOTICE);
             }
             connection.begin_shutdown(&mut self.shared, now);
             if connection.is_closed() {
