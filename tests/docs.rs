@@ -29,6 +29,10 @@
 //!   listen on is replaced by the real port, wherever it stands (a PROXY header's destination
 //!   port too).
 //!
+//! * A doc whose commands run an outside program (`nc`, `python3`, `socat`, ... : any listed in
+//!   `tests/util`'s `TOOLS`) is skipped, one line per missing program, where that program is not
+//!   installed; with `ONELOOP_TEST_REQUIRE_TOOLS=1` its test fails instead.
+//!
 //! # What is masked
 //!
 //! On both sides, before comparing: `ctime` stamps (`[Sun Nov 29 10:09:05 2026]`), Python's
@@ -45,6 +49,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use regex::Regex;
+
+mod util;
 
 /// How the docs find the server's process id: `$(pgrep -of 'oneloop serve...')`, on the
 /// reader's machine the server (`-o`, the oldest: a forking server's children have the same
@@ -543,6 +549,14 @@ impl Runner {
         let stdout = out_thread.join().unwrap();
         let stderr = err_thread.join().unwrap();
         let output = format!("{stdout}{stderr}");
+        // A missing program is the cause to name first: not a timing diff with the shell's
+        // complaint somewhere in the middle (a backgrounded command's does not even fail it).
+        if let Some(cause) = missing_program(status.code(), &output, &step.expected) {
+            panic!(
+                "{}: `{}`: {cause}\n(run as `{command}`, exit {status}; its output:)\n{output}",
+                block.place, step.command
+            );
+        }
         assert!(
             status.success(),
             "{}: `{}` (run as `{command}`) failed with {status}:\n{output}",
@@ -626,6 +640,38 @@ impl Drop for Runner {
     }
 }
 
+/// Why a command's run says a program is missing, if it does: bash's `command not found` line
+/// (unless the doc shows it), or exit status 127 (bash's code for a command it cannot find).
+fn missing_program(code: Option<i32>, output: &str, expected: &[String]) -> Option<String> {
+    let complaint = output.lines().find(|line| {
+        line.contains("command not found") && !expected.iter().any(|e| e.contains(line.trim()))
+    });
+    match (complaint, code) {
+        (Some(line), _) => Some(format!("a program it runs is not installed: {line}")),
+        (None, Some(127)) => Some("exit 127: a program it runs is not installed".to_owned()),
+        _ => None,
+    }
+}
+
+/// The outside programs (of [`util::TOOLS`]) the commands of `blocks` run, each once: a word of
+/// a command that is a program's name, at the start or after a space, `|`, `;`, `&` or `(`.
+fn programs_run(blocks: &[Block]) -> Vec<&'static str> {
+    let commands: Vec<String> = blocks
+        .iter()
+        .filter(|block| matches!(block.kind, BlockKind::Console { .. }))
+        .flat_map(|block| steps(block).into_iter().map(|step| step.command))
+        .collect();
+    util::TOOLS
+        .iter()
+        .map(|(program, _)| *program)
+        .filter(|program| {
+            let word =
+                Regex::new(&format!(r"(^|[\s|;&(]){}(\s|$)", regex::escape(program))).unwrap();
+            commands.iter().any(|command| word.is_match(command))
+        })
+        .collect()
+}
+
 /// The port of a `listening PROTOCOL TRANSPORT HOST:PORT` line.
 fn port_of(line: &str) -> Option<u16> {
     let address = line.strip_prefix("listening ")?.rsplit(' ').next()?;
@@ -642,6 +688,9 @@ fn check_doc(relative: &str, unchecked: usize) {
     let _turn = ONE_DOC_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let blocks = blocks(&path, relative);
+    if !util::require_tools(&programs_run(&blocks)) {
+        return;
+    }
     let name = relative.replace(['/', '.'], "-");
     let mut runner = Runner::new(&name);
     runner.run_file(&blocks);
@@ -690,4 +739,65 @@ fn masks_hide_only_what_varies() {
     assert!(line_matches("rss … KiB", "rss 1234 KiB"));
     assert!(!line_matches("rss … KiB", "rss 1234 MiB"));
     assert!(!line_matches("after 5 s", "after 10 s"));
+}
+
+/// The outside programs, and the packages that install them, as the README's table names them
+/// and as `.ci/run` installs them, are exactly `tests/util`'s `TOOLS`, which the tests check
+/// for: a program added to one place and not the others is caught here.
+#[test]
+fn the_readme_table_and_ci_name_the_programs_the_tests_need() {
+    use std::collections::BTreeSet;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let harness: BTreeSet<(String, String)> = util::TOOLS
+        .iter()
+        .map(|(program, package)| (program.to_string(), package.to_string()))
+        .collect();
+
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let header = "| Debian package | program | tests that skip without it |";
+    let table = readme
+        .split_once(header)
+        .unwrap_or_else(|| panic!("README.md: no table headed {header:?}"))
+        .1;
+    let backticked = Regex::new("`([^`]+)`").unwrap();
+    let mut in_readme = BTreeSet::new();
+    for row in table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let package = cells[1].trim_matches('`');
+        for program in backticked.captures_iter(cells[2]) {
+            if !program[1].starts_with('-') {
+                in_readme.insert((program[1].to_owned(), package.to_owned()));
+            }
+        }
+    }
+    assert_eq!(
+        in_readme, harness,
+        "README.md's table (left) and tests/util's TOOLS (right)"
+    );
+
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let list = ci
+        .split_once("\ntools=(")
+        .and_then(|(_, rest)| rest.split_once("\n)"))
+        .expect(".ci/run: no `tools=( ... )` list")
+        .0;
+    let in_ci: BTreeSet<(String, String)> = list
+        .split_whitespace()
+        .map(|pair| {
+            let (program, package) = pair.split_once(':').expect("PROGRAM:PACKAGE");
+            (program.to_owned(), package.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        in_ci, harness,
+        ".ci/run's tools (left) and tests/util's TOOLS (right)"
+    );
+    assert!(
+        ci.contains("\nONELOOP_TEST_REQUIRE_TOOLS=1 cargo test\n"),
+        ".ci/run runs `cargo test` with ONELOOP_TEST_REQUIRE_TOOLS=1"
+    );
 }

@@ -2,6 +2,9 @@
 //! the real `systemd-socket-activate` tool (and a shell, for what that tool never does wrong),
 //! and notifications received on a real Unix datagram socket.
 //!
+//! Without `systemd-socket-activate` (Debian: `apt-get install systemd`; systemd need not run)
+//! the tests that use it skip, one line each, or fail where `ONELOOP_TEST_REQUIRE_TOOLS=1` is set.
+//!
 //! The process that systemd starts is this test binary itself, re-run with only the test
 //! `probe_entry` selected and `ONELOOP_ACTIVATION_PROBE` set: it then runs
 //! `examples/activation_probe.rs` (included below), so the probe is always built from the code
@@ -166,22 +169,17 @@ fn spawn(
 
 /// Runs the probe under `systemd-socket-activate` with `options` (its `-l`, `-d`, `-a`,
 /// `--fdname`), `wrap` in front of the probe (e.g. a shell), and waits until the tool reports
-/// `listening` sockets. The probe starts at the first connection or datagram.
+/// `listening` sockets. The probe starts at the first connection or datagram. `None` (after
+/// the skip line) where the tool is not installed.
 fn socket_activate(
     options: &[String],
     wrap: &[&str],
     listening: usize,
-) -> (std::process::Child, mpsc::Receiver<String>) {
+) -> Option<(std::process::Child, mpsc::Receiver<String>)> {
     let tool = "systemd-socket-activate";
-    assert!(
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success(),
-        "{tool} is missing: it ships in Debian's `systemd` package (.ci/run installs it)"
-    );
+    if !util::require_tools(&[tool]) {
+        return None;
+    }
     // The tool gives the child a fresh environment: only what `--setenv` names is passed.
     let mut args = vec![format!("--setenv={PROBE_VARIABLE}=1")];
     args.extend_from_slice(options);
@@ -200,7 +198,7 @@ fn socket_activate(
             Err(_) => panic!("{tool} never listened: {seen:#?}"),
         }
     }
-    (child, stderr)
+    Some((child, stderr))
 }
 
 /// A TCP port nobody listens on right now (systemd-socket-activate cannot bind port 0).
@@ -249,7 +247,7 @@ fn unix_reply(path: &Path) -> String {
 fn tcp_and_unix_sockets_are_taken_with_their_names() {
     let port = free_port();
     let path = temp_path("chat.sock");
-    let (child, stderr) = socket_activate(
+    let Some((child, stderr)) = socket_activate(
         &[
             format!("--listen=127.0.0.1:{port}"),
             format!("--listen={}", path.display()),
@@ -257,7 +255,9 @@ fn tcp_and_unix_sockets_are_taken_with_their_names() {
         ],
         &[],
         2,
-    );
+    ) else {
+        return;
+    };
     // The first connection starts the probe; each socket answers with its own name.
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(tcp_reply(addr), "upper\n");
@@ -295,7 +295,7 @@ fn tcp_and_unix_sockets_are_taken_with_their_names() {
 #[test]
 fn a_udp_socket_is_taken() {
     let port = free_udp_port();
-    let (child, stderr) = socket_activate(
+    let Some((child, stderr)) = socket_activate(
         &[
             "--datagram".into(),
             format!("--listen=127.0.0.1:{port}"),
@@ -303,7 +303,9 @@ fn a_udp_socket_is_taken() {
         ],
         &[],
         1,
-    );
+    ) else {
+        return;
+    };
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(DEADLINE)).unwrap();
     client.send_to(b"hello", ("127.0.0.1", port)).unwrap();
@@ -324,7 +326,7 @@ fn a_udp_socket_is_taken() {
 #[test]
 fn a_connection_passed_by_accept_mode_is_refused_by_number_and_name() {
     let port = free_port();
-    let (child, stderr) = socket_activate(
+    let Some((child, stderr)) = socket_activate(
         &[
             "--accept".into(),
             format!("--listen=127.0.0.1:{port}"),
@@ -332,7 +334,9 @@ fn a_connection_passed_by_accept_mode_is_refused_by_number_and_name() {
         ],
         &[],
         1,
-    );
+    ) else {
+        return;
+    };
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let run = finish(child, stderr);
     drop(client);
@@ -346,7 +350,7 @@ fn a_connection_passed_by_accept_mode_is_refused_by_number_and_name() {
 #[test]
 fn a_unix_datagram_socket_is_refused() {
     let path = temp_path("dgram.sock");
-    let (child, stderr) = socket_activate(
+    let Some((child, stderr)) = socket_activate(
         &[
             "--datagram".into(),
             format!("--listen={}", path.display()),
@@ -354,7 +358,9 @@ fn a_unix_datagram_socket_is_refused() {
         ],
         &[],
         1,
-    );
+    ) else {
+        return;
+    };
     UnixDatagram::unbound()
         .unwrap()
         .send_to(b"wake up", &path)
@@ -372,14 +378,16 @@ fn sockets_for_another_process_are_ignored_and_the_variables_removed() {
     let port = free_port();
     // The shell is the activated process, but it hands the probe a LISTEN_PID that is not the
     // probe's: as if the probe were a program the activated server had started.
-    let (child, stderr) = socket_activate(
+    let Some((child, stderr)) = socket_activate(
         &[
             format!("--listen=127.0.0.1:{port}"),
             "--fdname=upper".into(),
         ],
         &["sh", "-c", "export LISTEN_PID=1; exec \"$0\" \"$@\""],
         1,
-    );
+    ) else {
+        return;
+    };
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let run = finish(child, stderr);
     drop(client);

@@ -574,38 +574,33 @@ fn the_udp_client_says_no_reply_and_exits_1() {
 // ---------------------------------------------------------------------------------------------
 // socat: an outside program people already have
 
-/// Runs `socat ARGS` with `input` on its stdin; `None` if socat is not installed (CI installs
-/// it; see `.ci/run`).
-fn socat(args: &[&str], input: &[u8]) -> Option<Vec<u8>> {
-    let mut child = match std::process::Command::new("socat")
+/// Runs `socat ARGS` with `input` on its stdin (the caller has checked that socat is here).
+fn socat(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("socat")
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == ErrorKind::NotFound => return None,
-        Err(e) => panic!("cannot run socat: {e}"),
-    };
+        .unwrap_or_else(|e| panic!("cannot run socat: {e}"));
     child.stdin.take().unwrap().write_all(input).unwrap();
     let output = child.wait_with_output().expect("socat's output");
     assert!(output.status.success(), "socat {args:?}: {}", output.status);
-    Some(output.stdout)
+    output.stdout
 }
 
 #[test]
 fn socat_speaks_to_the_unix_and_udp_services() {
+    if !util::require_tools(&["socat"]) {
+        return;
+    }
     let path = socket_path("socat");
     let server = Server::start(&[&unix_spec("upper", &path), "timestamp@udp:127.0.0.1:0"]);
     let unix = format!("UNIX-CONNECT:{}", path.display());
-    let Some(reply) = socat(&["-t5", "-", &unix], "hello ünïx\n".as_bytes()) else {
-        eprintln!("skipped: socat is not installed (.ci/run installs it)");
-        return;
-    };
+    let reply = socat(&["-t5", "-", &unix], "hello ünïx\n".as_bytes());
     assert_eq!(reply, "HELLO ÜNÏX\n".as_bytes());
     // socat sends each read of its input as one datagram and prints each reply.
     let udp = format!("UDP:{}", server.addr_of("timestamp", "udp"));
-    let reply = socat(&["-t2", "-", &udp], b"stamp me").unwrap();
+    let reply = socat(&["-t2", "-", &udp], b"stamp me");
     check_stamped_reply(&reply, b"stamp me").unwrap();
 }
 

@@ -623,7 +623,7 @@ impl Tmpfs {
         if mounted {
             Some(Tmpfs { dir })
         } else {
-            eprintln!("note: cannot mount a tmpfs here (not root?); the full-disk test is skipped");
+            util::say("skipped: needs root (to mount a tmpfs for the full-disk test)");
             None
         }
     }

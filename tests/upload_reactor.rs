@@ -5,8 +5,10 @@
 //! `-e inject=fsync:delay_enter=…` makes every `fsync` the I/O threads make take seconds, and
 //! `-e inject=write:delay_enter=…` every file `write` (the loop's socket writes are `sendto` and
 //! `writev`, so only the I/O threads' file writes are slowed). `--seccomp-bpf` stops the server
-//! only at the delayed call, so everything else runs at full speed. Without `strace` (or
-//! without the right to trace) the tests say so and skip; `.ci/run` installs it.
+//! only at the delayed call, so everything else runs at full speed. Without `strace` (Debian:
+//! `apt-get install strace`), or without the right to trace, the tests say so in one line and
+//! skip; `.ci/run` installs it and sets `ONELOOP_TEST_REQUIRE_TOOLS=1`, under which a missing
+//! strace fails them instead.
 
 mod util;
 
@@ -60,7 +62,8 @@ struct SlowDiskServer {
 }
 
 impl SlowDiskServer {
-    /// `None` (and a note) if strace is missing or this machine does not allow tracing.
+    /// `None` (after one `skipped:` line) if strace is missing or this machine does not allow
+    /// tracing.
     fn start(dir: &Dir, syscall: &str, delay: Duration) -> Option<SlowDiskServer> {
         SlowDiskServer::start_with(dir, syscall, delay, &[])
     }
@@ -72,7 +75,8 @@ impl SlowDiskServer {
         delay: Duration,
         extra: &[&str],
     ) -> Option<SlowDiskServer> {
-        let child = Command::new("strace")
+        let strace = util::require_tool("strace")?;
+        let child = Command::new(strace)
             .args(["-f", "--seccomp-bpf", "-qq", "-o", "/dev/null"])
             .args(["-e", &format!("trace={syscall}")])
             .args([
@@ -88,14 +92,7 @@ impl SlowDiskServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
-        let mut strace = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("skipped: strace is not installed (.ci/run installs it)");
-                return None;
-            }
-            Err(e) => panic!("cannot run strace: {e}"),
-        };
+        let mut strace = child.unwrap_or_else(|e| panic!("cannot run strace: {e}"));
         let mut lines = BufReader::new(strace.stdout.take().unwrap()).lines();
         let mut address = |protocol: &str| -> Option<SocketAddr> {
             let line = lines.next()?.ok()?;
@@ -114,7 +111,10 @@ impl SlowDiskServer {
                 why.contains("Operation not permitted"),
                 "the server did not start under strace: {why}"
             );
-            eprintln!("skipped: this machine does not allow tracing: {why}");
+            util::say(&format!(
+                "skipped: needs the right to trace (ptrace), which strace lacks here: {}",
+                why.trim()
+            ));
             return None;
         };
         let children =

@@ -1008,7 +1008,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 /// The current local time as `time.ctime()` text, from an independent source: Python if it is
 /// installed, else `date`, run with `env` added (e.g. the `TZ` a server was given). `None` if
-/// neither is available (tests then check only the shape).
+/// neither answers (`date` is in every base system, so a test may then fail).
 pub fn local_ctime_now(env: &[(&str, &str)]) -> Option<Ctime> {
     let attempts: [(&str, &[&str]); 2] = [
         ("python3", &["-c", "import time; print(time.ctime())"]),
@@ -1138,4 +1138,138 @@ pub fn check_stamped_reply(reply: &[u8], sent: &[u8]) -> Result<usize, String> {
 pub fn stamped_payload_len(reply: &[u8]) -> usize {
     let stamps = reply.iter().filter(|&&b| b == b'[').count();
     reply.len().saturating_sub(stamps * STAMP_LEN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outside programs: found, or the test skips saying so (or fails, where CI requires them)
+
+/// Every outside program a test runs, with the Debian package that installs it. The README's
+/// table and `.ci/run`'s list name the same ones (`tests/docs.rs` checks that all three agree).
+/// Programs in every Debian base system (`sh`, `kill`, `mount`, `date`, coreutils) are not
+/// listed: a test may take them for granted.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("nc", "netcat-openbsd"),
+    ("python3", "python3"),
+    ("ps", "procps"),
+    ("socat", "socat"),
+    ("strace", "strace"),
+    ("haproxy", "haproxy"),
+    ("systemd-socket-activate", "systemd"),
+    ("systemd-analyze", "systemd"),
+];
+
+/// The variable that turns a missing program from a skip into a failure: `.ci/run` sets it, so
+/// that CI proves every test that runs a real outside program.
+pub const REQUIRE_TOOLS: &str = "ONELOOP_TEST_REQUIRE_TOOLS";
+
+/// The Debian package that installs `program` (from [`TOOLS`]); panics for a program not listed
+/// there, so that a test cannot need a program the README's table does not name.
+pub fn package_of(program: &str) -> &'static str {
+    TOOLS
+        .iter()
+        .find(|(name, _)| *name == program)
+        .map(|(_, package)| *package)
+        .unwrap_or_else(|| {
+            panic!("{program} is not in tests/util's TOOLS: add it (and its package)")
+        })
+}
+
+/// Where `program` is: the first executable of that name in `PATH`, or in the `sbin` directory
+/// beside one of `PATH`'s `bin` directories (Debian puts haproxy in `/usr/sbin`, which a
+/// non-root `PATH` lacks). Only `PATH` decides, so hiding a program from `PATH` hides it here.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    let sbins = dirs
+        .iter()
+        .filter(|dir| dir.file_name().is_some_and(|name| name == "bin"))
+        .filter_map(|dir| Some(dir.parent()?.join("sbin")));
+    let candidates: Vec<PathBuf> = dirs.iter().cloned().chain(sbins).collect();
+    candidates
+        .into_iter()
+        .map(|dir| dir.join(program))
+        .find(|file| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(file).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Why the program found at `file` will not do, if it will not: `nc` must be OpenBSD's, the one
+/// with `-N` (shut down the sending side at end of input), which the docs' examples use.
+fn unusable(program: &str, file: &std::path::Path) -> Option<String> {
+    if program != "nc" {
+        return None;
+    }
+    let help = Command::new(file)
+        .arg("-h")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_default();
+    let has_n = help.lines().any(|line| line.trim_start().starts_with("-N"));
+    (!has_n).then(|| format!("{} has no -N: it is not OpenBSD's nc", file.display()))
+}
+
+/// Writes one line on the test process's own standard error, past the test harness's capture,
+/// so that a skip shows in a plain `cargo test` run as well as with `--nocapture`.
+pub fn say(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
+/// Whether every program in `programs` is here and usable. For each one that is not, prints one
+/// line, `skipped: needs nc (Debian: apt-get install netcat-openbsd)`, and the caller returns
+/// (the test passes, having said it checked nothing). With `ONELOOP_TEST_REQUIRE_TOOLS=1` it
+/// panics instead, naming each missing program and its package first.
+///
+/// ```ignore
+/// if !util::require_tools(&["nc", "python3"]) {
+///     return;
+/// }
+/// ```
+pub fn require_tools(programs: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    for &program in programs {
+        let package = package_of(program);
+        let why = match find_program(program) {
+            None => None,
+            Some(file) => match unusable(program, &file) {
+                None => continue,
+                Some(why) => Some(why),
+            },
+        };
+        let mut line = format!("needs {program} (Debian: apt-get install {package})");
+        if let Some(why) = why {
+            line.push_str(&format!(": {why}"));
+        }
+        missing.push(line);
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os(REQUIRE_TOOLS).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!(
+            "{}; {REQUIRE_TOOLS} is set, so a missing program fails the test",
+            missing.join("; ")
+        );
+    }
+    for line in missing {
+        say(&format!("skipped: {line}"));
+    }
+    false
+}
+
+/// [`require_tools`] for one program, giving its path (for one outside `PATH`, such as
+/// `/usr/sbin/haproxy`); `None` after the skip line.
+pub fn require_tool(program: &str) -> Option<PathBuf> {
+    if require_tools(&[program]) {
+        find_program(program)
+    } else {
+        None
+    }
 }
