@@ -56,7 +56,7 @@ pub struct ServeArgs {
                 udp:HOST:PORT, unix:PATH, or fd:NAME (a socket systemd passed in, by its \
                 FileDescriptorName= or number; with no SERVICE, each passed socket serves the \
                 protocol its name names). Under the blocking models each UDP service is one \
-                thread (under forking, one process) blocked in recv_from: a datagram service has \
+                thread (under forking, one process) blocked in recvmsg: a datagram service has \
                 no connections to spread \
                 [default: upper@127.0.0.1:9999 timestamp@127.0.0.1:21567 echo@127.0.0.1:9000]"
     )]

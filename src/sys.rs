@@ -4,6 +4,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -369,6 +370,282 @@ pub fn queued_input_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(count).unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datagrams with their destination address (`recvmsg`/`sendmsg` with `IP_PKTINFO`)
+//
+// A socket bound to a wildcard address (`0.0.0.0`, `[::]`) receives datagrams sent to any of the
+// host's addresses, but `send_to` lets the kernel pick a reply's source by routing, which may be
+// another address than the one the request went to (a request to 127.0.0.2 answered from
+// 127.0.0.1). A connected client drops such a reply. With `IP_PKTINFO` / `IPV6_RECVPKTINFO`
+// the kernel tells each datagram's destination in a control message of `recvmsg`, and the same
+// message given to `sendmsg` makes it the reply's source: one call each way, as with
+// `recv_from` and `send_to`, and the control buffers live on the stack.
+
+/// Room for one packet-information control message of either family. `cmsghdr` alignment is
+/// that of `size_t`; the `u64` array gives it.
+#[repr(C)]
+struct ControlBuffer([u64; CONTROL_WORDS]);
+
+/// `CMSG_SPACE(sizeof(struct in6_pktinfo))` (the larger of the two), in 8-byte words.
+// SAFETY: CMSG_SPACE only does arithmetic on its argument.
+const CONTROL_BYTES: usize =
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as libc::c_uint) } as usize;
+const CONTROL_WORDS: usize = CONTROL_BYTES.div_ceil(8);
+
+/// Asks the kernel to report, with every datagram `socket` receives, the address it was sent to:
+/// `IP_PKTINFO` on an IPv4 socket, `IPV6_RECVPKTINFO` on an IPv6 one (which also reports an
+/// IPv4 datagram on a dual-stack socket, as a v4-mapped address). [`receive_datagram`] reads it.
+pub fn report_datagram_destinations(socket: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
+    let (level, option) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int from a valid local of the size given; the descriptor is
+    // borrowed from a live socket for the duration of the call.
+    let code = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if code != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One datagram taken by [`receive_datagram`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceivedDatagram {
+    /// Bytes written into the buffer (a longer datagram is cut to the buffer's length).
+    pub length: usize,
+    /// Its sender. `None` when the kernel gave no address: the empty "datagram" with which
+    /// `shutdown(SHUT_RD)` wakes a blocked reader (std's `recv_from` panics on it).
+    pub from: Option<SocketAddr>,
+    /// The address it was sent to, when the socket reports it
+    /// ([`report_datagram_destinations`]): the source its reply should leave from.
+    pub to: Option<IpAddr>,
+}
+
+/// Receives one datagram into `buffer` with `recvmsg`, its sender's address and (when the socket
+/// reports it) its destination address. `flags` as for `recvmsg` (`MSG_DONTWAIT`...).
+pub fn receive_datagram(
+    socket: BorrowedFd<'_>,
+    buffer: &mut [u8],
+    flags: i32,
+) -> io::Result<ReceivedDatagram> {
+    // SAFETY: all-zero is a valid sockaddr_storage (family AF_UNSPEC).
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = ControlBuffer([0; CONTROL_WORDS]);
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr (no name, no buffers, no control); the fields that
+    // matter are set below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    message.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.0.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of::<ControlBuffer>() as _;
+    // SAFETY: every pointer in `message` points to a live local or to `buffer`, with the length
+    // beside it; the kernel writes within those lengths and updates them.
+    let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, flags) };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let from = socket_address(&name, message.msg_namelen);
+    let mut to = None;
+    // SAFETY: CMSG_FIRSTHDR/NXTHDR stay within the `msg_controllen` bytes of `control` the kernel
+    // filled, and return null past them; each header they return is aligned and whole. Its
+    // data is read (with `read_unaligned`) only when `cmsg_len` covers the structure read.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            let data = libc::CMSG_DATA(header);
+            let length = (*header).cmsg_len as usize;
+            match ((*header).cmsg_level, (*header).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                    if length
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as _)
+                            as usize =>
+                {
+                    let info: libc::in_pktinfo = ptr::read_unaligned(data.cast());
+                    // `ipi_spec_dst`, not `ipi_addr`: for a unicast datagram they are the same,
+                    // for a broadcast one it is the receiving interface's own address.
+                    to = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        info.ipi_spec_dst.s_addr,
+                    ))));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                    if length
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as _)
+                            as usize =>
+                {
+                    let info: libc::in6_pktinfo = ptr::read_unaligned(data.cast());
+                    to = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    Ok(ReceivedDatagram {
+        length: received as usize,
+        from,
+        to,
+    })
+}
+
+/// Sends `payload` to `to` with `sendmsg`, from the source address `from` when given (an
+/// address of this host: [`ReceivedDatagram::to`] of the request), else from the one the
+/// kernel picks. `flags` as for `sendmsg` (`MSG_DONTWAIT`...). On an IPv6 socket `from` is an
+/// IPv6 address (v4-mapped for an IPv4 peer); on an IPv4 socket, an IPv4 one.
+pub fn send_datagram(
+    socket: BorrowedFd<'_>,
+    payload: &[u8],
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    flags: i32,
+) -> io::Result<usize> {
+    let (name, name_length) = socket_address_to_c(to);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr().cast_mut().cast(),
+        iov_len: payload.len(),
+    };
+    let mut control = ControlBuffer([0; CONTROL_WORDS]);
+    // SAFETY: all-zero is a valid msghdr (no name, no buffers, no control).
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_name = (&name as *const libc::sockaddr_storage).cast_mut().cast();
+    message.msg_namelen = name_length;
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    if let Some(from) = from {
+        message.msg_control = control.0.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only does arithmetic; the header is written within `control`,
+        // which is CONTROL_BYTES long (the space of the larger message) and aligned for
+        // cmsghdr, and the data after it with `write_unaligned`.
+        unsafe {
+            let (level, kind, data_length) = match from {
+                IpAddr::V4(_) => (
+                    libc::IPPROTO_IP,
+                    libc::IP_PKTINFO,
+                    std::mem::size_of::<libc::in_pktinfo>(),
+                ),
+                IpAddr::V6(_) => (
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_PKTINFO,
+                    std::mem::size_of::<libc::in6_pktinfo>(),
+                ),
+            };
+            message.msg_controllen = libc::CMSG_SPACE(data_length as _) as _;
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = level;
+            (*header).cmsg_type = kind;
+            (*header).cmsg_len = libc::CMSG_LEN(data_length as _) as _;
+            let data = libc::CMSG_DATA(header);
+            // Interface 0: routing picks the way out, as it does for any reply; only the
+            // source address is fixed.
+            match from {
+                IpAddr::V4(address) => ptr::write_unaligned(
+                    data.cast(),
+                    libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from(address).to_be(),
+                        },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    },
+                ),
+                IpAddr::V6(address) => ptr::write_unaligned(
+                    data.cast(),
+                    libc::in6_pktinfo {
+                        ipi6_addr: libc::in6_addr {
+                            s6_addr: address.octets(),
+                        },
+                        ipi6_ifindex: 0,
+                    },
+                ),
+            }
+        }
+    }
+    // SAFETY: every pointer in `message` points to a live local or to `payload`, with the
+    // length beside it; sendmsg only reads them.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &message, flags) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// The socket address the kernel wrote into `name` (`length` bytes); `None` for none at all
+/// (length 0) or a family other than IPv4 and IPv6.
+fn socket_address(name: &libc::sockaddr_storage, length: libc::socklen_t) -> Option<SocketAddr> {
+    let length = length as usize;
+    match i32::from(name.ss_family) {
+        libc::AF_INET if length >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr, and the
+            // kernel wrote a whole sockaddr_in (family and length checked).
+            let v4 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                u16::from_be(v4.sin_port),
+            )))
+        }
+        libc::AF_INET6 if length >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for a whole sockaddr_in6.
+            let v6 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(v6.sin6_addr.s6_addr),
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo, // As std keeps it: in network order.
+                v6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// `address` as the kernel takes it, and its length.
+fn socket_address_to_c(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let length = match address {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+            let c = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            c.sin_family = libc::AF_INET as libc::sa_family_t;
+            c.sin_port = v4.port().to_be();
+            c.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
+            let c = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            c.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            c.sin6_port = v6.port().to_be();
+            c.sin6_flowinfo = v6.flowinfo();
+            c.sin6_addr.s6_addr = v6.ip().octets();
+            c.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, length as libc::socklen_t)
 }
 
 /// The number of threads in this process, from `/proc/self/status`.

@@ -1,10 +1,12 @@
-//! UDP under the blocking models: one server per UDP service, blocked in `recv_from`.
+//! UDP under the blocking models: one server per UDP service, blocked in `recvmsg`.
 //!
 //! A datagram service has no connections to spread over threads or processes, so every blocking
 //! model serves it the same way — the way the seeds' `udp_server.py` does: one loop of
-//! `recv_from`, answer, `send_to`. The rules are the reactor's (see `reactor::datagram`): an
-//! oversize datagram is dropped, a source port below 1024 gets no reply, and a reply the socket
-//! will not take at once is dropped (`MSG_DONTWAIT`), never waited for.
+//! receive, answer, send. The rules are the reactor's (see `reactor::datagram`): an oversize
+//! datagram is dropped, a source port below 1024 gets no reply, a reply leaves from the address
+//! its request was sent to (`recvmsg`/`sendmsg`, see `net::datagram`), one that would not fit a
+//! datagram is `error reply too large`, and a reply the socket will not take at once is dropped
+//! (`MSG_DONTWAIT`), never waited for.
 //!
 //! The server is a thread under serial, threaded and pool. The forking model cannot have a
 //! thread — it forks, and a fork with a second thread running could copy a lock that thread
@@ -13,8 +15,9 @@
 //!
 //! **Stopping.** Like the reactor's UDP sockets, these stop at the first SIGINT or SIGTERM, not
 //! after the stream connections have drained: a stop flag is set and the socket's reading side is
-//! shut down, which wakes a `recv_from` blocked on it (Linux wakes the readers of an unconnected
-//! UDP socket on `shutdown`). A thread's socket is shut down by an action added to the signals
+//! shut down, which wakes a `recvmsg` blocked on it (Linux wakes the readers of an unconnected
+//! UDP socket on `shutdown`). The wake-up is an empty result with no sender address — std's
+//! `recv_from` panics on it — which the loop takes for what it is, not for a datagram. A thread's socket is shut down by an action added to the signals
 //! (async-signal-safe: an atomic store and a system call); a UDP child does the same from its own
 //! handler, on the SIGTERM its parent forwards to it, and the kernel also sends it SIGTERM when the
 //! parent exits, so it never outlives the server.
@@ -30,9 +33,9 @@ use log::{debug, info, warn};
 
 use super::Model;
 use crate::clock::Clock;
-use crate::net::datagram::DatagramStats;
+use crate::net::datagram::{answer, receive, DatagramStats};
 use crate::net::BoundDatagram;
-use crate::protocol::datagram::{reply, MAX_DATAGRAM_PAYLOAD};
+use crate::protocol::datagram::{reply, Reply, MAX_DATAGRAM_PAYLOAD};
 use crate::sys::{self, ChildHandle, Forked};
 
 /// The UDP services of a blocking model, already serving.
@@ -210,32 +213,41 @@ fn serve(bound: BoundDatagram, stopping: &AtomicBool) -> DatagramStats {
     // One byte more than the largest answered datagram, so an oversize one shows as oversize.
     let mut input = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
     let mut output = Vec::with_capacity(MAX_DATAGRAM_PAYLOAD + 64);
+    let service = format_args!("{protocol} on udp {local}");
     loop {
-        let received = socket.recv_from(&mut input);
+        let received = receive(&socket, &mut input, 0);
         if stopping.load(Ordering::SeqCst) {
             return stats;
         }
-        let (length, from) = match received {
-            Ok(received) => received,
+        let request = match received {
+            Ok(Some(request)) => request,
+            // No sender: the wake-up of a shut-down reading side, before the flag is seen (the
+            // flag is set first, so only a shutdown from outside gives this). No datagram.
+            Ok(None) => {
+                debug!("{service}: woken with no datagram (reading side shut down)");
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                debug!("udp {local}: receive error: {e}");
+                debug!("{service}: receive error: {e}");
                 continue;
             }
         };
-        if !stats.admit(&format_args!("{protocol} on udp {local}"), length, from) {
+        let (length, from) = (request.length, request.from);
+        if !stats.admit(&service, length, from) {
             continue;
         }
         output.clear();
-        if reply(protocol, &input[..length], &clock.now(), &mut output).is_none() {
-            continue;
+        match reply(protocol, &input[..length], &clock.now(), &mut output) {
+            Some(Reply::Answer) => {}
+            Some(Reply::TooLarge) => debug!(
+                "{service}: the reply to {length} bytes from {from} would not fit one datagram; \
+                 it gets `error reply too large`"
+            ),
+            None => continue,
         }
         // MSG_DONTWAIT: a blocking socket, but this one send must not wait for buffer space.
-        let sent = socket2::SockRef::from(&socket).send_to_with_flags(
-            &output,
-            &from.into(),
-            libc::MSG_DONTWAIT,
-        );
-        stats.sent(&format_args!("{protocol} on udp {local}"), sent, from);
+        let sent = answer(&socket, &output, &request, libc::MSG_DONTWAIT);
+        stats.sent(&service, sent, from);
     }
 }

@@ -36,10 +36,12 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Opens a non-blocking UDP socket on `addr`.
+/// Opens a non-blocking UDP socket on `addr`; on a wildcard address, one that reports each
+/// datagram's destination, so that replies leave from it ([`super::datagram::answer`]).
 pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
+    super::datagram::answer_from_destination(&socket)?;
     Ok(socket)
 }
 

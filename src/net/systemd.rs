@@ -378,6 +378,9 @@ fn classify(socket: Socket) -> Result<(ActivatedKind, Address), String> {
         (true, _, Type::DGRAM) => {
             prepare(&socket).map_err(reason)?;
             let udp: UdpSocket = socket.into();
+            // A socket systemd bound to a wildcard address answers from each request's
+            // destination, as one oneloop binds itself does.
+            super::datagram::answer_from_destination(&udp).map_err(reason)?;
             let local = udp.local_addr().map_err(reason)?;
             Ok((ActivatedKind::Udp(udp), Address::Udp(local)))
         }

@@ -9,6 +9,12 @@
 //!   through unchanged, as at a stream's end.
 //! * timestamp: `[ctime] PAYLOAD`, the payload unchanged (newline or not).
 //! * echo: the payload (RFC 862's UDP service).
+//!
+//! A reply that would not fit one datagram (a timestamp request of 65,481 bytes or more: the
+//! stamp adds 27; upper text that grows past 65,507 bytes, as `ΐ` does threefold) is replaced by
+//! the one datagram [`REPLY_TOO_LARGE`], so the client learns why instead of waiting for nothing.
+//! Like every reply over UDP it is a datagram, not a line: no newline (the stream protocols'
+//! `error ...\n` lines end with one because a stream needs it to end the line).
 
 use crate::clock::Now;
 
@@ -19,9 +25,31 @@ use super::ProtocolKind;
 /// headers. Longer datagrams (IPv6 allows up to 65,527 bytes without jumbograms) are dropped.
 pub const MAX_DATAGRAM_PAYLOAD: usize = 65_507;
 
-/// Appends `protocol`'s reply to the datagram `payload` to `out`. `None` for a protocol that is
-/// not served over UDP (chat and upload need a conversation).
-pub fn reply(protocol: ProtocolKind, payload: &[u8], now: &Now, out: &mut Vec<u8>) -> Option<()> {
+/// The reply to a request whose reply would not fit one datagram (contract v3).
+pub const REPLY_TOO_LARGE: &[u8] = b"error reply too large";
+
+/// What [`reply`] put in its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The protocol's answer.
+    Answer,
+    /// [`REPLY_TOO_LARGE`], in place of an answer longer than [`MAX_DATAGRAM_PAYLOAD`].
+    TooLarge,
+}
+
+/// Appends `protocol`'s reply to the datagram `payload` to `out` (which the caller clears): the
+/// answer, or [`REPLY_TOO_LARGE`] when the answer would not fit one datagram. `None` for a
+/// protocol that is not served over UDP (chat and upload need a conversation).
+///
+/// `out` may briefly hold an answer three times the payload's length (upper's largest growth)
+/// before it is found too large: bounded, and kept by the caller for the next datagram.
+pub fn reply(
+    protocol: ProtocolKind,
+    payload: &[u8],
+    now: &Now,
+    out: &mut Vec<u8>,
+) -> Option<Reply> {
+    let start = out.len();
     match protocol {
         ProtocolKind::Upper => {
             let incomplete = upper_into(payload, out);
@@ -36,7 +64,12 @@ pub fn reply(protocol: ProtocolKind, payload: &[u8], now: &Now, out: &mut Vec<u8
         ProtocolKind::Echo => out.extend_from_slice(payload),
         ProtocolKind::Chat | ProtocolKind::Upload => return None,
     }
-    Some(())
+    if out.len() - start > MAX_DATAGRAM_PAYLOAD {
+        out.truncate(start);
+        out.extend_from_slice(REPLY_TOO_LARGE);
+        return Some(Reply::TooLarge);
+    }
+    Some(Reply::Answer)
 }
 
 /// Whether `protocol` can be served over UDP.
@@ -86,6 +119,36 @@ mod tests {
         let mut out = Vec::new();
         assert!(reply(ProtocolKind::Chat, b"x", &fixed_now(), &mut out).is_none());
         assert!(!serves(ProtocolKind::Upload));
+    }
+
+    #[test]
+    fn a_reply_past_one_datagram_is_the_error() {
+        // The stamp adds 27 bytes: 65,480 still fit, 65,481 do not.
+        let stamp = answer(ProtocolKind::Timestamp, b"").len();
+        assert_eq!(stamp, 27);
+        let fits = answer(ProtocolKind::Timestamp, &[b'x'; MAX_DATAGRAM_PAYLOAD - 27]);
+        assert_eq!(fits.len(), MAX_DATAGRAM_PAYLOAD);
+        let mut out = Vec::new();
+        let too_large = [b'x'; MAX_DATAGRAM_PAYLOAD - 26];
+        let outcome = reply(ProtocolKind::Timestamp, &too_large, &fixed_now(), &mut out);
+        assert_eq!(outcome, Some(Reply::TooLarge));
+        assert_eq!(out, REPLY_TOO_LARGE);
+        // Upper text that grows: `ŉ` (2 bytes) becomes `ʼN` (3).
+        let grows = |ascii: usize| ["ŉ".repeat(20_000), "a".repeat(ascii)].concat();
+        assert_eq!(
+            answer(ProtocolKind::Upper, grows(5_507).as_bytes()).len(),
+            65_507
+        );
+        assert_eq!(
+            answer(ProtocolKind::Upper, grows(5_508).as_bytes()),
+            REPLY_TOO_LARGE
+        );
+        // Echo never grows: the size limit on requests keeps it in one datagram.
+        let largest = [b'e'; MAX_DATAGRAM_PAYLOAD];
+        assert_eq!(
+            answer(ProtocolKind::Echo, &largest).len(),
+            MAX_DATAGRAM_PAYLOAD
+        );
     }
 
     proptest! {

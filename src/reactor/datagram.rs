@@ -2,11 +2,12 @@
 //!
 //! A listener's readiness means "clients are waiting to become connections"; a datagram socket's
 //! means "messages are waiting to be answered". Each datagram is a whole request, answered on the
-//! spot with one `send_to` to its sender, so there is nothing to remember about any peer — no
-//! slab entry, no timer, no buffer. The endpoint needs only the loop's shared read buffer (64
-//! KiB, more than the largest datagram the contract answers, so an oversize one is *seen* to be
-//! oversize rather than silently cut: std does not report `MSG_TRUNC`) and the shared reply
-//! buffer.
+//! spot with one `sendmsg` to its sender, from the address the request was sent to (see
+//! `net::datagram`: on a wildcard address `recvmsg` tells it), so there is nothing to remember
+//! about any peer — no slab entry, no timer, no buffer. The endpoint needs only the loop's
+//! shared read buffer (64 KiB, more than the largest datagram the contract answers, so an
+//! oversize one is *seen* to be oversize rather than silently cut) and the shared reply buffer.
+//! A reply that would not fit one datagram is the one datagram `error reply too large`.
 //!
 //! The edge-triggered rules carry over with one change:
 //!
@@ -28,8 +29,8 @@ use log::{debug, log_enabled, trace, Level};
 use mio::net::UdpSocket;
 
 use crate::clock::Now;
-use crate::net::datagram::DatagramStats;
-use crate::protocol::datagram::{self, MAX_DATAGRAM_PAYLOAD};
+use crate::net::datagram::{self as net_datagram, DatagramStats};
+use crate::protocol::datagram::{self, Reply, MAX_DATAGRAM_PAYLOAD};
 use crate::protocol::ProtocolKind;
 
 use super::connection::{SharedBuffers, READ_BUFFER_BYTES};
@@ -62,11 +63,13 @@ pub fn serve_datagrams(
         },
     };
     for handled in 0..MAX_DATAGRAMS_PER_TURN {
-        let (length, from) = match socket.recv_from(&mut shared.read) {
-            Ok(received) => received,
+        let request = match net_datagram::receive(socket, &mut shared.read, 0) {
+            Ok(Some(request)) => request,
+            // No sender: not a datagram (only a shut-down reading side gives it).
+            Ok(None) => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 trace!(
-                    "{service}: no more datagrams waiting (recv_from would block); {handled} \
+                    "{service}: no more datagrams waiting (recvmsg would block); {handled} \
                      handled this turn"
                 );
                 return false;
@@ -79,15 +82,22 @@ pub fn serve_datagrams(
                 continue;
             }
         };
+        let (length, from) = (request.length, request.from);
         trace!("{service}: a datagram of {length} bytes from {from}");
         if !stats.admit(&service, length, from) {
             continue;
         }
         shared.replies.clear();
-        if datagram::reply(protocol, &shared.read[..length], now, &mut shared.replies).is_none() {
-            continue; // Not a datagram protocol; `serve` refuses such services before binding.
+        match datagram::reply(protocol, &shared.read[..length], now, &mut shared.replies) {
+            Some(Reply::Answer) => {}
+            Some(Reply::TooLarge) => debug!(
+                "{service}: the reply to {length} bytes from {from} would not fit one datagram; \
+                 it gets `error reply too large`"
+            ),
+            None => continue, // Not a datagram protocol; `serve` refuses such services first.
         }
-        stats.sent(&service, socket.send_to(&shared.replies, from), from);
+        let sent = net_datagram::answer(socket, &shared.replies, &request, 0);
+        stats.sent(&service, sent, from);
     }
     trace!(
         "{service}: {MAX_DATAGRAMS_PER_TURN} datagrams this turn, its budget; serving the others \
