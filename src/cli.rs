@@ -106,7 +106,9 @@ pub struct ServeArgs {
 
     /// Largest upload accepted, in bytes; a bigger SIZE gets `error too large` before any of the
     /// body is read [default: 1 GiB].
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UPLOAD, value_parser = clap::value_parser!(u64).range(1..))]
+    // The default is shown once, in the words above: clap's own `[default: 1073741824]` would
+    // say it a second time, in a unit nobody reads.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UPLOAD, hide_default_value = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload: u64,
 
     /// Where the reactor does uploads' file work: on I/O threads (threads), or in the event loop
@@ -190,7 +192,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Client(args) => crate::client::run(&args),
         Command::Load(args) => match args.config().validate() {
-            Err(message) => usage_error(message),
+            Err(message) => usage_error("load", message),
             Ok(()) => crate::load::main(&args),
         },
         Command::Send(args) => crate::send::run(&args),
@@ -205,10 +207,24 @@ fn init_logging() {
         .init();
 }
 
-/// Prints a usage error in clap's style and returns clap's usage exit code (2).
-fn usage_error(message: impl std::fmt::Display) -> ExitCode {
-    let error = Cli::command().error(clap::error::ErrorKind::ValueValidation, message);
+/// Prints a usage error in clap's style, with the usage of `subcommand` (the one that was
+/// misused, not the top level's), and returns clap's usage exit code (2).
+fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ExitCode {
+    let mut command = Cli::command();
+    // Building names the subcommand `oneloop SUBCOMMAND` in its usage line.
+    command.build();
+    let error = command
+        .find_subcommand_mut(subcommand)
+        .expect("a subcommand of the CLI")
+        .error(clap::error::ErrorKind::ValueValidation, message);
     let _ = error.print();
+    ExitCode::from(2)
+}
+
+/// A model that cannot serve a service: one line saying why, and exit 2 (the command line asked
+/// for something this model does not do; nothing is bound).
+fn refused(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("oneloop: {message}");
     ExitCode::from(2)
 }
 
@@ -264,7 +280,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         .iter()
         .find_map(|s| check_supported(s, args.model).err())
     {
-        return usage_error(message);
+        return refused(message);
     }
     let fd_limit = crate::sys::raise_fd_limit();
     reactor::log_fd_limit(&fd_limit);

@@ -79,9 +79,18 @@ fn services_a_model_cannot_serve_are_refused() {
     assert_usage_error(&["serve", "chat@udp:127.0.0.1:0"], "udp");
     assert_usage_error(&["serve", "upload@udp:127.0.0.1:0"], "udp");
     for model in ["serial", "forking"] {
-        assert_usage_error(
+        let refused = assert_usage_error(
             &["serve", "--model", model, "chat@127.0.0.1:0"],
             "cannot serve chat",
+        );
+        // One line saying why (contract v3), not the top-level usage of every subcommand.
+        let lines: Vec<&str> = refused.stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {:?}", refused.stderr);
+        assert!(
+            lines[0].starts_with("oneloop: chat@")
+                && lines[0].contains(&format!("--model {model}")),
+            "the line names the service and the model: {:?}",
+            lines[0]
         );
     }
     let socket = std::env::temp_dir().join(format!("oneloop-cli-{}.sock", std::process::id()));
@@ -320,5 +329,37 @@ fn send_refuses_what_it_cannot_send_as_usage_errors() {
     assert_usage_error(
         &["send", "127.0.0.1:9", "Cargo.toml", "--name", "a\nb"],
         "one line",
+    );
+}
+
+/// `serve --help` states each default once: `--max-upload`'s in words (`1 GiB`), not a second
+/// time as clap's `[default: 1073741824]`.
+#[test]
+fn serve_help_states_the_max_upload_default_once() {
+    let result = run(&["serve", "--help"], b"");
+    assert_eq!(result.code(), 0, "serve --help: {result:?}");
+    let option = result
+        .stdout
+        .split("--max-upload <BYTES>")
+        .nth(1)
+        .expect("serve --help lists --max-upload");
+    let entry = option.split("\n      --").next().unwrap();
+    assert_eq!(
+        entry.matches("[default:").count(),
+        1,
+        "one default for --max-upload: {entry:?}"
+    );
+    assert!(entry.contains("[default: 1 GiB]"), "{entry:?}");
+}
+
+/// A bad `load` option is reported with `load`'s usage, not the top level's.
+#[test]
+fn a_bad_load_option_shows_load_s_usage() {
+    let result = run(&["load", "127.0.0.1:1", "--senders", "2"], b"");
+    assert_eq!(result.code(), 2, "{result:?}");
+    assert!(
+        result.stderr.contains("Usage: oneloop load"),
+        "load's usage: {:?}",
+        result.stderr
     );
 }
