@@ -726,7 +726,7 @@ fn load_over_udp_verifies_every_reply() {
 
 /// A fake UDP server on 127.0.0.1 port 0 that hands each datagram to `answer` (with its running
 /// number) and sends back what it returns, if anything. It runs until the test process ends.
-fn fake_udp_server(answer: fn(u64, &mut [u8]) -> Option<&[u8]>) -> SocketAddr {
+fn fake_udp_server(answer: fn(u64, &[u8]) -> Option<Vec<u8>>) -> SocketAddr {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let addr = socket.local_addr().unwrap();
     thread::spawn(move || {
@@ -735,8 +735,8 @@ fn fake_udp_server(answer: fn(u64, &mut [u8]) -> Option<&[u8]>) -> SocketAddr {
             let Ok((len, from)) = socket.recv_from(&mut buffer) else {
                 return;
             };
-            if let Some(reply) = answer(received, &mut buffer[..len]) {
-                let _ = socket.send_to(reply, from);
+            if let Some(reply) = answer(received, &buffer[..len]) {
+                let _ = socket.send_to(&reply, from);
             }
         }
     });
@@ -747,7 +747,7 @@ fn fake_udp_server(answer: fn(u64, &mut [u8]) -> Option<&[u8]>) -> SocketAddr {
 fn udp_replies_that_never_come_are_lost() {
     // An echo server that answers every other datagram: with pipeline 1 the losses are found by
     // the timeout, with pipeline 4 also by a later request's reply overtaking them.
-    let addr = fake_udp_server(|n, datagram| (n % 2 == 0).then_some(&*datagram));
+    let addr = fake_udp_server(|n, datagram| (n % 2 == 0).then(|| datagram.to_vec()));
     for pipeline in ["1", "4"] {
         let outcome = load(&[
             &format!("udp:{addr}"),
@@ -777,10 +777,11 @@ fn udp_replies_that_never_come_are_lost() {
 fn wrong_udp_replies_are_errors() {
     // An "echo" server that changes the last byte of every datagram.
     let addr = fake_udp_server(|_, datagram| {
-        if let Some(last) = datagram.last_mut() {
+        let mut reply = datagram.to_vec();
+        if let Some(last) = reply.last_mut() {
             *last = b'!';
         }
-        Some(&*datagram)
+        Some(reply)
     });
     let outcome = load(&[
         &format!("udp:{addr}"),
@@ -796,6 +797,35 @@ fn wrong_udp_replies_are_errors() {
     assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
     assert_eq!(outcome.number("requests"), 0.0, "{}", outcome.json());
     assert_eq!(outcome.number("lost"), 0.0, "{}", outcome.json());
+}
+
+#[test]
+fn udp_timestamp_replies_in_stamped_pieces_are_wrong() {
+    // Over a stream a line may be answered in stamped pieces; a datagram is one message and gets
+    // exactly one stamp. This server stamps each half of every datagram: `[ctime] half[ctime]
+    // half` — each piece right, the whole wrong. (The real server passes the same run in
+    // `load_over_udp_verifies_every_reply`.)
+    let addr = fake_udp_server(|_, datagram| {
+        const STAMP: &[u8] = b"[Wed Sep  9 16:42:46 2026] ";
+        let (first, second) = datagram.split_at(datagram.len() / 2);
+        Some([STAMP, first, STAMP, second].concat())
+    });
+    let outcome = load(&[
+        &format!("udp:{addr}"),
+        "--protocol",
+        "timestamp",
+        "--connections",
+        "2",
+        "--duration",
+        "0.5",
+        "--udp-timeout",
+        "0.2",
+        "--json",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
+    assert_eq!(outcome.number("requests"), 0.0, "{}", outcome.json());
+    assert!(outcome.stderr.contains("'['"), "{}", outcome.stderr);
 }
 
 #[test]
