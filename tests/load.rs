@@ -726,7 +726,7 @@ fn load_over_udp_verifies_every_reply() {
 
 /// A fake UDP server on 127.0.0.1 port 0 that hands each datagram to `answer` (with its running
 /// number) and sends back what it returns, if anything. It runs until the test process ends.
-fn fake_udp_server(answer: fn(u64, &mut [u8]) -> Option<&[u8]>) -> SocketAddr {
+fn fake_udp_server(answer: fn(u64, &[u8]) -> Option<Vec<u8>>) -> SocketAddr {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let addr = socket.local_addr().unwrap();
     thread::spawn(move || {
@@ -735,8 +735,8 @@ fn fake_udp_server(answer: fn(u64, &mut [u8]) -> Option<&[u8]>) -> SocketAddr {
             let Ok((len, from)) = socket.recv_from(&mut buffer) else {
                 return;
             };
-            if let Some(reply) = answer(received, &mut buffer[..len]) {
-                let _ = socket.send_to(reply, from);
+            if let Some(reply) = answer(received, &buffer[..len]) {
+                let _ = socket.send_to(&reply, from);
             }
         }
     });
@@ -747,7 +747,7 @@ fn fake_udp_server(answer: fn(u64, &mut [u8]) -> Option<&[u8]>) -> SocketAddr {
 fn udp_replies_that_never_come_are_lost() {
     // An echo server that answers every other datagram: with pipeline 1 the losses are found by
     // the timeout, with pipeline 4 also by a later request's reply overtaking them.
-    let addr = fake_udp_server(|n, datagram| (n % 2 == 0).then_some(&*datagram));
+    let addr = fake_udp_server(|n, datagram| (n % 2 == 0).then(|| datagram.to_vec()));
     for pipeline in ["1", "4"] {
         let outcome = load(&[
             &format!("udp:{addr}"),
@@ -777,10 +777,11 @@ fn udp_replies_that_never_come_are_lost() {
 fn wrong_udp_replies_are_errors() {
     // An "echo" server that changes the last byte of every datagram.
     let addr = fake_udp_server(|_, datagram| {
-        if let Some(last) = datagram.last_mut() {
+        let mut reply = datagram.to_vec();
+        if let Some(last) = reply.last_mut() {
             *last = b'!';
         }
-        Some(&*datagram)
+        Some(reply)
     });
     let outcome = load(&[
         &format!("udp:{addr}"),
@@ -796,6 +797,35 @@ fn wrong_udp_replies_are_errors() {
     assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
     assert_eq!(outcome.number("requests"), 0.0, "{}", outcome.json());
     assert_eq!(outcome.number("lost"), 0.0, "{}", outcome.json());
+}
+
+#[test]
+fn udp_timestamp_replies_in_stamped_pieces_are_wrong() {
+    // Over a stream a line may be answered in stamped pieces; a datagram is one message and gets
+    // exactly one stamp. This server stamps each half of every datagram: `[ctime] half[ctime]
+    // half` — each piece right, the whole wrong. (The real server passes the same run in
+    // `load_over_udp_verifies_every_reply`.)
+    let addr = fake_udp_server(|_, datagram| {
+        const STAMP: &[u8] = b"[Wed Sep  9 16:42:46 2026] ";
+        let (first, second) = datagram.split_at(datagram.len() / 2);
+        Some([STAMP, first, STAMP, second].concat())
+    });
+    let outcome = load(&[
+        &format!("udp:{addr}"),
+        "--protocol",
+        "timestamp",
+        "--connections",
+        "2",
+        "--duration",
+        "0.5",
+        "--udp-timeout",
+        "0.2",
+        "--json",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.stdout);
+    assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
+    assert_eq!(outcome.number("requests"), 0.0, "{}", outcome.json());
+    assert!(outcome.stderr.contains("'['"), "{}", outcome.stderr);
 }
 
 #[test]
@@ -854,19 +884,47 @@ fn udp_replies_after_the_timeout_are_late_not_wrong() {
     );
 }
 
-/// How a [`FakeChat`] misbehaves, once, on the 100th numbered line it relays.
+/// How a [`FakeChat`] misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChatFault {
     /// Relays every line faithfully.
     Faithful,
-    /// Does not pass the line to its first recipient.
+    /// Does not pass the 100th numbered line to its first recipient.
     Drop,
-    /// Passes the line to its first recipient twice.
+    /// Passes the 100th numbered line to its first recipient twice.
     Duplicate,
+    /// Passes the first `hello` to its first recipient twice.
+    DuplicateHello,
+    /// Shows the numbered lines of the members named `…-0` and `…-1` to every other member
+    /// under each other's names, pairing them so that their sequence numbers stay in step: line
+    /// k of one goes out with line k of the other, each under the other's name. (A line whose
+    /// partner has not come within [`SWAP_WAIT`] goes out under its own name, and so does its
+    /// partner, so the last lines of a run are never held back.) The two members themselves see
+    /// each other's lines faithfully.
+    SwapNames,
 }
 
-/// The members of a fake chat room: each one's name and the writing half of its socket.
-type Room = Arc<std::sync::Mutex<(Vec<Option<(String, Box<dyn Write + Send>)>>, u64)>>;
+/// How long [`ChatFault::SwapNames`] holds a line for its partner.
+const SWAP_WAIT: Duration = Duration::from_millis(50);
+
+/// A fake chat room: its members, each one's name and the writing half of its socket, and the
+/// state its fault needs.
+#[derive(Default)]
+struct RoomState {
+    members: Vec<Option<(String, Box<dyn Write + Send>)>>,
+    /// Numbered lines relayed so far.
+    numbered: u64,
+    /// `hello` lines relayed so far.
+    hellos: u64,
+    /// [`ChatFault::SwapNames`]: per swapped member (`…-0`, `…-1`), its numbered lines so far,
+    /// and those held for their partner: (index, when held, the line without its name).
+    swap_counts: [u64; 2],
+    swap_held: [VecDeque<(u64, Instant, String)>; 2],
+    /// Indices whose line went out under its own name: its partner's goes out so too.
+    swap_unpaired: std::collections::HashSet<u64>,
+}
+
+type Room = Arc<std::sync::Mutex<RoomState>>;
 
 /// A fake chat server, just enough of the contract: a greeting, `* NAME joined` and `* NAME
 /// left` notices, `/nick` announced to the others as `* OLD is now NEW`, `/who` (one `* ` line),
@@ -884,6 +942,7 @@ impl FakeChat {
         let addr = listener.local_addr().unwrap();
         let (room, stop) = (Room::default(), Arc::new(AtomicBool::new(false)));
         let stopped = Arc::clone(&stop);
+        release_unpaired_lines(&room, &stop, fault);
         thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopped.load(Ordering::Relaxed) {
@@ -911,6 +970,7 @@ impl FakeChat {
         let listener = UnixListener::bind(&path).expect("bind a fake chat socket");
         let (room, stop) = (Room::default(), Arc::new(AtomicBool::new(false)));
         let stopped = Arc::clone(&stop);
+        release_unpaired_lines(&room, &stop, fault);
         thread::spawn(move || {
             for (n, stream) in listener.incoming().enumerate() {
                 if stopped.load(Ordering::Relaxed) {
@@ -939,6 +999,101 @@ impl Drop for FakeChat {
     }
 }
 
+/// [`ChatFault::SwapNames`]: a thread that, every few milliseconds until `stop`, sends out
+/// under its own name each line held longer than [`SWAP_WAIT`] for its partner.
+fn release_unpaired_lines(room: &Room, stop: &Arc<AtomicBool>, fault: ChatFault) {
+    if fault != ChatFault::SwapNames {
+        return;
+    }
+    let (room, stop) = (Arc::clone(room), Arc::clone(stop));
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(5));
+            let mut guard = room.lock().unwrap();
+            let state = &mut *guard;
+            for side in 0..2 {
+                while let Some((index, held, _)) = state.swap_held[side].front() {
+                    if held.elapsed() < SWAP_WAIT {
+                        break;
+                    }
+                    let index = *index;
+                    let (_, _, line) = state.swap_held[side].pop_front().unwrap();
+                    state.swap_unpaired.insert(index);
+                    let pair = swapped_pair(&state.members);
+                    if let Some(pair) = pair {
+                        let shown = format!("{}: {line}", pair[side].1);
+                        write_to_all_but(&mut state.members, &[pair[0].0, pair[1].0], &shown);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The members [`ChatFault::SwapNames`] swaps, (index, name) of `…-0` then `…-1`, once both
+/// have taken those names.
+fn swapped_pair(
+    members: &[Option<(String, Box<dyn Write + Send>)>],
+) -> Option<[(usize, String); 2]> {
+    let find = |suffix: &str| {
+        members.iter().enumerate().find_map(|(i, m)| match m {
+            Some((name, _)) if name.starts_with("ld") && name.ends_with(suffix) => {
+                Some((i, name.clone()))
+            }
+            _ => None,
+        })
+    };
+    Some([find("-0")?, find("-1")?])
+}
+
+/// Writes `line` to every member whose index is not in `except`.
+fn write_to_all_but(
+    members: &mut [Option<(String, Box<dyn Write + Send>)>],
+    except: &[usize],
+    line: &str,
+) {
+    for (i, member) in members.iter_mut().enumerate() {
+        if let Some((_, writer)) = member {
+            if !except.contains(&i) {
+                let _ = writer.write_all(line.as_bytes());
+            }
+        }
+    }
+}
+
+/// [`ChatFault::SwapNames`]: relays numbered line `text` of member `me` if it is one of the two
+/// swapped (see the fault); false if it is not, for the caller to relay it.
+fn relay_swapped(state: &mut RoomState, me: usize, text: &str) -> bool {
+    let Some(pair) = swapped_pair(&state.members) else {
+        return false;
+    };
+    let Some(side) = (0..2).find(|&side| pair[side].0 == me) else {
+        return false;
+    };
+    let (other, insiders) = (1 - side, [pair[0].0, pair[1].0]);
+    // The partner sees it faithfully, at once.
+    if let Some((_, writer)) = &mut state.members[pair[other].0] {
+        let _ = writer.write_all(format!("{}: {text}\n", pair[side].1).as_bytes());
+    }
+    let index = state.swap_counts[side];
+    state.swap_counts[side] += 1;
+    let line = format!("{text}\n");
+    if state.swap_unpaired.remove(&index) {
+        let shown = format!("{}: {line}", pair[side].1);
+        write_to_all_but(&mut state.members, &insiders, &shown);
+    } else if let Some((held_index, _, held)) = state.swap_held[other].pop_front() {
+        assert_eq!(held_index, index, "the pair's lines are in step");
+        // The partner's line k under this member's name, then this one's under the partner's.
+        let first = format!("{}: {held}", pair[side].1);
+        write_to_all_but(&mut state.members, &insiders, &first);
+        let second = format!("{}: {line}", pair[other].1);
+        write_to_all_but(&mut state.members, &insiders, &second);
+    } else {
+        state.swap_held[side].push_back((index, Instant::now(), line));
+    }
+    true
+}
+
 /// Adds a member to `room` and serves it on a thread of its own.
 fn chat_member(
     room: &Room,
@@ -950,17 +1105,17 @@ fn chat_member(
     let room = Arc::clone(room);
     let me = {
         let mut guard = room.lock().unwrap();
-        let count = guard.0.iter().flatten().count() + 1;
+        let count = guard.members.iter().flatten().count() + 1;
         let greeting = format!("* welcome {name}; {count} members here; /nick NAME, /who, quit\n");
         let _ = writer.write_all(greeting.as_bytes());
         broadcast(
-            &mut guard.0,
+            &mut guard.members,
             usize::MAX,
             format!("* {name} joined\n").as_bytes(),
             1,
         );
-        guard.0.push(Some((name.clone(), writer)));
-        guard.0.len() - 1
+        guard.members.push(Some((name.clone(), writer)));
+        guard.members.len() - 1
     };
     thread::spawn(move || {
         let mut reader = std::io::BufReader::new(reader);
@@ -973,34 +1128,57 @@ fn chat_member(
             }
             let text = String::from_utf8_lossy(&line).trim_end().to_string();
             let mut guard = room.lock().unwrap();
-            let (members, numbered) = &mut *guard;
+            let state = &mut *guard;
             if let Some(new) = text.strip_prefix("/nick ") {
                 let notice = format!("* {name} is now {new}\n");
                 name = new.to_string();
-                members[me].as_mut().unwrap().0 = name.clone();
-                broadcast(members, me, notice.as_bytes(), 1);
+                state.members[me].as_mut().unwrap().0 = name.clone();
+                broadcast(&mut state.members, me, notice.as_bytes(), 1);
             } else if text == "/who" {
-                let names: Vec<&str> = members.iter().flatten().map(|m| m.0.as_str()).collect();
+                let names: Vec<&str> = state
+                    .members
+                    .iter()
+                    .flatten()
+                    .map(|m| m.0.as_str())
+                    .collect();
                 let reply = format!("* members: {}\n", names.join(" "));
-                let _ = members[me].as_mut().unwrap().1.write_all(reply.as_bytes());
+                let _ = state.members[me]
+                    .as_mut()
+                    .unwrap()
+                    .1
+                    .write_all(reply.as_bytes());
             } else {
                 let mut copies = 1;
                 if text.starts_with(|c: char| c.is_ascii_digit()) {
-                    *numbered += 1;
-                    if *numbered == 100 {
+                    state.numbered += 1;
+                    if fault == ChatFault::SwapNames && relay_swapped(state, me, &text) {
+                        continue;
+                    }
+                    if state.numbered == 100 {
                         copies = match fault {
-                            ChatFault::Faithful => 1,
                             ChatFault::Drop => 0,
                             ChatFault::Duplicate => 2,
+                            _ => 1,
                         };
                     }
+                } else if text == "hello" {
+                    state.hellos += 1;
+                    if state.hellos == 1 && fault == ChatFault::DuplicateHello {
+                        copies = 2;
+                    }
                 }
-                broadcast(members, me, format!("{name}: {text}\n").as_bytes(), copies);
+                let relayed = format!("{name}: {text}\n");
+                broadcast(&mut state.members, me, relayed.as_bytes(), copies);
             }
         }
         let mut guard = room.lock().unwrap();
-        guard.0[me] = None;
-        broadcast(&mut guard.0, me, format!("* {name} left\n").as_bytes(), 1);
+        guard.members[me] = None;
+        broadcast(
+            &mut guard.members,
+            me,
+            format!("* {name} left\n").as_bytes(),
+            1,
+        );
     });
 }
 
@@ -1090,6 +1268,35 @@ fn chat_lines_dropped_or_duplicated_are_errors() {
             outcome.stderr
         );
     }
+}
+
+#[test]
+fn chat_lines_under_another_senders_name_are_wrong() {
+    // Two senders' lines swapped between their names, their sequence numbers in step: only the
+    // sender's number each line carries gives it away. (The real room passes the same run in
+    // `chat_load_against_the_real_reactor`.)
+    let server = FakeChat::tcp(ChatFault::SwapNames);
+    let outcome = chat_load(&server.address, &[]);
+    assert!(!outcome.status.success(), "{}", outcome.json());
+    assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
+    assert!(
+        outcome.stderr.contains("'s name"),
+        "the first error says whose line it was: {}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn a_hello_heard_twice_at_the_start_is_wrong() {
+    let server = FakeChat::tcp(ChatFault::DuplicateHello);
+    let outcome = chat_load(&server.address, &[]);
+    assert!(!outcome.status.success(), "{}", outcome.json());
+    assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
+    assert!(
+        outcome.stderr.contains("hello a second time"),
+        "{}",
+        outcome.stderr
+    );
 }
 
 #[test]

@@ -18,17 +18,22 @@
 //! others as `ld<PID>-<ID>: hello` — under the new name — whether or not they saw the
 //! `* OLD is now NEW` notice. When every member has heard every other one (at most
 //! [`barrier_timeout`]; past that the run fails), the threads' gate opens and the load starts.
+//! Each member sends its `hello` once, so a second one heard from the same member is a wrong
+//! reply, as a duplicated line is in the load.
 //! Lines starting with `* ` (joins, leaves, nick notices, greetings) are ignored throughout.
 //!
 //! ## The load: a closed loop through an observer
 //!
-//! Senders are members `0..K`. Sender `s`'s lines are `SEQ NANOS xxx…\n`, padded with `x` to
-//! `--size` bytes (longer if the numbers need it): SEQ counts from 0, NANOS is the send time in
-//! nanoseconds since the load started. A sender never sees its own lines, so its *observer*,
+//! Senders are members `0..K`. Sender `s`'s lines are `ID SEQ NANOS xxx…\n`, padded with `x`
+//! to `--size` bytes (longer if the numbers need it): ID is `s` itself, SEQ counts from 0, NANOS
+//! is the send time in nanoseconds since the load started. The ID is what lets a receiver see a
+//! line shown under another member's name: the name the server puts before the line must be the
+//! one its ID gives (without it, a server that swapped two senders' names while their SEQs were
+//! in step would pass), just as a stream reply must be its own connection's. A sender never sees its own lines, so its *observer*,
 //! member `s + 1` (wrapping), paces it: the sender keeps `--pipeline` lines sent but not yet
 //! received by its observer. Every receiver keeps, per sender, the next SEQ it expects: a line
-//! with a lower SEQ (duplicate or reordered) or from an unknown, non-sending or own name is a
-//! wrong reply; a higher SEQ is a gap, its skipped lines missing. Delivery latency is the
+//! with a lower SEQ (duplicate or reordered), from an unknown, non-sending or own name, or under
+//! a name that is not its ID's is a wrong reply; a higher SEQ is a gap, its skipped lines missing. Delivery latency is the
 //! receipt time less NANOS, on the same clock. At the end senders stop, and the last lines get
 //! [`GRACE`] to reach everyone; each one a member still lacks is missing.
 //!
@@ -453,7 +458,7 @@ impl<'a> Chat<'a> {
         self.out.clear();
         let now = nanos(self.start.elapsed());
         while self.sent[s] - self.observed[s].min(self.sent[s]) < pipeline {
-            write_line(&mut self.out, self.sent[s], now, size);
+            write_line(&mut self.out, s as u64, self.sent[s], now, size);
             self.sent[s] += 1;
             if now >= self.warmup_nanos {
                 self.tally.requests += 1;
@@ -635,10 +640,12 @@ impl<'a> Chat<'a> {
         }
         if body == b"hello" {
             let n = self.members.len();
-            if !self.heard[r * n + s] {
-                self.heard[r * n + s] = true;
-                self.heard_by[s] += 1;
+            if self.heard[r * n + s] {
+                let prefix = self.prefix.clone();
+                return self.wrong(r, || format!("{prefix}{s}'s hello a second time"));
             }
+            self.heard[r * n + s] = true;
+            self.heard_by[s] += 1;
             return;
         }
         if self.phase == Phase::Barrier || s >= self.senders {
@@ -646,9 +653,15 @@ impl<'a> Chat<'a> {
                 format!("a line from a member that sends none: {:?}", lossy(line))
             });
         }
-        let Some((seq, sent_nanos)) = parse_body(body, self.plan.config.size) else {
+        let Some((id, seq, sent_nanos)) = parse_body(body, self.plan.config.size) else {
             return self.wrong(r, || format!("a garbled line: {:?}", lossy(line)));
         };
+        if id != s as u64 {
+            let prefix = self.prefix.clone();
+            return self.wrong(r, || {
+                format!("line {seq} of {prefix}{id} shown under {prefix}{s}'s name")
+            });
+        }
         let slot = r * self.senders + s;
         let expected = self.expected[slot];
         if seq < expected {
@@ -745,11 +758,11 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Appends line `seq` sent at `sent_nanos`: `SEQ NANOS xxx…\n`, `size` bytes with its newline
-/// (or just `SEQ NANOS\n` if that is longer).
-fn write_line(out: &mut Vec<u8>, seq: u64, sent_nanos: u64, size: usize) {
+/// Appends sender `id`'s line `seq` sent at `sent_nanos`: `ID SEQ NANOS xxx…\n`, `size` bytes
+/// with its newline (or just `ID SEQ NANOS\n` if that is longer).
+fn write_line(out: &mut Vec<u8>, id: u64, seq: u64, sent_nanos: u64, size: usize) {
     let begin = out.len();
-    let _ = write!(out, "{seq} {sent_nanos}");
+    let _ = write!(out, "{id} {seq} {sent_nanos}");
     let length = out.len() - begin;
     if length + 2 < size {
         out.push(b' ');
@@ -758,11 +771,15 @@ fn write_line(out: &mut Vec<u8>, seq: u64, sent_nanos: u64, size: usize) {
     out.push(b'\n');
 }
 
-/// Parses a line's body as [`write_line`] builds it for `size`: `(SEQ, NANOS)`, or `None` if it
-/// is not exactly such a line.
-fn parse_body(body: &[u8], size: usize) -> Option<(u64, u64)> {
-    let space = memchr(b' ', body)?;
-    let seq = parse_number(&body[..space])?;
+/// Parses a line's body as [`write_line`] builds it for `size`: `(ID, SEQ, NANOS)`, or `None`
+/// if it is not exactly such a line.
+fn parse_body(body: &[u8], size: usize) -> Option<(u64, u64, u64)> {
+    let first = memchr(b' ', body)?;
+    let id = parse_number(&body[..first])?;
+    let after_id = &body[first + 1..];
+    let second = memchr(b' ', after_id)?;
+    let seq = parse_number(&after_id[..second])?;
+    let space = first + 1 + second;
     let rest = &body[space + 1..];
     let (stamp, padding) = match memchr(b' ', rest) {
         Some(at) => (&rest[..at], Some(&rest[at + 1..])),
@@ -772,7 +789,7 @@ fn parse_body(body: &[u8], size: usize) -> Option<(u64, u64)> {
     let head = space + 1 + stamp.len();
     let wanted_len = if head + 2 < size { size - 1 } else { head };
     let padding_ok = padding.map_or(true, |p| p.iter().all(|&b| b == b'x'));
-    (padding_ok && body.len() == wanted_len).then_some((seq, sent_nanos))
+    (padding_ok && body.len() == wanted_len).then_some((id, seq, sent_nanos))
 }
 
 /// A decimal number of 1 to 19 digits.
@@ -806,28 +823,29 @@ mod tests {
 
     #[test]
     fn lines_round_trip_at_every_size() {
-        for size in [1, 5, 10, 11, 12, 64, 300] {
+        for size in [1, 5, 10, 11, 12, 15, 64, 300] {
             let mut out = Vec::new();
-            write_line(&mut out, 12, 3_456_789, size);
+            write_line(&mut out, 7, 12, 3_456_789, size);
             assert_eq!(out.last(), Some(&b'\n'));
-            if size > 12 {
+            if size > 14 {
                 assert_eq!(out.len(), size, "{size}");
             }
             let body = &out[..out.len() - 1];
-            assert_eq!(parse_body(body, size), Some((12, 3_456_789)), "{size}");
+            assert_eq!(parse_body(body, size), Some((7, 12, 3_456_789)), "{size}");
         }
     }
 
     #[test]
     fn garbled_lines_are_refused() {
         let mut out = Vec::new();
-        write_line(&mut out, 7, 99, 32);
+        write_line(&mut out, 3, 7, 99, 32);
         let body = &out[..out.len() - 1];
         assert!(parse_body(&body[..body.len() - 1], 32).is_none(), "short");
         let mut bad = body.to_vec();
         bad[20] = b'y';
         assert!(parse_body(&bad, 32).is_none(), "padding");
-        assert!(parse_body(b"7 x9", 4).is_none(), "not a number");
+        assert!(parse_body(b"3 7 x9", 6).is_none(), "not a number");
+        assert!(parse_body(b"7 99", 4).is_none(), "no sender");
         assert!(parse_body(b"hello", 32).is_none());
     }
 

@@ -321,6 +321,10 @@ pub struct ReplyVerifier {
     /// Timestamp only: `Some` while a stamp is being read, which is where every reply and every
     /// reply piece starts.
     stamp: Option<StampReader>,
+    /// Timestamp only: whether a reply may come in several stamped pieces. Over a stream it may
+    /// (the server answers each piece of a line it read); a datagram is exactly one stamp and
+    /// the payload, so there a second stamp is a wrong byte.
+    pieces: bool,
 }
 
 impl ReplyVerifier {
@@ -332,12 +336,14 @@ impl ReplyVerifier {
             seed: seed_of(connection, 0),
             offset: 0,
             stamp: (requests.protocol == ProtocolKind::Timestamp).then_some(StampReader::EMPTY),
+            pieces: true,
         }
     }
 
     /// Checks that `datagram` is, whole, the reply to request `request` of connection
     /// `connection`: over UDP each reply is one datagram, so a reply split, joined to another or
-    /// cut short is wrong. Nothing is kept; the expected bytes are recomputed.
+    /// cut short is wrong, and a timestamp reply is one stamp and the payload — never TCP's
+    /// stamped pieces. Nothing is kept; the expected bytes are recomputed.
     ///
     /// ```
     /// use oneloop::load::verify::{ReplyVerifier, Requests};
@@ -360,6 +366,7 @@ impl ReplyVerifier {
         let mut verifier = ReplyVerifier {
             request,
             seed: seed_of(connection, request),
+            pieces: false,
             ..ReplyVerifier::new(requests, connection)
         };
         let fed = verifier.feed(requests, datagram, request + 1);
@@ -418,7 +425,7 @@ impl ReplyVerifier {
                 let at = (0..n)
                     .find(|&i| rest[i] != expected[i])
                     .expect("slices differ somewhere");
-                if timestamp && rest[at] == b'[' {
+                if timestamp && self.pieces && rest[at] == b'[' {
                     // The server answered the line so far; another stamped piece begins.
                     self.offset += at;
                     rest = &rest[at..];
@@ -718,6 +725,29 @@ mod tests {
             stream.extend_from_slice(piece);
         }
         assert_eq!(feed_all_splits(&requests, &stream, 1), 1);
+    }
+
+    #[test]
+    fn a_datagram_is_one_stamp_and_the_payload() {
+        // What a stream may carry is wrong in a datagram: the line answered in two pieces.
+        let requests = Requests::new(ProtocolKind::Timestamp, 12).unwrap();
+        let line = request(&requests, CONN, 5);
+        let whole = [STAMP, &line].concat();
+        assert!(ReplyVerifier::check_datagram(&requests, CONN, 5, &whole).is_ok());
+        let pieces = [STAMP, &line[..6], STAMP, &line[6..]].concat();
+        assert_eq!(
+            ReplyVerifier::check_datagram(&requests, CONN, 5, &pieces),
+            Err(WrongReply::Byte {
+                request: 5,
+                offset: 6,
+                expected: line[6],
+                got: b'['
+            })
+        );
+        let mut verifier = ReplyVerifier::new(&requests, CONN);
+        let stream = requests_bytes(&requests, 1);
+        let pieces = [STAMP, &stream[..6], STAMP, &stream[6..]].concat();
+        assert_eq!(verifier.feed(&requests, &pieces, 1).completed, 1);
     }
 
     #[test]
