@@ -1374,3 +1374,138 @@ fn idle_chat_members_the_server_drops_are_errors() {
     );
     assert!(outcome.stdout.contains("greeting"), "{}", outcome.stdout);
 }
+
+/// Starts `oneloop load ARGS...` in the background, its output collected.
+fn spawn_load(args: &[&str]) -> util::KillOnDrop {
+    let child = std::process::Command::new(util::BIN)
+        .arg("load")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start oneloop load");
+    util::KillOnDrop(child)
+}
+
+/// Sends `signal` (`INT`) to process `pid` with the real `kill`.
+fn kill(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {signal} {pid}");
+}
+
+/// Waits (within the harness's deadline) for `child` to exit; its status and output.
+fn finish(mut child: util::KillOnDrop, within: Duration) -> (ExitStatus, String, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < within,
+            "oneloop load still running {within:?} after the signal"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stdout, stderr)
+}
+
+/// Ctrl-C (a real SIGINT) ends a 60 s run at once with the summary of what was measured so far,
+/// marked interrupted, and the usual exit status: 0, since every reply was right (contract v3).
+/// In both forms: the human summary and `--json`.
+#[test]
+fn ctrl_c_ends_a_run_early_with_the_summary_so_far() {
+    let server = start_server();
+    for json in [false, true] {
+        let address = address(&server, "echo");
+        let mut args = vec![
+            &address[..],
+            "--duration",
+            "60",
+            "--warmup",
+            "0",
+            "--connections",
+            "4",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let child = spawn_load(&args);
+        thread::sleep(Duration::from_millis(1500));
+        kill("INT", child.id());
+        // The grace for replies in flight is 2 s; an echo server answers them in microseconds.
+        let (status, stdout, stderr) = finish(child, util::DEADLINE);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "stdout {stdout:?} stderr {stderr:?}"
+        );
+        if json {
+            assert!(stdout.contains("\"interrupted\":true"), "{stdout}");
+            let requests: u64 = stdout
+                .split("\"requests\":")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("requests in {stdout}"));
+            assert!(
+                requests > 0,
+                "requests measured before the Ctrl-C: {stdout}"
+            );
+        } else {
+            assert!(
+                stdout.starts_with("interrupted (Ctrl-C) before the 60 s were up"),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains("\nrequests    ") && stdout.contains("\nerrors      0"),
+                "{stdout}"
+            );
+            assert!(!stdout.contains("no connection was left"), "{stdout}");
+        }
+    }
+}
+
+/// A second Ctrl-C exits at once (status 130), even while the first one's grace for missing
+/// replies is still running: here a server that accepts and never answers, so every request is
+/// outstanding and the grace would last its full 2 s.
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap().push(stream); // held open, never read or answered
+        }
+    });
+    let child = spawn_load(&[&address, "--duration", "60", "--connections", "2"]);
+    thread::sleep(Duration::from_millis(1000));
+    let pid = child.id();
+    kill("INT", pid);
+    thread::sleep(Duration::from_millis(300));
+    kill("INT", pid);
+    let (status, stdout, stderr) = finish(child, Duration::from_millis(1500));
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "stdout {stdout:?} stderr {stderr:?}"
+    );
+}

@@ -331,8 +331,11 @@ impl<'a> Chat<'a> {
     /// Idle: holds every member open until `until`, reading and discarding notices; a member
     /// the server drops is counted.
     fn hold(&mut self, until: Instant) -> io::Result<()> {
-        while Instant::now() < until && self.members.iter().any(|m| m.stream.is_some()) {
-            self.turn(Some(until))?;
+        while Instant::now() < until
+            && self.members.iter().any(|m| m.stream.is_some())
+            && !super::interrupted()
+        {
+            self.turn(Some(super::poll_deadline(until)))?;
         }
         self.stopping = true;
         Ok(())
@@ -383,14 +386,17 @@ impl<'a> Chat<'a> {
         self.start = start;
         self.phase = Phase::Load;
         let config = &self.plan.config;
-        let stop = start + config.duration;
-        let grace_end = stop + GRACE;
+        let mut stop = start + config.duration;
+        let mut grace_end = stop + GRACE;
         self.warmup_nanos = nanos(config.warmup());
         for s in 0..self.senders {
             self.send_lines(s);
         }
         loop {
             let now = Instant::now();
+            if !self.stopping && now < stop && super::interrupted() {
+                (stop, grace_end) = (now, now + GRACE);
+            }
             if !self.stopping && now >= stop {
                 trace!("chat load over: waiting for the last lines");
                 self.stopping = true;
@@ -403,7 +409,8 @@ impl<'a> Chat<'a> {
                 self.tally.load_time = now - start;
                 break;
             }
-            self.turn(Some(if self.stopping { grace_end } else { stop }))?;
+            let deadline = if self.stopping { grace_end } else { stop };
+            self.turn(Some(super::poll_deadline(deadline)))?;
         }
         // What is still missing now never came.
         let n = self.members.len();

@@ -138,6 +138,9 @@ pub fn main(args: &LoadArgs) -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
+    if let Err(e) = super::stop_early_on_sigint() {
+        log::warn!("Ctrl-C will not print a summary: {e}");
+    }
     let mut display = Display::new(args.json, config.mode);
     let result = super::run_with(&config, |progress| display.show(progress));
     display.clear();

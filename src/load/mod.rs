@@ -53,8 +53,9 @@ pub mod verify;
 mod worker;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -420,7 +421,7 @@ pub fn run_with(
         _ => None,
     };
     let thread_requests = tallies.iter().map(|tally| tally.requests).collect();
-    Ok(LoadReport::new(
+    let mut report = LoadReport::new(
         config,
         worker::Tally::merge(tallies),
         thread_requests,
@@ -429,7 +430,50 @@ pub fn run_with(
             wall: ended - opened,
             cpu,
         },
-    ))
+    );
+    report.interrupted = interrupted();
+    Ok(report)
+}
+
+/// Set by the first SIGINT once [`stop_early_on_sigint`] is in force: the load ends now, as if
+/// its duration were up (outstanding replies still get their grace), and the report says it was
+/// interrupted. Never set for a library caller that did not ask for it.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// How long a load thread may wait in `poll` while Ctrl-C can end the run: long enough to cost
+/// nothing (ten wake-ups a second), short enough that the summary follows the key at once.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
+
+/// Makes Ctrl-C end the run early, with the summary of what was measured so far (marked
+/// interrupted); a second Ctrl-C exits at once (status 130, the shell's code for SIGINT), for a
+/// run whose grace for outstanding replies is itself too long to wait for.
+pub fn stop_early_on_sigint() -> io::Result<()> {
+    let flag = Arc::clone(INTERRUPTED.get_or_init(Arc::default));
+    // In this order: the first signal finds the flag clear (no exit) and then sets it; the
+    // second finds it set and exits.
+    signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        Arc::clone(&flag),
+    )?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, flag)?;
+    Ok(())
+}
+
+/// Whether Ctrl-C has ended the run.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::Relaxed))
+}
+
+/// `deadline` for a load thread's `poll`, brought forward so that a Ctrl-C is seen within
+/// [`INTERRUPT_CHECK`] (only while Ctrl-C can end the run).
+pub(crate) fn poll_deadline(deadline: Instant) -> Instant {
+    match INTERRUPTED.get() {
+        Some(_) => deadline.min(Instant::now() + INTERRUPT_CHECK),
+        None => deadline,
+    }
 }
 
 /// How often [`Progress`] is reported.

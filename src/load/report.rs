@@ -60,6 +60,9 @@ pub struct LoadReport {
     /// The generator's CPU time (user + system, all threads) over `wall_time`; `None` where it
     /// cannot be read.
     pub cpu_time: Option<Duration>,
+    /// Whether Ctrl-C ended the run before its duration was up: the figures are those of the
+    /// time it ran.
+    pub interrupted: bool,
 }
 
 impl LoadReport {
@@ -87,6 +90,7 @@ impl LoadReport {
             cpu_time: timing.cpu,
             counts: tally,
             thread_requests,
+            interrupted: false,
         }
     }
 
@@ -134,7 +138,7 @@ impl LoadReport {
 
     /// Whether the load stopped before its duration because no connection was left.
     pub fn ended_early(&self) -> bool {
-        self.mode == Mode::Load && self.counts.load_time < self.duration
+        self.mode == Mode::Load && self.counts.load_time < self.duration && !self.interrupted
     }
 
     /// Verified requests per second after the warm-up, over [`measured_time`] (zero in idle
@@ -181,7 +185,7 @@ impl LoadReport {
     /// The report as one line of JSON: one object, nothing nested but one array of numbers,
     /// latencies in whole microseconds, times in seconds.
     ///
-    /// Keys: `mode`, `protocol`, `address`, `connections`, `established`, `threads`, `pipeline`,
+    /// Keys: `mode`, `protocol`, `address`, `connections`, `interrupted` (Ctrl-C ended the run early), `established`, `threads`, `pipeline`,
     /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
     /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
     /// `deliveries` and `delivery_rps` (chat: lines received by members, each checked; with chat
@@ -210,6 +214,7 @@ impl LoadReport {
         field("protocol", json_string(self.protocol.name()));
         field("address", json_string(&address_label(&self.address)));
         field("connections", self.connections.to_string());
+        field("interrupted", self.interrupted.to_string());
         field("established", self.counts.established.to_string());
         field("threads", self.threads.to_string());
         field("pipeline", self.pipeline.to_string());
@@ -322,6 +327,14 @@ impl fmt::Display for LoadReport {
             self.latency_us(0.999),
             self.max_latency_us()
         );
+        if self.interrupted {
+            writeln!(
+                f,
+                "interrupted (Ctrl-C) before the {:.0} s were up: what follows is what was \
+                 measured until then",
+                self.duration.as_secs_f64()
+            )?;
+        }
         match self.mode {
             Mode::Load => {
                 writeln!(

@@ -253,7 +253,7 @@ impl<'a> Worker<'a> {
     /// The load, from `start` until every request is settled after the stop.
     fn load(&mut self, start: Instant) -> io::Result<()> {
         let config = &self.plan.config;
-        let stop = start + config.duration;
+        let mut stop = start + config.duration;
         let timeout = config.udp_timeout;
         let sweep_every = (timeout / SWEEPS_PER_TIMEOUT).max(Duration::from_millis(1));
         self.warmup_end = Some(start + config.warmup());
@@ -263,6 +263,9 @@ impl<'a> Worker<'a> {
         let mut next_sweep = Instant::now() + sweep_every;
         loop {
             let now = Instant::now();
+            if !self.stopping && now < stop && super::interrupted() {
+                stop = now;
+            }
             if !self.stopping && now >= stop {
                 trace!("load over: no more requests; waiting for the outstanding replies");
                 self.stopping = true;
@@ -286,7 +289,7 @@ impl<'a> Worker<'a> {
             if !self.stopping {
                 wake = wake.min(stop);
             }
-            self.turn(wake)?;
+            self.turn(super::poll_deadline(wake))?;
         }
         Ok(())
     }

@@ -615,8 +615,8 @@ impl<'a> Worker<'a> {
 
     /// The load phase, from `start` (the gate's opening) to the end of the grace period.
     fn load(&mut self, start: Instant) -> io::Result<()> {
-        let stop = start + self.config.duration;
-        let grace_end = stop + GRACE;
+        let mut stop = start + self.config.duration;
+        let mut grace_end = stop + GRACE;
         self.warmup_end = Some(start + self.config.warmup());
         for i in 0..self.conns.len() {
             if let State::Ready { .. } = self.conns[i].state {
@@ -628,6 +628,9 @@ impl<'a> Worker<'a> {
         }
         loop {
             let now = Instant::now();
+            if !self.stopping && now < stop && super::interrupted() {
+                (stop, grace_end) = (now, now + GRACE);
+            }
             if !self.stopping && now >= stop {
                 self.begin_stop();
             }
@@ -639,7 +642,8 @@ impl<'a> Worker<'a> {
                 self.tally.load_time = now.min(stop).saturating_duration_since(start);
                 break;
             }
-            self.turn(Some(if self.stopping { grace_end } else { stop }))?;
+            let deadline = if self.stopping { grace_end } else { stop };
+            self.turn(Some(super::poll_deadline(deadline)))?;
         }
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Running {
@@ -672,8 +676,8 @@ impl<'a> Worker<'a> {
 
     /// Idle mode: hold every verified connection until `until`, noting any the server drops.
     fn hold(&mut self, until: Instant) -> io::Result<()> {
-        while Instant::now() < until && self.meter.open() > 0 {
-            self.turn(Some(until))?;
+        while Instant::now() < until && self.meter.open() > 0 && !super::interrupted() {
+            self.turn(Some(super::poll_deadline(until)))?;
         }
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Holding {
