@@ -13,7 +13,8 @@
 //! `--max-line` bounds the bytes since the last newline, *including* bytes already answered as an
 //! unterminated message: otherwise a client sending one byte per pause could grow a "line"
 //! forever at no cost to itself. Past the limit the session answers `error line too long` and
-//! asks the driver to close.
+//! asks the driver to close. Like every error line it starts a line: after a pause's answer,
+//! which has no newline, a `\n` goes first.
 //!
 //! Each byte is scanned for a newline exactly once (bytes held over between reads are never
 //! rescanned), so a long line costs linear time, not quadratic.
@@ -33,6 +34,9 @@ pub struct Timestamp {
     line_len: usize,
     /// The `--max-line` limit.
     max_line: usize,
+    /// The last byte sent was not a newline (a pause was answered mid-line): an error line
+    /// must then start with one, so that it starts a line (the contract, v3).
+    mid_line: bool,
 }
 
 impl Timestamp {
@@ -42,6 +46,7 @@ impl Timestamp {
             unanswered: Vec::new(),
             line_len: 0,
             max_line,
+            mid_line: false,
         }
     }
 
@@ -63,6 +68,7 @@ impl Timestamp {
             self.take_unanswered(out);
             out.extend_from_slice(line);
             self.line_len = 0;
+            self.mid_line = false;
             rest = after;
         }
         if self.line_len + rest.len() > self.max_line {
@@ -74,6 +80,7 @@ impl Timestamp {
                 stamp(now, out);
                 self.take_unanswered(out);
                 out.extend_from_slice(rest);
+                self.mid_line = true;
             }
             Arrival::Drained => {}
             Arrival::Partial => self.unanswered.extend_from_slice(rest),
@@ -86,6 +93,7 @@ impl Timestamp {
         if !self.unanswered.is_empty() {
             stamp(now, out);
             self.take_unanswered(out);
+            self.mid_line = true;
         }
     }
 
@@ -100,6 +108,10 @@ impl Timestamp {
 
     fn refuse_long_line(&mut self, out: &mut Vec<u8>) -> Flow {
         self.unanswered = Vec::new();
+        if std::mem::take(&mut self.mid_line) {
+            // `…aaaa` answered at a pause, then the limit: `error` on a line of its own.
+            out.push(b'\n');
+        }
         out.extend_from_slice(LINE_TOO_LONG_REPLY);
         Flow::Close
     }
@@ -186,6 +198,25 @@ mod tests {
         let (out, flow) = feed(&mut session(4), b"ok\nabcde\n", &[], Arrival::Drained);
         assert_eq!(flow, Flow::Close);
         assert_eq!(out, format!("{STAMP}ok\nerror line too long\n").as_bytes());
+    }
+
+    #[test]
+    fn the_error_line_starts_a_line_after_a_pause_was_answered() {
+        let mut s = session(6);
+        let now = fixed_now();
+        let mut out = Vec::new();
+        let _ = s.on_input(b"aaaa", Arrival::Drained, &now, &mut out);
+        assert_eq!(
+            s.on_input(b"aaa", Arrival::Drained, &now, &mut out),
+            Flow::Close
+        );
+        assert_eq!(
+            out,
+            format!("{STAMP}aaaa\nerror line too long\n").as_bytes()
+        );
+        // After a whole line, no extra newline.
+        let (out, _) = feed(&mut session(4), b"ab\nabcde", &[], Arrival::Drained);
+        assert_eq!(out, format!("{STAMP}ab\nerror line too long\n").as_bytes());
     }
 
     #[test]
