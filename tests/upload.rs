@@ -905,6 +905,38 @@ fn send_over_unix_stores_the_file() {
     server.assert_running();
 }
 
+/// `send` to a service that is not an upload service (issue 17): echo sends the header back,
+/// timestamp stamps it, upper upper-cases it. Each is named for what it is, exit 1.
+#[test]
+fn send_to_a_service_that_is_not_upload_says_so() {
+    let dir = Dir::new("send-not-upload");
+    let file = source_file(&dir, "x.txt", b"hello");
+    let mut server = Server::start(&[
+        "echo@127.0.0.1:0",
+        "timestamp@127.0.0.1:0",
+        "upper@127.0.0.1:0",
+    ]);
+    for (protocol, answer) in [
+        ("echo", "5 x.txt".to_owned()),
+        ("upper", "5 X.TXT".to_owned()),
+        ("timestamp", "] 5 x.txt".to_owned()),
+    ] {
+        let addr = server.addr(protocol).to_string();
+        let result = run(&["send", &addr, file.to_str().unwrap()], b"");
+        assert_eq!(result.code(), 1, "{protocol}: {result:?}");
+        let expected =
+            format!("oneloop: {addr} does not look like an upload service (it answered: ");
+        assert!(
+            result.stderr.starts_with(&expected)
+                && result.stderr.trim_end().ends_with(&format!("{answer})")),
+            "{protocol}: {:?}",
+            result.stderr
+        );
+        assert!(result.stdout.is_empty(), "{protocol}: {result:?}");
+    }
+    server.assert_running();
+}
+
 /// A server that answers `ok`, reads the body, and answers a `saved` line with the right size
 /// and a wrong CRC-32: `send` must not believe it. (Not a model test: the server is fake.)
 #[test]
