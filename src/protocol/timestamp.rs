@@ -34,9 +34,6 @@ pub struct Timestamp {
     line_len: usize,
     /// The `--max-line` limit.
     max_line: usize,
-    /// The last byte sent was not a newline (a pause was answered mid-line): an error line
-    /// must then start with one, so that it starts a line (the contract, v3).
-    mid_line: bool,
 }
 
 impl Timestamp {
@@ -46,7 +43,6 @@ impl Timestamp {
             unanswered: Vec::new(),
             line_len: 0,
             max_line,
-            mid_line: false,
         }
     }
 
@@ -68,7 +64,6 @@ impl Timestamp {
             self.take_unanswered(out);
             out.extend_from_slice(line);
             self.line_len = 0;
-            self.mid_line = false;
             rest = after;
         }
         if self.line_len + rest.len() > self.max_line {
@@ -80,7 +75,6 @@ impl Timestamp {
                 stamp(now, out);
                 self.take_unanswered(out);
                 out.extend_from_slice(rest);
-                self.mid_line = true;
             }
             Arrival::Drained => {}
             Arrival::Partial => self.unanswered.extend_from_slice(rest),
@@ -93,7 +87,6 @@ impl Timestamp {
         if !self.unanswered.is_empty() {
             stamp(now, out);
             self.take_unanswered(out);
-            self.mid_line = true;
         }
     }
 
@@ -107,11 +100,13 @@ impl Timestamp {
     }
 
     fn refuse_long_line(&mut self, out: &mut Vec<u8>) -> Flow {
-        self.unanswered = Vec::new();
-        if std::mem::take(&mut self.mid_line) {
-            // `…aaaa` answered at a pause, then the limit: `error` on a line of its own.
+        // Bytes of this line already answered (at a pause) mean the last byte sent was not a
+        // newline: `…aaaa`, then the limit. The error line must start a line of its own (the
+        // contract, v3). Derived, not stored: a field would grow every connection.
+        if self.line_len > self.unanswered.len() {
             out.push(b'\n');
         }
+        self.unanswered = Vec::new();
         out.extend_from_slice(LINE_TOO_LONG_REPLY);
         Flow::Close
     }
