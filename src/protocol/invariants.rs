@@ -902,7 +902,7 @@ pub fn drive_upload(
                     assert_closed(&mut session, &mut t);
                     return t;
                 }
-                Step::Storing | Step::Closed => panic!("unexpected {step:?}"),
+                Step::Storing | Step::Admitting | Step::Closed => panic!("unexpected {step:?}"),
             }
         }
     }
