@@ -111,6 +111,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UPLOAD, hide_default_value = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload: u64,
 
+    /// Free space, in bytes, an upload must leave on the upload directory's file system,
+    /// counting what uploads in progress still need; one that would leave less gets
+    /// `error no space` before `ok` (Postfix's queue_minfree). 0 turns the check off.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::storage::DEFAULT_MIN_FREE)]
+    pub min_free: u64,
+
     /// Where the reactor does uploads' file work: on I/O threads (threads), or in the event loop
     /// itself (loop) — a foil, to measure what a disk wait inside the loop costs every client.
     #[arg(long, value_enum, default_value_t = UploadIo::Threads)]
@@ -293,7 +299,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     // Checked before anything is bound: a server that cannot store uploads must not start.
     let upload_dir = if services.iter().any(|s| s.protocol == ProtocolKind::Upload) {
-        match open_upload_dir(&args.upload_dir) {
+        match open_upload_dir(&args.upload_dir, args.min_free) {
             Ok(dir) => Some(dir),
             Err(e) => {
                 eprintln!("oneloop: --upload-dir {e}");
@@ -445,8 +451,11 @@ fn services_named_by(passed: &[net::systemd::ActivatedSocket]) -> Result<Vec<Ser
 
 /// Opens `--upload-dir` (it must exist and be writable) and removes the temporary files a crash
 /// left in it; the error names the directory.
-fn open_upload_dir(path: &std::path::Path) -> std::io::Result<std::sync::Arc<UploadDir>> {
-    let dir = UploadDir::open(path)?;
+fn open_upload_dir(
+    path: &std::path::Path,
+    min_free: u64,
+) -> std::io::Result<std::sync::Arc<UploadDir>> {
+    let dir = UploadDir::open(path)?.with_min_free(min_free);
     let leftovers = dir.leftovers();
     if leftovers.removed > 0 {
         log::info!(

@@ -78,6 +78,13 @@ pub fn run(args: &SendArgs) -> ExitCode {
             eprintln!("oneloop: send: {why}");
             ExitCode::FAILURE
         }
+        Ok(Outcome::NotUpload(line)) => {
+            eprintln!(
+                "oneloop: {} does not look like an upload service (it answered: {line})",
+                args.address
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             let reason = match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
@@ -100,6 +107,9 @@ enum Outcome {
     Refused(String),
     /// The server's `saved` line does not match what was sent.
     Mismatch(String),
+    /// The first answer to the header was neither `ok` nor an `error ...` line: another
+    /// service (echo sends the header back, timestamp stamps it, chat greets).
+    NotUpload(String),
 }
 
 /// The name for the header: `--name`, or the file's own name. It must fit on the header line.
@@ -137,7 +147,7 @@ fn send(args: &SendArgs, name: &str) -> io::Result<Outcome> {
     (&stream).write_all(format!("{size} {name}\n").as_bytes())?;
     let answer = answers.line(&stream)?;
     if answer != "ok" {
-        return Ok(Outcome::Refused(answer));
+        return Ok(first_answer_refusal(answer));
     }
 
     let progress = Progress::new(size);
@@ -165,7 +175,7 @@ fn send(args: &SendArgs, name: &str) -> io::Result<Outcome> {
             // The server may have refused mid-body and closed: its reason beats "broken pipe".
             progress.finish();
             return match answers.line(&stream) {
-                Ok(line) if line.starts_with("error") => Ok(Outcome::Refused(line)),
+                Ok(line) if is_error_line(&line) => Ok(Outcome::Refused(line)),
                 _ => Err(e),
             };
         }
@@ -196,6 +206,21 @@ fn named(path: &Path, error: io::Error) -> io::Error {
         error.kind(),
         format!("{}: {}", path.display(), crate::sys::os_reason(&error)),
     )
+}
+
+/// What a first answer other than `ok` means: the server's refusal if it is an `error ...` line,
+/// else a sign that ADDRESS is some other service (the contract's wording for both).
+fn first_answer_refusal(answer: String) -> Outcome {
+    if is_error_line(&answer) {
+        Outcome::Refused(answer)
+    } else {
+        Outcome::NotUpload(answer)
+    }
+}
+
+/// Whether `line` is an `error ...` line: `error` alone, or followed by a space and a reason.
+fn is_error_line(line: &str) -> bool {
+    line == "error" || line.starts_with("error ")
 }
 
 /// The server's last answer, checked against what was sent.
@@ -310,5 +335,26 @@ mod tests {
             check_saved("error storage failed: disk full".into(), 9, crc),
             Outcome::Refused(_)
         ));
+    }
+
+    #[test]
+    fn a_first_answer_that_is_neither_ok_nor_error_is_another_service() {
+        for other in [
+            "5 x.txt",
+            "[Mon Dec  7 03:00:00 2026] 5 x.txt",
+            "5 X.TXT",
+            "errors",
+        ] {
+            assert!(
+                matches!(first_answer_refusal(other.into()), Outcome::NotUpload(l) if l == other),
+                "{other:?}"
+            );
+        }
+        for error in ["error too large", "error no space", "error"] {
+            assert!(matches!(
+                first_answer_refusal(error.into()),
+                Outcome::Refused(_)
+            ));
+        }
     }
 }

@@ -867,6 +867,39 @@ pub fn file_id_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(u64, u64)> {
     Ok((stat.st_dev, stat.st_ino))
 }
 
+/// `fallocate(2)` with `FALLOC_FL_KEEP_SIZE`: allocates `len` bytes of disk for `file` from
+/// offset 0 without changing its size, so the file system counts them as used (by `statvfs`,
+/// for every process) before they are written. `EOPNOTSUPP` where the file system cannot.
+pub fn reserve_space(file: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    loop {
+        // SAFETY: fallocate takes integers only and touches no memory of ours.
+        let code = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+        if code == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Bytes free for unprivileged users on the file system holding `file` (`fstatvfs(2)`:
+/// `f_bavail × f_frsize`), what `df` shows as available.
+pub fn available_bytes(file: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut stat = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: fstatvfs writes one `statvfs` through a pointer to an owned, properly sized and
+    // aligned local.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatvfs succeeded, so it filled the struct in.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // u64 on 64-bit Linux, narrower elsewhere
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 /// Tries to take an exclusive `flock(2)` lock on an open file without waiting: `Ok(true)` if it
 /// is now ours, `Ok(false)` if another open file description holds one. The lock goes away when
 /// every descriptor of that open file is closed — also when its process dies, which is how a

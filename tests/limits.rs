@@ -17,6 +17,18 @@ use util::{
 
 const LINE_TOO_LONG: &[u8] = b"error line too long\n";
 
+/// What came before the error line at the end of `reply`, checking that the error line starts a
+/// line (contract v3): after stamped pieces of the line, a `\n` is sent first.
+fn answered_before_the_error(reply: &[u8]) -> &[u8] {
+    let before = &reply[..reply.len() - LINE_TOO_LONG.len()];
+    if before.is_empty() {
+        return before;
+    }
+    before
+        .strip_suffix(b"\n")
+        .unwrap_or_else(|| panic!("the error line does not start a line: {:?}", Snippet(reply)))
+}
+
 #[test]
 fn over_long_line_gets_an_error_then_a_clean_close() {
     let mut server = Server::start(&["--max-line", "1024", "timestamp@127.0.0.1:0"]);
@@ -39,8 +51,8 @@ fn over_long_line_gets_an_error_then_a_clean_close() {
     );
     // Before the error there may be stamped pieces of the line (if the 5000 bytes arrived in
     // several reads), but never more than the limit.
-    let answered = parse_stamped(&reply[..reply.len() - LINE_TOO_LONG.len()])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let answered =
+        parse_stamped(answered_before_the_error(&reply)).unwrap_or_else(|e| panic!("{e}"));
     let answered: Vec<u8> = answered.into_iter().flat_map(|p| p.payload).collect();
     assert!(
         answered.len() <= 1024 && answered.iter().all(|&b| b == b'a'),
@@ -193,8 +205,8 @@ fn default_max_line_holds_across_the_read_buffer_boundary() {
         "65,537 bytes is one more than the default limit: {:?}",
         Snippet(&reply)
     );
-    let answered = parse_stamped(&reply[..reply.len() - LINE_TOO_LONG.len()])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let answered =
+        parse_stamped(answered_before_the_error(&reply)).unwrap_or_else(|e| panic!("{e}"));
     let answered: usize = answered.iter().map(|p| p.payload.len()).sum();
     assert!(
         answered <= 65536,
@@ -214,8 +226,9 @@ fn bytes_already_answered_count_toward_the_line_limit() {
     send(&mut stream, &[b'b'; 600]);
     assert_eq!(
         read_to_end_within(&mut stream),
-        LINE_TOO_LONG,
-        "1200 bytes since the last newline is over --max-line 1024"
+        [b"\n", LINE_TOO_LONG].concat(),
+        "1200 bytes since the last newline is over --max-line 1024; the error line starts a \
+         line of its own"
     );
 }
 

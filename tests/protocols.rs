@@ -221,6 +221,23 @@ fn timestamp_replies_keep_each_line_newline() {
     assert_eq!(payloads, [&b"first line\n"[..], b"second line\n"]);
 }
 
+/// Issue 17: a huge line to timestamp gave `…aaaaerror line too long` on one line, since the
+/// pause before it was answered without a newline. An `error ...` line always starts a line.
+fn timestamp_error_line_starts_a_line_after_an_answered_pause() {
+    let server = Server::start(&["timestamp@127.0.0.1:0", "--max-line", "10"]);
+    let mut stream = connect(server.addr("timestamp"));
+    send(&mut stream, b"aaaa");
+    let mut reply = Vec::new();
+    read_until_within(&mut stream, &mut reply, |r| r.ends_with(b"] aaaa"));
+    send(&mut stream, b"aaaaaaaaaa");
+    let rest = read_to_end_within(&mut stream);
+    assert_bytes_eq(
+        &rest,
+        b"\nerror line too long\n",
+        "after the answered pause",
+    );
+}
+
 fn timestamp_answers_pending_bytes_at_end_of_stream() {
     let server = Server::start(&["timestamp@127.0.0.1:0"]);
 
@@ -583,6 +600,7 @@ per_model! {
         timestamp_answers_the_seed_pattern_in_local_ctime_format,
         timestamp_replies_keep_each_line_newline,
         timestamp_answers_pending_bytes_at_end_of_stream,
+        timestamp_error_line_starts_a_line_after_an_answered_pause,
         timestamp_pipelined_burst_comes_back_whole_and_in_order,
         echo_returns_arbitrary_binary_bytes,
         echo_over_ipv6_loopback,

@@ -93,7 +93,7 @@ fn a_commit_stores_the_exact_bytes_and_leaves_no_temporary_file() {
     let stored = file.commit("photo.jpg").unwrap();
     assert_eq!(stored.name, "photo.jpg");
     assert_eq!(stored.size, content.len() as u64);
-    assert_eq!(stored.names_taken, 0);
+    assert_eq!(stored.name_calls, 1);
     assert_eq!(fs::read(scratch.join("photo.jpg")).unwrap(), content);
     assert_eq!(scratch.names(), vec!["photo.jpg"]);
     // 0o644 before the umask: the umask may only take bits away.

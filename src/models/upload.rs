@@ -7,7 +7,10 @@
 //! is what these models are. So the driver here is the protocol's own driver loop, told in its
 //! module docs, with [`TempFile`] calls in place of "create the file", "write", "store":
 //!
-//! * [`Step::Begin`]: a new hidden temporary file in the upload directory. If it cannot be
+//! * [`Step::Begin`]: a new hidden temporary file in the upload directory, with room reserved
+//!   for SIZE bytes under `--min-free` ([`TempFile::reserve`]); then `ok` — or `error no space`
+//!   and the end of the connection, the file removed (with `--min-free`, the session holds `ok`
+//!   back until this is known: [`UploadSession::with_admission`]). If the file cannot be
 //!   created (a full disk, a directory made read-only since the start), the client is told
 //!   `error storage failed: REASON` and the connection ends.
 //! * [`Step::Body`]: appended to that file as it comes. A failed write (`ENOSPC`, `EIO`) removes
@@ -37,7 +40,8 @@
 //! queue's length (`FIONREAD`) bounds it, so a client that keeps sending cannot keep the server
 //! from exiting — and runs it through the session as usual; then the session's
 //! [`on_end`](UploadSession::on_end) says what is left: a complete body is stored and answered,
-//! a partial one is removed, and an idle connection simply ends. A connection still storing at
+//! a partial one is removed and answered `error shutting down`
+//! ([`on_shutdown`](UploadSession::on_shutdown)), and an idle connection simply ends. A connection still storing at
 //! `--shutdown-timeout` is abandoned with the process (or its forked child is killed): its
 //! temporary file is then a crash's leftover, which the next start removes.
 
@@ -52,7 +56,7 @@ use log::{debug, warn};
 use crate::net::{BlockingStream, Peer};
 use crate::protocol::upload::{End, Step, UploadSession};
 use crate::protocol::{Flow, Limits};
-use crate::storage::{TempFile, UploadDir};
+use crate::storage::{Room, TempFile, UploadDir};
 use crate::sys;
 
 use super::{linger, linger_after_stop, read_input, Input, Settings};
@@ -135,7 +139,12 @@ impl<'a> Connection<'a> {
         Connection {
             peer,
             dir,
-            session: UploadSession::new(limits),
+            // With --min-free, `ok` waits until `begin` has found room (or `error no space`).
+            session: if dir.min_free() > 0 {
+                UploadSession::with_admission(limits)
+            } else {
+                UploadSession::new(limits)
+            },
             receiving: None,
             out: Vec::new(),
         }
@@ -155,8 +164,9 @@ impl<'a> Connection<'a> {
                 Step::BodyDone { .. } => {
                     let _ = self.store();
                 }
-                Step::Storing => {
-                    // Never: each BodyDone is answered before the session is asked again.
+                Step::Storing | Step::Admitting => {
+                    // Never: each BodyDone and Begin is answered before the session is asked
+                    // again.
                     debug_assert!(false, "the session waits for an outcome already reported");
                     return Flow::Close;
                 }
@@ -169,12 +179,28 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// A header was accepted: the body's temporary file.
+    /// A header was accepted: the body's temporary file, with its space reserved under
+    /// `--min-free` (`ok` then, or `error no space` and the end of the conversation).
     fn begin(&mut self, name: String, size: u64) {
         debug!("{}: receiving {name:?} ({size} bytes)", self.peer);
-        match TempFile::create(self.dir) {
-            Ok(file) => self.receiving = Some(Receiving { file, name }),
-            Err(e) => self.failed(&name, "cannot create a temporary file", &e),
+        let mut file = match TempFile::create(self.dir) {
+            Ok(file) => file,
+            Err(e) => return self.failed(&name, "cannot create a temporary file", &e),
+        };
+        match file.reserve(size) {
+            Ok(Room::Fits) => {
+                self.session.admit(&mut self.out);
+                self.receiving = Some(Receiving { file, name });
+            }
+            Ok(Room::Short { available }) => {
+                debug!(
+                    "{}: {name:?} ({size} bytes) would leave {available} bytes free, under --min-free; error no space",
+                    self.peer
+                );
+                drop(file); // removes it, and gives its reservation back
+                self.session.refuse_no_space(&mut self.out);
+            }
+            Err(e) => self.failed(&name, "cannot reserve its space", &e),
         }
     }
 
@@ -222,7 +248,13 @@ impl<'a> Connection<'a> {
 
     /// The client's end of stream: what it means for the upload in progress (see [`End`]).
     fn end(&mut self) {
-        match self.session.on_end(&mut self.out) {
+        let end = self.session.on_end(&mut self.out);
+        self.finish(end);
+    }
+
+    /// Acts on how the input ended (the client's end of stream, or a shutdown's).
+    fn finish(&mut self, end: End) {
+        match end {
             End::Idle | End::Closed => {}
             End::PartialHeader => debug!("{}: ended in the middle of a header", self.peer),
             End::CutShort { received, size } => {
@@ -278,7 +310,9 @@ impl<'a> Connection<'a> {
                 break;
             }
         }
-        self.end();
+        // As at an end of stream, but one cut short is told `error shutting down`.
+        let end = self.session.on_shutdown(&mut self.out);
+        self.finish(end);
         if let Err(e) = self.flush(stream) {
             debug!("{}: write failed: {e}", self.peer);
             return;

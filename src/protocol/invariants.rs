@@ -164,8 +164,7 @@ fn timestamp_by_the_rules(input: &[u8], cuts: &[usize], max_line: usize) -> (Vec
         start = cut;
         while let Some(newline) = piece.iter().position(|&b| b == b'\n') {
             if since_newline + newline > max_line {
-                out.extend_from_slice(LINE_TOO_LONG_REPLY);
-                return (out, Flow::Close);
+                return error_line(out);
             }
             out.extend_from_slice(STAMP);
             out.extend_from_slice(&piece[..=newline]);
@@ -173,8 +172,7 @@ fn timestamp_by_the_rules(input: &[u8], cuts: &[usize], max_line: usize) -> (Vec
             piece = &piece[newline + 1..];
         }
         if since_newline + piece.len() > max_line {
-            out.extend_from_slice(LINE_TOO_LONG_REPLY);
-            return (out, Flow::Close);
+            return error_line(out);
         }
         since_newline += piece.len();
         if !piece.is_empty() {
@@ -183,6 +181,15 @@ fn timestamp_by_the_rules(input: &[u8], cuts: &[usize], max_line: usize) -> (Vec
         }
     }
     (out, Flow::Continue)
+}
+
+/// `error line too long`, starting a line: after a newline if the last byte sent was not one.
+fn error_line(mut out: Vec<u8>) -> (Vec<u8>, Flow) {
+    if out.last().is_some_and(|&b| b != b'\n') {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(LINE_TOO_LONG_REPLY);
+    (out, Flow::Close)
 }
 
 /// The service-spec parser: never panics, resolves no names (the stand-in resolver refuses
@@ -918,7 +925,7 @@ pub fn drive_upload(
                     assert_closed(&mut session, &mut t);
                     return t;
                 }
-                Step::Storing | Step::Closed => panic!("unexpected {step:?}"),
+                Step::Storing | Step::Admitting | Step::Closed => panic!("unexpected {step:?}"),
             }
         }
     }

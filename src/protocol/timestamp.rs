@@ -13,7 +13,8 @@
 //! `--max-line` bounds the bytes since the last newline, *including* bytes already answered as an
 //! unterminated message: otherwise a client sending one byte per pause could grow a "line"
 //! forever at no cost to itself. Past the limit the session answers `error line too long` and
-//! asks the driver to close.
+//! asks the driver to close. Like every error line it starts a line: after a pause's answer,
+//! which has no newline, a `\n` goes first.
 //!
 //! Each byte is scanned for a newline exactly once (bytes held over between reads are never
 //! rescanned), so a long line costs linear time, not quadratic.
@@ -99,6 +100,12 @@ impl Timestamp {
     }
 
     fn refuse_long_line(&mut self, out: &mut Vec<u8>) -> Flow {
+        // Bytes of this line already answered (at a pause) mean the last byte sent was not a
+        // newline: `…aaaa`, then the limit. The error line must start a line of its own (the
+        // contract, v3). Derived, not stored: a field would grow every connection.
+        if self.line_len > self.unanswered.len() {
+            out.push(b'\n');
+        }
         self.unanswered = Vec::new();
         out.extend_from_slice(LINE_TOO_LONG_REPLY);
         Flow::Close
@@ -186,6 +193,25 @@ mod tests {
         let (out, flow) = feed(&mut session(4), b"ok\nabcde\n", &[], Arrival::Drained);
         assert_eq!(flow, Flow::Close);
         assert_eq!(out, format!("{STAMP}ok\nerror line too long\n").as_bytes());
+    }
+
+    #[test]
+    fn the_error_line_starts_a_line_after_a_pause_was_answered() {
+        let mut s = session(6);
+        let now = fixed_now();
+        let mut out = Vec::new();
+        let _ = s.on_input(b"aaaa", Arrival::Drained, &now, &mut out);
+        assert_eq!(
+            s.on_input(b"aaa", Arrival::Drained, &now, &mut out),
+            Flow::Close
+        );
+        assert_eq!(
+            out,
+            format!("{STAMP}aaaa\nerror line too long\n").as_bytes()
+        );
+        // After a whole line, no extra newline.
+        let (out, _) = feed(&mut session(4), b"ab\nabcde", &[], Arrival::Drained);
+        assert_eq!(out, format!("{STAMP}ab\nerror line too long\n").as_bytes());
     }
 
     #[test]

@@ -54,6 +54,7 @@
 //!             let _ = session.stored("notes.txt", &mut out);
 //!         }
 //!         Step::Storing => unreachable!("answered at BodyDone"),
+//!         Step::Admitting => unreachable!("only with UploadSession::with_admission"),
 //!         Step::Refused(_) | Step::Closed => break, // flush `out`, then close
 //!     }
 //! }
@@ -133,6 +134,13 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// The reply to an accepted header.
 pub const OK_REPLY: &[u8] = b"ok\n";
 
+/// The reply, instead of `ok`, to a header whose SIZE would leave less than `--min-free` on the
+/// upload directory's file system.
+pub const NO_SPACE_REPLY: &[u8] = b"error no space\n";
+
+/// The reply to an upload cut short by a graceful shutdown (or a header it interrupted).
+pub const SHUTTING_DOWN_REPLY: &[u8] = b"error shutting down\n";
+
 /// What [`UploadSession::on_input`] did, in the order the driver must act on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
@@ -165,6 +173,11 @@ pub enum Step<'a> {
     /// The body is complete but its storage outcome has not been reported: no input is consumed
     /// until it is. Stop reading and keep what is left of the input.
     Storing,
+    /// A session made [`with_admission`](UploadSession::with_admission) has reported
+    /// [`Begin`](Step::Begin) and waits for the driver's word on room for it
+    /// ([`UploadSession::admit`] or [`UploadSession::refuse_no_space`]): no input is consumed
+    /// until then. Stop reading and keep what is left of the input.
+    Admitting,
     /// The input broke a rule: its error line has been appended to the output. Flush it, then
     /// close (the rest of the input has been discarded). No file was begun for this header.
     Refused(Refusal),
@@ -277,6 +290,10 @@ pub enum End {
 enum State {
     /// Waiting for a header line (part of it may be held in `header`).
     Header,
+    /// A header of `size` was accepted; waiting for the driver to [`admit`](UploadSession::admit)
+    /// it (`ok`) or refuse it for want of room. Only with
+    /// [`with_admission`](UploadSession::with_admission).
+    Admitting { size: u64 },
     /// Reading a body: `remaining` of its `size` bytes are still to come. `remaining == 0`
     /// means the next call reports [`Step::BodyDone`].
     Body {
@@ -308,6 +325,8 @@ pub struct UploadSession {
     /// The client's stream has ended ([`on_end`](Self::on_end)): once the body in storage is
     /// answered, the conversation is over.
     input_ended: bool,
+    /// `ok` waits for [`admit`](Self::admit) (the driver checks for room first).
+    admission: bool,
 }
 
 impl UploadSession {
@@ -320,6 +339,36 @@ impl UploadSession {
             max_line: limits.max_line,
             max_upload: limits.max_upload,
             input_ended: false,
+            admission: false,
+        }
+    }
+
+    /// Like [`new`](Self::new), but `ok` is not sent with [`Step::Begin`]: the session then
+    /// answers [`Step::Admitting`] until the driver has found out whether the upload fits
+    /// (`--min-free`, which needs the file system) and called [`admit`](Self::admit) or
+    /// [`refuse_no_space`](Self::refuse_no_space). So `error no space` comes *instead of* `ok`.
+    pub fn with_admission(limits: Limits) -> UploadSession {
+        UploadSession {
+            admission: true,
+            ..UploadSession::new(limits)
+        }
+    }
+
+    /// The upload [`Step::Begin`] announced has room: appends `ok`; its body follows. Does
+    /// nothing unless the session is [`Step::Admitting`].
+    pub fn admit(&mut self, out: &mut Vec<u8>) {
+        if let State::Admitting { size } = self.state {
+            out.extend_from_slice(OK_REPLY);
+            self.state = body(size);
+        }
+    }
+
+    /// The upload [`Step::Begin`] announced would leave less than `--min-free`: appends
+    /// `error no space` and ends the conversation (flush, then close; nothing was written).
+    pub fn refuse_no_space(&mut self, out: &mut Vec<u8>) {
+        if matches!(self.state, State::Admitting { .. }) {
+            out.extend_from_slice(NO_SPACE_REPLY);
+            self.close();
         }
     }
 
@@ -358,6 +407,7 @@ impl UploadSession {
                 Step::Body(body)
             }
             State::Storing { .. } => Step::Storing,
+            State::Admitting { .. } => Step::Admitting,
             State::Closed => {
                 *input = &[];
                 Step::Closed
@@ -413,16 +463,43 @@ impl UploadSession {
     /// appends `error bad header` for an unfinished header). Call it once every input has been
     /// run down to [`Step::NeedInput`] or [`Step::Storing`].
     pub fn on_end(&mut self, out: &mut Vec<u8>) -> End {
+        self.end(out, false)
+    }
+
+    /// Like [`on_end`](Self::on_end), for a graceful shutdown that stops reading the client: what
+    /// had arrived has been run through the session, and nothing more will be read. The same
+    /// [`End`], but an upload cut short — and a header cut off, or one not yet admitted — is
+    /// answered `error shutting down`, so the client knows why (the contract, v3).
+    pub fn on_shutdown(&mut self, out: &mut Vec<u8>) -> End {
+        self.end(out, true)
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>, shutdown: bool) -> End {
         self.input_ended = true;
+        let cut_short = |out: &mut Vec<u8>| {
+            if shutdown {
+                out.extend_from_slice(SHUTTING_DOWN_REPLY);
+            }
+        };
         match &self.state {
             State::Header if self.header.is_empty() => {
                 self.close();
                 End::Idle
             }
+            State::Header if shutdown => {
+                out.extend_from_slice(SHUTTING_DOWN_REPLY);
+                self.close();
+                End::PartialHeader
+            }
             State::Header => {
                 out.extend_from_slice(Refusal::BadHeader.reply());
                 self.close();
                 End::PartialHeader
+            }
+            &State::Admitting { size } => {
+                cut_short(out);
+                self.close();
+                End::CutShort { received: 0, size }
             }
             State::Body {
                 size,
@@ -436,6 +513,7 @@ impl UploadSession {
             &State::Body {
                 size, remaining, ..
             } => {
+                cut_short(out);
                 self.close();
                 End::CutShort {
                     received: size - remaining,
@@ -487,11 +565,11 @@ impl UploadSession {
             match parsed {
                 Ok(None) => continue,
                 Ok(Some((name, size))) => {
-                    out.extend_from_slice(OK_REPLY);
-                    self.state = State::Body {
-                        size,
-                        remaining: size,
-                        crc: crc32fast::Hasher::new(),
+                    self.state = if self.admission {
+                        State::Admitting { size }
+                    } else {
+                        out.extend_from_slice(OK_REPLY);
+                        body(size)
                     };
                     return Step::Begin { name, size };
                 }
@@ -510,6 +588,15 @@ impl UploadSession {
     fn close(&mut self) {
         self.state = State::Closed;
         self.header = Vec::new();
+    }
+}
+
+/// The state of a body of `size` bytes, none of them read yet.
+fn body(size: u64) -> State {
+    State::Body {
+        size,
+        remaining: size,
+        crc: crc32fast::Hasher::new(),
     }
 }
 
@@ -705,6 +792,97 @@ mod tests {
         assert_eq!(out, b"ok\nsaved new-2.jpg 5 3610a686\n");
         assert!(s.is_idle());
         assert_eq!(s.on_end(&mut out), End::Idle);
+    }
+
+    #[test]
+    fn with_admission_ok_waits_for_the_drivers_word_and_no_space_replaces_it() {
+        let mut s = UploadSession::with_admission(Limits::default());
+        let mut out = Vec::new();
+        let mut input: &[u8] = b"3 a\nxyz";
+        assert!(matches!(
+            s.on_input(&mut input, &mut out),
+            Step::Begin { size: 3, .. }
+        ));
+        for _ in 0..2 {
+            assert_eq!(s.on_input(&mut input, &mut out), Step::Admitting);
+            assert_eq!(input, b"xyz", "nothing consumed before the answer");
+        }
+        assert!(out.is_empty(), "no `ok` yet");
+        s.admit(&mut out);
+        assert_eq!(s.on_input(&mut input, &mut out), Step::Body(b"xyz"));
+        assert_eq!(out, b"ok\n");
+        // The next one does not fit.
+        assert!(matches!(
+            s.on_input(&mut input, &mut out),
+            Step::BodyDone { .. }
+        ));
+        let _ = s.stored("a", &mut out);
+        let mut input: &[u8] = b"9 b\n123";
+        assert!(matches!(
+            s.on_input(&mut input, &mut out),
+            Step::Begin { .. }
+        ));
+        s.refuse_no_space(&mut out);
+        assert_eq!(s.on_input(&mut input, &mut out), Step::Closed);
+        assert!(
+            out.ends_with(b"saved a 3 eb8eba67\nerror no space\n"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        // A shutdown before the answer: cut short, and told so.
+        let mut s = UploadSession::with_admission(Limits::default());
+        let mut out = Vec::new();
+        let mut input: &[u8] = b"9 c\n";
+        assert!(matches!(
+            s.on_input(&mut input, &mut out),
+            Step::Begin { .. }
+        ));
+        assert_eq!(
+            s.on_shutdown(&mut out),
+            End::CutShort {
+                received: 0,
+                size: 9
+            }
+        );
+        assert_eq!(out, SHUTTING_DOWN_REPLY);
+    }
+
+    #[test]
+    fn a_shutdown_tells_an_upload_cut_short_and_stores_a_whole_one() {
+        let run = |input: &[u8]| {
+            let mut s = UploadSession::new(Limits::default());
+            let mut out = Vec::new();
+            let mut input = input;
+            loop {
+                match s.on_input(&mut input, &mut out) {
+                    Step::NeedInput | Step::Storing => break,
+                    _ => {}
+                }
+            }
+            let end = s.on_shutdown(&mut out);
+            (end, String::from_utf8(out).unwrap())
+        };
+        assert_eq!(run(b""), (End::Idle, String::new()));
+        assert_eq!(
+            run(b"5 a"),
+            (End::PartialHeader, "error shutting down\n".into())
+        );
+        assert_eq!(
+            run(b"5 a\nhel"),
+            (
+                End::CutShort {
+                    received: 3,
+                    size: 5
+                },
+                "ok\nerror shutting down\n".into()
+            )
+        );
+        let (end, out) = run(b"5 a\nhello");
+        assert!(matches!(end, End::Storing { size: 5, .. }), "{end:?}");
+        assert_eq!(
+            out, "ok\n",
+            "stored and answered by the driver, not refused"
+        );
     }
 
     #[test]

@@ -1385,14 +1385,24 @@ impl Connection {
             return;
         };
         shared.replies.clear();
-        let end = work.on_end(&mut shared.replies);
+        let end = if unread_may_follow {
+            work.on_shutdown(&mut shared.replies) // `error shutting down` if cut short
+        } else {
+            work.on_end(&mut shared.replies)
+        };
         self.send(&shared.replies);
         if let End::CutShort { received, size } = end {
             debug!(
                 "conn #{}: upload cut short at {received} of {size} bytes",
                 self.id
             );
-            self.close("upload cut short");
+            if unread_may_follow {
+                // Its `error shutting down` goes out first, then the lingering close; the
+                // temporary file is discarded when the connection is reaped.
+                self.phase = Phase::Ending;
+            } else {
+                self.close("upload cut short");
+            }
         } else if unread_may_follow {
             // Waits for the answer of an upload being stored, if any, then lingers.
             self.phase = Phase::Ending;

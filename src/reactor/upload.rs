@@ -21,6 +21,12 @@
 //!   upload cut short — end of stream mid-body, a reset, the idle timeout, a shutdown — is
 //!   discarded when its connection is reaped, so no partial file stays. A discard the pool cannot
 //!   take at once waits in a list the loop retries every time completions are drained.
+//! * **`ok` after the room is known.** With `--min-free`, the upload's first op ([`Op::Begin`])
+//!   also reserves its SIZE and reads the free space on an I/O thread (`fallocate`, `fstatvfs`:
+//!   file-system calls the loop must not make); the session holds `ok` back until that answer
+//!   comes ([`UploadSession::with_admission`]), and the client is not read meanwhile. So
+//!   `error no space` comes instead of `ok`, from a figure that is never stale (see
+//!   [`crate::storage::durable`], "Room").
 //! * **Serial numbers, not slab keys.** Completions name their upload by a serial number that is
 //!   never reused; a connection that closed while its op was in flight has no serial any more,
 //!   and its late completion is dropped.
@@ -70,6 +76,9 @@ pub struct Uploads {
     blocked: Vec<usize>,
     /// Reused list of drained completions.
     completions: Vec<Completion>,
+    /// `--min-free` is on: `ok` waits for the I/O thread's answer to [`Op::Begin`], which
+    /// reserves the upload's room (the loop never calls `statvfs` itself).
+    admission: bool,
 }
 
 impl std::fmt::Debug for Uploads {
@@ -91,6 +100,7 @@ impl Uploads {
         waker: Arc<Waker>,
         in_loop: bool,
     ) -> std::io::Result<Uploads> {
+        let admission = dir.min_free() > 0;
         let pool = if in_loop {
             StoragePool::in_caller(dir, DEFAULT_QUEUE_PER_THREAD, waker)
         } else {
@@ -104,6 +114,7 @@ impl Uploads {
             orphan_discards: Vec::new(),
             blocked: Vec::new(),
             completions: Vec::new(),
+            admission,
         })
     }
 
@@ -122,7 +133,7 @@ impl Uploads {
             }
             let last = matches!(
                 completion.outcome,
-                Outcome::Committed(_) | Outcome::Discarded
+                Outcome::Committed(_) | Outcome::Discarded | Outcome::NoSpace { .. }
             );
             let owner = if last {
                 self.owners.remove(&completion.upload)
@@ -256,6 +267,11 @@ pub struct UploadWork {
     shutdown_allowance: Option<usize>,
     /// Writes submitted and not yet answered.
     writes_in_flight: u8,
+    /// The limits the session was made with, to make it again with admission (`--min-free`)
+    /// at the first input, which is when the loop's storage side is at hand.
+    limits: Limits,
+    /// Whether the session has been set up for the storage side (see `limits`).
+    session_set_up: bool,
 }
 
 /// The upload a connection is sending.
@@ -273,6 +289,9 @@ struct Current {
     handed_over: bool,
     /// Whether the storage failed and the client has been told.
     failed: bool,
+    /// Whether `ok` waits for the answer to its [`Op::Begin`] (`--min-free`): the client is not
+    /// read meanwhile.
+    admitting: bool,
     /// The thread its ops run on, for the log.
     thread: IoThread,
 }
@@ -289,6 +308,8 @@ impl UploadWork {
             listed_blocked: false,
             shutdown_allowance: None,
             writes_in_flight: 0,
+            limits,
+            session_set_up: false,
         }
     }
 
@@ -312,6 +333,10 @@ impl UploadWork {
         !self.waiting.is_empty()
             || self.writes_in_flight >= MAX_WRITES_IN_FLIGHT
             || self.is_storing()
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.admitting && !c.failed)
     }
 
     /// The serial number of the upload under way, if any.
@@ -373,6 +398,10 @@ impl UploadWork {
 
     /// Handles `input`, as far as the session and the pool allow; the rest is held.
     pub fn feed(&mut self, input: &[u8], sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Feed {
+        if !std::mem::replace(&mut self.session_set_up, true) && sink.uploads.admission {
+            // Nothing has reached the session yet, so nothing is lost by making it anew.
+            self.session = UploadSession::with_admission(self.limits);
+        }
         let mut rest = input;
         loop {
             if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT || !self.waiting.is_empty() {
@@ -415,9 +444,10 @@ impl UploadWork {
                         committing: false,
                         handed_over: false,
                         failed: false,
+                        admitting: sink.uploads.admission,
                         thread: sink.uploads.pool.thread_of(serial),
                     });
-                    if self.submit(Op::Begin, sink, out) == Some(Feed::End) {
+                    if self.submit(Op::Begin { size }, sink, out) == Some(Feed::End) {
                         return Feed::End;
                     }
                 }
@@ -478,6 +508,19 @@ impl UploadWork {
                         trace!(
                             "upload #{}: waits for the answer to its commit (from {}); its client \
                              is not read until then{}",
+                            current.serial,
+                            current.thread,
+                            Held(rest.len())
+                        );
+                    }
+                    self.held.extend_from_slice(rest);
+                    return Feed::Pause;
+                }
+                Step::Admitting => {
+                    if let Some(current) = &self.current {
+                        trace!(
+                            "upload #{}: `ok` waits for {} to reserve its room (--min-free); its \
+                             client is not read until then{}",
                             current.serial,
                             current.thread,
                             Held(rest.len())
@@ -667,6 +710,29 @@ impl UploadWork {
                 );
                 Feed::Continue
             }
+            Outcome::Begun if current.admitting => {
+                current.admitting = false;
+                debug!(
+                    "upload #{}: {} reserved its room (its answer came through the waker); \
+                     answering \"ok\"",
+                    current.serial, current.thread
+                );
+                self.session.admit(out);
+                Feed::Continue
+            }
+            Outcome::NoSpace { available } => {
+                debug!(
+                    "upload #{}: {} found {available} bytes free, under --min-free; answering \
+                     \"error no space\"",
+                    current.serial, current.thread
+                );
+                // The I/O thread has removed the file and forgotten the upload.
+                self.current = None;
+                self.waiting.clear();
+                self.held.clear();
+                self.session.refuse_no_space(out);
+                Feed::End
+            }
             Outcome::Begun | Outcome::Discarded => {
                 trace!(
                     "upload #{}: {} {} (its answer came through the waker)",
@@ -722,6 +788,12 @@ impl UploadWork {
     pub fn on_end(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
         self.session.on_end(out)
     }
+
+    /// A graceful shutdown's end of input: as [`on_end`](Self::on_end), but an upload cut short
+    /// is answered `error shutting down`.
+    pub fn on_shutdown(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
+        self.session.on_shutdown(out)
+    }
 }
 
 /// What was handed to the I/O threads, for the log (the op itself has gone with them).
@@ -739,7 +811,7 @@ impl Handed {
             Op::Write(bytes) => Handed::Chunk(bytes.len()),
             Op::Commit { .. } => Handed::Commit,
             Op::Discard => Handed::Discard,
-            Op::Begin => Handed::Begin,
+            Op::Begin { .. } => Handed::Begin,
             // Tests only: it holds up a worker, like a slow begin.
             #[cfg(test)]
             Op::Hold(_) => Handed::Begin,
@@ -754,6 +826,9 @@ impl fmt::Display for Answer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Outcome::Begun => f.write_str("created its temporary file"),
+            Outcome::NoSpace { available } => {
+                write!(f, "found {available} bytes free, under --min-free")
+            }
             Outcome::Written => f.write_str("wrote a chunk"),
             Outcome::Committed(stored) => write!(f, "stored it durably as {}", stored.name),
             Outcome::Discarded => f.write_str("removed its temporary file"),

@@ -20,5 +20,5 @@ pub mod pool;
 #[cfg(test)]
 mod testing;
 
-pub use durable::{Leftovers, Stored, TempFile, UploadDir};
+pub use durable::{Leftovers, Room, Stored, TempFile, UploadDir, DEFAULT_MIN_FREE};
 pub use pool::{Completion, Op, Outcome, StoragePool, SubmitError};

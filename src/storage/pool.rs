@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use log::{debug, trace, warn};
 use mio::Waker;
 
-use super::durable::{Stored, TempFile, UploadDir};
+use super::durable::{Room, Stored, TempFile, UploadDir};
 use crate::sys;
 
 /// I/O threads when nothing else is said: uploads are disk-bound, so more threads than disks
@@ -93,8 +93,12 @@ pub const DROP_WAIT: Duration = Duration::from_secs(10);
 
 /// One thing to do for an upload. An upload's ops run in the order they were submitted.
 pub enum Op {
-    /// Create the upload's temporary file.
-    Begin,
+    /// Create the upload's temporary file, and reserve room for its `size` bytes under
+    /// `--min-free` ([`TempFile::reserve`]): [`Outcome::Begun`] or [`Outcome::NoSpace`].
+    Begin {
+        /// The SIZE its header announced.
+        size: u64,
+    },
     /// Append these bytes. The vector comes back, emptied, in the [`Completion`].
     Write(Vec<u8>),
     /// Make the upload durable under this name, or the first free variant of it
@@ -114,7 +118,7 @@ impl fmt::Debug for Op {
     /// Without the bytes of a write: a log line must not print a 64 KiB chunk.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Begin => f.write_str("Begin"),
+            Op::Begin { size } => write!(f, "Begin({size} bytes)"),
             Op::Write(bytes) => write!(f, "Write({} bytes)", bytes.len()),
             Op::Commit { name } => write!(f, "Commit({name:?})"),
             Op::Discard => f.write_str("Discard"),
@@ -127,8 +131,14 @@ impl fmt::Debug for Op {
 /// How an op turned out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// [`Op::Begin`]: the temporary file exists.
+    /// [`Op::Begin`]: the temporary file exists, its room reserved.
     Begun,
+    /// [`Op::Begin`]: the upload would leave less than `--min-free` free; nothing was kept, and
+    /// the upload is forgotten (as after a commit).
+    NoSpace {
+        /// Bytes free on the file system when asked.
+        available: u64,
+    },
     /// [`Op::Write`]: the bytes are written (not yet durable: that is the commit's `fsync`).
     Written,
     /// [`Op::Commit`]: the upload is durably stored; here is under what name.
@@ -580,7 +590,7 @@ impl WorkerLoop {
     fn perform(&mut self, upload: u64, op: Op) -> (Outcome, Option<Vec<u8>>) {
         let index = self.index;
         match op {
-            Op::Begin => (self.begin(upload), None),
+            Op::Begin { size } => (self.begin(upload, size), None),
             Op::Write(mut bytes) => {
                 let outcome = self.write(upload, &bytes);
                 bytes.clear();
@@ -628,7 +638,7 @@ impl WorkerLoop {
         }
     }
 
-    fn begin(&mut self, upload: u64) -> Outcome {
+    fn begin(&mut self, upload: u64, size: u64) -> Outcome {
         let index = self.index;
         if let Some(state) = self.uploads.get_mut(&upload) {
             // A caller's bug; the first failure ends the upload, like any other (dropping the
@@ -638,13 +648,24 @@ impl WorkerLoop {
             *state = UploadState::Failed(reason.clone());
             return failed(reason);
         }
-        match TempFile::create(&self.dir) {
-            Ok(file) => {
+        let mut file = match TempFile::create(&self.dir) {
+            Ok(file) => file,
+            Err(e) => return self.end_in_failure(upload, "creating the temporary file", &e),
+        };
+        match file.reserve(size) {
+            Ok(Room::Fits) => {
                 debug!("io-{index}: upload #{upload}: created {}", file.name());
                 self.uploads.insert(upload, UploadState::Open(file));
                 Outcome::Begun
             }
-            Err(e) => self.end_in_failure(upload, "creating the temporary file", &e),
+            // Dropping the file removes it and gives its reservation back.
+            Ok(Room::Short { available }) => {
+                debug!(
+                    "io-{index}: upload #{upload}: {size} bytes would leave {available} free, under --min-free; not begun"
+                );
+                Outcome::NoSpace { available }
+            }
+            Err(e) => self.end_in_failure(upload, "reserving its space", &e),
         }
     }
 
@@ -802,7 +823,7 @@ mod tests {
     fn a_completion_wakes_the_poll() {
         let scratch = Scratch::new("pool-wake");
         let mut h = Harness::new(&scratch.path, 1, 4);
-        h.pool.try_submit(1, Op::Begin).unwrap();
+        h.pool.try_submit(1, Op::Begin { size: 0 }).unwrap();
         // Nothing drained yet: only the waker can end this poll before the deadline.
         h.wait_for_wake();
         let mut out = Vec::new();
@@ -820,7 +841,7 @@ mod tests {
         let mut h = Harness::new(&scratch.path, 2, 3);
         let mut ops = vec![];
         for upload in 0..UPLOADS {
-            ops.push((upload, Op::Begin));
+            ops.push((upload, Op::Begin { size: 0 }));
         }
         for chunk in 0..CHUNKS {
             for upload in 0..UPLOADS {
@@ -862,7 +883,7 @@ mod tests {
         let mut chunk = Vec::with_capacity(64 * 1024);
         chunk.extend_from_slice(&[b'z'; 1000]);
         let done = h.run(vec![
-            (9, Op::Begin),
+            (9, Op::Begin { size: 0 }),
             (9, Op::Write(chunk)),
             (9, Op::Discard),
         ]);
@@ -881,17 +902,17 @@ mod tests {
         // Worker 0 (even uploads) is held inside its first op; a second op fills it.
         let (release, hold) = mpsc::channel();
         h.pool.try_submit(0, Op::Hold(hold)).unwrap();
-        h.pool.try_submit(2, Op::Begin).unwrap();
-        match h.pool.try_submit(4, Op::Begin) {
-            Err(SubmitError::Full(Op::Begin)) => {}
+        h.pool.try_submit(2, Op::Begin { size: 0 }).unwrap();
+        match h.pool.try_submit(4, Op::Begin { size: 0 }) {
+            Err(SubmitError::Full(Op::Begin { .. })) => {}
             other => panic!("a third op for a full worker: {other:?}"),
         }
         // Worker 1 (odd uploads) is not held up by worker 0.
-        h.pool.try_submit(1, Op::Begin).unwrap();
+        h.pool.try_submit(1, Op::Begin { size: 0 }).unwrap();
         let done = h.collect(1);
         assert_eq!((done[0].upload, &done[0].outcome), (1, &Outcome::Begun));
         assert!(matches!(
-            h.pool.try_submit(4, Op::Begin),
+            h.pool.try_submit(4, Op::Begin { size: 0 }),
             Err(SubmitError::Full(_))
         ));
         // Released, worker 0 finishes; once its completions are drained it has room again.
@@ -899,7 +920,7 @@ mod tests {
         let done = h.collect(2);
         assert_eq!(outcomes_of(&done, 2), vec![Outcome::Begun]);
         let done = h.run(vec![
-            (4, Op::Begin),
+            (4, Op::Begin { size: 0 }),
             (1, Op::Discard),
             (2, Op::Discard),
             (4, Op::Discard),
@@ -916,9 +937,9 @@ mod tests {
         let scratch = Scratch::new("pool-failed");
         let mut h = Harness::new(&scratch.path, 1, 16);
         let done = h.run(vec![
-            (5, Op::Begin),
+            (5, Op::Begin { size: 0 }),
             (5, Op::Write(b"data".to_vec())),
-            (5, Op::Begin), // a caller's bug: the upload fails, its file is removed
+            (5, Op::Begin { size: 0 }), // a caller's bug: the upload fails, its file is removed
             (5, Op::Write(b"more".to_vec())),
             (5, Op::Commit { name: "x".into() }),
             (6, Op::Write(b"never begun".to_vec())),
@@ -943,7 +964,7 @@ mod tests {
         let scratch = Scratch::new("pool-bad-name");
         let mut h = Harness::new(&scratch.path, 1, 4);
         let done = h.run(vec![
-            (1, Op::Begin),
+            (1, Op::Begin { size: 0 }),
             (1, Op::Write(b"x".to_vec())),
             (1, Op::Commit { name: "a/b".into() }),
         ]);
@@ -958,7 +979,7 @@ mod tests {
         };
         let mut h = Harness::new(&tmpfs.scratch.path, 1, 4);
         let done = h.run(vec![
-            (1, Op::Begin),
+            (1, Op::Begin { size: 0 }),
             (1, Op::Write(vec![b'x'; 256 * 1024])),
             (1, Op::Write(vec![b'x'; 10])),
             (1, Op::Discard),
@@ -974,7 +995,7 @@ mod tests {
         );
         // The disk has its space back: a small upload fits.
         let done = h.run(vec![
-            (2, Op::Begin),
+            (2, Op::Begin { size: 0 }),
             (2, Op::Write(b"small".to_vec())),
             (
                 2,
@@ -992,7 +1013,7 @@ mod tests {
         let scratch = Scratch::new("pool-shutdown");
         let h = Harness::new(&scratch.path, 2, 16);
         for upload in 0..4 {
-            h.pool.try_submit(upload, Op::Begin).unwrap();
+            h.pool.try_submit(upload, Op::Begin { size: 0 }).unwrap();
             let bytes = format!("upload {upload}").into_bytes();
             h.pool.try_submit(upload, Op::Write(bytes)).unwrap();
             if upload < 3 {
