@@ -132,6 +132,29 @@ struct Sample {
     peak_threads: f64,
     peak_processes: f64,
     load_cpu_percent: f64,
+    /// The lowest and highest req/s of the cell's runs (on the median's sample): a difference
+    /// between two cells inside this spread is not one the bench can tell.
+    rps_low: f64,
+    rps_high: f64,
+}
+
+/// Runs of a one-connection cell: one request in flight makes its req/s the round-trip time,
+/// which a scheduler's choice of core moves by a factor of four from one run to the next (threaded
+/// 68,799 vs reactor 16,399 req/s in one run, equal in the next). Five runs cost 12 s a cell and
+/// show the spread, which the comparison below then respects.
+const ONE_CONNECTION_RUNS: usize = 5;
+
+/// `a` vs `b` in req/s: the ratio, or "indistinguishable" when the two cells' run ranges
+/// overlap (their spread is wider than their difference).
+fn rps_comparison(a: &Sample, b: &Sample) -> String {
+    if a.rps_low <= b.rps_high && b.rps_low <= a.rps_high {
+        format!(
+            "indistinguishable in req/s (the runs' ranges overlap: {:.0}-{:.0} vs {:.0}-{:.0})",
+            a.rps_low, a.rps_high, b.rps_low, b.rps_high
+        )
+    } else {
+        format!("{:.2}x the req/s", a.rps / b.rps)
+    }
 }
 
 fn main() {
@@ -212,9 +235,10 @@ fn main() {
         if quick { " [quick]" } else { "" }
     );
     println!(
-        "{:<40} {:>10} {:>9} {:>9} {:>10} {:>10} {:>11} {:>8} {:>6} {:>7}",
+        "{:<40} {:>10} {:>7} {:>9} {:>9} {:>10} {:>10} {:>11} {:>8} {:>6} {:>7}",
         "cell",
         "req/s",
+        "spread",
         "p50 µs",
         "p99 µs",
         "cpu µs/req",
@@ -232,7 +256,12 @@ fn main() {
             results.push((cell, None, Some(reason)));
             continue;
         }
-        let mut samples: Vec<Sample> = (0..settings.runs)
+        let runs = if cell.connections == 1 && settings.runs > 1 {
+            settings.runs.max(ONE_CONNECTION_RUNS)
+        } else {
+            settings.runs
+        };
+        let mut samples: Vec<Sample> = (0..runs)
             .filter_map(|_| match run_cell(&cell, &settings) {
                 Ok(sample) => Some(sample),
                 Err(e) => {
@@ -246,11 +275,14 @@ fn main() {
             continue;
         }
         samples.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-        let median = samples[samples.len() / 2].clone();
+        let mut median = samples[samples.len() / 2].clone();
+        median.rps_low = samples[0].rps;
+        median.rps_high = samples[samples.len() - 1].rps;
         println!(
-            "{:<40} {:>10.0} {:>9.0} {:>9.0} {:>10.2} {:>10.0} {:>11.0} {:>8.0} {:>6.0} {:>7.0}",
+            "{:<40} {:>10.0} {:>7} {:>9.0} {:>9.0} {:>10.2} {:>10.0} {:>11.0} {:>8.0} {:>6.0} {:>7.0}",
             cell.label(),
             median.rps,
+            spread(&median),
             median.p50_us,
             median.p99_us,
             median.cpu_us_per_request,
@@ -356,6 +388,9 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
         peak_threads: peaks.threads.load(Ordering::Relaxed) as f64,
         peak_processes: peaks.processes.load(Ordering::Relaxed) as f64,
         load_cpu_percent: number("client_cpu_percent"),
+        // One run: its own range.
+        rps_low: number(if chat { "delivery_rps" } else { "rps" }),
+        rps_high: number(if chat { "delivery_rps" } else { "rps" }),
     })
 }
 
@@ -529,9 +564,9 @@ fn print_ratios(results: &[(Cell, Option<Sample>, Option<String>)]) {
                 continue;
             };
             println!(
-                "reactor vs threaded, {protocol}, {connections} connections: {:.2}x the req/s, \
+                "reactor vs threaded, {protocol}, {connections} connections: {}, \
                  {:.2}x the CPU per request, {:.3}x the peak RSS, {:.3}x the peak private memory",
-                reactor.rps / threaded.rps,
+                rps_comparison(reactor, threaded),
                 reactor.cpu_us_per_request / threaded.cpu_us_per_request,
                 reactor.peak_memory_kib / threaded.peak_memory_kib,
                 reactor.peak_private_kib / threaded.peak_private_kib
@@ -563,12 +598,24 @@ fn print_ratios(results: &[(Cell, Option<Sample>, Option<String>)]) {
         for other in ["serial", "threaded"] {
             if let Some(sample) = find(results, other, protocol, 1) {
                 println!(
-                    "reactor vs {other}, {protocol}, 1 connection: {:.2}x the req/s",
-                    reactor.rps / sample.rps
+                    "reactor vs {other}, {protocol}, 1 connection: {}",
+                    rps_comparison(reactor, sample)
                 );
             }
         }
     }
+}
+
+/// The runs' spread around the median, as the table's `spread` column: `±12%` (half the range,
+/// over the median), `-` for a single run.
+fn spread(sample: &Sample) -> String {
+    if sample.rps_high <= sample.rps_low || sample.rps <= 0.0 {
+        return "-".into();
+    }
+    format!(
+        "±{:.0}%",
+        (sample.rps_high - sample.rps_low) / 2.0 / sample.rps * 100.0
+    )
 }
 
 fn output_dir() -> PathBuf {
@@ -619,6 +666,7 @@ fn write_outputs(
             "pipeline": cell.pipeline,
             "skipped": if skipped.is_empty() { serde_json::Value::Null } else { skipped.into() },
             "requests": s.requests, "errors": s.errors, "rps": s.rps,
+            "rps_low": s.rps_low, "rps_high": s.rps_high,
             "p50_us": s.p50_us, "p99_us": s.p99_us,
             "cpu_us_per_request": if s.cpu_us_per_request.is_finite() { s.cpu_us_per_request } else { 0.0 },
             "peak_memory_kib": s.peak_memory_kib, "peak_private_kib": s.peak_private_kib,
