@@ -3,7 +3,7 @@
 //!
 //! The sans-I/O room ([`crate::protocol::room`]) is the same one the reactor drives; only the
 //! routing of its [`Delivery`]s differs. Each chat service has one [`ChatRoom`]: the [`Room`] and
-//! each member's [`Outbox`], behind one [`Mutex`]. A member's thread (its own under `threaded`,
+//! each member's `Outbox`, behind one [`Mutex`]. A member's thread (its own under `threaded`,
 //! a pool worker under `pool`) blocks in `read` on its own socket; when bytes come it locks the
 //! room, calls [`Room::on_input`], and routes the deliveries itself, still holding the lock: a
 //! broadcast is formatted once by the room, shared (an [`Arc`]) and appended to each other
@@ -64,7 +64,7 @@
 //! makes its thread look when its writer last wrote). At a graceful shutdown the member stops
 //! reading and leaves the room quietly (everyone is leaving, as in the reactor: no `left`
 //! notices); its writer writes what is queued and then
-//! [`SHUTDOWN_NOTICE`](crate::protocol::room::SHUTDOWN_NOTICE), and its connection ends like any
+//! [`SHUTDOWN_NOTICE`], and its connection ends like any
 //! other once that is acknowledged.
 
 use std::collections::{HashMap, VecDeque};
