@@ -553,7 +553,7 @@ impl Runner {
         // complaint somewhere in the middle (a backgrounded command's does not even fail it).
         if let Some(cause) = missing_program(status.code(), &output, &step.expected) {
             panic!(
-                "{}: `{}`: {cause}\n(run as `{command}`, exit {status}; its output:)\n{output}",
+                "{}: `{}`: {cause}\n(run as `{command}`, which ended with {status}, printing:)\n{output}",
                 block.place, step.command
             );
         }

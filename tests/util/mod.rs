@@ -1232,6 +1232,7 @@ pub fn say(line: &str) {
 ///     return;
 /// }
 /// ```
+#[track_caller]
 pub fn require_tools(programs: &[&str]) -> bool {
     let mut missing = Vec::new();
     for &program in programs {
@@ -1266,6 +1267,7 @@ pub fn require_tools(programs: &[&str]) -> bool {
 
 /// [`require_tools`] for one program, giving its path (for one outside `PATH`, such as
 /// `/usr/sbin/haproxy`); `None` after the skip line.
+#[track_caller]
 pub fn require_tool(program: &str) -> Option<PathBuf> {
     if require_tools(&[program]) {
         find_program(program)
