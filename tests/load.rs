@@ -1270,33 +1270,31 @@ fn chat_lines_dropped_or_duplicated_are_errors() {
     }
 }
 
-#[test]
-fn chat_lines_under_another_senders_name_are_wrong() {
-    // Two senders' lines swapped between their names, their sequence numbers in step: only the
-    // sender's number each line carries gives it away. (The real room passes the same run in
-    // `chat_load_against_the_real_reactor`.)
-    let server = FakeChat::tcp(ChatFault::SwapNames);
+/// A chat load against a fake room with `fault` fails, counting wrong replies, and its first
+/// error says what was wrong (`reason`).
+fn assert_chat_fault_is_wrong(fault: ChatFault, reason: &str) {
+    let server = FakeChat::tcp(fault);
     let outcome = chat_load(&server.address, &[]);
     assert!(!outcome.status.success(), "{}", outcome.json());
     assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
     assert!(
-        outcome.stderr.contains("'s name"),
-        "the first error says whose line it was: {}",
+        outcome.stderr.contains(reason),
+        "the first error should say {reason:?}: {}",
         outcome.stderr
     );
 }
 
 #[test]
+fn chat_lines_under_another_senders_name_are_wrong() {
+    // Two senders' lines swapped between their names, their sequence numbers in step: only the
+    // sender's number each line carries gives it away. (The real room passes the same run in
+    // `chat_load_against_the_real_reactor`.) The first error says whose line it was.
+    assert_chat_fault_is_wrong(ChatFault::SwapNames, "'s name");
+}
+
+#[test]
 fn a_hello_heard_twice_at_the_start_is_wrong() {
-    let server = FakeChat::tcp(ChatFault::DuplicateHello);
-    let outcome = chat_load(&server.address, &[]);
-    assert!(!outcome.status.success(), "{}", outcome.json());
-    assert!(outcome.number("wrong_replies") > 0.0, "{}", outcome.json());
-    assert!(
-        outcome.stderr.contains("hello a second time"),
-        "{}",
-        outcome.stderr
-    );
+    assert_chat_fault_is_wrong(ChatFault::DuplicateHello, "hello a second time");
 }
 
 #[test]
@@ -1388,15 +1386,6 @@ fn spawn_load(args: &[&str]) -> util::KillOnDrop {
     util::KillOnDrop(child)
 }
 
-/// Sends `signal` (`INT`) to process `pid` with the real `kill`.
-fn kill(signal: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-s", signal, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -s {signal} {pid}");
-}
-
 /// Waits (within the harness's deadline) for `child` to exit; its status and output.
 fn finish(mut child: util::KillOnDrop, within: Duration) -> (ExitStatus, String, String) {
     let started = Instant::now();
@@ -1448,7 +1437,7 @@ fn ctrl_c_ends_a_run_early_with_the_summary_so_far() {
         }
         let child = spawn_load(&args);
         thread::sleep(Duration::from_millis(1500));
-        kill("INT", child.id());
+        util::signal(child.id(), "INT");
         // The grace for replies in flight is 2 s; an echo server answers them in microseconds.
         let (status, stdout, stderr) = finish(child, util::DEADLINE);
         assert_eq!(
@@ -1499,9 +1488,9 @@ fn a_second_ctrl_c_exits_at_once() {
     let child = spawn_load(&[&address, "--duration", "60", "--connections", "2"]);
     thread::sleep(Duration::from_millis(1000));
     let pid = child.id();
-    kill("INT", pid);
+    util::signal(pid, "INT");
     thread::sleep(Duration::from_millis(300));
-    kill("INT", pid);
+    util::signal(pid, "INT");
     let (status, stdout, stderr) = finish(child, Duration::from_millis(1500));
     assert_eq!(
         status.code(),

@@ -367,11 +367,7 @@ impl Server {
 
     /// Sends the signal `name` (`TERM`, `INT`, ...) to the server's PID, with `kill(1)`.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -s {name} {} failed", self.pid());
+        signal(self.pid(), name);
     }
 
     /// Waits (up to [`DEADLINE`]) for the server to exit and returns its status; kills it if it
@@ -1274,4 +1270,13 @@ pub fn require_tool(program: &str) -> Option<PathBuf> {
     } else {
         None
     }
+}
+
+/// Sends signal `name` (`TERM`, `INT`, ...) to process `pid` with the real `kill`.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {name} {pid} failed");
 }
