@@ -28,15 +28,17 @@ use std::time::Instant;
 use log::{debug, log_enabled, trace, Level};
 use slab::Slab;
 
+use super::connection::Verdict;
 use crate::clock::Now;
 use crate::net::Peer;
 use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE};
 use crate::protocol::Limits;
 use crate::service::Address;
 
-use super::connection::HeldInput;
+use super::connection::FirstInput;
 use super::fanout::RoomLog;
-use super::{Connection, Reactor};
+use super::handler::{ChatSink, Client, HeldInput};
+use super::Reactor;
 
 /// A chat endpoint's room, and the log of its lines not yet written to every member.
 #[derive(Debug)]
@@ -205,7 +207,54 @@ enum Settled {
     GraceOver,
 }
 
+/// Where chat member `key` stands in its room's log, if it is a member still open.
+fn cursor_of(clients: &Slab<Client>, key: usize) -> Option<u64> {
+    let (conn, member) = clients.get(key).and_then(Client::as_member)?;
+    member.log_cursor(conn)
+}
+
 impl Reactor {
+    /// Drives chat member `key` (the chat arm of the loop's seam): lends it its room, and
+    /// afterwards keeps the room's flow control and log up to date with what it did.
+    pub(super) fn drive_member(&mut self, key: usize, now: &Now, first: Option<FirstInput>) {
+        let Some((conn, member)) = self.clients.get_mut(key).and_then(Client::as_member_mut) else {
+            return;
+        };
+        let room = member.room();
+        let Some(chat) = self.rooms[room].as_mut() else {
+            return;
+        };
+        let was_oldest = member.log_cursor(conn) == Some(chat.log.first());
+        let was_parked = member.is_parked();
+        let mut held = chat.pace.take_held(key, conn.id);
+        let sink = ChatSink {
+            room: &mut chat.room,
+            log: &chat.log,
+            deliveries: &mut self.deliveries,
+            member: MemberId(key),
+            // A parked member waits its turn in the room's queue of senders.
+            allowance: if was_parked { 0 } else { chat.pace.allowance() },
+            held: &mut held,
+        };
+        let verdict = member.drive(conn, &mut self.shared, now, sink, first);
+        if let Some(held) = held.filter(|_| !conn.is_closed()) {
+            chat.pace.put_back_held(key, conn.id, held);
+        }
+        if member.is_parked() && !was_parked && !conn.is_closed() {
+            chat.pace.park(key, conn.id);
+        }
+        // A member that held the log's oldest line has moved on, or one that took bytes while
+        // the room waits for its members to drain: look at the room at the turn's end (trim
+        // the log, perhaps take lines again).
+        let oldest_moved = (was_oldest && member.log_cursor(conn) != Some(chat.log.first()))
+            || chat.pace.is_draining();
+        self.apply(key, verdict);
+        self.route(room);
+        if oldest_moved {
+            self.list_room(room);
+        }
+    }
+
     /// Adds the newly accepted connection `key` to the room of endpoint `room` as `peer`.
     pub(super) fn join_room(&mut self, key: usize, room: usize, peer: &Peer) {
         if let Some(chat) = self.rooms[room].as_mut() {
@@ -214,7 +263,7 @@ impl Reactor {
             trace!(
                 "{}: {} joins; {} now",
                 RoomName(&self.endpoints[room].local),
-                member(&self.connections, &chat.room, key),
+                member(&self.clients, &chat.room, key),
                 Members(chat.room.len())
             );
             self.route(room);
@@ -262,34 +311,38 @@ impl Reactor {
                             trace!(
                                 "{name}: {} for {} alone",
                                 Quoted(&bytes),
-                                member(&self.connections, &chat.room, to.0)
+                                member(&self.clients, &chat.room, to.0)
                             );
                         }
                     }
-                    if let Some(connection) = self.connections.get_mut(to.0) {
-                        if connection.queue_own_line(&chat.log, bytes.into()) {
+                    let to_member = self.clients.get_mut(to.0).and_then(Client::as_member_mut);
+                    if let Some((conn, member)) = to_member {
+                        if member.queue_own_line(conn, &chat.log, bytes.into()) {
                             self.outbox.members.push(to.0);
                         }
                     }
                 }
                 Delivery::Close { member } => {
-                    if let Some(connection) = self.connections.get_mut(member.0) {
+                    let key = member.0;
+                    if let Some((conn, member)) =
+                        self.clients.get_mut(key).and_then(Client::as_member_mut)
+                    {
                         trace!(
                             "{name}: conn #{} has left; it is written what it is owed, then \
                              closed",
-                            connection.id
+                            conn.id
                         );
-                        connection.leave_log(&chat.log, member);
-                        connection.end_conversation();
-                        if connection.mark_dirty() {
-                            self.outbox.members.push(member.0);
+                        member.leave_log(&chat.log, MemberId(key));
+                        conn.end_conversation();
+                        if member.mark_dirty() {
+                            self.outbox.members.push(key);
                         }
                     }
                 }
             }
         }
         if let Some(tally) = tally {
-            tally.log(&name, |key| member(&self.connections, &chat.room, key));
+            tally.log(&name, |key| member(&self.clients, &chat.room, key));
         }
     }
 
@@ -302,21 +355,20 @@ impl Reactor {
             self.flush_member(key, now);
             // Lines for it alone (`/who`, errors) count against its limit too, whether or not
             // its room's log grew this turn.
-            let over = self.connections.get(key).and_then(|connection| {
-                let room = connection.chat_room()?;
-                let chat = self.rooms[room].as_ref()?;
-                (!connection.is_closed()
-                    && connection.chat_backlog(&chat.log) > self.config.output_limit)
-                    .then_some(room)
-            });
-            if let Some(room) = over {
+            let backlog = |clients: &Slab<Client>| {
+                let (conn, member) = clients.get(key).and_then(Client::as_member)?;
+                let chat = self.rooms[member.room()].as_ref()?;
+                let backlog = member.backlog(&chat.log);
+                (!conn.is_closed()).then_some((member.room(), backlog))
+            };
+            let over =
+                backlog(&self.clients).filter(|&(_, backlog)| backlog > self.config.output_limit);
+            if let Some((room, backlog)) = over {
                 if let Some(chat) = self.rooms[room].as_ref() {
                     debug!(
-                        "{}: dropped for falling behind: owed {} bytes, over --output-limit ({})",
-                        member(&self.connections, &chat.room, key),
-                        self.connections
-                            .get(key)
-                            .map_or(0, |connection| connection.chat_backlog(&chat.log)),
+                        "{}: dropped for falling behind: owed {backlog} bytes, over \
+                         --output-limit ({})",
+                        member(&self.clients, &chat.room, key),
                         self.config.output_limit
                     );
                 }
@@ -352,22 +404,23 @@ impl Reactor {
 
     /// Writes to chat member `key` what its room owes it, and settles its phase and interest.
     fn flush_member(&mut self, key: usize, now: &Now) {
-        let Some(connection) = self.connections.get_mut(key) else {
+        let Some((conn, member)) = self.clients.get_mut(key).and_then(Client::as_member_mut) else {
             return;
         };
-        let Some(chat) = connection.chat_room().and_then(|r| self.rooms[r].as_ref()) else {
+        let Some(chat) = self.rooms[member.room()].as_ref() else {
             return;
         };
-        if connection.is_closed() {
+        if conn.is_closed() {
             return;
         }
-        let verdict = connection.drive_output(&mut self.shared, now, &chat.log, MemberId(key));
-        if let Some(at) = verdict.wake_at {
-            let id = connection.id;
-            self.timers
-                .push(std::cmp::Reverse((at, super::Wake::Linger { key, id })));
-        }
-        self.settle(key, false);
+        let verdict = member.drive_output(conn, &mut self.shared, now, &chat.log, MemberId(key));
+        self.apply(
+            key,
+            Verdict {
+                still_ready: false,
+                ..verdict
+            },
+        );
     }
 
     /// Writes every member of `room` its new lines, drops those left over the output limit,
@@ -386,23 +439,25 @@ impl Reactor {
         for &key in &members {
             // Where it stood, to tell how many lines this write took it past.
             let before = if tracing {
-                self.connections.get(key).and_then(Connection::log_cursor)
+                cursor_of(&self.clients, key)
             } else {
                 None
             };
             self.flush_member(key, now);
-            let (Some(connection), Some(chat)) = (self.connections.get(key), &self.rooms[room])
-            else {
+            let (Some((conn, joined)), Some(chat)) = (
+                self.clients.get(key).and_then(Client::as_member),
+                &self.rooms[room],
+            ) else {
                 backlogs.push(None);
                 continue;
             };
-            if connection.is_closed() {
+            if conn.is_closed() {
                 backlogs.push(None);
                 continue;
             }
-            let backlog = connection.chat_backlog(&chat.log);
-            let who = || member(&self.connections, &chat.room, key);
-            if let (Some(before), Some(after)) = (before, connection.log_cursor()) {
+            let backlog = joined.backlog(&chat.log);
+            let who = || member(&self.clients, &chat.room, key);
+            if let (Some(before), Some(after)) = (before, joined.log_cursor(conn)) {
                 let lines = chat.log.lines_for(before, after, MemberId(key));
                 let place = RoomName(&self.endpoints[room].local);
                 match (lines, backlog) {
@@ -425,7 +480,7 @@ impl Reactor {
                 );
                 self.outbox.over_limit.push(key);
                 backlogs.push(None);
-            } else if let Some(cursor) = connection.log_cursor() {
+            } else if let Some(cursor) = joined.log_cursor(conn) {
                 behind += usize::from(backlog > 0);
                 oldest = oldest.min(cursor);
                 backlogs.push(Some(backlog));
@@ -480,19 +535,23 @@ impl Reactor {
         let low = chat.pace.low;
         let mut largest = 0;
         for (&key, &backlog) in members.iter().zip(backlogs) {
-            let (Some(backlog), Some(connection)) = (backlog, self.connections.get_mut(key)) else {
+            let (Some(backlog), Some((_, joined))) = (
+                backlog,
+                self.clients.get_mut(key).and_then(Client::as_member_mut),
+            ) else {
                 continue;
             };
-            if connection.chat_behind() {
+            if joined.is_behind() {
                 if backlog > low {
                     continue; // The pace does not wait for it.
                 }
                 debug!(
                     "{}: caught up; the room's pace waits for it again",
-                    member(&self.connections, &chat.room, key)
+                    member(&self.clients, &chat.room, key)
                 );
-                if let Some(connection) = self.connections.get_mut(key) {
-                    connection.set_chat_behind(false);
+                if let Some((_, joined)) = self.clients.get_mut(key).and_then(Client::as_member_mut)
+                {
+                    joined.set_behind(false);
                 }
             }
             largest = largest.max(backlog);
@@ -502,19 +561,21 @@ impl Reactor {
             // The members still over the low mark held everyone for the whole grace.
             largest = 0;
             for (&key, &backlog) in members.iter().zip(backlogs) {
-                let (Some(backlog), Some(connection)) = (backlog, self.connections.get_mut(key))
-                else {
+                let (Some(backlog), Some((_, joined))) = (
+                    backlog,
+                    self.clients.get_mut(key).and_then(Client::as_member_mut),
+                ) else {
                     continue;
                 };
-                if connection.chat_behind() {
+                if joined.is_behind() {
                     continue;
                 }
                 if backlog > low {
-                    connection.set_chat_behind(true);
+                    joined.set_behind(true);
                     debug!(
                         "{}: owed {backlog} bytes, it held the room back for {} s; the room \
                          goes on without it (dropped past --output-limit unless it catches up)",
-                        member(&self.connections, &chat.room, key),
+                        member(&self.clients, &chat.room, key),
                         PACE_GRACE.as_secs_f64()
                     );
                 } else {
@@ -530,17 +591,19 @@ impl Reactor {
                     let Some((key, id)) = chat.pace.parked.pop_front() else {
                         break;
                     };
-                    let Some(connection) = self.connections.get_mut(key) else {
+                    let Some((conn, joined)) =
+                        self.clients.get_mut(key).and_then(Client::as_member_mut)
+                    else {
                         continue;
                     };
-                    if connection.id != id || connection.is_closed() || !connection.chat_parked() {
+                    if conn.id != id || conn.is_closed() || !joined.is_parked() {
                         continue; // Gone, or a new tenant of its slab key.
                     }
-                    connection.unpark();
+                    joined.unpark();
                     granted += chat.pace.quantum;
                     // No new edge will come for the bytes it left unread.
-                    if !connection.queued {
-                        connection.queued = true;
+                    if !conn.queued {
+                        conn.queued = true;
                         self.still_ready.push(mio::Token(key));
                     }
                 }
@@ -562,13 +625,14 @@ impl Reactor {
     /// written out next turn).
     fn drop_slow_members(&mut self, room: usize) {
         while let Some(key) = self.outbox.over_limit.pop() {
-            let Some(connection) = self.connections.get_mut(key) else {
+            let Some((conn, joined)) = self.clients.get_mut(key).and_then(Client::as_member_mut)
+            else {
                 continue;
             };
-            if connection.is_closed() {
+            if conn.is_closed() {
                 continue;
             }
-            connection.abandon("over the output limit");
+            joined.close(conn, "over the output limit");
             self.finished.push(key);
             if let Some(chat) = self.rooms[room].as_mut() {
                 chat.pace.forget(key);
@@ -592,7 +656,7 @@ impl Reactor {
             trace!(
                 "{}: {} has gone (its connection closed); the others are told",
                 RoomName(&self.endpoints[room].local),
-                member(&self.connections, &chat.room, key)
+                member(&self.clients, &chat.room, key)
             );
             chat.room.leave(MemberId(key), &mut self.deliveries);
             if chat.room.is_empty() {
@@ -711,9 +775,9 @@ struct Member<'a> {
 }
 
 /// Member `key` of `room`, for the log.
-fn member<'a>(connections: &Slab<Connection>, room: &'a Room, key: usize) -> Member<'a> {
+fn member<'a>(connections: &Slab<Client>, room: &'a Room, key: usize) -> Member<'a> {
     Member {
-        id: connections.get(key).map(|connection| connection.id),
+        id: connections.get(key).map(|client| client.conn.id),
         name: room.name(MemberId(key)),
     }
 }

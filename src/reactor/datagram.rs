@@ -33,7 +33,7 @@ use crate::net::datagram::{self as net_datagram, DatagramStats};
 use crate::protocol::datagram::{self, Reply, MAX_DATAGRAM_PAYLOAD};
 use crate::protocol::ProtocolKind;
 
-use super::connection::{SharedBuffers, READ_BUFFER_BYTES};
+use super::buffers::{SharedBuffers, READ_BUFFER_BYTES};
 
 /// Datagrams one socket may take per loop turn before the others get their turn: enough to
 /// keep the syscall cost per turn low, few enough that a flood cannot hold the loop.

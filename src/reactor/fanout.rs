@@ -72,11 +72,6 @@ impl RoomLog {
         self.lines.len()
     }
 
-    /// Whether no line is held.
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
     /// Appends a line for every member but `except`.
     pub fn append(&mut self, bytes: Rc<[u8]>, except: Option<MemberId>) {
         let start = self.end;
@@ -422,7 +417,7 @@ mod tests {
         let got = drain(&mut a, &log, A, 7);
         assert!(got.starts_with("0\n1\n") && got.ends_with("99\n"));
         log.trim_before(a.cursor().unwrap().min(b.cursor().unwrap()));
-        assert!(log.is_empty());
+        assert_eq!(log.len(), 0);
         assert_eq!(log.lines.capacity(), 0, "a burst's buffer is given back");
     }
 }

@@ -34,10 +34,12 @@
 //! `last_active + timeout`. That is one heap operation per timeout period per connection,
 //! whatever the traffic.
 
+mod buffers;
 mod chat;
 pub mod connection;
 pub mod datagram;
 mod fanout;
+mod handler;
 mod proxy;
 pub mod upload;
 
@@ -67,9 +69,11 @@ use crate::protocol::{Limits, ProtocolKind, Session};
 use crate::service::Address;
 use crate::storage::durable::UploadDir;
 
+pub use buffers::SharedBuffers;
 use chat::{ChatRoom, Outbox};
-pub use connection::{ChatSink, Connection, FirstInput, SharedBuffers, Sink, Verdict};
-use upload::{UploadSink, Uploads};
+pub use connection::{Connection, FirstInput, Verdict};
+use handler::{Client, Handler};
+use upload::Uploads;
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
 /// is `LISTENER_TOKEN_BASE + i`).
@@ -192,7 +196,8 @@ type Timer = Reverse<(Instant, Wake)>;
 pub struct Reactor {
     poll: Poll,
     endpoints: Vec<Endpoint>,
-    connections: Slab<Connection>,
+    /// Every accepted client: its connection and its handler (see [`handler`]).
+    clients: Slab<Client>,
     /// Buffers lent to whichever connection is being driven.
     shared: SharedBuffers,
     /// The chat room of each endpoint that serves chat (`None` for the others).
@@ -314,7 +319,7 @@ impl Reactor {
             watchdog_every: None,
             poll,
             endpoints,
-            connections: Slab::new(),
+            clients: Slab::new(),
             shared: SharedBuffers::new(config.output_limit).with_reply_delay(config.reply_delay),
             rooms,
             deliveries: Vec::new(),
@@ -348,7 +353,7 @@ impl Reactor {
     /// turn and only wait to be removed after the batch (their clients are gone; counting them
     /// would refuse a newcomer that arrived in the same batch as a leaver).
     pub fn open_connection_count(&self) -> usize {
-        self.connections.len() - self.finished.len()
+        self.clients.len() - self.finished.len()
     }
 
     /// Serves until a graceful shutdown completes (`Ok`) or the poller fails.
@@ -396,9 +401,9 @@ impl Reactor {
                     }
                     continue;
                 }
-                if let Some(connection) = self.connections.get_mut(event.token().0) {
+                if let Some(client) = self.clients.get_mut(event.token().0) {
                     if event.is_read_closed() || event.is_error() {
-                        connection.note_peer_closing();
+                        client.conn.note_peer_closing();
                     }
                 }
                 if self.is_still_ready(event.token()) {
@@ -462,10 +467,10 @@ impl Reactor {
                 ),
             };
         }
-        match self.connections.get(token.0) {
-            Some(connection) => format!(
+        match self.clients.get(token.0) {
+            Some(client) => format!(
                 "conn #{} (token {}) {}{closed}",
-                connection.id,
+                client.conn.id,
                 token.0,
                 readiness("bytes or the end of stream to read", "room to write")
             ),
@@ -481,7 +486,7 @@ impl Reactor {
                 .get(token.0 - LISTENER_TOKEN_BASE)
                 .is_some_and(|l| l.queued)
         } else {
-            self.connections.get(token.0).is_some_and(|c| c.queued)
+            self.clients.get(token.0).is_some_and(|c| c.conn.queued)
         }
     }
 
@@ -628,7 +633,7 @@ impl Reactor {
             warn!("conn #{id}: {protocol} is not served by this build; closing");
             return;
         }
-        let entry = self.connections.vacant_entry();
+        let entry = self.clients.vacant_entry();
         let key = entry.key();
         if let Err(e) = self
             .poll
@@ -652,30 +657,24 @@ impl Reactor {
                 "conn #{id}: waiting for its PROXY header (at most {} s) before any byte of {protocol}",
                 HEADER_TIMEOUT.as_secs()
             );
-            entry.insert(Connection::awaiting_header(id, stream, peer, endpoint, now));
+            let handler = Handler::awaiting_header(peer, endpoint);
+            entry.insert(Client::new(id, stream, handler, now));
             let deadline = now.instant + HEADER_TIMEOUT;
             self.timers
                 .push(Reverse((deadline, Wake::Header { key, id })));
             return;
         }
-        match session {
-            Some(session) => entry.insert(Connection::new(id, stream, session, &self.shared, now)),
-            None if protocol == ProtocolKind::Upload => {
-                entry.insert(Connection::new_upload(id, stream, self.config.limits, now))
-            }
+        let handler = match session {
+            Some(session) => Handler::stream(session, &self.shared),
+            None if protocol == ProtocolKind::Upload => Handler::upload(self.config.limits),
             None => {
                 let Some(chat) = self.rooms[endpoint].as_ref() else {
                     return; // Not a chat endpoint: cannot happen, checked above.
                 };
-                entry.insert(Connection::new_chat(
-                    id,
-                    stream,
-                    endpoint as u32,
-                    &chat.log,
-                    now,
-                ))
+                Handler::chat(endpoint as u32, &chat.log)
             }
         };
+        entry.insert(Client::new(id, stream, handler, now));
         if protocol == ProtocolKind::Chat {
             self.join_room(key, endpoint, &peer);
         }
@@ -688,86 +687,74 @@ impl Reactor {
 
     /// [`drive_connection`](Self::drive_connection), with bytes already read for the protocol
     /// (`first`: what followed its PROXY header) taken before the socket is read again.
+    ///
+    /// The seam between the loop and the handlers: the one `match` on a client's kind, where
+    /// each arm lends that kind what it needs from the loop (see [`handler`]).
     fn drive_connection_from(&mut self, key: usize, now: &Now, first: Option<FirstInput>) {
-        let Some(connection) = self.connections.get_mut(key) else {
+        let Some(client) = self.clients.get_mut(key) else {
             return; // A stale token: nothing lives there any more.
         };
-        if connection.is_closed() {
+        if client.conn.is_closed() {
             return; // Finished earlier this turn; reaped after the batch.
         }
-        if connection.awaits_header() {
-            return self.drive_header(key, now);
-        }
-        let room = connection.chat_room();
-        let mut oldest_moved = false;
-        let verdict = match (room.and_then(|r| self.rooms[r].as_mut()), &mut self.uploads) {
-            (Some(chat), _) => {
-                let was_oldest = connection.log_cursor() == Some(chat.log.first());
-                let was_parked = connection.chat_parked();
-                let mut held = chat.pace.take_held(key, connection.id);
-                let sink = ChatSink {
-                    room: &mut chat.room,
-                    log: &chat.log,
-                    deliveries: &mut self.deliveries,
-                    member: MemberId(key),
-                    // A parked member waits its turn in the room's queue of senders.
-                    allowance: if was_parked { 0 } else { chat.pace.allowance() },
-                    held: &mut held,
-                };
-                let verdict = connection.drive(&mut self.shared, now, Sink::Chat(sink), first);
-                if let Some(held) = held.filter(|_| !connection.is_closed()) {
-                    chat.pace.put_back_held(key, connection.id, held);
+        let Client { conn, handler } = client;
+        let verdict = match handler {
+            Handler::Header(_) => return self.drive_header(key, now),
+            Handler::Chat(_) => return self.drive_member(key, now, first),
+            Handler::Upload(work) => match self.uploads.as_mut() {
+                Some(uploads) => {
+                    let mut sink = upload::UploadSink {
+                        uploads,
+                        key,
+                        conn: conn.id,
+                    };
+                    handler::upload::drive(conn, work, &mut self.shared, now, &mut sink, first)
                 }
-                if connection.chat_parked() && !was_parked && !connection.is_closed() {
-                    chat.pace.park(key, connection.id);
+                None => {
+                    // Refused at the accept when nothing stores uploads: cannot be.
+                    conn.close("no storage for uploads");
+                    Verdict::default()
                 }
-                // A member that held the log's oldest line has moved on, or one that took
-                // bytes while the room waits for its members to drain: look at the room at the
-                // turn's end (trim the log, perhaps take lines again).
-                oldest_moved = (was_oldest && connection.log_cursor() != Some(chat.log.first()))
-                    || chat.pace.is_draining();
-                verdict
+            },
+            Handler::Stream(session) => {
+                handler::stream::drive(conn, session, None, &mut self.shared, now, first)
             }
-            (None, Some(uploads)) if connection.is_upload() => {
-                let sink = UploadSink {
-                    uploads,
-                    key,
-                    conn: connection.id,
-                };
-                connection.drive(&mut self.shared, now, Sink::Upload(sink), first)
+            Handler::Delayed(delayed) => {
+                let (session, held) = delayed.parts();
+                handler::stream::drive(conn, session, Some(held), &mut self.shared, now, first)
             }
-            (None, _) => connection.drive(&mut self.shared, now, Sink::Own, first),
         };
-        if let Some(at) = verdict.wake_at {
-            let id = connection.id;
+        self.apply(key, verdict);
+    }
+
+    /// Acts on what a drive of connection `key` left for the loop: the linger timer it asked
+    /// for, then [`settle`](Self::settle).
+    fn apply(&mut self, key: usize, verdict: Verdict) {
+        if let (Some(at), Some(client)) = (verdict.wake_at, self.clients.get(key)) {
+            let id = client.conn.id;
             self.timers.push(Reverse((at, Wake::Linger { key, id })));
         }
         self.settle(key, verdict.still_ready);
-        if let Some(room) = room {
-            self.route(room);
-            if oldest_moved {
-                self.list_room(room);
-            }
-        }
     }
 
     /// After a connection has been driven (or closed): queue it for removal, or requeue it and
     /// bring its poller interest up to date.
     fn settle(&mut self, key: usize, still_ready: bool) {
-        let connection = &mut self.connections[key];
-        if connection.is_closed() {
+        let client = &mut self.clients[key];
+        if client.conn.is_closed() {
             self.finished.push(key);
             return;
         }
-        if still_ready && !connection.queued {
-            connection.queued = true;
+        if still_ready && !client.conn.queued {
+            client.conn.queued = true;
             self.still_ready.push(Token(key));
         }
-        if let Some(due) = connection.reply_timer() {
-            let id = connection.id;
+        if let Some(due) = client.reply_timer() {
+            let id = client.conn.id;
             self.timers.push(Reverse((due, Wake::Reply { key, id })));
         }
-        let wanted = connection.wanted_interest(self.config.output_limit);
+        let wanted = client.wanted_interest(self.config.output_limit);
+        let connection = &mut client.conn;
         if let Some(interest) = wanted.filter(|&i| i != connection.registered) {
             trace!(
                 "conn #{}: poller interest now {interest:?}{}",
@@ -790,7 +777,7 @@ impl Reactor {
                         "conn #{}: cannot change poller interest: {e}",
                         connection.id
                     );
-                    connection.abandon("poller refused the interest change");
+                    connection.close("poller refused the interest change");
                     self.finished.push(key);
                 }
             }
@@ -811,8 +798,8 @@ impl Reactor {
             let queued = if token.0 >= LISTENER_TOKEN_BASE {
                 let listener = &mut self.endpoints[token.0 - LISTENER_TOKEN_BASE];
                 std::mem::take(&mut listener.queued)
-            } else if let Some(connection) = self.connections.get_mut(token.0) {
-                std::mem::take(&mut connection.queued)
+            } else if let Some(client) = self.clients.get_mut(token.0) {
+                std::mem::take(&mut client.conn.queued)
             } else {
                 false
             };
@@ -850,43 +837,37 @@ impl Reactor {
                 }
                 Wake::Room { room } => self.list_room(room),
                 Wake::Reply { key, id } => {
-                    let Some(connection) = self.connections.get_mut(key) else {
+                    let Some(client) = self.clients.get_mut(key) else {
                         continue;
                     };
-                    if connection.id != id {
+                    if client.conn.id != id {
                         continue; // The connection this timer was for is gone.
                     }
-                    let verdict = connection.release_replies(&mut self.shared, now);
-                    if let Some(at) = verdict.wake_at {
-                        self.timers.push(Reverse((at, Wake::Linger { key, id })));
-                    }
-                    self.settle(key, verdict.still_ready);
+                    let verdict = client.release_replies(&mut self.shared, now);
+                    self.apply(key, verdict);
                 }
                 Wake::Idle { key, id } | Wake::Linger { key, id } | Wake::Header { key, id } => {
-                    let Some(connection) = self.connections.get_mut(key) else {
+                    let Some(client) = self.clients.get_mut(key) else {
                         continue;
                     };
-                    if connection.id != id || connection.is_closed() {
+                    if client.conn.id != id || client.conn.is_closed() {
                         continue; // The connection this timer was for is gone.
                     }
                     if let Wake::Linger { .. } = wake {
-                        connection.on_linger_deadline(now);
+                        client.conn.on_linger_deadline(now);
                     } else if let Wake::Header { .. } = wake {
                         // Closes it only if it is still waiting: once read, the header's
                         // deadline means nothing.
-                        connection.on_header_deadline();
+                        client.on_header_deadline();
                     } else if let Some(idle) = self.config.idle_timeout {
-                        let quiet_until = if connection.waits_for_disk()
-                            || connection.holds_replies()
-                            || connection.chat_parked()
-                        {
+                        let quiet_until = if client.server_is_waiting() {
                             now.instant + idle // the server's wait, not the client's silence
                         } else {
-                            connection.last_active() + idle
+                            client.conn.last_active() + idle
                         };
                         if quiet_until <= now.instant {
                             debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
-                            connection.abandon("idle timeout");
+                            client.conn.close("idle timeout");
                         } else {
                             self.timers.push(Reverse((quiet_until, wake)));
                         }
@@ -907,12 +888,12 @@ impl Reactor {
         while !self.finished.is_empty() {
             let mut batch = std::mem::take(&mut self.finished);
             for key in batch.drain(..) {
-                let Some(connection) = self.connections.try_remove(key) else {
+                let Some(connection) = self.clients.try_remove(key) else {
                     continue;
                 };
                 trace!(
                     "conn #{}: removed (token {key} is free again)",
-                    connection.id
+                    connection.conn.id
                 );
                 if let (Some((serial, cut_short)), Some(uploads)) =
                     (connection.upload_left_behind(), self.uploads.as_mut())
@@ -938,17 +919,17 @@ impl Reactor {
     /// when it holds twice what is live keeps it bounded by the open connections, at O(1)
     /// amortised per connection.
     fn compact_timers(&mut self) {
-        let live_bound = 2 * (self.connections.len() + self.endpoints.len()) + 1024;
+        let live_bound = 2 * (self.clients.len() + self.endpoints.len()) + 1024;
         if self.timers.len() <= live_bound {
             return;
         }
-        let connections = &self.connections;
+        let clients = &self.clients;
         let before = self.timers.len();
         self.timers.retain(|Reverse((_, wake))| match *wake {
             Wake::Idle { key, id }
             | Wake::Linger { key, id }
             | Wake::Header { key, id }
-            | Wake::Reply { key, id } => connections.get(key).is_some_and(|c| c.id == id),
+            | Wake::Reply { key, id } => clients.get(key).is_some_and(|c| c.conn.id == id),
             Wake::Accept { .. } | Wake::Watchdog | Wake::Room { .. } => true,
         });
         self.timers.shrink_to(2 * self.timers.len());
@@ -956,60 +937,6 @@ impl Reactor {
             "timers: dropped {} of closed connections",
             before - self.timers.len()
         );
-    }
-
-    /// The I/O threads answered: each answer goes to its upload's connection, which may reply
-    /// (`saved ...`), send the ops that waited for room, and read again.
-    fn on_storage_ready(&mut self, now: &Now) {
-        let Some(uploads) = self.uploads.as_mut() else {
-            return;
-        };
-        let mut completions = std::mem::take(&mut self.upload_completions);
-        uploads.drain(&mut completions);
-        match completions.len() {
-            1 => trace!("storage: 1 answer from the I/O threads"),
-            n => trace!("storage: {n} answers from the I/O threads"),
-        }
-        // The room those answers freed goes first to the connections that were refused for lack
-        // of it, and only then to those whose answers these are, which would take it at once.
-        let mut blocked = std::mem::take(&mut self.upload_blocked);
-        if let Some(uploads) = self.uploads.as_mut() {
-            uploads.take_blocked(&mut blocked);
-        }
-        for key in blocked.drain(..) {
-            self.upload_answered(key, None, now);
-        }
-        self.upload_blocked = blocked;
-        for (key, completion) in completions.drain(..) {
-            self.upload_answered(key, Some(&completion), now);
-        }
-        self.upload_completions = completions;
-    }
-
-    /// Gives upload connection `key` an answer from the I/O threads (or, with `None`, a chance
-    /// to send the ops that waited for room), and settles it.
-    fn upload_answered(
-        &mut self,
-        key: usize,
-        completion: Option<&crate::storage::pool::Completion>,
-        now: &Now,
-    ) {
-        let (Some(connection), Some(uploads)) =
-            (self.connections.get_mut(key), self.uploads.as_mut())
-        else {
-            return;
-        };
-        let mut sink = UploadSink {
-            uploads,
-            key,
-            conn: connection.id,
-        };
-        let verdict = connection.on_upload_completion(completion, &mut self.shared, &mut sink, now);
-        if let Some(at) = verdict.wake_at {
-            let id = connection.id;
-            self.timers.push(Reverse((at, Wake::Linger { key, id })));
-        }
-        self.settle(key, verdict.still_ready);
     }
 
     /// Handles pending signals: the first starts a graceful shutdown, a second one means "now".
@@ -1047,19 +974,22 @@ impl Reactor {
                 None => {}
             }
         }
-        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
-            let connection = &mut self.connections[key];
-            if connection.is_closed() {
+            let client = &mut self.clients[key];
+            if client.conn.is_closed() {
                 continue;
             }
             // A chat member still in its room is told, after the lines it is already owed.
-            let room = connection.chat_room().and_then(|r| self.rooms[r].as_ref());
-            if let Some(chat) = room.filter(|chat| chat.room.name(MemberId(key)).is_some()) {
-                connection.queue_notice(&chat.log, crate::protocol::room::SHUTDOWN_NOTICE);
+            let room = client.chat_room().and_then(|r| self.rooms[r].as_ref());
+            if let (Some(chat), Some((conn, member))) = (room, client.as_member_mut()) {
+                if chat.room.name(MemberId(key)).is_some() {
+                    let notice = crate::protocol::room::SHUTDOWN_NOTICE;
+                    member.queue_own_line(conn, &chat.log, notice.into());
+                }
             }
-            connection.begin_shutdown(&mut self.shared, now);
-            if connection.is_closed() {
+            client.begin_shutdown(&mut self.shared, now);
+            if client.conn.is_closed() {
                 // Writing what the session held failed (the peer is gone): reap it now, or it
                 // would hold the shutdown up until the timeout.
                 self.settle(key, false);
@@ -1075,14 +1005,14 @@ impl Reactor {
         let Some(deadline) = self.shutdown_deadline else {
             return false;
         };
-        if self.connections.is_empty() {
+        if self.clients.is_empty() {
             info!("shutdown complete");
             return true;
         }
         if now.instant >= deadline {
             warn!(
                 "shutdown timeout: closing {} connections still busy",
-                self.connections.len()
+                self.clients.len()
             );
             return true;
         }
@@ -1187,15 +1117,15 @@ mod tests {
     fn reaping_queued_connections_leaves_the_queue_alone() {
         const COUNT: usize = 64;
         let (mut reactor, mut clients, now) = reactor_with_connections(COUNT);
-        let keys: Vec<usize> = reactor.connections.iter().map(|(key, _)| key).collect();
+        let keys: Vec<usize> = reactor.clients.iter().map(|(key, _)| key).collect();
         for &key in &keys {
-            reactor.connections[key].queued = true;
+            reactor.clients[key].conn.queued = true;
             reactor.still_ready.push(Token(key));
-            reactor.connections[key].abandon("test");
+            reactor.clients[key].conn.close("test");
             reactor.finished.push(key);
         }
         reactor.reap_finished();
-        assert!(reactor.connections.is_empty());
+        assert!(reactor.clients.is_empty());
         assert_eq!(
             reactor.still_ready.len(),
             COUNT,
@@ -1215,7 +1145,7 @@ mod tests {
             0,
             &now,
         );
-        let reused = reactor.connections.iter().next().unwrap().0;
+        let reused = reactor.clients.iter().next().unwrap().0;
         assert!(keys.contains(&reused), "the slab reuses freed keys");
         client.write_all(b"ping").unwrap();
         wait_for_event(&mut reactor, Token(reused)); // the ping is in its receive queue
@@ -1276,14 +1206,14 @@ mod tests {
         // The server's 4 MiB receive buffer takes the whole message without being read.
         client.write_all(&[b'x'; SENT]).unwrap();
         // Wait (in the poller, as the loop would) until every byte is in its receive queue.
-        let key = reactor.connections.iter().next().unwrap().0;
+        let key = reactor.clients.iter().next().unwrap().0;
         let mut peek = vec![0u8; SENT];
         while probe.peek(&mut peek).unwrap() < SENT {
             wait_for_event(&mut reactor, Token(key));
         }
         reactor.dispatch(Token(key), &now);
         assert!(
-            reactor.connections[key].queued,
+            reactor.clients[key].conn.queued,
             "the read stopped on its budget"
         );
         reactor.begin_shutdown(&now);
@@ -1326,7 +1256,7 @@ mod tests {
         accepted.set_nonblocking(true).unwrap();
         let stream = Stream::Tcp(mio::net::TcpStream::from_std(accepted));
         reactor.open_connection(stream, Peer::Ip(peer), ProtocolKind::Upper, 0, &now);
-        let key = reactor.connections.iter().next().unwrap().0;
+        let key = reactor.clients.iter().next().unwrap().0;
         client.write_all(b"abc\xc3").unwrap();
         wait_for_event(&mut reactor, Token(key));
         reactor.dispatch(Token(key), &now);
@@ -1349,7 +1279,7 @@ mod tests {
             "the dead connection still counts"
         );
         reactor.reap_finished();
-        assert!(reactor.connections.is_empty());
+        assert!(reactor.clients.is_empty());
     }
 
     /// `--max-connections` counts the connections still open, not those that closed this turn
@@ -1358,8 +1288,8 @@ mod tests {
     fn connections_closed_this_turn_do_not_count_against_the_limit() {
         let (mut reactor, _clients, _now) = reactor_with_connections(3);
         assert_eq!(reactor.open_connection_count(), 3);
-        let key = reactor.connections.iter().next().unwrap().0;
-        reactor.connections[key].abandon("test");
+        let key = reactor.clients.iter().next().unwrap().0;
+        reactor.clients[key].conn.close("test");
         reactor.settle(key, false);
         assert_eq!(reactor.open_connection_count(), 2);
         reactor.reap_finished();

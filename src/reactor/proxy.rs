@@ -6,13 +6,13 @@
 //! safe in one loop:
 //!
 //! * **Nothing before the header.** With the flag, an accepted connection is
-//!   [`Connection::awaiting_header`](super::Connection::awaiting_header): its protocol has not started, so no byte is read as a
+//!   [`Handler::Header`](super::handler::Handler::Header): its protocol has not started, so no byte is read as a
 //!   request, no greeting is sent (chat's `* welcome`), and a chat member joins its room only
 //!   once the header is complete — under the name the header carries, which the others see in
 //!   `* NAME joined` and in every line it sends. Bytes that followed the header in the same read
 //!   (a balancer may send the header and the client's first request in one segment) are the
 //!   protocol's first input, handed over from the shared read buffer before the socket is read
-//!   again ([`FirstInput`](super::FirstInput)).
+//!   again ([`FirstInput`](super::connection::FirstInput)).
 //! * **Bounded by the protocol, not by the peer.** The parser holds at most a few hundred bytes
 //!   and refuses a header at the first byte that proves it wrong, so a peer that is no balancer
 //!   (a client that bypassed it, a port scanner speaking HTTP) costs one small allocation, for a
@@ -53,14 +53,22 @@ use crate::clock::Now;
 use crate::net::Relayed;
 use crate::protocol::{ProtocolKind, Session};
 
-use super::connection::{HeaderDone, HeaderRead};
+use super::handler::header::{self, HeaderDone, HeaderRead};
+use super::handler::{Client, Handler};
 use super::Reactor;
 
 impl Reactor {
     /// Drives connection `key` while it reads its PROXY header: on to its protocol once the
     /// header is complete, closed if it is refused.
     pub(super) fn drive_header(&mut self, key: usize, now: &Now) {
-        match self.connections[key].read_header(&mut self.shared, now) {
+        let Client {
+            conn,
+            handler: Handler::Header(waiting),
+        } = &mut self.clients[key]
+        else {
+            return;
+        };
+        match header::read_header(conn, waiting, &mut self.shared, now) {
             HeaderRead::Pending | HeaderRead::Closed => self.settle(key, false),
             HeaderRead::Done(done) => self.start_after_header(key, done, now),
         }
@@ -77,8 +85,8 @@ impl Reactor {
             first,
         } = done;
         let peer = via.relayed_client(&header);
-        let connection = &mut self.connections[key];
-        let (id, header) = (connection.id, &header);
+        let client = &mut self.clients[key];
+        let (id, header) = (client.conn.id, &header);
         debug!(
             "conn #{id}: PROXY header: {}",
             Relayed {
@@ -93,14 +101,14 @@ impl Reactor {
                 let Some(chat) = self.rooms[endpoint].as_ref() else {
                     return self.refuse_to_start(key, protocol); // Not a chat endpoint: cannot be.
                 };
-                connection.start_chat(endpoint as u32, &chat.log);
+                client.handler = Handler::chat(endpoint as u32, &chat.log);
                 self.join_room(key, endpoint, &peer);
             }
             ProtocolKind::Upload if self.uploads.is_some() => {
-                connection.start_upload(self.config.limits);
+                client.handler = Handler::upload(self.config.limits);
             }
             _ => match Session::new(protocol, self.config.limits) {
-                Some(session) => connection.start_stream(session, &self.shared),
+                Some(session) => client.handler = Handler::stream(session, &self.shared),
                 // Upload without storage: refused at the accept already, so cannot be.
                 None => return self.refuse_to_start(key, protocol),
             },
@@ -113,12 +121,12 @@ impl Reactor {
 
     /// Closes connection `key`, whose `protocol` cannot start.
     fn refuse_to_start(&mut self, key: usize, protocol: ProtocolKind) {
-        let connection = &mut self.connections[key];
+        let conn = &mut self.clients[key].conn;
         warn!(
             "conn #{}: {protocol} is not served by this build; closing",
-            connection.id
+            conn.id
         );
-        connection.abandon("protocol not served");
+        conn.close("protocol not served");
         self.settle(key, false);
     }
 }

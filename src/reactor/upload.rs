@@ -38,6 +38,7 @@ use std::sync::Arc;
 use log::{debug, trace, warn};
 use mio::Waker;
 
+use crate::clock::Now;
 use crate::protocol::upload::{Step, UploadSession};
 use crate::protocol::Limits;
 use crate::storage::durable::UploadDir;
@@ -45,6 +46,9 @@ use crate::storage::pool::{
     Completion, IoThread, Op, Outcome, StoragePool, SubmitError, DEFAULT_IO_THREADS,
     DEFAULT_QUEUE_PER_THREAD,
 };
+
+use super::handler::{self, Client, Handler};
+use super::Reactor;
 
 /// Body bytes gathered before they are handed to an I/O thread as one write.
 pub const CHUNK_BYTES: usize = 64 * 1024;
@@ -220,6 +224,66 @@ impl Uploads {
     /// Whether discards are still waiting for room in the pool.
     pub fn has_orphans(&self) -> bool {
         !self.orphan_discards.is_empty()
+    }
+}
+
+impl Reactor {
+    /// The I/O threads answered: each answer goes to its upload's connection, which may reply
+    /// (`saved ...`), send the ops that waited for room, and read again.
+    pub(super) fn on_storage_ready(&mut self, now: &Now) {
+        let Some(uploads) = self.uploads.as_mut() else {
+            return;
+        };
+        let mut completions = std::mem::take(&mut self.upload_completions);
+        uploads.drain(&mut completions);
+        match completions.len() {
+            1 => trace!("storage: 1 answer from the I/O threads"),
+            n => trace!("storage: {n} answers from the I/O threads"),
+        }
+        // The room those answers freed goes first to the connections that were refused for lack
+        // of it, and only then to those whose answers these are, which would take it at once.
+        let mut blocked = std::mem::take(&mut self.upload_blocked);
+        if let Some(uploads) = self.uploads.as_mut() {
+            uploads.take_blocked(&mut blocked);
+        }
+        for key in blocked.drain(..) {
+            self.upload_answered(key, None, now);
+        }
+        self.upload_blocked = blocked;
+        for (key, completion) in completions.drain(..) {
+            self.upload_answered(key, Some(&completion), now);
+        }
+        self.upload_completions = completions;
+    }
+
+    /// Gives upload connection `key` an answer from the I/O threads (or, with `None`, a chance
+    /// to send the ops that waited for room), and settles it.
+    fn upload_answered(&mut self, key: usize, completion: Option<&Completion>, now: &Now) {
+        let (Some(client), Some(uploads)) = (self.clients.get_mut(key), self.uploads.as_mut())
+        else {
+            return;
+        };
+        let Client {
+            conn,
+            handler: Handler::Upload(work),
+        } = client
+        else {
+            return;
+        };
+        let mut sink = UploadSink {
+            uploads,
+            key,
+            conn: conn.id,
+        };
+        let verdict = handler::upload::on_completion(
+            conn,
+            work,
+            completion,
+            &mut self.shared,
+            &mut sink,
+            now,
+        );
+        self.apply(key, verdict);
     }
 }
 
@@ -406,136 +470,170 @@ impl UploadWork {
         loop {
             if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT || !self.waiting.is_empty() {
                 // Ops waiting for room said so when they were refused.
-                match self.current.as_ref().filter(|_| self.waiting.is_empty()) {
-                    Some(current) if current.committing => trace!(
-                        "upload #{}: waits for the answer to its commit (from {}); its client \
-                         is not read until then{}",
-                        current.serial,
-                        current.thread,
-                        Held(rest.len())
-                    ),
-                    Some(current) => trace!(
-                        "upload #{}: {} chunks with {}, the most; its client is not read until \
-                         one is written (back-pressure){}",
-                        current.serial,
-                        self.writes_in_flight,
-                        current.thread,
-                        Held(rest.len())
-                    ),
-                    None => {}
-                }
+                self.narrate_back_pressure(rest.len());
                 self.held.extend_from_slice(rest);
                 return Feed::Pause;
             }
-            match self.session.on_input(&mut rest, out) {
+            let stop = match self.session.on_input(&mut rest, out) {
                 Step::NeedInput => return Feed::Continue,
-                Step::Begin { name, size } => {
-                    let serial = sink.uploads.next_serial;
-                    sink.uploads.next_serial += 1;
-                    sink.uploads.owners.insert(serial, sink.key);
-                    debug!(
-                        "upload #{serial}: header accepted from conn #{}: {name:?}, {size} \
-                         bytes; answering \"ok\"",
-                        sink.conn
-                    );
-                    self.current = Some(Current {
-                        serial,
-                        name,
-                        committing: false,
-                        handed_over: false,
-                        failed: false,
-                        admitting: sink.uploads.admission,
-                        thread: sink.uploads.pool.thread_of(serial),
-                    });
-                    if self.submit(Op::Begin { size }, sink, out) == Some(Feed::End) {
-                        return Feed::End;
-                    }
-                }
-                Step::Body(bytes) => {
-                    // The session has counted these bytes: every one must go into a chunk now.
-                    // A chunk the pool cannot take waits in `waiting`, and the loop's first check
-                    // holds the rest of the input until it has gone.
-                    let mut bytes = bytes;
-                    while !bytes.is_empty() {
-                        if self.chunk.capacity() == 0 {
-                            self.chunk = sink
-                                .uploads
-                                .spare_chunks
-                                .pop()
-                                .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
-                        }
-                        let room = CHUNK_BYTES - self.chunk.len();
-                        let (now, later) = bytes.split_at(room.min(bytes.len()));
-                        self.chunk.extend_from_slice(now);
-                        bytes = later;
-                        if self.chunk.len() == CHUNK_BYTES
-                            && self.submit_chunk(sink, out) == Some(Feed::End)
-                        {
-                            return Feed::End;
-                        }
-                    }
-                    if let Some(current) = self.current.as_ref().filter(|_| !self.chunk.is_empty())
-                    {
-                        trace!(
-                            "upload #{}: {} of {CHUNK_BYTES} bytes gathered for its next chunk",
-                            current.serial,
-                            self.chunk.len()
-                        );
-                    }
-                }
-                Step::BodyDone { size, crc32 } => {
-                    if let Some(current) = &self.current {
-                        trace!(
-                            "upload #{}: body complete: {size} bytes, CRC-32 {crc32:08x}",
-                            current.serial
-                        );
-                    }
-                    if !self.chunk.is_empty() && self.submit_chunk(sink, out) == Some(Feed::End) {
-                        return Feed::End;
-                    }
-                    let Some(current) = self.current.as_mut() else {
-                        return Feed::End;
-                    };
-                    current.committing = true;
-                    let name = current.name.clone();
-                    // After the last chunk, even if both wait for room: the order is kept.
-                    if self.submit(Op::Commit { name }, sink, out) == Some(Feed::End) {
-                        return Feed::End;
-                    }
-                }
-                Step::Storing => {
-                    if let Some(current) = &self.current {
-                        trace!(
-                            "upload #{}: waits for the answer to its commit (from {}); its client \
-                             is not read until then{}",
-                            current.serial,
-                            current.thread,
-                            Held(rest.len())
-                        );
-                    }
-                    self.held.extend_from_slice(rest);
-                    return Feed::Pause;
-                }
-                Step::Admitting => {
-                    if let Some(current) = &self.current {
-                        trace!(
-                            "upload #{}: `ok` waits for {} to reserve its room (--min-free); its \
-                             client is not read until then{}",
-                            current.serial,
-                            current.thread,
-                            Held(rest.len())
-                        );
-                    }
-                    self.held.extend_from_slice(rest);
-                    return Feed::Pause;
-                }
+                Step::Begin { name, size } => self.begin(name, size, sink, out),
+                Step::Body(bytes) => self.gather(bytes, sink, out),
+                Step::BodyDone { size, crc32 } => self.body_done(size, crc32, sink, out),
+                Step::Storing => return self.wait_for_answer(false, rest),
+                Step::Admitting => return self.wait_for_answer(true, rest),
                 Step::Refused(refusal) => {
                     debug!("upload refused from conn #{}: {refusal}", sink.conn);
                     return Feed::End;
                 }
                 Step::Closed => return Feed::End,
+            };
+            if stop == Some(Feed::End) {
+                return Feed::End;
             }
         }
+    }
+
+    /// Why reading stops while chunks or ops wait for the I/O threads (at trace level).
+    fn narrate_back_pressure(&self, held: usize) {
+        match self.current.as_ref().filter(|_| self.waiting.is_empty()) {
+            Some(current) if current.committing => trace!(
+                "upload #{}: waits for the answer to its commit (from {}); its client is not \
+                 read until then{}",
+                current.serial,
+                current.thread,
+                Held(held)
+            ),
+            Some(current) => trace!(
+                "upload #{}: {} chunks with {}, the most; its client is not read until one is \
+                 written (back-pressure){}",
+                current.serial,
+                self.writes_in_flight,
+                current.thread,
+                Held(held)
+            ),
+            None => {}
+        }
+    }
+
+    /// The session waits for an answer of the I/O threads (its commit's, or `--min-free`'s
+    /// reservation when `admitting`) before it takes more input: `rest` is held until then.
+    fn wait_for_answer(&mut self, admitting: bool, rest: &[u8]) -> Feed {
+        self.narrate_wait(admitting, rest.len());
+        self.held.extend_from_slice(rest);
+        Feed::Pause
+    }
+
+    /// Why the session waits for an answer of the I/O threads (at trace level).
+    fn narrate_wait(&self, admitting: bool, held: usize) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        if admitting {
+            trace!(
+                "upload #{}: `ok` waits for {} to reserve its room (--min-free); its client is \
+                 not read until then{}",
+                current.serial,
+                current.thread,
+                Held(held)
+            );
+        } else {
+            trace!(
+                "upload #{}: waits for the answer to its commit (from {}); its client is not \
+                 read until then{}",
+                current.serial,
+                current.thread,
+                Held(held)
+            );
+        }
+    }
+
+    /// The session accepted a header: a new upload, whose first op creates its file.
+    fn begin(
+        &mut self,
+        name: String,
+        size: u64,
+        sink: &mut UploadSink<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<Feed> {
+        let serial = sink.uploads.next_serial;
+        sink.uploads.next_serial += 1;
+        sink.uploads.owners.insert(serial, sink.key);
+        debug!(
+            "upload #{serial}: header accepted from conn #{}: {name:?}, {size} bytes; answering \
+             \"ok\"",
+            sink.conn
+        );
+        self.current = Some(Current {
+            serial,
+            name,
+            committing: false,
+            handed_over: false,
+            failed: false,
+            admitting: sink.uploads.admission,
+            thread: sink.uploads.pool.thread_of(serial),
+        });
+        self.submit(Op::Begin { size }, sink, out)
+    }
+
+    /// Body bytes the session has counted: every one goes into a chunk now. A chunk the pool
+    /// cannot take waits in `waiting`, and `feed`'s first check holds the rest of the input
+    /// until it has gone.
+    fn gather(
+        &mut self,
+        mut bytes: &[u8],
+        sink: &mut UploadSink<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<Feed> {
+        while !bytes.is_empty() {
+            if self.chunk.capacity() == 0 {
+                self.chunk = sink
+                    .uploads
+                    .spare_chunks
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+            }
+            let room = CHUNK_BYTES - self.chunk.len();
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            self.chunk.extend_from_slice(now);
+            bytes = later;
+            if self.chunk.len() == CHUNK_BYTES && self.submit_chunk(sink, out) == Some(Feed::End) {
+                return Some(Feed::End);
+            }
+        }
+        if let Some(current) = self.current.as_ref().filter(|_| !self.chunk.is_empty()) {
+            trace!(
+                "upload #{}: {} of {CHUNK_BYTES} bytes gathered for its next chunk",
+                current.serial,
+                self.chunk.len()
+            );
+        }
+        None
+    }
+
+    /// The body is complete: its last chunk goes, then its commit (in that order, even if
+    /// both wait for room in the pool).
+    fn body_done(
+        &mut self,
+        size: u64,
+        crc32: u32,
+        sink: &mut UploadSink<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<Feed> {
+        if let Some(current) = &self.current {
+            trace!(
+                "upload #{}: body complete: {size} bytes, CRC-32 {crc32:08x}",
+                current.serial
+            );
+        }
+        if !self.chunk.is_empty() && self.submit_chunk(sink, out) == Some(Feed::End) {
+            return Some(Feed::End);
+        }
+        let Some(current) = self.current.as_mut() else {
+            return Some(Feed::End);
+        };
+        current.committing = true;
+        let name = current.name.clone();
+        self.submit(Op::Commit { name }, sink, out)
     }
 
     /// Hands the gathered chunk to the I/O threads.
