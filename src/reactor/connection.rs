@@ -3,7 +3,7 @@
 //!
 //! A [`Connection`] is the transport core every kind of client shares — an upper client, a chat
 //! member, an upload, a connection still reading its PROXY header. What the bytes *mean* is the
-//! business of its handler (see [`super::handler`]), which calls the primitives here: read one
+//! business of its handler (see `reactor::handler`), which calls the primitives here: read one
 //! buffer's worth within the turn's budget ([`Connection::read_input`]), send replies
 //! ([`Connection::send`]), end the conversation, and let the connection move its phases on
 //! once what is queued is written ([`Connection::settle`]). Readiness is a hint: the `read` or
@@ -177,7 +177,7 @@ pub enum Written {
 }
 
 /// One accepted client's socket and where in its life it is. The handler that gives its bytes
-/// a meaning sits beside it ([`super::handler::Client`]).
+/// a meaning sits beside it (`handler::Client`).
 #[derive(Debug)]
 pub struct Connection {
     /// A serial number for logs, and to tell a reused slab key's new connection from the old

@@ -2,50 +2,59 @@
 //!
 //! ## How a turn goes
 //!
-//! [`Reactor::run`] repeats one turn, and the whole of it is on one screen:
+//! [`Reactor::run`] repeats one turn, and the whole of it is on one screen
+//! (`serve_until_stopped`):
 //!
 //! 1. **Wait.** `poll` blocks until some socket is ready, or until the nearest timer — or not at
-//!    all if a connection stopped on its budget last turn (the *still-ready* queue).
-//! 2. **Dispatch.** Each event names a token. Listener tokens accept new connections; connection
-//!    tokens drive that connection's state machine ([`Connection::drive`]); the signal token
-//!    starts (or, the second time, cuts short) a graceful shutdown.
+//!    all if a connection stopped on its budget last turn (the *still-ready* queue) or chat
+//!    lines routed last turn are still to be written.
+//! 2. **Dispatch.** Each event names a token. Listener tokens accept new connections
+//!    (`accept.rs`); datagram tokens answer datagrams on the spot (`datagram.rs`); connection
+//!    tokens drive that client's handler (`drive_connection_from`, the one `match` on a
+//!    client's kind: see [`handler`]); the storage token brings the I/O threads' answers to
+//!    the uploads that asked (`upload.rs`); the signal token starts (or, the second time, cuts
+//!    short) a graceful shutdown.
 //! 3. **Still ready.** Connections (and listeners) that stopped on a fairness budget are served
 //!    again. Under edge triggering no new event will come for bytes that already arrived, so a
 //!    budgeted connection must remember that it has work left.
-//! 4. **Timers.** Deadlines that have passed are acted on: idle timeouts, the end of a lingering
-//!    close, a listener paused for lack of file descriptors, a PROXY header not complete within
-//!    its 3 s (`--proxy-protocol`, see `proxy.rs`).
-//! 5. **Reap.** Connections that finished during the turn leave the slab *now*, after the batch,
+//! 4. **Chat.** The lines the turn's chat members sent were routed into their rooms' logs as
+//!    they were read; now every member owed lines is written to, once, with `writev`, and the
+//!    members that fell too far behind are dropped (`chat.rs`).
+//! 5. **Timers.** Deadlines that have passed are acted on (`timers.rs`): idle timeouts, the end
+//!    of a lingering close, held replies falling due (`--reply-delay`), a listener paused for
+//!    lack of file descriptors, a PROXY header not complete within its 3 s (`--proxy-protocol`,
+//!    `proxy.rs`), a chat room's flow-control grace, systemd's watchdog.
+//! 6. **Reap.** Connections that finished during the turn leave the slab *now*, after the batch,
 //!    not in the middle of it: the slab reuses keys, and a key freed and reused mid-batch would
 //!    let a later event of the old connection reach the new one.
+//!
+//! ## Where each piece lives
+//!
+//! A client in the slab is a [`handler::Client`]: its transport core (`connection.rs`: bytes
+//! on a socket, the same for every kind) and its handler (`handler/`: what the bytes mean,
+//! one file per kind). The loop lends every drive the buffers it owns (`buffers.rs`), so an
+//! idle connection holds none.
 //!
 //! ## Tokens
 //!
 //! A connection's token is its slab key, so finding the connection for an event is an index.
 //! Listeners sit at the top of the token space, from [`LISTENER_TOKEN_BASE`] up, where no slab key
 //! will ever reach, and the signal pipe has the very last token, [`SIGNAL_TOKEN`].
-//!
-//! ## Timers
-//!
-//! One binary heap holds every deadline, so finding the next one is O(1) and adding one is
-//! O(log n). The idle timeout does not move its heap entry on every byte — that would be a heap
-//! update per request. Each connection has one idle entry; when it fires, the connection is
-//! closed only if it has really been quiet that long, and otherwise the entry is pushed again for
-//! `last_active + timeout`. That is one heap operation per timeout period per connection,
-//! whatever the traffic.
 
+mod accept;
 mod buffers;
 mod chat;
-pub mod connection;
-pub mod datagram;
+mod connection;
+mod datagram;
 mod fanout;
 mod handler;
 mod proxy;
-pub mod upload;
+mod timers;
+mod upload;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,15 +66,10 @@ use slab::Slab;
 
 use crate::clock::{Clock, Now};
 use crate::net::datagram::DatagramStats;
-use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory, ACCEPT_PAUSE};
 use crate::net::systemd::Notifier;
-use crate::net::{
-    BoundDatagram, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener,
-    TOO_MANY_CONNECTIONS_REPLY,
-};
-use crate::protocol::proxy::HEADER_TIMEOUT;
+use crate::net::{BoundDatagram, BoundListener, ReserveFd, StreamListener};
 use crate::protocol::room::{Delivery, MemberId};
-use crate::protocol::{Limits, ProtocolKind, Session};
+use crate::protocol::{Limits, ProtocolKind};
 use crate::service::Address;
 use crate::storage::durable::UploadDir;
 
@@ -73,6 +77,7 @@ pub use buffers::SharedBuffers;
 use chat::{ChatRoom, Outbox};
 pub use connection::{Connection, FirstInput, Verdict};
 use handler::{Client, Handler};
+use timers::{describe_timeout, Timer, Wake};
 use upload::Uploads;
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
@@ -118,7 +123,7 @@ pub struct Config {
     /// `--upload-io loop`: file operations in the loop itself, a foil (normally: I/O threads).
     pub upload_io_in_loop: bool,
     /// `--proxy-protocol`: every stream connection starts with a PROXY protocol header, read
-    /// before any byte of its protocol, within [`HEADER_TIMEOUT`] of the accept (see
+    /// before any byte of its protocol, within [`HEADER_TIMEOUT`](crate::protocol::proxy::HEADER_TIMEOUT) of the accept (see
     /// [`crate::protocol::proxy`]).
     pub proxy_protocol: bool,
     /// `--reply-delay`: upper, timestamp and echo hold each reply this long after its request
@@ -167,30 +172,6 @@ enum EndpointSocket {
     /// UDP socket.
     Datagram(UdpSocket),
 }
-
-/// What a deadline is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Wake {
-    /// Check whether connection `key` (serial number `id`) has been idle too long.
-    Idle { key: usize, id: u64 },
-    /// End connection `key`'s lingering close.
-    Linger { key: usize, id: u64 },
-    /// Close connection `key` if its PROXY header is still incomplete (`--proxy-protocol`).
-    Header { key: usize, id: u64 },
-    /// Send connection `key`'s held replies that are due (`--reply-delay`).
-    Reply { key: usize, id: u64 },
-    /// Try accepting on listener `index` again after running out of file descriptors.
-    Accept { index: usize },
-    /// Tell systemd's watchdog the loop still turns (and update the status line).
-    Watchdog,
-    /// Look again at chat room `room`, which has waited for its members to drain since the
-    /// timer was set (flow control's grace, see [`chat`]).
-    Room { room: usize },
-}
-
-/// A deadline: when, and what for. The connection's serial number travels with its key, so a
-/// timer that outlives its connection cannot fire on the slab key's next tenant.
-type Timer = Reverse<(Instant, Wake)>;
 
 /// The single-threaded reactor serving every bound service.
 pub struct Reactor {
@@ -522,164 +503,6 @@ impl Reactor {
         }
     }
 
-    /// Accepts until the listener would block or the turn's accept budget is spent.
-    fn accept_ready(&mut self, index: usize, now: &Now) {
-        if self.endpoints[index].paused {
-            return; // Its timer will bring it back.
-        }
-        for _ in 0..MAX_ACCEPTS_PER_TURN {
-            let listener = &mut self.endpoints[index];
-            let Some(EndpointSocket::Listener(socket)) = listener.socket.as_ref() else {
-                return; // Closed for shutdown.
-            };
-            match socket.accept() {
-                Ok((stream, peer)) => {
-                    let protocol = listener.protocol;
-                    self.open_connection(stream, peer, protocol, index, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    trace!(
-                        "accept: WouldBlock: no more clients waiting on {}",
-                        listener.local
-                    );
-                    return;
-                }
-                // The client gave up before we got to it, or a signal interrupted us: next one.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    debug!("accept on {}: {e}", listener.local);
-                }
-                Err(e) if is_out_of_descriptors(&e) => match self.shed_one_connection(index, &e) {
-                    Shed::ClosedOne => {}
-                    Shed::BacklogEmpty => return,
-                    Shed::NoReserve => return self.pause_listener(index, now),
-                },
-                // Out of kernel memory: nothing to do but wait a moment.
-                Err(e) if is_out_of_memory(&e) => {
-                    warn!("accept on {}: {e}; pausing", listener.local);
-                    return self.pause_listener(index, now);
-                }
-                // Anything else is about that one connection (EPROTO, ENETDOWN, EHOSTUNREACH...):
-                // accept(2) says to treat it like EAGAIN and carry on with the next.
-                Err(e) => debug!("accept on {}: {e}", listener.local),
-            }
-        }
-        let listener = &mut self.endpoints[index];
-        if !listener.queued {
-            trace!("listener {index}: accept budget spent; more clients may be waiting");
-            listener.queued = true;
-            self.still_ready.push(Token(LISTENER_TOKEN_BASE + index));
-        }
-    }
-
-    /// Rests a listener for [`ACCEPT_PAUSE`] (one timer, however many events arrive meanwhile).
-    fn pause_listener(&mut self, index: usize, now: &Now) {
-        let listener = &mut self.endpoints[index];
-        if !listener.paused {
-            listener.paused = true;
-            self.timers.push(Reverse((
-                now.instant + ACCEPT_PAUSE,
-                Wake::Accept { index },
-            )));
-        }
-    }
-
-    /// Out of descriptors: spends the reserve descriptor on one waiting client of listener
-    /// `index` (see [`ReserveFd`]).
-    ///
-    /// Without this, a listener whose backlog cannot be drained stays readable: level-triggered
-    /// loops spin at 100% CPU on it, and edge-triggered ones leave the clients hanging.
-    fn shed_one_connection(&mut self, index: usize, error: &io::Error) -> Shed {
-        let socket = self.endpoints[index].socket.as_ref();
-        self.reserve_fd.shed_one(error, || match socket {
-            Some(EndpointSocket::Listener(socket)) => socket.accept(),
-            _ => Err(io::ErrorKind::WouldBlock.into()),
-        })
-    }
-
-    fn open_connection(
-        &mut self,
-        mut stream: Stream,
-        peer: Peer,
-        protocol: ProtocolKind,
-        endpoint: usize,
-        now: &Now,
-    ) {
-        let open = self.open_connection_count();
-        if open >= self.config.max_connections {
-            if !self.refusing {
-                warn!("{open} connections open (--max-connections): closing new ones until some leave");
-            }
-            self.refusing = true;
-            debug!("refusing {peer}: too many connections");
-            // One best-effort write: the socket is new, so its buffer has room.
-            let _ = stream.write(TOO_MANY_CONNECTIONS_REPLY);
-            return;
-        }
-        self.refusing = false;
-        let id = self.next_connection_id;
-        self.next_connection_id += 1;
-        // Replies are written whole, once per request: Nagle's delay would only add latency.
-        if let Err(e) = stream.set_nodelay() {
-            debug!("conn #{id}: cannot set TCP_NODELAY: {e}");
-        }
-        let session = Session::new(protocol, self.config.limits);
-        let storage_ready = protocol != ProtocolKind::Upload || self.uploads.is_some();
-        if session.is_none() && protocol != ProtocolKind::Chat && !storage_ready {
-            warn!("conn #{id}: {protocol} is not served by this build; closing");
-            return;
-        }
-        let entry = self.clients.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE)
-        {
-            warn!("conn #{id}: cannot register with the poller: {e}; closing");
-            return;
-        }
-        trace!(
-            "accept: conn #{id} from {peer} for {protocol}; token {key}, registered for READABLE"
-        );
-        if let Some(idle) = self.config.idle_timeout {
-            self.timers
-                .push(Reverse((now.instant + idle, Wake::Idle { key, id })));
-        }
-        if self.config.proxy_protocol {
-            // The protocol starts once the header is read (`proxy.rs`); until then the
-            // connection is nobody's member and is owed nothing, not even a greeting.
-            trace!(
-                "conn #{id}: waiting for its PROXY header (at most {} s) before any byte of {protocol}",
-                HEADER_TIMEOUT.as_secs()
-            );
-            let handler = Handler::awaiting_header(peer, endpoint);
-            entry.insert(Client::new(id, stream, handler, now));
-            let deadline = now.instant + HEADER_TIMEOUT;
-            self.timers
-                .push(Reverse((deadline, Wake::Header { key, id })));
-            return;
-        }
-        let handler = match session {
-            Some(session) => Handler::stream(session, &self.shared),
-            None if protocol == ProtocolKind::Upload => Handler::upload(self.config.limits),
-            None => {
-                let Some(chat) = self.rooms[endpoint].as_ref() else {
-                    return; // Not a chat endpoint: cannot happen, checked above.
-                };
-                Handler::chat(endpoint as u32, &chat.log)
-            }
-        };
-        entry.insert(Client::new(id, stream, handler, now));
-        if protocol == ProtocolKind::Chat {
-            self.join_room(key, endpoint, &peer);
-        }
-    }
-
     /// Drives one connection and applies its verdict: requeue, timer, interest, or removal.
     fn drive_connection(&mut self, key: usize, now: &Now) {
         self.drive_connection_from(key, now, None);
@@ -812,72 +635,6 @@ impl Reactor {
         }
     }
 
-    /// Acts on every deadline that has passed.
-    fn fire_timers(&mut self, now: &Now) {
-        while let Some(&Reverse((at, wake))) = self.timers.peek() {
-            if at > now.instant {
-                break;
-            }
-            self.timers.pop();
-            match wake {
-                Wake::Accept { index } => {
-                    self.endpoints[index].paused = false;
-                    self.accept_ready(index, now);
-                }
-                Wake::Watchdog => {
-                    // Sent from the loop's own turn: a loop that hangs stops sending, and
-                    // systemd restarts it.
-                    self.notifier.watchdog();
-                    self.notifier
-                        .status(&format!("{} connections", self.open_connection_count()));
-                    if let Some(every) = self.watchdog_every {
-                        self.timers
-                            .push(Reverse((now.instant + every, Wake::Watchdog)));
-                    }
-                }
-                Wake::Room { room } => self.list_room(room),
-                Wake::Reply { key, id } => {
-                    let Some(client) = self.clients.get_mut(key) else {
-                        continue;
-                    };
-                    if client.conn.id != id {
-                        continue; // The connection this timer was for is gone.
-                    }
-                    let verdict = client.release_replies(&mut self.shared, now);
-                    self.apply(key, verdict);
-                }
-                Wake::Idle { key, id } | Wake::Linger { key, id } | Wake::Header { key, id } => {
-                    let Some(client) = self.clients.get_mut(key) else {
-                        continue;
-                    };
-                    if client.conn.id != id || client.conn.is_closed() {
-                        continue; // The connection this timer was for is gone.
-                    }
-                    if let Wake::Linger { .. } = wake {
-                        client.conn.on_linger_deadline(now);
-                    } else if let Wake::Header { .. } = wake {
-                        // Closes it only if it is still waiting: once read, the header's
-                        // deadline means nothing.
-                        client.on_header_deadline();
-                    } else if let Some(idle) = self.config.idle_timeout {
-                        let quiet_until = if client.server_is_waiting() {
-                            now.instant + idle // the server's wait, not the client's silence
-                        } else {
-                            client.conn.last_active() + idle
-                        };
-                        if quiet_until <= now.instant {
-                            debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
-                            client.conn.close("idle timeout");
-                        } else {
-                            self.timers.push(Reverse((quiet_until, wake)));
-                        }
-                    }
-                    self.settle(key, false);
-                }
-            }
-        }
-    }
-
     /// Removes the connections that finished this turn, in O(1) each. Dropping the socket closes
     /// it, which also removes it from the epoll set, so no `deregister` call is needed. A removed
     /// connection's token may stay in the still-ready queue: [`Reactor::serve_still_ready`]
@@ -909,34 +666,6 @@ impl Reactor {
             }
         }
         self.compact_timers();
-    }
-
-    /// Drops the timers of connections that are gone, once they outnumber the live ones.
-    ///
-    /// A closed connection's idle timer stays in the heap until it fires (removing from the
-    /// middle of a binary heap is O(n)), so a client that connects and leaves in a loop would
-    /// grow the heap by one entry per connection for a whole idle-timeout period. Rebuilding it
-    /// when it holds twice what is live keeps it bounded by the open connections, at O(1)
-    /// amortised per connection.
-    fn compact_timers(&mut self) {
-        let live_bound = 2 * (self.clients.len() + self.endpoints.len()) + 1024;
-        if self.timers.len() <= live_bound {
-            return;
-        }
-        let clients = &self.clients;
-        let before = self.timers.len();
-        self.timers.retain(|Reverse((_, wake))| match *wake {
-            Wake::Idle { key, id }
-            | Wake::Linger { key, id }
-            | Wake::Header { key, id }
-            | Wake::Reply { key, id } => clients.get(key).is_some_and(|c| c.conn.id == id),
-            Wake::Accept { .. } | Wake::Watchdog | Wake::Room { .. } => true,
-        });
-        self.timers.shrink_to(2 * self.timers.len());
-        debug!(
-            "timers: dropped {} of closed connections",
-            before - self.timers.len()
-        );
     }
 
     /// Handles pending signals: the first starts a graceful shutdown, a second one means "now".
@@ -1018,19 +747,6 @@ impl Reactor {
         }
         false
     }
-
-    /// Zero if work is left over from the last turn; otherwise until the nearest deadline.
-    fn poll_timeout(&self) -> Option<Duration> {
-        if !self.still_ready.is_empty() || self.chat_output_waiting() {
-            return Some(Duration::ZERO);
-        }
-        let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
-        let next = match (next_timer, self.shutdown_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }?;
-        Some(next.saturating_duration_since(Instant::now()))
-    }
 }
 
 /// Whether the loop goes on after a signal.
@@ -1052,24 +768,12 @@ pub fn log_fd_limit(result: &io::Result<crate::sys::FdLimit>) {
     }
 }
 
-fn describe_timeout(timeout: Option<Duration>) -> String {
-    match timeout {
-        None => "waiting for an event (no timer is set)".to_string(),
-        Some(Duration::ZERO) => {
-            "only looking, not waiting: connections still have work from last turn".to_string()
-        }
-        Some(d) => format!(
-            "waiting for an event, at most {:.3} s (then the next timer is due)",
-            d.as_secs_f64()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::{Peer, Stream};
     use crate::reactor::connection::MAX_READ_BYTES_PER_TURN;
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::net::SocketAddr;
 
     /// Waits, as the loop does — in the reactor's own `poll`, never a sleep — until the poller

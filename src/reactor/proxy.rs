@@ -6,7 +6,7 @@
 //! safe in one loop:
 //!
 //! * **Nothing before the header.** With the flag, an accepted connection is
-//!   [`Handler::Header`](super::handler::Handler::Header): its protocol has not started, so no byte is read as a
+//!   [`Handler::Header`]: its protocol has not started, so no byte is read as a
 //!   request, no greeting is sent (chat's `* welcome`), and a chat member joins its room only
 //!   once the header is complete — under the name the header carries, which the others see in
 //!   `* NAME joined` and in every line it sends. Bytes that followed the header in the same read

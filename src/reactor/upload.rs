@@ -220,11 +220,6 @@ impl Uploads {
     pub fn take_blocked(&mut self, into: &mut Vec<usize>) {
         into.append(&mut self.blocked);
     }
-
-    /// Whether discards are still waiting for room in the pool.
-    pub fn has_orphans(&self) -> bool {
-        !self.orphan_discards.is_empty()
-    }
 }
 
 impl Reactor {
@@ -437,12 +432,6 @@ impl UploadWork {
         if let Some(left) = self.shutdown_allowance.as_mut() {
             *left = left.saturating_sub(count);
         }
-    }
-
-    /// Whether an upload is under way whose body is not complete: cut short if the connection
-    /// ends now.
-    pub fn is_mid_upload(&self) -> bool {
-        self.current.as_ref().is_some_and(|c| !c.committing)
     }
 
     /// Whether the I/O threads still hold an upload of this connection that only a discard will
