@@ -1184,18 +1184,8 @@ per_model! {
 }
 
 // Heavier: once under the reactor (I/O threads) and once under a blocking model.
-#[test]
-fn reactor_the_3000th_copy_of_a_name_costs_what_the_first_did() {
-    util::as_model(
-        "reactor",
+per_model! {
+    heavy: [reactor, threaded]: [
         the_3000th_copy_of_a_name_costs_what_the_first_did,
-    );
-}
-
-#[test]
-fn threaded_the_3000th_copy_of_a_name_costs_what_the_first_did() {
-    util::as_model(
-        "threaded",
-        the_3000th_copy_of_a_name_costs_what_the_first_did,
-    );
+    ]
 }
