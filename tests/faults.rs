@@ -1,4 +1,6 @@
-//! Faults, floods and shutdown: what the reactor does on its worst day (docs/RELIABILITY.md).
+//! Faults and floods: what the reactor does on its worst day (docs/RELIABILITY.md). Its graceful
+//! shutdown is tested with every model's, in `models_faults.rs` (`shutdown::reactor::*`): the
+//! same black-box tests hold for all of them, so they are written once.
 //!
 //! Every test here drives the real binary over loopback and asserts behaviour, never speed; the
 //! CPU check on descriptor exhaustion compares CPU *time* used against time passed, which a
@@ -8,73 +10,11 @@ mod util;
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{
-    connect, half_close, read_exact_within, read_to_end_within, send, Pseudo, Server, DEADLINE,
-};
-
-/// Bytes the server has received on the connection from `client` but not read yet, from
-/// `/proc/net/tcp` (`rx_queue` of the server's end). `None` if the socket is not listed.
-fn server_unread_bytes(server: SocketAddr, client: SocketAddr) -> Option<u64> {
-    let table = fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
-        let (local, remote) = (port(fields.get(1)?)?, port(fields.get(2)?)?);
-        if local != server.port() || remote != client.port() {
-            return None;
-        }
-        let rx_queue = fields.get(4)?.split(':').nth(1)?;
-        u64::from_str_radix(rx_queue, 16).ok()
-    })
-}
-
-/// Waits until the server has read everything `client` sent.
-fn wait_until_server_has_read_all(server: SocketAddr, stream: &TcpStream) {
-    let client = stream.local_addr().unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while server_unread_bytes(server, client) != Some(0) {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not read its input within {DEADLINE:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Writes `bytes` from a thread (the caller does not read meanwhile), returning when all were
-/// handed to the kernel.
-fn write_all_from_a_thread(stream: &TcpStream, bytes: Vec<u8>) {
-    let mut writer = stream.try_clone().unwrap();
-    thread::spawn(move || writer.write_all(&bytes))
-        .join()
-        .expect("writer thread")
-        .expect("write the request");
-}
-
-/// Fills the connection until the server has more queued for it than the socket buffers hold
-/// (the client never reads): a connection the server cannot finish on its own.
-fn make_busy(stream: &TcpStream) {
-    let mut stream = stream.try_clone().unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let chunk = vec![b'x'; 64 * 1024];
-    let deadline = Instant::now() + DEADLINE;
-    // Write until a write times out: the server has stopped reading (its queue is over the
-    // output limit) and every buffer on the way is full.
-    while Instant::now() < deadline {
-        match stream.write(&chunk) {
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return,
-            Err(e) => panic!("writing to a busy connection: {e}"),
-        }
-    }
-    panic!("the server kept reading a client that never reads");
-}
+use util::{connect, half_close, read_exact_within, read_to_end_within, send, Server, DEADLINE};
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -87,113 +27,6 @@ fn cpu_seconds(pid: u32) -> f64 {
         .collect();
     // utime and stime, in USER_HZ (100 per second on Linux).
     (fields[11] + fields[12]) as f64 / 100.0
-}
-
-// ---------------------------------------------------------------------------------------------
-// graceful shutdown
-
-#[test]
-fn shutdown_writes_every_queued_reply_then_exits_zero() {
-    // 24 MiB echoed to a client that is not reading: the server reads it all (its output limit
-    // is higher) and holds most of it queued, beyond what the socket buffers take.
-    let mut server = Server::start(&["--output-limit", "67108864", "echo@127.0.0.1:0"]);
-    let addr = server.addr("echo");
-    let mut stream = connect(addr);
-    let mut input = vec![0; 24 << 20];
-    Pseudo::new(7).fill(&mut input);
-    write_all_from_a_thread(&stream, input.clone());
-    wait_until_server_has_read_all(addr, &stream);
-
-    server.signal("TERM");
-    // Every byte the server read is a request already read: its reply must arrive in full.
-    let got = read_to_end_within(&mut stream);
-    util::assert_bytes_eq(&got, &input, "replies queued at shutdown");
-    assert_eq!(server.wait_for_exit().code(), Some(0));
-}
-
-#[test]
-fn shutdown_stops_accepting_and_closes_idle_connections_at_once() {
-    let mut server = Server::start(&[
-        "--shutdown-timeout",
-        "60",
-        "--output-limit",
-        "65536",
-        "echo@127.0.0.1:0",
-        "upper@127.0.0.1:0",
-    ]);
-    let (echo, upper) = (server.addr("echo"), server.addr("upper"));
-    let mut idle = connect(upper);
-    send(&mut idle, b"served");
-    assert_eq!(read_exact_within(&mut idle, 6), b"SERVED");
-    let busy = connect(echo);
-    make_busy(&busy);
-
-    server.signal("INT");
-    // The idle connection is closed at once, cleanly; the busy one keeps the server alive.
-    assert_eq!(read_to_end_within(&mut idle), b"");
-    for addr in [echo, upper] {
-        let refused = TcpStream::connect_timeout(&addr, DEADLINE);
-        assert!(
-            refused.is_err(),
-            "{addr}: connections must be refused once shutting down"
-        );
-    }
-    server.assert_running();
-    drop(busy);
-    // With its last connection gone, the server is done.
-    assert_eq!(server.wait_for_exit().code(), Some(0));
-}
-
-/// An echo server with the given `--shutdown-timeout` and one connection it cannot finish on
-/// its own (more replies queued than the socket takes; the client never reads).
-fn server_with_a_busy_connection(shutdown_timeout: &str) -> (Server, TcpStream) {
-    let server = Server::start(&[
-        "--shutdown-timeout",
-        shutdown_timeout,
-        "--output-limit",
-        "65536",
-        "echo@127.0.0.1:0",
-    ]);
-    let busy = connect(server.addr("echo"));
-    make_busy(&busy);
-    (server, busy)
-}
-
-#[test]
-fn a_second_signal_exits_at_once() {
-    // A shutdown timeout far past the test's deadline: only the second signal can end it.
-    let (mut server, _busy) = server_with_a_busy_connection("3600");
-    server.signal("TERM");
-    thread::sleep(Duration::from_millis(200));
-    server.assert_running();
-    server.signal("INT");
-    assert_eq!(server.wait_for_exit().code(), Some(0));
-}
-
-#[test]
-fn shutdown_timeout_closes_connections_still_busy() {
-    let (mut server, _busy) = server_with_a_busy_connection("2");
-    server.signal("TERM");
-    // The busy connection holds the server up until the timeout: a server that ignored the
-    // graceful shutdown and exited at once would fail here. (It cannot be over sooner; a loaded
-    // machine can only make it later.)
-    thread::sleep(Duration::from_millis(500));
-    server.assert_running();
-    assert_eq!(server.wait_for_exit().code(), Some(0));
-}
-
-#[test]
-fn shutdown_answers_bytes_the_session_still_holds() {
-    // Upper holds the first byte of a two-byte character until the second arrives. At a
-    // graceful shutdown that byte is the answer to input already read: it goes out (unchanged,
-    // as at the peer's end of stream) before the close.
-    let mut server = Server::start(&["upper@127.0.0.1:0"]);
-    let mut stream = connect(server.addr("upper"));
-    send(&mut stream, b"abc\xc3");
-    assert_eq!(read_exact_within(&mut stream, 3), b"ABC");
-    server.signal("TERM");
-    assert_eq!(read_to_end_within(&mut stream), b"\xc3");
-    assert_eq!(server.wait_for_exit().code(), Some(0));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,41 +207,6 @@ fn a_reset_while_the_server_writes_does_not_kill_it() {
     send(&mut stream, b"alive");
     assert_eq!(read_exact_within(&mut stream, 5), b"alive");
     server.assert_running();
-}
-
-#[test]
-fn shutdown_while_a_client_keeps_sending_ends_with_a_clean_close() {
-    // A pipelining client is still sending when the server shuts down. Closing with its input
-    // unread would send an RST, and the RST would destroy replies the client has not read yet:
-    // the server must end the connection with a FIN (shut down, linger) instead.
-    let mut server = Server::start(&["upper@127.0.0.1:0"]);
-    let mut stream = connect(server.addr("upper"));
-    let writer = {
-        let mut stream = stream.try_clone().unwrap();
-        thread::spawn(move || {
-            let line = b"pipelined request\n".repeat(64);
-            // Until the server stops taking them (a reset or a closed pipe ends this).
-            while stream.write_all(&line).is_ok() {}
-        })
-    };
-    let first = read_exact_within(&mut stream, 18);
-    assert_eq!(first, b"PIPELINED REQUEST\n");
-    server.signal("TERM");
-    let (rest, ending) = util::try_read_to_end_within(&mut stream);
-    assert!(
-        ending.is_ok(),
-        "the connection ended with {ending:?} after {} more bytes, not a clean end of stream",
-        rest.len()
-    );
-    let all = [first, rest].concat();
-    let expected = b"PIPELINED REQUEST\n".repeat(all.len() / 18 + 1);
-    assert!(
-        expected.starts_with(&all),
-        "replies out of order or damaged"
-    );
-    drop(stream);
-    writer.join().expect("writer");
-    assert_eq!(server.wait_for_exit().code(), Some(0));
 }
 
 /// The blocking models honour `--max-connections` and `--idle-timeout` like the reactor.

@@ -1,11 +1,13 @@
 //! Faults of the blocking models (serial, threaded, pool, forking): running out of file
 //! descriptors, and SIGINT/SIGTERM. The contract's rules name no exception for them, so each
-//! test here runs against every model (and, where the behaviour is the same, the reactor too, as
-//! the reference).
+//! test here runs against every model. The graceful shutdown's tests are the reactor's too, as
+//! the reference: they are its only shutdown tests (`shutdown::reactor::*`), written once for
+//! every model rather than once for the reactor and again here.
 //!
 //! Like every black-box test, these drive the real binary over loopback, send real signals with
 //! `kill`, and bound every wait; nothing asserts speed.
 
+#[macro_use]
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
@@ -17,26 +19,6 @@ use util::{
     assert_bytes_eq, connect, read_exact_within, read_to_end_within, send, tcp_queues, Pseudo,
     Server, DEADLINE,
 };
-
-/// Makes one `#[test]` per model for each listed test, grouped by what they test:
-/// `group::model::test_name`, each running `test_name` with `--model model`.
-macro_rules! per_model {
-    ($group:ident: [$($model:ident),* $(,)?] $tests:tt) => {
-        mod $group {
-            $( per_model!(@module $model $tests); )*
-        }
-    };
-    (@module $model:ident [$($test:ident),* $(,)?]) => {
-        mod $model {
-            $(
-                #[test]
-                fn $test() {
-                    crate::util::as_model(stringify!($model), crate::$test);
-                }
-            )*
-        }
-    };
-}
 
 // ---------------------------------------------------------------------------------------------
 // descriptor exhaustion
@@ -127,6 +109,10 @@ fn out_of_descriptors_every_client_gets_a_reply_or_a_close() {
 /// A shutdown timeout far beyond [`DEADLINE`]: when a test sees something happen within the
 /// deadline, the shutdown did it, not the timeout.
 const LONG_SHUTDOWN: &str = "3600";
+
+/// The `--output-limit` of [`sigterm_finishes_writing_the_replies_to_requests_already_read`]:
+/// 16 MiB, several times what loopback's socket buffers take.
+const QUEUED_AT_SHUTDOWN: &str = "16777216";
 
 /// Asserts the server exits, and with status 0 — not killed by the signal (the default action),
 /// which `wait_for_exit` would report as no code at all.
@@ -229,9 +215,18 @@ fn sigint_answers_what_the_session_still_holds() {
 }
 
 /// (b) A connection whose replies are still being written (the client reads slowly) gets every
-/// reply to what the server had read — no more, no less — then a clean end of stream.
+/// reply to what the server had read — no more, no less — then a clean end of stream. The
+/// output limit is far above the socket buffers, so the reactor reads megabytes more than they
+/// hold and has them queued when the signal comes (the blocking models stop reading as soon as a
+/// write blocks).
 fn sigterm_finishes_writing_the_replies_to_requests_already_read() {
-    let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "echo@127.0.0.1:0"]);
+    let mut server = Server::start(&[
+        "--shutdown-timeout",
+        LONG_SHUTDOWN,
+        "--output-limit",
+        QUEUED_AT_SHUTDOWN,
+        "echo@127.0.0.1:0",
+    ]);
     let (mut stream, sent) = busy_echo_connection(server.addr("echo"));
     let read = bytes_read_by_server(&stream, sent.len());
     assert!(read > 0, "the server read nothing");
@@ -289,21 +284,7 @@ fn a_second_signal_exits_at_once() {
     let (_busy, _) = busy_echo_connection(addr);
 
     server.signal("TERM");
-    // The listeners close soon after the signal (how soon depends on the machine's load).
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
-            outcome => assert!(
-                Instant::now() < deadline,
-                "connections must be refused once shutting down, got {outcome:?} after \
-                 {DEADLINE:?}; stderr:\n{}",
-                server.stderr()
-            ),
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert_refused_soon(&server, addr);
     server.assert_running(); // The busy connection keeps it alive, for up to an hour.
     let children = util::child_pids(server.pid());
     server.signal("INT");
@@ -316,11 +297,68 @@ fn a_second_signal_exits_at_once() {
     }
 }
 
-/// A connection still busy at `--shutdown-timeout` is closed, and the server exits 0.
+/// At the first signal — SIGINT as well as SIGTERM — every listener closes, and each connection
+/// is closed as soon as it is done, not at the end of the shutdown: an idle one gets its end of
+/// stream at once while a busy one holds the server up; and once the busy client leaves, the
+/// server exits 0 without waiting for the timeout. (Not serial: it serves one connection at a
+/// time, so it cannot hold an idle and a busy one at once.)
+fn sigint_closes_every_listener_and_an_idle_connection_while_a_busy_one_holds_on() {
+    let mut server = Server::start(&[
+        "--shutdown-timeout",
+        LONG_SHUTDOWN,
+        "echo@127.0.0.1:0",
+        "upper@127.0.0.1:0",
+    ]);
+    let (echo, upper) = (server.addr("echo"), server.addr("upper"));
+    let mut idle = connect(upper);
+    send(&mut idle, b"served");
+    assert_eq!(read_exact_within(&mut idle, 6), b"SERVED");
+    let (busy, _) = busy_echo_connection(echo);
+
+    server.signal("INT");
+    assert_eq!(
+        read_to_end_within(&mut idle),
+        b"",
+        "the idle connection: a clean end of stream, while the busy one is still served"
+    );
+    for addr in [echo, upper] {
+        assert_refused_soon(&server, addr);
+    }
+    server.assert_running(); // The busy connection keeps it alive, for up to an hour.
+    drop(busy);
+    assert_exits_zero(&mut server, "SIGINT, once the busy client left");
+}
+
+/// Waits until connections to `addr` are refused: the listeners close soon after the first
+/// signal (how soon depends on the machine's load), within [`DEADLINE`].
+#[track_caller]
+fn assert_refused_soon(server: &Server, addr: SocketAddr) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
+            outcome => assert!(
+                Instant::now() < deadline,
+                "{addr}: connections must be refused once shutting down, got {outcome:?} after \
+                 {DEADLINE:?}; stderr:\n{}",
+                server.stderr()
+            ),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connection still busy at `--shutdown-timeout` holds the server up until then, is closed,
+/// and the server exits 0.
 fn the_shutdown_timeout_closes_connections_still_busy() {
-    let mut server = Server::start(&["--shutdown-timeout", "1", "echo@127.0.0.1:0"]);
+    let mut server = Server::start(&["--shutdown-timeout", "2", "echo@127.0.0.1:0"]);
     let (_busy, _) = busy_echo_connection(server.addr("echo"));
     server.signal("TERM");
+    // A server that ignored the graceful shutdown and exited at once would fail here. (It cannot
+    // be over sooner; a loaded machine can only make it later.)
+    thread::sleep(Duration::from_millis(500));
+    server.assert_running();
     assert_exits_zero(&mut server, "the shutdown timeout");
 }
 
@@ -364,20 +402,32 @@ fn the_pool_closes_queued_connections_at_once() {
     assert_exits_zero(&mut server, "a second signal");
 }
 
-per_model!(descriptors: [serial, threaded, pool, forking] [
-    out_of_descriptors_every_client_gets_a_reply_or_a_close,
-]);
+per_model! {
+    descriptors: [serial, threaded, pool, forking]: [
+        out_of_descriptors_every_client_gets_a_reply_or_a_close,
+    ]
+}
 
 // The reactor's shutdown is the reference: the same tests run against it.
-per_model!(shutdown: [reactor, serial, threaded, pool, forking] [
-    sigterm_closes_an_idle_connection_at_once_and_exits_zero,
-    sigterm_finishes_writing_the_replies_to_requests_already_read,
-    sigterm_while_a_client_keeps_sending_ends_with_a_clean_close,
-    a_second_signal_exits_at_once,
-    the_shutdown_timeout_closes_connections_still_busy,
-    sigint_answers_what_the_session_still_holds,
-]);
+per_model! {
+    shutdown: [reactor, serial, threaded, pool, forking]: [
+        sigterm_closes_an_idle_connection_at_once_and_exits_zero,
+        sigterm_finishes_writing_the_replies_to_requests_already_read,
+        sigterm_while_a_client_keeps_sending_ends_with_a_clean_close,
+        a_second_signal_exits_at_once,
+        the_shutdown_timeout_closes_connections_still_busy,
+        sigint_answers_what_the_session_still_holds,
+    ]
+}
 
-per_model!(shutdown_pool: [pool] [
-    the_pool_closes_queued_connections_at_once,
-]);
+per_model! {
+    shutdown_concurrent: [reactor, threaded, pool, forking]: [
+        sigint_closes_every_listener_and_an_idle_connection_while_a_busy_one_holds_on,
+    ]
+}
+
+per_model! {
+    shutdown_pool: [pool]: [
+        the_pool_closes_queued_connections_at_once,
+    ]
+}

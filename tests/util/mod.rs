@@ -40,12 +40,26 @@ pub fn as_model(model: &'static str, test: fn()) {
     test();
 }
 
-/// One `#[test]` per model for each listed test function: `per_model! { [reactor, pool]: [a, b] }`
-/// makes `reactor::a`, `reactor::b`, `pool::a` and `pool::b`, each running the function with
-/// every server it starts under that `--model` ([`as_model`]), so a failure names its model.
-/// `per_model! { pool: [a, b] }` is the one-model form. (Test files say `#[macro_use] mod util;`.)
+/// One `#[test]` per model for each listed test function, the one way every test file runs a
+/// test under several `--model`s ([`as_model`]), so that a failure names its model:
+///
+/// - `per_model! { [reactor, pool]: [a, b] }` makes `reactor::a`, `reactor::b`, `pool::a` and
+///   `pool::b`;
+/// - `per_model! { pool: [a, b] }` is the one-model form;
+/// - `per_model! { shutdown: [reactor, pool]: [a, b] }` puts them under a group,
+///   `shutdown::reactor::a` and so on: for tests that only some of a file's models run (a
+///   model's module can be made once per file or group, so a second list for the same model
+///   needs a group of its own).
+///
+/// The test functions are the test file's own, at its top level. (Test files say
+/// `#[macro_use] mod util;`.)
 #[allow(unused_macros)] // Only some test binaries run tests per model.
 macro_rules! per_model {
+    ($group:ident: [$($model:ident),+ $(,)?]: $tests:tt) => {
+        mod $group {
+            per_model! { [$($model),+]: $tests }
+        }
+    };
     ([$($model:ident),+ $(,)?]: $tests:tt) => {
         $( per_model! { $model: $tests } )+
     };
@@ -54,7 +68,7 @@ macro_rules! per_model {
             $(
                 #[test]
                 fn $test() {
-                    super::util::as_model(stringify!($model), super::$test);
+                    crate::util::as_model(stringify!($model), crate::$test);
                 }
             )*
         }
