@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use oneloop::net::systemd::{take_matching, ActivatedKind, ActivatedSocket, Notifier};
 use oneloop::net::Bound;
-use oneloop::protocol::ProtocolKind;
 use oneloop::service::Address;
+use oneloop::service::ProtocolKind;
 use util::{KillOnDrop, DEADLINE};
 
 #[path = "../examples/activation_probe.rs"]

@@ -16,8 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::stream::{Peer, Stream};
 use super::systemd::{self, ActivatedSocket};
 use super::unix::{bind_unix, SocketFile};
-use crate::protocol::ProtocolKind;
-use crate::service::{Address, Endpoint, ServiceSpec};
+use crate::service::{Address, Endpoint, ProtocolKind, ServiceSpec};
 
 /// The backlog requested from `listen`; the kernel silently lowers it to `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;

@@ -54,8 +54,7 @@ use log::{debug, info, warn};
 use socket2::{Domain, Socket, Type};
 
 use super::listener::{Bound, BoundDatagram, BoundListener, ListenSocket, Listening};
-use crate::protocol::ProtocolKind;
-use crate::service::Address;
+use crate::service::{Address, ProtocolKind};
 
 /// The socket-activation variables, removed from the environment once read.
 const LISTEN_VARIABLES: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];

@@ -12,9 +12,9 @@ use std::time::Instant;
 use super::proxy::{self, Header, Parse, ProxyHeader};
 use super::room::{self, Delivery, MemberId, Room};
 use super::upload::{BadName, End, Refusal, Step, UploadSession, RESERVED_PREFIX};
-use super::{Arrival, Flow, Limits, ProtocolKind, Session, LINE_TOO_LONG_REPLY};
+use super::{Arrival, Flow, Limits, Session, LINE_TOO_LONG_REPLY};
 use crate::clock::Now;
-use crate::service::ServiceSpec;
+use crate::service::{ProtocolKind, ServiceSpec};
 
 /// Splits fuzzer bytes into sorted cut offsets and the input they cut.
 pub fn plan(data: &[u8]) -> (Vec<usize>, &[u8]) {

@@ -63,8 +63,8 @@ use crate::net::{
 };
 use crate::protocol::proxy::HEADER_TIMEOUT;
 use crate::protocol::room::{Delivery, MemberId};
-use crate::protocol::{Limits, ProtocolKind, Session};
-use crate::service::Address;
+use crate::protocol::{Limits, Session};
+use crate::service::{Address, ProtocolKind};
 use crate::storage::durable::UploadDir;
 
 use chat::{ChatRoom, Outbox};
