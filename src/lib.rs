@@ -46,6 +46,11 @@
 pub mod cli;
 pub mod client;
 pub mod clock;
+// The fuzz targets' property checks: for the crate's tests and `fuzz/` only, never part of the
+// interface (see the module's own documentation).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod load;
 pub mod models;
 pub mod net;

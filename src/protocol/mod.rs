@@ -49,7 +49,6 @@
 
 pub mod datagram;
 pub mod echo;
-pub mod invariants;
 pub mod proxy;
 pub mod room;
 pub mod timestamp;
@@ -188,5 +187,5 @@ pub(crate) mod testing {
         Now::with_ctime(Instant::now(), "Wed Sep  9 16:42:46 2026")
     }
 
-    pub use super::invariants::feed;
+    pub use crate::fuzzing::feed;
 }
