@@ -276,7 +276,7 @@ impl ServiceSpec {
         })?;
         let protocol: ProtocolKind = protocol.parse()?;
         let endpoint = Endpoint::parse_with(endpoint, resolve)?;
-        // A passed socket's transport is checked when it is taken (`ActivatedSocket::add_to`).
+        // A passed socket's transport is checked when it is taken (`Bound::add_passed`).
         if matches!(endpoint, Endpoint::Bind(Address::Udp(_)))
             && matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload)
         {
