@@ -1110,18 +1110,6 @@ enum Stop {
     Now,
 }
 
-/// Logs the fd limit decision the way an operator wants to read it.
-pub fn log_fd_limit(result: &io::Result<crate::sys::FdLimit>) {
-    match result {
-        Ok(limit) if limit.now > limit.before => info!(
-            "open-file limit raised from {} to {} (the hard limit)",
-            limit.before, limit.now
-        ),
-        Ok(limit) => info!("open-file limit is {}", limit.now),
-        Err(e) => warn!("cannot raise the open-file limit: {e}"),
-    }
-}
-
 fn describe_timeout(timeout: Option<Duration>) -> String {
     match timeout {
         None => "waiting for an event (no timer is set)".to_string(),
