@@ -18,7 +18,9 @@
 //! * [`models`] — the classic models the reactor is compared against (serial, thread per
 //!   connection, thread pool, process per connection), with blocking sockets, driving the same
 //!   protocol sessions.
-//! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing.
+//! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing,
+//!   and the [`ProtocolKind`](service::ProtocolKind) a spec names (at the bottom, so that
+//!   everything above can name a protocol without importing the protocols).
 //! * [`clock`] — the caller's side of "sans-I/O time": reads the clocks once per loop turn and
 //!   caches the formatted `ctime` text.
 //! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
