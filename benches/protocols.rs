@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use oneloop::clock::Now;
-use oneloop::protocol::{Arrival, Limits, ProtocolKind, Session};
+use oneloop::protocol::{Arrival, Limits, Session};
+use oneloop::service::ProtocolKind;
 
 const INPUT_BYTES: usize = 1 << 20;
 

@@ -16,9 +16,9 @@ use signal_hook_mio::v1_0::Signals;
 use crate::client::ClientArgs;
 use crate::models::{self, Model};
 use crate::net::{self, BoundListener, Listening};
-use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
-use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
-use crate::service::{Endpoint, ServiceSpec, DEFAULT_SERVICES};
+use crate::protocol::{Limits, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
+use crate::reactor::{Config, Reactor, DEFAULT_OUTPUT_LIMIT};
+use crate::service::{Endpoint, ProtocolKind, ServiceSpec, DEFAULT_SERVICES};
 use crate::storage::durable::UploadDir;
 
 /// oneloop: one thread, one event loop, thousands of connections.
@@ -289,7 +289,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         return refused(message);
     }
     let fd_limit = crate::sys::raise_fd_limit();
-    reactor::log_fd_limit(&fd_limit);
+    net::log_fd_limit(&fd_limit);
     let max_connections = args.max_connections.unwrap_or_else(|| {
         default_max_connections(fd_limit.as_ref().map_or(1024, |limit| limit.now))
     });

@@ -18,7 +18,9 @@
 //! * [`models`] — the classic models the reactor is compared against (serial, thread per
 //!   connection, thread pool, process per connection), with blocking sockets, driving the same
 //!   protocol sessions.
-//! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing.
+//! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing,
+//!   and the [`ProtocolKind`](service::ProtocolKind) a spec names (at the bottom, so that
+//!   everything above can name a protocol without importing the protocols).
 //! * [`clock`] — the caller's side of "sans-I/O time": reads the clocks once per loop turn and
 //!   caches the formatted `ctime` text.
 //! * [`client`] — `oneloop client`, a small blocking client (the seeds' `client.py`).
@@ -45,10 +47,18 @@
 // The internals are `pub(crate)`, and the docs are built with `--document-private-items`
 // (`.ci/run`): a newcomer reads the loop's private modules, so a public page may link to them.
 #![allow(rustdoc::private_intra_doc_links)]
+// `unsafe` is confined to `sys`, each block with its `// SAFETY:` argument; anywhere else it is a
+// compile error, so a new raw call has to go there behind a safe wrapper.
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod client;
 pub mod clock;
+// The fuzz targets' property checks: for the crate's tests and `fuzz/` only, never part of the
+// interface (see the module's own documentation).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod load;
 pub mod models;
 pub mod net;
@@ -57,4 +67,5 @@ pub mod reactor;
 pub mod send;
 pub mod service;
 pub mod storage;
+#[allow(unsafe_code)]
 pub mod sys;

@@ -1,8 +1,7 @@
 //! What `serve` is asked to serve: `PROTOCOL@ADDRESS` specs.
 //!
 //! ```
-//! use oneloop::service::{Address, Endpoint, ServiceSpec};
-//! use oneloop::protocol::ProtocolKind;
+//! use oneloop::service::{Address, Endpoint, ProtocolKind, ServiceSpec};
 //!
 //! let spec: ServiceSpec = "upper@127.0.0.1:9999".parse().unwrap();
 //! assert_eq!(spec.protocol, ProtocolKind::Upper);
@@ -19,7 +18,67 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::protocol::ProtocolKind;
+/// The protocols the contract names, whether or not this build serves them yet.
+///
+/// It lives here, in the bottom layer, rather than in [`protocol`](crate::protocol): a
+/// [`ServiceSpec`] names one, and the protocols, the transports and every driver all take it from
+/// below them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProtocolKind {
+    /// Upper-cases a byte stream (the seeds' "translation" server).
+    Upper,
+    /// Stamps each message with `[ctime] ` (the seeds' timestamp server).
+    Timestamp,
+    /// Sends every byte back (RFC 862).
+    Echo,
+    /// Line-based group chat.
+    Chat,
+    /// File upload with a size header.
+    Upload,
+}
+
+impl ProtocolKind {
+    /// Every protocol, in the order the contract lists them.
+    pub const ALL: [ProtocolKind; 5] = [
+        ProtocolKind::Upper,
+        ProtocolKind::Timestamp,
+        ProtocolKind::Echo,
+        ProtocolKind::Chat,
+        ProtocolKind::Upload,
+    ];
+
+    /// The name used on the command line and in `listening` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtocolKind::Upper => "upper",
+            ProtocolKind::Timestamp => "timestamp",
+            ProtocolKind::Echo => "echo",
+            ProtocolKind::Chat => "chat",
+            ProtocolKind::Upload => "upload",
+        }
+    }
+}
+
+impl fmt::Display for ProtocolKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ProtocolKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ProtocolKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown protocol {name:?} (expected upper, timestamp, echo, chat or upload)"
+                )
+            })
+    }
+}
 
 /// The services `serve` runs when none is named: the seeds' upper, timestamp and echo servers.
 pub const DEFAULT_SERVICES: [&str; 3] = [
@@ -217,7 +276,7 @@ impl ServiceSpec {
         })?;
         let protocol: ProtocolKind = protocol.parse()?;
         let endpoint = Endpoint::parse_with(endpoint, resolve)?;
-        // A passed socket's transport is checked when it is taken (`ActivatedSocket::add_to`).
+        // A passed socket's transport is checked when it is taken (`Bound::add_passed`).
         if matches!(endpoint, Endpoint::Bind(Address::Udp(_)))
             && matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload)
         {

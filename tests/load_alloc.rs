@@ -16,8 +16,8 @@ use std::thread;
 use std::time::Duration;
 
 use oneloop::load::{self, LoadConfig, Progress};
-use oneloop::protocol::ProtocolKind;
 use oneloop::service::Address;
+use oneloop::service::ProtocolKind;
 
 /// The system allocator, counting the allocations (and reallocations) made through it.
 struct Counting;

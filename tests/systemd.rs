@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use oneloop::net::systemd::{take_matching, ActivatedKind, ActivatedSocket, Notifier};
 use oneloop::net::Bound;
-use oneloop::protocol::ProtocolKind;
 use oneloop::service::Address;
+use oneloop::service::ProtocolKind;
 use util::{KillOnDrop, DEADLINE};
 
 #[path = "../examples/activation_probe.rs"]
@@ -529,14 +529,13 @@ fn an_activated_unix_socket_is_served_but_never_unlinked() {
     let path = temp_path("kept.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let mut bound = Bound::default();
-    activated(
+    let passed = activated(
         3,
         "chat",
         ActivatedKind::Unix(listener),
         Address::Unix(path.clone()),
-    )
-    .add_to(&mut bound, ProtocolKind::Chat)
-    .unwrap();
+    );
+    bound.add_passed(passed, ProtocolKind::Chat).unwrap();
     assert_eq!(bound.listeners.len(), 1);
     assert_eq!(
         bound.lines[0].to_string(),
@@ -552,16 +551,14 @@ fn an_activated_udp_socket_refuses_a_stream_only_protocol() {
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let local = udp.local_addr().unwrap();
     let mut bound = Bound::default();
-    let error = activated(5, "chat", ActivatedKind::Udp(udp), Address::Udp(local))
-        .add_to(&mut bound, ProtocolKind::Chat)
-        .unwrap_err();
+    let passed = activated(5, "chat", ActivatedKind::Udp(udp), Address::Udp(local));
+    let error = bound.add_passed(passed, ProtocolKind::Chat).unwrap_err();
     assert!(error.contains("fd 5 (\"chat\")"), "{error}");
     assert!(error.contains("not udp"), "{error}");
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let local = udp.local_addr().unwrap();
-    activated(5, "echo", ActivatedKind::Udp(udp), Address::Udp(local))
-        .add_to(&mut bound, ProtocolKind::Echo)
-        .unwrap();
+    let passed = activated(5, "echo", ActivatedKind::Udp(udp), Address::Udp(local));
+    bound.add_passed(passed, ProtocolKind::Echo).unwrap();
     assert_eq!(bound.datagrams.len(), 1);
     assert_eq!(
         bound.lines[0].to_string(),

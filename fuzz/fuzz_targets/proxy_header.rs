@@ -1,6 +1,6 @@
-//! Fuzz target: see `oneloop::protocol::invariants::check_proxy` for the properties checked.
+//! Fuzz target: see `oneloop::fuzzing::check_proxy` for the properties checked.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    oneloop::protocol::invariants::check_proxy(data);
+    oneloop::fuzzing::check_proxy(data);
 });

@@ -1,6 +1,6 @@
-//! Fuzz target: see `oneloop::protocol::invariants::check_timestamp` for the properties checked.
+//! Fuzz target: see `oneloop::fuzzing::check_timestamp` for the properties checked.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    oneloop::protocol::invariants::check_timestamp(data);
+    oneloop::fuzzing::check_timestamp(data);
 });

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{limits, LoadConfig, Mode, Progress};
-use crate::protocol::ProtocolKind;
 use crate::service::Address;
+use crate::service::ProtocolKind;
 
 /// `oneloop load ADDRESS [OPTIONS]`
 #[derive(Debug, clap::Args)]

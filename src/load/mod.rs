@@ -60,8 +60,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
-use crate::protocol::ProtocolKind;
 use crate::service::Address;
+use crate::service::ProtocolKind;
 
 pub use command::{main, LoadArgs};
 pub use report::LoadReport;

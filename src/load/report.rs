@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::worker::Tally;
 use super::{LoadConfig, Mode};
-use crate::protocol::ProtocolKind;
 use crate::service::Address;
+use crate::service::ProtocolKind;
 
 /// Durations measured around the run by the calling thread.
 #[derive(Clone, Copy, Debug)]

@@ -39,7 +39,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::protocol::ProtocolKind;
+use crate::service::ProtocolKind;
 
 /// The 32 bytes request payloads are made of, so that each takes exactly 5 random bits: no `[`,
 /// no `\n`, and no byte that upper-casing changes in a way other than ASCII upper-casing.
@@ -105,7 +105,7 @@ impl Requests {
     ///
     /// ```
     /// use oneloop::load::verify::Requests;
-    /// use oneloop::protocol::ProtocolKind;
+    /// use oneloop::service::ProtocolKind;
     ///
     /// let requests = Requests::new(ProtocolKind::Timestamp, 16).unwrap();
     /// let (mut first, mut other) = (Vec::new(), Vec::new());
@@ -292,7 +292,7 @@ impl StampReader {
 ///
 /// ```
 /// use oneloop::load::verify::{ReplyVerifier, Requests};
-/// use oneloop::protocol::ProtocolKind;
+/// use oneloop::service::ProtocolKind;
 ///
 /// let requests = Requests::new(ProtocolKind::Upper, 4).unwrap();
 /// let mut sent = Vec::new();
@@ -347,7 +347,7 @@ impl ReplyVerifier {
     ///
     /// ```
     /// use oneloop::load::verify::{ReplyVerifier, Requests};
-    /// use oneloop::protocol::ProtocolKind;
+    /// use oneloop::service::ProtocolKind;
     ///
     /// let requests = Requests::new(ProtocolKind::Upper, 16).unwrap();
     /// let mut request = Vec::new();

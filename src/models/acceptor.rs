@@ -28,8 +28,8 @@ use signal_hook_mio::v1_0::Signals;
 use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory, ACCEPT_PAUSE};
 use crate::net::systemd::Notifier;
 use crate::net::{BlockingStream, BoundListener, Peer, ReserveFd, Shed, Stream, StreamListener};
-use crate::protocol::ProtocolKind;
 use crate::service::Address;
+use crate::service::ProtocolKind;
 
 use super::Accepted;
 

@@ -26,7 +26,7 @@ use slab::Slab;
 
 use crate::net::{BlockingStream, Peer};
 
-use crate::protocol::ProtocolKind;
+use crate::service::ProtocolKind;
 
 use super::acceptor::{Acceptor, Next};
 use super::chat::ChatRooms;

@@ -79,7 +79,8 @@ use log::debug;
 
 use crate::net::{is_timeout, BlockingStream, BoundListener, Peer};
 use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE, SHUTDOWN_NOTICE};
-use crate::protocol::{Limits, ProtocolKind};
+use crate::protocol::Limits;
+use crate::service::ProtocolKind;
 
 use super::{linger, linger_after_stop, Settings, BLOCKING_READ_BYTES};
 

@@ -83,7 +83,8 @@ use socket2::SockRef;
 use crate::clock::Clock;
 use crate::net::systemd::Notifier;
 use crate::net::{BlockingStream, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
-use crate::protocol::{Arrival, Flow, Limits, ProtocolKind, Session};
+use crate::protocol::{Arrival, Flow, Limits, Session};
+use crate::service::ProtocolKind;
 use crate::storage::UploadDir;
 use crate::sys::unacknowledged_bytes;
 

@@ -14,10 +14,9 @@ use log::debug;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::stream::{Peer, Stream};
-use super::systemd::{self, ActivatedSocket};
+use super::systemd::{self, ActivatedKind, ActivatedSocket};
 use super::unix::{bind_unix, SocketFile};
-use crate::protocol::ProtocolKind;
-use crate::service::{Address, Endpoint, ServiceSpec};
+use crate::service::{Address, Endpoint, ProtocolKind, ServiceSpec};
 
 /// The backlog requested from `listen`; the kernel silently lowers it to `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;
@@ -153,6 +152,75 @@ pub struct Bound {
     pub lines: Vec<Listening>,
 }
 
+impl Bound {
+    /// Adds `passed`, a socket systemd passed in, as a service speaking `protocol`, with its
+    /// `listening` line, exactly as [`bind_services`] adds a socket it bound — except that no
+    /// socket file is recorded, so an activated Unix socket is never unlinked (systemd owns it).
+    ///
+    /// Fails, naming the socket, when `protocol` cannot run over its transport (chat or upload
+    /// over UDP).
+    pub fn add_passed(
+        &mut self,
+        passed: ActivatedSocket,
+        protocol: ProtocolKind,
+    ) -> Result<(), String> {
+        let local = passed.local;
+        match passed.socket {
+            ActivatedKind::Tcp(listener) => {
+                self.push_listener(ListenSocket::Tcp(listener), protocol, local);
+            }
+            ActivatedKind::Unix(listener) => {
+                self.push_listener(ListenSocket::Unix(listener), protocol, local);
+            }
+            ActivatedKind::Udp(socket) => {
+                if matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload) {
+                    return Err(format!(
+                        "passed socket fd {} ({:?}) is udp {local}: {protocol} runs over tcp or \
+                         unix, not udp",
+                        passed.fd, passed.name
+                    ));
+                }
+                let Address::Udp(addr) = local else {
+                    unreachable!("a UDP socket's address is a UDP address")
+                };
+                self.push_datagram(socket, protocol, addr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a stream listener and its `listening` line.
+    fn push_listener(&mut self, socket: ListenSocket, protocol: ProtocolKind, local: Address) {
+        self.lines.push(Listening {
+            protocol,
+            address: local.clone(),
+        });
+        self.listeners.push(BoundListener {
+            socket,
+            protocol,
+            local,
+        });
+    }
+
+    /// Adds a UDP socket and its `listening` line.
+    fn push_datagram(
+        &mut self,
+        socket: std::net::UdpSocket,
+        protocol: ProtocolKind,
+        local: SocketAddr,
+    ) {
+        self.lines.push(Listening {
+            protocol,
+            address: Address::Udp(local),
+        });
+        self.datagrams.push(BoundDatagram {
+            socket,
+            protocol,
+            local,
+        });
+    }
+}
+
 /// Binds every service, in order; the first failure is returned (earlier sockets are closed and
 /// their socket files removed). `unix_mode` is `--unix-mode`.
 ///
@@ -187,42 +255,21 @@ pub fn bind_services(
             Address::Tcp(addr) => {
                 let socket = bind_tcp(*addr).map_err(fail)?;
                 let local = Address::Tcp(socket.local_addr().map_err(fail)?);
-                bound.lines.push(Listening {
-                    protocol,
-                    address: local.clone(),
-                });
-                bound.listeners.push(BoundListener {
-                    socket: ListenSocket::Tcp(socket),
-                    protocol,
-                    local,
-                });
+                bound.push_listener(ListenSocket::Tcp(socket), protocol, local);
             }
             Address::Unix(path) => {
                 let (socket, file) = bind_unix(path, unix_mode).map_err(fail)?;
                 bound.socket_files.push(file);
-                let local = Address::Unix(path.clone());
-                bound.lines.push(Listening {
+                bound.push_listener(
+                    ListenSocket::Unix(socket),
                     protocol,
-                    address: local.clone(),
-                });
-                bound.listeners.push(BoundListener {
-                    socket: ListenSocket::Unix(socket),
-                    protocol,
-                    local,
-                });
+                    Address::Unix(path.clone()),
+                );
             }
             Address::Udp(addr) => {
                 let socket = bind_udp(*addr).map_err(fail)?;
                 let local = socket.local_addr().map_err(fail)?;
-                bound.lines.push(Listening {
-                    protocol,
-                    address: Address::Udp(local),
-                });
-                bound.datagrams.push(BoundDatagram {
-                    socket,
-                    protocol,
-                    local,
-                });
+                bound.push_datagram(socket, protocol, local);
             }
         }
     }
@@ -261,8 +308,8 @@ fn take_passed(
         return Err(ListenError::Passed { service, reason });
     }
     for socket in selected {
-        socket
-            .add_to(bound, protocol)
+        bound
+            .add_passed(socket, protocol)
             .map_err(|reason| ListenError::Passed {
                 service: service.clone(),
                 reason,

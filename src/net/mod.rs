@@ -24,7 +24,7 @@ pub use listener::{
     ListenSocket, Listening, StreamListener,
 };
 pub use nonblocking::write_until_blocked;
-pub use reserve::{ReserveFd, Shed};
+pub use reserve::{log_fd_limit, ReserveFd, Shed};
 pub use stream::{BlockingStream, Peer, Relayed, Stream};
 pub use unix::SocketFile;
 

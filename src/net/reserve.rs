@@ -15,7 +15,25 @@ use std::fs::File;
 use std::io;
 use std::time::Duration;
 
-use log::warn;
+use log::{info, warn};
+
+use crate::sys::FdLimit;
+
+/// Logs what raising the open-file limit at start came to, the way an operator wants to read it.
+///
+/// Here, beside the reserve descriptor, because the limit is the other half of the same story
+/// (how many descriptors a server has before `accept` fails with EMFILE), and because every
+/// model logs it, not only the reactor.
+pub fn log_fd_limit(result: &io::Result<FdLimit>) {
+    match result {
+        Ok(limit) if limit.now > limit.before => info!(
+            "open-file limit raised from {} to {} (the hard limit)",
+            limit.before, limit.now
+        ),
+        Ok(limit) => info!("open-file limit is {}", limit.now),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
+}
 
 /// How long a listener rests when the process is out of file descriptors and has no reserve
 /// descriptor to spend (or the kernel is out of memory): long enough not to spin, short enough

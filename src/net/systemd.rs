@@ -23,9 +23,11 @@
 //! non-blocking and close-on-exec, and returns the list. Without the variables it returns an empty
 //! list and changes nothing.
 //!
-//! An activated Unix socket's file belongs to systemd, which created it and will recreate it:
-//! [`ActivatedSocket::add_to`] never gives it a [`SocketFile`](super::SocketFile), so it is
-//! never unlinked.
+//! This module only hands the descriptors over, each with what it is ([`ActivatedKind`]) and
+//! where it is bound; turning one into a service is the listener's job
+//! ([`Bound::add_passed`](super::Bound::add_passed)), as binding one is. An activated Unix
+//! socket's file belongs to systemd, which created it and will recreate it: it never gets a
+//! [`SocketFile`](super::SocketFile), so it is never unlinked.
 //!
 //! # Notifications
 //!
@@ -53,8 +55,6 @@ use std::time::Duration;
 use log::{debug, info, warn};
 use socket2::{Domain, Socket, Type};
 
-use super::listener::{Bound, BoundDatagram, BoundListener, ListenSocket, Listening};
-use crate::protocol::ProtocolKind;
 use crate::service::Address;
 
 /// The socket-activation variables, removed from the environment once read.
@@ -95,59 +95,6 @@ impl ActivatedSocket {
     pub fn matches(&self, name: &str) -> bool {
         self.name == name || name.parse::<RawFd>() == Ok(self.fd)
     }
-
-    /// Adds this socket to `bound` as a service speaking `protocol`, with its `listening` line,
-    /// exactly as [`bind_services`](super::bind_services) adds a socket it bound — except that no
-    /// socket file is recorded, so an activated Unix socket is never unlinked (systemd owns it).
-    ///
-    /// Fails, naming the socket, when `protocol` cannot run over its transport (chat or upload
-    /// over UDP).
-    pub fn add_to(self, bound: &mut Bound, protocol: ProtocolKind) -> Result<(), String> {
-        let (socket, local) = (self.socket, self.local);
-        match socket {
-            ActivatedKind::Tcp(listener) => {
-                push_listener(bound, ListenSocket::Tcp(listener), protocol, local)
-            }
-            ActivatedKind::Unix(listener) => {
-                push_listener(bound, ListenSocket::Unix(listener), protocol, local)
-            }
-            ActivatedKind::Udp(socket) => {
-                if matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload) {
-                    return Err(format!(
-                        "passed socket fd {} ({:?}) is udp {local}: {protocol} runs over tcp or \
-                         unix, not udp",
-                        self.fd, self.name
-                    ));
-                }
-                let Address::Udp(addr) = local else {
-                    unreachable!("a UDP socket's address is a UDP address")
-                };
-                bound.lines.push(Listening {
-                    protocol,
-                    address: local,
-                });
-                bound.datagrams.push(BoundDatagram {
-                    socket,
-                    protocol,
-                    local: addr,
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// [`ActivatedSocket::add_to`] for a stream listener.
-fn push_listener(bound: &mut Bound, socket: ListenSocket, protocol: ProtocolKind, local: Address) {
-    bound.lines.push(Listening {
-        protocol,
-        address: local.clone(),
-    });
-    bound.listeners.push(BoundListener {
-        socket,
-        protocol,
-        local,
-    });
 }
 
 /// Removes and returns every socket in `sockets` that `fd:NAME` selects (see

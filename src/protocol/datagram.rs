@@ -19,7 +19,7 @@
 use crate::clock::Now;
 
 use super::upper::upper_into;
-use super::ProtocolKind;
+use crate::service::ProtocolKind;
 
 /// The largest UDP payload the contract answers: 65,535 minus the 8-byte UDP and 20-byte IPv4
 /// headers. Longer datagrams (IPv6 allows up to 65,527 bytes without jumbograms) are dropped.

@@ -10,7 +10,8 @@ pub struct Echo;
 #[cfg(test)]
 mod tests {
     use super::super::testing::feed;
-    use super::super::{Arrival, Flow, Limits, ProtocolKind, Session};
+    use super::super::{Arrival, Flow, Limits, Session};
+    use crate::service::ProtocolKind;
     use proptest::prelude::*;
 
     proptest! {

@@ -49,79 +49,21 @@
 
 pub mod datagram;
 pub mod echo;
-pub mod invariants;
 pub mod proxy;
 pub mod room;
 pub mod timestamp;
 pub mod upload;
 pub mod upper;
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::clock::Now;
 
+// Owned by `service` (a spec names a kind, and the bottom layer owns what it names); re-exported
+// because `Session::new` takes one, so a protocol's reader finds it here too.
+#[doc(no_inline)]
+pub use crate::service::ProtocolKind;
 pub use echo::Echo;
 pub use timestamp::Timestamp;
 pub use upper::Upper;
-
-/// The protocols the contract names, whether or not this build serves them yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ProtocolKind {
-    /// Upper-cases a byte stream (the seeds' "translation" server).
-    Upper,
-    /// Stamps each message with `[ctime] ` (the seeds' timestamp server).
-    Timestamp,
-    /// Sends every byte back (RFC 862).
-    Echo,
-    /// Line-based group chat.
-    Chat,
-    /// File upload with a size header.
-    Upload,
-}
-
-impl ProtocolKind {
-    /// Every protocol, in the order the contract lists them.
-    pub const ALL: [ProtocolKind; 5] = [
-        ProtocolKind::Upper,
-        ProtocolKind::Timestamp,
-        ProtocolKind::Echo,
-        ProtocolKind::Chat,
-        ProtocolKind::Upload,
-    ];
-
-    /// The name used on the command line and in `listening` lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            ProtocolKind::Upper => "upper",
-            ProtocolKind::Timestamp => "timestamp",
-            ProtocolKind::Echo => "echo",
-            ProtocolKind::Chat => "chat",
-            ProtocolKind::Upload => "upload",
-        }
-    }
-}
-
-impl fmt::Display for ProtocolKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for ProtocolKind {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        ProtocolKind::ALL
-            .into_iter()
-            .find(|kind| kind.name() == name)
-            .ok_or_else(|| {
-                format!(
-                    "unknown protocol {name:?} (expected upper, timestamp, echo, chat or upload)"
-                )
-            })
-    }
-}
 
 /// Whether a batch of input is everything the peer has sent so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,5 +187,5 @@ pub(crate) mod testing {
         Now::with_ctime(Instant::now(), "Wed Sep  9 16:42:46 2026")
     }
 
-    pub use super::invariants::feed;
+    pub use crate::fuzzing::feed;
 }

@@ -122,8 +122,9 @@ fn stamp(now: &Now, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{feed, fixed_now};
-    use super::super::{Limits, ProtocolKind, Session};
+    use super::super::{Limits, Session};
     use super::*;
+    use crate::service::ProtocolKind;
     use proptest::prelude::*;
 
     const STAMP: &str = "[Wed Sep  9 16:42:46 2026] ";

@@ -724,8 +724,8 @@ fn truncate(text: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::super::invariants::{drive_upload, upload_by_the_rules, UploadEvent};
     use super::*;
+    use crate::fuzzing::{drive_upload, upload_by_the_rules, UploadEvent};
     use proptest::prelude::*;
 
     fn limits(max_line: usize, max_upload: u64) -> Limits {

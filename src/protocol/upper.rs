@@ -142,8 +142,9 @@ fn push_upper_char(c: char, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::super::testing::feed;
-    use super::super::{Arrival, Limits, ProtocolKind, Session};
+    use super::super::{Arrival, Limits, Session};
     use super::*;
+    use crate::service::ProtocolKind;
     use proptest::prelude::*;
 
     fn upper_whole(input: &[u8]) -> Vec<u8> {

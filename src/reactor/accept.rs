@@ -11,7 +11,8 @@ use crate::clock::Now;
 use crate::net::reserve::{is_out_of_descriptors, is_out_of_memory, ACCEPT_PAUSE};
 use crate::net::{Peer, Shed, Stream, TOO_MANY_CONNECTIONS_REPLY};
 use crate::protocol::proxy::HEADER_TIMEOUT;
-use crate::protocol::{ProtocolKind, Session};
+use crate::protocol::Session;
+use crate::service::ProtocolKind;
 
 use super::handler::{Client, Handler};
 use super::timers::Wake;

@@ -31,7 +31,7 @@ use mio::net::UdpSocket;
 use crate::clock::Now;
 use crate::net::datagram::{self as net_datagram, DatagramStats};
 use crate::protocol::datagram::{self, Reply, MAX_DATAGRAM_PAYLOAD};
-use crate::protocol::ProtocolKind;
+use crate::service::ProtocolKind;
 
 use super::buffers::{SharedBuffers, READ_BUFFER_BYTES};
 

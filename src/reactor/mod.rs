@@ -69,8 +69,8 @@ use crate::net::datagram::DatagramStats;
 use crate::net::systemd::Notifier;
 use crate::net::{BoundDatagram, BoundListener, ReserveFd, StreamListener};
 use crate::protocol::room::{Delivery, MemberId};
-use crate::protocol::{Limits, ProtocolKind};
-use crate::service::Address;
+use crate::protocol::Limits;
+use crate::service::{Address, ProtocolKind};
 use crate::storage::durable::UploadDir;
 
 pub use buffers::SharedBuffers;
@@ -754,18 +754,6 @@ impl Reactor {
 enum Stop {
     NotYet,
     Now,
-}
-
-/// Logs the fd limit decision the way an operator wants to read it.
-pub fn log_fd_limit(result: &io::Result<crate::sys::FdLimit>) {
-    match result {
-        Ok(limit) if limit.now > limit.before => info!(
-            "open-file limit raised from {} to {} (the hard limit)",
-            limit.before, limit.now
-        ),
-        Ok(limit) => info!("open-file limit is {}", limit.now),
-        Err(e) => warn!("cannot raise the open-file limit: {e}"),
-    }
 }
 
 #[cfg(test)]

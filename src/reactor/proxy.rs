@@ -51,7 +51,8 @@ use log::{debug, warn};
 
 use crate::clock::Now;
 use crate::net::Relayed;
-use crate::protocol::{ProtocolKind, Session};
+use crate::protocol::Session;
+use crate::service::ProtocolKind;
 
 use super::handler::header::{self, HeaderDone, HeaderRead};
 use super::handler::{Client, Handler};

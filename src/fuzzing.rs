@@ -3,18 +3,25 @@
 //! `tests/fuzz_corpus.rs` replays the saved corpus through them on every `cargo test`, so a
 //! finding stays fixed without anyone running the fuzzer.
 //!
+//! Scaffolding, not interface: the module is compiled only for the crate's own tests and under
+//! the `fuzzing` feature (which `fuzz/` enables, and `cargo test` through the crate's
+//! dev-dependency on itself), and hidden from the documentation. It sits above
+//! [`protocol`](crate::protocol) and [`service`](crate::service) rather than inside `protocol`:
+//! it is not a protocol but the checks of several, and of the service-spec parser; and no library
+//! module imports it (`tests/architecture.rs` checks both).
+//!
 //! The fuzzer's bytes are read as a plan: the first byte says how many cut points follow (each a
 //! byte, scaled), the rest is the input the protocol receives, cut at those points.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use super::proxy::{self, Header, Parse, ProxyHeader};
-use super::room::{self, Delivery, MemberId, Room};
-use super::upload::{BadName, End, Refusal, Step, UploadSession, RESERVED_PREFIX};
-use super::{Arrival, Flow, Limits, ProtocolKind, Session, LINE_TOO_LONG_REPLY};
 use crate::clock::Now;
-use crate::service::ServiceSpec;
+use crate::protocol::proxy::{self, Header, Parse, ProxyHeader};
+use crate::protocol::room::{self, Delivery, MemberId, Room};
+use crate::protocol::upload::{BadName, End, Refusal, Step, UploadSession, RESERVED_PREFIX};
+use crate::protocol::{Arrival, Flow, Limits, Session, LINE_TOO_LONG_REPLY};
+use crate::service::{ProtocolKind, ServiceSpec};
 
 /// Splits fuzzer bytes into sorted cut offsets and the input they cut.
 pub fn plan(data: &[u8]) -> (Vec<usize>, &[u8]) {
