@@ -14,7 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::client::ClientArgs;
-use crate::models::{self, Model};
+use crate::models::{self, datagram::DatagramServers};
 use crate::net::{self, BoundListener, Listening};
 use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
 use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
@@ -157,6 +157,34 @@ pub enum UploadIo {
     Threads,
     /// In the loop thread: every `write` and `fsync` stalls every client (the foil).
     Loop,
+}
+
+/// `--model`: how `serve` serves its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// One thread, one mio event loop, every connection (the point of oneloop).
+    Reactor,
+    /// One connection at a time, to completion (Python's `TCPServer`).
+    Serial,
+    /// A thread per connection (`ThreadingMixIn`).
+    Threaded,
+    /// `--threads` worker threads taking accepted connections from a queue.
+    Pool,
+    /// A process per connection (`ForkingMixIn`).
+    Forking,
+}
+
+impl Model {
+    /// The name used by `--model`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Reactor => "reactor",
+            Model::Serial => "serial",
+            Model::Threaded => "threaded",
+            Model::Pool => "pool",
+            Model::Forking => "forking",
+        }
+    }
 }
 
 /// Parses `--unix-mode`: permission bits in octal, 0 to 777.
@@ -382,7 +410,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        model => match models::datagram::DatagramServers::start(datagrams, model) {
+        model => match if model == Model::Forking {
+            DatagramServers::processes(datagrams)
+        } else {
+            DatagramServers::threads(datagrams)
+        } {
             Ok(udp) => Serving::Blocking(model, listeners, signals, udp),
             Err(e) => {
                 eprintln!("oneloop: cannot start the UDP servers: {e}");
@@ -473,12 +505,7 @@ enum Serving {
     Reactor(Box<Reactor>),
     /// A blocking model, the listeners it will serve, the stop signals it watches, and its UDP
     /// servers (already running).
-    Blocking(
-        Model,
-        Vec<BoundListener>,
-        Signals,
-        models::datagram::DatagramServers,
-    ),
+    Blocking(Model, Vec<BoundListener>, Signals, DatagramServers),
 }
 
 /// `--threads`, or 4 workers per CPU core: enough that a few slow clients do not idle the pool.

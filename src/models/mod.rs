@@ -90,34 +90,6 @@ use crate::sys::unacknowledged_bytes;
 pub use acceptor::{Acceptor, Next};
 pub use admission::{Admission, Admitted};
 
-/// How `serve` serves its connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Model {
-    /// One thread, one mio event loop, every connection (the point of oneloop).
-    Reactor,
-    /// One connection at a time, to completion (Python's `TCPServer`).
-    Serial,
-    /// A thread per connection (`ThreadingMixIn`).
-    Threaded,
-    /// `--threads` worker threads taking accepted connections from a queue.
-    Pool,
-    /// A process per connection (`ForkingMixIn`).
-    Forking,
-}
-
-impl Model {
-    /// The name used by `--model`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Model::Reactor => "reactor",
-            Model::Serial => "serial",
-            Model::Threaded => "threaded",
-            Model::Pool => "pool",
-            Model::Forking => "forking",
-        }
-    }
-}
-
 /// The options the blocking models honour.
 ///
 /// Cloned into each serving thread (or shared behind an [`Arc`]); a forked child has its own
