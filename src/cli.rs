@@ -16,8 +16,11 @@ use signal_hook_mio::v1_0::Signals;
 use crate::client::ClientArgs;
 use crate::models::{self, datagram::DatagramServers};
 use crate::net::{self, BoundListener, Listening};
+use crate::options::{
+    ServeOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_OUTPUT_LIMIT, DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+};
 use crate::protocol::{Limits, ProtocolKind, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
-use crate::reactor::{self, Config, Reactor, DEFAULT_OUTPUT_LIMIT};
+use crate::reactor::{self, Config, Reactor};
 use crate::service::{Endpoint, ServiceSpec, DEFAULT_SERVICES};
 use crate::storage::durable::UploadDir;
 
@@ -87,11 +90,11 @@ pub struct ServeArgs {
     pub max_connections: Option<usize>,
 
     /// Seconds without a byte read or written after which a connection is closed (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub idle_timeout: u64,
 
     /// Seconds a graceful shutdown (SIGINT, SIGTERM) waits for busy connections to finish.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub shutdown_timeout: u64,
 
     /// Permission bits (octal, e.g. 600) of the Unix socket files this process creates, in
@@ -375,32 +378,28 @@ fn serve(args: ServeArgs) -> ExitCode {
     // systemd (Type=notify); without NOTIFY_SOCKET every notification is a no-op.
     let notifier = std::sync::Arc::new(crate::net::systemd::Notifier::from_env());
     let watchdog_every = crate::net::systemd::watchdog_interval();
-    let blocking = models::Settings {
+    let options = ServeOptions {
         limits,
-        idle_timeout,
+        output_limit: args.output_limit,
         max_connections,
+        idle_timeout,
         shutdown_timeout,
-        upload_dir: upload_dir.clone(),
-        notifier: notifier.clone(),
-        watchdog_every,
+        upload_dir,
         proxy_protocol: args.proxy_protocol,
         reply_delay: args.reply_delay.filter(|delay| !delay.is_zero()),
-        output_limit: args.output_limit,
+    };
+    let blocking = models::Settings {
+        options: options.clone(),
+        notifier: notifier.clone(),
+        watchdog_every,
     };
     // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
     // are printed: whoever waits for those lines may rely on the server being ready.
     let serving = match args.model {
         Model::Reactor => {
             let config = Config {
-                limits,
-                output_limit: args.output_limit,
-                max_connections,
-                idle_timeout,
-                shutdown_timeout,
-                upload_dir,
+                options,
                 upload_io_in_loop: args.upload_io == UploadIo::Loop,
-                proxy_protocol: args.proxy_protocol,
-                reply_delay: args.reply_delay,
             };
             match Reactor::new(listeners, datagrams, config, Some(signals)) {
                 Ok(reactor) => Serving::Reactor(Box::new(reactor)),

@@ -18,6 +18,8 @@
 //! * [`models`] — the classic models the reactor is compared against (serial, thread per
 //!   connection, thread pool, process per connection), with blocking sockets, driving the same
 //!   protocol sessions.
+//! * [`options`] — what `serve` was asked for, as plain data: the options the reactor and every
+//!   model share, filled by [`cli`] and embedded in the reactor's and the models' own settings.
 //! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing.
 //! * [`clock`] — the caller's side of "sans-I/O time": reads the clocks once per loop turn and
 //!   caches the formatted `ctime` text.
@@ -49,6 +51,7 @@ pub mod clock;
 pub mod load;
 pub mod models;
 pub mod net;
+pub mod options;
 pub mod protocol;
 pub mod reactor;
 pub mod send;
