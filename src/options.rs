@@ -5,8 +5,9 @@
 //! `--max-connections`, timeouts, upload directory, PROXY header and reply delay. Those live here
 //! once, so a new option reaches every driver by a field added here, and a benchmark of two models
 //! is sure to compare them under the same settings. The command line (`cli`) fills one
-//! [`ServeOptions`] and hands it to whichever driver `--model` picks; [`crate::reactor::Config`]
-//! and [`crate::models::Settings`] embed it beside the few things only they need.
+//! [`ServeOptions`] and hands it to whichever driver `--model` picks; the reactor's `Config` and
+//! the models' `Settings` embed it beside the few things only they need (named here, not
+//! linked: this module looks at neither).
 //!
 //! This module knows no command line (no clap) and no driver: it sits just above `protocol`
 //! (whose [`Limits`] it carries) and `storage` (whose opened [`UploadDir`] it carries), and just
