@@ -6,6 +6,7 @@
 
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -14,10 +15,14 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::client::ClientArgs;
-use crate::models::{self, Model};
+use crate::models::{self, datagram::DatagramServers};
+use crate::net::systemd::{ActivatedSocket, Notifier};
 use crate::net::{self, BoundListener, Listening};
+use crate::options::{
+    ServeOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_OUTPUT_LIMIT, DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+};
 use crate::protocol::{Limits, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
-use crate::reactor::{Config, Reactor, DEFAULT_OUTPUT_LIMIT};
+use crate::reactor::{Config, Reactor};
 use crate::service::{Endpoint, ProtocolKind, ServiceSpec, DEFAULT_SERVICES};
 use crate::storage::durable::UploadDir;
 
@@ -87,11 +92,11 @@ pub struct ServeArgs {
     pub max_connections: Option<usize>,
 
     /// Seconds without a byte read or written after which a connection is closed (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub idle_timeout: u64,
 
     /// Seconds a graceful shutdown (SIGINT, SIGTERM) waits for busy connections to finish.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub shutdown_timeout: u64,
 
     /// Permission bits (octal, e.g. 600) of the Unix socket files this process creates, in
@@ -157,6 +162,34 @@ pub enum UploadIo {
     Threads,
     /// In the loop thread: every `write` and `fsync` stalls every client (the foil).
     Loop,
+}
+
+/// `--model`: how `serve` serves its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// One thread, one mio event loop, every connection (the point of oneloop).
+    Reactor,
+    /// One connection at a time, to completion (Python's `TCPServer`).
+    Serial,
+    /// A thread per connection (`ThreadingMixIn`).
+    Threaded,
+    /// `--threads` worker threads taking accepted connections from a queue.
+    Pool,
+    /// A process per connection (`ForkingMixIn`).
+    Forking,
+}
+
+impl Model {
+    /// The name used by `--model`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Reactor => "reactor",
+            Model::Serial => "serial",
+            Model::Threaded => "threaded",
+            Model::Pool => "pool",
+            Model::Forking => "forking",
+        }
+    }
 }
 
 /// Parses `--unix-mode`: permission bits in octal, 0 to 777.
@@ -227,13 +260,6 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// A model that cannot serve a service: one line saying why, and exit 2 (the command line asked
-/// for something this model does not do; nothing is bound).
-fn refused(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("oneloop: {message}");
-    ExitCode::from(2)
-}
-
 /// Which services this build can serve; the others are refused before anything is bound.
 fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
     match service.protocol {
@@ -256,75 +282,148 @@ fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
     }
 }
 
+/// Why `serve` stopped before serving, or failed while serving: the one line it prints (after
+/// `oneloop: `) and the exit code that goes with it.
+#[derive(Debug)]
+struct ServeError {
+    message: String,
+    code: u8,
+}
+
+impl ServeError {
+    /// The job failed (exit 1): a socket that cannot be bound or set up, an upload directory
+    /// that cannot be used, a model that fails while serving.
+    fn failed(message: impl std::fmt::Display) -> ServeError {
+        ServeError {
+            message: message.to_string(),
+            code: 1,
+        }
+    }
+
+    /// A model that cannot serve a service (exit 2): the command line asked for something this
+    /// model does not do; nothing is bound.
+    fn refused(message: impl std::fmt::Display) -> ServeError {
+        ServeError {
+            message: message.to_string(),
+            code: 2,
+        }
+    }
+}
+
+/// `oneloop serve`: serves until a signal ends it (exit 0); anything that stops it is one
+/// `oneloop: ...` line on stderr and its exit code.
 fn serve(args: ServeArgs) -> ExitCode {
+    match try_serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError { message, code }) => {
+            eprintln!("oneloop: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// `serve` step by step: what to serve, with which options, bound, then served by `--model`.
+fn try_serve(mut args: ServeArgs) -> Result<(), ServeError> {
     // First, while the process has one thread: it removes the LISTEN_* variables from the
     // environment. Without them (not socket-activated) the list is empty and nothing changes.
-    let mut passed = match net::systemd::take_activated_sockets() {
-        Ok(passed) => passed,
-        Err(e) => {
-            eprintln!("oneloop: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let services = if !args.services.is_empty() {
-        args.services
-    } else if passed.is_empty() {
-        DEFAULT_SERVICES
-            .iter()
-            .map(|text| text.parse().expect("default services parse"))
-            .collect()
-    } else {
-        match services_named_by(&passed) {
-            Ok(services) => services,
-            Err(message) => {
-                eprintln!("oneloop: {message}");
-                return ExitCode::FAILURE;
-            }
-        }
-    };
+    let passed = net::systemd::take_activated_sockets().map_err(ServeError::failed)?;
+    let services = services_to_serve(std::mem::take(&mut args.services), &passed)?;
     if let Some(message) = services
         .iter()
         .find_map(|s| check_supported(s, args.model).err())
     {
-        return refused(message);
+        return Err(ServeError::refused(message));
     }
-    let fd_limit = crate::sys::raise_fd_limit();
-    net::log_fd_limit(&fd_limit);
-    let max_connections = args.max_connections.unwrap_or_else(|| {
-        default_max_connections(fd_limit.as_ref().map_or(1024, |limit| limit.now))
-    });
-    let limits = Limits {
-        max_line: args.max_line,
-        max_upload: args.max_upload,
-    };
-    // Checked before anything is bound: a server that cannot store uploads must not start.
-    let upload_dir = if services.iter().any(|s| s.protocol == ProtocolKind::Upload) {
-        match open_upload_dir(&args.upload_dir, args.min_free) {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                eprintln!("oneloop: --upload-dir {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        None
-    };
+    let options = serve_options(&args, &services)?;
     // Held until `serve` returns: dropping them removes the Unix socket files (if still ours).
     let net::Bound {
         listeners,
         datagrams,
         socket_files: _socket_files,
         lines,
-    } = match net::bind_services(&services, args.unix_mode, &mut passed) {
-        Ok(bound) => bound,
-        Err(e) => {
-            eprintln!("oneloop: {e}");
-            return ExitCode::FAILURE;
-        }
+    } = bind(&services, args.unix_mode, passed)?;
+    // The contract: signal handling is in place before the listening lines are printed. Every
+    // model shuts down gracefully on SIGINT and SIGTERM: the handler only writes to a pipe that
+    // the model's poll watches.
+    let signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| ServeError::failed(format!("cannot install signal handlers: {e}")))?;
+    // systemd (Type=notify); without NOTIFY_SOCKET every notification is a no-op.
+    let notifier = Arc::new(Notifier::from_env());
+    let watchdog_every = net::systemd::watchdog_interval();
+    let serving = Serving::start(&args, listeners, datagrams, options, signals)?;
+    if let Err(e) = announce(&lines) {
+        // Whoever started us stopped listening; serving can still be useful.
+        log::warn!("cannot print the listening lines: {e}");
+    }
+    // systemd learns the services are up once every one listens.
+    notifier.ready();
+    serving.run(notifier, watchdog_every).map_err(|e| {
+        let message = format!("{} model failed: {e}", args.model.name());
+        error!("{message}");
+        ServeError::failed(message)
+    })
+}
+
+/// The services named on the command line; with none, those systemd passed in (by their
+/// names), or else the seeds' three ([`DEFAULT_SERVICES`]).
+fn services_to_serve(
+    named: Vec<ServiceSpec>,
+    passed: &[ActivatedSocket],
+) -> Result<Vec<ServiceSpec>, ServeError> {
+    if !named.is_empty() {
+        Ok(named)
+    } else if passed.is_empty() {
+        Ok(DEFAULT_SERVICES
+            .iter()
+            .map(|text| text.parse().expect("default services parse"))
+            .collect())
+    } else {
+        services_named_by(passed).map_err(ServeError::failed)
+    }
+}
+
+/// The options every model shares, from the command line and the process's open-file limit
+/// (raised here to its hard limit). The upload directory, when an upload service needs one, is
+/// opened and checked here, before anything is bound: a server that cannot store uploads must
+/// not start.
+fn serve_options(args: &ServeArgs, services: &[ServiceSpec]) -> Result<ServeOptions, ServeError> {
+    let fd_limit = crate::sys::raise_fd_limit();
+    net::log_fd_limit(&fd_limit);
+    let max_connections = args.max_connections.unwrap_or_else(|| {
+        default_max_connections(fd_limit.as_ref().map_or(1024, |limit| limit.now))
+    });
+    let upload_dir = if services.iter().any(|s| s.protocol == ProtocolKind::Upload) {
+        let dir = open_upload_dir(&args.upload_dir, args.min_free)
+            .map_err(|e| ServeError::failed(format!("--upload-dir {e}")))?;
+        Some(dir)
+    } else {
+        None
     };
+    Ok(ServeOptions {
+        limits: Limits {
+            max_line: args.max_line,
+            max_upload: args.max_upload,
+        },
+        output_limit: args.output_limit,
+        max_connections,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        upload_dir,
+        proxy_protocol: args.proxy_protocol,
+        reply_delay: args.reply_delay.filter(|delay| !delay.is_zero()),
+    })
+}
+
+/// Binds (or takes from `passed`) every service's socket. A passed socket no service names is
+/// closed with a warning: systemd keeps its own copy, so closing ours loses nothing; serving it
+/// under a guessed protocol would.
+fn bind(
+    services: &[ServiceSpec],
+    unix_mode: Option<u32>,
+    mut passed: Vec<ActivatedSocket>,
+) -> Result<net::Bound, ServeError> {
+    let bound = net::bind_services(services, unix_mode, &mut passed).map_err(ServeError::failed)?;
     for unused in passed {
-        // systemd keeps its own copy, so closing ours loses nothing; serving it under a guessed
-        // protocol would.
         log::warn!(
             "passed socket fd {} ({:?}, {}) is not named by any service; not served",
             unused.fd,
@@ -332,105 +431,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             unused.local
         );
     }
-    // The contract: signal handling is in place before the listening lines are printed. Every
-    // model shuts down gracefully on SIGINT and SIGTERM: the handler only writes to a pipe that
-    // the model's poll watches.
-    let signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("oneloop: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
-    let shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
-    // systemd (Type=notify); without NOTIFY_SOCKET every notification is a no-op.
-    let notifier = std::sync::Arc::new(crate::net::systemd::Notifier::from_env());
-    let watchdog_every = crate::net::systemd::watchdog_interval();
-    let blocking = models::Settings {
-        limits,
-        idle_timeout,
-        max_connections,
-        shutdown_timeout,
-        upload_dir: upload_dir.clone(),
-        notifier: notifier.clone(),
-        watchdog_every,
-        proxy_protocol: args.proxy_protocol,
-        reply_delay: args.reply_delay.filter(|delay| !delay.is_zero()),
-        output_limit: args.output_limit,
-    };
-    // The reactor is built (poller, reserve descriptor, signal pipe) before the listening lines
-    // are printed: whoever waits for those lines may rely on the server being ready.
-    let serving = match args.model {
-        Model::Reactor => {
-            let config = Config {
-                limits,
-                output_limit: args.output_limit,
-                max_connections,
-                idle_timeout,
-                shutdown_timeout,
-                upload_dir,
-                upload_io_in_loop: args.upload_io == UploadIo::Loop,
-                proxy_protocol: args.proxy_protocol,
-                reply_delay: args.reply_delay,
-            };
-            match Reactor::new(listeners, datagrams, config, Some(signals)) {
-                Ok(reactor) => Serving::Reactor(Box::new(reactor)),
-                Err(e) => {
-                    eprintln!("oneloop: cannot start the event loop: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        model => match models::datagram::DatagramServers::start(datagrams, model) {
-            Ok(udp) => Serving::Blocking(model, listeners, signals, udp),
-            Err(e) => {
-                eprintln!("oneloop: cannot start the UDP servers: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    if let Err(e) = announce(&lines) {
-        // Whoever started us stopped listening; serving can still be useful.
-        log::warn!("cannot print the listening lines: {e}");
-    }
-    // systemd learns the services are up once every one listens.
-    notifier.ready();
-    let served = match serving {
-        Serving::Reactor(mut reactor) => {
-            reactor.notify_systemd(notifier, watchdog_every);
-            reactor.run()
-        }
-        Serving::Blocking(model, listeners, signals, udp) => {
-            let served = match model {
-                Model::Serial => models::serial::run(listeners, blocking, signals),
-                Model::Threaded => models::threaded::run(listeners, blocking, signals),
-                Model::Pool => {
-                    models::pool::run(listeners, blocking, pool_size(args.threads), signals)
-                }
-                Model::Forking | Model::Reactor => {
-                    models::forking::run(listeners, blocking, signals)
-                }
-            };
-            udp.stop();
-            served
-        }
-    };
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{} model failed: {e}", args.model.name());
-            eprintln!("oneloop: {} model failed: {e}", args.model.name());
-            ExitCode::FAILURE
-        }
-    }
+    Ok(bound)
 }
 
 /// With no `SERVICE` and sockets passed by systemd: one `PROTOCOL@fd:NAME` service per distinct
 /// socket name, in the order passed, where each name must be a protocol's (the socket unit's
 /// `FileDescriptorName=upper`, for example). A name that is not is an error: serving a socket
 /// under a guessed protocol would answer its clients in the wrong language.
-fn services_named_by(passed: &[net::systemd::ActivatedSocket]) -> Result<Vec<ServiceSpec>, String> {
+fn services_named_by(passed: &[ActivatedSocket]) -> Result<Vec<ServiceSpec>, String> {
     let mut services: Vec<ServiceSpec> = Vec::new();
     for socket in passed {
         let protocol: ProtocolKind = socket.name.parse().map_err(|_| {
@@ -451,10 +459,7 @@ fn services_named_by(passed: &[net::systemd::ActivatedSocket]) -> Result<Vec<Ser
 
 /// Opens `--upload-dir` (it must exist and be writable) and removes the temporary files a crash
 /// left in it; the error names the directory.
-fn open_upload_dir(
-    path: &std::path::Path,
-    min_free: u64,
-) -> std::io::Result<std::sync::Arc<UploadDir>> {
+fn open_upload_dir(path: &std::path::Path, min_free: u64) -> std::io::Result<Arc<UploadDir>> {
     let dir = UploadDir::open(path)?.with_min_free(min_free);
     let leftovers = dir.leftovers();
     if leftovers.removed > 0 {
@@ -464,21 +469,114 @@ fn open_upload_dir(
             leftovers.removed
         );
     }
-    Ok(std::sync::Arc::new(dir))
+    Ok(Arc::new(dir))
 }
 
 /// What `serve` runs once the listening lines are out.
+// One value per process, moved twice: the variants' difference in size costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Serving {
     /// The event loop, built and ready.
     Reactor(Box<Reactor>),
-    /// A blocking model, the listeners it will serve, the stop signals it watches, and its UDP
-    /// servers (already running).
-    Blocking(
-        Model,
-        Vec<BoundListener>,
-        Signals,
-        models::datagram::DatagramServers,
-    ),
+    /// A blocking model, the listeners it will serve, its options, the stop signals it watches,
+    /// and its UDP servers (already running).
+    Blocking {
+        model: Blocking,
+        listeners: Vec<BoundListener>,
+        options: ServeOptions,
+        signals: Signals,
+        udp: DatagramServers,
+    },
+}
+
+/// The blocking models, each with what only it needs: `--model` less the reactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocking {
+    /// `--model serial`.
+    Serial,
+    /// `--model threaded`.
+    Threaded,
+    /// `--model pool`, with its `--threads`.
+    Pool { workers: usize },
+    /// `--model forking`, whose UDP services are child processes too.
+    Forking,
+}
+
+impl Serving {
+    /// Gets `args.model` ready to serve. The reactor is built (poller, reserve descriptor, signal
+    /// pipe) before the listening lines are printed: whoever waits for those lines may rely on
+    /// the server being ready. A blocking model's UDP servers start serving at once.
+    fn start(
+        args: &ServeArgs,
+        listeners: Vec<BoundListener>,
+        datagrams: Vec<net::BoundDatagram>,
+        options: ServeOptions,
+        signals: Signals,
+    ) -> Result<Serving, ServeError> {
+        let model = match args.model {
+            Model::Reactor => {
+                let config = Config {
+                    options,
+                    upload_io_in_loop: args.upload_io == UploadIo::Loop,
+                };
+                let reactor = Reactor::new(listeners, datagrams, config, Some(signals))
+                    .map_err(|e| ServeError::failed(format!("cannot start the event loop: {e}")))?;
+                return Ok(Serving::Reactor(Box::new(reactor)));
+            }
+            Model::Serial => Blocking::Serial,
+            Model::Threaded => Blocking::Threaded,
+            Model::Pool => Blocking::Pool {
+                workers: pool_size(args.threads),
+            },
+            Model::Forking => Blocking::Forking,
+        };
+        let udp = if model == Blocking::Forking {
+            DatagramServers::processes(datagrams)
+        } else {
+            DatagramServers::threads(datagrams)
+        }
+        .map_err(|e| ServeError::failed(format!("cannot start the UDP servers: {e}")))?;
+        Ok(Serving::Blocking {
+            model,
+            listeners,
+            options,
+            signals,
+            udp,
+        })
+    }
+
+    /// Serves until a graceful shutdown has ended (`Ok`) or the model fails.
+    fn run(self, notifier: Arc<Notifier>, watchdog_every: Option<Duration>) -> io::Result<()> {
+        match self {
+            Serving::Reactor(mut reactor) => {
+                reactor.notify_systemd(notifier, watchdog_every);
+                reactor.run()
+            }
+            Serving::Blocking {
+                model,
+                listeners,
+                options,
+                signals,
+                udp,
+            } => {
+                let settings = models::Settings {
+                    options,
+                    notifier,
+                    watchdog_every,
+                };
+                let served = match model {
+                    Blocking::Serial => models::serial::run(listeners, settings, signals),
+                    Blocking::Threaded => models::threaded::run(listeners, settings, signals),
+                    Blocking::Pool { workers } => {
+                        models::pool::run(listeners, settings, workers, signals)
+                    }
+                    Blocking::Forking => models::forking::run(listeners, settings, signals),
+                };
+                udp.stop();
+                served
+            }
+        }
+    }
 }
 
 /// `--threads`, or 4 workers per CPU core: enough that a few slow clients do not idle the pool.

@@ -18,6 +18,8 @@
 //! * [`models`] — the classic models the reactor is compared against (serial, thread per
 //!   connection, thread pool, process per connection), with blocking sockets, driving the same
 //!   protocol sessions.
+//! * [`options`] — what `serve` was asked for, as plain data: the options the reactor and every
+//!   model share, filled by [`cli`] and embedded in the reactor's and the models' own settings.
 //! * [`service`] — what `serve` is asked to serve: `PROTOCOL@ADDRESS` specs and their parsing,
 //!   and the [`ProtocolKind`](service::ProtocolKind) a spec names (at the bottom, so that
 //!   everything above can name a protocol without importing the protocols).
@@ -62,6 +64,7 @@ pub mod fuzzing;
 pub mod load;
 pub mod models;
 pub mod net;
+pub mod options;
 pub mod protocol;
 pub mod reactor;
 pub mod send;

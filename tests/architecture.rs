@@ -34,6 +34,9 @@ const LAYERS: &[&[&str]] = &[
     &["fuzzing"],
     // Sockets, streams, datagrams, systemd | durable files and the I/O threads.
     &["net", "storage"],
+    // What `serve` was asked for, as plain data every driver shares (it holds protocol limits
+    // and the opened upload directory, so it sits above them).
+    &["options"],
     // The one loop, the blocking foils, the load tool.
     &["reactor", "models", "load"],
     // `oneloop client`, whose stream connect and `--timeout` parser `send` shares.

@@ -25,12 +25,13 @@ use mio::Waker;
 use slab::Slab;
 
 use crate::net::{BlockingStream, Peer};
+use crate::options::ServeOptions;
 
 use crate::service::ProtocolKind;
 
 use super::acceptor::{Acceptor, Next};
 use super::chat::ChatRooms;
-use super::{refuse, serve_blocking, Accepted, Settings};
+use super::{refuse, serve_blocking, Accepted};
 
 /// Counts and registers the connections being served.
 #[derive(Clone, Debug)]
@@ -127,12 +128,12 @@ pub struct Admitted {
 impl Admitted {
     /// Serves the connection to its end — a chat member in its service's room of `rooms`, any
     /// other with [`serve_blocking`] — then closes it.
-    pub fn serve(self, settings: &Settings, rooms: &ChatRooms) {
+    pub fn serve(self, options: &ServeOptions, rooms: &ChatRooms) {
         let stopping = &self.slot.shared.stopping;
         if let Some(room) = rooms.get(self.service) {
-            return room.serve(&self.stream, self.peer, settings, stopping);
+            return room.serve(&self.stream, self.peer, options, stopping);
         }
-        serve_blocking(&self.stream, self.protocol, self.peer, settings, stopping);
+        serve_blocking(&self.stream, self.protocol, self.peer, options, stopping);
     }
 
     /// Closes a connection that was never served (it waited in the pool's queue until the

@@ -78,11 +78,12 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use crate::net::{is_timeout, BlockingStream, BoundListener, Peer};
+use crate::options::ServeOptions;
 use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE, SHUTDOWN_NOTICE};
 use crate::protocol::Limits;
 use crate::service::ProtocolKind;
 
-use super::{linger, linger_after_stop, Settings, BLOCKING_READ_BYTES};
+use super::{linger, linger_after_stop, BLOCKING_READ_BYTES};
 
 /// How long a writer's blocked `write` waits before it looks whether its member is still served
 /// (the socket's send timeout; a write that moved nothing is then simply tried again).
@@ -313,16 +314,15 @@ impl ChatRoom {
         &self,
         stream: &Arc<BlockingStream>,
         peer: Peer,
-        settings: &Settings,
+        options: &ServeOptions,
         stopping: &AtomicBool,
     ) {
         let mut input = [0u8; BLOCKING_READ_BYTES];
-        let Some((peer, first)) =
-            super::proxy::client(stream, peer, settings, stopping, &mut input)
+        let Some((peer, first)) = super::proxy::client(stream, peer, options, stopping, &mut input)
         else {
             return;
         };
-        if stream.set_read_timeout(settings.idle_timeout).is_err()
+        if stream.set_read_timeout(options.idle_timeout).is_err()
             || stream
                 .set_write_timeout(Some(WRITE_CHECK_INTERVAL))
                 .is_err()
@@ -359,7 +359,7 @@ impl ChatRoom {
                 member,
                 outbox: &outbox,
             };
-            let end = self.read_member(&guard, stream, peer, settings, stopping, &mut input, first);
+            let end = self.read_member(&guard, stream, peer, options, stopping, &mut input, first);
             match end {
                 Ending::Closed => {
                     // Its last lines are queued (or it was dropped): write them, then close.
@@ -394,7 +394,7 @@ impl ChatRoom {
         guard: &Membership<'_>,
         stream: &BlockingStream,
         peer: Peer,
-        settings: &Settings,
+        options: &ServeOptions,
         stopping: &AtomicBool,
         input: &mut [u8],
         mut first: usize,
@@ -421,7 +421,7 @@ impl ChatRoom {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if is_timeout(&e) => {
                         // Nothing read for the idle timeout; but lines written to it count too.
-                        let idle = settings.idle_timeout.unwrap_or(Duration::ZERO);
+                        let idle = options.idle_timeout.unwrap_or(Duration::ZERO);
                         let last = guard.outbox.lock().last_written.max(last_read);
                         let left = idle.saturating_sub(last.elapsed());
                         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
@@ -441,7 +441,7 @@ impl ChatRoom {
             last_read = Instant::now();
             if shortened {
                 shortened = false;
-                if stream.set_read_timeout(settings.idle_timeout).is_err() {
+                if stream.set_read_timeout(options.idle_timeout).is_err() {
                     return Ending::Gone;
                 }
             }

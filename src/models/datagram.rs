@@ -31,7 +31,6 @@ use std::thread::{self, JoinHandle};
 
 use log::{debug, info, warn};
 
-use super::Model;
 use crate::clock::Clock;
 use crate::net::datagram::{answer, receive, DatagramStats};
 use crate::net::BoundDatagram;
@@ -59,11 +58,8 @@ enum Servers {
 }
 
 impl DatagramServers {
-    /// Starts serving `datagrams` the way `model` serves.
-    pub fn start(datagrams: Vec<BoundDatagram>, model: Model) -> io::Result<DatagramServers> {
-        if model == Model::Forking {
-            return DatagramServers::fork(datagrams);
-        }
+    /// Starts serving `datagrams` on a thread each: the way serial, threaded and pool serve.
+    pub fn threads(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
         let stopping = Arc::new(AtomicBool::new(false));
         // The stop action is in place before any thread serves: no signal slips in between.
         let handles = datagrams
@@ -96,8 +92,9 @@ impl DatagramServers {
         Ok(servers)
     }
 
-    /// The forking model's UDP services: a child process each.
-    fn fork(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
+    /// Starts serving `datagrams` in a child process each: the forking model's way, which must
+    /// not start a thread.
+    pub fn processes(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
         let parent = std::process::id();
         let mut children = Vec::with_capacity(datagrams.len());
         // Stop signals stay blocked from the first fork until the forwarding action is in place:

@@ -5,7 +5,7 @@
 //! the price of a `fork` per connection and a whole process per waiting client.
 //!
 //! A child stores its connection's uploads itself, through the upload directory's descriptor it
-//! inherited with the [`Settings`] (the `UploadDir`, opened by the parent at start): the child
+//! inherited with the [`ServeOptions`] (the `UploadDir`, opened by the parent at start): the child
 //! closes none of what it inherits but the listeners and the signal pipe, so that descriptor stays
 //! open, and a file the child is writing when it dies is a leftover the next start removes.
 //!
@@ -35,6 +35,7 @@ use signal_hook::consts::{SIGCHLD, SIGKILL, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::net::BoundListener;
+use crate::options::ServeOptions;
 use crate::sys::{
     block_stop_signals, exit_child, fork_single_threaded, reap_exited_children, send_signal,
     stop_gracefully_on_signal, Forked,
@@ -48,16 +49,21 @@ pub const KILLED_CHILDREN_WAIT: Duration = Duration::from_secs(1);
 /// Serves every connection in a child process until SIGINT or SIGTERM. `--max-connections`
 /// counts the live children.
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+    let Settings {
+        options,
+        notifier,
+        watchdog_every,
+    } = settings;
     signals.add_signal(SIGCHLD)?;
     let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
+    acceptor.notify_systemd(notifier, watchdog_every);
     let mut children = Children::default();
     loop {
         match acceptor.accept_next(None)? {
             Next::Accepted(mut accepted) => {
-                if children.count() >= settings.max_connections {
+                if children.count() >= options.max_connections {
                     children.reap(); // A child may have exited since the last SIGCHLD.
-                    if children.count() >= settings.max_connections {
+                    if children.count() >= options.max_connections {
                         refuse(&mut accepted);
                         continue;
                     }
@@ -77,7 +83,7 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
                     Ok(Forked::Child) => {
                         // The listeners and the signal pipe are the parent's business.
                         drop(acceptor);
-                        serve_child(accepted, &settings, blocked);
+                        serve_child(accepted, &options, blocked);
                     }
                     Ok(Forked::Parent { child }) => {
                         drop(blocked);
@@ -90,7 +96,7 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
             }
             Next::Signal(SIGCHLD) => children.reap(),
             Next::Signal(signal) => {
-                return shut_down(acceptor, children, signal, settings.shutdown_timeout);
+                return shut_down(acceptor, children, signal, options.shutdown_timeout);
             }
             Next::Woken | Next::TimedOut => {}
         }
@@ -100,7 +106,7 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
 /// The child's whole life: its own stop-signal handler, then the one connection, then `_exit`.
 fn serve_child(
     accepted: Accepted,
-    settings: &Settings,
+    options: &ServeOptions,
     blocked: crate::sys::StopSignalsBlocked,
 ) -> ! {
     let stopping = match stop_gracefully_on_signal(accepted.stream.as_fd()) {
@@ -119,7 +125,7 @@ fn serve_child(
         &accepted.stream,
         accepted.protocol,
         accepted.peer,
-        settings,
+        options,
         stopping,
     );
     exit_child(0)

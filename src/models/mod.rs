@@ -83,72 +83,28 @@ use socket2::SockRef;
 use crate::clock::Clock;
 use crate::net::systemd::Notifier;
 use crate::net::{BlockingStream, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
-use crate::protocol::{Arrival, Flow, Limits, Session};
+use crate::options::ServeOptions;
+use crate::protocol::{Arrival, Flow, Session};
 use crate::service::ProtocolKind;
-use crate::storage::UploadDir;
 use crate::sys::unacknowledged_bytes;
 
 pub use acceptor::{Acceptor, Next};
 pub use admission::{Admission, Admitted};
 
-/// How `serve` serves its connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Model {
-    /// One thread, one mio event loop, every connection (the point of oneloop).
-    Reactor,
-    /// One connection at a time, to completion (Python's `TCPServer`).
-    Serial,
-    /// A thread per connection (`ThreadingMixIn`).
-    Threaded,
-    /// `--threads` worker threads taking accepted connections from a queue.
-    Pool,
-    /// A process per connection (`ForkingMixIn`).
-    Forking,
-}
-
-impl Model {
-    /// The name used by `--model`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Model::Reactor => "reactor",
-            Model::Serial => "serial",
-            Model::Threaded => "threaded",
-            Model::Pool => "pool",
-            Model::Forking => "forking",
-        }
-    }
-}
-
-/// The options the blocking models honour.
+/// What a blocking model needs from the command line: the options every driver shares, and
+/// systemd's notifications, which only the accepting thread sends.
 ///
-/// Cloned into each serving thread (or shared behind an [`Arc`]); a forked child has its own
-/// copy.
+/// A connection's thread or process sees only the [`ServeOptions`]: plain data, cloned into each
+/// serving thread (or shared behind an [`Arc`]); a forked child has its own copy.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Limits every protocol session gets.
-    pub limits: Limits,
-    /// `--idle-timeout`: a connection blocked this long in one `read` or `write` is closed.
-    pub idle_timeout: Option<Duration>,
-    /// `--max-connections`: connections served at once; one more is refused.
-    pub max_connections: usize,
-    /// `--shutdown-timeout`: how long a graceful shutdown waits for busy connections.
-    pub shutdown_timeout: Duration,
-    /// `--upload-dir`, opened, when an upload service is served: each serving thread or forked
-    /// child stores its connection's uploads there itself ([`upload`]).
-    pub upload_dir: Option<Arc<UploadDir>>,
+    /// The options shared with the reactor (limits, timeouts, upload directory, ...).
+    pub options: ServeOptions,
     /// systemd's notifications (`NOTIFY_SOCKET`; a no-op without it): the acceptor sends
     /// `STOPPING=1` and the watchdog pings.
     pub notifier: Arc<Notifier>,
     /// How often to send `WATCHDOG=1`, when systemd asked for it (`WATCHDOG_USEC`).
     pub watchdog_every: Option<Duration>,
-    /// `--proxy-protocol`: every stream connection starts with a PROXY protocol header, read
-    /// before anything else (see [`crate::protocol::proxy`]).
-    pub proxy_protocol: bool,
-    /// `--reply-delay`: upper, timestamp and echo sleep this long before writing each reply.
-    pub reply_delay: Option<Duration>,
-    /// `--output-limit`: a chat member owed more than this is dropped ([`chat`]); the stream
-    /// protocols need none (a thread blocked in `write` stops reading).
-    pub output_limit: usize,
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.
@@ -191,25 +147,24 @@ pub fn serve_blocking(
     stream: &BlockingStream,
     protocol: ProtocolKind,
     peer: Peer,
-    settings: &Settings,
+    options: &ServeOptions,
     stopping: &AtomicBool,
 ) {
     // `&BlockingStream` reads and writes: the socket may be shared with the shutdown registry.
     let mut input = [0u8; BLOCKING_READ_BYTES];
-    let Some((peer, mut first)) = proxy::client(stream, peer, settings, stopping, &mut input)
-    else {
+    let Some((peer, mut first)) = proxy::client(stream, peer, options, stopping, &mut input) else {
         return;
     };
-    if stream.set_read_timeout(settings.idle_timeout).is_err()
-        || stream.set_write_timeout(settings.idle_timeout).is_err()
+    if stream.set_read_timeout(options.idle_timeout).is_err()
+        || stream.set_write_timeout(options.idle_timeout).is_err()
     {
         return;
     }
     if protocol == ProtocolKind::Upload {
         // Its input is mostly a file's bytes, for a file this thread writes itself.
-        return upload::serve(stream, peer, settings, stopping, &input[..first]);
+        return upload::serve(stream, peer, options, stopping, &input[..first]);
     }
-    let Some(mut session) = Session::new(protocol, settings.limits) else {
+    let Some(mut session) = Session::new(protocol, options.limits) else {
         warn!("{peer}: {protocol} is not served by this model; closing");
         return;
     };
@@ -224,12 +179,12 @@ pub fn serve_blocking(
             match read_input(stream, &mut input, stopping, peer) {
                 Input::Bytes(count) => (count, count < input.len()),
                 Input::Stopping => {
-                    return end_for_shutdown(stream, peer, &mut session, settings, &mut input);
+                    return end_for_shutdown(stream, peer, &mut session, options, &mut input);
                 }
                 Input::End => {
                     replies.clear();
                     session.on_end(&clock.now(), &mut replies);
-                    let _ = write_reply(stream, &replies, settings.reply_delay);
+                    let _ = write_reply(stream, &replies, options.reply_delay);
                     return;
                 }
                 Input::Gone => return,
@@ -245,7 +200,7 @@ pub fn serve_blocking(
         };
         replies.clear();
         let flow = session.on_input(&input[..count], arrival, &clock.now(), &mut replies);
-        if let Err(e) = write_reply(stream, &replies, settings.reply_delay) {
+        if let Err(e) = write_reply(stream, &replies, options.reply_delay) {
             debug!("{peer}: write failed: {e}");
             return;
         }
@@ -305,7 +260,7 @@ fn end_for_shutdown(
     stream: &BlockingStream,
     peer: Peer,
     session: &mut Session,
-    settings: &Settings,
+    options: &ServeOptions,
     scratch: &mut [u8],
 ) {
     debug!("{peer}: shutting down");
@@ -313,7 +268,7 @@ fn end_for_shutdown(
     let _ = stream.shutdown(Shutdown::Read);
     let mut replies = Vec::new();
     session.on_end(&Clock::default().now(), &mut replies);
-    if let Err(e) = write_reply(stream, &replies, settings.reply_delay) {
+    if let Err(e) = write_reply(stream, &replies, options.reply_delay) {
         debug!("{peer}: write failed: {e}");
         return;
     }

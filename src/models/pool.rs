@@ -28,24 +28,29 @@ pub fn run(
     workers: usize,
     signals: Signals,
 ) -> io::Result<()> {
+    let Settings {
+        options,
+        notifier,
+        watchdog_every,
+    } = settings;
     let rooms = Arc::new(ChatRooms::new(
         &listeners,
-        settings.limits,
-        settings.output_limit,
+        options.limits,
+        options.output_limit,
     ));
     let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
-    let admission = Admission::new(settings.max_connections, acceptor.waker()?);
+    acceptor.notify_systemd(notifier, watchdog_every);
+    let admission = Admission::new(options.max_connections, acceptor.waker()?);
     let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {
         let queue = Arc::clone(&queue);
         let rooms = Arc::clone(&rooms);
-        let settings = settings.clone();
+        let options = options.clone();
         thread::Builder::new()
             .name(format!("worker {worker}"))
             .spawn(move || {
                 while let Some(connection) = queue.pop() {
-                    connection.serve(&settings, &rooms);
+                    connection.serve(&options, &rooms);
                 }
             })?;
     }
@@ -63,7 +68,7 @@ pub fn run(
                 for connection in queue.close() {
                     connection.close_unserved();
                 }
-                return shut_down(&mut acceptor, &admission, signal, settings.shutdown_timeout);
+                return shut_down(&mut acceptor, &admission, signal, options.shutdown_timeout);
             }
             Next::Woken | Next::TimedOut => {}
         }

@@ -23,7 +23,7 @@ use log::debug;
 use crate::net::{BlockingStream, Peer, Relayed};
 use crate::protocol::proxy::{Parse, ProxyHeader, HEADER_TIMEOUT};
 
-use super::Settings;
+use crate::options::ServeOptions;
 
 /// The client a connection from `peer` serves, and how many of its first bytes are already at
 /// the start of `buffer`: under `--proxy-protocol`, after reading its PROXY header (see the
@@ -32,11 +32,11 @@ use super::Settings;
 pub(super) fn client(
     stream: &BlockingStream,
     peer: Peer,
-    settings: &Settings,
+    options: &ServeOptions,
     stopping: &AtomicBool,
     buffer: &mut [u8],
 ) -> Option<(Peer, usize)> {
-    if !settings.proxy_protocol {
+    if !options.proxy_protocol {
         return Some((peer, 0));
     }
     read_header(stream, peer, stopping, buffer)

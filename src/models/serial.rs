@@ -22,18 +22,23 @@ use super::{Acceptor, Admission, Admitted, Next, Settings};
 /// Serves connections one after another until SIGINT or SIGTERM. (`--max-connections` is moot:
 /// one at a time.)
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+    let Settings {
+        options,
+        notifier,
+        watchdog_every,
+    } = settings;
     let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
+    acceptor.notify_systemd(notifier, watchdog_every);
     // Rings when the client being served is done: the moment to accept the next.
     let admission = Admission::new(1, acceptor.waker()?);
     let (server, connections) = mpsc::channel::<Admitted>();
-    let shutdown_timeout = settings.shutdown_timeout;
+    let shutdown_timeout = options.shutdown_timeout;
     thread::Builder::new()
         .name("serial".into())
         .spawn(move || {
             for connection in connections {
                 // Chat is refused before serial starts (one member at a time is no room).
-                connection.serve(&settings, &ChatRooms::default());
+                connection.serve(&options, &ChatRooms::default());
             }
         })?;
     loop {

@@ -19,16 +19,21 @@ use super::{Acceptor, Admission, Next, Settings};
 
 /// Serves every connection on a new thread until SIGINT or SIGTERM.
 pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+    let Settings {
+        options,
+        notifier,
+        watchdog_every,
+    } = settings;
     let rooms = Arc::new(ChatRooms::new(
         &listeners,
-        settings.limits,
-        settings.output_limit,
+        options.limits,
+        options.output_limit,
     ));
     let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(settings.notifier.clone(), settings.watchdog_every);
-    let admission = Admission::new(settings.max_connections, acceptor.waker()?);
+    acceptor.notify_systemd(notifier, watchdog_every);
+    let admission = Admission::new(options.max_connections, acceptor.waker()?);
     // Shared by every connection's thread, rather than cloned for each.
-    let settings = Arc::new(settings);
+    let options = Arc::new(options);
     loop {
         match acceptor.accept_next(None)? {
             Next::Accepted(accepted) => {
@@ -37,17 +42,17 @@ pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) 
                 };
                 let peer = connection.peer();
                 let rooms = Arc::clone(&rooms);
-                let settings = Arc::clone(&settings);
+                let options = Arc::clone(&options);
                 let spawned = thread::Builder::new()
                     .name(format!("conn {peer}"))
-                    .spawn(move || connection.serve(&settings, &rooms));
+                    .spawn(move || connection.serve(&options, &rooms));
                 if let Err(e) = spawned {
                     // Out of threads (or memory): this client is dropped, the others carry on.
                     warn!("{peer}: cannot start a thread: {e}; closing");
                 }
             }
             Next::Signal(signal) => {
-                return shut_down(&mut acceptor, &admission, signal, settings.shutdown_timeout);
+                return shut_down(&mut acceptor, &admission, signal, options.shutdown_timeout);
             }
             Next::Woken | Next::TimedOut => {}
         }

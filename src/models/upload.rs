@@ -54,12 +54,13 @@ use std::sync::Arc;
 use log::{debug, warn};
 
 use crate::net::{BlockingStream, Peer};
+use crate::options::ServeOptions;
 use crate::protocol::upload::{End, Step, UploadSession};
 use crate::protocol::{Flow, Limits};
 use crate::storage::{Room, TempFile, UploadDir};
 use crate::sys;
 
-use super::{linger, linger_after_stop, read_input, Input, Settings};
+use super::{linger, linger_after_stop, read_input, Input};
 
 /// Bytes an upload connection reads at a time. Larger than [`super::BLOCKING_READ_BYTES`]: each
 /// read is followed by a write to the file, and 64 KiB (the size `oneloop send` writes) makes
@@ -74,16 +75,16 @@ pub const UPLOAD_READ_BYTES: usize = 64 * 1024;
 pub fn serve(
     stream: &BlockingStream,
     peer: Peer,
-    settings: &Settings,
+    options: &ServeOptions,
     stopping: &AtomicBool,
     first: &[u8],
 ) {
-    let Some(dir) = &settings.upload_dir else {
+    let Some(dir) = &options.upload_dir else {
         // `serve` opens the directory whenever an upload service is configured.
         warn!("{peer}: no --upload-dir to store uploads in; closing");
         return;
     };
-    let mut connection = Connection::new(peer, dir, settings.limits);
+    let mut connection = Connection::new(peer, dir, options.limits);
     let mut input = vec![0; UPLOAD_READ_BYTES.max(first.len())];
     input[..first.len()].copy_from_slice(first);
     let mut first = first.len();

@@ -89,8 +89,9 @@ pub enum Flow {
 /// Per-session limits from the command line.
 ///
 /// One struct for every protocol, although each reads only its own fields: the drivers (the
-/// reactor's and the models' `Config`) already carry it to every session they create, so a new
-/// limit reaches all of them by adding a field here rather than a parameter to each.
+/// reactor and the models, through the options they share, `options::ServeOptions`) already
+/// carry it to every session they create, so a new limit reaches all of them by adding a field
+/// here rather than a parameter to each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Longest line, in bytes not counting its `\n`, that line protocols accept (`--max-line`).

@@ -68,10 +68,9 @@ use crate::clock::{Clock, Now};
 use crate::net::datagram::DatagramStats;
 use crate::net::systemd::Notifier;
 use crate::net::{BoundDatagram, BoundListener, ReserveFd, StreamListener};
+use crate::options::ServeOptions;
 use crate::protocol::room::{Delivery, MemberId};
-use crate::protocol::Limits;
 use crate::service::{Address, ProtocolKind};
-use crate::storage::durable::UploadDir;
 
 pub use buffers::SharedBuffers;
 use chat::{ChatRoom, Outbox};
@@ -102,49 +101,14 @@ pub const EVENTS_PER_POLL: usize = 1024;
 /// from serving the clients it already has. A listener that hits it goes on the still-ready queue.
 pub const MAX_ACCEPTS_PER_TURN: usize = 256;
 
-/// Default for `--output-limit`: 1 MiB of queued replies per connection.
-pub const DEFAULT_OUTPUT_LIMIT: usize = 1024 * 1024;
-
-/// What the reactor needs from the command line.
-#[derive(Clone, Debug)]
+/// What the reactor needs from the command line: the options every driver shares, and the one
+/// only the reactor has.
+#[derive(Clone, Debug, Default)]
 pub struct Config {
-    /// Limits every protocol session gets.
-    pub limits: Limits,
-    /// `--output-limit`: queued reply bytes past which a connection stops being read.
-    pub output_limit: usize,
-    /// `--max-connections`: open client connections past which new ones are closed at once.
-    pub max_connections: usize,
-    /// `--idle-timeout`: a connection with no bytes read or written this long is closed.
-    pub idle_timeout: Option<Duration>,
-    /// `--shutdown-timeout`: how long a graceful shutdown waits for busy connections.
-    pub shutdown_timeout: Duration,
-    /// `--upload-dir`, opened, when an upload service is served.
-    pub upload_dir: Option<Arc<UploadDir>>,
+    /// The options shared with the blocking models (limits, timeouts, upload directory, ...).
+    pub options: ServeOptions,
     /// `--upload-io loop`: file operations in the loop itself, a foil (normally: I/O threads).
     pub upload_io_in_loop: bool,
-    /// `--proxy-protocol`: every stream connection starts with a PROXY protocol header, read
-    /// before any byte of its protocol, within [`HEADER_TIMEOUT`](crate::protocol::proxy::HEADER_TIMEOUT) of the accept (see
-    /// [`crate::protocol::proxy`]).
-    pub proxy_protocol: bool,
-    /// `--reply-delay`: upper, timestamp and echo hold each reply this long after its request
-    /// was read, on a timer (the loop serves everyone else meanwhile).
-    pub reply_delay: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            limits: Limits::default(),
-            output_limit: DEFAULT_OUTPUT_LIMIT,
-            max_connections: 1024,
-            idle_timeout: Some(Duration::from_secs(300)),
-            shutdown_timeout: Duration::from_secs(10),
-            upload_dir: None,
-            upload_io_in_loop: false,
-            proxy_protocol: false,
-            reply_delay: None,
-        }
-    }
 }
 
 /// A socket the loop owns for a whole service: a listener, whose clients become connections, or
@@ -197,7 +161,9 @@ pub struct Reactor {
     notifier: Arc<Notifier>,
     /// How often to send `WATCHDOG=1` (half of `WATCHDOG_USEC`), if systemd asked for it.
     watchdog_every: Option<Duration>,
-    config: Config,
+    /// The shared options ([`Config::options`]); the reactor's own extra is used up in
+    /// [`Reactor::new`].
+    config: ServeOptions,
     clock: Clock,
     /// SIGINT and SIGTERM, delivered through a pipe the poll watches.
     signals: Option<Signals>,
@@ -240,6 +206,10 @@ impl Reactor {
         config: Config,
         signals: Option<Signals>,
     ) -> io::Result<Reactor> {
+        let Config {
+            options: config,
+            upload_io_in_loop,
+        } = config;
         let poll = Poll::new()?;
         let mut endpoints = Vec::with_capacity(listeners.len() + datagrams.len());
         for bound in listeners {
@@ -284,11 +254,7 @@ impl Reactor {
         let uploads = match &config.upload_dir {
             Some(dir) if endpoints.iter().any(|e| e.protocol == ProtocolKind::Upload) => {
                 let waker = Arc::new(Waker::new(poll.registry(), STORAGE_TOKEN)?);
-                Some(Uploads::start(
-                    Arc::clone(dir),
-                    waker,
-                    config.upload_io_in_loop,
-                )?)
+                Some(Uploads::start(Arc::clone(dir), waker, upload_io_in_loop)?)
             }
             _ => None,
         };
@@ -760,6 +726,7 @@ enum Stop {
 mod tests {
     use super::*;
     use crate::net::{Peer, Stream};
+    use crate::protocol::Limits;
     use crate::reactor::connection::MAX_READ_BYTES_PER_TURN;
     use std::io::{Read, Write};
     use std::net::SocketAddr;
@@ -867,9 +834,12 @@ mod tests {
     fn shutdown_flushes_a_line_held_after_a_budget_limited_read() {
         const SENT: usize = MAX_READ_BYTES_PER_TURN + 44 * 1024;
         let config = Config {
-            limits: Limits {
-                max_line: 4 << 20,
-                ..Limits::default()
+            options: ServeOptions {
+                limits: Limits {
+                    max_line: 4 << 20,
+                    ..Limits::default()
+                },
+                ..ServeOptions::default()
             },
             ..Config::default()
         };
