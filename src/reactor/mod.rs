@@ -77,7 +77,7 @@ use chat::{ChatRoom, Outbox};
 pub use connection::{Connection, FirstInput, Verdict};
 use handler::{Client, Handler};
 use timers::{describe_timeout, Timer, Wake};
-use upload::Uploads;
+use upload::{UploadSink, Uploads};
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
 /// is `LISTENER_TOKEN_BASE + i`).
@@ -712,6 +712,72 @@ impl Reactor {
             return true;
         }
         false
+    }
+}
+
+/// The storage's answers: the arm of the seam for the I/O threads' waker.
+impl Reactor {
+    /// The I/O threads answered: each answer goes to its upload's connection, which may reply
+    /// (`saved ...`), send the ops that waited for room, and read again.
+    pub(super) fn on_storage_ready(&mut self, now: &Now) {
+        let Some(uploads) = self.uploads.as_mut() else {
+            return;
+        };
+        let mut completions = std::mem::take(&mut self.upload_completions);
+        uploads.drain(&mut completions);
+        match completions.len() {
+            1 => trace!("storage: 1 answer from the I/O threads"),
+            n => trace!("storage: {n} answers from the I/O threads"),
+        }
+        // The room those answers freed goes first to the connections that were refused for lack
+        // of it, and only then to those whose answers these are, which would take it at once.
+        let mut blocked = std::mem::take(&mut self.upload_blocked);
+        if let Some(uploads) = self.uploads.as_mut() {
+            uploads.take_blocked(&mut blocked);
+        }
+        for key in blocked.drain(..) {
+            self.upload_answered(key, None, now);
+        }
+        self.upload_blocked = blocked;
+        for (key, completion) in completions.drain(..) {
+            self.upload_answered(key, Some(&completion), now);
+        }
+        self.upload_completions = completions;
+    }
+
+    /// Gives upload connection `key` an answer from the I/O threads (or, with `None`, a chance
+    /// to send the ops that waited for room), and settles it.
+    fn upload_answered(
+        &mut self,
+        key: usize,
+        completion: Option<&crate::storage::pool::Completion>,
+        now: &Now,
+    ) {
+        let (Some(client), Some(uploads)) = (self.clients.get_mut(key), self.uploads.as_mut())
+        else {
+            return;
+        };
+        let Client {
+            conn,
+            handler: Handler::Upload(work),
+        } = client
+        else {
+            return;
+        };
+        let mut sink = UploadSink {
+            uploads,
+            key,
+            conn: conn.id,
+        };
+        let verdict = handler::upload::on_completion(
+            conn,
+            work,
+            completion,
+            &mut self.shared,
+            &mut sink,
+            now,
+        );
+        self.apply(key, verdict);
     }
 }
 

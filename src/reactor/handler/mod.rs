@@ -58,7 +58,7 @@ use crate::protocol::{Limits, Session};
 use super::buffers::SharedBuffers;
 use super::connection::Connection;
 use super::fanout::RoomLog;
-use super::upload::UploadWork;
+use upload::UploadWork;
 
 pub use chat::{ChatMember, ChatSink, HeldInput};
 pub use header::AwaitingHeader;
