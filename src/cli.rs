@@ -23,7 +23,7 @@ use crate::options::{
 };
 use crate::protocol::{Limits, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
 use crate::reactor::{Config, Reactor};
-use crate::service::{Endpoint, ProtocolKind, ServiceSpec, DEFAULT_SERVICES};
+use crate::service::{ProtocolKind, ServiceSpec, SocketSource, DEFAULT_SERVICES};
 use crate::storage::durable::UploadDir;
 
 /// oneloop: one thread, one event loop, thousands of connections.
@@ -449,9 +449,9 @@ fn services_named_by(passed: &[ActivatedSocket]) -> Result<Vec<ServiceSpec>, Str
                 socket.fd, socket.name, socket.local, socket.fd
             )
         })?;
-        let endpoint = Endpoint::Passed(socket.name.clone());
-        if !services.iter().any(|service| service.endpoint == endpoint) {
-            services.push(ServiceSpec { protocol, endpoint });
+        let source = SocketSource::Passed(socket.name.clone());
+        if !services.iter().any(|service| service.source == source) {
+            services.push(ServiceSpec { protocol, source });
         }
     }
     Ok(services)

@@ -1,16 +1,16 @@
 //! What `serve` is asked to serve: `PROTOCOL@ADDRESS` specs.
 //!
 //! ```
-//! use oneloop::service::{Address, Endpoint, ProtocolKind, ServiceSpec};
+//! use oneloop::service::{Address, SocketSource, ProtocolKind, ServiceSpec};
 //!
 //! let spec: ServiceSpec = "upper@127.0.0.1:9999".parse().unwrap();
 //! assert_eq!(spec.protocol, ProtocolKind::Upper);
-//! assert_eq!(spec.endpoint, Endpoint::Bind(Address::Tcp("127.0.0.1:9999".parse().unwrap())));
+//! assert_eq!(spec.source, SocketSource::Bind(Address::Tcp("127.0.0.1:9999".parse().unwrap())));
 //! assert!("upper@nowhere".parse::<ServiceSpec>().is_err());
 //!
 //! // A socket systemd passed in (socket activation), chosen by its FileDescriptorName=:
 //! let passed: ServiceSpec = "chat@fd:chat".parse().unwrap();
-//! assert_eq!(passed.endpoint, Endpoint::Passed("chat".into()));
+//! assert_eq!(passed.source, SocketSource::Passed("chat".into()));
 //! ```
 
 use std::fmt;
@@ -203,7 +203,7 @@ fn parse_host_port(text: &str, resolve: Resolver<'_>) -> Result<SocketAddr, Stri
 
 /// Where a service's listening socket comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
+pub enum SocketSource {
     /// oneloop binds it: `HOST:PORT`, `tcp:`, `udp:` or `unix:`.
     Bind(Address),
     /// systemd bound it and passed it in (socket activation): `fd:NAME` selects every passed
@@ -215,11 +215,11 @@ pub enum Endpoint {
 /// The longest `FileDescriptorName=` systemd accepts (`FDNAME_MAX`).
 pub const MAX_FD_NAME: usize = 255;
 
-impl Endpoint {
-    /// Parses an endpoint: `fd:NAME`, or an [`Address`] resolved with `resolve`.
-    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<Endpoint, String> {
+impl SocketSource {
+    /// Parses where a socket comes from: `fd:NAME`, or an [`Address`] resolved with `resolve`.
+    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<SocketSource, String> {
         let Some(name) = text.strip_prefix("fd:") else {
-            return Address::parse_with(text, resolve).map(Endpoint::Bind);
+            return Address::parse_with(text, resolve).map(SocketSource::Bind);
         };
         // systemd's own rule for FileDescriptorName= (`fdname_is_valid`): printable ASCII, no
         // colon (LISTEN_FDNAMES is colon-separated), at most 255 bytes. A name it could never
@@ -237,16 +237,16 @@ impl Endpoint {
                  characters with no ':' or space, as systemd's FileDescriptorName= allows"
             ));
         }
-        Ok(Endpoint::Passed(name.to_owned()))
+        Ok(SocketSource::Passed(name.to_owned()))
     }
 }
 
-impl fmt::Display for Endpoint {
+impl fmt::Display for SocketSource {
     /// As on the command line: `tcp:127.0.0.1:9999`, `unix:/tmp/chat.sock`, `fd:chat`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Bind(address) => write!(f, "{}:{address}", address.transport()),
-            Endpoint::Passed(name) => write!(f, "fd:{name}"),
+            SocketSource::Bind(address) => write!(f, "{}:{address}", address.transport()),
+            SocketSource::Passed(name) => write!(f, "fd:{name}"),
         }
     }
 }
@@ -256,8 +256,8 @@ impl fmt::Display for Endpoint {
 pub struct ServiceSpec {
     /// What is spoken.
     pub protocol: ProtocolKind,
-    /// Where it listens.
-    pub endpoint: Endpoint,
+    /// Where its socket comes from: bound by oneloop, or passed in by systemd.
+    pub source: SocketSource,
 }
 
 impl FromStr for ServiceSpec {
@@ -271,25 +271,25 @@ impl FromStr for ServiceSpec {
 impl ServiceSpec {
     /// Parses like [`FromStr`], resolving host names with `resolve`.
     pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<ServiceSpec, String> {
-        let (protocol, endpoint) = text.split_once('@').ok_or_else(|| {
+        let (protocol, source) = text.split_once('@').ok_or_else(|| {
             format!("{text:?} is not PROTOCOL@ADDRESS (e.g. echo@127.0.0.1:9000)")
         })?;
         let protocol: ProtocolKind = protocol.parse()?;
-        let endpoint = Endpoint::parse_with(endpoint, resolve)?;
+        let source = SocketSource::parse_with(source, resolve)?;
         // A passed socket's transport is checked when it is taken (`Bound::add_passed`).
-        if matches!(endpoint, Endpoint::Bind(Address::Udp(_)))
+        if matches!(source, SocketSource::Bind(Address::Udp(_)))
             && matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload)
         {
             return Err(format!("{protocol} runs over tcp or unix, not udp"));
         }
-        Ok(ServiceSpec { protocol, endpoint })
+        Ok(ServiceSpec { protocol, source })
     }
 }
 
 impl fmt::Display for ServiceSpec {
     /// `upper@tcp:127.0.0.1:9999`, `chat@fd:chat`: parses back to the same spec.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.protocol, self.endpoint)
+        write!(f, "{}@{}", self.protocol, self.source)
     }
 }
 
@@ -301,26 +301,23 @@ mod tests {
         text.parse()
     }
 
-    fn bind(address: Address) -> Endpoint {
-        Endpoint::Bind(address)
+    fn bind(address: Address) -> SocketSource {
+        SocketSource::Bind(address)
     }
 
     #[test]
     fn parses_every_transport() {
         let tcp = spec("echo@tcp:127.0.0.1:0").unwrap();
         assert_eq!(
-            tcp.endpoint,
+            tcp.source,
             bind(Address::Tcp("127.0.0.1:0".parse().unwrap()))
         );
         let v6 = spec("upper@[::1]:7000").unwrap();
-        assert_eq!(
-            v6.endpoint,
-            bind(Address::Tcp("[::1]:7000".parse().unwrap()))
-        );
+        assert_eq!(v6.source, bind(Address::Tcp("[::1]:7000".parse().unwrap())));
         let udp = spec("echo@udp:[::1]:7000").unwrap();
-        assert_eq!(udp.endpoint.to_string(), "udp:[::1]:7000");
+        assert_eq!(udp.source.to_string(), "udp:[::1]:7000");
         let unix = spec("chat@unix:/tmp/chat.sock").unwrap();
-        assert_eq!(unix.endpoint, bind(Address::Unix("/tmp/chat.sock".into())));
+        assert_eq!(unix.source, bind(Address::Unix("/tmp/chat.sock".into())));
         assert_eq!(unix.protocol, ProtocolKind::Chat);
         let longest = format!("unix:/{}", "p".repeat(MAX_UNIX_PATH - 1));
         assert!(longest.parse::<Address>().is_ok());
@@ -331,11 +328,11 @@ mod tests {
     #[test]
     fn passed_sockets_are_named_and_print_back() {
         let by_name = spec("chat@fd:chat").unwrap();
-        assert_eq!(by_name.endpoint, Endpoint::Passed("chat".into()));
+        assert_eq!(by_name.source, SocketSource::Passed("chat".into()));
         assert_eq!(by_name.to_string(), "chat@fd:chat");
         // A number is a name too; which one it means is decided against the passed sockets.
         let by_number = spec("upload@fd:3").unwrap();
-        assert_eq!(by_number.endpoint, Endpoint::Passed("3".into()));
+        assert_eq!(by_number.source, SocketSource::Passed("3".into()));
         assert!(spec(&format!("echo@fd:{}", "n".repeat(MAX_FD_NAME))).is_ok());
         assert!(spec(&format!("echo@fd:{}", "n".repeat(MAX_FD_NAME + 1))).is_err());
     }
@@ -350,8 +347,8 @@ mod tests {
     #[test]
     fn resolves_localhost() {
         let s = spec("echo@localhost:9").unwrap();
-        match s.endpoint {
-            Endpoint::Bind(Address::Tcp(addr)) => assert!(addr.ip().is_loopback()),
+        match s.source {
+            SocketSource::Bind(Address::Tcp(addr)) => assert!(addr.ip().is_loopback()),
             other => panic!("{other:?}"),
         }
     }

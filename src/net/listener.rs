@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::stream::{Peer, Stream};
 use super::systemd::{self, ActivatedKind, ActivatedSocket};
 use super::unix::{bind_unix, SocketFile};
-use crate::service::{Address, Endpoint, ProtocolKind, ServiceSpec};
+use crate::service::{Address, ProtocolKind, ServiceSpec, SocketSource};
 
 /// The backlog requested from `listen`; the kernel silently lowers it to `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;
@@ -237,9 +237,9 @@ pub fn bind_services(
     let anything_passed = !passed.is_empty();
     for service in services {
         let protocol = service.protocol;
-        let address = match &service.endpoint {
-            Endpoint::Bind(address) => address,
-            Endpoint::Passed(name) => {
+        let address = match &service.source {
+            SocketSource::Bind(address) => address,
+            SocketSource::Passed(name) => {
                 take_passed(&mut bound, protocol, name, passed, anything_passed)?;
                 continue;
             }
