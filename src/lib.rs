@@ -54,7 +54,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
-pub mod client;
+pub(crate) mod client;
 pub mod clock;
 // The fuzz targets' property checks: for the crate's tests and `fuzz/` only, never part of the
 // interface (see the module's own documentation).
@@ -62,12 +62,12 @@ pub mod clock;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod load;
-pub mod models;
+pub(crate) mod models;
 pub mod net;
-pub mod options;
+pub(crate) mod options;
 pub mod protocol;
-pub mod reactor;
-pub mod send;
+pub(crate) mod reactor;
+pub(crate) mod send;
 pub mod service;
 pub mod storage;
 #[allow(unsafe_code)]

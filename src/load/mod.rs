@@ -49,7 +49,7 @@ mod chat;
 mod command;
 mod report;
 mod udp;
-pub mod verify;
+pub(crate) mod verify;
 mod worker;
 
 use std::io;

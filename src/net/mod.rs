@@ -9,13 +9,13 @@
 //! how a refused client is told, or how a process out of file descriptors keeps its backlog
 //! moving.
 
-pub mod datagram;
-pub mod listener;
-pub mod nonblocking;
-pub mod reserve;
-pub mod stream;
+pub(crate) mod datagram;
+pub(crate) mod listener;
+pub(crate) mod nonblocking;
+pub(crate) mod reserve;
+pub(crate) mod stream;
 pub mod systemd;
-pub mod unix;
+pub(crate) mod unix;
 
 use std::time::Duration;
 

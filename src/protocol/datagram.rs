@@ -72,14 +72,6 @@ pub fn reply(
     Some(Reply::Answer)
 }
 
-/// Whether `protocol` can be served over UDP.
-pub fn serves(protocol: ProtocolKind) -> bool {
-    matches!(
-        protocol,
-        ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +110,6 @@ mod tests {
         assert_eq!(answer(ProtocolKind::Echo, b"\x00\xff"), b"\x00\xff");
         let mut out = Vec::new();
         assert!(reply(ProtocolKind::Chat, b"x", &fixed_now(), &mut out).is_none());
-        assert!(!serves(ProtocolKind::Upload));
     }
 
     #[test]

@@ -47,13 +47,13 @@
 //! load balancer in front, before any protocol byte. [`proxy::ProxyHeader`] reads it (bytes in,
 //! the client's address out, bounded, no clock) and says where the session's bytes begin.
 
-pub mod datagram;
-pub mod echo;
-pub mod proxy;
-pub mod room;
-pub mod timestamp;
+pub(crate) mod datagram;
+pub(crate) mod echo;
+pub(crate) mod proxy;
+pub(crate) mod room;
+pub(crate) mod timestamp;
 pub mod upload;
-pub mod upper;
+pub(crate) mod upper;
 
 use crate::clock::Now;
 

@@ -252,6 +252,7 @@ impl Room {
     /// invariant check, outside this crate's tests, must see the one thing the deliveries cannot
     /// show: that the room holds exactly the unfinished tail, and never more than the limit.
     #[doc(hidden)]
+    #[cfg(any(test, feature = "fuzzing"))] // Only the property checks look.
     pub fn partial_line(&self, member: MemberId) -> Option<&[u8]> {
         self.members.get(&member).map(|m| &m.partial[..])
     }

@@ -74,7 +74,7 @@ use crate::service::{Address, ProtocolKind};
 
 pub use buffers::SharedBuffers;
 use chat::{ChatRoom, Outbox};
-pub use connection::{Connection, FirstInput, Verdict};
+use connection::{FirstInput, Verdict};
 use handler::{Client, Handler};
 use timers::{describe_timeout, Timer, Wake};
 use upload::{UploadSink, Uploads};

@@ -15,8 +15,8 @@
 //! protocol's [`candidate_name`](crate::protocol::upload::candidate_name) and
 //! [`TEMP_PREFIX`](crate::protocol::upload::TEMP_PREFIX) rather than keeping copies.
 
-pub mod durable;
-pub mod pool;
+pub(crate) mod durable;
+pub(crate) mod pool;
 #[cfg(test)]
 mod testing;
 
