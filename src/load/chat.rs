@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use log::{debug, trace};
 use mio::{Events, Interest, Poll, Token};
 
-use super::worker::{Meter, Plan, Tally};
+use super::worker::{Counts, Meter, Plan};
 use super::{Gate, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECT_ATTEMPTS};
 use crate::net::{write_until_blocked, Stream};
 use crate::service::Address;
@@ -141,7 +141,7 @@ impl Member {
 
 /// Which phase a received line arrives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum ChatStage {
     Barrier,
     Load,
     /// `--idle`: members join and listen; nobody sends.
@@ -175,33 +175,33 @@ struct Chat<'a> {
     start: Instant,
     warmup_nanos: u64,
     stopping: bool,
-    phase: Phase,
+    phase: ChatStage,
     read_buf: Box<[u8]>,
     out: Vec<u8>,
     still_ready: Vec<usize>,
     spare_ready: Vec<usize>,
     unpublished: u64,
-    tally: Tally,
+    tally: Counts,
 }
 
 /// Runs the chat load: connect, barrier, gate, load, grace.
-pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts> {
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
-    let mut arrival = gate.arrival();
+    let mut ticket = gate.ticket();
     let mut chat = Chat::new(plan, meter)?;
     let ready = chat.connect_all()?
         && match chat.phase {
-            Phase::Idle => chat.await_greetings()?,
-            Phase::Barrier | Phase::Load => chat.barrier()?,
+            ChatStage::Idle => chat.await_greetings()?,
+            ChatStage::Barrier | ChatStage::Load => chat.barrier()?,
         };
-    arrival.arrive();
+    ticket.arrive();
     let Some(start) = gate.wait_open() else {
         return Ok(chat.tally);
     };
     if ready {
         match chat.phase {
-            Phase::Idle => chat.hold(start + plan.config.duration)?,
-            Phase::Barrier | Phase::Load => chat.load(start)?,
+            ChatStage::Idle => chat.hold(start + plan.config.duration)?,
+            ChatStage::Barrier | ChatStage::Load => chat.load(start)?,
         }
     }
     for i in 0..chat.members.len() {
@@ -248,13 +248,17 @@ impl<'a> Chat<'a> {
             start: Instant::now(),
             warmup_nanos: 0,
             stopping: false,
-            phase: if idle { Phase::Idle } else { Phase::Barrier },
+            phase: if idle {
+                ChatStage::Idle
+            } else {
+                ChatStage::Barrier
+            },
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
             still_ready: Vec::new(),
             spare_ready: Vec::new(),
             unpublished: 0,
-            tally: Tally::new(),
+            tally: Counts::new(),
         })
     }
 
@@ -264,7 +268,7 @@ impl<'a> Chat<'a> {
     /// thousands of joins never pile up unread in the server.
     fn connect_all(&mut self) -> io::Result<bool> {
         for i in 0..self.members.len() {
-            if self.phase == Phase::Idle && i % IDLE_CONNECTS_PER_TURN == 0 {
+            if self.phase == ChatStage::Idle && i % IDLE_CONNECTS_PER_TURN == 0 {
                 self.turn(Some(Instant::now()))?;
             }
             let mut attempt = 1;
@@ -384,7 +388,7 @@ impl<'a> Chat<'a> {
     /// The load, from `start` to the end of the grace period.
     fn load(&mut self, start: Instant) -> io::Result<()> {
         self.start = start;
-        self.phase = Phase::Load;
+        self.phase = ChatStage::Load;
         let config = &self.plan.config;
         let mut stop = start + config.duration;
         let mut grace_end = stop + GRACE;
@@ -584,7 +588,7 @@ impl<'a> Chat<'a> {
     fn feed(&mut self, r: usize, mut bytes: &[u8]) {
         let longest = self.plan.config.size + LINE_SLACK;
         while !bytes.is_empty() {
-            let Some(end) = memchr(b'\n', bytes) else {
+            let Some(end) = memchr::memchr(b'\n', bytes) else {
                 self.members[r].partial.extend_from_slice(bytes);
                 if self.members[r].partial.len() > longest {
                     self.members[r].partial.clear();
@@ -611,7 +615,7 @@ impl<'a> Chat<'a> {
         if line.starts_with(b"* welcome ") {
             if let Some(connected) = self.awaiting_greeting.get_mut(r).and_then(Option::take) {
                 self.greeted += 1;
-                if self.phase == Phase::Idle {
+                if self.phase == ChatStage::Idle {
                     // An idle member's one round trip: counted and timed like one.
                     self.tally.requests += 1;
                     self.unpublished += 1;
@@ -623,7 +627,7 @@ impl<'a> Chat<'a> {
         if line.starts_with(b"* ") {
             return; // joins, leaves, nick notices, greetings
         }
-        if self.phase == Phase::Idle {
+        if self.phase == ChatStage::Idle {
             return self.wrong(r, || {
                 format!("a line while every member is idle: {:?}", lossy(line))
             });
@@ -655,7 +659,7 @@ impl<'a> Chat<'a> {
             self.heard_by[s] += 1;
             return;
         }
-        if self.phase == Phase::Barrier || s >= self.senders {
+        if self.phase == ChatStage::Barrier || s >= self.senders {
             return self.wrong(r, || {
                 format!("a line from a member that sends none: {:?}", lossy(line))
             });
@@ -781,14 +785,14 @@ fn write_line(out: &mut Vec<u8>, id: u64, seq: u64, sent_nanos: u64, size: usize
 /// Parses a line's body as [`write_line`] builds it for `size`: `(ID, SEQ, NANOS)`, or `None`
 /// if it is not exactly such a line.
 fn parse_body(body: &[u8], size: usize) -> Option<(u64, u64, u64)> {
-    let first = memchr(b' ', body)?;
+    let first = memchr::memchr(b' ', body)?;
     let id = parse_number(&body[..first])?;
     let after_id = &body[first + 1..];
-    let second = memchr(b' ', after_id)?;
+    let second = memchr::memchr(b' ', after_id)?;
     let seq = parse_number(&after_id[..second])?;
     let space = first + 1 + second;
     let rest = &body[space + 1..];
-    let (stamp, padding) = match memchr(b' ', rest) {
+    let (stamp, padding) = match memchr::memchr(b' ', rest) {
         Some(at) => (&rest[..at], Some(&rest[at + 1..])),
         None => (rest, None),
     };
@@ -809,10 +813,6 @@ fn parse_number(digits: &[u8]) -> Option<u64> {
             .iter()
             .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
     )
-}
-
-fn memchr(byte: u8, bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == byte)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

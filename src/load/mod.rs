@@ -65,7 +65,7 @@ use crate::service::Address;
 
 pub use command::{main, LoadArgs};
 pub use report::LoadReport;
-pub use worker::Tally;
+pub use worker::Counts;
 
 /// Connects one generator thread has under way at once. Loopback completes a connect in
 /// microseconds, so this costs nothing there, and it keeps a thousand SYNs from arriving in the
@@ -423,7 +423,7 @@ pub fn run_with(
     let thread_requests = tallies.iter().map(|tally| tally.requests).collect();
     let mut report = LoadReport::new(
         config,
-        worker::Tally::merge(tallies),
+        worker::Counts::merge(tallies),
         thread_requests,
         report::Timing {
             connect: opened - started,
@@ -549,13 +549,13 @@ struct GateState {
     aborted: bool,
 }
 
-/// A worker's arrival at the [`Gate`]: made explicitly with [`Arrival::arrive`], or when it is
-/// dropped — an error or a panic before the worker got there — so that the calling thread, which
-/// waits for every worker, never waits for ever.
+/// A worker's ticket at the [`Gate`], good for exactly one arrival: made explicitly with
+/// [`GateTicket::arrive`], or when the ticket is dropped — an error or a panic before the worker
+/// got there — so that the calling thread, which waits for every worker, never waits for ever.
 #[derive(Debug)]
-pub(crate) struct Arrival<'a>(Option<&'a Gate>);
+pub(crate) struct GateTicket<'a>(Option<&'a Gate>);
 
-impl Arrival<'_> {
+impl GateTicket<'_> {
     /// Arrives now (once: later calls, and the drop, do nothing).
     pub(crate) fn arrive(&mut self) {
         if let Some(gate) = self.0.take() {
@@ -564,7 +564,7 @@ impl Arrival<'_> {
     }
 }
 
-impl Drop for Arrival<'_> {
+impl Drop for GateTicket<'_> {
     fn drop(&mut self) {
         self.arrive();
     }
@@ -576,9 +576,9 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A worker's promise to arrive exactly once (see [`Arrival`]).
-    pub(crate) fn arrival(&self) -> Arrival<'_> {
-        Arrival(Some(self))
+    /// A worker's promise to arrive exactly once (see [`GateTicket`]).
+    pub(crate) fn ticket(&self) -> GateTicket<'_> {
+        GateTicket(Some(self))
     }
 
     /// A worker has finished connecting.

@@ -7,7 +7,7 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use super::worker::Tally;
+use super::worker::Counts;
 use super::{LoadConfig, Mode};
 use crate::protocol::ProtocolKind;
 use crate::service::Address;
@@ -49,7 +49,7 @@ pub struct LoadReport {
     pub warmup: Duration,
     /// What the threads counted, added up: requests, errors of each kind, connections
     /// established and dropped, the first error, and the latency histogram.
-    pub counts: Tally,
+    pub counts: Counts,
     /// Each thread's share of `counts.requests`, in thread order: how evenly the work was
     /// spread, and proof that each thread did some.
     pub thread_requests: Vec<u64>,
@@ -68,7 +68,7 @@ pub struct LoadReport {
 impl LoadReport {
     pub(crate) fn new(
         config: &LoadConfig,
-        tally: Tally,
+        tally: Counts,
         thread_requests: Vec<u64>,
         timing: Timing,
     ) -> LoadReport {
@@ -95,7 +95,7 @@ impl LoadReport {
     }
 
     /// Every error: connections not made, wrong replies, missing replies, lost datagrams (UDP),
-    /// and connections the server dropped while they were still needed (see [`Tally::dropped`]).
+    /// and connections the server dropped while they were still needed (see [`Counts::dropped`]).
     pub fn errors(&self) -> u64 {
         self.counts.connect_failures
             + self.counts.wrong_replies
@@ -473,7 +473,7 @@ mod tests {
         let mut config = LoadConfig::new("127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap());
         config.mode = mode;
         config.duration = Duration::from_secs(2);
-        let mut tally = Tally::merge(Vec::new());
+        let mut tally = Counts::merge(Vec::new());
         tally.established = 50;
         tally.requests = 1800;
         if mode == Mode::Load {

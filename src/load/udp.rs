@@ -36,7 +36,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use super::verify::{ReplyVerifier, Requests};
-use super::worker::{Meter, Plan, Tally};
+use super::worker::{Counts, Meter, Plan};
 use super::Gate;
 use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
 use crate::service::Address;
@@ -130,21 +130,21 @@ struct Sock {
 }
 
 /// Runs one thread's share of a UDP run: open the sockets, wait at the gate, load, tally.
-pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts> {
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
-    let mut arrival = gate.arrival();
-    let mut worker = Worker::new(plan, meter)?;
-    worker.open_all();
-    arrival.arrive();
+    let mut ticket = gate.ticket();
+    let mut generator = UdpGenerator::new(plan, meter)?;
+    generator.open_all();
+    ticket.arrive();
     let Some(start) = gate.wait_open() else {
-        return Ok(worker.tally);
+        return Ok(generator.tally);
     };
-    worker.load(start)?;
-    Ok(worker.tally)
+    generator.load(start)?;
+    Ok(generator.tally)
 }
 
 /// One thread's event loop over its sockets.
-struct Worker<'a> {
+struct UdpGenerator<'a> {
     plan: &'a Plan,
     meter: &'a Meter,
     server: SocketAddr,
@@ -160,7 +160,7 @@ struct Worker<'a> {
     still_ready: Vec<usize>,
     /// The other work list, kept so that neither is allocated again.
     spare_ready: Vec<usize>,
-    tally: Tally,
+    tally: Counts,
     /// Requests sent before this are verified but not measured.
     warmup_end: Option<Instant>,
     /// The load is over: no more requests.
@@ -171,13 +171,13 @@ struct Worker<'a> {
     unpublished: u64,
 }
 
-impl<'a> Worker<'a> {
-    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Worker<'a>> {
+impl<'a> UdpGenerator<'a> {
+    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<UdpGenerator<'a>> {
         let config = &plan.config;
         let Address::Udp(server) = config.address else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the UDP worker needs a UDP address",
+                "the UDP generator needs a UDP address",
             ));
         };
         let requests = Requests::new(config.protocol, config.size)
@@ -193,7 +193,7 @@ impl<'a> Worker<'a> {
                 queued: false,
             })
             .collect();
-        Ok(Worker {
+        Ok(UdpGenerator {
             plan,
             meter,
             server,
@@ -205,7 +205,7 @@ impl<'a> Worker<'a> {
             out: Vec::with_capacity(config.size),
             still_ready: Vec::new(),
             spare_ready: Vec::new(),
-            tally: Tally::new(),
+            tally: Counts::new(),
             warmup_end: None,
             stopping: false,
             in_flight: 0,

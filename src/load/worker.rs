@@ -56,7 +56,7 @@ pub(crate) struct Plan {
     pub config: LoadConfig,
 }
 
-/// Counters the calling thread reads for the progress display, one per worker thread. Aligned
+/// Counters the calling thread reads for the progress display, one per generator thread. Aligned
 /// to a cache line so two workers' counters never share one.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -92,7 +92,7 @@ impl Meter {
 ///
 /// [`counts`]: super::LoadReport::counts
 #[derive(Clone, Debug)]
-pub struct Tally {
+pub struct Counts {
     /// Connections that were up when the load (or the hold) started.
     pub established: u64,
     /// Verified replies to requests sent after the warm-up (idle mode: the first round trips).
@@ -135,9 +135,9 @@ pub struct Tally {
     pub first_error: Option<String>,
 }
 
-impl Tally {
-    pub(super) fn new() -> Tally {
-        Tally {
+impl Counts {
+    pub(super) fn new() -> Counts {
+        Counts {
             established: 0,
             requests: 0,
             warmup_requests: 0,
@@ -157,8 +157,8 @@ impl Tally {
     }
 
     /// Adds the threads' tallies up (the first error of the lowest-numbered thread wins).
-    pub(crate) fn merge(tallies: Vec<Tally>) -> Tally {
-        let mut total = Tally::new();
+    pub(crate) fn merge(tallies: Vec<Counts>) -> Counts {
+        let mut total = Counts::new();
         for tally in tallies {
             total.established += tally.established;
             total.requests += tally.requests;
@@ -192,7 +192,7 @@ impl Tally {
     }
 }
 
-/// A connection's stage. Transitions happen in [`Worker`]'s `start_connect`, `finish_connect`,
+/// A connection's stage. Transitions happen in [`StreamGenerator`]'s `start_connect`, `finish_connect`,
 /// `fail_attempt`, `load`, `serve`, `wrong`, `lose` and `close`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -371,29 +371,29 @@ enum ReadOutcome {
 }
 
 /// Runs one thread's share of the run: connect, wait at the gate, load or hold, tally.
-pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts> {
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
-    let mut arrival = gate.arrival();
-    let mut worker = Worker::new(plan, meter)?;
-    worker.connect_all()?;
-    worker.tally.established = worker
+    let mut ticket = gate.ticket();
+    let mut generator = StreamGenerator::new(plan, meter)?;
+    generator.connect_all()?;
+    generator.tally.established = generator
         .conns
         .iter()
         .filter(|c| matches!(c.state, State::Ready { .. } | State::Holding))
         .count() as u64;
-    arrival.arrive();
+    ticket.arrive();
     let Some(start) = gate.wait_open() else {
-        return Ok(worker.tally);
+        return Ok(generator.tally);
     };
     match plan.config.mode {
-        Mode::Load => worker.load(start)?,
-        Mode::Idle => worker.hold(start + plan.config.duration)?,
+        Mode::Load => generator.load(start)?,
+        Mode::Idle => generator.hold(start + plan.config.duration)?,
     }
-    Ok(worker.tally)
+    Ok(generator.tally)
 }
 
 /// One thread's event loop and everything it owns.
-struct Worker<'a> {
+struct StreamGenerator<'a> {
     config: &'a LoadConfig,
     meter: &'a Meter,
     poll: Poll,
@@ -409,7 +409,7 @@ struct Worker<'a> {
     /// The work list of the turn before, emptied: it becomes the next turn's, so the two lists
     /// trade places each turn and neither is allocated again.
     spare_ready: Vec<usize>,
-    tally: Tally,
+    tally: Counts,
     /// Connect phase: connections waiting to (re)connect, by when they may.
     connect_queue: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Connect phase: connections with a connect or first round trip under way.
@@ -426,8 +426,8 @@ struct Worker<'a> {
     unpublished: u64,
 }
 
-impl<'a> Worker<'a> {
-    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Worker<'a>> {
+impl<'a> StreamGenerator<'a> {
+    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<StreamGenerator<'a>> {
         let config = &plan.config;
         let requests = Requests::new(config.protocol, config.size)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -435,7 +435,7 @@ impl<'a> Worker<'a> {
         let conns: Vec<Conn> = (0..plan.count)
             .map(|i| Conn::new(plan.first_id + i, &requests))
             .collect();
-        Ok(Worker {
+        Ok(StreamGenerator {
             config,
             meter,
             poll: Poll::new()?,
@@ -448,7 +448,7 @@ impl<'a> Worker<'a> {
             out: Vec::new(),
             still_ready: Vec::new(),
             spare_ready: Vec::new(),
-            tally: Tally::new(),
+            tally: Counts::new(),
             in_flight: Vec::new(),
             warmup_end: None,
             stopping: false,
@@ -919,15 +919,15 @@ mod tests {
 
     #[test]
     fn tallies_add_up() {
-        let mut a = Tally::new();
+        let mut a = Counts::new();
         a.requests = 3;
         a.latency.record(1000).unwrap();
-        let mut b = Tally::new();
+        let mut b = Counts::new();
         b.requests = 4;
         b.wrong_replies = 1;
         b.first_error = Some("boom".into());
         b.latency.record(3000).unwrap();
-        let total = Tally::merge(vec![a, b]);
+        let total = Counts::merge(vec![a, b]);
         assert_eq!(total.requests, 7);
         assert_eq!(total.wrong_replies, 1);
         assert_eq!(total.latency.len(), 2);
