@@ -53,12 +53,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 
-use super::worker::{Counts, Meter, Plan};
-use super::{Gate, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECT_ATTEMPTS};
+use super::driver::{self, Driver, Meter, Plan};
+use super::worker::Counts;
+use super::{Gate, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECT_ATTEMPTS};
 use crate::net::{write_until_blocked, Stream};
-use crate::service::Address;
 
 /// Longest the start barrier may take for `members`: 5 s, plus 10 µs for each of the N²
 /// deliveries the renames and hellos cost (a 1,000-member room: 15 s), so that a slow model
@@ -94,8 +94,6 @@ struct Member {
     /// The start of a line whose end has not arrived yet (capacity kept).
     partial: Vec<u8>,
     registered: Interest,
-    /// In the still-ready list (its read budget ran out).
-    queued: bool,
 }
 
 impl Member {
@@ -139,7 +137,7 @@ impl Member {
     }
 }
 
-/// Which phase a received line arrives in.
+/// The stage of the chat run a received line arrives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChatStage {
     Barrier,
@@ -151,9 +149,7 @@ enum ChatStage {
 /// The one chat thread.
 struct Chat<'a> {
     plan: &'a Plan,
-    meter: &'a Meter,
-    poll: Poll,
-    events: Events,
+    driver: Driver<'a>,
     members: Vec<Member>,
     /// Names are `{prefix}{id}`.
     prefix: String,
@@ -175,12 +171,9 @@ struct Chat<'a> {
     start: Instant,
     warmup_nanos: u64,
     stopping: bool,
-    phase: ChatStage,
+    stage: ChatStage,
     read_buf: Box<[u8]>,
     out: Vec<u8>,
-    still_ready: Vec<usize>,
-    spare_ready: Vec<usize>,
-    unpublished: u64,
     tally: Counts,
 }
 
@@ -190,7 +183,7 @@ pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts>
     let mut ticket = gate.ticket();
     let mut chat = Chat::new(plan, meter)?;
     let ready = chat.connect_all()?
-        && match chat.phase {
+        && match chat.stage {
             ChatStage::Idle => chat.await_greetings()?,
             ChatStage::Barrier | ChatStage::Load => chat.barrier()?,
         };
@@ -199,7 +192,7 @@ pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts>
         return Ok(chat.tally);
     };
     if ready {
-        match chat.phase {
+        match chat.stage {
             ChatStage::Idle => chat.hold(start + plan.config.duration)?,
             ChatStage::Barrier | ChatStage::Load => chat.load(start)?,
         }
@@ -223,9 +216,7 @@ impl<'a> Chat<'a> {
         let table = if idle { 0 } else { n };
         Ok(Chat {
             plan,
-            meter,
-            poll: Poll::new()?,
-            events: Events::with_capacity(1024),
+            driver: Driver::new(meter, n)?,
             members: (0..n)
                 .map(|_| Member {
                     stream: None,
@@ -233,7 +224,6 @@ impl<'a> Chat<'a> {
                     unsent_from: 0,
                     partial: Vec::new(),
                     registered: Interest::READABLE,
-                    queued: false,
                 })
                 .collect(),
             prefix: format!("ld{}-", std::process::id()),
@@ -248,68 +238,79 @@ impl<'a> Chat<'a> {
             start: Instant::now(),
             warmup_nanos: 0,
             stopping: false,
-            phase: if idle {
+            stage: if idle {
                 ChatStage::Idle
             } else {
                 ChatStage::Barrier
             },
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
-            still_ready: Vec::new(),
-            spare_ready: Vec::new(),
-            unpublished: 0,
             tally: Counts::new(),
         })
     }
 
-    /// Connects every member, one after the other (blocking, with retries), and registers it.
-    /// False if one could not be connected: the room would be incomplete. Idle members read
-    /// what has arrived every [`IDLE_CONNECTS_PER_TURN`] connects, so that the notices of
-    /// thousands of joins never pile up unread in the server.
+    /// Connects every member, one after the other (with retries). False if one could not be
+    /// connected: the room would be incomplete. Idle members read what has arrived every
+    /// [`IDLE_CONNECTS_PER_TURN`] connects, so that the notices of thousands of joins never pile
+    /// up unread in the server.
     fn connect_all(&mut self) -> io::Result<bool> {
         for i in 0..self.members.len() {
-            if self.phase == ChatStage::Idle && i % IDLE_CONNECTS_PER_TURN == 0 {
-                self.turn(Some(Instant::now()))?;
+            if self.stage == ChatStage::Idle && i % IDLE_CONNECTS_PER_TURN == 0 {
+                driver::turn(self, Some(Instant::now()))?;
             }
             let mut attempt = 1;
             let stream = loop {
-                match connect(&self.plan.config.address) {
+                match self.connect(i)? {
                     Ok(stream) => break stream,
                     Err(e) if attempt < MAX_CONNECT_ATTEMPTS => {
                         debug!("member {i}: attempt {attempt} failed: {e}");
-                        std::thread::sleep(FIRST_RETRY_DELAY * 2u32.pow(attempt - 1));
+                        std::thread::sleep(driver::retry_delay(attempt, i));
                         attempt += 1;
                     }
                     Err(e) => {
-                        self.tally.connect_failures += 1;
                         let reason = crate::sys::os_reason(&e);
-                        self.tally.note_error(|| {
-                            format!("member {i}: cannot connect after {attempt} attempts: {reason}")
-                        });
+                        let who = format_args!("member {i}");
+                        driver::give_up_connect(&mut self.tally, who, attempt, &reason);
                         return Ok(false);
                     }
                 }
             };
-            let member = &mut self.members[i];
-            let mut stream = stream;
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut stream, Token(i), Interest::READABLE)
-            {
-                self.tally.connect_failures += 1;
-                self.tally
-                    .note_error(|| format!("member {i}: cannot register with the poller: {e}"));
-                return Ok(false);
-            }
-            member.stream = Some(stream);
+            self.members[i].stream = Some(stream);
             if let Some(awaiting) = self.awaiting_greeting.get_mut(i) {
                 *awaiting = Some(Instant::now());
             }
             self.tally.established += 1;
-            self.meter.open.fetch_add(1, Ordering::Relaxed);
+            self.driver.meter.open.fetch_add(1, Ordering::Relaxed);
         }
         Ok(true)
+    }
+
+    /// One connect attempt for member `i`: non-blocking, with the loop turning meanwhile (the
+    /// members already in keep reading) until it is decided or [`CONNECT_TIMEOUT`] has passed.
+    /// The outer error is the loop's own; the inner, the attempt's.
+    fn connect(&mut self, i: usize) -> io::Result<io::Result<Stream>> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let mut stream = match self.driver.start_connect(&self.plan.config.address, i) {
+            Ok(stream) => stream,
+            Err(e) => return Ok(Err(e)),
+        };
+        loop {
+            match driver::connect_outcome(&stream, format_args!("member {i}")) {
+                Ok(true) => break,
+                Ok(false) if Instant::now() >= deadline => {
+                    let timed_out = io::Error::new(io::ErrorKind::TimedOut, "no answer");
+                    return Ok(Err(timed_out));
+                }
+                // Its events meanwhile find no stream in `members[i]` and are ignored.
+                Ok(false) => driver::turn(self, Some(deadline))?,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        // A member only reads from now on (and writes when a write is refused).
+        let registry = self.driver.registry();
+        Ok(registry
+            .reregister(&mut stream, Token(i), Interest::READABLE)
+            .map(|()| stream))
     }
 
     /// Waits until every member has its greeting (at most [`CONNECT_TIMEOUT`]).
@@ -327,7 +328,7 @@ impl<'a> Chat<'a> {
                 });
                 return Ok(false);
             }
-            self.turn(Some(deadline))?;
+            driver::turn(self, Some(deadline))?;
         }
         Ok(self.errors() == 0)
     }
@@ -335,12 +336,7 @@ impl<'a> Chat<'a> {
     /// Idle: holds every member open until `until`, reading and discarding notices; a member
     /// the server drops is counted.
     fn hold(&mut self, until: Instant) -> io::Result<()> {
-        while Instant::now() < until
-            && self.members.iter().any(|m| m.stream.is_some())
-            && !super::interrupted()
-        {
-            self.turn(Some(super::poll_deadline(until)))?;
-        }
+        driver::hold(self, until, |chat| chat.all_closed())?;
         self.stopping = true;
         Ok(())
     }
@@ -380,7 +376,7 @@ impl<'a> Chat<'a> {
                 });
                 return Ok(false);
             }
-            self.turn(Some(deadline))?;
+            driver::turn(self, Some(deadline))?;
         }
         Ok(self.errors() == 0)
     }
@@ -388,34 +384,14 @@ impl<'a> Chat<'a> {
     /// The load, from `start` to the end of the grace period.
     fn load(&mut self, start: Instant) -> io::Result<()> {
         self.start = start;
-        self.phase = ChatStage::Load;
+        self.stage = ChatStage::Load;
         let config = &self.plan.config;
-        let mut stop = start + config.duration;
-        let mut grace_end = stop + GRACE;
+        let duration = config.duration;
         self.warmup_nanos = nanos(config.warmup());
         for s in 0..self.senders {
             self.send_lines(s);
         }
-        loop {
-            let now = Instant::now();
-            if !self.stopping && now < stop && super::interrupted() {
-                (stop, grace_end) = (now, now + GRACE);
-            }
-            if !self.stopping && now >= stop {
-                trace!("chat load over: waiting for the last lines");
-                self.stopping = true;
-                self.tally.load_time = stop - start;
-            }
-            if self.stopping && (now >= grace_end || self.all_delivered()) {
-                break;
-            }
-            if !self.stopping && self.members.iter().all(|m| m.stream.is_none()) {
-                self.tally.load_time = now - start;
-                break;
-            }
-            let deadline = if self.stopping { grace_end } else { stop };
-            self.turn(Some(super::poll_deadline(deadline)))?;
-        }
+        self.tally.load_time = driver::run_load(self, start, duration, Some(GRACE))?;
         // What is still missing now never came.
         let n = self.members.len();
         let mut missing = 0;
@@ -444,6 +420,10 @@ impl<'a> Chat<'a> {
             });
         }
         Ok(())
+    }
+
+    fn all_closed(&self) -> bool {
+        self.members.iter().all(|m| m.stream.is_none())
     }
 
     fn all_delivered(&self) -> bool {
@@ -504,38 +484,10 @@ impl<'a> Chat<'a> {
         let Some(stream) = member.stream.as_mut() else {
             return;
         };
-        match self.poll.registry().reregister(stream, Token(i), wanted) {
+        match self.driver.registry().reregister(stream, Token(i), wanted) {
             Ok(()) => member.registered = wanted,
             Err(e) => self.lose(i, format!("cannot change poller interest: {e}")),
         }
-    }
-
-    /// One loop turn.
-    fn turn(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        let timeout = if self.still_ready.is_empty() {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
-        } else {
-            Some(Duration::ZERO)
-        };
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let mut ready =
-            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
-        for event in self.events.iter() {
-            ready.push(event.token().0);
-        }
-        for i in ready.drain(..) {
-            if let Some(member) = self.members.get_mut(i) {
-                member.queued = false;
-                self.serve(i);
-            }
-        }
-        self.spare_ready = ready;
-        self.meter.publish(&mut self.unpublished);
-        Ok(())
     }
 
     /// Flushes member `i`, then reads and handles its lines until drained or out of budget.
@@ -550,10 +502,7 @@ impl<'a> Chat<'a> {
         let mut budget = MAX_READ_BYTES_PER_TURN;
         loop {
             if budget == 0 {
-                if !self.members[i].queued {
-                    self.members[i].queued = true;
-                    self.still_ready.push(i);
-                }
+                self.driver.keep_ready(i);
                 break;
             }
             let Some(stream) = self.members[i].stream.as_mut() else {
@@ -615,10 +564,10 @@ impl<'a> Chat<'a> {
         if line.starts_with(b"* welcome ") {
             if let Some(connected) = self.awaiting_greeting.get_mut(r).and_then(Option::take) {
                 self.greeted += 1;
-                if self.phase == ChatStage::Idle {
+                if self.stage == ChatStage::Idle {
                     // An idle member's one round trip: counted and timed like one.
                     self.tally.requests += 1;
-                    self.unpublished += 1;
+                    self.driver.completed(1);
                     let latency = nanos(connected.elapsed());
                     self.tally.latency.saturating_record(latency.max(1));
                 }
@@ -627,7 +576,7 @@ impl<'a> Chat<'a> {
         if line.starts_with(b"* ") {
             return; // joins, leaves, nick notices, greetings
         }
-        if self.phase == ChatStage::Idle {
+        if self.stage == ChatStage::Idle {
             return self.wrong(r, || {
                 format!("a line while every member is idle: {:?}", lossy(line))
             });
@@ -659,7 +608,7 @@ impl<'a> Chat<'a> {
             self.heard_by[s] += 1;
             return;
         }
-        if self.phase == ChatStage::Barrier || s >= self.senders {
+        if self.stage == ChatStage::Barrier || s >= self.senders {
             return self.wrong(r, || {
                 format!("a line from a member that sends none: {:?}", lossy(line))
             });
@@ -695,7 +644,7 @@ impl<'a> Chat<'a> {
             });
         }
         self.expected[slot] = seq + 1;
-        self.unpublished += 1;
+        self.driver.completed(1);
         if sent_nanos >= self.warmup_nanos {
             self.tally.deliveries += 1;
             let latency = nanos(self.start.elapsed()).saturating_sub(sent_nanos);
@@ -732,7 +681,32 @@ impl<'a> Chat<'a> {
 
     fn close(&mut self, i: usize) {
         if self.members[i].stream.take().is_some() {
-            self.meter.open.fetch_sub(1, Ordering::Relaxed);
+            self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<'a> driver::Generator<'a> for Chat<'a> {
+    fn driver(&mut self) -> &mut Driver<'a> {
+        &mut self.driver
+    }
+
+    fn on_ready(&mut self, i: usize, _peer_closed: bool) {
+        self.serve(i);
+    }
+}
+
+impl<'a> driver::Load<'a> for Chat<'a> {
+    fn begin_stop(&mut self) {
+        trace!("chat load over: waiting for the last lines");
+        self.stopping = true;
+    }
+
+    fn is_over(&self, stopping: bool) -> bool {
+        if stopping {
+            self.all_delivered()
+        } else {
+            self.all_closed()
         }
     }
 }
@@ -740,28 +714,6 @@ impl<'a> Chat<'a> {
 /// The member that paces sender `s`.
 fn observer(s: usize, members: usize) -> usize {
     (s + 1) % members
-}
-
-/// Connects to `address`, blocking (at most [`CONNECT_TIMEOUT`] over TCP), and returns the
-/// stream non-blocking for the poller.
-fn connect(address: &Address) -> io::Result<Stream> {
-    match address {
-        Address::Tcp(addr) => {
-            let stream = std::net::TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)?;
-            stream.set_nonblocking(true)?;
-            stream.set_nodelay(true)?;
-            Ok(Stream::Tcp(mio::net::TcpStream::from_std(stream)))
-        }
-        Address::Unix(path) => {
-            let stream = std::os::unix::net::UnixStream::connect(path)?;
-            stream.set_nonblocking(true)?;
-            Ok(Stream::Unix(mio::net::UnixStream::from_std(stream)))
-        }
-        Address::Udp(_) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "chat runs over a stream, not UDP",
-        )),
-    }
 }
 
 /// `duration` in nanoseconds.

@@ -47,15 +47,15 @@
 
 mod chat;
 mod command;
+mod driver;
 mod report;
 mod udp;
 pub mod verify;
 mod worker;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,7 @@ use crate::protocol::ProtocolKind;
 use crate::service::Address;
 
 pub use command::{main, LoadArgs};
+pub use driver::stop_early_on_sigint;
 pub use report::LoadReport;
 pub use worker::Counts;
 
@@ -326,14 +327,14 @@ pub fn run_with(
     let threads = config.effective_threads();
     let started = Instant::now();
     let gate = Arc::new(Gate::default());
-    let meters: Vec<Arc<worker::Meter>> = (0..threads).map(|_| Arc::default()).collect();
+    let meters: Vec<Arc<driver::Meter>> = (0..threads).map(|_| Arc::default()).collect();
     let (done_tx, done_rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
     let mut first_id = 0;
     for (index, meter) in meters.iter().enumerate() {
         let count =
             config.connections / threads + usize::from(index < config.connections % threads);
-        let plan = worker::Plan {
+        let plan = driver::Plan {
             first_id,
             count,
             config: config.clone(),
@@ -431,49 +432,8 @@ pub fn run_with(
             cpu,
         },
     );
-    report.interrupted = interrupted();
+    report.interrupted = driver::interrupted();
     Ok(report)
-}
-
-/// Set by the first SIGINT once [`stop_early_on_sigint`] is in force: the load ends now, as if
-/// its duration were up (outstanding replies still get their grace), and the report says it was
-/// interrupted. Never set for a library caller that did not ask for it.
-static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-/// How long a load thread may wait in `poll` while Ctrl-C can end the run: long enough to cost
-/// nothing (ten wake-ups a second), short enough that the summary follows the key at once.
-const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
-
-/// Makes Ctrl-C end the run early, with the summary of what was measured so far (marked
-/// interrupted); a second Ctrl-C exits at once (status 130, the shell's code for SIGINT), for a
-/// run whose grace for outstanding replies is itself too long to wait for.
-pub fn stop_early_on_sigint() -> io::Result<()> {
-    let flag = Arc::clone(INTERRUPTED.get_or_init(Arc::default));
-    // In this order: the first signal finds the flag clear (no exit) and then sets it; the
-    // second finds it set and exits.
-    signal_hook::flag::register_conditional_shutdown(
-        signal_hook::consts::SIGINT,
-        130,
-        Arc::clone(&flag),
-    )?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, flag)?;
-    Ok(())
-}
-
-/// Whether Ctrl-C has ended the run.
-pub(crate) fn interrupted() -> bool {
-    INTERRUPTED
-        .get()
-        .is_some_and(|flag| flag.load(Ordering::Relaxed))
-}
-
-/// `deadline` for a load thread's `poll`, brought forward so that a Ctrl-C is seen within
-/// [`INTERRUPT_CHECK`] (only while Ctrl-C can end the run).
-pub(crate) fn poll_deadline(deadline: Instant) -> Instant {
-    match INTERRUPTED.get() {
-        Some(_) => deadline.min(Instant::now() + INTERRUPT_CHECK),
-        None => deadline,
-    }
 }
 
 /// How often [`Progress`] is reported.

@@ -15,17 +15,17 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use log::{debug, trace};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 
+use super::driver::{self, Driver, Meter, Plan};
 use super::verify::{ReplyVerifier, Requests, WrongReply};
 use super::{
-    Gate, LoadConfig, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECTS_IN_FLIGHT,
-    MAX_CONNECT_ATTEMPTS,
+    Gate, LoadConfig, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECTS_IN_FLIGHT, MAX_CONNECT_ATTEMPTS,
 };
 use crate::net::{write_until_blocked, Stream};
 
@@ -35,58 +35,11 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Reply bytes one connection may consume per turn before the others get theirs.
 const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 
-/// Most events taken from one `poll` call.
-const EVENTS_PER_POLL: usize = 1024;
-
 /// Latencies above this (in nanoseconds: one minute) are recorded as this. A run is far shorter.
 const LATENCY_CEILING_NS: u64 = 60_000_000_000;
 
 /// Significant decimal digits the histogram keeps: 0.1% relative error.
 const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
-
-/// What a thread is given: which connections (numbered across the whole run, for messages) and
-/// the run's parameters.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    /// The run-wide number of this thread's first connection.
-    pub first_id: usize,
-    /// How many connections this thread opens.
-    pub count: usize,
-    /// The run's parameters.
-    pub config: LoadConfig,
-}
-
-/// Counters the calling thread reads for the progress display, one per generator thread. Aligned
-/// to a cache line so two workers' counters never share one.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub(crate) struct Meter {
-    /// Connections up (idle mode: verified) and not yet closed.
-    pub(super) open: AtomicU64,
-    /// Verified replies, warm-up included.
-    pub(super) completed: AtomicU64,
-}
-
-impl Meter {
-    /// Connections open now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Verified replies so far.
-    pub fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Relaxed)
-    }
-
-    /// Adds a turn's verified replies to the shared count (one atomic add per turn, not per
-    /// reply) and resets the turn's count.
-    pub(crate) fn publish(&self, unpublished: &mut u64) {
-        if *unpublished > 0 {
-            self.completed.fetch_add(*unpublished, Ordering::Relaxed);
-            *unpublished = 0;
-        }
-    }
-}
 
 /// What a thread counted; the threads' tallies, added up, are the report's [`counts`].
 ///
@@ -233,8 +186,6 @@ struct Conn {
     unsent_from: usize,
     /// The interest registered with the poller, to skip redundant `epoll_ctl` calls.
     registered: Interest,
-    /// Whether it is in the still-ready queue.
-    queued: bool,
     /// The poller reported the peer's side closed: read on to the end of stream.
     peer_closing: bool,
 }
@@ -251,7 +202,6 @@ impl Conn {
             unsent: Vec::new(),
             unsent_from: 0,
             registered: Interest::WRITABLE,
-            queued: false,
             peer_closing: false,
         }
     }
@@ -395,20 +345,13 @@ pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts>
 /// One thread's event loop and everything it owns.
 struct StreamGenerator<'a> {
     config: &'a LoadConfig,
-    meter: &'a Meter,
-    poll: Poll,
-    events: Events,
+    driver: Driver<'a>,
     conns: Vec<Conn>,
     requests: Requests,
     /// Where every read lands.
     read_buf: Box<[u8]>,
     /// Where requests are built before they are written.
     out: Vec<u8>,
-    /// Connections that stopped on the read budget, to serve before the next `poll`.
-    still_ready: Vec<usize>,
-    /// The work list of the turn before, emptied: it becomes the next turn's, so the two lists
-    /// trade places each turn and neither is allocated again.
-    spare_ready: Vec<usize>,
     tally: Counts,
     /// Connect phase: connections waiting to (re)connect, by when they may.
     connect_queue: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -422,8 +365,6 @@ struct StreamGenerator<'a> {
     stopping: bool,
     /// Load phase: connections still running.
     running: usize,
-    /// Replies completed since the meter was last updated.
-    unpublished: u64,
 }
 
 impl<'a> StreamGenerator<'a> {
@@ -437,23 +378,18 @@ impl<'a> StreamGenerator<'a> {
             .collect();
         Ok(StreamGenerator {
             config,
-            meter,
-            poll: Poll::new()?,
-            events: Events::with_capacity(EVENTS_PER_POLL),
+            driver: Driver::new(meter, plan.count)?,
             connect_queue: (0..plan.count).map(|i| Reverse((now, i))).collect(),
             unsettled: conns.len(),
             conns,
             requests,
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
-            still_ready: Vec::new(),
-            spare_ready: Vec::new(),
             tally: Counts::new(),
             in_flight: Vec::new(),
             warmup_end: None,
             stopping: false,
             running: 0,
-            unpublished: 0,
         })
     }
 
@@ -509,7 +445,7 @@ impl<'a> StreamGenerator<'a> {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
             }
-            self.turn(next)?;
+            driver::turn(self, next)?;
         }
         Ok(())
     }
@@ -521,13 +457,7 @@ impl<'a> StreamGenerator<'a> {
         };
         let conn = &mut self.conns[i];
         trace!("conn {}: connect attempt {attempt}", conn.id);
-        let registered = Stream::connect(&self.config.address).and_then(|mut stream| {
-            self.poll
-                .registry()
-                .register(&mut stream, Token(i), Interest::WRITABLE)?;
-            Ok(stream)
-        });
-        match registered {
+        match self.driver.start_connect(&self.config.address, i) {
             Ok(stream) => {
                 conn.stream = Some(stream);
                 conn.registered = Interest::WRITABLE;
@@ -547,14 +477,10 @@ impl<'a> StreamGenerator<'a> {
         let (State::Connecting { attempt, .. }, Some(stream)) = (conn.state, &conn.stream) else {
             return;
         };
-        match stream.connect_outcome() {
+        match driver::connect_outcome(stream, format_args!("conn {}", conn.id)) {
             Ok(true) => {}
             Ok(false) => return, // not decided yet: a spurious or early event
             Err(e) => return self.fail_attempt(i, crate::sys::os_reason(&e)),
-        }
-        // Requests are written whole and small: Nagle's delay would only add latency (TCP only).
-        if let Err(e) = stream.set_nodelay() {
-            debug!("conn {}: cannot set TCP_NODELAY: {e}", conn.id);
         }
         trace!("conn {}: connected", conn.id);
         match self.config.mode {
@@ -576,7 +502,7 @@ impl<'a> StreamGenerator<'a> {
     /// A connection is up for the rest of the connect phase.
     fn settle_established(&mut self) {
         self.unsettled -= 1;
-        self.meter.open.fetch_add(1, Ordering::Relaxed);
+        self.driver.meter.open.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connect attempt failed: queue a retry after a delay, or give up.
@@ -589,7 +515,7 @@ impl<'a> StreamGenerator<'a> {
             State::Ready { attempt } => {
                 // It had been counted as up.
                 self.unsettled += 1;
-                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+                self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
                 attempt
             }
             State::Running | State::Holding | State::Closed => return,
@@ -600,23 +526,18 @@ impl<'a> StreamGenerator<'a> {
             conn.state = State::Waiting {
                 attempt: attempt + 1,
             };
-            let at = Instant::now() + retry_delay(attempt, conn.id);
+            let at = Instant::now() + driver::retry_delay(attempt, conn.id);
             self.connect_queue.push(Reverse((at, i)));
         } else {
             conn.state = State::Closed;
             self.unsettled -= 1;
-            self.tally.connect_failures += 1;
-            let id = conn.id;
-            self.tally.note_error(|| {
-                format!("connection {id}: cannot connect after {attempt} attempts: {reason}")
-            });
+            let who = format_args!("connection {}", conn.id);
+            driver::give_up_connect(&mut self.tally, who, attempt, &reason);
         }
     }
 
     /// The load phase, from `start` (the gate's opening) to the end of the grace period.
     fn load(&mut self, start: Instant) -> io::Result<()> {
-        let mut stop = start + self.config.duration;
-        let mut grace_end = stop + GRACE;
         self.warmup_end = Some(start + self.config.warmup());
         for i in 0..self.conns.len() {
             if let State::Ready { .. } = self.conns[i].state {
@@ -626,25 +547,8 @@ impl<'a> StreamGenerator<'a> {
                 self.update_interest(i);
             }
         }
-        loop {
-            let now = Instant::now();
-            if !self.stopping && now < stop && super::interrupted() {
-                (stop, grace_end) = (now, now + GRACE);
-            }
-            if !self.stopping && now >= stop {
-                self.begin_stop();
-            }
-            // With every connection closed (all lost, or finished after the stop) nothing more
-            // can happen: end early rather than wait out the clock.
-            if self.running == 0 || (self.stopping && now >= grace_end) {
-                // Sending stopped at the stop, or, if every connection was lost before it, in
-                // the turn that closed the last one.
-                self.tally.load_time = now.min(stop).saturating_duration_since(start);
-                break;
-            }
-            let deadline = if self.stopping { grace_end } else { stop };
-            self.turn(Some(super::poll_deadline(deadline)))?;
-        }
+        let duration = self.config.duration;
+        self.tally.load_time = driver::run_load(self, start, duration, Some(GRACE))?;
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Running {
                 let missing = self.conns[i].sent_at.len() as u64;
@@ -664,7 +568,7 @@ impl<'a> StreamGenerator<'a> {
 
     /// The end of the run: connections with nothing outstanding close now; the rest once their
     /// last reply is in.
-    fn begin_stop(&mut self) {
+    fn stop_sending(&mut self) {
         trace!("load over: no more requests; waiting for the outstanding replies");
         self.stopping = true;
         for i in 0..self.conns.len() {
@@ -676,51 +580,12 @@ impl<'a> StreamGenerator<'a> {
 
     /// Idle mode: hold every verified connection until `until`, noting any the server drops.
     fn hold(&mut self, until: Instant) -> io::Result<()> {
-        while Instant::now() < until && self.meter.open() > 0 && !super::interrupted() {
-            self.turn(Some(super::poll_deadline(until)))?;
-        }
+        driver::hold(self, until, |generator| generator.driver.meter.open() == 0)?;
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Holding {
                 self.close(i);
             }
         }
-        Ok(())
-    }
-
-    /// One loop turn: poll (until `deadline` at most), serve the events, serve the connections
-    /// left with work, publish progress.
-    fn turn(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        let timeout = if self.still_ready.is_empty() {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
-        } else {
-            Some(Duration::ZERO)
-        };
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        // This turn's work list: last turn's budgeted connections, then this turn's events.
-        let mut ready =
-            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
-        for event in self.events.iter() {
-            let i = event.token().0;
-            let Some(conn) = self.conns.get_mut(i) else {
-                continue;
-            };
-            if event.is_read_closed() || event.is_error() {
-                conn.peer_closing = true;
-            }
-            ready.push(i);
-        }
-        // Last turn's budgeted connections first, then this turn's events. A connection may be
-        // in both; serving it twice is harmless (the second finds nothing to read).
-        for i in ready.drain(..) {
-            self.conns[i].queued = false;
-            self.drive(i);
-        }
-        self.spare_ready = ready;
-        self.meter.publish(&mut self.unpublished);
         Ok(())
     }
 
@@ -753,16 +618,11 @@ impl<'a> StreamGenerator<'a> {
                 tally.latency.saturating_record(nanos);
             }
         });
-        self.unpublished += completed;
+        self.driver.completed(completed);
         match outcome {
             ReadOutcome::Wrong(wrong) => return self.wrong(i, wrong),
             ReadOutcome::Lost(reason) => return self.lose(i, reason),
-            ReadOutcome::Budget => {
-                if !self.conns[i].queued {
-                    self.conns[i].queued = true;
-                    self.still_ready.push(i);
-                }
-            }
+            ReadOutcome::Budget => self.driver.keep_ready(i),
             ReadOutcome::Drained => {}
         }
         match self.conns[i].state {
@@ -814,7 +674,7 @@ impl<'a> StreamGenerator<'a> {
         let Some(stream) = conn.stream.as_mut() else {
             return;
         };
-        match self.poll.registry().reregister(stream, Token(i), wanted) {
+        match self.driver.registry().reregister(stream, Token(i), wanted) {
             Ok(()) => conn.registered = wanted,
             Err(e) => self.lose(i, format!("cannot change poller interest: {e}")),
         }
@@ -882,10 +742,10 @@ impl<'a> StreamGenerator<'a> {
         match conn.state {
             State::Running => {
                 self.running -= 1;
-                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+                self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
             }
             State::Holding => {
-                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+                self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
             }
             State::Closed => return,
             _ => {}
@@ -896,26 +756,34 @@ impl<'a> StreamGenerator<'a> {
     }
 }
 
-/// How long to wait after failed attempt number `attempt` (from 1): doubling from
-/// [`FIRST_RETRY_DELAY`], plus up to half as much again, spread by connection number so refused
-/// connections do not all retry in the same instant.
-fn retry_delay(attempt: u32, id: usize) -> Duration {
-    let base = FIRST_RETRY_DELAY * 2u32.pow(attempt.saturating_sub(1).min(10));
-    base + base * (id % 16) as u32 / 32
+impl<'a> driver::Generator<'a> for StreamGenerator<'a> {
+    fn driver(&mut self) -> &mut Driver<'a> {
+        &mut self.driver
+    }
+
+    fn on_ready(&mut self, i: usize, peer_closed: bool) {
+        if peer_closed {
+            self.conns[i].peer_closing = true;
+        }
+        self.drive(i);
+    }
+}
+
+impl<'a> driver::Load<'a> for StreamGenerator<'a> {
+    fn begin_stop(&mut self) {
+        self.stop_sending();
+    }
+
+    /// With every connection closed (all lost, or finished after the stop) nothing more can
+    /// happen: end early rather than wait out the clock.
+    fn is_over(&self, _stopping: bool) -> bool {
+        self.running == 0
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retries_back_off_and_spread() {
-        assert_eq!(retry_delay(1, 0), Duration::from_millis(100));
-        assert_eq!(retry_delay(2, 0), Duration::from_millis(200));
-        assert_eq!(retry_delay(3, 0), Duration::from_millis(400));
-        assert!(retry_delay(1, 15) < Duration::from_millis(150));
-        assert_ne!(retry_delay(1, 1), retry_delay(1, 2));
-    }
 
     #[test]
     fn tallies_add_up() {
