@@ -56,7 +56,7 @@ use log::{debug, trace};
 use mio::{Interest, Token};
 
 use super::driver::{self, Driver, Meter, Plan};
-use super::worker::Counts;
+use super::report::Counts;
 use super::{Gate, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECT_ATTEMPTS};
 use crate::net::{write_until_blocked, Stream};
 

@@ -1,4 +1,4 @@
-//! What the three generator threads share — streams ([`super::worker`]), chat members
+//! What the three generator threads share — streams ([`super::stream`]), chat members
 //! ([`super::chat`]) and UDP sockets ([`super::udp`]): the turn of the loop, the load phase's
 //! clock with its Ctrl-C, the hold, and the non-blocking connect of a stream.
 //!
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 use mio::{Events, Interest, Poll, Registry, Token};
 
-use super::worker::Counts;
+use super::report::Counts;
 use super::{LoadConfig, FIRST_RETRY_DELAY};
 use crate::net::Stream;
 use crate::service::Address;

@@ -36,8 +36,8 @@ use mio::net::UdpSocket;
 use mio::{Interest, Token};
 
 use super::driver::{self, Driver, Meter, Plan};
+use super::report::Counts;
 use super::verify::{ReplyVerifier, Requests};
-use super::worker::Counts;
 use super::Gate;
 use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
 use crate::service::Address;
