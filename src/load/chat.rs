@@ -55,10 +55,10 @@ use std::time::{Duration, Instant};
 use log::{debug, trace};
 use mio::{Interest, Token};
 
-use super::driver::{self, Driver, Meter, Plan};
+use super::driver::{self, Driver, Meter, Plan, Unsent};
 use super::report::Counts;
 use super::{Gate, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECT_ATTEMPTS};
-use crate::net::{write_until_blocked, Stream};
+use crate::net::Stream;
 
 /// Longest the start barrier may take for `members`: 5 s, plus 10 µs for each of the N²
 /// deliveries the renames and hellos cost (a 1,000-member room: 15 s), so that a slow model
@@ -88,9 +88,8 @@ const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 #[derive(Debug)]
 struct Member {
     stream: Option<Stream>,
-    /// Bytes the socket has not taken yet, from `unsent_from` on (capacity kept).
-    unsent: Vec<u8>,
-    unsent_from: usize,
+    /// Bytes the socket has not taken yet.
+    unsent: Unsent,
     /// The start of a line whose end has not arrived yet (capacity kept).
     partial: Vec<u8>,
     registered: Interest,
@@ -98,42 +97,23 @@ struct Member {
 
 impl Member {
     fn has_unsent(&self) -> bool {
-        self.unsent_from < self.unsent.len()
+        !self.unsent.is_empty()
     }
 
+    /// Writes `bytes` after anything still unsent (nothing once the member is closed).
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.stream.is_none() {
-            return Ok(());
+        match self.stream.as_mut() {
+            Some(stream) => self.unsent.send(stream, bytes),
+            None => Ok(()),
         }
-        if self.has_unsent() {
-            self.unsent.drain(..self.unsent_from);
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(bytes);
-            return self.flush();
-        }
-        let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-        let written = write_until_blocked(stream, bytes)?;
-        if written < bytes.len() {
-            self.unsent.clear();
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(&bytes[written..]);
-        }
-        Ok(())
     }
 
+    /// Writes as much of the unsent bytes as the socket takes.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.has_unsent() {
-            return Ok(());
+        match self.stream.as_mut() {
+            Some(stream) => self.unsent.flush(stream),
+            None => Ok(()),
         }
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
-        };
-        self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
-        if !self.has_unsent() {
-            self.unsent.clear();
-            self.unsent_from = 0;
-        }
-        Ok(())
     }
 }
 
@@ -220,8 +200,7 @@ impl<'a> Chat<'a> {
             members: (0..n)
                 .map(|_| Member {
                     stream: None,
-                    unsent: Vec::new(),
-                    unsent_from: 0,
+                    unsent: Unsent::default(),
                     partial: Vec::new(),
                     registered: Interest::READABLE,
                 })

@@ -1,6 +1,7 @@
 //! What the three generator threads share — streams ([`super::stream`]), chat members
 //! ([`super::chat`]) and UDP sockets ([`super::udp`]): the turn of the loop, the load phase's
-//! clock with its Ctrl-C, the hold, and the non-blocking connect of a stream.
+//! clock with its Ctrl-C, the hold, the non-blocking connect of a stream, and a stream's unsent
+//! bytes.
 //!
 //! ## A turn
 //!
@@ -36,12 +37,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, trace};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::report::Counts;
 use super::{LoadConfig, FIRST_RETRY_DELAY};
-use crate::net::Stream;
+use crate::net::{write_until_blocked, Stream};
 use crate::service::Address;
 
 /// Most events taken from one `poll` call.
@@ -182,6 +183,56 @@ impl<'a> Driver<'a> {
         self.registry()
             .register(&mut stream, Token(i), Interest::WRITABLE)?;
         Ok(stream)
+    }
+}
+
+/// Bytes a socket has not taken yet. The capacity is kept for the connection's life, so a socket
+/// that fills once a request (large requests do) costs no allocation each time.
+#[derive(Debug, Default)]
+pub(super) struct Unsent {
+    bytes: Vec<u8>,
+    /// `bytes[..from]` have been written.
+    from: usize,
+}
+
+impl Unsent {
+    /// Whether every byte has been written.
+    pub(super) fn is_empty(&self) -> bool {
+        self.from >= self.bytes.len()
+    }
+
+    /// Writes `bytes` on `stream` after anything still unsent; keeps what the socket will not
+    /// take.
+    pub(super) fn send(&mut self, stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+        if !self.is_empty() {
+            // Drop the bytes already written first: a socket that never quite drains would
+            // otherwise grow the buffer by every request sent.
+            self.bytes.drain(..self.from);
+            self.from = 0;
+            self.bytes.extend_from_slice(bytes);
+            return self.flush(stream);
+        }
+        let written = write_until_blocked(stream, bytes)?;
+        if written < bytes.len() {
+            trace!("socket full, keeping {} bytes", bytes.len() - written);
+            self.bytes.clear();
+            self.from = 0;
+            self.bytes.extend_from_slice(&bytes[written..]);
+        }
+        Ok(())
+    }
+
+    /// Writes as much of the unsent bytes on `stream` as it takes.
+    pub(super) fn flush(&mut self, stream: &mut Stream) -> io::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        self.from += write_until_blocked(stream, &self.bytes[self.from..])?;
+        if self.is_empty() {
+            self.bytes.clear();
+            self.from = 0;
+        }
+        Ok(())
     }
 }
 

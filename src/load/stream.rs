@@ -21,13 +21,13 @@ use std::time::Instant;
 use log::{debug, trace};
 use mio::{Interest, Token};
 
-use super::driver::{self, Driver, Meter, Plan};
+use super::driver::{self, Driver, Meter, Plan, Unsent};
 use super::report::Counts;
 use super::verify::{ReplyVerifier, Requests, WrongReply};
 use super::{
     Gate, LoadConfig, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECTS_IN_FLIGHT, MAX_CONNECT_ATTEMPTS,
 };
-use crate::net::{write_until_blocked, Stream};
+use crate::net::Stream;
 
 /// Size of the read buffer each thread shares among its connections.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -69,11 +69,8 @@ struct Conn {
     sent: u64,
     /// When each request without a complete reply was handed to `write`, oldest first.
     sent_at: VecDeque<Instant>,
-    /// Request bytes the socket has not taken yet, from `unsent_from` on: at most `pipeline ×
-    /// size`. Its capacity is kept for the connection's life, so a socket that fills once a
-    /// request (large requests do) costs no allocation each time.
-    unsent: Vec<u8>,
-    unsent_from: usize,
+    /// Request bytes the socket has not taken yet: at most `pipeline × size`.
+    unsent: Unsent,
     /// The interest registered with the poller, to skip redundant `epoll_ctl` calls.
     registered: Interest,
     /// The poller reported the peer's side closed: read on to the end of stream.
@@ -89,8 +86,7 @@ impl Conn {
             verifier: ReplyVerifier::new(requests, id as u64),
             sent: 0,
             sent_at: VecDeque::new(),
-            unsent: Vec::new(),
-            unsent_from: 0,
+            unsent: Unsent::default(),
             registered: Interest::WRITABLE,
             peer_closing: false,
         }
@@ -102,38 +98,18 @@ impl Conn {
         self.verifier = ReplyVerifier::new(requests, self.id as u64);
         self.sent = 0;
         self.sent_at = VecDeque::new();
-        self.unsent = Vec::new();
-        self.unsent_from = 0;
+        self.unsent = Unsent::default();
         self.peer_closing = false;
     }
 
     fn has_unsent(&self) -> bool {
-        self.unsent_from < self.unsent.len()
+        !self.unsent.is_empty()
     }
 
     /// Writes `bytes` after anything still unsent; keeps what the socket will not take.
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.has_unsent() {
-            // Drop the bytes already written first: a socket that never quite drains would
-            // otherwise grow the buffer by every request sent.
-            self.unsent.drain(..self.unsent_from);
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(bytes);
-            return self.flush();
-        }
         let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-        let written = write_until_blocked(stream, bytes)?;
-        if written < bytes.len() {
-            trace!(
-                "conn {}: socket full, keeping {} bytes",
-                self.id,
-                bytes.len() - written
-            );
-            self.unsent.clear();
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(&bytes[written..]);
-        }
-        Ok(())
+        self.unsent.send(stream, bytes)
     }
 
     /// Writes as much of the unsent bytes as the socket takes.
@@ -142,12 +118,7 @@ impl Conn {
             return Ok(());
         }
         let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-        self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
-        if !self.has_unsent() {
-            self.unsent.clear();
-            self.unsent_from = 0;
-        }
-        Ok(())
+        self.unsent.flush(stream)
     }
 
     /// Reads and verifies until drained, the budget is spent, the reply stream goes wrong, or the
