@@ -17,13 +17,23 @@
 //! Serving an entry needs the whole generator (its connections, its counts) *and* the loop's
 //! parts (the registry for interest changes, the still-ready list when a budget runs out), so a
 //! `turn` that took closures would need the generator borrowed twice. Instead the generator owns
-//! a [`Driver`] and implements [`Generator`] (two methods: where its driver is, what to do with a
-//! ready entry), and [`Load`] (three: what the stop does, what each turn's top does, when nothing is
-//! left to wait for). [`turn`], [`run_load`] and [`hold`] are generic over it, so each is
-//! monomorphised into the very loop that was written by hand three times before: no dynamic
-//! dispatch, no allocation, no system call that was not there already. The work list is taken
-//! out of the driver for the turn, so serving may push onto the next turn's list meanwhile; the
-//! two lists trade places each turn and neither is allocated again.
+//! a [`Driver`] and implements [`Generator`] (two methods: where its driver is, what to do with
+//! a ready entry), and [`Load`] (three: what the stop does, what each turn's top does, when
+//! nothing is left to wait for). [`turn`], [`run_load`] and [`hold`] are generic over it, so
+//! each is monomorphised into the very loop that was written by hand three times before: no
+//! dynamic dispatch, no allocation, no system call that was not there already. The work list is
+//! taken out of the driver for the turn, so serving may push onto the next turn's list
+//! meanwhile; the two lists trade places each turn and neither is allocated again.
+//!
+//! ## Connecting
+//!
+//! A stream is connected one way, whoever connects it: [`Driver::start_connect`] (a
+//! non-blocking connect, registered for `WRITABLE`), then [`connect_outcome`] when the poller
+//! says it may be decided (readiness is a hint: the socket is asked), a failed attempt retried
+//! after [`retry_delay`] up to [`super::MAX_CONNECT_ATTEMPTS`] attempts, and
+//! [`give_up_connect`] for one that never succeeded. The stream generator keeps up to
+//! [`super::MAX_CONNECTS_IN_FLIGHT`] attempts under way; the chat members join one after the
+//! other, each turning the loop while it waits so the members already in keep reading.
 //!
 //! ## Ctrl-C
 //!

@@ -538,9 +538,9 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Where the threads wait for each other between connecting and loading.
 ///
-/// Each generator thread [`arrive`](Gate::arrive)s when its connections are up, then waits for the calling
-/// thread to [`open`](Gate::open) the gate once all have: the load then starts at the same
-/// instant on every thread, and the time it took to connect is known.
+/// Each generator thread [`arrive`](Gate::arrive)s when its connections are up, then waits for
+/// the calling thread to [`open`](Gate::open) the gate once all have: the load then starts at
+/// the same instant on every thread, and the time it took to connect is known.
 #[derive(Debug, Default)]
 struct Gate {
     state: Mutex<GateState>,

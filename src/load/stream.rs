@@ -1,4 +1,5 @@
-//! One generator thread over streams (TCP or Unix): its share of the connections on one `mio::Poll`.
+//! One generator thread over streams (TCP or Unix): its share of the connections on one
+//! `mio::Poll`.
 //!
 //! It follows the same rules as the server's reactor, for the same reasons: sockets are
 //! edge-triggered, so every read goes on until the socket is drained (a short read means drained
@@ -35,8 +36,8 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Reply bytes one connection may consume per turn before the others get theirs.
 const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 
-/// A connection's stage. Transitions happen in [`StreamGenerator`]'s `start_connect`, `finish_connect`,
-/// `fail_attempt`, `load`, `serve`, `wrong`, `lose` and `close`.
+/// A connection's stage. Transitions happen in [`StreamGenerator`]'s `start_connect`,
+/// `finish_connect`, `fail_attempt`, `load`, `serve`, `wrong`, `lose` and `close`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Waiting in the connect queue to make attempt number `attempt` (from 1).
