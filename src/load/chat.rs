@@ -592,6 +592,13 @@ impl<'a> Chat<'a> {
                 format!("a line from a member that sends none: {:?}", lossy(line))
             });
         }
+        self.delivery(r, s, line, body);
+    }
+
+    /// Handles `line`, whose body is `body`, shown to member `r` under sender `s`'s name during
+    /// the load: checks it is the next of `s`'s numbered lines, times it, and paces `s` if `r`
+    /// is its observer.
+    fn delivery(&mut self, r: usize, s: usize, line: &[u8], body: &[u8]) {
         let Some((id, seq, sent_nanos)) = parse_body(body, self.plan.config.size) else {
             return self.wrong(r, || format!("a garbled line: {:?}", lossy(line)));
         };
