@@ -53,12 +53,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 
-use super::worker::{Meter, Plan, Tally};
-use super::{Gate, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECT_ATTEMPTS};
-use crate::net::{write_until_blocked, Stream};
-use crate::service::Address;
+use super::driver::{self, Driver, Meter, Plan, Unsent};
+use super::report::Counts;
+use super::{Gate, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECT_ATTEMPTS};
+use crate::net::Stream;
 
 /// Longest the start barrier may take for `members`: 5 s, plus 10 µs for each of the N²
 /// deliveries the renames and hellos cost (a 1,000-member room: 15 s), so that a slow model
@@ -88,60 +88,38 @@ const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 #[derive(Debug)]
 struct Member {
     stream: Option<Stream>,
-    /// Bytes the socket has not taken yet, from `unsent_from` on (capacity kept).
-    unsent: Vec<u8>,
-    unsent_from: usize,
+    /// Bytes the socket has not taken yet.
+    unsent: Unsent,
     /// The start of a line whose end has not arrived yet (capacity kept).
     partial: Vec<u8>,
     registered: Interest,
-    /// In the still-ready list (its read budget ran out).
-    queued: bool,
 }
 
 impl Member {
     fn has_unsent(&self) -> bool {
-        self.unsent_from < self.unsent.len()
+        !self.unsent.is_empty()
     }
 
+    /// Writes `bytes` after anything still unsent (nothing once the member is closed).
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.stream.is_none() {
-            return Ok(());
+        match self.stream.as_mut() {
+            Some(stream) => self.unsent.send(stream, bytes),
+            None => Ok(()),
         }
-        if self.has_unsent() {
-            self.unsent.drain(..self.unsent_from);
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(bytes);
-            return self.flush();
-        }
-        let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-        let written = write_until_blocked(stream, bytes)?;
-        if written < bytes.len() {
-            self.unsent.clear();
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(&bytes[written..]);
-        }
-        Ok(())
     }
 
+    /// Writes as much of the unsent bytes as the socket takes.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.has_unsent() {
-            return Ok(());
+        match self.stream.as_mut() {
+            Some(stream) => self.unsent.flush(stream),
+            None => Ok(()),
         }
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
-        };
-        self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
-        if !self.has_unsent() {
-            self.unsent.clear();
-            self.unsent_from = 0;
-        }
-        Ok(())
     }
 }
 
-/// Which phase a received line arrives in.
+/// The stage of the chat run a received line arrives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum ChatStage {
     Barrier,
     Load,
     /// `--idle`: members join and listen; nobody sends.
@@ -151,9 +129,7 @@ enum Phase {
 /// The one chat thread.
 struct Chat<'a> {
     plan: &'a Plan,
-    meter: &'a Meter,
-    poll: Poll,
-    events: Events,
+    driver: Driver<'a>,
     members: Vec<Member>,
     /// Names are `{prefix}{id}`.
     prefix: String,
@@ -175,33 +151,30 @@ struct Chat<'a> {
     start: Instant,
     warmup_nanos: u64,
     stopping: bool,
-    phase: Phase,
+    stage: ChatStage,
     read_buf: Box<[u8]>,
     out: Vec<u8>,
-    still_ready: Vec<usize>,
-    spare_ready: Vec<usize>,
-    unpublished: u64,
-    tally: Tally,
+    tally: Counts,
 }
 
 /// Runs the chat load: connect, barrier, gate, load, grace.
-pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts> {
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
-    let mut arrival = gate.arrival();
+    let mut ticket = gate.ticket();
     let mut chat = Chat::new(plan, meter)?;
     let ready = chat.connect_all()?
-        && match chat.phase {
-            Phase::Idle => chat.await_greetings()?,
-            Phase::Barrier | Phase::Load => chat.barrier()?,
+        && match chat.stage {
+            ChatStage::Idle => chat.await_greetings()?,
+            ChatStage::Barrier | ChatStage::Load => chat.barrier()?,
         };
-    arrival.arrive();
+    ticket.arrive();
     let Some(start) = gate.wait_open() else {
         return Ok(chat.tally);
     };
     if ready {
-        match chat.phase {
-            Phase::Idle => chat.hold(start + plan.config.duration)?,
-            Phase::Barrier | Phase::Load => chat.load(start)?,
+        match chat.stage {
+            ChatStage::Idle => chat.hold(start + plan.config.duration)?,
+            ChatStage::Barrier | ChatStage::Load => chat.load(start)?,
         }
     }
     for i in 0..chat.members.len() {
@@ -223,17 +196,13 @@ impl<'a> Chat<'a> {
         let table = if idle { 0 } else { n };
         Ok(Chat {
             plan,
-            meter,
-            poll: Poll::new()?,
-            events: Events::with_capacity(1024),
+            driver: Driver::new(meter, n)?,
             members: (0..n)
                 .map(|_| Member {
                     stream: None,
-                    unsent: Vec::new(),
-                    unsent_from: 0,
+                    unsent: Unsent::default(),
                     partial: Vec::new(),
                     registered: Interest::READABLE,
-                    queued: false,
                 })
                 .collect(),
             prefix: format!("ld{}-", std::process::id()),
@@ -248,64 +217,79 @@ impl<'a> Chat<'a> {
             start: Instant::now(),
             warmup_nanos: 0,
             stopping: false,
-            phase: if idle { Phase::Idle } else { Phase::Barrier },
+            stage: if idle {
+                ChatStage::Idle
+            } else {
+                ChatStage::Barrier
+            },
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
-            still_ready: Vec::new(),
-            spare_ready: Vec::new(),
-            unpublished: 0,
-            tally: Tally::new(),
+            tally: Counts::new(),
         })
     }
 
-    /// Connects every member, one after the other (blocking, with retries), and registers it.
-    /// False if one could not be connected: the room would be incomplete. Idle members read
-    /// what has arrived every [`IDLE_CONNECTS_PER_TURN`] connects, so that the notices of
-    /// thousands of joins never pile up unread in the server.
+    /// Connects every member, one after the other (with retries). False if one could not be
+    /// connected: the room would be incomplete. Idle members read what has arrived every
+    /// [`IDLE_CONNECTS_PER_TURN`] connects, so that the notices of thousands of joins never pile
+    /// up unread in the server.
     fn connect_all(&mut self) -> io::Result<bool> {
         for i in 0..self.members.len() {
-            if self.phase == Phase::Idle && i % IDLE_CONNECTS_PER_TURN == 0 {
-                self.turn(Some(Instant::now()))?;
+            if self.stage == ChatStage::Idle && i % IDLE_CONNECTS_PER_TURN == 0 {
+                driver::turn(self, Some(Instant::now()))?;
             }
             let mut attempt = 1;
             let stream = loop {
-                match connect(&self.plan.config.address) {
+                match self.connect(i)? {
                     Ok(stream) => break stream,
                     Err(e) if attempt < MAX_CONNECT_ATTEMPTS => {
                         debug!("member {i}: attempt {attempt} failed: {e}");
-                        std::thread::sleep(FIRST_RETRY_DELAY * 2u32.pow(attempt - 1));
+                        std::thread::sleep(driver::retry_delay(attempt, i));
                         attempt += 1;
                     }
                     Err(e) => {
-                        self.tally.connect_failures += 1;
                         let reason = crate::sys::os_reason(&e);
-                        self.tally.note_error(|| {
-                            format!("member {i}: cannot connect after {attempt} attempts: {reason}")
-                        });
+                        let who = format_args!("member {i}");
+                        driver::give_up_connect(&mut self.tally, who, attempt, &reason);
                         return Ok(false);
                     }
                 }
             };
-            let member = &mut self.members[i];
-            let mut stream = stream;
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut stream, Token(i), Interest::READABLE)
-            {
-                self.tally.connect_failures += 1;
-                self.tally
-                    .note_error(|| format!("member {i}: cannot register with the poller: {e}"));
-                return Ok(false);
-            }
-            member.stream = Some(stream);
+            self.members[i].stream = Some(stream);
             if let Some(awaiting) = self.awaiting_greeting.get_mut(i) {
                 *awaiting = Some(Instant::now());
             }
             self.tally.established += 1;
-            self.meter.open.fetch_add(1, Ordering::Relaxed);
+            self.driver.meter.open.fetch_add(1, Ordering::Relaxed);
         }
         Ok(true)
+    }
+
+    /// One connect attempt for member `i`: non-blocking, with the loop turning meanwhile (the
+    /// members already in keep reading) until it is decided or [`CONNECT_TIMEOUT`] has passed.
+    /// The outer error is the loop's own; the inner, the attempt's.
+    fn connect(&mut self, i: usize) -> io::Result<io::Result<Stream>> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let mut stream = match self.driver.start_connect(&self.plan.config.address, i) {
+            Ok(stream) => stream,
+            Err(e) => return Ok(Err(e)),
+        };
+        loop {
+            match driver::connect_outcome(&stream, format_args!("member {i}")) {
+                Ok(true) => break,
+                Ok(false) if Instant::now() >= deadline => {
+                    let timed_out = io::Error::new(io::ErrorKind::TimedOut, "no answer");
+                    return Ok(Err(timed_out));
+                }
+                // Its events meanwhile find no stream in `members[i]` and are ignored.
+                Ok(false) => driver::turn(self, Some(deadline))?,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        // A member only reads from now on (and writes when a write is refused).
+        let registry = self.driver.registry();
+        Ok(registry
+            .reregister(&mut stream, Token(i), Interest::READABLE)
+            .map(|()| stream))
     }
 
     /// Waits until every member has its greeting (at most [`CONNECT_TIMEOUT`]).
@@ -323,7 +307,7 @@ impl<'a> Chat<'a> {
                 });
                 return Ok(false);
             }
-            self.turn(Some(deadline))?;
+            driver::turn(self, Some(deadline))?;
         }
         Ok(self.errors() == 0)
     }
@@ -331,12 +315,7 @@ impl<'a> Chat<'a> {
     /// Idle: holds every member open until `until`, reading and discarding notices; a member
     /// the server drops is counted.
     fn hold(&mut self, until: Instant) -> io::Result<()> {
-        while Instant::now() < until
-            && self.members.iter().any(|m| m.stream.is_some())
-            && !super::interrupted()
-        {
-            self.turn(Some(super::poll_deadline(until)))?;
-        }
+        driver::hold(self, until, |chat| chat.all_closed())?;
         self.stopping = true;
         Ok(())
     }
@@ -376,7 +355,7 @@ impl<'a> Chat<'a> {
                 });
                 return Ok(false);
             }
-            self.turn(Some(deadline))?;
+            driver::turn(self, Some(deadline))?;
         }
         Ok(self.errors() == 0)
     }
@@ -384,34 +363,14 @@ impl<'a> Chat<'a> {
     /// The load, from `start` to the end of the grace period.
     fn load(&mut self, start: Instant) -> io::Result<()> {
         self.start = start;
-        self.phase = Phase::Load;
+        self.stage = ChatStage::Load;
         let config = &self.plan.config;
-        let mut stop = start + config.duration;
-        let mut grace_end = stop + GRACE;
+        let duration = config.duration;
         self.warmup_nanos = nanos(config.warmup());
         for s in 0..self.senders {
             self.send_lines(s);
         }
-        loop {
-            let now = Instant::now();
-            if !self.stopping && now < stop && super::interrupted() {
-                (stop, grace_end) = (now, now + GRACE);
-            }
-            if !self.stopping && now >= stop {
-                trace!("chat load over: waiting for the last lines");
-                self.stopping = true;
-                self.tally.load_time = stop - start;
-            }
-            if self.stopping && (now >= grace_end || self.all_delivered()) {
-                break;
-            }
-            if !self.stopping && self.members.iter().all(|m| m.stream.is_none()) {
-                self.tally.load_time = now - start;
-                break;
-            }
-            let deadline = if self.stopping { grace_end } else { stop };
-            self.turn(Some(super::poll_deadline(deadline)))?;
-        }
+        self.tally.load_time = driver::run_load(self, start, duration, Some(GRACE))?;
         // What is still missing now never came.
         let n = self.members.len();
         let mut missing = 0;
@@ -440,6 +399,10 @@ impl<'a> Chat<'a> {
             });
         }
         Ok(())
+    }
+
+    fn all_closed(&self) -> bool {
+        self.members.iter().all(|m| m.stream.is_none())
     }
 
     fn all_delivered(&self) -> bool {
@@ -500,38 +463,10 @@ impl<'a> Chat<'a> {
         let Some(stream) = member.stream.as_mut() else {
             return;
         };
-        match self.poll.registry().reregister(stream, Token(i), wanted) {
+        match self.driver.registry().reregister(stream, Token(i), wanted) {
             Ok(()) => member.registered = wanted,
             Err(e) => self.lose(i, format!("cannot change poller interest: {e}")),
         }
-    }
-
-    /// One loop turn.
-    fn turn(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        let timeout = if self.still_ready.is_empty() {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
-        } else {
-            Some(Duration::ZERO)
-        };
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let mut ready =
-            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
-        for event in self.events.iter() {
-            ready.push(event.token().0);
-        }
-        for i in ready.drain(..) {
-            if let Some(member) = self.members.get_mut(i) {
-                member.queued = false;
-                self.serve(i);
-            }
-        }
-        self.spare_ready = ready;
-        self.meter.publish(&mut self.unpublished);
-        Ok(())
     }
 
     /// Flushes member `i`, then reads and handles its lines until drained or out of budget.
@@ -546,10 +481,7 @@ impl<'a> Chat<'a> {
         let mut budget = MAX_READ_BYTES_PER_TURN;
         loop {
             if budget == 0 {
-                if !self.members[i].queued {
-                    self.members[i].queued = true;
-                    self.still_ready.push(i);
-                }
+                self.driver.keep_ready(i);
                 break;
             }
             let Some(stream) = self.members[i].stream.as_mut() else {
@@ -584,7 +516,7 @@ impl<'a> Chat<'a> {
     fn feed(&mut self, r: usize, mut bytes: &[u8]) {
         let longest = self.plan.config.size + LINE_SLACK;
         while !bytes.is_empty() {
-            let Some(end) = memchr(b'\n', bytes) else {
+            let Some(end) = memchr::memchr(b'\n', bytes) else {
                 self.members[r].partial.extend_from_slice(bytes);
                 if self.members[r].partial.len() > longest {
                     self.members[r].partial.clear();
@@ -611,10 +543,10 @@ impl<'a> Chat<'a> {
         if line.starts_with(b"* welcome ") {
             if let Some(connected) = self.awaiting_greeting.get_mut(r).and_then(Option::take) {
                 self.greeted += 1;
-                if self.phase == Phase::Idle {
+                if self.stage == ChatStage::Idle {
                     // An idle member's one round trip: counted and timed like one.
                     self.tally.requests += 1;
-                    self.unpublished += 1;
+                    self.driver.completed(1);
                     let latency = nanos(connected.elapsed());
                     self.tally.latency.saturating_record(latency.max(1));
                 }
@@ -623,7 +555,7 @@ impl<'a> Chat<'a> {
         if line.starts_with(b"* ") {
             return; // joins, leaves, nick notices, greetings
         }
-        if self.phase == Phase::Idle {
+        if self.stage == ChatStage::Idle {
             return self.wrong(r, || {
                 format!("a line while every member is idle: {:?}", lossy(line))
             });
@@ -655,11 +587,18 @@ impl<'a> Chat<'a> {
             self.heard_by[s] += 1;
             return;
         }
-        if self.phase == Phase::Barrier || s >= self.senders {
+        if self.stage == ChatStage::Barrier || s >= self.senders {
             return self.wrong(r, || {
                 format!("a line from a member that sends none: {:?}", lossy(line))
             });
         }
+        self.delivery(r, s, line, body);
+    }
+
+    /// Handles `line`, whose body is `body`, shown to member `r` under sender `s`'s name during
+    /// the load: checks it is the next of `s`'s numbered lines, times it, and paces `s` if `r`
+    /// is its observer.
+    fn delivery(&mut self, r: usize, s: usize, line: &[u8], body: &[u8]) {
         let Some((id, seq, sent_nanos)) = parse_body(body, self.plan.config.size) else {
             return self.wrong(r, || format!("a garbled line: {:?}", lossy(line)));
         };
@@ -691,7 +630,7 @@ impl<'a> Chat<'a> {
             });
         }
         self.expected[slot] = seq + 1;
-        self.unpublished += 1;
+        self.driver.completed(1);
         if sent_nanos >= self.warmup_nanos {
             self.tally.deliveries += 1;
             let latency = nanos(self.start.elapsed()).saturating_sub(sent_nanos);
@@ -728,7 +667,32 @@ impl<'a> Chat<'a> {
 
     fn close(&mut self, i: usize) {
         if self.members[i].stream.take().is_some() {
-            self.meter.open.fetch_sub(1, Ordering::Relaxed);
+            self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<'a> driver::Generator<'a> for Chat<'a> {
+    fn driver(&mut self) -> &mut Driver<'a> {
+        &mut self.driver
+    }
+
+    fn on_ready(&mut self, i: usize, _peer_closed: bool) {
+        self.serve(i);
+    }
+}
+
+impl<'a> driver::Load<'a> for Chat<'a> {
+    fn begin_stop(&mut self) {
+        trace!("chat load over: waiting for the last lines");
+        self.stopping = true;
+    }
+
+    fn is_over(&self, stopping: bool) -> bool {
+        if stopping {
+            self.all_delivered()
+        } else {
+            self.all_closed()
         }
     }
 }
@@ -736,28 +700,6 @@ impl<'a> Chat<'a> {
 /// The member that paces sender `s`.
 fn observer(s: usize, members: usize) -> usize {
     (s + 1) % members
-}
-
-/// Connects to `address`, blocking (at most [`CONNECT_TIMEOUT`] over TCP), and returns the
-/// stream non-blocking for the poller.
-fn connect(address: &Address) -> io::Result<Stream> {
-    match address {
-        Address::Tcp(addr) => {
-            let stream = std::net::TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)?;
-            stream.set_nonblocking(true)?;
-            stream.set_nodelay(true)?;
-            Ok(Stream::Tcp(mio::net::TcpStream::from_std(stream)))
-        }
-        Address::Unix(path) => {
-            let stream = std::os::unix::net::UnixStream::connect(path)?;
-            stream.set_nonblocking(true)?;
-            Ok(Stream::Unix(mio::net::UnixStream::from_std(stream)))
-        }
-        Address::Udp(_) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "chat runs over a stream, not UDP",
-        )),
-    }
 }
 
 /// `duration` in nanoseconds.
@@ -781,14 +723,14 @@ fn write_line(out: &mut Vec<u8>, id: u64, seq: u64, sent_nanos: u64, size: usize
 /// Parses a line's body as [`write_line`] builds it for `size`: `(ID, SEQ, NANOS)`, or `None`
 /// if it is not exactly such a line.
 fn parse_body(body: &[u8], size: usize) -> Option<(u64, u64, u64)> {
-    let first = memchr(b' ', body)?;
+    let first = memchr::memchr(b' ', body)?;
     let id = parse_number(&body[..first])?;
     let after_id = &body[first + 1..];
-    let second = memchr(b' ', after_id)?;
+    let second = memchr::memchr(b' ', after_id)?;
     let seq = parse_number(&after_id[..second])?;
     let space = first + 1 + second;
     let rest = &body[space + 1..];
-    let (stamp, padding) = match memchr(b' ', rest) {
+    let (stamp, padding) = match memchr::memchr(b' ', rest) {
         Some(at) => (&rest[..at], Some(&rest[at + 1..])),
         None => (rest, None),
     };
@@ -809,10 +751,6 @@ fn parse_number(digits: &[u8]) -> Option<u64> {
             .iter()
             .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
     )
-}
-
-fn memchr(byte: u8, bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == byte)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -141,7 +141,7 @@ pub fn main(args: &LoadArgs) -> ExitCode {
     if let Err(e) = super::stop_early_on_sigint() {
         log::warn!("Ctrl-C will not print a summary: {e}");
     }
-    let mut display = Display::new(args.json, config.mode);
+    let mut display = ProgressLine::new(args.json, config.mode);
     let result = super::run_with(&config, |progress| display.show(progress));
     display.clear();
     let report = match result {
@@ -177,7 +177,7 @@ pub fn main(args: &LoadArgs) -> ExitCode {
 }
 
 /// The progress line on standard error, and the idle mode's "established" notice.
-struct Display {
+struct ProgressLine {
     /// Whether to draw the progress line (standard error is a terminal).
     live: bool,
     /// Whether the line currently shows something that must be erased before other output.
@@ -186,9 +186,9 @@ struct Display {
     mode: Mode,
 }
 
-impl Display {
-    fn new(json: bool, mode: Mode) -> Display {
-        Display {
+impl ProgressLine {
+    fn new(json: bool, mode: Mode) -> ProgressLine {
+        ProgressLine {
             live: io::stderr().is_terminal(),
             drawn: false,
             json,

@@ -47,15 +47,15 @@
 
 mod chat;
 mod command;
+mod driver;
 mod report;
+mod stream;
 mod udp;
 pub(crate) mod verify;
-mod worker;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,8 @@ use crate::service::Address;
 use crate::service::ProtocolKind;
 
 pub use command::{main, LoadArgs};
-pub use report::LoadReport;
-pub use worker::Tally;
+pub use driver::stop_early_on_sigint;
+pub use report::{Counts, LoadReport};
 
 /// Connects one generator thread has under way at once. Loopback completes a connect in
 /// microseconds, so this costs nothing there, and it keeps a thousand SYNs from arriving in the
@@ -323,156 +323,164 @@ pub fn run_with(
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     check_fd_limit(config.connections)?;
-    let threads = config.effective_threads();
     let started = Instant::now();
-    let gate = Arc::new(Gate::default());
-    let meters: Vec<Arc<worker::Meter>> = (0..threads).map(|_| Arc::default()).collect();
-    let (done_tx, done_rx) = mpsc::channel();
-    let mut handles = Vec::with_capacity(threads);
-    let mut first_id = 0;
-    for (index, meter) in meters.iter().enumerate() {
-        let count =
-            config.connections / threads + usize::from(index < config.connections % threads);
-        let plan = worker::Plan {
-            first_id,
-            count,
-            config: config.clone(),
-        };
-        first_id += count;
-        let thread_gate = Arc::clone(&gate);
-        let meter = Arc::clone(meter);
-        let done = done_tx.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("load-{index}"))
-            .spawn(move || {
-                let result = match plan.config.address {
-                    _ if plan.config.protocol == ProtocolKind::Chat => {
-                        chat::run(&plan, &thread_gate, &meter)
-                    }
-                    Address::Udp(_) => udp::run(&plan, &thread_gate, &meter),
-                    Address::Tcp(_) | Address::Unix(_) => worker::run(&plan, &thread_gate, &meter),
-                };
-                let _ = done.send(());
-                result
-            });
-        match spawned {
-            Ok(handle) => handles.push(handle),
-            Err(e) => {
-                // Threads already started are waiting at the gate: let them through to an end.
-                gate.abort();
-                for handle in handles {
-                    let _ = handle.join();
-                }
-                return Err(e);
-            }
-        }
-    }
-    drop(done_tx);
-
-    let total = config.connections as u64;
-    let established_now = || meters.iter().map(|m| m.open()).sum::<u64>();
-    while !gate.wait_all_arrived(threads, PROGRESS_INTERVAL) {
-        on_progress(&Progress::Connecting {
-            established: established_now(),
-            total,
-        });
-    }
+    let threads = Threads::spawn(config)?;
+    threads.await_connected(&mut on_progress);
     let cpu_at_start = process_cpu_time();
-    let opened = gate.open();
-    let established = established_now();
+    let opened = threads.gate.open();
     on_progress(&Progress::Established {
-        established,
-        total,
+        established: threads.established(),
+        total: threads.total,
         took: opened - started,
     });
-
-    let mut finished = 0;
-    let mut last_tick = (opened, 0u64);
-    while finished < threads {
-        let next_tick = last_tick.0 + PROGRESS_INTERVAL;
-        match done_rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
-            Ok(()) => finished += 1,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                let requests: u64 = meters.iter().map(|m| m.completed()).sum();
-                let interval = (now - last_tick.0).as_secs_f64();
-                on_progress(&Progress::Running {
-                    elapsed: now - opened,
-                    requests,
-                    rps: (requests - last_tick.1) as f64 / interval,
-                    open: established_now(),
-                });
-                last_tick = (now, requests);
-            }
-            // A worker died without reporting; the joins below say how.
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let mut tallies = Vec::with_capacity(threads);
-    for handle in handles {
-        match handle.join() {
-            Ok(result) => tallies.push(result?),
-            Err(_) => return Err(io::Error::other("a load thread panicked")),
-        }
-    }
+    threads.await_finished(opened, &mut on_progress);
+    let counts = threads.join()?;
     let ended = Instant::now();
     let cpu = match (cpu_at_start, process_cpu_time()) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,
     };
-    let thread_requests = tallies.iter().map(|tally| tally.requests).collect();
-    let mut report = LoadReport::new(
-        config,
-        worker::Tally::merge(tallies),
-        thread_requests,
-        report::Timing {
-            connect: opened - started,
-            wall: ended - opened,
-            cpu,
-        },
-    );
-    report.interrupted = interrupted();
+    let thread_requests = counts.iter().map(|counts| counts.requests).collect();
+    let timing = report::Timing {
+        connect: opened - started,
+        wall: ended - opened,
+        cpu,
+    };
+    let mut report = LoadReport::new(config, Counts::merge(counts), thread_requests, timing);
+    report.interrupted = driver::interrupted();
     Ok(report)
 }
 
-/// Set by the first SIGINT once [`stop_early_on_sigint`] is in force: the load ends now, as if
-/// its duration were up (outstanding replies still get their grace), and the report says it was
-/// interrupted. Never set for a library caller that did not ask for it.
-static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-/// How long a load thread may wait in `poll` while Ctrl-C can end the run: long enough to cost
-/// nothing (ten wake-ups a second), short enough that the summary follows the key at once.
-const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
-
-/// Makes Ctrl-C end the run early, with the summary of what was measured so far (marked
-/// interrupted); a second Ctrl-C exits at once (status 130, the shell's code for SIGINT), for a
-/// run whose grace for outstanding replies is itself too long to wait for.
-pub fn stop_early_on_sigint() -> io::Result<()> {
-    let flag = Arc::clone(INTERRUPTED.get_or_init(Arc::default));
-    // In this order: the first signal finds the flag clear (no exit) and then sets it; the
-    // second finds it set and exits.
-    signal_hook::flag::register_conditional_shutdown(
-        signal_hook::consts::SIGINT,
-        130,
-        Arc::clone(&flag),
-    )?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, flag)?;
-    Ok(())
+/// The generator threads of a run, seen from the calling thread.
+struct Threads {
+    gate: Arc<Gate>,
+    /// One per thread, in thread order.
+    meters: Vec<Arc<driver::Meter>>,
+    /// A message from each thread as it ends.
+    done: mpsc::Receiver<()>,
+    handles: Vec<thread::JoinHandle<io::Result<Counts>>>,
+    /// Connections asked for.
+    total: u64,
 }
 
-/// Whether Ctrl-C has ended the run.
-pub(crate) fn interrupted() -> bool {
-    INTERRUPTED
-        .get()
-        .is_some_and(|flag| flag.load(Ordering::Relaxed))
+impl Threads {
+    /// Shares the connections out among [`LoadConfig::effective_threads`] threads and starts
+    /// them: each connects its share, then waits at the gate.
+    fn spawn(config: &LoadConfig) -> io::Result<Threads> {
+        let count = config.effective_threads();
+        let (done_tx, done) = mpsc::channel();
+        let mut threads = Threads {
+            gate: Arc::new(Gate::default()),
+            meters: (0..count).map(|_| Arc::default()).collect(),
+            done,
+            handles: Vec::with_capacity(count),
+            total: config.connections as u64,
+        };
+        let mut first_id = 0;
+        for index in 0..count {
+            let share =
+                config.connections / count + usize::from(index < config.connections % count);
+            let plan = driver::Plan {
+                first_id,
+                count: share,
+                config: config.clone(),
+            };
+            first_id += share;
+            let (gate, meter) = (
+                Arc::clone(&threads.gate),
+                Arc::clone(&threads.meters[index]),
+            );
+            let done = done_tx.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("load-{index}"))
+                .spawn(move || {
+                    let result = generate(&plan, &gate, &meter);
+                    let _ = done.send(());
+                    result
+                });
+            match spawned {
+                Ok(handle) => threads.handles.push(handle),
+                Err(e) => {
+                    // Threads already started are waiting at the gate: let them through to an end.
+                    threads.gate.abort();
+                    for handle in threads.handles {
+                        let _ = handle.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(threads)
+    }
+
+    /// Connections up now, over every thread.
+    fn established(&self) -> u64 {
+        self.meters.iter().map(|m| m.open()).sum()
+    }
+
+    /// Waits until every thread has connected its share, reporting progress.
+    fn await_connected(&self, on_progress: &mut impl FnMut(&Progress)) {
+        while !self
+            .gate
+            .wait_all_arrived(self.handles.len(), PROGRESS_INTERVAL)
+        {
+            on_progress(&Progress::Connecting {
+                established: self.established(),
+                total: self.total,
+            });
+        }
+    }
+
+    /// Waits until every thread has finished the load that began at `opened`, reporting
+    /// progress.
+    fn await_finished(&self, opened: Instant, on_progress: &mut impl FnMut(&Progress)) {
+        let mut finished = 0;
+        let mut last_tick = (opened, 0u64);
+        while finished < self.handles.len() {
+            let next_tick = last_tick.0 + PROGRESS_INTERVAL;
+            match self
+                .done
+                .recv_timeout(next_tick.saturating_duration_since(Instant::now()))
+            {
+                Ok(()) => finished += 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let requests: u64 = self.meters.iter().map(|m| m.completed()).sum();
+                    let interval = (now - last_tick.0).as_secs_f64();
+                    on_progress(&Progress::Running {
+                        elapsed: now - opened,
+                        requests,
+                        rps: (requests - last_tick.1) as f64 / interval,
+                        open: self.established(),
+                    });
+                    last_tick = (now, requests);
+                }
+                // A thread died without reporting; the joins say how.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Each thread's counts, in thread order.
+    fn join(self) -> io::Result<Vec<Counts>> {
+        let mut counts = Vec::with_capacity(self.handles.len());
+        for handle in self.handles {
+            match handle.join() {
+                Ok(result) => counts.push(result?),
+                Err(_) => return Err(io::Error::other("a load thread panicked")),
+            }
+        }
+        Ok(counts)
+    }
 }
 
-/// `deadline` for a load thread's `poll`, brought forward so that a Ctrl-C is seen within
-/// [`INTERRUPT_CHECK`] (only while Ctrl-C can end the run).
-pub(crate) fn poll_deadline(deadline: Instant) -> Instant {
-    match INTERRUPTED.get() {
-        Some(_) => deadline.min(Instant::now() + INTERRUPT_CHECK),
-        None => deadline,
+/// One generator thread's run, by what it generates: chat members, UDP datagrams, or requests
+/// over streams.
+fn generate(plan: &driver::Plan, gate: &Gate, meter: &driver::Meter) -> io::Result<Counts> {
+    match plan.config.address {
+        _ if plan.config.protocol == ProtocolKind::Chat => chat::run(plan, gate, meter),
+        Address::Udp(_) => udp::run(plan, gate, meter),
+        Address::Tcp(_) | Address::Unix(_) => stream::run(plan, gate, meter),
     }
 }
 
@@ -530,9 +538,9 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Where the threads wait for each other between connecting and loading.
 ///
-/// Each worker [`arrive`](Gate::arrive)s when its connections are up, then waits for the calling
-/// thread to [`open`](Gate::open) the gate once all have: the load then starts at the same
-/// instant on every thread, and the time it took to connect is known.
+/// Each generator thread [`arrive`](Gate::arrive)s when its connections are up, then waits for
+/// the calling thread to [`open`](Gate::open) the gate once all have: the load then starts at
+/// the same instant on every thread, and the time it took to connect is known.
 #[derive(Debug, Default)]
 struct Gate {
     state: Mutex<GateState>,
@@ -541,21 +549,21 @@ struct Gate {
 
 #[derive(Debug, Default)]
 struct GateState {
-    /// Workers that have finished connecting (or given up).
+    /// Threads that have finished connecting (or given up).
     arrived: usize,
     /// When the gate opened: the start of the load.
     opened: Option<Instant>,
-    /// The run was abandoned before it started: workers are to stop.
+    /// The run was abandoned before it started: threads are to stop.
     aborted: bool,
 }
 
-/// A worker's arrival at the [`Gate`]: made explicitly with [`Arrival::arrive`], or when it is
-/// dropped — an error or a panic before the worker got there — so that the calling thread, which
-/// waits for every worker, never waits for ever.
+/// A generator thread's ticket at the [`Gate`], good for exactly one arrival: made explicitly with
+/// [`GateTicket::arrive`], or when the ticket is dropped — an error or a panic before the thread
+/// got there — so that the calling thread, which waits for every thread, never waits for ever.
 #[derive(Debug)]
-pub(crate) struct Arrival<'a>(Option<&'a Gate>);
+pub(crate) struct GateTicket<'a>(Option<&'a Gate>);
 
-impl Arrival<'_> {
+impl GateTicket<'_> {
     /// Arrives now (once: later calls, and the drop, do nothing).
     pub(crate) fn arrive(&mut self) {
         if let Some(gate) = self.0.take() {
@@ -564,7 +572,7 @@ impl Arrival<'_> {
     }
 }
 
-impl Drop for Arrival<'_> {
+impl Drop for GateTicket<'_> {
     fn drop(&mut self) {
         self.arrive();
     }
@@ -572,22 +580,22 @@ impl Drop for Arrival<'_> {
 
 impl Gate {
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        // A worker that panicked holding the lock leaves the state consistent (plain fields).
+        // A thread that panicked holding the lock leaves the state consistent (plain fields).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A worker's promise to arrive exactly once (see [`Arrival`]).
-    pub(crate) fn arrival(&self) -> Arrival<'_> {
-        Arrival(Some(self))
+    /// A thread's promise to arrive exactly once (see [`GateTicket`]).
+    pub(crate) fn ticket(&self) -> GateTicket<'_> {
+        GateTicket(Some(self))
     }
 
-    /// A worker has finished connecting.
+    /// A thread has finished connecting.
     fn arrive(&self) {
         self.lock().arrived += 1;
         self.changed.notify_all();
     }
 
-    /// Waits until `count` workers have arrived (true), or `timeout` has passed (false).
+    /// Waits until `count` threads have arrived (true), or `timeout` has passed (false).
     fn wait_all_arrived(&self, count: usize, timeout: Duration) -> bool {
         let state = self.lock();
         let (state, _) = self
@@ -605,13 +613,13 @@ impl Gate {
         now
     }
 
-    /// Tells waiting workers the run will not start.
+    /// Tells waiting threads the run will not start.
     fn abort(&self) {
         self.lock().aborted = true;
         self.changed.notify_all();
     }
 
-    /// A worker waits here for the start of the load; `None` if the run was abandoned.
+    /// A thread waits here for the start of the load; `None` if the run was abandoned.
     fn wait_open(&self) -> Option<Instant> {
         let state = self.lock();
         let state = self

@@ -7,10 +7,122 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use super::worker::Tally;
+use hdrhistogram::Histogram;
+use log::debug;
+
 use super::{LoadConfig, Mode};
 use crate::service::Address;
 use crate::service::ProtocolKind;
+
+/// Latencies above this (in nanoseconds: one minute) are recorded as this. A run is far shorter.
+const LATENCY_CEILING_NS: u64 = 60_000_000_000;
+
+/// Significant decimal digits the histogram keeps: 0.1% relative error.
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// What a thread counted; the threads' tallies, added up, are the report's [`counts`].
+///
+/// [`counts`]: super::LoadReport::counts
+#[derive(Clone, Debug)]
+pub struct Counts {
+    /// Connections that were up when the load (or the hold) started.
+    pub established: u64,
+    /// Verified replies to requests sent after the warm-up (idle mode: the first round trips).
+    pub requests: u64,
+    /// Verified replies to requests sent during the warm-up.
+    pub warmup_requests: u64,
+    /// Connections never established after every attempt.
+    pub connect_failures: u64,
+    /// Replies that were not the right answer (at most one per connection, which then closes).
+    pub wrong_replies: u64,
+    /// Requests that never got their reply (over a stream); chat: lines a member never
+    /// received from a sender.
+    pub missing_replies: u64,
+    /// Chat: lines received, checked, from senders, sent after the warm-up (each line counts
+    /// once per member that receives it). Zero for the other protocols.
+    pub deliveries: u64,
+    /// Chat: every line the members received over the whole run — greetings, notices, the
+    /// barrier's hellos, the warm-up's lines and the measured ones: all the server's fan-out
+    /// work, which its CPU time is spent on. Zero for the other protocols.
+    pub lines_received: u64,
+    /// UDP: requests whose reply did not come within the `--udp-timeout`, or was overtaken by
+    /// the reply to a later request. Datagrams may be lost; each loss is still an error.
+    pub lost: u64,
+    /// UDP: replies that came after their request was counted `lost`, and were ignored. Not an
+    /// error (the loss already is one): a server slower than the timeout, not a wrong one.
+    pub late: u64,
+    /// Established connections the server closed or reset while they were still needed: in load
+    /// mode before the end of the load, or after it with replies outstanding; in idle mode while
+    /// held. Each is an error (its outstanding requests are counted in `missing_replies` too).
+    /// A server that closes a connection once the load is over and every reply is in has done
+    /// nothing wrong: that is not counted.
+    pub dropped: u64,
+    /// How long the load ran, from its start until sending stopped: the whole duration, or less
+    /// if every connection had closed before the end. Zero in idle mode. (Across threads: the
+    /// longest.)
+    pub load_time: Duration,
+    /// Latency of each measured request, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// A description of the first error, for the summary.
+    pub first_error: Option<String>,
+}
+
+impl Counts {
+    pub(super) fn new() -> Counts {
+        Counts {
+            established: 0,
+            requests: 0,
+            warmup_requests: 0,
+            connect_failures: 0,
+            wrong_replies: 0,
+            missing_replies: 0,
+            deliveries: 0,
+            lines_received: 0,
+            lost: 0,
+            late: 0,
+            dropped: 0,
+            load_time: Duration::ZERO,
+            latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
+                .expect("constant histogram bounds are valid"),
+            first_error: None,
+        }
+    }
+
+    /// Adds the threads' tallies up (the first error of the lowest-numbered thread wins).
+    pub(crate) fn merge(tallies: Vec<Counts>) -> Counts {
+        let mut total = Counts::new();
+        for tally in tallies {
+            total.established += tally.established;
+            total.requests += tally.requests;
+            total.warmup_requests += tally.warmup_requests;
+            total.connect_failures += tally.connect_failures;
+            total.wrong_replies += tally.wrong_replies;
+            total.missing_replies += tally.missing_replies;
+            total.deliveries += tally.deliveries;
+            total.lines_received += tally.lines_received;
+            total.lost += tally.lost;
+            total.late += tally.late;
+            total.dropped += tally.dropped;
+            total.load_time = total.load_time.max(tally.load_time);
+            total
+                .latency
+                .add(&tally.latency)
+                .expect("histograms with the same bounds add up");
+            if total.first_error.is_none() {
+                total.first_error = tally.first_error;
+            }
+        }
+        total
+    }
+
+    pub(super) fn note_error(&mut self, text: impl FnOnce() -> String) {
+        if self.first_error.is_none() {
+            let text = text();
+            debug!("first error: {text}");
+            self.first_error = Some(text);
+        }
+    }
+}
 
 /// Durations measured around the run by the calling thread.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +161,7 @@ pub struct LoadReport {
     pub warmup: Duration,
     /// What the threads counted, added up: requests, errors of each kind, connections
     /// established and dropped, the first error, and the latency histogram.
-    pub counts: Tally,
+    pub counts: Counts,
     /// Each thread's share of `counts.requests`, in thread order: how evenly the work was
     /// spread, and proof that each thread did some.
     pub thread_requests: Vec<u64>,
@@ -68,7 +180,7 @@ pub struct LoadReport {
 impl LoadReport {
     pub(crate) fn new(
         config: &LoadConfig,
-        tally: Tally,
+        tally: Counts,
         thread_requests: Vec<u64>,
         timing: Timing,
     ) -> LoadReport {
@@ -95,7 +207,7 @@ impl LoadReport {
     }
 
     /// Every error: connections not made, wrong replies, missing replies, lost datagrams (UDP),
-    /// and connections the server dropped while they were still needed (see [`Tally::dropped`]).
+    /// and connections the server dropped while they were still needed (see [`Counts::dropped`]).
     pub fn errors(&self) -> u64 {
         self.counts.connect_failures
             + self.counts.wrong_replies
@@ -473,7 +585,7 @@ mod tests {
         let mut config = LoadConfig::new("127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap());
         config.mode = mode;
         config.duration = Duration::from_secs(2);
-        let mut tally = Tally::merge(Vec::new());
+        let mut tally = Counts::merge(Vec::new());
         tally.established = 50;
         tally.requests = 1800;
         if mode == Mode::Load {
@@ -607,5 +719,22 @@ mod tests {
     #[test]
     fn json_strings_are_escaped() {
         assert_eq!(json_string("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
+    }
+
+    #[test]
+    fn tallies_add_up() {
+        let mut a = Counts::new();
+        a.requests = 3;
+        a.latency.record(1000).unwrap();
+        let mut b = Counts::new();
+        b.requests = 4;
+        b.wrong_replies = 1;
+        b.first_error = Some("boom".into());
+        b.latency.record(3000).unwrap();
+        let total = Counts::merge(vec![a, b]);
+        assert_eq!(total.requests, 7);
+        assert_eq!(total.wrong_replies, 1);
+        assert_eq!(total.latency.len(), 2);
+        assert_eq!(total.first_error.as_deref(), Some("boom"));
     }
 }

@@ -33,19 +33,17 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 
+use super::driver::{self, Driver, Meter, Plan};
+use super::report::Counts;
 use super::verify::{ReplyVerifier, Requests};
-use super::worker::{Meter, Plan, Tally};
 use super::Gate;
 use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
 use crate::service::Address;
 
 /// Datagrams one socket may receive per turn before the others get theirs.
 const MAX_DATAGRAMS_PER_TURN: usize = 64;
-
-/// Most events taken from one `poll` call.
-const EVENTS_PER_POLL: usize = 1024;
 
 /// Sweeps for lost requests per `--udp-timeout`: a loss is noticed at most a tenth late.
 const SWEEPS_PER_TIMEOUT: u32 = 10;
@@ -125,59 +123,52 @@ struct Sock {
     sent: u64,
     /// Requests due but refused by a full send buffer, to send when the socket is writable.
     owed: u64,
-    /// Whether it is in the still-ready list.
-    queued: bool,
 }
 
 /// Runs one thread's share of a UDP run: open the sockets, wait at the gate, load, tally.
-pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts> {
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
-    let mut arrival = gate.arrival();
-    let mut worker = Worker::new(plan, meter)?;
-    worker.open_all();
-    arrival.arrive();
+    let mut ticket = gate.ticket();
+    let mut generator = UdpGenerator::new(plan, meter)?;
+    generator.open_all();
+    ticket.arrive();
     let Some(start) = gate.wait_open() else {
-        return Ok(worker.tally);
+        return Ok(generator.tally);
     };
-    worker.load(start)?;
-    Ok(worker.tally)
+    generator.load(start)?;
+    Ok(generator.tally)
 }
 
 /// One thread's event loop over its sockets.
-struct Worker<'a> {
+struct UdpGenerator<'a> {
     plan: &'a Plan,
-    meter: &'a Meter,
+    driver: Driver<'a>,
     server: SocketAddr,
-    poll: Poll,
-    events: Events,
     socks: Vec<Sock>,
     requests: Requests,
     /// Where each datagram lands: room for the largest.
     recv_buf: Box<[u8]>,
     /// Where each request is built.
     out: Vec<u8>,
-    /// Sockets that stopped on the per-turn budget, to serve before the next `poll`.
-    still_ready: Vec<usize>,
-    /// The other work list, kept so that neither is allocated again.
-    spare_ready: Vec<usize>,
-    tally: Tally,
+    tally: Counts,
     /// Requests sent before this are verified but not measured.
     warmup_end: Option<Instant>,
     /// The load is over: no more requests.
     stopping: bool,
     /// Requests in flight over all sockets.
     in_flight: usize,
-    /// Replies verified since the meter was last updated.
-    unpublished: u64,
+    /// Load: how often to look for lost requests, and when next.
+    sweep_every: Duration,
+    next_sweep: Instant,
 }
 
-impl<'a> Worker<'a> {
-    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Worker<'a>> {
+impl<'a> UdpGenerator<'a> {
+    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<UdpGenerator<'a>> {
         let config = &plan.config;
         let Address::Udp(server) = config.address else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the UDP worker needs a UDP address",
+                "the UDP generator needs a UDP address",
             ));
         };
         let requests = Requests::new(config.protocol, config.size)
@@ -190,26 +181,22 @@ impl<'a> Worker<'a> {
                 lost: LostRing::for_pipeline(config.pipeline),
                 sent: 0,
                 owed: 0,
-                queued: false,
             })
             .collect();
-        Ok(Worker {
+        Ok(UdpGenerator {
             plan,
-            meter,
+            driver: Driver::new(meter, plan.count)?,
             server,
-            poll: Poll::new()?,
-            events: Events::with_capacity(EVENTS_PER_POLL),
             socks,
             requests,
             recv_buf: vec![0; MAX_DATAGRAM_PAYLOAD + 1].into_boxed_slice(),
             out: Vec::with_capacity(config.size),
-            still_ready: Vec::new(),
-            spare_ready: Vec::new(),
-            tally: Tally::new(),
+            tally: Counts::new(),
             warmup_end: None,
             stopping: false,
             in_flight: 0,
-            unpublished: 0,
+            sweep_every: Duration::MAX,
+            next_sweep: Instant::now(),
         })
     }
 
@@ -225,7 +212,7 @@ impl<'a> Worker<'a> {
             let opened = UdpSocket::bind(local).and_then(|mut socket| {
                 socket.connect(self.server)?;
                 // Writable too: a send refused by a full buffer is retried on that edge.
-                self.poll.registry().register(
+                self.driver.registry().register(
                     &mut socket,
                     Token(i),
                     Interest::READABLE | Interest::WRITABLE,
@@ -237,7 +224,7 @@ impl<'a> Worker<'a> {
                 Ok(socket) => {
                     sock.socket = Some(socket);
                     self.tally.established += 1;
-                    self.meter.open.fetch_add(1, Ordering::Relaxed);
+                    self.driver.meter.open.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.tally.connect_failures += 1;
@@ -253,44 +240,15 @@ impl<'a> Worker<'a> {
     /// The load, from `start` until every request is settled after the stop.
     fn load(&mut self, start: Instant) -> io::Result<()> {
         let config = &self.plan.config;
-        let mut stop = start + config.duration;
-        let timeout = config.udp_timeout;
-        let sweep_every = (timeout / SWEEPS_PER_TIMEOUT).max(Duration::from_millis(1));
+        self.sweep_every = (config.udp_timeout / SWEEPS_PER_TIMEOUT).max(Duration::from_millis(1));
         self.warmup_end = Some(start + config.warmup());
         for i in 0..self.socks.len() {
             self.send_requests(i, config.pipeline as u64);
         }
-        let mut next_sweep = Instant::now() + sweep_every;
-        loop {
-            let now = Instant::now();
-            if !self.stopping && now < stop && super::interrupted() {
-                stop = now;
-            }
-            if !self.stopping && now >= stop {
-                trace!("load over: no more requests; waiting for the outstanding replies");
-                self.stopping = true;
-                self.tally.load_time = stop.saturating_duration_since(start);
-                for sock in &mut self.socks {
-                    sock.owed = 0;
-                }
-            }
-            if now >= next_sweep {
-                self.sweep(now, timeout);
-                next_sweep = now + sweep_every;
-            }
-            if self.meter.open() == 0 || (self.stopping && self.in_flight == 0) {
-                if !self.stopping {
-                    // Every socket closed before the end.
-                    self.tally.load_time = now.saturating_duration_since(start);
-                }
-                break;
-            }
-            let mut wake = next_sweep;
-            if !self.stopping {
-                wake = wake.min(stop);
-            }
-            self.turn(super::poll_deadline(wake))?;
-        }
+        self.next_sweep = Instant::now() + self.sweep_every;
+        // No grace: the sweeps settle every request within the timeout.
+        let duration = self.plan.config.duration;
+        self.tally.load_time = driver::run_load(self, start, duration, None)?;
         Ok(())
     }
 
@@ -322,34 +280,6 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// One loop turn: poll until `wake` at most, serve the sockets with something to do.
-    fn turn(&mut self, wake: Instant) -> io::Result<()> {
-        let timeout = if self.still_ready.is_empty() {
-            wake.saturating_duration_since(Instant::now())
-        } else {
-            Duration::ZERO
-        };
-        match self.poll.poll(&mut self.events, Some(timeout)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let mut ready =
-            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
-        for event in self.events.iter() {
-            if event.token().0 < self.socks.len() {
-                ready.push(event.token().0);
-            }
-        }
-        for i in ready.drain(..) {
-            self.socks[i].queued = false;
-            self.serve(i);
-        }
-        self.spare_ready = ready;
-        self.meter.publish(&mut self.unpublished);
-        Ok(())
-    }
-
     /// Sends what is owed, then receives and settles replies until drained or the budget is
     /// spent.
     fn serve(&mut self, i: usize) {
@@ -366,10 +296,7 @@ impl<'a> Worker<'a> {
                 Err(e) => return self.close(i, &e),
             }
         }
-        if !self.socks[i].queued {
-            self.socks[i].queued = true;
-            self.still_ready.push(i);
-        }
+        self.driver.keep_ready(i);
     }
 
     /// Settles the datagram of `len` bytes in the receive buffer against socket `i`'s
@@ -419,7 +346,7 @@ impl<'a> Worker<'a> {
                     let nanos = u64::try_from((now - sent_at).as_nanos()).unwrap_or(u64::MAX);
                     self.tally.latency.saturating_record(nanos);
                 }
-                self.unpublished += 1;
+                self.driver.completed(1);
                 position + 1
             }
             None => {
@@ -494,12 +421,44 @@ impl<'a> Worker<'a> {
         self.in_flight -= outstanding;
         self.tally.lost += outstanding as u64;
         self.tally.dropped += 1;
-        self.meter.open.fetch_sub(1, Ordering::Relaxed);
+        self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
         let id = sock.id;
         let reason = crate::sys::os_reason(error);
         debug!("socket {id}: {reason}");
         self.tally
             .note_error(|| format!("socket {id}: {reason}, {outstanding} requests outstanding"));
+    }
+}
+
+impl<'a> driver::Generator<'a> for UdpGenerator<'a> {
+    fn driver(&mut self) -> &mut Driver<'a> {
+        &mut self.driver
+    }
+
+    fn on_ready(&mut self, i: usize, _peer_closed: bool) {
+        self.serve(i);
+    }
+}
+
+impl<'a> driver::Load<'a> for UdpGenerator<'a> {
+    fn begin_stop(&mut self) {
+        trace!("load over: no more requests; waiting for the outstanding replies");
+        self.stopping = true;
+        for sock in &mut self.socks {
+            sock.owed = 0;
+        }
+    }
+
+    fn each_turn(&mut self, now: Instant) -> Option<Instant> {
+        if now >= self.next_sweep {
+            self.sweep(now, self.plan.config.udp_timeout);
+            self.next_sweep = now + self.sweep_every;
+        }
+        Some(self.next_sweep)
+    }
+
+    fn is_over(&self, stopping: bool) -> bool {
+        self.driver.meter.open() == 0 || (stopping && self.in_flight == 0)
     }
 }
 

@@ -1,4 +1,5 @@
-//! One generator thread: its share of the connections on one `mio::Poll`.
+//! One generator thread over streams (TCP or Unix): its share of the connections on one
+//! `mio::Poll`.
 //!
 //! It follows the same rules as the server's reactor, for the same reasons: sockets are
 //! edge-triggered, so every read goes on until the socket is drained (a short read means drained
@@ -15,19 +16,19 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use log::{debug, trace};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 
+use super::driver::{self, Driver, Meter, Plan, Unsent};
+use super::report::Counts;
 use super::verify::{ReplyVerifier, Requests, WrongReply};
 use super::{
-    Gate, LoadConfig, Mode, CONNECT_TIMEOUT, FIRST_RETRY_DELAY, GRACE, MAX_CONNECTS_IN_FLIGHT,
-    MAX_CONNECT_ATTEMPTS,
+    Gate, LoadConfig, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECTS_IN_FLIGHT, MAX_CONNECT_ATTEMPTS,
 };
-use crate::net::{write_until_blocked, Stream};
+use crate::net::Stream;
 
 /// Size of the read buffer each thread shares among its connections.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -35,165 +36,8 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Reply bytes one connection may consume per turn before the others get theirs.
 const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 
-/// Most events taken from one `poll` call.
-const EVENTS_PER_POLL: usize = 1024;
-
-/// Latencies above this (in nanoseconds: one minute) are recorded as this. A run is far shorter.
-const LATENCY_CEILING_NS: u64 = 60_000_000_000;
-
-/// Significant decimal digits the histogram keeps: 0.1% relative error.
-const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
-
-/// What a thread is given: which connections (numbered across the whole run, for messages) and
-/// the run's parameters.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    /// The run-wide number of this thread's first connection.
-    pub first_id: usize,
-    /// How many connections this thread opens.
-    pub count: usize,
-    /// The run's parameters.
-    pub config: LoadConfig,
-}
-
-/// Counters the calling thread reads for the progress display, one per worker thread. Aligned
-/// to a cache line so two workers' counters never share one.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub(crate) struct Meter {
-    /// Connections up (idle mode: verified) and not yet closed.
-    pub(super) open: AtomicU64,
-    /// Verified replies, warm-up included.
-    pub(super) completed: AtomicU64,
-}
-
-impl Meter {
-    /// Connections open now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Verified replies so far.
-    pub fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Relaxed)
-    }
-
-    /// Adds a turn's verified replies to the shared count (one atomic add per turn, not per
-    /// reply) and resets the turn's count.
-    pub(crate) fn publish(&self, unpublished: &mut u64) {
-        if *unpublished > 0 {
-            self.completed.fetch_add(*unpublished, Ordering::Relaxed);
-            *unpublished = 0;
-        }
-    }
-}
-
-/// What a thread counted; the threads' tallies, added up, are the report's [`counts`].
-///
-/// [`counts`]: super::LoadReport::counts
-#[derive(Clone, Debug)]
-pub struct Tally {
-    /// Connections that were up when the load (or the hold) started.
-    pub established: u64,
-    /// Verified replies to requests sent after the warm-up (idle mode: the first round trips).
-    pub requests: u64,
-    /// Verified replies to requests sent during the warm-up.
-    pub warmup_requests: u64,
-    /// Connections never established after every attempt.
-    pub connect_failures: u64,
-    /// Replies that were not the right answer (at most one per connection, which then closes).
-    pub wrong_replies: u64,
-    /// Requests that never got their reply (over a stream); chat: lines a member never
-    /// received from a sender.
-    pub missing_replies: u64,
-    /// Chat: lines received, checked, from senders, sent after the warm-up (each line counts
-    /// once per member that receives it). Zero for the other protocols.
-    pub deliveries: u64,
-    /// Chat: every line the members received over the whole run — greetings, notices, the
-    /// barrier's hellos, the warm-up's lines and the measured ones: all the server's fan-out
-    /// work, which its CPU time is spent on. Zero for the other protocols.
-    pub lines_received: u64,
-    /// UDP: requests whose reply did not come within the `--udp-timeout`, or was overtaken by
-    /// the reply to a later request. Datagrams may be lost; each loss is still an error.
-    pub lost: u64,
-    /// UDP: replies that came after their request was counted `lost`, and were ignored. Not an
-    /// error (the loss already is one): a server slower than the timeout, not a wrong one.
-    pub late: u64,
-    /// Established connections the server closed or reset while they were still needed: in load
-    /// mode before the end of the load, or after it with replies outstanding; in idle mode while
-    /// held. Each is an error (its outstanding requests are counted in `missing_replies` too).
-    /// A server that closes a connection once the load is over and every reply is in has done
-    /// nothing wrong: that is not counted.
-    pub dropped: u64,
-    /// How long the load ran, from its start until sending stopped: the whole duration, or less
-    /// if every connection had closed before the end. Zero in idle mode. (Across threads: the
-    /// longest.)
-    pub load_time: Duration,
-    /// Latency of each measured request, in nanoseconds.
-    pub latency: Histogram<u64>,
-    /// A description of the first error, for the summary.
-    pub first_error: Option<String>,
-}
-
-impl Tally {
-    pub(super) fn new() -> Tally {
-        Tally {
-            established: 0,
-            requests: 0,
-            warmup_requests: 0,
-            connect_failures: 0,
-            wrong_replies: 0,
-            missing_replies: 0,
-            deliveries: 0,
-            lines_received: 0,
-            lost: 0,
-            late: 0,
-            dropped: 0,
-            load_time: Duration::ZERO,
-            latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
-                .expect("constant histogram bounds are valid"),
-            first_error: None,
-        }
-    }
-
-    /// Adds the threads' tallies up (the first error of the lowest-numbered thread wins).
-    pub(crate) fn merge(tallies: Vec<Tally>) -> Tally {
-        let mut total = Tally::new();
-        for tally in tallies {
-            total.established += tally.established;
-            total.requests += tally.requests;
-            total.warmup_requests += tally.warmup_requests;
-            total.connect_failures += tally.connect_failures;
-            total.wrong_replies += tally.wrong_replies;
-            total.missing_replies += tally.missing_replies;
-            total.deliveries += tally.deliveries;
-            total.lines_received += tally.lines_received;
-            total.lost += tally.lost;
-            total.late += tally.late;
-            total.dropped += tally.dropped;
-            total.load_time = total.load_time.max(tally.load_time);
-            total
-                .latency
-                .add(&tally.latency)
-                .expect("histograms with the same bounds add up");
-            if total.first_error.is_none() {
-                total.first_error = tally.first_error;
-            }
-        }
-        total
-    }
-
-    pub(super) fn note_error(&mut self, text: impl FnOnce() -> String) {
-        if self.first_error.is_none() {
-            let text = text();
-            debug!("first error: {text}");
-            self.first_error = Some(text);
-        }
-    }
-}
-
-/// A connection's stage. Transitions happen in [`Worker`]'s `start_connect`, `finish_connect`,
-/// `fail_attempt`, `load`, `serve`, `wrong`, `lose` and `close`.
+/// A connection's stage. Transitions happen in [`StreamGenerator`]'s `start_connect`,
+/// `finish_connect`, `fail_attempt`, `load`, `serve`, `wrong`, `lose` and `close`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Waiting in the connect queue to make attempt number `attempt` (from 1).
@@ -226,15 +70,10 @@ struct Conn {
     sent: u64,
     /// When each request without a complete reply was handed to `write`, oldest first.
     sent_at: VecDeque<Instant>,
-    /// Request bytes the socket has not taken yet, from `unsent_from` on: at most `pipeline ×
-    /// size`. Its capacity is kept for the connection's life, so a socket that fills once a
-    /// request (large requests do) costs no allocation each time.
-    unsent: Vec<u8>,
-    unsent_from: usize,
+    /// Request bytes the socket has not taken yet: at most `pipeline × size`.
+    unsent: Unsent,
     /// The interest registered with the poller, to skip redundant `epoll_ctl` calls.
     registered: Interest,
-    /// Whether it is in the still-ready queue.
-    queued: bool,
     /// The poller reported the peer's side closed: read on to the end of stream.
     peer_closing: bool,
 }
@@ -248,10 +87,8 @@ impl Conn {
             verifier: ReplyVerifier::new(requests, id as u64),
             sent: 0,
             sent_at: VecDeque::new(),
-            unsent: Vec::new(),
-            unsent_from: 0,
+            unsent: Unsent::default(),
             registered: Interest::WRITABLE,
-            queued: false,
             peer_closing: false,
         }
     }
@@ -262,38 +99,18 @@ impl Conn {
         self.verifier = ReplyVerifier::new(requests, self.id as u64);
         self.sent = 0;
         self.sent_at = VecDeque::new();
-        self.unsent = Vec::new();
-        self.unsent_from = 0;
+        self.unsent = Unsent::default();
         self.peer_closing = false;
     }
 
     fn has_unsent(&self) -> bool {
-        self.unsent_from < self.unsent.len()
+        !self.unsent.is_empty()
     }
 
     /// Writes `bytes` after anything still unsent; keeps what the socket will not take.
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.has_unsent() {
-            // Drop the bytes already written first: a socket that never quite drains would
-            // otherwise grow the buffer by every request sent.
-            self.unsent.drain(..self.unsent_from);
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(bytes);
-            return self.flush();
-        }
         let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-        let written = write_until_blocked(stream, bytes)?;
-        if written < bytes.len() {
-            trace!(
-                "conn {}: socket full, keeping {} bytes",
-                self.id,
-                bytes.len() - written
-            );
-            self.unsent.clear();
-            self.unsent_from = 0;
-            self.unsent.extend_from_slice(&bytes[written..]);
-        }
-        Ok(())
+        self.unsent.send(stream, bytes)
     }
 
     /// Writes as much of the unsent bytes as the socket takes.
@@ -302,12 +119,7 @@ impl Conn {
             return Ok(());
         }
         let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-        self.unsent_from += write_until_blocked(stream, &self.unsent[self.unsent_from..])?;
-        if !self.has_unsent() {
-            self.unsent.clear();
-            self.unsent_from = 0;
-        }
-        Ok(())
+        self.unsent.flush(stream)
     }
 
     /// Reads and verifies until drained, the budget is spent, the reply stream goes wrong, or the
@@ -371,45 +183,38 @@ enum ReadOutcome {
 }
 
 /// Runs one thread's share of the run: connect, wait at the gate, load or hold, tally.
-pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Tally> {
+pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts> {
     // Whatever happens, arrive at the gate exactly once, or the calling thread waits forever.
-    let mut arrival = gate.arrival();
-    let mut worker = Worker::new(plan, meter)?;
-    worker.connect_all()?;
-    worker.tally.established = worker
+    let mut ticket = gate.ticket();
+    let mut generator = StreamGenerator::new(plan, meter)?;
+    generator.connect_all()?;
+    generator.tally.established = generator
         .conns
         .iter()
         .filter(|c| matches!(c.state, State::Ready { .. } | State::Holding))
         .count() as u64;
-    arrival.arrive();
+    ticket.arrive();
     let Some(start) = gate.wait_open() else {
-        return Ok(worker.tally);
+        return Ok(generator.tally);
     };
     match plan.config.mode {
-        Mode::Load => worker.load(start)?,
-        Mode::Idle => worker.hold(start + plan.config.duration)?,
+        Mode::Load => generator.load(start)?,
+        Mode::Idle => generator.hold(start + plan.config.duration)?,
     }
-    Ok(worker.tally)
+    Ok(generator.tally)
 }
 
 /// One thread's event loop and everything it owns.
-struct Worker<'a> {
+struct StreamGenerator<'a> {
     config: &'a LoadConfig,
-    meter: &'a Meter,
-    poll: Poll,
-    events: Events,
+    driver: Driver<'a>,
     conns: Vec<Conn>,
     requests: Requests,
     /// Where every read lands.
     read_buf: Box<[u8]>,
     /// Where requests are built before they are written.
     out: Vec<u8>,
-    /// Connections that stopped on the read budget, to serve before the next `poll`.
-    still_ready: Vec<usize>,
-    /// The work list of the turn before, emptied: it becomes the next turn's, so the two lists
-    /// trade places each turn and neither is allocated again.
-    spare_ready: Vec<usize>,
-    tally: Tally,
+    tally: Counts,
     /// Connect phase: connections waiting to (re)connect, by when they may.
     connect_queue: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Connect phase: connections with a connect or first round trip under way.
@@ -422,12 +227,10 @@ struct Worker<'a> {
     stopping: bool,
     /// Load phase: connections still running.
     running: usize,
-    /// Replies completed since the meter was last updated.
-    unpublished: u64,
 }
 
-impl<'a> Worker<'a> {
-    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<Worker<'a>> {
+impl<'a> StreamGenerator<'a> {
+    fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<StreamGenerator<'a>> {
         let config = &plan.config;
         let requests = Requests::new(config.protocol, config.size)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -435,25 +238,20 @@ impl<'a> Worker<'a> {
         let conns: Vec<Conn> = (0..plan.count)
             .map(|i| Conn::new(plan.first_id + i, &requests))
             .collect();
-        Ok(Worker {
+        Ok(StreamGenerator {
             config,
-            meter,
-            poll: Poll::new()?,
-            events: Events::with_capacity(EVENTS_PER_POLL),
+            driver: Driver::new(meter, plan.count)?,
             connect_queue: (0..plan.count).map(|i| Reverse((now, i))).collect(),
             unsettled: conns.len(),
             conns,
             requests,
             read_buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             out: Vec::new(),
-            still_ready: Vec::new(),
-            spare_ready: Vec::new(),
-            tally: Tally::new(),
+            tally: Counts::new(),
             in_flight: Vec::new(),
             warmup_end: None,
             stopping: false,
             running: 0,
-            unpublished: 0,
         })
     }
 
@@ -509,7 +307,7 @@ impl<'a> Worker<'a> {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
             }
-            self.turn(next)?;
+            driver::turn(self, next)?;
         }
         Ok(())
     }
@@ -521,13 +319,7 @@ impl<'a> Worker<'a> {
         };
         let conn = &mut self.conns[i];
         trace!("conn {}: connect attempt {attempt}", conn.id);
-        let registered = Stream::connect(&self.config.address).and_then(|mut stream| {
-            self.poll
-                .registry()
-                .register(&mut stream, Token(i), Interest::WRITABLE)?;
-            Ok(stream)
-        });
-        match registered {
+        match self.driver.start_connect(&self.config.address, i) {
             Ok(stream) => {
                 conn.stream = Some(stream);
                 conn.registered = Interest::WRITABLE;
@@ -547,14 +339,10 @@ impl<'a> Worker<'a> {
         let (State::Connecting { attempt, .. }, Some(stream)) = (conn.state, &conn.stream) else {
             return;
         };
-        match stream.connect_outcome() {
+        match driver::connect_outcome(stream, format_args!("conn {}", conn.id)) {
             Ok(true) => {}
             Ok(false) => return, // not decided yet: a spurious or early event
             Err(e) => return self.fail_attempt(i, crate::sys::os_reason(&e)),
-        }
-        // Requests are written whole and small: Nagle's delay would only add latency (TCP only).
-        if let Err(e) = stream.set_nodelay() {
-            debug!("conn {}: cannot set TCP_NODELAY: {e}", conn.id);
         }
         trace!("conn {}: connected", conn.id);
         match self.config.mode {
@@ -576,7 +364,7 @@ impl<'a> Worker<'a> {
     /// A connection is up for the rest of the connect phase.
     fn settle_established(&mut self) {
         self.unsettled -= 1;
-        self.meter.open.fetch_add(1, Ordering::Relaxed);
+        self.driver.meter.open.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connect attempt failed: queue a retry after a delay, or give up.
@@ -589,7 +377,7 @@ impl<'a> Worker<'a> {
             State::Ready { attempt } => {
                 // It had been counted as up.
                 self.unsettled += 1;
-                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+                self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
                 attempt
             }
             State::Running | State::Holding | State::Closed => return,
@@ -600,23 +388,18 @@ impl<'a> Worker<'a> {
             conn.state = State::Waiting {
                 attempt: attempt + 1,
             };
-            let at = Instant::now() + retry_delay(attempt, conn.id);
+            let at = Instant::now() + driver::retry_delay(attempt, conn.id);
             self.connect_queue.push(Reverse((at, i)));
         } else {
             conn.state = State::Closed;
             self.unsettled -= 1;
-            self.tally.connect_failures += 1;
-            let id = conn.id;
-            self.tally.note_error(|| {
-                format!("connection {id}: cannot connect after {attempt} attempts: {reason}")
-            });
+            let who = format_args!("connection {}", conn.id);
+            driver::give_up_connect(&mut self.tally, who, attempt, &reason);
         }
     }
 
     /// The load phase, from `start` (the gate's opening) to the end of the grace period.
     fn load(&mut self, start: Instant) -> io::Result<()> {
-        let mut stop = start + self.config.duration;
-        let mut grace_end = stop + GRACE;
         self.warmup_end = Some(start + self.config.warmup());
         for i in 0..self.conns.len() {
             if let State::Ready { .. } = self.conns[i].state {
@@ -626,25 +409,8 @@ impl<'a> Worker<'a> {
                 self.update_interest(i);
             }
         }
-        loop {
-            let now = Instant::now();
-            if !self.stopping && now < stop && super::interrupted() {
-                (stop, grace_end) = (now, now + GRACE);
-            }
-            if !self.stopping && now >= stop {
-                self.begin_stop();
-            }
-            // With every connection closed (all lost, or finished after the stop) nothing more
-            // can happen: end early rather than wait out the clock.
-            if self.running == 0 || (self.stopping && now >= grace_end) {
-                // Sending stopped at the stop, or, if every connection was lost before it, in
-                // the turn that closed the last one.
-                self.tally.load_time = now.min(stop).saturating_duration_since(start);
-                break;
-            }
-            let deadline = if self.stopping { grace_end } else { stop };
-            self.turn(Some(super::poll_deadline(deadline)))?;
-        }
+        let duration = self.config.duration;
+        self.tally.load_time = driver::run_load(self, start, duration, Some(GRACE))?;
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Running {
                 let missing = self.conns[i].sent_at.len() as u64;
@@ -664,7 +430,7 @@ impl<'a> Worker<'a> {
 
     /// The end of the run: connections with nothing outstanding close now; the rest once their
     /// last reply is in.
-    fn begin_stop(&mut self) {
+    fn stop_sending(&mut self) {
         trace!("load over: no more requests; waiting for the outstanding replies");
         self.stopping = true;
         for i in 0..self.conns.len() {
@@ -676,51 +442,12 @@ impl<'a> Worker<'a> {
 
     /// Idle mode: hold every verified connection until `until`, noting any the server drops.
     fn hold(&mut self, until: Instant) -> io::Result<()> {
-        while Instant::now() < until && self.meter.open() > 0 && !super::interrupted() {
-            self.turn(Some(super::poll_deadline(until)))?;
-        }
+        driver::hold(self, until, |generator| generator.driver.meter.open() == 0)?;
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Holding {
                 self.close(i);
             }
         }
-        Ok(())
-    }
-
-    /// One loop turn: poll (until `deadline` at most), serve the events, serve the connections
-    /// left with work, publish progress.
-    fn turn(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        let timeout = if self.still_ready.is_empty() {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
-        } else {
-            Some(Duration::ZERO)
-        };
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        // This turn's work list: last turn's budgeted connections, then this turn's events.
-        let mut ready =
-            std::mem::replace(&mut self.still_ready, std::mem::take(&mut self.spare_ready));
-        for event in self.events.iter() {
-            let i = event.token().0;
-            let Some(conn) = self.conns.get_mut(i) else {
-                continue;
-            };
-            if event.is_read_closed() || event.is_error() {
-                conn.peer_closing = true;
-            }
-            ready.push(i);
-        }
-        // Last turn's budgeted connections first, then this turn's events. A connection may be
-        // in both; serving it twice is harmless (the second finds nothing to read).
-        for i in ready.drain(..) {
-            self.conns[i].queued = false;
-            self.drive(i);
-        }
-        self.spare_ready = ready;
-        self.meter.publish(&mut self.unpublished);
         Ok(())
     }
 
@@ -753,16 +480,11 @@ impl<'a> Worker<'a> {
                 tally.latency.saturating_record(nanos);
             }
         });
-        self.unpublished += completed;
+        self.driver.completed(completed);
         match outcome {
             ReadOutcome::Wrong(wrong) => return self.wrong(i, wrong),
             ReadOutcome::Lost(reason) => return self.lose(i, reason),
-            ReadOutcome::Budget => {
-                if !self.conns[i].queued {
-                    self.conns[i].queued = true;
-                    self.still_ready.push(i);
-                }
-            }
+            ReadOutcome::Budget => self.driver.keep_ready(i),
             ReadOutcome::Drained => {}
         }
         match self.conns[i].state {
@@ -814,7 +536,7 @@ impl<'a> Worker<'a> {
         let Some(stream) = conn.stream.as_mut() else {
             return;
         };
-        match self.poll.registry().reregister(stream, Token(i), wanted) {
+        match self.driver.registry().reregister(stream, Token(i), wanted) {
             Ok(()) => conn.registered = wanted,
             Err(e) => self.lose(i, format!("cannot change poller interest: {e}")),
         }
@@ -882,10 +604,10 @@ impl<'a> Worker<'a> {
         match conn.state {
             State::Running => {
                 self.running -= 1;
-                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+                self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
             }
             State::Holding => {
-                self.meter.open.fetch_sub(1, Ordering::Relaxed);
+                self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
             }
             State::Closed => return,
             _ => {}
@@ -896,41 +618,27 @@ impl<'a> Worker<'a> {
     }
 }
 
-/// How long to wait after failed attempt number `attempt` (from 1): doubling from
-/// [`FIRST_RETRY_DELAY`], plus up to half as much again, spread by connection number so refused
-/// connections do not all retry in the same instant.
-fn retry_delay(attempt: u32, id: usize) -> Duration {
-    let base = FIRST_RETRY_DELAY * 2u32.pow(attempt.saturating_sub(1).min(10));
-    base + base * (id % 16) as u32 / 32
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_and_spread() {
-        assert_eq!(retry_delay(1, 0), Duration::from_millis(100));
-        assert_eq!(retry_delay(2, 0), Duration::from_millis(200));
-        assert_eq!(retry_delay(3, 0), Duration::from_millis(400));
-        assert!(retry_delay(1, 15) < Duration::from_millis(150));
-        assert_ne!(retry_delay(1, 1), retry_delay(1, 2));
+impl<'a> driver::Generator<'a> for StreamGenerator<'a> {
+    fn driver(&mut self) -> &mut Driver<'a> {
+        &mut self.driver
     }
 
-    #[test]
-    fn tallies_add_up() {
-        let mut a = Tally::new();
-        a.requests = 3;
-        a.latency.record(1000).unwrap();
-        let mut b = Tally::new();
-        b.requests = 4;
-        b.wrong_replies = 1;
-        b.first_error = Some("boom".into());
-        b.latency.record(3000).unwrap();
-        let total = Tally::merge(vec![a, b]);
-        assert_eq!(total.requests, 7);
-        assert_eq!(total.wrong_replies, 1);
-        assert_eq!(total.latency.len(), 2);
-        assert_eq!(total.first_error.as_deref(), Some("boom"));
+    fn on_ready(&mut self, i: usize, peer_closed: bool) {
+        if peer_closed {
+            self.conns[i].peer_closing = true;
+        }
+        self.drive(i);
+    }
+}
+
+impl<'a> driver::Load<'a> for StreamGenerator<'a> {
+    fn begin_stop(&mut self) {
+        self.stop_sending();
+    }
+
+    /// With every connection closed (all lost, or finished after the stop) nothing more can
+    /// happen: end early rather than wait out the clock.
+    fn is_over(&self, _stopping: bool) -> bool {
+        self.running == 0
     }
 }
