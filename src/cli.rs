@@ -29,7 +29,7 @@ use crate::storage::durable::UploadDir;
 /// oneloop: one thread, one event loop, thousands of connections.
 #[derive(Debug, Parser)]
 #[command(name = "oneloop", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -37,7 +37,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve protocols from one event loop.
     Serve(ServeArgs),
     /// Connect to a service: send MESSAGE words, or stdin lines, and print the replies.
@@ -50,7 +50,7 @@ pub enum Command {
 
 /// `oneloop serve [OPTIONS] [SERVICE...]`
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The services to serve, as `PROTOCOL@ADDRESS`; none means the seeds' three
     /// ([`DEFAULT_SERVICES`]).
     #[arg(
@@ -157,7 +157,7 @@ fn reply_delay(text: &str) -> Result<Duration, String> {
 
 /// `--upload-io`: where the reactor's file work for uploads runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum UploadIo {
+pub(crate) enum UploadIo {
     /// A small pool of I/O threads; completions come back through a waker (the design).
     Threads,
     /// In the loop thread: every `write` and `fsync` stalls every client (the foil).
@@ -166,7 +166,7 @@ pub enum UploadIo {
 
 /// `--model`: how `serve` serves its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Model {
+pub(crate) enum Model {
     /// One thread, one mio event loop, every connection (the point of oneloop).
     Reactor,
     /// One connection at a time, to completion (Python's `TCPServer`).
@@ -181,7 +181,7 @@ pub enum Model {
 
 impl Model {
     /// The name used by `--model`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Model::Reactor => "reactor",
             Model::Serial => "serial",
@@ -204,12 +204,12 @@ fn octal_mode(text: &str) -> Result<u32, String> {
 
 /// The longest timeout accepted (a year): far beyond any use, and far from the overflow of
 /// `Instant + Duration` that a value like `u64::MAX` would cause.
-pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+pub(crate) const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 
 /// `--max-connections`' default: the open-file limit less the descriptors that are not clients
 /// (stdio, the poller, the signal pipe, listeners, the EMFILE reserve, log files) — an eighth of
 /// the limit, at least 8 and at most 64, so a small limit still leaves most of it for clients.
-pub fn default_max_connections(fd_limit: u64) -> usize {
+pub(crate) fn default_max_connections(fd_limit: u64) -> usize {
     let reserved = (fd_limit / 8).clamp(8, 64);
     fd_limit.saturating_sub(reserved).max(1) as usize
 }

@@ -25,7 +25,7 @@ use crate::service::Address;
 
 /// `oneloop client ADDRESS [MESSAGE...]`
 #[derive(Debug, clap::Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// Where to connect: HOST:PORT or tcp:HOST:PORT, unix:PATH, or udp:HOST:PORT.
     pub address: Address,
 
@@ -47,7 +47,7 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 /// Runs the client; returns 0 once the server has closed, 1 on any failure.
-pub fn run(args: &ClientArgs) -> ExitCode {
+pub(crate) fn run(args: &ClientArgs) -> ExitCode {
     match talk(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -129,7 +129,7 @@ fn connect_unix(path: &std::path::Path, timeout: Option<Duration>) -> io::Result
 
 /// How long a UDP client waits for each reply when `--timeout` is not given: a datagram or its
 /// reply may be lost, and nothing else would ever end the wait.
-pub const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The client over UDP: one datagram per message (the words, or each input line without its
 /// newline), each reply printed on a line of its own as it comes, like the seeds' UDP client.

@@ -9,7 +9,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Length of `time.ctime()` text for years 1000–9999: `Wed Sep  9 16:42:46 2026`.
-pub const CTIME_LEN: usize = 24;
+pub(crate) const CTIME_LEN: usize = 24;
 
 /// The moment a batch of events is handled: a monotonic instant for deadlines, and the local
 /// wall-clock time already formatted as Python's `time.ctime()` for the timestamp protocol.
@@ -44,7 +44,7 @@ impl Now {
 
 /// Reads the clocks and caches the formatted local time for the current second.
 #[derive(Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     /// The Unix second whose text is in `ctime`; `i64::MIN` before the first read.
     cached_second: i64,
     ctime: [u8; CTIME_LEN],
@@ -61,7 +61,7 @@ impl Default for Clock {
 
 impl Clock {
     /// Reads both clocks; formats the local time only if the second has changed.
-    pub fn now(&mut self) -> Now {
+    pub(crate) fn now(&mut self) -> Now {
         let instant = Instant::now();
         let second = match SystemTime::now().duration_since(UNIX_EPOCH) {
             Ok(since) => since.as_secs() as i64,
@@ -82,7 +82,7 @@ impl Clock {
 ///
 /// `%e` pads the day with a space, as C's `asctime` does. A year past 9999 does not fit in 24
 /// bytes and is cut short (the server's clock would have to be badly wrong).
-pub fn format_ctime(unix_second: i64) -> [u8; CTIME_LEN] {
+pub(crate) fn format_ctime(unix_second: i64) -> [u8; CTIME_LEN] {
     use chrono::{Local, TimeZone};
     use std::io::Write;
 

@@ -45,6 +45,7 @@
 //! The public interface (command line, output lines, protocols, limits) is fixed by the project's
 //! contract; `README.md` summarises it and `docs/ARCHITECTURE.md` walks through the loop.
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 // The internals are `pub(crate)`, and the docs are built with `--document-private-items`
 // (`.ci/run`): a newcomer reads the loop's private modules, so a public page may link to them.

@@ -20,20 +20,20 @@ use crate::protocol::Limits;
 use crate::storage::durable::UploadDir;
 
 /// Default for `--output-limit`: 1 MiB of queued replies per connection.
-pub const DEFAULT_OUTPUT_LIMIT: usize = 1024 * 1024;
+pub(crate) const DEFAULT_OUTPUT_LIMIT: usize = 1024 * 1024;
 
 /// Default for `--idle-timeout`, in seconds: five minutes.
-pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+pub(crate) const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 
 /// Default for `--shutdown-timeout`, in seconds.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 /// The options of `oneloop serve` that the reactor and every blocking model share.
 ///
 /// Cheap to clone (the upload directory is behind an [`Arc`]): the blocking models clone it into
 /// each serving thread, and a forked child has its own copy.
 #[derive(Clone, Debug)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     /// Limits every protocol session gets (`--max-line`, `--max-upload`).
     pub limits: Limits,
     /// `--output-limit`: queued reply bytes past which the reactor stops reading a connection,

@@ -27,7 +27,7 @@ use crate::service::Address;
 
 /// `oneloop send ADDRESS FILE [--name NAME]`
 #[derive(Debug, clap::Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// The upload service: HOST:PORT, tcp:HOST:PORT or unix:PATH.
     pub address: Address,
 
@@ -53,7 +53,7 @@ const MAX_ANSWER_BYTES: usize = 4096;
 
 /// Runs `oneloop send`: 0 once the server has stored the file and its size and CRC-32 match,
 /// 1 on any failure or refusal, 2 for a name that cannot be sent.
-pub fn run(args: &SendArgs) -> ExitCode {
+pub(crate) fn run(args: &SendArgs) -> ExitCode {
     if let Address::Udp(_) = args.address {
         eprintln!("oneloop: send: uploads need a stream: a tcp or unix: address, not udp:");
         return ExitCode::from(2);

@@ -39,7 +39,7 @@ pub enum ProtocolKind {
 
 impl ProtocolKind {
     /// Every protocol, in the order the contract lists them.
-    pub const ALL: [ProtocolKind; 5] = [
+    pub(crate) const ALL: [ProtocolKind; 5] = [
         ProtocolKind::Upper,
         ProtocolKind::Timestamp,
         ProtocolKind::Echo,
@@ -81,7 +81,7 @@ impl FromStr for ProtocolKind {
 }
 
 /// The services `serve` runs when none is named: the seeds' upper, timestamp and echo servers.
-pub const DEFAULT_SERVICES: [&str; 3] = [
+pub(crate) const DEFAULT_SERVICES: [&str; 3] = [
     "upper@127.0.0.1:9999",
     "timestamp@127.0.0.1:21567",
     "echo@127.0.0.1:9000",
@@ -89,7 +89,7 @@ pub const DEFAULT_SERVICES: [&str; 3] = [
 
 /// The longest Unix socket path Linux takes: `sun_path` is 108 bytes, one of them the
 /// terminating NUL. A longer `unix:PATH` is a bad address (exit 2), not a bind failure.
-pub const MAX_UNIX_PATH: usize = 107;
+pub(crate) const MAX_UNIX_PATH: usize = 107;
 
 /// Where a service listens, or where a client connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,7 +134,7 @@ impl fmt::Display for Address {
 pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> Result<SocketAddr, String>;
 
 /// The system resolver: the first address `getaddrinfo` gives, as `nc` does.
-pub fn system_resolver(host: &str, port: u16) -> Result<SocketAddr, String> {
+pub(crate) fn system_resolver(host: &str, port: u16) -> Result<SocketAddr, String> {
     (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
@@ -156,7 +156,7 @@ impl FromStr for Address {
 
 impl Address {
     /// Parses like [`FromStr`], resolving host names with `resolve`.
-    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<Address, String> {
+    pub(crate) fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<Address, String> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("unix: needs a socket path, e.g. unix:/tmp/chat.sock".into());
@@ -213,11 +213,11 @@ pub enum SocketSource {
 }
 
 /// The longest `FileDescriptorName=` systemd accepts (`FDNAME_MAX`).
-pub const MAX_FD_NAME: usize = 255;
+pub(crate) const MAX_FD_NAME: usize = 255;
 
 impl SocketSource {
     /// Parses where a socket comes from: `fd:NAME`, or an [`Address`] resolved with `resolve`.
-    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<SocketSource, String> {
+    pub(crate) fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<SocketSource, String> {
         let Some(name) = text.strip_prefix("fd:") else {
             return Address::parse_with(text, resolve).map(SocketSource::Bind);
         };
@@ -270,7 +270,7 @@ impl FromStr for ServiceSpec {
 
 impl ServiceSpec {
     /// Parses like [`FromStr`], resolving host names with `resolve`.
-    pub fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<ServiceSpec, String> {
+    pub(crate) fn parse_with(text: &str, resolve: Resolver<'_>) -> Result<ServiceSpec, String> {
         let (protocol, source) = text.split_once('@').ok_or_else(|| {
             format!("{text:?} is not PROTOCOL@ADDRESS (e.g. echo@127.0.0.1:9000)")
         })?;

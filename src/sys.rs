@@ -51,7 +51,7 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
 
 /// Which side of a [`fork_single_threaded`] the caller is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forked {
+pub(crate) enum Forked {
     /// The new process.
     Child,
     /// The original process; the child has this process id.
@@ -67,7 +67,7 @@ pub enum Forked {
 /// that moment (the allocator's, a logger's) stays locked in the child for ever. With one thread
 /// there is no such lock, which is why the forking model's parent never starts a thread, and why
 /// this checks rather than trusts that.
-pub fn fork_single_threaded() -> io::Result<Forked> {
+pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
     let threads = thread_count()?;
     if threads != 1 {
         return Err(io::Error::other(format!(
@@ -85,14 +85,14 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
 
 /// Ends a forked child at once, without running the parent's exit handlers or flushing buffers
 /// that were copied from the parent (which would print the parent's pending output twice).
-pub fn exit_child(code: i32) -> ! {
+pub(crate) fn exit_child(code: i32) -> ! {
     // SAFETY: _exit takes a plain integer and never returns; no Rust state is relied on after.
     unsafe { libc::_exit(code) }
 }
 
 /// Collects every child process that has exited, without blocking, so none lingers as a zombie.
 /// Returns their process ids.
-pub fn reap_exited_children() -> Vec<i32> {
+pub(crate) fn reap_exited_children() -> Vec<i32> {
     let mut reaped = Vec::new();
     loop {
         let mut status = 0;
@@ -125,12 +125,12 @@ pub fn send_signal(pid: i32, signal: i32) -> io::Result<()> {
 /// before it has installed its own handler ([`stop_gracefully_on_signal`]): until then it runs
 /// the parent's, which would write to the parent's signal pipe, telling the parent to stop.
 #[derive(Debug)]
-pub struct StopSignalsBlocked {
+pub(crate) struct StopSignalsBlocked {
     previous: libc::sigset_t,
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread until the guard is dropped.
-pub fn block_stop_signals() -> io::Result<StopSignalsBlocked> {
+pub(crate) fn block_stop_signals() -> io::Result<StopSignalsBlocked> {
     let mut stop = MaybeUninit::<libc::sigset_t>::uninit();
     let mut previous = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set it is given a pointer to; sigaddset then changes
@@ -161,7 +161,7 @@ impl Drop for StopSignalsBlocked {
 /// Unblocks SIGINT and SIGTERM in the calling thread: in a forked child, which inherited them
 /// blocked from a [`StopSignalsBlocked`] guard that belongs to its parent, once its own handler
 /// is in place.
-pub fn unblock_stop_signals() -> io::Result<()> {
+pub(crate) fn unblock_stop_signals() -> io::Result<()> {
     let mut stop = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set; sigaddset changes it; pthread_sigmask only reads
     // it. The pointer is to a local that outlives the calls.
@@ -211,7 +211,9 @@ extern "C" fn on_stop_signal_in_child(_signal: libc::c_int) {
 /// The child must first have dropped what it inherited of the parent's signal handling (the
 /// acceptor, with its signal pipe). Stop signals should be blocked while this runs
 /// ([`block_stop_signals`]) and unblocked after.
-pub fn stop_gracefully_on_signal(connection: BorrowedFd<'_>) -> io::Result<&'static AtomicBool> {
+pub(crate) fn stop_gracefully_on_signal(
+    connection: BorrowedFd<'_>,
+) -> io::Result<&'static AtomicBool> {
     CHILD_CONNECTION.store(connection.as_raw_fd(), Ordering::SeqCst);
     // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags, SIG_DFL) that the
     // lines below fill in.
@@ -233,7 +235,7 @@ pub fn stop_gracefully_on_signal(connection: BorrowedFd<'_>) -> io::Result<&'sta
 /// (`PR_SET_PDEATHSIG`), so a child that serves for as long as its parent does (the forking
 /// model's UDP server) cannot outlive it. `parent` is the parent's process id as the child knew
 /// it before the fork: if the parent has already exited, the signal is raised at once.
-pub fn signal_on_parent_exit(signal: i32, parent: u32) -> io::Result<()> {
+pub(crate) fn signal_on_parent_exit(signal: i32, parent: u32) -> io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
@@ -254,7 +256,7 @@ pub fn signal_on_parent_exit(signal: i32, parent: u32) -> io::Result<()> {
 ///
 /// The sockets must stay open until the actions are forgotten: the handler names them by
 /// descriptor number, and a number closed and reused would be shut down by mistake.
-pub fn shut_down_reading_on_stop_signals(
+pub(crate) fn shut_down_reading_on_stop_signals(
     sockets: Vec<RawFd>,
     stopping: Arc<AtomicBool>,
 ) -> io::Result<Vec<signal_hook::SigId>> {
@@ -271,11 +273,11 @@ pub fn shut_down_reading_on_stop_signals(
 /// A handle on a child process that cannot be confused with a later process that reuses its
 /// process id (a `pidfd`, Linux 5.3).
 #[derive(Debug)]
-pub struct ChildHandle(OwnedFd);
+pub(crate) struct ChildHandle(OwnedFd);
 
 impl ChildHandle {
     /// The handle of `child`, taken right after `fork`, before anyone can collect it.
-    pub fn open(child: i32) -> io::Result<ChildHandle> {
+    pub(crate) fn open(child: i32) -> io::Result<ChildHandle> {
         // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) };
         if fd < 0 {
@@ -290,7 +292,9 @@ impl ChildHandle {
 /// processes that are not the model's connections (the forking model's UDP servers) stop at the
 /// parent's first signal too. A child already gone is not signalled, and no other process can be
 /// (see [`ChildHandle`]). The handles must stay open while registered.
-pub fn forward_stop_signals(children: &[ChildHandle]) -> io::Result<Vec<signal_hook::SigId>> {
+pub(crate) fn forward_stop_signals(
+    children: &[ChildHandle],
+) -> io::Result<Vec<signal_hook::SigId>> {
     let pidfds: Vec<RawFd> = children.iter().map(|c| c.0.as_raw_fd()).collect();
     let action = move || {
         for &pidfd in &pidfds {
@@ -326,7 +330,7 @@ fn register_stop_action(
 }
 
 /// Removes actions added by [`shut_down_reading_on_stop_signals`] or [`forward_stop_signals`].
-pub fn forget_signal_actions(ids: Vec<signal_hook::SigId>) {
+pub(crate) fn forget_signal_actions(ids: Vec<signal_hook::SigId>) {
     for id in ids {
         signal_hook::low_level::unregister(id);
     }
@@ -335,7 +339,7 @@ pub fn forget_signal_actions(ids: Vec<signal_hook::SigId>) {
 /// In a forked child: closes every descriptor but standard input, output, error and `keep`, so
 /// the child holds nothing of its parent's (listening sockets above all: a listener held open by
 /// a child keeps completing connections nobody will accept). Reads `/proc/self/fd`.
-pub fn close_descriptors_except(keep: &[RawFd]) -> io::Result<()> {
+pub(crate) fn close_descriptors_except(keep: &[RawFd]) -> io::Result<()> {
     let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .collect();
@@ -363,7 +367,7 @@ pub fn unacknowledged_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
 
 /// Bytes received on a stream socket and not yet read (`FIONREAD`, alias `SIOCINQ`): what has
 /// arrived from the peer so far, TCP or Unix.
-pub fn queued_input_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
+pub(crate) fn queued_input_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
     let mut count: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int through a pointer to a valid local.
     if unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut count) } != 0 {
@@ -397,7 +401,7 @@ const CONTROL_WORDS: usize = CONTROL_BYTES.div_ceil(8);
 /// Asks the kernel to report, with every datagram `socket` receives, the address it was sent to:
 /// `IP_PKTINFO` on an IPv4 socket, `IPV6_RECVPKTINFO` on an IPv6 one (which also reports an
 /// IPv4 datagram on a dual-stack socket, as a v4-mapped address). [`receive_datagram`] reads it.
-pub fn report_datagram_destinations(socket: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
+pub(crate) fn report_datagram_destinations(socket: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
     let (level, option) = if ipv6 {
         (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
     } else {
@@ -423,7 +427,7 @@ pub fn report_datagram_destinations(socket: BorrowedFd<'_>, ipv6: bool) -> io::R
 
 /// One datagram taken by [`receive_datagram`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReceivedDatagram {
+pub(crate) struct ReceivedDatagram {
     /// Bytes written into the buffer (a longer datagram is cut to the buffer's length).
     pub length: usize,
     /// Its sender. `None` when the kernel gave no address: the empty "datagram" with which
@@ -436,7 +440,7 @@ pub struct ReceivedDatagram {
 
 /// Receives one datagram into `buffer` with `recvmsg`, its sender's address and (when the socket
 /// reports it) its destination address. `flags` as for `recvmsg` (`MSG_DONTWAIT`...).
-pub fn receive_datagram(
+pub(crate) fn receive_datagram(
     socket: BorrowedFd<'_>,
     buffer: &mut [u8],
     flags: i32,
@@ -510,7 +514,7 @@ pub fn receive_datagram(
 /// address of this host: [`ReceivedDatagram::to`] of the request), else from the one the
 /// kernel picks. `flags` as for `sendmsg` (`MSG_DONTWAIT`...). On an IPv6 socket `from` is an
 /// IPv6 address (v4-mapped for an IPv4 peer); on an IPv4 socket, an IPv4 one.
-pub fn send_datagram(
+pub(crate) fn send_datagram(
     socket: BorrowedFd<'_>,
     payload: &[u8],
     to: SocketAddr,
@@ -649,7 +653,7 @@ fn socket_address_to_c(address: SocketAddr) -> (libc::sockaddr_storage, libc::so
 }
 
 /// The number of threads in this process, from `/proc/self/status`.
-pub fn thread_count() -> io::Result<usize> {
+pub(crate) fn thread_count() -> io::Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
@@ -680,7 +684,7 @@ pub fn os_reason(error: &io::Error) -> String {
 /// from the moment the file exists, with no window in which it has looser bits. The umask is
 /// per process, so this must run while the process is still single-threaded (`serve` binds
 /// before it starts any thread), or another thread creating a file meanwhile would get this mask.
-pub fn with_umask<T>(mask: u32, bind: impl FnOnce() -> T) -> T {
+pub(crate) fn with_umask<T>(mask: u32, bind: impl FnOnce() -> T) -> T {
     // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
     let old = unsafe { libc::umask(mask as libc::mode_t) };
     let result = bind();
@@ -692,7 +696,7 @@ pub fn with_umask<T>(mask: u32, bind: impl FnOnce() -> T) -> T {
 /// The process and user on the other end of a Unix stream socket (`SO_PEERCRED`), as the
 /// kernel recorded them at `connect`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerCredentials {
+pub(crate) struct PeerCredentials {
     /// The peer's process id.
     pub pid: i32,
     /// The peer's user id.
@@ -700,7 +704,7 @@ pub struct PeerCredentials {
 }
 
 /// Reads `SO_PEERCRED` from a connected Unix socket.
-pub fn peer_credentials(socket: &impl std::os::fd::AsRawFd) -> io::Result<PeerCredentials> {
+pub(crate) fn peer_credentials(socket: &impl std::os::fd::AsRawFd) -> io::Result<PeerCredentials> {
     let mut credentials = libc::ucred {
         pid: 0,
         uid: 0,
@@ -729,7 +733,7 @@ pub fn peer_credentials(socket: &impl std::os::fd::AsRawFd) -> io::Result<PeerCr
 
 /// The first descriptor systemd passes to an activated process (`SD_LISTEN_FDS_START`): 0, 1 and
 /// 2 stay standard input, output and error.
-pub const LISTEN_FDS_START: RawFd = 3;
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
 
 /// Whether [`take_listen_fds`] has run in this process: it may hand each descriptor out once.
 static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
@@ -784,7 +788,12 @@ fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// `openat(2)`: opens `name`, looked up inside the open directory `dir`, with `flags` (`O_*`) and,
 /// when the file is created, permission bits `mode` (the umask applies).
-pub fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+pub(crate) fn open_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: i32,
+    mode: u32,
+) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call; openat reads it,
     // and the mode argument is a plain integer (the C variadic promotes it as it would).
     let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) };
@@ -802,7 +811,7 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::R
 ///
 /// Made as a raw system call rather than through the C library's wrapper, which only glibc 2.28
 /// and later have.
-pub fn rename_no_replace_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
+pub(crate) fn rename_no_replace_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
     let fd = dir.as_raw_fd();
     // SAFETY: both names are valid NUL-terminated strings that outlive the call; the kernel only
     // reads them. The other arguments are plain integers.
@@ -825,7 +834,7 @@ pub fn rename_no_replace_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::
 /// `linkat(2)`, both names inside `dir`: gives the file `from` a second name `to`, failing with
 /// `EEXIST` if `to` exists — like [`rename_no_replace_at`], never replacing a file, but leaving
 /// the old name in place too (unlink it with [`unlink_at`]). Symbolic links are not followed.
-pub fn link_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
+pub(crate) fn link_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
     let fd = dir.as_raw_fd();
     // SAFETY: both names are valid NUL-terminated strings that outlive the call and are only read.
     if unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) } != 0 {
@@ -836,7 +845,7 @@ pub fn link_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
 
 /// `unlinkat(2)`: removes the name `name` inside `dir`. A symbolic link is removed itself (its
 /// target is untouched); a directory is refused (`EISDIR`).
-pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call and is only read.
     if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
         return Err(io::Error::last_os_error());
@@ -847,7 +856,7 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 /// The device and inode numbers of `name` inside `dir`, without following a symbolic link
 /// (`fstatat(2)` with `AT_SYMLINK_NOFOLLOW`): whether a name still leads to a file we hold open
 /// (compare with `MetadataExt::dev` and `ino` of the open file).
-pub fn file_id_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(u64, u64)> {
+pub(crate) fn file_id_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(u64, u64)> {
     let mut stat = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call; fstatat writes one
     // `stat` through a pointer to an owned, properly sized and aligned local.
@@ -870,7 +879,7 @@ pub fn file_id_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(u64, u64)> {
 /// `fallocate(2)` with `FALLOC_FL_KEEP_SIZE`: allocates `len` bytes of disk for `file` from
 /// offset 0 without changing its size, so the file system counts them as used (by `statvfs`,
 /// for every process) before they are written. `EOPNOTSUPP` where the file system cannot.
-pub fn reserve_space(file: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+pub(crate) fn reserve_space(file: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     loop {
         // SAFETY: fallocate takes integers only and touches no memory of ours.
@@ -887,7 +896,7 @@ pub fn reserve_space(file: BorrowedFd<'_>, len: u64) -> io::Result<()> {
 
 /// Bytes free for unprivileged users on the file system holding `file` (`fstatvfs(2)`:
 /// `f_bavail × f_frsize`), what `df` shows as available.
-pub fn available_bytes(file: BorrowedFd<'_>) -> io::Result<u64> {
+pub(crate) fn available_bytes(file: BorrowedFd<'_>) -> io::Result<u64> {
     let mut stat = MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: fstatvfs writes one `statvfs` through a pointer to an owned, properly sized and
     // aligned local.
@@ -904,7 +913,7 @@ pub fn available_bytes(file: BorrowedFd<'_>) -> io::Result<u64> {
 /// is now ours, `Ok(false)` if another open file description holds one. The lock goes away when
 /// every descriptor of that open file is closed — also when its process dies, which is how a
 /// temporary file still being written by a live server is told from one a crash left behind.
-pub fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<bool> {
+pub(crate) fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: flock takes two integers and touches no memory of ours.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(true);

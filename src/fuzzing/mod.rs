@@ -23,14 +23,14 @@ mod proxy;
 mod room;
 mod upload;
 
-pub use self::proxy::{check_proxy, drive_proxy, ProxyRun};
+pub use self::proxy::check_proxy;
 pub use self::room::check_room;
-pub use self::upload::{
-    check_upload, drive_upload, upload_by_the_rules, UploadEvent, UploadTranscript,
-};
+pub use self::upload::check_upload;
+#[cfg(test)]
+pub(crate) use self::upload::{drive_upload, upload_by_the_rules, UploadEvent};
 
 /// Splits fuzzer bytes into sorted cut offsets and the input they cut.
-pub fn plan(data: &[u8]) -> (Vec<usize>, &[u8]) {
+pub(crate) fn plan(data: &[u8]) -> (Vec<usize>, &[u8]) {
     let Some((&count, rest)) = data.split_first() else {
         return (Vec::new(), data);
     };
@@ -46,7 +46,7 @@ pub fn plan(data: &[u8]) -> (Vec<usize>, &[u8]) {
 
 /// Feeds `input` to a fresh session, cut at `cuts`, each piece with `arrival`, then ends the
 /// stream. Returns the output and whether the session closed early.
-pub fn run(
+pub(crate) fn run(
     kind: ProtocolKind,
     limits: Limits,
     input: &[u8],
@@ -60,7 +60,7 @@ pub fn run(
 /// Feeds `input` to `session` cut at `cuts` (sorted offsets), each piece with `arrival`, at a
 /// fixed moment (`Wed Sep  9 16:42:46 2026`), then ends the stream. Returns the output and
 /// whether the session closed early.
-pub fn feed(
+pub(crate) fn feed(
     session: &mut Session,
     input: &[u8],
     cuts: &[usize],

@@ -6,7 +6,7 @@ use super::plan;
 
 /// What [`drive_proxy`] saw: the outcome, and the header bytes consumed over all reads.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ProxyRun {
+pub(crate) enum ProxyRun {
     /// The input ended before the header did.
     NeedMore,
     /// The header, and how many input bytes it took in all.
@@ -18,7 +18,7 @@ pub enum ProxyRun {
 /// Feeds `input` to a fresh [`ProxyHeader`] cut at `cuts` (sorted offsets) until it answers,
 /// checking at every read that it holds no more than its bound and uses no more than it is
 /// given, and after the answer that a later read gets the same one.
-pub fn drive_proxy(input: &[u8], cuts: &[usize]) -> ProxyRun {
+pub(crate) fn drive_proxy(input: &[u8], cuts: &[usize]) -> ProxyRun {
     let mut parser = ProxyHeader::new();
     let (mut start, mut total) = (0, 0);
     let run = 'reads: {

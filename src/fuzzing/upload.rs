@@ -9,7 +9,7 @@ use super::plan;
 /// [`Step::Body`] slices are joined into one `Body`, so that transcripts of differently cut
 /// inputs compare equal.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum UploadEvent {
+pub(crate) enum UploadEvent {
     /// [`Step::Begin`].
     Begin {
         /// The cleaned name.
@@ -36,7 +36,7 @@ pub enum UploadEvent {
 
 /// What a driven upload session did: its events and every byte it replied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UploadTranscript {
+pub(crate) struct UploadTranscript {
     /// The steps, in order.
     pub events: Vec<UploadEvent>,
     /// The replies, in order.
@@ -59,7 +59,7 @@ impl UploadTranscript {
 /// that each body is exactly SIZE bytes with the CRC-32 reported (computed here bit by bit),
 /// that a completed body holds back the next input until its outcome is reported, and that a
 /// refused or failed session stays closed.
-pub fn drive_upload(
+pub(crate) fn drive_upload(
     limits: Limits,
     input: &[u8],
     cuts: &[usize],
@@ -178,7 +178,7 @@ fn assert_closed(session: &mut UploadSession, t: &mut UploadTranscript) {
 
 /// The upload contract spelled out the plain way, over the whole input at once: what
 /// [`drive_upload`] must record for any cutting of it.
-pub fn upload_by_the_rules(
+pub(crate) fn upload_by_the_rules(
     input: &[u8],
     limits: Limits,
     fail_at: Option<usize>,

@@ -63,13 +63,13 @@ use crate::net::Stream;
 /// Longest the start barrier may take for `members`: 5 s, plus 10 µs for each of the N²
 /// deliveries the renames and hellos cost (a 1,000-member room: 15 s), so that a slow model
 /// still starts while a server that loses a `hello` fails in bounded time.
-pub fn barrier_timeout(members: usize) -> Duration {
+pub(super) fn barrier_timeout(members: usize) -> Duration {
     let deliveries = (members * members) as u64;
     Duration::from_secs(5) + Duration::from_micros(10 * deliveries)
 }
 
 /// Most chat members: the barrier keeps an N × N table, and every line goes to N − 1 members.
-pub const MAX_MEMBERS: usize = 2048;
+pub(super) const MAX_MEMBERS: usize = 2048;
 
 /// The longest line a member accepts beyond `--size` (the name, the numbers).
 const LINE_SLACK: usize = 128;

@@ -83,12 +83,12 @@ pub(crate) struct Meter {
 
 impl Meter {
     /// Connections open now.
-    pub fn open(&self) -> u64 {
+    pub(super) fn open(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Verified replies so far.
-    pub fn completed(&self) -> u64 {
+    pub(super) fn completed(&self) -> u64 {
         self.completed.load(Ordering::Relaxed)
     }
 

@@ -51,7 +51,7 @@ mod driver;
 mod report;
 mod stream;
 mod udp;
-pub(crate) mod verify;
+pub mod verify;
 
 use std::io;
 use std::sync::mpsc;
@@ -70,40 +70,40 @@ pub use report::{Counts, LoadReport};
 /// Connects one generator thread has under way at once. Loopback completes a connect in
 /// microseconds, so this costs nothing there, and it keeps a thousand SYNs from arriving in the
 /// same instant at a server whose backlog may be smaller.
-pub const MAX_CONNECTS_IN_FLIGHT: usize = 100;
+pub(crate) const MAX_CONNECTS_IN_FLIGHT: usize = 100;
 
 /// Attempts per connection before it counts as an error.
-pub const MAX_CONNECT_ATTEMPTS: u32 = 4;
+pub(crate) const MAX_CONNECT_ATTEMPTS: u32 = 4;
 
 /// How long one connect attempt (or, in `--idle` mode, its first round trip) may take. Three
 /// seconds outlasts Linux's first SYN retransmit (one second).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Wait before the first retry of a failed connect; doubled for each later one.
-pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// How long replies outstanding when the run ends may still take before they count as missing.
-pub const GRACE: Duration = Duration::from_secs(2);
+pub(crate) const GRACE: Duration = Duration::from_secs(2);
 
 /// Default `--udp-timeout`: a UDP request whose reply has not come after this is lost. On
 /// loopback a reply takes microseconds; a second is far beyond any scheduling delay.
-pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Default `--warmup`: this, or a tenth of the duration if that is shorter.
-pub const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
 
 /// Upper bounds on the options, so a typo cannot ask for something absurd.
 pub mod limits {
     /// Most `--connections`.
-    pub const MAX_CONNECTIONS: usize = 1_000_000;
+    pub(crate) const MAX_CONNECTIONS: usize = 1_000_000;
     /// Most `--threads`.
-    pub const MAX_THREADS: usize = 256;
+    pub(crate) const MAX_THREADS: usize = 256;
     /// Most `--pipeline` (requests outstanding per connection).
-    pub const MAX_PIPELINE: usize = 4096;
+    pub(crate) const MAX_PIPELINE: usize = 4096;
     /// Largest `--size`: 16 MiB. Each connection may hold up to `pipeline × size` unsent bytes.
-    pub const MAX_SIZE: usize = 16 * 1024 * 1024;
+    pub(crate) const MAX_SIZE: usize = 16 * 1024 * 1024;
     /// File descriptors kept free beyond one per connection (stdio, the poller, the runtime).
-    pub const FD_HEADROOM: u64 = 32;
+    pub(crate) const FD_HEADROOM: u64 = 32;
 }
 
 /// What the run does after connecting.
@@ -183,7 +183,7 @@ impl LoadConfig {
     }
 
     /// Threads actually used: never more than connections.
-    pub fn effective_threads(&self) -> usize {
+    pub(crate) fn effective_threads(&self) -> usize {
         self.threads.clamp(1, self.connections.max(1))
     }
 
@@ -517,7 +517,7 @@ fn check_fd_limit(connections: usize) -> io::Result<()> {
 /// `/proc/self/stat` gives it in clock ticks of `USER_HZ`, which Linux fixes at 100 per second
 /// for every user-space ABI (the kernel converts from its internal tick rate), so no `sysconf`
 /// call — and no `unsafe` — is needed.
-pub fn process_cpu_time() -> Option<Duration> {
+pub(crate) fn process_cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     parse_cpu_ticks(&stat).map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
 }

@@ -41,11 +41,11 @@ const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 
 /// Most accept attempts between two looks at the poll, so that a connect storm cannot keep the
 /// acceptor from noticing a signal (the reactor's `MAX_ACCEPTS_PER_TURN`, for the same reason).
-pub const ACCEPTS_PER_POLL: usize = 64;
+pub(crate) const ACCEPTS_PER_POLL: usize = 64;
 
 /// What [`Acceptor::accept_next`] and [`Acceptor::wait`] report.
 #[derive(Debug)]
-pub enum Next {
+pub(crate) enum Next {
     /// A new connection.
     Accepted(Accepted),
     /// A signal arrived (one of those the [`Signals`] watch).
@@ -83,7 +83,7 @@ enum Attempt {
 
 /// Accepts connections from every listener, one at a time, for the blocking models, and reports
 /// signals and wake-ups in between.
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     poll: Poll,
     events: Events,
     listeners: Vec<Listener>,
@@ -107,7 +107,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// An acceptor over `listeners`, also watching `signals`.
-    pub fn new(listeners: Vec<BoundListener>, mut signals: Signals) -> io::Result<Acceptor> {
+    pub(crate) fn new(listeners: Vec<BoundListener>, mut signals: Signals) -> io::Result<Acceptor> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
@@ -149,30 +149,34 @@ impl Acceptor {
     /// blocking model: while it turns, clients are admitted and a SIGTERM is heard. A worker
     /// stuck with one client does not stop them, and need not: the other workers still serve
     /// (the reactor pings from its one loop, where a stuck turn stops everything).
-    pub fn notify_systemd(&mut self, notifier: Arc<Notifier>, watchdog_every: Option<Duration>) {
+    pub(crate) fn notify_systemd(
+        &mut self,
+        notifier: Arc<Notifier>,
+        watchdog_every: Option<Duration>,
+    ) {
         self.notifier = notifier;
         self.watchdog = watchdog_every.map(|every| (every, Instant::now() + every));
     }
 
     /// A waker that makes a waiting [`Acceptor::accept_next`] or [`Acceptor::wait`] return
     /// [`Next::Woken`], from any thread. A poll has one waker: call this once.
-    pub fn waker(&self) -> io::Result<Arc<Waker>> {
+    pub(crate) fn waker(&self) -> io::Result<Arc<Waker>> {
         Ok(Arc::new(Waker::new(self.poll.registry(), WAKER_TOKEN)?))
     }
 
     /// The next connection, signal or wake-up, waiting at most `timeout` (`None`: for ever).
-    pub fn accept_next(&mut self, timeout: Option<Duration>) -> io::Result<Next> {
+    pub(crate) fn accept_next(&mut self, timeout: Option<Duration>) -> io::Result<Next> {
         self.next_event(true, timeout)
     }
 
     /// The next signal or wake-up, without accepting (clients wait in the backlog meanwhile),
     /// waiting at most `timeout` (`None`: for ever). Never [`Next::Accepted`].
-    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Next> {
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Next> {
         self.next_event(false, timeout)
     }
 
     /// Closes every listener: from now on clients are refused by the kernel.
-    pub fn stop_accepting(&mut self) {
+    pub(crate) fn stop_accepting(&mut self) {
         self.notifier.stopping();
         // From here the shutdown is bounded by --shutdown-timeout, and systemd's stop timeout
         // governs: no more pings.

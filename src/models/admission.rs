@@ -35,7 +35,7 @@ use super::{refuse, serve_blocking, Accepted};
 
 /// Counts and registers the connections being served.
 #[derive(Clone, Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     shared: Arc<Shared>,
 }
 
@@ -55,7 +55,7 @@ struct Shared {
 
 impl Admission {
     /// Admits up to `max` connections at once; `waker` is rung each time the count drops to zero.
-    pub fn new(max: usize, waker: Arc<Waker>) -> Admission {
+    pub(crate) fn new(max: usize, waker: Arc<Waker>) -> Admission {
         Admission {
             shared: Arc::new(Shared {
                 open: AtomicUsize::new(0),
@@ -69,7 +69,7 @@ impl Admission {
 
     /// The connection, admitted and registered, or `None` after refusing it (the `error too many
     /// connections` line, then close), as the reactor does.
-    pub fn admit(&self, mut accepted: Accepted) -> Option<Admitted> {
+    pub(crate) fn admit(&self, mut accepted: Accepted) -> Option<Admitted> {
         if self.shared.open.fetch_add(1, Ordering::AcqRel) >= self.shared.max {
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
             debug!("{}: too many connections; refusing", accepted.peer);
@@ -91,13 +91,13 @@ impl Admission {
     }
 
     /// How many admitted connections are still open.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.shared.open.load(Ordering::Acquire)
     }
 
     /// Begins a graceful shutdown of every admitted connection: each stops reading (its blocked
     /// `read` returns at once), finishes writing its replies, and closes.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         for (_, stream) in self.shared.streams().iter() {
             // Fails only if the connection is already gone (ENOTCONN): nothing to wake then.
@@ -115,7 +115,7 @@ impl Shared {
 
 /// An admitted connection. Dropping it closes the socket, then frees its place in the count.
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     // Field order matters: this handle is dropped before `slot`, whose drop releases the
     // registry's handle — the last one — and so closes the socket before the count goes down.
     stream: Arc<BlockingStream>,
@@ -128,7 +128,7 @@ pub struct Admitted {
 impl Admitted {
     /// Serves the connection to its end — a chat member in its service's room of `rooms`, any
     /// other with [`serve_blocking`] — then closes it.
-    pub fn serve(self, options: &ServeOptions, rooms: &ChatRooms) {
+    pub(crate) fn serve(self, options: &ServeOptions, rooms: &ChatRooms) {
         let stopping = &self.slot.shared.stopping;
         if let Some(room) = rooms.get(self.service) {
             return room.serve(&self.stream, self.peer, options, stopping);
@@ -138,13 +138,13 @@ impl Admitted {
 
     /// Closes a connection that was never served (it waited in the pool's queue until the
     /// shutdown): its end of stream at once. Nothing was read from it, so nothing is owed to it.
-    pub fn close_unserved(self) {
+    pub(crate) fn close_unserved(self) {
         debug!("{}: never served; closing for the shutdown", self.peer);
         let _ = self.stream.shutdown(Shutdown::Write);
     }
 
     /// The client's address, for logs.
-    pub fn peer(&self) -> Peer {
+    pub(crate) fn peer(&self) -> Peer {
         self.peer
     }
 }
@@ -172,7 +172,7 @@ impl Drop for Slot {
 /// `signal`: stops accepting, stops every connection ([`Admission::stop`]), and waits until they
 /// have all closed, `timeout` has passed (connections still busy are then closed by the process's
 /// exit), or a second signal arrives. `Ok` in every case: the process exits 0.
-pub fn shut_down(
+pub(crate) fn shut_down(
     acceptor: &mut Acceptor,
     admission: &Admission,
     signal: i32,

@@ -87,7 +87,7 @@ use super::{linger, linger_after_stop, BLOCKING_READ_BYTES};
 
 /// How long a writer's blocked `write` waits before it looks whether its member is still served
 /// (the socket's send timeout; a write that moved nothing is then simply tried again).
-pub const WRITE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const WRITE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a sender waiting for its room to drain sleeps at most before it looks again: a
 /// writer's signal can come between the look and the wait (it does not take the room's lock).
@@ -96,14 +96,18 @@ const PACE_RECHECK: Duration = Duration::from_millis(10);
 /// One room per chat service, indexed like the listeners the model was given (`None` for the
 /// other services). The default has none: the models that do not serve chat.
 #[derive(Debug, Default)]
-pub struct ChatRooms {
+pub(crate) struct ChatRooms {
     rooms: Vec<Option<ChatRoom>>,
 }
 
 impl ChatRooms {
     /// An empty room for each chat service among `listeners`, whose members may be owed up to
     /// `output_limit` bytes each.
-    pub fn new(listeners: &[BoundListener], limits: Limits, output_limit: usize) -> ChatRooms {
+    pub(crate) fn new(
+        listeners: &[BoundListener],
+        limits: Limits,
+        output_limit: usize,
+    ) -> ChatRooms {
         ChatRooms {
             rooms: listeners
                 .iter()
@@ -116,14 +120,14 @@ impl ChatRooms {
     }
 
     /// The room of service `service`, if it is a chat service.
-    pub fn get(&self, service: usize) -> Option<&ChatRoom> {
+    pub(crate) fn get(&self, service: usize) -> Option<&ChatRoom> {
         self.rooms.get(service).and_then(Option::as_ref)
     }
 }
 
 /// One chat service's room and its members' queues, behind one lock.
 #[derive(Debug)]
-pub struct ChatRoom {
+pub(crate) struct ChatRoom {
     state: Mutex<State>,
     /// Signalled by the writers after each line: senders waiting for the room to drain look again.
     drained: Condvar,
@@ -310,7 +314,7 @@ impl ChatRoom {
     ///
     /// Under `--proxy-protocol` it joins only once its PROXY header is read, under the name the
     /// header carries, and the bytes that followed the header are its first input.
-    pub fn serve(
+    pub(crate) fn serve(
         &self,
         stream: &Arc<BlockingStream>,
         peer: Peer,

@@ -39,7 +39,7 @@ use crate::sys::{self, ChildHandle, Forked};
 
 /// The UDP services of a blocking model, already serving.
 #[derive(Debug)]
-pub struct DatagramServers {
+pub(crate) struct DatagramServers {
     kind: Servers,
     /// The signal actions that stop them at the first signal (removed by [`Self::stop`]).
     signal_actions: Vec<signal_hook::SigId>,
@@ -59,7 +59,7 @@ enum Servers {
 
 impl DatagramServers {
     /// Starts serving `datagrams` on a thread each: the way serial, threaded and pool serve.
-    pub fn threads(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
+    pub(crate) fn threads(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
         let stopping = Arc::new(AtomicBool::new(false));
         // The stop action is in place before any thread serves: no signal slips in between.
         let handles = datagrams
@@ -94,7 +94,7 @@ impl DatagramServers {
 
     /// Starts serving `datagrams` in a child process each: the forking model's way, which must
     /// not start a thread.
-    pub fn processes(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
+    pub(crate) fn processes(datagrams: Vec<BoundDatagram>) -> io::Result<DatagramServers> {
         let parent = std::process::id();
         let mut children = Vec::with_capacity(datagrams.len());
         // Stop signals stay blocked from the first fork until the forwarding action is in place:
@@ -128,7 +128,7 @@ impl DatagramServers {
     /// Stops the UDP servers, if a signal has not already, and waits for the threads (each
     /// finishes the datagram in hand) and logs what each did. UDP child processes end on the
     /// forwarded signal, or when this process exits.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         sys::forget_signal_actions(std::mem::take(&mut self.signal_actions));
         let kind = std::mem::replace(
             &mut self.kind,

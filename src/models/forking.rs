@@ -44,11 +44,15 @@ use crate::sys::{
 use super::{refuse, serve_blocking, Accepted, Acceptor, Next, Settings};
 
 /// How long the parent waits, at the end of a shutdown, for the children it has just killed.
-pub const KILLED_CHILDREN_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const KILLED_CHILDREN_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves every connection in a child process until SIGINT or SIGTERM. `--max-connections`
 /// counts the live children.
-pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+pub(crate) fn run(
+    listeners: Vec<BoundListener>,
+    settings: Settings,
+    signals: Signals,
+) -> io::Result<()> {
     let Settings {
         options,
         notifier,

@@ -58,16 +58,16 @@
 //!
 //! [`Admission::stop`]: admission::Admission::stop
 
-pub mod acceptor;
-pub mod admission;
-pub mod chat;
-pub mod datagram;
-pub mod forking;
-pub mod pool;
+pub(crate) mod acceptor;
+pub(crate) mod admission;
+pub(crate) mod chat;
+pub(crate) mod datagram;
+pub(crate) mod forking;
+pub(crate) mod pool;
 mod proxy;
-pub mod serial;
-pub mod threaded;
-pub mod upload;
+pub(crate) mod serial;
+pub(crate) mod threaded;
+pub(crate) mod upload;
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -88,8 +88,8 @@ use crate::protocol::{Arrival, Flow, Session};
 use crate::service::ProtocolKind;
 use crate::sys::unacknowledged_bytes;
 
-pub use acceptor::{Acceptor, Next};
-pub use admission::{Admission, Admitted};
+pub(crate) use acceptor::{Acceptor, Next};
+pub(crate) use admission::{Admission, Admitted};
 
 /// What a blocking model needs from the command line: the options every driver shares, and
 /// systemd's notifications, which only the accepting thread sends.
@@ -97,7 +97,7 @@ pub use admission::{Admission, Admitted};
 /// A connection's thread or process sees only the [`ServeOptions`]: plain data, cloned into each
 /// serving thread (or shared behind an [`Arc`]); a forked child has its own copy.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The options shared with the reactor (limits, timeouts, upload directory, ...).
     pub options: ServeOptions,
     /// systemd's notifications (`NOTIFY_SOCKET`; a no-op without it): the acceptor sends
@@ -108,18 +108,18 @@ pub struct Settings {
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.
-pub fn refuse(accepted: &mut Accepted) {
+pub(crate) fn refuse(accepted: &mut Accepted) {
     let _ = accepted.stream.set_nonblocking(true);
     let _ = accepted.stream.write(TOO_MANY_CONNECTIONS_REPLY);
 }
 
 /// Bytes one blocking connection reads at a time: std's `BufReader` default. The buffer is on
 /// the serving thread's stack, so it is part of what each blocked client costs.
-pub const BLOCKING_READ_BYTES: usize = 8 * 1024;
+pub(crate) const BLOCKING_READ_BYTES: usize = 8 * 1024;
 
 /// An accepted connection, as a blocking std socket, and the protocol it speaks.
 #[derive(Debug)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The client's socket (TCP or Unix), in blocking mode.
     pub stream: BlockingStream,
     /// The protocol of the listener it arrived on.
@@ -143,7 +143,7 @@ pub struct Accepted {
 /// written, and the connection ends with a lingering close. It is checked before every `read`,
 /// and whoever sets it also shuts down this socket's reading side, so a `read` already blocked
 /// returns at once.
-pub fn serve_blocking(
+pub(crate) fn serve_blocking(
     stream: &BlockingStream,
     protocol: ProtocolKind,
     peer: Peer,

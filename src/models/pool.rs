@@ -22,7 +22,7 @@ use super::{Acceptor, Admission, Admitted, Next, Settings};
 
 /// Serves connections on `workers` threads until SIGINT or SIGTERM. `--max-connections` counts
 /// the queued connections as well as those being served, so it also bounds the queue.
-pub fn run(
+pub(crate) fn run(
     listeners: Vec<BoundListener>,
     settings: Settings,
     workers: usize,

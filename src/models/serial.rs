@@ -21,7 +21,11 @@ use super::{Acceptor, Admission, Admitted, Next, Settings};
 
 /// Serves connections one after another until SIGINT or SIGTERM. (`--max-connections` is moot:
 /// one at a time.)
-pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+pub(crate) fn run(
+    listeners: Vec<BoundListener>,
+    settings: Settings,
+    signals: Signals,
+) -> io::Result<()> {
     let Settings {
         options,
         notifier,

@@ -18,7 +18,11 @@ use super::chat::ChatRooms;
 use super::{Acceptor, Admission, Next, Settings};
 
 /// Serves every connection on a new thread until SIGINT or SIGTERM.
-pub fn run(listeners: Vec<BoundListener>, settings: Settings, signals: Signals) -> io::Result<()> {
+pub(crate) fn run(
+    listeners: Vec<BoundListener>,
+    settings: Settings,
+    signals: Signals,
+) -> io::Result<()> {
     let Settings {
         options,
         notifier,

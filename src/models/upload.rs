@@ -66,13 +66,13 @@ use super::{linger, linger_after_stop, read_input, Input};
 /// read is followed by a write to the file, and 64 KiB (the size `oneloop send` writes) makes
 /// eight times fewer of both per MiB than 8 KiB would. On the heap, allocated once per
 /// connection.
-pub const UPLOAD_READ_BYTES: usize = 64 * 1024;
+pub(crate) const UPLOAD_READ_BYTES: usize = 64 * 1024;
 
 /// Serves one upload connection on a blocking socket until it ends (see the module docs).
 /// `stopping` is the graceful shutdown, as in [`super::serve_blocking`]; the socket's timeouts
 /// (`--idle-timeout`) are already set. `first`: bytes already read for the session (what followed
 /// a PROXY header), taken before the socket is read.
-pub fn serve(
+pub(crate) fn serve(
     stream: &BlockingStream,
     peer: Peer,
     options: &ServeOptions,

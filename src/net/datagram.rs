@@ -25,7 +25,7 @@ use crate::sys::{self, ReceivedDatagram};
 /// Makes `socket` report each datagram's destination when it is bound to a wildcard address, so
 /// that [`answer`] can reply from it. A socket bound to one address needs nothing: its replies
 /// leave from that address.
-pub fn answer_from_destination(socket: &UdpSocket) -> io::Result<()> {
+pub(crate) fn answer_from_destination(socket: &UdpSocket) -> io::Result<()> {
     let local = socket.local_addr()?;
     if local.ip().is_unspecified() {
         sys::report_datagram_destinations(socket.as_fd(), local.is_ipv6())?;
@@ -35,7 +35,7 @@ pub fn answer_from_destination(socket: &UdpSocket) -> io::Result<()> {
 
 /// A datagram in the caller's buffer, and where its reply goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// Bytes received.
     pub length: usize,
     /// Its sender, where the reply goes.
@@ -48,7 +48,11 @@ pub struct Request {
 /// Receives one datagram into `buffer` (`flags` as for `recvmsg`). `Ok(None)` for a wake-up
 /// with no sender — what a reader blocked on a socket whose reading side is shut down gets —
 /// which is not a datagram and gets no reply.
-pub fn receive(socket: &impl AsFd, buffer: &mut [u8], flags: i32) -> io::Result<Option<Request>> {
+pub(crate) fn receive(
+    socket: &impl AsFd,
+    buffer: &mut [u8],
+    flags: i32,
+) -> io::Result<Option<Request>> {
     let ReceivedDatagram { length, from, to } =
         sys::receive_datagram(socket.as_fd(), buffer, flags)?;
     Ok(from.map(|from| Request {
@@ -71,7 +75,7 @@ fn can_be_a_source(destination: IpAddr) -> bool {
 
 /// Sends `reply` to `request`'s sender, from the address the request was sent to (`flags` as
 /// for `sendmsg`; `MSG_DONTWAIT` so that a blocking socket does not wait for buffer space).
-pub fn answer(
+pub(crate) fn answer(
     socket: &impl AsFd,
     reply: &[u8],
     request: &Request,
@@ -89,11 +93,11 @@ pub fn answer(
 /// Source ports below this (the well-known ports) get no reply: a spoofed datagram "from"
 /// another well-known UDP service (echo to chargen, say) would otherwise start two servers
 /// answering each other for ever. FreeBSD's inetd refuses them the same way.
-pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+pub(crate) const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
 /// What a datagram endpoint has done, for the log at shutdown (and the tests that read it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DatagramStats {
+pub(crate) struct DatagramStats {
     /// Datagrams received.
     pub received: u64,
     /// Replies sent.
@@ -126,7 +130,12 @@ impl DatagramStats {
     /// Counts a datagram of `length` bytes from `from`, and says whether it is to be answered:
     /// not if it is over the size limit or comes from a well-known port. `service` names the
     /// socket in the log (`upper on udp 127.0.0.1:9999`).
-    pub fn admit(&mut self, service: &dyn fmt::Display, length: usize, from: SocketAddr) -> bool {
+    pub(crate) fn admit(
+        &mut self,
+        service: &dyn fmt::Display,
+        length: usize,
+        from: SocketAddr,
+    ) -> bool {
         self.received += 1;
         if length > MAX_DATAGRAM_PAYLOAD {
             self.oversize += 1;
@@ -150,7 +159,12 @@ impl DatagramStats {
     /// Counts the outcome of one reply's [`answer`]. A reply that could not go at once is
     /// dropped, never queued or retried: UDP is lossy, and a queue would grow without bound
     /// under a flood. `service` names the socket in the log, as for [`admit`](Self::admit).
-    pub fn sent(&mut self, service: &dyn fmt::Display, result: io::Result<usize>, to: SocketAddr) {
+    pub(crate) fn sent(
+        &mut self,
+        service: &dyn fmt::Display,
+        result: io::Result<usize>,
+        to: SocketAddr,
+    ) {
         match result {
             Ok(count) => {
                 self.answered += 1;

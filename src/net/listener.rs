@@ -19,7 +19,7 @@ use super::unix::{bind_unix, SocketFile};
 use crate::service::{Address, ProtocolKind, ServiceSpec, SocketSource};
 
 /// The backlog requested from `listen`; the kernel silently lowers it to `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: i32 = 65_535;
+pub(crate) const LISTEN_BACKLOG: i32 = 65_535;
 
 /// Opens a non-blocking TCP listener on `addr` with a large backlog.
 ///

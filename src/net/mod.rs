@@ -30,14 +30,14 @@ pub use unix::SocketFile;
 
 /// How long a lingering close waits for the peer to finish sending before closing anyway.
 /// Apache's lingering close uses the same two seconds.
-pub const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// The reply a connection over `--max-connections` gets before it is closed.
-pub const TOO_MANY_CONNECTIONS_REPLY: &[u8] = b"error too many connections\n";
+pub(crate) const TOO_MANY_CONNECTIONS_REPLY: &[u8] = b"error too many connections\n";
 
 /// Whether `error` is a blocking socket's timeout running out (`SO_RCVTIMEO`/`SO_SNDTIMEO`):
 /// Linux reports it as `EAGAIN`, which std calls `WouldBlock`, and some paths as `TimedOut`.
-pub fn is_timeout(error: &std::io::Error) -> bool {
+pub(crate) fn is_timeout(error: &std::io::Error) -> bool {
     matches!(
         error.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

@@ -39,7 +39,7 @@ pub fn log_fd_limit(result: &io::Result<FdLimit>) {
 /// descriptor to spend (or the kernel is out of memory): long enough not to spin, short enough
 /// that service resumes promptly. Clients wait in the backlog meanwhile, and the listener is tried
 /// again when the time is up — not when the next client arrives, which may be never.
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A descriptor kept open so that one can be freed when the process runs out.
 #[derive(Debug)]
@@ -106,12 +106,12 @@ impl Default for ReserveFd {
 }
 
 /// EMFILE (this process) or ENFILE (the whole system): no descriptor for a new connection.
-pub fn is_out_of_descriptors(error: &io::Error) -> bool {
+pub(crate) fn is_out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// ENOBUFS or ENOMEM: the kernel has no memory for the new socket just now.
-pub fn is_out_of_memory(error: &io::Error) -> bool {
+pub(crate) fn is_out_of_memory(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM))
 }
 

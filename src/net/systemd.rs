@@ -61,7 +61,7 @@ use crate::service::Address;
 const LISTEN_VARIABLES: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
 /// The name `sd_listen_fds_with_names` reports for a descriptor when `LISTEN_FDNAMES` is unset.
-pub const UNKNOWN_NAME: &str = "unknown";
+pub(crate) const UNKNOWN_NAME: &str = "unknown";
 
 /// A socket systemd passed in, checked and ready to serve.
 #[derive(Debug)]

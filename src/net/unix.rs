@@ -25,7 +25,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Binds a Unix stream listener at `path`, replacing a stale socket file, with the file's
 /// permission bits set to `mode` from the moment it exists (`None`: as the umask makes them).
-pub fn bind_unix(path: &Path, mode: Option<u32>) -> io::Result<(UnixListener, SocketFile)> {
+pub(crate) fn bind_unix(path: &Path, mode: Option<u32>) -> io::Result<(UnixListener, SocketFile)> {
     clear_stale(path)?;
     let listener = match mode {
         // bind creates the file with 0o777 & !umask: a umask of !mode gives exactly `mode`.

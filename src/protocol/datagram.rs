@@ -23,14 +23,14 @@ use crate::service::ProtocolKind;
 
 /// The largest UDP payload the contract answers: 65,535 minus the 8-byte UDP and 20-byte IPv4
 /// headers. Longer datagrams (IPv6 allows up to 65,527 bytes without jumbograms) are dropped.
-pub const MAX_DATAGRAM_PAYLOAD: usize = 65_507;
+pub(crate) const MAX_DATAGRAM_PAYLOAD: usize = 65_507;
 
 /// The reply to a request whose reply would not fit one datagram (contract v3).
-pub const REPLY_TOO_LARGE: &[u8] = b"error reply too large";
+pub(crate) const REPLY_TOO_LARGE: &[u8] = b"error reply too large";
 
 /// What [`reply`] put in its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The protocol's answer.
     Answer,
     /// [`REPLY_TOO_LARGE`], in place of an answer longer than [`MAX_DATAGRAM_PAYLOAD`].
@@ -43,7 +43,7 @@ pub enum Reply {
 ///
 /// `out` may briefly hold an answer three times the payload's length (upper's largest growth)
 /// before it is found too large: bounded, and kept by the caller for the next datagram.
-pub fn reply(
+pub(crate) fn reply(
     protocol: ProtocolKind,
     payload: &[u8],
     now: &Now,

@@ -49,7 +49,7 @@
 
 pub(crate) mod datagram;
 pub(crate) mod echo;
-pub(crate) mod proxy;
+pub mod proxy;
 pub(crate) mod room;
 pub(crate) mod timestamp;
 pub mod upload;
@@ -112,13 +112,13 @@ impl Default for Limits {
 }
 
 /// Default for `--max-line`: 64 KiB, Redis's inline-request limit.
-pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_LINE: usize = 64 * 1024;
 
 /// Default for `--max-upload`: 1 GiB, the contract's default.
-pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
+pub(crate) const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
 
 /// The reply a line protocol sends before closing a connection whose line passed `--max-line`.
-pub const LINE_TOO_LONG_REPLY: &[u8] = b"error line too long\n";
+pub(crate) const LINE_TOO_LONG_REPLY: &[u8] = b"error line too long\n";
 
 /// One connection's protocol state, for the protocols that map a byte stream to a byte stream.
 ///
@@ -184,9 +184,9 @@ pub(crate) mod testing {
     use std::time::Instant;
 
     /// A fixed moment, so expected output can be written down.
-    pub fn fixed_now() -> Now {
+    pub(crate) fn fixed_now() -> Now {
         Now::with_ctime(Instant::now(), "Wed Sep  9 16:42:46 2026")
     }
 
-    pub use crate::fuzzing::feed;
+    pub(crate) use crate::fuzzing::feed;
 }

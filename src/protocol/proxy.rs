@@ -447,7 +447,7 @@ impl ProxyHeader {
     /// How many bytes the parser holds now: never more than [`MAX_HELD_BYTES`], nor more than
     /// [`V1_MAX_BYTES`] for a v1 line; none once the header is complete or refused.
     #[cfg(any(test, feature = "fuzzing"))] // Only the property checks look.
-    pub fn held_bytes(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         self.held_len
     }
 

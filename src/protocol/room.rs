@@ -76,25 +76,25 @@ use super::{Limits, LINE_TOO_LONG_REPLY};
 
 /// What every member still in a room is told at a graceful shutdown, before its connection ends
 /// (the drivers send it: the room is not told of shutdowns).
-pub const SHUTDOWN_NOTICE: &[u8] = b"* server shutting down\n";
+pub(crate) const SHUTDOWN_NOTICE: &[u8] = b"* server shutting down\n";
 
 /// Flow control, for every driver: how long a room waits for a member that holds it back (it is
 /// owed more than the low mark while the room waits for its members to drain) before the room
 /// goes on without it, and it is dropped once it is owed more than `--output-limit`. One
 /// second: long enough for a reader merely descheduled on a loaded machine, short enough that
 /// the others see a pause, not a hang.
-pub const PACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const PACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The longest name `/nick` accepts, in bytes.
-pub const MAX_NAME: usize = 32;
+pub(crate) const MAX_NAME: usize = 32;
 
 /// The driver's key for one member (a slab index, a connection number: any unique `usize`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MemberId(pub usize);
+pub(crate) struct MemberId(pub usize);
 
 /// What the driver must do, in the order the room emits them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// `bytes` to every member except `except` (`None`: everyone) — formatted once: the driver
     /// can share one reference-counted buffer among the recipients. Members the driver has been
     /// told to [`Close`](Delivery::Close) are no longer recipients.
@@ -133,7 +133,7 @@ struct Member {
 
 /// One chat service's members: their names and partial lines.
 #[derive(Debug)]
-pub struct Room {
+pub(crate) struct Room {
     members: HashMap<MemberId, Member>,
     /// Every member's current name, for the uniqueness check.
     names: HashSet<Arc<str>>,
@@ -142,7 +142,7 @@ pub struct Room {
 
 impl Room {
     /// An empty room whose members' lines are bounded by `limits.max_line`.
-    pub fn new(limits: Limits) -> Room {
+    pub(crate) fn new(limits: Limits) -> Room {
         Room {
             members: HashMap::new(),
             names: HashSet::new(),
@@ -153,7 +153,7 @@ impl Room {
     /// Adds `member` as `name` (a `-2`, `-3`, ... suffix is added if `name` is taken): the
     /// greeting goes to it, `* NAME joined` to the others. An id that is already a member leaves
     /// first (a driver bug, handled rather than trusted).
-    pub fn join(&mut self, member: MemberId, name: &str, out: &mut Vec<Delivery>) {
+    pub(crate) fn join(&mut self, member: MemberId, name: &str, out: &mut Vec<Delivery>) {
         if self.members.contains_key(&member) {
             self.leave(member, out);
         }
@@ -179,7 +179,7 @@ impl Room {
     /// Handles bytes from `member`, however the stream was chunked: every complete line is
     /// handled in order; the unterminated tail is held. Nothing happens for a non-member (one
     /// that has left or been closed).
-    pub fn on_input(&mut self, member: MemberId, input: &[u8], out: &mut Vec<Delivery>) {
+    pub(crate) fn on_input(&mut self, member: MemberId, input: &[u8], out: &mut Vec<Delivery>) {
         let max_line = self.limits.max_line;
         let mut rest = input;
         while let Some(newline) = memchr::memchr(b'\n', rest) {
@@ -213,7 +213,7 @@ impl Room {
 
     /// The peer will send nothing more: a held partial line is handled as a final line, then the
     /// member leaves (`* NAME left` to the others) and is closed. Nothing for a non-member.
-    pub fn on_end(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
+    pub(crate) fn on_end(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
         let Some(m) = self.members.get_mut(&member) else {
             return;
         };
@@ -230,7 +230,7 @@ impl Room {
     /// `member` was dropped or disconnected by the driver: `* NAME left` to the others, and any
     /// partial line it held is discarded. No [`Delivery::Close`] (the driver is closing it
     /// already). Nothing for a non-member.
-    pub fn leave(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
+    pub(crate) fn leave(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
         if let Some(m) = self.members.remove(&member) {
             self.names.remove(&m.name);
             self.broadcast(Some(member), notice(&m.name, " left"), out);
@@ -238,12 +238,12 @@ impl Room {
     }
 
     /// Every member, in no particular order: the recipients of a broadcast.
-    pub fn members(&self) -> impl Iterator<Item = MemberId> + '_ {
+    pub(crate) fn members(&self) -> impl Iterator<Item = MemberId> + '_ {
         self.members.keys().copied()
     }
 
     /// `member`'s current name, if it is a member.
-    pub fn name(&self, member: MemberId) -> Option<&str> {
+    pub(crate) fn name(&self, member: MemberId) -> Option<&str> {
         self.members.get(&member).map(|m| &*m.name)
     }
 
@@ -253,17 +253,17 @@ impl Room {
     /// show: that the room holds exactly the unfinished tail, and never more than the limit.
     #[doc(hidden)]
     #[cfg(any(test, feature = "fuzzing"))] // Only the property checks look.
-    pub fn partial_line(&self, member: MemberId) -> Option<&[u8]> {
+    pub(crate) fn partial_line(&self, member: MemberId) -> Option<&[u8]> {
         self.members.get(&member).map(|m| &m.partial[..])
     }
 
     /// How many members the room has.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.members.len()
     }
 
     /// Whether the room has no member.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
@@ -449,7 +449,7 @@ const FORMAT_CHARACTERS: [(u32, u32); 21] = [
 /// Whether `c` is a Unicode format character (category Cf). Public (and hidden) for the
 /// fuzzer's invariant check, which restates the name rules.
 #[doc(hidden)]
-pub fn is_format(c: char) -> bool {
+pub(crate) fn is_format(c: char) -> bool {
     let c = u32::from(c);
     FORMAT_CHARACTERS
         .iter()
@@ -461,7 +461,7 @@ pub fn is_format(c: char) -> bool {
 /// a taken join name — so that no member can take the name a later client would arrive under.
 /// Public (and hidden) for the fuzzer's invariant check.
 #[doc(hidden)]
-pub fn looks_like_default_name(name: &str) -> bool {
+pub(crate) fn looks_like_default_name(name: &str) -> bool {
     let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let shaped = |s: &str| {
         s.parse::<std::net::SocketAddr>().is_ok() || s.strip_prefix("unix-").is_some_and(is_number)

@@ -79,7 +79,7 @@ impl Upper {
 
 /// Upper-cases `bytes` into `out`, passing invalid sequences through. Returns the length of an
 /// incomplete UTF-8 sequence at the very end (0–3 bytes), which it leaves unconverted.
-pub fn upper_into(bytes: &[u8], out: &mut Vec<u8>) -> usize {
+pub(crate) fn upper_into(bytes: &[u8], out: &mut Vec<u8>) -> usize {
     if bytes.is_ascii() {
         // The common case, checked a word at a time: no UTF-8 decoding needed at all.
         push_ascii_upper(bytes, out);

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 /// Size of the read buffer the loop shares among all connections (one `read` call's maximum).
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+pub(super) const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Buffers the loop owns and lends to whichever connection it is driving, with the two settings
 /// every connection's drive consults.
 #[derive(Debug)]
-pub struct SharedBuffers {
+pub(crate) struct SharedBuffers {
     /// Where every `read` (and every `recvmsg`) lands.
     pub(super) read: Box<[u8]>,
     /// Where protocols write replies before they are sent.
@@ -26,7 +26,7 @@ pub struct SharedBuffers {
 
 impl SharedBuffers {
     /// Buffers for a loop whose connections may queue up to `output_limit` reply bytes.
-    pub fn new(output_limit: usize) -> SharedBuffers {
+    pub(crate) fn new(output_limit: usize) -> SharedBuffers {
         SharedBuffers {
             read: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
             replies: Vec::with_capacity(READ_BUFFER_BYTES),
@@ -36,7 +36,7 @@ impl SharedBuffers {
     }
 
     /// Holds every byte-stream reply `delay` after its request was read (`--reply-delay`).
-    pub fn with_reply_delay(mut self, delay: Option<Duration>) -> SharedBuffers {
+    pub(crate) fn with_reply_delay(mut self, delay: Option<Duration>) -> SharedBuffers {
         self.reply_delay = delay.filter(|delay| !delay.is_zero());
         self
     }

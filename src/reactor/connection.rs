@@ -50,13 +50,13 @@ use super::buffers::READ_BUFFER_BYTES;
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
 /// reads of the shared buffer: large enough for bulk transfers to be efficient, small enough that
 /// a client that never stops sending cannot starve the rest.
-pub const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
+pub(super) const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 
 /// The stages of a connection's life. Handlers cause the transitions that input causes (end of
 /// stream, the protocol's last word); [`Connection::settle`] those that wait for the queue to
 /// empty; the loop its own (shutdown, timeouts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(super) enum Phase {
     /// Reading requests and writing replies (reading pauses while the queue is over the limit).
     Serving,
     /// The peer shut down its sending side: no more requests will come. Write what is queued,
@@ -77,7 +77,7 @@ pub enum Phase {
 
 /// What driving a connection leaves for the loop to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
+pub(super) struct Verdict {
     /// Stopped on the turn's budget with input probably still waiting: serve it again before
     /// blocking in `poll`, since no new readiness edge will announce bytes that already arrived.
     pub still_ready: bool,
@@ -89,7 +89,7 @@ pub struct Verdict {
 ///
 /// Empty — and unallocated — whenever the peer keeps up, which is the steady state.
 #[derive(Debug, Default)]
-pub struct Unsent {
+pub(super) struct Unsent {
     bytes: Vec<u8>,
     /// How much of the front of `bytes` has already been written.
     written: usize,
@@ -97,12 +97,12 @@ pub struct Unsent {
 
 impl Unsent {
     /// Queued bytes not yet written.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.bytes.len() - self.written
     }
 
     /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -136,7 +136,7 @@ impl Unsent {
 /// They wait at the start of the loop's shared read buffer, and go to the protocol before the
 /// socket is read again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FirstInput {
+pub(super) struct FirstInput {
     /// How many bytes.
     pub len: usize,
     /// How many the read had room for after the header. Fewer than that (`len < room`) means
@@ -146,7 +146,7 @@ pub struct FirstInput {
 
 /// What one [`Connection::read_input`] brought.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Input {
+pub(super) enum Input {
     /// `len` bytes at the start of the read buffer; `arrival` says whether the socket was
     /// drained by them.
     Bytes {
@@ -167,7 +167,7 @@ pub enum Input {
 
 /// What one [`Connection::write_vectored`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Written {
+pub(super) enum Written {
     /// The socket took this many bytes.
     Bytes(usize),
     /// The socket is full: wait for `WRITABLE`.
@@ -179,7 +179,7 @@ pub enum Written {
 /// One accepted client's socket and where in its life it is. The handler that gives its bytes
 /// a meaning sits beside it (`handler::Client`).
 #[derive(Debug)]
-pub struct Connection {
+pub(super) struct Connection {
     /// A serial number for logs, and to tell a reused slab key's new connection from the old
     /// one's leftover timers.
     pub id: u64,
@@ -206,7 +206,7 @@ pub struct Connection {
 /// Its life: phases, and the transitions the handler or the loop asks for.
 impl Connection {
     /// The socket of a client just accepted and registered for `READABLE`.
-    pub fn new(id: u64, stream: Stream, now: &Now) -> Connection {
+    pub(super) fn new(id: u64, stream: Stream, now: &Now) -> Connection {
         Connection {
             id,
             stream,
@@ -221,46 +221,46 @@ impl Connection {
     }
 
     /// Where in its life the connection is.
-    pub fn phase(&self) -> Phase {
+    pub(super) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// Whether it still reads requests (not ending, draining, lingering or closed).
-    pub fn is_serving(&self) -> bool {
+    pub(super) fn is_serving(&self) -> bool {
         self.phase == Phase::Serving
     }
 
     /// Whether the connection has finished and awaits removal.
-    pub fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
     }
 
     /// Records the poller's hint that the peer has closed its sending side or the socket has an
     /// error, so the handler reads on to the end of stream.
-    pub fn note_peer_closing(&mut self) {
+    pub(super) fn note_peer_closing(&mut self) {
         self.peer_closing = true;
     }
 
     /// When bytes last moved on this connection.
-    pub fn last_active(&self) -> Instant {
+    pub(super) fn last_active(&self) -> Instant {
         self.last_active
     }
 
     /// Progress the server made for this connection without its bytes moving (the disk
     /// answered an upload): the idle timeout counts from now.
-    pub fn mark_active(&mut self, now: &Now) {
+    pub(super) fn mark_active(&mut self, now: &Now) {
         self.last_active = now.instant;
         self.moved_bytes = false;
     }
 
     /// The peer's input is over: write what is queued, then close.
-    pub fn drain(&mut self) {
+    pub(super) fn drain(&mut self) {
         self.phase = Phase::Draining;
     }
 
     /// The protocol ended the conversation (`quit`, an error reply): write what is queued, then
     /// shut down our side and linger.
-    pub fn end_conversation(&mut self) {
+    pub(super) fn end_conversation(&mut self) {
         if self.phase == Phase::Serving {
             self.phase = Phase::Ending;
         }
@@ -268,7 +268,7 @@ impl Connection {
 
     /// Closes the connection now, whatever its phase (the idle timeout, the end of a shutdown,
     /// a refused header).
-    pub fn close(&mut self, why: &str) {
+    pub(super) fn close(&mut self, why: &str) {
         trace!("conn #{}: closing: {why}", self.id);
         self.phase = Phase::Closed;
         self.unsent = Unsent::default();
@@ -276,7 +276,7 @@ impl Connection {
 
     /// A client's socket error ends that client only, logged at debug: resets and broken pipes
     /// are everyday events for a server, not failures of it.
-    pub fn close_on_error(&mut self, during: &str, error: &io::Error) {
+    pub(super) fn close_on_error(&mut self, during: &str, error: &io::Error) {
         debug!("conn #{}: {during} failed: {error}; closing", self.id);
         self.close("socket error");
     }
@@ -285,7 +285,7 @@ impl Connection {
     /// bytes last moved. `handler_pending`: output the handler still owes besides the queue
     /// (lines owed to a chat member, held replies, an upload's answer to come). What every
     /// drive of a connection ends with.
-    pub fn settle(
+    pub(super) fn settle(
         &mut self,
         read_buffer: &mut [u8],
         now: &Now,
@@ -319,14 +319,14 @@ impl Connection {
     }
 
     /// If bytes moved since the last call, the idle clock counts from `now`.
-    pub fn note_activity(&mut self, now: &Now) {
+    pub(super) fn note_activity(&mut self, now: &Now) {
         if std::mem::take(&mut self.moved_bytes) {
             self.last_active = now.instant;
         }
     }
 
     /// The linger timer has fired: close if the linger time is really over.
-    pub fn on_linger_deadline(&mut self, now: &Now) {
+    pub(super) fn on_linger_deadline(&mut self, now: &Now) {
         if let Phase::Lingering { until } = self.phase {
             if until <= now.instant {
                 self.close("linger time is over");
@@ -339,7 +339,11 @@ impl Connection {
     ///
     /// `WRITABLE` only while output waits for the socket (a socket with room would otherwise
     /// wake the loop for nothing); `READABLE` only while the connection would act on input.
-    pub fn wanted_interest(&self, output_limit: usize, handler_writes: bool) -> Option<Interest> {
+    pub(super) fn wanted_interest(
+        &self,
+        output_limit: usize,
+        handler_writes: bool,
+    ) -> Option<Interest> {
         let writes_pending = !self.unsent.is_empty() || handler_writes;
         match self.phase {
             Phase::Serving if self.unsent.len() > output_limit => Some(Interest::WRITABLE),
@@ -359,7 +363,7 @@ impl Connection {
     /// One read for the handler, into the front of `buffer`: at most `allowance` bytes, and no
     /// more than the turn's `budget` leaves (which it counts down). `first`, if it holds bytes,
     /// is taken instead of reading the socket (what came with a PROXY header).
-    pub fn read_input(
+    pub(super) fn read_input(
         &mut self,
         buffer: &mut [u8],
         budget: &mut usize,
@@ -420,17 +424,17 @@ impl Connection {
 
     /// Whether to read again after input that arrived as `arrival`: while more may wait, and
     /// always once the peer has closed (its end of stream waits behind the bytes).
-    pub fn reads_on(&self, arrival: Arrival) -> bool {
+    pub(super) fn reads_on(&self, arrival: Arrival) -> bool {
         self.peer_closing || arrival == Arrival::Partial
     }
 
     /// Whether the poller said the peer has closed its side.
-    pub fn peer_closing(&self) -> bool {
+    pub(super) fn peer_closing(&self) -> bool {
         self.peer_closing
     }
 
     /// One `read` of the socket, retried if a signal interrupted it.
-    pub fn read_raw(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+    pub(super) fn read_raw(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.stream.read(buffer) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -472,7 +476,7 @@ impl Connection {
 
     /// Lingering: reads and throws away whatever the peer still sends, until it closes. Returns
     /// whether it stopped on the turn's budget.
-    pub fn discard_input(&mut self, buffer: &mut [u8]) -> bool {
+    pub(super) fn discard_input(&mut self, buffer: &mut [u8]) -> bool {
         let mut budget = MAX_READ_BYTES_PER_TURN;
         loop {
             if budget == 0 {
@@ -502,12 +506,12 @@ impl Connection {
 impl Connection {
     /// Reply bytes queued for the socket: what `--output-limit` bounds (with what the handler
     /// holds itself).
-    pub fn unsent_len(&self) -> usize {
+    pub(super) fn unsent_len(&self) -> usize {
         self.unsent.len()
     }
 
     /// Sends `replies` after anything already queued; queues whatever the socket will not take.
-    pub fn send(&mut self, replies: &[u8]) {
+    pub(super) fn send(&mut self, replies: &[u8]) {
         if replies.is_empty() || self.phase == Phase::Closed {
             return;
         }
@@ -543,7 +547,7 @@ impl Connection {
     }
 
     /// Writes as much of the queue as the socket takes (nothing to do when it is empty).
-    pub fn flush_unsent(&mut self) {
+    pub(super) fn flush_unsent(&mut self) {
         if self.unsent.is_empty() {
             return;
         }
@@ -563,7 +567,7 @@ impl Connection {
 
     /// One `writev` of `slices` (bytes the handler keeps itself, such as a chat member's lines
     /// in its room's log), retried if a signal interrupted it.
-    pub fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Written {
+    pub(super) fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Written {
         loop {
             match self.stream.write_vectored(slices) {
                 Ok(0) => {

@@ -37,7 +37,7 @@ use super::buffers::{SharedBuffers, READ_BUFFER_BYTES};
 
 /// Datagrams one socket may take per loop turn before the others get their turn: enough to
 /// keep the syscall cost per turn low, few enough that a flood cannot hold the loop.
-pub const MAX_DATAGRAMS_PER_TURN: usize = 64;
+pub(super) const MAX_DATAGRAMS_PER_TURN: usize = 64;
 
 // The shared read buffer must be able to hold one byte more than the largest answered datagram,
 // or an oversize datagram could not be told from a full one.
@@ -45,7 +45,7 @@ const _: () = assert!(READ_BUFFER_BYTES > MAX_DATAGRAM_PAYLOAD);
 
 /// Receives and answers datagrams on `socket` until it would block or the turn's budget is
 /// spent. Returns whether it stopped on the budget (more datagrams may be waiting).
-pub fn serve_datagrams(
+pub(super) fn serve_datagrams(
     socket: &UdpSocket,
     protocol: ProtocolKind,
     shared: &mut SharedBuffers,

@@ -38,7 +38,7 @@ use crate::protocol::room::MemberId;
 
 /// A room's lines that some member has not been written yet, oldest first, each stored once.
 #[derive(Debug, Default)]
-pub struct RoomLog {
+pub(super) struct RoomLog {
     lines: VecDeque<LogLine>,
     /// Sequence number of `lines[0]`; lines are numbered from 0 as they are appended.
     first: u64,
@@ -58,22 +58,22 @@ struct LogLine {
 
 impl RoomLog {
     /// The sequence number the next appended line will get (one past the newest line).
-    pub fn head(&self) -> u64 {
+    pub(super) fn head(&self) -> u64 {
         self.first + self.lines.len() as u64
     }
 
     /// The oldest line still held (equal to [`head`](Self::head) when none is).
-    pub fn first(&self) -> u64 {
+    pub(super) fn first(&self) -> u64 {
         self.first
     }
 
     /// How many lines are held.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.lines.len()
     }
 
     /// Appends a line for every member but `except`.
-    pub fn append(&mut self, bytes: Rc<[u8]>, except: Option<MemberId>) {
+    pub(super) fn append(&mut self, bytes: Rc<[u8]>, except: Option<MemberId>) {
         let start = self.end;
         self.end += bytes.len() as u64;
         self.lines.push_back(LogLine {
@@ -84,7 +84,7 @@ impl RoomLog {
     }
 
     /// Forgets the lines before `seq`: every member has been written past them.
-    pub fn trim_before(&mut self, seq: u64) {
+    pub(super) fn trim_before(&mut self, seq: u64) {
         let seq = seq.min(self.head());
         while self.first < seq {
             self.lines.pop_front();
@@ -98,7 +98,7 @@ impl RoomLog {
 
     /// How many of the lines from `from` to just before `to` are for `me` (not its own): what a
     /// member whose cursor moved from one to the other was written of the log. For the log.
-    pub fn lines_for(&self, from: u64, to: u64, me: MemberId) -> usize {
+    pub(super) fn lines_for(&self, from: u64, to: u64, me: MemberId) -> usize {
         (from..to)
             .filter_map(|seq| self.get(seq))
             .filter(|line| line.except != Some(me))
@@ -121,7 +121,7 @@ const IDLE_LOG_CAPACITY: usize = 64;
 
 /// A member's place in its room's log, and the lines for it alone.
 #[derive(Debug)]
-pub struct MemberOutput {
+pub(super) struct MemberOutput {
     /// The next log line to write to it while it is in the room; [`DETACHED`] once it has left
     /// (only its own lines remain). One field, not two: every member pays for this struct.
     cursor: u64,
@@ -152,7 +152,7 @@ enum Front {
 
 impl MemberOutput {
     /// A member that has just joined: it gets the lines appended from now on.
-    pub fn joining(log: &RoomLog) -> MemberOutput {
+    pub(super) fn joining(log: &RoomLog) -> MemberOutput {
         MemberOutput {
             cursor: log.head(),
             written: 0,
@@ -161,19 +161,19 @@ impl MemberOutput {
     }
 
     /// The log position it holds back trimming at, while it is in the room.
-    pub fn cursor(&self) -> Option<u64> {
+    pub(super) fn cursor(&self) -> Option<u64> {
         self.attached().then_some(self.cursor)
     }
 
     /// Queues a line for this member alone, after every log line appended so far.
-    pub fn push_own(&mut self, log: &RoomLog, line: Rc<[u8]>) {
+    pub(super) fn push_own(&mut self, log: &RoomLog, line: Rc<[u8]>) {
         let own = self.own.get_or_insert_with(Box::default);
         own.bytes += line.len();
         own.lines.push_back((log.head(), line));
     }
 
     /// Bytes still to write to it: its own lines, and every log byte past its cursor.
-    pub fn backlog(&self, log: &RoomLog) -> usize {
+    pub(super) fn backlog(&self, log: &RoomLog) -> usize {
         let own = self.own.as_ref().map_or(0, |own| own.bytes);
         let shared = if self.attached() {
             usize::try_from(log.bytes_from(self.cursor)).unwrap_or(usize::MAX)
@@ -185,7 +185,7 @@ impl MemberOutput {
 
     /// The member has left the room: it keeps the log lines for it sent before now (copied
     /// into its own queue, in order) and follows the log no more.
-    pub fn detach(&mut self, log: &RoomLog, me: MemberId) {
+    pub(super) fn detach(&mut self, log: &RoomLog, me: MemberId) {
         if !self.attached() {
             return;
         }
@@ -216,7 +216,7 @@ impl MemberOutput {
     }
 
     /// Points `slices` at the next bytes to write, in order; returns how many it filled.
-    pub fn gather<'a>(
+    pub(super) fn gather<'a>(
         &'a self,
         log: &'a RoomLog,
         me: MemberId,
@@ -253,7 +253,7 @@ impl MemberOutput {
 
     /// Records that the first `written` bytes of what [`gather`](Self::gather) returned have
     /// been written, and moves past the log lines it does not receive.
-    pub fn consume(&mut self, log: &RoomLog, me: MemberId, mut written: usize) {
+    pub(super) fn consume(&mut self, log: &RoomLog, me: MemberId, mut written: usize) {
         loop {
             self.skip_excluded(log, me);
             if written == 0 {

@@ -72,7 +72,7 @@ use crate::options::ServeOptions;
 use crate::protocol::room::{Delivery, MemberId};
 use crate::service::{Address, ProtocolKind};
 
-pub use buffers::SharedBuffers;
+pub(crate) use buffers::SharedBuffers;
 use chat::{ChatRoom, Outbox};
 use connection::{FirstInput, Verdict};
 use handler::{Client, Handler};
@@ -81,13 +81,13 @@ use upload::{UploadSink, Uploads};
 
 /// Tokens at and above this value are endpoints — listeners and datagram sockets (endpoint `i`
 /// is `LISTENER_TOKEN_BASE + i`).
-pub const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
+pub(crate) const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
 
 /// The token of the signal pipe (SIGINT, SIGTERM).
-pub const SIGNAL_TOKEN: Token = Token(usize::MAX);
+pub(crate) const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
 /// The storage pool's waker: I/O threads have answered upload operations.
-pub const STORAGE_TOKEN: Token = Token(usize::MAX - 1);
+pub(crate) const STORAGE_TOKEN: Token = Token(usize::MAX - 1);
 
 /// How long the loop, once stopped, waits for the I/O threads to finish what they were handed
 /// (the discards of uploads cut short by the shutdown).
@@ -95,16 +95,16 @@ const STORAGE_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// Most events taken from one `poll` call. Events beyond it stay queued in the kernel for the
 /// next turn, so this bounds the turn's length, not what can be handled.
-pub const EVENTS_PER_POLL: usize = 1024;
+pub(crate) const EVENTS_PER_POLL: usize = 1024;
 
 /// Most connections accepted from one listener per turn, so a connect storm cannot keep the loop
 /// from serving the clients it already has. A listener that hits it goes on the still-ready queue.
-pub const MAX_ACCEPTS_PER_TURN: usize = 256;
+pub(crate) const MAX_ACCEPTS_PER_TURN: usize = 256;
 
 /// What the reactor needs from the command line: the options every driver shares, and the one
 /// only the reactor has.
 #[derive(Clone, Debug, Default)]
-pub struct Config {
+pub(crate) struct Config {
     /// The options shared with the blocking models (limits, timeouts, upload directory, ...).
     pub options: ServeOptions,
     /// `--upload-io loop`: file operations in the loop itself, a foil (normally: I/O threads).
@@ -138,7 +138,7 @@ enum EndpointSocket {
 }
 
 /// The single-threaded reactor serving every bound service.
-pub struct Reactor {
+pub(crate) struct Reactor {
     poll: Poll,
     endpoints: Vec<Endpoint>,
     /// Every accepted client: its connection and its handler (see [`handler`]).
@@ -200,7 +200,7 @@ impl Endpoint {
 impl Reactor {
     /// A reactor serving `listeners` and `datagrams`, stopping gracefully on the given signals.
     /// Nothing is served until [`Reactor::run`].
-    pub fn new(
+    pub(crate) fn new(
         listeners: Vec<BoundListener>,
         datagrams: Vec<BoundDatagram>,
         config: Config,
@@ -287,7 +287,11 @@ impl Reactor {
     /// Reports to systemd through `notifier`: `STOPPING=1` when a graceful shutdown begins,
     /// and, every `watchdog_every`, `WATCHDOG=1` and a `STATUS=` line from the loop's own turn.
     /// (`READY=1` is the caller's, once the listening lines are out.)
-    pub fn notify_systemd(&mut self, notifier: Arc<Notifier>, watchdog_every: Option<Duration>) {
+    pub(crate) fn notify_systemd(
+        &mut self,
+        notifier: Arc<Notifier>,
+        watchdog_every: Option<Duration>,
+    ) {
         self.notifier = notifier;
         self.watchdog_every = watchdog_every;
         if let Some(every) = watchdog_every {
@@ -299,12 +303,12 @@ impl Reactor {
     /// How many client connections are open: those in the slab, less those that finished this
     /// turn and only wait to be removed after the batch (their clients are gone; counting them
     /// would refuse a newcomer that arrived in the same batch as a leaver).
-    pub fn open_connection_count(&self) -> usize {
+    pub(crate) fn open_connection_count(&self) -> usize {
         self.clients.len() - self.finished.len()
     }
 
     /// Serves until a graceful shutdown completes (`Ok`) or the poller fails.
-    pub fn run(&mut self) -> io::Result<()> {
+    pub(crate) fn run(&mut self) -> io::Result<()> {
         let served = self.serve_until_stopped();
         if let Some(uploads) = self.uploads.take() {
             // Discards of uploads cut short at the end are still to run; commits were answered.

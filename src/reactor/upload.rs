@@ -45,10 +45,10 @@ use crate::storage::pool::{
 };
 
 /// Body bytes gathered before they are handed to an I/O thread as one write.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub(super) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// How the log says an op runs under `--upload-io loop`, the foil.
-pub const IN_LOOP: &str =
+pub(super) const IN_LOOP: &str =
     "in the loop itself (--upload-io loop): every other client waits meanwhile";
 
 /// Emptied chunk buffers kept for reuse (no allocation per chunk in the steady state).
@@ -56,7 +56,7 @@ const SPARE_CHUNKS: usize = 16;
 
 /// The loop's side of the storage: the I/O pool, which connection each upload belongs to, and
 /// what is waiting to be retried.
-pub struct Uploads {
+pub(super) struct Uploads {
     pool: StoragePool,
     /// Upload serial number → slab key of its connection.
     owners: HashMap<u64, usize>,
@@ -90,7 +90,7 @@ impl Uploads {
     /// Starts the I/O threads for uploads into `dir`; they wake the loop through `waker`. With
     /// `in_loop` there are none: file operations run in the loop itself (`--upload-io loop`, the
     /// foil that shows what that costs).
-    pub fn start(
+    pub(super) fn start(
         dir: Arc<UploadDir>,
         waker: Arc<Waker>,
         in_loop: bool,
@@ -116,7 +116,7 @@ impl Uploads {
     /// Takes the completions that are ready (the waker fired), recycling write buffers and
     /// retrying orphaned discards. Returns each with the slab key of its connection, if it still
     /// has one.
-    pub fn drain(&mut self, out: &mut Vec<(usize, Completion)>) {
+    pub(super) fn drain(&mut self, out: &mut Vec<(usize, Completion)>) {
         self.pool.drain(&mut self.completions);
         for mut completion in self.completions.drain(..) {
             if let Some(mut buffer) = completion.buffer.take() {
@@ -149,7 +149,7 @@ impl Uploads {
     }
 
     /// Stops the I/O threads, letting them finish what was submitted (at most `timeout`).
-    pub fn shut_down(self, timeout: std::time::Duration) {
+    pub(super) fn shut_down(self, timeout: std::time::Duration) {
         let left = self.pool.shutdown(timeout);
         if !left.is_empty() {
             debug!(
@@ -162,7 +162,7 @@ impl Uploads {
     /// The connection of upload `serial` is being removed. Cut short (its commit never handed
     /// over), the upload's temporary file is discarded; otherwise its commit goes on, and its
     /// answer, which nobody will read, is dropped.
-    pub fn forget(&mut self, serial: u64, cut_short: bool) {
+    pub(super) fn forget(&mut self, serial: u64, cut_short: bool) {
         self.owners.remove(&serial);
         if cut_short {
             self.discard_orphan(serial);
@@ -208,12 +208,12 @@ impl Uploads {
 
     /// The connections whose ops waited for room, to retry now (the list is emptied; those still
     /// refused list themselves again).
-    pub fn take_blocked(&mut self, into: &mut Vec<usize>) {
+    pub(super) fn take_blocked(&mut self, into: &mut Vec<usize>) {
         into.append(&mut self.blocked);
     }
 
     /// A new upload of connection `key`: its serial number, which its completions will name.
-    pub fn begin(&mut self, key: usize) -> u64 {
+    pub(super) fn begin(&mut self, key: usize) -> u64 {
         let serial = self.next_serial;
         self.next_serial += 1;
         self.owners.insert(serial, key);
@@ -221,29 +221,29 @@ impl Uploads {
     }
 
     /// Whether `--min-free` is on: `ok` waits for the I/O thread to reserve the upload's room.
-    pub fn admission(&self) -> bool {
+    pub(super) fn admission(&self) -> bool {
         self.admission
     }
 
     /// The I/O thread upload `serial`'s ops run on (for the log).
-    pub fn thread_of(&self, serial: u64) -> IoThread {
+    pub(super) fn thread_of(&self, serial: u64) -> IoThread {
         self.pool.thread_of(serial)
     }
 
     /// Hands `op` of upload `serial` to its I/O thread, or says why not (full: retry later).
-    pub fn try_submit(&mut self, serial: u64, op: Op) -> Result<(), SubmitError> {
+    pub(super) fn try_submit(&mut self, serial: u64, op: Op) -> Result<(), SubmitError> {
         self.pool.try_submit(serial, op)
     }
 
     /// Puts connection `key`, whose op the pool refused for lack of room, on the list retried
     /// at the next drain.
-    pub fn list_blocked(&mut self, key: usize) {
+    pub(super) fn list_blocked(&mut self, key: usize) {
         self.blocked.push(key);
     }
 
     /// An empty buffer for the next chunk: one back from the I/O threads when there is one (no
     /// allocation per chunk in the steady state).
-    pub fn spare_chunk(&mut self) -> Vec<u8> {
+    pub(super) fn spare_chunk(&mut self) -> Vec<u8> {
         self.spare_chunks
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES))
@@ -253,7 +253,7 @@ impl Uploads {
 /// What an upload connection's input goes to while it is driven: the loop's storage side, and
 /// the connection's slab key (which owns the uploads it begins).
 #[derive(Debug)]
-pub struct UploadSink<'a> {
+pub(super) struct UploadSink<'a> {
     /// The I/O pool and its bookkeeping.
     pub uploads: &'a mut Uploads,
     /// The connection's slab key.
@@ -263,7 +263,7 @@ pub struct UploadSink<'a> {
 }
 
 /// An I/O thread's answer, in words: `wrote a chunk`, `stored it durably as photo.jpg`.
-pub struct Answer<'a>(pub &'a Outcome);
+pub(super) struct Answer<'a>(pub &'a Outcome);
 
 impl fmt::Display for Answer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -120,7 +120,7 @@ use crate::sys;
 
 /// Names whose last suffix one generation of the name hints remembers; two generations are kept,
 /// so at most twice this many names (each at most 255 bytes) are held, whatever the uploads.
-pub const NAME_HINTS_PER_GENERATION: usize = 1024;
+pub(crate) const NAME_HINTS_PER_GENERATION: usize = 1024;
 
 /// How many fresh temporary names [`TempFile::create`] tries before giving up. A collision needs
 /// a 64-bit random tag to repeat (or a cleaner to take the file, see the module docs), so more

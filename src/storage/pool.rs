@@ -76,20 +76,20 @@ use crate::sys;
 
 /// I/O threads when nothing else is said: uploads are disk-bound, so more threads than disks
 /// help little; two let one upload's `fsync` overlap another's writes.
-pub const DEFAULT_IO_THREADS: usize = 2;
+pub(crate) const DEFAULT_IO_THREADS: usize = 2;
 
 /// Ops in flight per I/O thread when nothing else is said (see the module docs, "Bounds").
-pub const DEFAULT_QUEUE_PER_THREAD: usize = 8;
+pub(crate) const DEFAULT_QUEUE_PER_THREAD: usize = 8;
 
 /// The most I/O threads a pool may have.
-pub const MAX_IO_THREADS: usize = 64;
+pub(crate) const MAX_IO_THREADS: usize = 64;
 
 /// The most ops in flight per I/O thread.
-pub const MAX_QUEUE_PER_THREAD: usize = 4096;
+pub(crate) const MAX_QUEUE_PER_THREAD: usize = 4096;
 
 /// How long dropping a pool waits for its threads to finish their queued ops before leaving
 /// them to finish (or be ended with the process) on their own.
-pub const DROP_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const DROP_WAIT: Duration = Duration::from_secs(10);
 
 /// One thing to do for an upload. An upload's ops run in the order they were submitted.
 pub enum Op {

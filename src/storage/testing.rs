@@ -6,12 +6,12 @@ use std::process::{Command, Stdio};
 
 /// A fresh, empty directory under the system's temporary directory, removed (with what is in
 /// it) when dropped.
-pub struct Scratch {
+pub(super) struct Scratch {
     pub path: PathBuf,
 }
 
 impl Scratch {
-    pub fn new(name: &str) -> Scratch {
+    pub(super) fn new(name: &str) -> Scratch {
         let path = std::env::temp_dir().join(format!(
             "oneloop-storage-unit-{}-{name}",
             std::process::id()
@@ -22,7 +22,7 @@ impl Scratch {
     }
 
     /// The names in the directory, sorted.
-    pub fn names(&self) -> Vec<String> {
+    pub(super) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(&self.path)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -40,12 +40,12 @@ impl Drop for Scratch {
 
 /// A tmpfs mounted on a fresh directory with `options` (`size=64k`), unmounted when dropped;
 /// `None`, after a note on stderr, where this process may not mount (not root).
-pub struct Tmpfs {
+pub(super) struct Tmpfs {
     pub scratch: Scratch,
 }
 
 impl Tmpfs {
-    pub fn mount(name: &str, options: &str) -> Option<Tmpfs> {
+    pub(super) fn mount(name: &str, options: &str) -> Option<Tmpfs> {
         let scratch = Scratch::new(name);
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])

@@ -28,12 +28,12 @@ use super::super::fanout::{MemberOutput, RoomLog};
 
 /// Most lines handed to one `writev`: enough that a member who fell behind catches up in few
 /// system calls, and the `IoSlice` array stays on the stack.
-pub const MAX_LINES_PER_WRITE: usize = 64;
+pub(crate) const MAX_LINES_PER_WRITE: usize = 64;
 
 /// A chat member's state: its room, its place in the room's log of lines, and where flow
 /// control stands with it.
 #[derive(Debug)]
-pub struct ChatMember {
+pub(crate) struct ChatMember {
     /// The endpoint (and so the room) it belongs to.
     room: u32,
     /// Whether it is on the loop's list of members to flush at the end of the turn.
@@ -56,7 +56,7 @@ pub struct ChatMember {
 /// only a member sending faster than the room takes has one, and every member would pay for the
 /// field.
 #[derive(Debug, Default)]
-pub struct HeldInput {
+pub(crate) struct HeldInput {
     bytes: Vec<u8>,
     /// Where the bytes not yet handed over start.
     start: usize,
@@ -64,7 +64,7 @@ pub struct HeldInput {
 
 /// What a chat member's input goes to while it is driven.
 #[derive(Debug)]
-pub struct ChatSink<'a> {
+pub(crate) struct ChatSink<'a> {
     /// The member's room.
     pub room: &'a mut Room,
     /// The room's lines, some of which may still be owed to this member.
@@ -95,7 +95,7 @@ enum Fed {
 impl ChatMember {
     /// A member of endpoint `room`'s room joining now: owed the lines appended to `log` from
     /// here on.
-    pub fn joining(room: u32, log: &RoomLog) -> ChatMember {
+    pub(crate) fn joining(room: u32, log: &RoomLog) -> ChatMember {
         ChatMember {
             room,
             dirty: false,
@@ -108,7 +108,7 @@ impl ChatMember {
 
     /// Writes what the member is owed, hands its input to the room while the room takes it
     /// (or discards input while it lingers), then settles its phase.
-    pub fn drive(
+    pub(crate) fn drive(
         &mut self,
         conn: &mut Connection,
         shared: &mut SharedBuffers,
@@ -130,7 +130,7 @@ impl ChatMember {
 
     /// Writes what is owed and makes the transitions that waited for it, without reading: a
     /// member that was sent lines at the end of the turn.
-    pub fn drive_output(
+    pub(crate) fn drive_output(
         &mut self,
         conn: &mut Connection,
         shared: &mut SharedBuffers,
@@ -319,7 +319,7 @@ impl ChatMember {
     }
 
     /// Closes the member's connection now; the lines it was owed go with it.
-    pub fn close(&mut self, conn: &mut Connection, why: &str) {
+    pub(crate) fn close(&mut self, conn: &mut Connection, why: &str) {
         conn.close(why);
         self.owed = false;
     }
@@ -328,18 +328,23 @@ impl ChatMember {
 /// What the loop's side of the room (`reactor::chat`) asks and tells a member.
 impl ChatMember {
     /// Its room: the index of the endpoint it was accepted on.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.room as usize
     }
 
     /// Whether lines were still owed to it at its last write.
-    pub fn is_owed(&self) -> bool {
+    pub(crate) fn is_owed(&self) -> bool {
         self.owed
     }
 
     /// Queues a line for this member alone (after the room's lines so far); returns whether it
     /// needs adding to the loop's flush list.
-    pub fn queue_own_line(&mut self, conn: &Connection, log: &RoomLog, line: Rc<[u8]>) -> bool {
+    pub(crate) fn queue_own_line(
+        &mut self,
+        conn: &Connection,
+        log: &RoomLog,
+        line: Rc<[u8]>,
+    ) -> bool {
         if conn.is_closed() {
             return false;
         }
@@ -349,13 +354,13 @@ impl ChatMember {
 
     /// The member has left its room: it is still owed the room's lines sent before now, and no
     /// later ones.
-    pub fn leave_log(&mut self, log: &RoomLog, me: MemberId) {
+    pub(crate) fn leave_log(&mut self, log: &RoomLog, me: MemberId) {
         self.output.detach(log, me);
     }
 
     /// Where this member stands in its room's log (`None` once it has left the room, or its
     /// connection closed): lines before every member's cursor can be trimmed.
-    pub fn log_cursor(&self, conn: &Connection) -> Option<u64> {
+    pub(crate) fn log_cursor(&self, conn: &Connection) -> Option<u64> {
         if conn.is_closed() {
             return None;
         }
@@ -363,32 +368,32 @@ impl ChatMember {
     }
 
     /// Bytes still owed to this member: what `--output-limit` bounds.
-    pub fn backlog(&self, log: &RoomLog) -> usize {
+    pub(crate) fn backlog(&self, log: &RoomLog) -> usize {
         self.output.backlog(log)
     }
 
     /// Whether it waits for its room to take more of its lines (not read meanwhile).
-    pub fn is_parked(&self) -> bool {
+    pub(crate) fn is_parked(&self) -> bool {
         self.parked
     }
 
     /// The room can take its lines again: the next drive reads it.
-    pub fn unpark(&mut self) {
+    pub(crate) fn unpark(&mut self) {
         self.parked = false;
     }
 
     /// Whether it no longer sets its room's pace (it held the room back too long).
-    pub fn is_behind(&self) -> bool {
+    pub(crate) fn is_behind(&self) -> bool {
         self.behind
     }
 
     /// Says whether it sets its room's pace (`false`) or not (`true`).
-    pub fn set_behind(&mut self, behind: bool) {
+    pub(crate) fn set_behind(&mut self, behind: bool) {
         self.behind = behind;
     }
 
     /// Puts it on the loop's flush list; whether it was not on it already.
-    pub fn mark_dirty(&mut self) -> bool {
+    pub(crate) fn mark_dirty(&mut self) -> bool {
         !std::mem::replace(&mut self.dirty, true)
     }
 }

@@ -17,7 +17,7 @@ use super::super::connection::{Connection, FirstInput};
 /// A connection waiting for its PROXY protocol header: the parser, and what starting its
 /// protocol will need once the header is read.
 #[derive(Debug)]
-pub struct AwaitingHeader {
+pub(crate) struct AwaitingHeader {
     /// The header so far. It holds at most a few hundred bytes, whatever the peer sends (see
     /// [`crate::protocol::proxy`]).
     parser: ProxyHeader,
@@ -30,7 +30,7 @@ pub struct AwaitingHeader {
 
 impl AwaitingHeader {
     /// A connection from `via`, accepted on `endpoint`, with nothing of its header read yet.
-    pub fn new(via: Peer, endpoint: usize) -> AwaitingHeader {
+    pub(crate) fn new(via: Peer, endpoint: usize) -> AwaitingHeader {
         AwaitingHeader {
             parser: ProxyHeader::new(),
             via,
@@ -39,14 +39,14 @@ impl AwaitingHeader {
     }
 
     /// Who connected (the balancer, normally).
-    pub fn via(&self) -> Peer {
+    pub(crate) fn via(&self) -> Peer {
         self.via
     }
 }
 
 /// What [`read_header`] made of the bytes that had arrived.
 #[derive(Debug)]
-pub enum HeaderRead {
+pub(crate) enum HeaderRead {
     /// Every byte read so far is header, and the header is not complete: wait for more (until
     /// its deadline).
     Pending,
@@ -59,7 +59,7 @@ pub enum HeaderRead {
 
 /// A complete PROXY header, and what the connection's protocol starts with.
 #[derive(Debug)]
-pub struct HeaderDone {
+pub(crate) struct HeaderDone {
     /// What the header says.
     pub header: Header,
     /// Who connected (the balancer, normally).
@@ -78,7 +78,7 @@ pub struct HeaderDone {
 ///
 /// When the header is complete, the rest of that read is moved to the start of the shared read
 /// buffer and described by [`HeaderDone::first`]: the protocol's first bytes.
-pub fn read_header(
+pub(crate) fn read_header(
     conn: &mut Connection,
     waiting: &mut AwaitingHeader,
     shared: &mut SharedBuffers,
@@ -164,7 +164,7 @@ fn read_header_bytes(
 }
 
 /// The PROXY header's deadline has passed: the connection, still waiting for it, is closed.
-pub fn on_deadline(conn: &mut Connection, waiting: &AwaitingHeader) {
+pub(crate) fn on_deadline(conn: &mut Connection, waiting: &AwaitingHeader) {
     if !conn.is_closed() {
         debug!(
             "conn #{}: no complete PROXY header from {} within {} s; closing",

@@ -41,10 +41,10 @@
 //!   client socket, and the reactor's `reap_finished` the one place a connection ends. Plain
 //!   integers the loop owns, so counting costs no atomic and no lock.
 
-pub mod chat;
-pub mod header;
-pub mod stream;
-pub mod upload;
+pub(super) mod chat;
+pub(super) mod header;
+pub(super) mod stream;
+pub(super) mod upload;
 
 use std::time::Instant;
 
@@ -60,13 +60,13 @@ use super::connection::Connection;
 use super::fanout::RoomLog;
 use upload::UploadWork;
 
-pub use chat::{ChatMember, ChatSink, HeldInput};
-pub use header::AwaitingHeader;
-pub use stream::Delayed;
+pub(super) use chat::{ChatMember, ChatSink, HeldInput};
+pub(super) use header::AwaitingHeader;
+pub(super) use stream::Delayed;
 
 /// What a client's input goes to: the state of the kind of service it is using.
 #[derive(Debug)]
-pub enum Handler {
+pub(super) enum Handler {
     /// A byte-stream protocol: input in, replies out, all within this connection.
     Stream(Session),
     /// A byte-stream protocol whose replies wait `--reply-delay` before they are sent (the
@@ -87,7 +87,7 @@ pub enum Handler {
 
 impl Handler {
     /// A byte-stream protocol's handler: its replies held if `--reply-delay` asks for it.
-    pub fn stream(session: Session, shared: &SharedBuffers) -> Handler {
+    pub(super) fn stream(session: Session, shared: &SharedBuffers) -> Handler {
         match shared.reply_delay {
             None => Handler::Stream(session),
             Some(_) => Handler::Delayed(Box::new(Delayed::new(session))),
@@ -96,25 +96,25 @@ impl Handler {
 
     /// A member of endpoint `room`'s room joining now: owed the lines appended to `log` from
     /// here on (none sent before it joined).
-    pub fn chat(room: u32, log: &RoomLog) -> Handler {
+    pub(super) fn chat(room: u32, log: &RoomLog) -> Handler {
         Handler::Chat(ChatMember::joining(room, log))
     }
 
     /// An upload connection's handler.
-    pub fn upload(limits: Limits) -> Handler {
+    pub(super) fn upload(limits: Limits) -> Handler {
         Handler::Upload(Box::new(UploadWork::new(limits)))
     }
 
     /// A connection accepted from `via` on `endpoint` under `--proxy-protocol`: its protocol
     /// starts once its header is read.
-    pub fn awaiting_header(via: Peer, endpoint: usize) -> Handler {
+    pub(super) fn awaiting_header(via: Peer, endpoint: usize) -> Handler {
         Handler::Header(Box::new(AwaitingHeader::new(via, endpoint)))
     }
 }
 
 /// One accepted client: its socket, and what its bytes mean.
 #[derive(Debug)]
-pub struct Client {
+pub(super) struct Client {
     /// The transport: bytes on a socket, the same for every kind.
     pub conn: Connection,
     /// The kind of service it is using, and that service's state for it.
@@ -124,7 +124,7 @@ pub struct Client {
 /// The questions the loop asks of every client, each answered by kind here and nowhere else.
 impl Client {
     /// A client just accepted and registered, served by `handler`.
-    pub fn new(id: u64, stream: Stream, handler: Handler, now: &Now) -> Client {
+    pub(super) fn new(id: u64, stream: Stream, handler: Handler, now: &Now) -> Client {
         Client {
             conn: Connection::new(id, stream, now),
             handler,
@@ -134,7 +134,7 @@ impl Client {
     /// Output the handler still owes besides the connection's queue: lines owed to a chat
     /// member, replies held for `--reply-delay`, the answer to an upload being stored. A
     /// draining or ending connection stays until they have gone.
-    pub fn handler_pending(&self) -> bool {
+    pub(super) fn handler_pending(&self) -> bool {
         match &self.handler {
             Handler::Chat(member) => member.is_owed(),
             Handler::Upload(work) => work.is_storing(),
@@ -145,7 +145,7 @@ impl Client {
 
     /// The interest the client needs registered now (see [`Connection::wanted_interest`]):
     /// held replies wait for their timer, not for the socket.
-    pub fn wanted_interest(&self, output_limit: usize) -> Option<Interest> {
+    pub(super) fn wanted_interest(&self, output_limit: usize) -> Option<Interest> {
         let writes = match &self.handler {
             Handler::Delayed(_) => false,
             _ => self.handler_pending(),
@@ -156,7 +156,7 @@ impl Client {
     /// Whether the server, not the client, keeps this connection quiet — an upload waiting for
     /// the disk, replies held for `--reply-delay`, a chat member its room has parked: the idle
     /// timeout does not run meanwhile.
-    pub fn server_is_waiting(&self) -> bool {
+    pub(super) fn server_is_waiting(&self) -> bool {
         match &self.handler {
             Handler::Upload(work) => work.waits_for_disk(),
             Handler::Delayed(delayed) => delayed.holds_replies(),
@@ -166,7 +166,7 @@ impl Client {
     }
 
     /// The chat room of this member (its endpoint index), if it is one.
-    pub fn chat_room(&self) -> Option<usize> {
+    pub(super) fn chat_room(&self) -> Option<usize> {
         match &self.handler {
             Handler::Chat(member) => Some(member.room()),
             _ => None,
@@ -174,7 +174,7 @@ impl Client {
     }
 
     /// The connection and its membership, if it is a chat member.
-    pub fn as_member(&self) -> Option<(&Connection, &ChatMember)> {
+    pub(super) fn as_member(&self) -> Option<(&Connection, &ChatMember)> {
         match &self.handler {
             Handler::Chat(member) => Some((&self.conn, member)),
             _ => None,
@@ -182,7 +182,7 @@ impl Client {
     }
 
     /// [`as_member`](Self::as_member), to change them.
-    pub fn as_member_mut(&mut self) -> Option<(&mut Connection, &mut ChatMember)> {
+    pub(super) fn as_member_mut(&mut self) -> Option<(&mut Connection, &mut ChatMember)> {
         match &mut self.handler {
             Handler::Chat(member) => Some((&mut self.conn, member)),
             _ => None,
@@ -191,7 +191,7 @@ impl Client {
 
     /// The connection is being removed: the serial of its upload, and whether that upload was
     /// cut short (its temporary file must be discarded) rather than handed its commit.
-    pub fn upload_left_behind(&self) -> Option<(u64, bool)> {
+    pub(super) fn upload_left_behind(&self) -> Option<(u64, bool)> {
         match &self.handler {
             Handler::Upload(work) => work.serial().map(|serial| (serial, work.needs_discard())),
             _ => None,
@@ -199,7 +199,7 @@ impl Client {
     }
 
     /// When the loop must wake to send held replies, if it has no timer for them yet.
-    pub fn reply_timer(&mut self) -> Option<Instant> {
+    pub(super) fn reply_timer(&mut self) -> Option<Instant> {
         match &mut self.handler {
             Handler::Delayed(delayed) if !self.conn.is_closed() => delayed.arm(),
             _ => None,
@@ -220,7 +220,7 @@ impl Client {
     /// An upload whose body has all arrived is stored and answered first (its connection waits
     /// in `Ending` until then); one still arriving is cut short: closed now, and its temporary
     /// file discarded when it is reaped.
-    pub fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
+    pub(super) fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
         let conn = &mut self.conn;
         match &mut self.handler {
             Handler::Header(waiting) => {
@@ -251,7 +251,11 @@ impl Client {
 
     /// The reply timer fired: a `--reply-delay` client sends the held replies now due (see
     /// [`stream::release_replies`]).
-    pub fn release_replies(&mut self, shared: &mut SharedBuffers, now: &Now) -> super::Verdict {
+    pub(super) fn release_replies(
+        &mut self,
+        shared: &mut SharedBuffers,
+        now: &Now,
+    ) -> super::Verdict {
         match &mut self.handler {
             Handler::Delayed(delayed) if !self.conn.is_closed() => {
                 stream::release_replies(&mut self.conn, delayed, shared, now)
@@ -261,7 +265,7 @@ impl Client {
     }
 
     /// The PROXY header's deadline has passed: a connection still waiting for it is closed.
-    pub fn on_header_deadline(&mut self) {
+    pub(super) fn on_header_deadline(&mut self) {
         if let Handler::Header(waiting) = &self.handler {
             header::on_deadline(&mut self.conn, waiting);
         }

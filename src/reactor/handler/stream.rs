@@ -23,7 +23,7 @@ use super::protocol_ended;
 /// Drives a byte-stream client: writes what is queued, reads and answers requests while it is
 /// serving (or discards input while it lingers), then settles its phase. `held`: its held
 /// replies, under `--reply-delay`.
-pub fn drive(
+pub(crate) fn drive(
     conn: &mut Connection,
     session: &mut Session,
     mut held: Option<&mut HeldReplies>,
@@ -124,7 +124,7 @@ fn reply(conn: &mut Connection, held: Option<&mut HeldReplies>, shared: &SharedB
 
 /// The server is shutting down (see [`super::Client::begin_shutdown`]): what the session holds
 /// back goes out (or is held, under `--reply-delay`), and the connection ends after it.
-pub fn begin_shutdown(
+pub(crate) fn begin_shutdown(
     conn: &mut Connection,
     session: &mut Session,
     held: Option<&mut HeldReplies>,
@@ -142,7 +142,7 @@ pub fn begin_shutdown(
 /// The reply timer fired: sends the held replies now due, and makes the transitions that
 /// waited for them. `still_ready`: a connection that stopped reading with its held replies over
 /// `--output-limit` may read again, and no new edge will announce input that waited.
-pub fn release_replies(
+pub(crate) fn release_replies(
     conn: &mut Connection,
     delayed: &mut Delayed,
     shared: &mut SharedBuffers,
@@ -165,14 +165,14 @@ pub fn release_replies(
 
 /// A byte-stream session whose replies are held for `--reply-delay`.
 #[derive(Debug)]
-pub struct Delayed {
+pub(crate) struct Delayed {
     session: Session,
     held: HeldReplies,
 }
 
 impl Delayed {
     /// A session none of whose replies is held yet.
-    pub fn new(session: Session) -> Delayed {
+    pub(crate) fn new(session: Session) -> Delayed {
         Delayed {
             session,
             held: HeldReplies::default(),
@@ -180,18 +180,18 @@ impl Delayed {
     }
 
     /// The session and its held replies, to drive them.
-    pub fn parts(&mut self) -> (&mut Session, &mut HeldReplies) {
+    pub(crate) fn parts(&mut self) -> (&mut Session, &mut HeldReplies) {
         (&mut self.session, &mut self.held)
     }
 
     /// Whether replies are held: the idle timeout does not run meanwhile (the quiet is the
     /// server's), and a draining connection stays until they have gone.
-    pub fn holds_replies(&self) -> bool {
+    pub(crate) fn holds_replies(&self) -> bool {
         !self.held.is_empty()
     }
 
     /// When the first held run is due, if no timer is set for it yet.
-    pub fn arm(&mut self) -> Option<Instant> {
+    pub(crate) fn arm(&mut self) -> Option<Instant> {
         self.held.arm()
     }
 }
@@ -207,7 +207,7 @@ impl Delayed {
 /// with the bytes against `--output-limit` ([`HeldReplies::cost`]), so a client cannot make the
 /// server hold more than the limit by sending one byte per tick.
 #[derive(Debug, Default)]
-pub struct HeldReplies {
+pub(crate) struct HeldReplies {
     bytes: Vec<u8>,
     /// How much of the front of `bytes` has been let go.
     released: usize,
@@ -227,18 +227,18 @@ const RUN_COST: usize = std::mem::size_of::<(Instant, usize)>();
 
 impl HeldReplies {
     /// Bytes held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bytes.len() - self.released
     }
 
     /// Memory the held replies stand for: their bytes and their runs' bookkeeping. What
     /// `--output-limit` bounds.
-    pub fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         self.len() + self.runs.len() * RUN_COST
     }
 
     /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
 

@@ -27,7 +27,7 @@ use super::protocol_ended;
 
 /// Drives an upload client: writes what is queued, reads and hands over its bytes while the
 /// disk keeps up (or discards input while it lingers), then settles its phase.
-pub fn drive(
+pub(crate) fn drive(
     conn: &mut Connection,
     work: &mut UploadWork,
     shared: &mut SharedBuffers,
@@ -152,7 +152,7 @@ fn end_input(
 /// The server is shutting down while an upload is under way: "arrived" means received by this
 /// host, so the bytes already in the socket are read (and no more), and an upload whose body is
 /// all here is still stored.
-pub fn begin_shutdown(conn: &mut Connection, work: &mut UploadWork) {
+pub(crate) fn begin_shutdown(conn: &mut Connection, work: &mut UploadWork) {
     use std::os::fd::AsFd;
     let queued = crate::sys::queued_input_bytes(conn.stream.as_fd()).unwrap_or(0);
     trace!(
@@ -169,7 +169,7 @@ pub fn begin_shutdown(conn: &mut Connection, work: &mut UploadWork) {
 ///
 /// Without a completion: only the retry of ops that waited for room in the pool (another
 /// connection's completion made some).
-pub fn on_completion(
+pub(crate) fn on_completion(
     conn: &mut Connection,
     work: &mut UploadWork,
     completion: Option<&Completion>,
@@ -211,11 +211,11 @@ pub fn on_completion(
 
 /// Chunks of one connection that may be with the I/O threads at once before the loop stops
 /// reading it: two, so the disk writes one while the socket fills the next.
-pub const MAX_WRITES_IN_FLIGHT: u8 = 2;
+pub(crate) const MAX_WRITES_IN_FLIGHT: u8 = 2;
 
 /// What the connection should do after its input was handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Feed {
+pub(crate) enum Feed {
     /// Read on.
     Continue,
     /// Stop reading until the I/O threads answer (a commit, or room for more chunks).
@@ -226,7 +226,7 @@ pub enum Feed {
 
 /// One upload connection's state beside its session.
 #[derive(Debug)]
-pub struct UploadWork {
+pub(crate) struct UploadWork {
     session: UploadSession,
     /// The upload in progress, if any.
     current: Option<Current>,
@@ -276,7 +276,7 @@ struct Current {
 
 impl UploadWork {
     /// A new upload connection.
-    pub fn new(limits: Limits) -> UploadWork {
+    pub(crate) fn new(limits: Limits) -> UploadWork {
         UploadWork {
             session: UploadSession::new(limits),
             current: None,
@@ -293,7 +293,7 @@ impl UploadWork {
 
     /// Whether a body is complete and its storage not yet answered: the connection must stay
     /// (and say nothing more) until it is.
-    pub fn is_storing(&self) -> bool {
+    pub(crate) fn is_storing(&self) -> bool {
         self.current
             .as_ref()
             .is_some_and(|c| c.committing && !c.failed)
@@ -301,13 +301,13 @@ impl UploadWork {
 
     /// Whether reading must wait: an answer from the I/O threads is needed first, or input
     /// read earlier is still to be handled.
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         !self.held.is_empty() || self.is_paused_for_io()
     }
 
     /// Whether the I/O threads must answer before more input can be handled: ops wait for room
     /// in the pool, enough chunks are in flight, or a body is being stored.
-    pub fn is_paused_for_io(&self) -> bool {
+    pub(crate) fn is_paused_for_io(&self) -> bool {
         !self.waiting.is_empty()
             || self.writes_in_flight >= MAX_WRITES_IN_FLIGHT
             || self.is_storing()
@@ -318,36 +318,36 @@ impl UploadWork {
     }
 
     /// The serial number of the upload under way, if any.
-    pub fn serial(&self) -> Option<u64> {
+    pub(crate) fn serial(&self) -> Option<u64> {
         self.current.as_ref().map(|c| c.serial)
     }
 
     /// Whether the connection has anything to finish at a shutdown: an upload under way or
     /// being stored, or input held.
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         self.current.is_some() || !self.held.is_empty()
     }
 
     /// The graceful shutdown began with `queued` bytes waiting in the socket: read those and no
     /// more.
-    pub fn allow_until_shutdown(&mut self, queued: usize) {
+    pub(crate) fn allow_until_shutdown(&mut self, queued: usize) {
         self.shutdown_allowance = Some(queued);
     }
 
     /// How much of `asked` may be read now: all of it normally; at a shutdown, what is left of
     /// the bytes that had arrived when it began (`Some(0)`: the input is over).
-    pub fn read_allowance(&self, asked: usize) -> usize {
+    pub(crate) fn read_allowance(&self, asked: usize) -> usize {
         self.shutdown_allowance
             .map_or(asked, |left| left.min(asked))
     }
 
     /// Whether a shutdown's allowance is used up: the input is over.
-    pub fn input_is_over(&self) -> bool {
+    pub(crate) fn input_is_over(&self) -> bool {
         self.shutdown_allowance == Some(0)
     }
 
     /// Counts `count` bytes read against a shutdown's allowance.
-    pub fn note_read(&mut self, count: usize) {
+    pub(crate) fn note_read(&mut self, count: usize) {
         if let Some(left) = self.shutdown_allowance.as_mut() {
             *left = left.saturating_sub(count);
         }
@@ -355,13 +355,13 @@ impl UploadWork {
 
     /// Whether the I/O threads still hold an upload of this connection that only a discard will
     /// end: its commit was never taken by the pool (it failed, or waits for room).
-    pub fn needs_discard(&self) -> bool {
+    pub(crate) fn needs_discard(&self) -> bool {
         self.current.as_ref().is_some_and(|c| !c.handed_over)
     }
 
     /// Whether the connection waits for the disk (ops waiting for room, chunks in flight, a
     /// body being stored): its quiet is the server's, and the idle timeout must not count it.
-    pub fn waits_for_disk(&self) -> bool {
+    pub(crate) fn waits_for_disk(&self) -> bool {
         // A failed upload waits for nothing: its client has been told, and writes it counted
         // may never be answered.
         let failed = self.current.as_ref().is_some_and(|c| c.failed);
@@ -369,7 +369,12 @@ impl UploadWork {
     }
 
     /// Handles `input`, as far as the session and the pool allow; the rest is held.
-    pub fn feed(&mut self, input: &[u8], sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Feed {
+    pub(crate) fn feed(
+        &mut self,
+        input: &[u8],
+        sink: &mut UploadSink<'_>,
+        out: &mut Vec<u8>,
+    ) -> Feed {
         if !std::mem::replace(&mut self.session_set_up, true) && sink.uploads.admission() {
             // Nothing has reached the session yet, so nothing is lost by making it anew.
             self.session = UploadSession::with_admission(self.limits);
@@ -582,7 +587,7 @@ impl UploadWork {
     }
 
     /// Submits the ops that waited for room in the pool, in order; whether all went.
-    pub fn retry_waiting(&mut self, sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Feed {
+    pub(crate) fn retry_waiting(&mut self, sink: &mut UploadSink<'_>, out: &mut Vec<u8>) -> Feed {
         self.listed_blocked = false;
         let Some(serial) = self.current.as_ref().map(|c| c.serial) else {
             self.waiting.clear();
@@ -669,13 +674,13 @@ impl UploadWork {
     }
 
     /// The input held while reading was paused, to be handled before anything new is read.
-    pub fn take_held(&mut self) -> Vec<u8> {
+    pub(crate) fn take_held(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.held)
     }
 
     /// Gives back the (emptied) buffer [`take_held`](Self::take_held) returned, keeping its
     /// allocation if nothing new was held meanwhile.
-    pub fn return_held(&mut self, mut buffer: Vec<u8>) {
+    pub(crate) fn return_held(&mut self, mut buffer: Vec<u8>) {
         if self.held.is_empty() {
             buffer.clear();
             self.held = buffer;
@@ -683,7 +688,7 @@ impl UploadWork {
     }
 
     /// An answer from the I/O threads for this connection's upload. Returns what to do next.
-    pub fn on_completion(&mut self, completion: &Completion, out: &mut Vec<u8>) -> Feed {
+    pub(crate) fn on_completion(&mut self, completion: &Completion, out: &mut Vec<u8>) -> Feed {
         if completion.buffer.is_some() {
             self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
         }
@@ -785,13 +790,13 @@ impl UploadWork {
     }
 
     /// The client's end of stream: the session's last word, and whether an upload was cut short.
-    pub fn on_end(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
+    pub(crate) fn on_end(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
         self.session.on_end(out)
     }
 
     /// A graceful shutdown's end of input: as [`on_end`](Self::on_end), but an upload cut short
     /// is answered `error shutting down`.
-    pub fn on_shutdown(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
+    pub(crate) fn on_shutdown(&mut self, out: &mut Vec<u8>) -> crate::protocol::upload::End {
         self.session.on_shutdown(out)
     }
 }
