@@ -2,6 +2,8 @@
 # Server CPU time per request, oneloop's reactor against the tiny mio echo yardsticks
 # (examples/tiny_echo.rs, examples/tiny_udp_echo.rs), under the same `oneloop load`.
 # Usage: scripts/cpu-per-request.sh [tcp|unix|udp] [CONNECTIONS] [SECS]
+# With BASELINE=path/to/an/older/oneloop, that binary is measured too, in the same run, in turns
+# with this one (ROUNDS times, default 3), so a change's cost is compared under the same load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 transport=${1:-tcp}
@@ -26,6 +28,18 @@ measure() { # name, command...
       'BEGIN { printf "%-10s %10.0f req/s  %6.2f µs server CPU per request\n", n, q, t * 10000 / r }'
   rm -f "$out"
 }
+if [[ -n ${BASELINE:-} ]]; then
+  for round in $(seq "${ROUNDS:-3}"); do
+    case $transport in
+      tcp)  measure baseline "$BASELINE" serve echo@127.0.0.1:0
+            measure oneloop target/release/oneloop serve echo@127.0.0.1:0 ;;
+      udp)  measure baseline "$BASELINE" serve echo@udp:127.0.0.1:0
+            measure oneloop target/release/oneloop serve echo@udp:127.0.0.1:0 ;;
+      *)    echo "BASELINE compares tcp or udp" >&2; exit 2 ;;
+    esac
+  done
+  exit 0
+fi
 case $transport in
   tcp)  measure tiny_echo target/release/examples/tiny_echo
         measure oneloop target/release/oneloop serve echo@127.0.0.1:0 ;;

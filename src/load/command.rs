@@ -16,7 +16,7 @@ use crate::service::ProtocolKind;
 
 /// `oneloop load ADDRESS [OPTIONS]`
 #[derive(Debug, clap::Args)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, or udp:HOST:PORT.
     pub address: Address,
 
@@ -77,7 +77,7 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     /// The run these options describe.
-    pub fn config(&self) -> LoadConfig {
+    pub(crate) fn config(&self) -> LoadConfig {
         LoadConfig {
             address: self.address.clone(),
             protocol: self.protocol,
@@ -130,7 +130,7 @@ fn parse_warmup(text: &str) -> Result<Duration, String> {
 
 /// Runs `oneloop load`: 0 if every reply was verified and there was at least one, 1 if not (or
 /// if the run could not start), 2 for options that contradict each other.
-pub fn main(args: &LoadArgs) -> ExitCode {
+pub(crate) fn main(args: &LoadArgs) -> ExitCode {
     let config = args.config();
     if let Err(message) = config.validate() {
         // The command line checks this first (as a usage error, exit 2); a caller that did not

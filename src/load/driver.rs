@@ -383,7 +383,7 @@ const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
 /// Makes Ctrl-C end the run early, with the summary of what was measured so far (marked
 /// interrupted); a second Ctrl-C exits at once (status 130, the shell's code for SIGINT), for a
 /// run whose grace for outstanding replies is itself too long to wait for.
-pub fn stop_early_on_sigint() -> io::Result<()> {
+pub(crate) fn stop_early_on_sigint() -> io::Result<()> {
     let flag = Arc::clone(INTERRUPTED.get_or_init(Arc::default));
     // In this order: the first signal finds the flag clear (no exit) and then sets it; the
     // second finds it set and exits.

@@ -63,8 +63,8 @@ use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
 use crate::service::Address;
 use crate::service::ProtocolKind;
 
-pub use command::{main, LoadArgs};
-pub use driver::stop_early_on_sigint;
+pub(crate) use command::{main, LoadArgs};
+pub(crate) use driver::stop_early_on_sigint;
 pub use report::{Counts, LoadReport};
 
 /// Connects one generator thread has under way at once. Loopback completes a connect in

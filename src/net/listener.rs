@@ -26,7 +26,7 @@ pub(crate) const LISTEN_BACKLOG: i32 = 65_535;
 /// `SO_REUSEADDR` lets a restarted server bind while the previous run's connections sit in
 /// `TIME_WAIT` (what every production server does); it does not allow two live listeners on one
 /// port.
-pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
@@ -37,7 +37,7 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// Opens a non-blocking UDP socket on `addr`; on a wildcard address, one that reports each
 /// datagram's destination, so that replies leave from it ([`super::datagram::answer`]).
-pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
     super::datagram::answer_from_destination(&socket)?;
@@ -228,7 +228,7 @@ impl Bound {
 /// see [`systemd::take_activated_sockets`]) instead of binding: every passed socket NAME
 /// selects, each with a `listening` line of its own. The sockets no service takes are left in
 /// `passed`.
-pub fn bind_services(
+pub(crate) fn bind_services(
     services: &[ServiceSpec],
     unix_mode: Option<u32>,
     passed: &mut Vec<ActivatedSocket>,
@@ -320,7 +320,7 @@ fn take_passed(
 
 /// Why `serve` cannot listen on one of its services.
 #[derive(Debug)]
-pub enum ListenError {
+pub(crate) enum ListenError {
     /// Binding an address failed.
     Bind(BindError),
     /// A `PROTOCOL@fd:NAME` service has no passed socket to serve, or cannot serve the one it
@@ -377,7 +377,7 @@ impl fmt::Display for Listening {
 
 /// A service that could not be bound: which one, and the OS's reason.
 #[derive(Debug)]
-pub struct BindError {
+pub(crate) struct BindError {
     /// The protocol the service was to speak.
     pub protocol: ProtocolKind,
     /// The address that could not be bound.

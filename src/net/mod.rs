@@ -19,14 +19,11 @@ pub(crate) mod unix;
 
 use std::time::Duration;
 
-pub use listener::{
-    bind_services, bind_tcp, bind_udp, BindError, Bound, BoundDatagram, BoundListener, ListenError,
-    ListenSocket, Listening, StreamListener,
-};
-pub use nonblocking::write_until_blocked;
-pub use reserve::{log_fd_limit, ReserveFd, Shed};
-pub use stream::{BlockingStream, Peer, Relayed, Stream};
-pub use unix::SocketFile;
+pub use listener::Bound;
+pub(crate) use listener::{bind_services, BoundDatagram, BoundListener, Listening, StreamListener};
+pub(crate) use nonblocking::write_until_blocked;
+pub(crate) use reserve::{log_fd_limit, ReserveFd, Shed};
+pub(crate) use stream::{BlockingStream, Peer, Relayed, Stream};
 
 /// How long a lingering close waits for the peer to finish sending before closing anyway.
 /// Apache's lingering close uses the same two seconds.

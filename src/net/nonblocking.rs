@@ -7,7 +7,7 @@ use std::io::{self, Write};
 ///
 /// `WouldBlock` is not an error here — it is the answer "the socket is full, come back when it is
 /// writable". A write of zero bytes is (`WriteZero`): the socket can take no more, ever.
-pub fn write_until_blocked(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+pub(crate) fn write_until_blocked(stream: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < bytes.len() {
         match stream.write(&bytes[written..]) {

@@ -24,7 +24,7 @@ use crate::sys::FdLimit;
 /// Here, beside the reserve descriptor, because the limit is the other half of the same story
 /// (how many descriptors a server has before `accept` fails with EMFILE), and because every
 /// model logs it, not only the reactor.
-pub fn log_fd_limit(result: &io::Result<FdLimit>) {
+pub(crate) fn log_fd_limit(result: &io::Result<FdLimit>) {
     match result {
         Ok(limit) if limit.now > limit.before => info!(
             "open-file limit raised from {} to {} (the hard limit)",
@@ -43,13 +43,13 @@ pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A descriptor kept open so that one can be freed when the process runs out.
 #[derive(Debug)]
-pub struct ReserveFd {
+pub(crate) struct ReserveFd {
     file: Option<File>,
 }
 
 /// What spending the reserve descriptor achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shed {
+pub(crate) enum Shed {
     /// A waiting client was accepted and closed; there may be more.
     ClosedOne,
     /// Nobody was waiting: stop until the next readiness edge.
@@ -61,14 +61,14 @@ pub enum Shed {
 impl ReserveFd {
     /// Opens the reserve (`/dev/null`). If even that fails, shedding reports
     /// [`Shed::NoReserve`] until a later attempt to reopen it succeeds.
-    pub fn new() -> ReserveFd {
+    pub(crate) fn new() -> ReserveFd {
         ReserveFd { file: open() }
     }
 
     /// Out of descriptors: frees the reserve, lets `accept` take one waiting client, closes that
     /// client at once, and takes the reserve back. `error` is the EMFILE/ENFILE being answered,
     /// for the log line.
-    pub fn shed_one<S, A: std::fmt::Display>(
+    pub(crate) fn shed_one<S, A: std::fmt::Display>(
         &mut self,
         error: &io::Error,
         accept: impl FnOnce() -> io::Result<(S, A)>,

@@ -65,7 +65,7 @@ impl Peer {
 /// via 127.0.0.1:40000, named unix-4`); and for a header without a client address, why the
 /// real peer is kept.
 #[derive(Clone, Copy, Debug)]
-pub struct Relayed<'a> {
+pub(crate) struct Relayed<'a> {
     /// The header.
     pub header: &'a Header,
     /// Who connected (the balancer, normally).

@@ -27,7 +27,7 @@
 //! where it is bound; turning one into a service is the listener's job
 //! ([`Bound::add_passed`](super::Bound::add_passed)), as binding one is. An activated Unix
 //! socket's file belongs to systemd, which created it and will recreate it: it never gets a
-//! [`SocketFile`](super::SocketFile), so it is never unlinked.
+//! [`SocketFile`](super::unix::SocketFile), so it is never unlinked.
 //!
 //! # Notifications
 //!

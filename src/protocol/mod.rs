@@ -61,9 +61,9 @@ use crate::clock::Now;
 // because `Session::new` takes one, so a protocol's reader finds it here too.
 #[doc(no_inline)]
 pub use crate::service::ProtocolKind;
-pub use echo::Echo;
-pub use timestamp::Timestamp;
-pub use upper::Upper;
+pub(crate) use echo::Echo;
+pub(crate) use timestamp::Timestamp;
+pub(crate) use upper::Upper;
 
 /// Whether a batch of input is everything the peer has sent so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

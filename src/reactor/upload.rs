@@ -187,7 +187,7 @@ impl Uploads {
                 );
                 self.orphan_discards.push(serial);
             }
-            Err(SubmitError::Closed(_)) => {
+            Err(SubmitError::Closed) => {
                 warn!("upload #{serial}: the I/O thread is gone; its temporary file stays")
             }
         }

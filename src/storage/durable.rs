@@ -129,7 +129,7 @@ const CREATE_ATTEMPTS: u32 = 16;
 
 /// `--min-free` when nothing else is said: 256 MiB, as Postfix's `queue_minfree` advice for a
 /// small queue — room for logs and the rest of the system once uploads stop.
-pub const DEFAULT_MIN_FREE: u64 = 256 << 20;
+pub(crate) const DEFAULT_MIN_FREE: u64 = 256 << 20;
 
 /// Permission bits of a stored file, before the umask: what `cp` or a shell redirection gives.
 const FILE_MODE: u32 = 0o644;

@@ -20,5 +20,5 @@ pub(crate) mod pool;
 #[cfg(test)]
 mod testing;
 
-pub use durable::{Leftovers, Room, Stored, TempFile, UploadDir, DEFAULT_MIN_FREE};
-pub use pool::{Completion, Op, Outcome, StoragePool, SubmitError};
+pub(crate) use durable::{Room, DEFAULT_MIN_FREE};
+pub use durable::{TempFile, UploadDir};

@@ -92,7 +92,7 @@ pub(crate) const MAX_QUEUE_PER_THREAD: usize = 4096;
 pub(crate) const DROP_WAIT: Duration = Duration::from_secs(10);
 
 /// One thing to do for an upload. An upload's ops run in the order they were submitted.
-pub enum Op {
+pub(crate) enum Op {
     /// Create the upload's temporary file, and reserve room for its `size` bytes under
     /// `--min-free` ([`TempFile::reserve`]): [`Outcome::Begun`] or [`Outcome::NoSpace`].
     Begin {
@@ -130,7 +130,7 @@ impl fmt::Debug for Op {
 
 /// How an op turned out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// [`Op::Begin`]: the temporary file exists, its room reserved.
     Begun,
     /// [`Op::Begin`]: the upload would leave less than `--min-free` free; nothing was kept, and
@@ -154,7 +154,7 @@ pub enum Outcome {
 
 /// The answer to one submitted op.
 #[derive(Debug)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// The upload the op was for.
     pub upload: u64,
     /// What happened.
@@ -164,23 +164,16 @@ pub struct Completion {
     pub buffer: Option<Vec<u8>>,
 }
 
-/// Why [`StoragePool::try_submit`] did not take an op; the op comes back unharmed.
+/// Why [`StoragePool::try_submit`] did not take an op; when it may be tried again, the op comes
+/// back unharmed.
 #[derive(Debug)]
-pub enum SubmitError {
+pub(crate) enum SubmitError {
     /// The upload's worker has `queue_per_thread` ops in flight: drain completions, then try
     /// again (stop reading the connection meanwhile).
     Full(Op),
-    /// The upload's worker is gone (it can only have died of a bug): the op will never run.
-    Closed(Op),
-}
-
-impl SubmitError {
-    /// The op that was not taken.
-    pub fn into_op(self) -> Op {
-        match self {
-            SubmitError::Full(op) | SubmitError::Closed(op) => op,
-        }
-    }
+    /// The upload's worker is gone (it can only have died of a bug): the op will never run, and
+    /// is dropped.
+    Closed,
 }
 
 /// An op on its way to a worker.
@@ -237,7 +230,7 @@ impl Shared {
 }
 
 /// The reactor's I/O threads for uploads (see the module docs).
-pub struct StoragePool {
+pub(crate) struct StoragePool {
     workers: Vec<Worker>,
     shared: Arc<Shared>,
     /// Most ops in flight per worker.
@@ -267,7 +260,7 @@ impl StoragePool {
     ///
     /// Fails if `threads` or `queue_per_thread` is 0 or above its maximum, or if a thread
     /// cannot be started.
-    pub fn new(
+    pub(crate) fn new(
         dir: Arc<UploadDir>,
         threads: usize,
         queue_per_thread: usize,
@@ -327,7 +320,7 @@ impl StoragePool {
     /// completion is queued and `waker` woken as a thread's would be. `--upload-io loop` serves
     /// with it, so `docs/BENCHMARKS.md` can show what a disk wait inside the loop costs every
     /// other client. Never the default.
-    pub fn in_caller(dir: Arc<UploadDir>, queue: usize, waker: Arc<Waker>) -> StoragePool {
+    pub(crate) fn in_caller(dir: Arc<UploadDir>, queue: usize, waker: Arc<Waker>) -> StoragePool {
         let (_, exits) = mpsc::channel();
         let shared = Arc::new(Shared {
             completions: Mutex::new(VecDeque::new()),
@@ -359,7 +352,7 @@ impl StoragePool {
     /// `upload` is any number the caller uses for one upload, unique among uploads in flight (a
     /// serial number, not a reusable slab key: the worker may still hold an old upload's state
     /// until its commit or discard is done).
-    pub fn try_submit(&self, upload: u64, op: Op) -> Result<(), SubmitError> {
+    pub(crate) fn try_submit(&self, upload: u64, op: Op) -> Result<(), SubmitError> {
         let worker = &self.workers[self.worker_of(upload)];
         // Count first, then send: the count can only be over the limit for the moment between
         // the two lines, and then the op is refused, never queued past the bound.
@@ -382,7 +375,7 @@ impl StoragePool {
         }
         let Some(jobs) = &worker.jobs else {
             worker.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubmitError::Closed(op));
+            return Err(SubmitError::Closed);
         };
         match jobs.try_send(Job { upload, op }) {
             Ok(()) => Ok(()),
@@ -391,7 +384,7 @@ impl StoragePool {
                 match refused {
                     // Cannot happen: the queue holds no more than the ops counted in flight.
                     TrySendError::Full(job) => Err(SubmitError::Full(job.op)),
-                    TrySendError::Disconnected(job) => Err(SubmitError::Closed(job.op)),
+                    TrySendError::Disconnected(_) => Err(SubmitError::Closed),
                 }
             }
         }
@@ -401,7 +394,7 @@ impl StoragePool {
     /// it when `poll` reports the waker's token (and, harmlessly, at any other time).
     ///
     /// An upload's completions come in the order of its ops; different uploads' interleave.
-    pub fn drain(&self, out: &mut Vec<Completion>) -> usize {
+    pub(crate) fn drain(&self, out: &mut Vec<Completion>) -> usize {
         let mut queue = self
             .shared
             .completions
@@ -418,7 +411,7 @@ impl StoragePool {
     }
 
     /// Ops submitted and not yet drained, over all workers.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.workers
             .iter()
             .map(|w| w.in_flight.load(Ordering::Acquire))
@@ -426,7 +419,8 @@ impl StoragePool {
     }
 
     /// The number of I/O threads.
-    pub fn threads(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn threads(&self) -> usize {
         self.workers.len()
     }
 
@@ -437,7 +431,7 @@ impl StoragePool {
     /// Uploads begun but neither committed nor discarded have their temporary files removed. A
     /// worker still busy at the timeout (a disk that hangs) is left to finish on its own — or to
     /// be ended with the process — and a warning says so; its late completions are lost.
-    pub fn shutdown(mut self, timeout: Duration) -> Vec<Completion> {
+    pub(crate) fn shutdown(mut self, timeout: Duration) -> Vec<Completion> {
         self.stop(timeout);
         let mut rest = Vec::new();
         self.drain(&mut rest);
@@ -482,7 +476,7 @@ impl StoragePool {
 
     /// The thread that runs `upload`'s ops, for the log: `io-1`, or the loop itself for the
     /// foil ([`StoragePool::in_caller`]).
-    pub fn thread_of(&self, upload: u64) -> IoThread {
+    pub(crate) fn thread_of(&self, upload: u64) -> IoThread {
         IoThread((self.in_caller.is_none()).then(|| self.worker_of(upload)))
     }
 
@@ -501,11 +495,11 @@ impl Drop for StoragePool {
 /// Which thread runs an upload's ops, as the log names it: `io-1` (the thread `oneloop-io-1`),
 /// or `the loop itself` under `--upload-io loop`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IoThread(Option<usize>);
+pub(crate) struct IoThread(Option<usize>);
 
 impl IoThread {
     /// Whether the ops run in the loop itself (`--upload-io loop`), every other client waiting.
-    pub fn is_the_loop(self) -> bool {
+    pub(crate) fn is_the_loop(self) -> bool {
         self.0.is_none()
     }
 }
@@ -793,7 +787,7 @@ mod tests {
                             pending.push_front((upload, op));
                             break;
                         }
-                        Err(SubmitError::Closed(op)) => panic!("closed: {op:?}"),
+                        Err(SubmitError::Closed) => panic!("the pool closed"),
                     }
                 }
                 if self.pool.drain(&mut done) == 0 {

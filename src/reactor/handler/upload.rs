@@ -579,7 +579,7 @@ impl UploadWork {
                 self.list_blocked(sink);
                 Some(Feed::Pause)
             }
-            Err(SubmitError::Closed(_)) => {
+            Err(SubmitError::Closed) => {
                 self.fail("the I/O thread is gone", out);
                 Some(Feed::End)
             }
@@ -607,7 +607,7 @@ impl UploadWork {
                     self.list_blocked(sink);
                     return Feed::Pause;
                 }
-                Err(SubmitError::Closed(_)) => {
+                Err(SubmitError::Closed) => {
                     self.fail("the I/O thread is gone", out);
                     return Feed::End;
                 }
