@@ -197,7 +197,7 @@ fn sigterm_closes_an_idle_connection_at_once_and_exits_zero() {
 /// What a session still holds when the shutdown comes is answered, as at the client's end of
 /// stream: here the first byte of a two-byte UTF-8 character, which upper holds back until the
 /// second comes (or the stream ends). The reactor does this too (its graceful shutdown flushes
-/// `Session::on_end` before closing, see `Connection::begin_shutdown`), so it runs against every
+/// `Session::on_end` before closing, see `Client::begin_shutdown`), so it runs against every
 /// model.
 fn sigint_answers_what_the_session_still_holds() {
     let mut server = Server::start(&["--shutdown-timeout", LONG_SHUTDOWN, "upper@127.0.0.1:0"]);

@@ -98,6 +98,9 @@ impl Reactor {
         })
     }
 
+    /// Makes an accepted `stream` from `peer` a client of `endpoint` (speaking `protocol`):
+    /// refused at once past `--max-connections`, else registered for `READABLE`, given its idle
+    /// timer and its handler — or, under `--proxy-protocol`, its header deadline first.
     pub(super) fn open_connection(
         &mut self,
         mut stream: Stream,

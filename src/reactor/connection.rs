@@ -36,6 +36,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use log::{debug, trace};
@@ -335,7 +336,9 @@ impl Connection {
     }
 
     /// The interest the connection needs registered now. `handler_writes`: the handler has
-    /// output waiting for room in the socket besides the queue (lines owed to a chat member).
+    /// output to come besides the queue (lines owed to a chat member, an upload's answer from
+    /// the disk), so the connection stays subscribed to `WRITABLE` as if bytes were queued — as
+    /// it always has; held `--reply-delay` replies do not count, their timer says when.
     ///
     /// `WRITABLE` only while output waits for the socket (a socket with room would otherwise
     /// wake the loop for nothing); `READABLE` only while the connection would act on input.
@@ -349,7 +352,7 @@ impl Connection {
             Phase::Serving if self.unsent.len() > output_limit => Some(Interest::WRITABLE),
             Phase::Serving if !writes_pending => Some(Interest::READABLE),
             Phase::Serving => Some(Interest::READABLE | Interest::WRITABLE),
-            // Only held replies left: the timer, not the socket, says when to write.
+            // Nothing to write now (held replies, if any, wait for their timer).
             Phase::Draining | Phase::Ending if !writes_pending => Some(Interest::READABLE),
             Phase::Draining | Phase::Ending => Some(Interest::WRITABLE),
             Phase::Lingering { .. } => Some(Interest::READABLE),
@@ -472,6 +475,11 @@ impl Connection {
                 self.id
             );
         }
+    }
+
+    /// Bytes received and waiting in the socket, not yet read (`FIONREAD`; 0 if it cannot tell).
+    pub(crate) fn queued_input_bytes(&self) -> usize {
+        crate::sys::queued_input_bytes(self.stream.as_fd()).unwrap_or(0)
     }
 
     /// Lingering: reads and throws away whatever the peer still sends, until it closes. Returns

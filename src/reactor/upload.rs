@@ -8,7 +8,7 @@
 //! comes back as a [`Completion`] when the pool's [`mio::Waker`] wakes the poll
 //! ([`STORAGE_TOKEN`](super::STORAGE_TOKEN)).
 //!
-//! Three rules keep that safe:
+//! Four rules keep that safe:
 //!
 //! * **Back-pressure, not buffering.** Body bytes are gathered into chunks of [`CHUNK_BYTES`];
 //!   while [`MAX_WRITES_IN_FLIGHT`](super::handler::upload::MAX_WRITES_IN_FLIGHT) chunks of a connection are with the I/O threads, or the pool

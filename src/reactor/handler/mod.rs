@@ -17,7 +17,9 @@
 //! deliveries, an upload needs the storage pool — and those are fields of the reactor beside
 //! the slab, borrowed for the length of one drive. A `dyn Handler` would have to take one
 //! context type that holds all of them (each handler ignoring most), or look its own up. With
-//! an enum, the loop matches **once, at the seam** (`Reactor::drive_connection_from`): each arm
+//! an enum, the loop matches **once, at the seam** (`Reactor::drive_connection_from`; the two
+//! events that concern one kind alone, a storage answer and a PROXY header read, take theirs
+//! with one `let … else`): each arm
 //! borrows exactly what that kind needs and calls that kind's own `drive`, which takes it by
 //! type. So a chat member cannot be handed the storage pool, an upload cannot be driven
 //! without it, and the "(kind, sink) pairing that cannot happen" cannot be written at all. The
@@ -36,10 +38,15 @@
 //! * **A chat room on a bus** changes only where [`ChatSink`] delivers: a member's lines go to
 //!   a room that publishes them and hands back what the bus returns. The member's own state
 //!   (its cursor in the log, flow control's parking) stays in [`ChatMember`].
-//! * **Metrics** are counted at the one place every byte passes: [`Connection::read_input`],
-//!   [`Connection::send`] and [`Connection::write_vectored`] are the only reads and writes of a
-//!   client socket, and the reactor's `reap_finished` the one place a connection ends. Plain
-//!   integers the loop owns, so counting costs no atomic and no lock.
+//! * **Metrics** are counted in one type: every read and write of a client socket is a
+//!   [`Connection`] method — [`read_input`](Connection::read_input) and
+//!   [`read_raw`](Connection::read_raw) (the PROXY header's reads),
+//!   [`discard_input`](Connection::discard_input) (lingering), [`send`](Connection::send),
+//!   [`flush_unsent`](Connection::flush_unsent) and
+//!   [`write_vectored`](Connection::write_vectored) — and the reactor's `reap_finished` is the
+//!   one place a connection ends. (The loop touches the socket itself only to register it with
+//!   the poller.) Plain integers the loop owns, so counting costs no atomic and no lock; under
+//!   TLS the plaintext the handler sees and the ciphertext on the wire are both at hand there.
 
 pub(super) mod chat;
 pub(super) mod header;
@@ -135,6 +142,9 @@ impl Client {
     /// member, replies held for `--reply-delay`, the answer to an upload being stored. A
     /// draining or ending connection stays until they have gone.
     pub(super) fn handler_pending(&self) -> bool {
+        if self.conn.is_closed() {
+            return false; // Whatever it was owed went with the connection.
+        }
         match &self.handler {
             Handler::Chat(member) => member.is_owed(),
             Handler::Upload(work) => work.is_storing(),

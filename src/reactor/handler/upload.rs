@@ -153,8 +153,7 @@ fn end_input(
 /// host, so the bytes already in the socket are read (and no more), and an upload whose body is
 /// all here is still stored.
 pub(crate) fn begin_shutdown(conn: &mut Connection, work: &mut UploadWork) {
-    use std::os::fd::AsFd;
-    let queued = crate::sys::queued_input_bytes(conn.stream.as_fd()).unwrap_or(0);
+    let queued = conn.queued_input_bytes();
     trace!(
         "conn #{}: shutdown; the upload may still read the {queued} bytes that have arrived",
         conn.id
