@@ -518,6 +518,21 @@ impl Connection {
         self.unsent.len()
     }
 
+    /// Back-pressure: whether the queue, with the `held` bytes the handler keeps itself, is over
+    /// `--output-limit` — then the handler stops reading until they drain (and the trace says so).
+    pub(crate) fn is_over_output_limit(&self, held: usize, output_limit: usize) -> bool {
+        let queued = self.unsent.len() + held;
+        if queued <= output_limit {
+            return false;
+        }
+        trace!(
+            "conn #{}: {queued} reply bytes queued or held, over the limit: not reading until \
+             they drain",
+            self.id
+        );
+        true
+    }
+
     /// Sends `replies` after anything already queued; queues whatever the socket will not take.
     pub(super) fn send(&mut self, replies: &[u8]) {
         if replies.is_empty() || self.phase == Phase::Closed {

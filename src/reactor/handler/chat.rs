@@ -185,13 +185,7 @@ impl ChatMember {
                 self.parked = true;
                 return false;
             }
-            if conn.unsent_len() > limit {
-                trace!(
-                    "conn #{}: {} reply bytes queued or held, over the limit: not reading until \
-                     they drain",
-                    conn.id,
-                    conn.unsent_len()
-                );
+            if conn.is_over_output_limit(0, limit) {
                 return false;
             }
             let arrival =

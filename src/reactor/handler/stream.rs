@@ -55,13 +55,8 @@ fn read_requests(
 ) -> bool {
     let mut budget = MAX_READ_BYTES_PER_TURN;
     while conn.is_serving() {
-        let queued = conn.unsent_len() + held.as_ref().map_or(0, |held| held.cost());
-        if queued > shared.output_limit {
-            trace!(
-                "conn #{}: {queued} reply bytes queued or held, over the limit: not reading \
-                 until they drain",
-                conn.id
-            );
+        let holding = held.as_ref().map_or(0, |held| held.cost());
+        if conn.is_over_output_limit(holding, shared.output_limit) {
             return false;
         }
         let input = conn.read_input(&mut shared.read, &mut budget, usize::MAX, &mut first);

@@ -71,13 +71,7 @@ fn read_upload(
             end_input(conn, work, shared, true);
             return false;
         }
-        if conn.unsent_len() > shared.output_limit {
-            trace!(
-                "conn #{}: {} reply bytes queued or held, over the limit: not reading until \
-                 they drain",
-                conn.id,
-                conn.unsent_len()
-            );
+        if conn.is_over_output_limit(0, shared.output_limit) {
             return false;
         }
         let allowance = work.read_allowance(usize::MAX);
