@@ -1498,3 +1498,104 @@ fn a_second_ctrl_c_exits_at_once() {
         "stdout {stdout:?} stderr {stderr:?}"
     );
 }
+
+/// Several ADDRESSes (contract v3): the connections go to them in turn. Each server takes at
+/// most two connections (`--max-connections 2` refuses the third with an error line, which the
+/// load would count), so a clean run of four connections over two servers means two each — and
+/// over two generator threads, whose connections are numbered across the run.
+#[test]
+fn several_addresses_share_the_connections_in_turn() {
+    let servers: Vec<Server> = (0..2)
+        .map(|_| Server::start(&["--max-connections", "2", "echo@127.0.0.1:0"]))
+        .collect();
+    let (a, b) = (address(&servers[0], "echo"), address(&servers[1], "echo"));
+    for threads in ["1", "2"] {
+        let outcome = load(&[
+            &a,
+            &b,
+            "--connections",
+            "4",
+            "--threads",
+            threads,
+            "--duration",
+            "1",
+            "--json",
+        ]);
+        assert_clean(&outcome, 4.0);
+        assert_eq!(
+            outcome.value()["address"],
+            format!("{a} {b}"),
+            "{}",
+            outcome.json()
+        );
+    }
+    // The same four connections to one of them: two are refused, so the check above can fail.
+    let crowded = load(&[&a, "--connections", "4", "--duration", "1", "--json"]);
+    assert!(!crowded.status.success(), "{}", crowded.json());
+    assert!(crowded.number("errors") > 0.0, "{}", crowded.json());
+}
+
+/// Over UDP too: with a second address where nobody listens, the sockets sent there get no
+/// answer (the kernel's port-unreachable), and the run fails; the first address alone is clean.
+#[test]
+fn several_udp_addresses_share_the_sockets_in_turn() {
+    let server = Server::start(&["echo@udp:127.0.0.1:0"]);
+    let live = format!("udp:{}", server.addr_of("echo", "udp"));
+    let dead = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        format!("udp:{}", socket.local_addr().unwrap())
+    }; // closed here: nobody listens on that port now
+    let args = ["--connections", "4", "--duration", "1", "--json"];
+    let alone = load(&[&[live.as_str()][..], &args].concat());
+    assert_clean(&alone, 4.0);
+    let half_dead = load(&[&[live.as_str(), dead.as_str()][..], &args].concat());
+    assert!(!half_dead.status.success(), "{}", half_dead.json());
+    assert!(half_dead.number("errors") > 0.0, "{}", half_dead.json());
+}
+
+/// A chat load over two instances is one room only if they share a chat bus: two plain servers
+/// are two rooms, and the members' start barrier says so (each never hears the other
+/// instance's members) instead of passing or hanging.
+#[test]
+fn a_chat_load_over_two_separate_instances_finds_two_rooms() {
+    let servers: Vec<Server> = (0..2)
+        .map(|_| Server::start(&["chat@127.0.0.1:0"]))
+        .collect();
+    let (a, b) = (address(&servers[0], "chat"), address(&servers[1], "chat"));
+    let outcome = load(&[
+        &a,
+        &b,
+        "--protocol",
+        "chat",
+        "--connections",
+        "4",
+        "--duration",
+        "2",
+        "--json",
+    ]);
+    assert!(!outcome.status.success(), "{}", outcome.json());
+    let first_error = outcome.value()["first_error"].to_string();
+    assert!(
+        first_error.contains("had not heard each other"),
+        "{}",
+        outcome.json()
+    );
+}
+
+/// UDP and stream addresses in one run are a usage error: one kind of generator runs a load.
+#[test]
+fn udp_and_stream_addresses_do_not_mix() {
+    let server = Server::start(&["echo@127.0.0.1:0", "echo@udp:127.0.0.1:0"]);
+    let outcome = load(&[
+        &address(&server, "echo"),
+        &format!("udp:{}", server.addr_of("echo", "udp")),
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(outcome.status.code(), Some(2), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("all udp: or all streams"),
+        "{}",
+        outcome.stderr
+    );
+}

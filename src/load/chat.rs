@@ -269,7 +269,10 @@ impl<'a> Chat<'a> {
     /// The outer error is the loop's own; the inner, the attempt's.
     fn connect(&mut self, i: usize) -> io::Result<io::Result<Stream>> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let mut stream = match self.driver.start_connect(&self.plan.config.address, i) {
+        let mut stream = match self
+            .driver
+            .start_connect(self.plan.config.address_of(self.plan.first_id + i), i)
+        {
             Ok(stream) => stream,
             Err(e) => return Ok(Err(e)),
         };

@@ -14,11 +14,14 @@ use super::{limits, LoadConfig, Mode, Progress};
 use crate::service::Address;
 use crate::service::ProtocolKind;
 
-/// `oneloop load ADDRESS [OPTIONS]`
+/// `oneloop load ADDRESS... [OPTIONS]`
 #[derive(Debug, clap::Args)]
 pub(crate) struct LoadArgs {
-    /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, or udp:HOST:PORT.
-    pub address: Address,
+    /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, or udp:HOST:PORT. Several: the
+    /// connections go to them in turn and are checked as one run (chat: one room across
+    /// instances on one --chat-bus).
+    #[arg(required = true, num_args = 1.., value_name = "ADDRESS")]
+    pub addresses: Vec<Address>,
 
     /// What the server speaks: upper, timestamp, echo or chat (each connection a member of
     /// the room; see --senders).
@@ -79,7 +82,7 @@ impl LoadArgs {
     /// The run these options describe.
     pub(crate) fn config(&self) -> LoadConfig {
         LoadConfig {
-            address: self.address.clone(),
+            addresses: self.addresses.clone(),
             protocol: self.protocol,
             connections: self.connections,
             duration: self.duration,
@@ -147,9 +150,10 @@ pub(crate) fn main(args: &LoadArgs) -> ExitCode {
     let report = match result {
         Ok(report) => report,
         Err(e) => {
+            let addresses: Vec<String> = config.addresses.iter().map(|a| a.to_string()).collect();
             eprintln!(
                 "oneloop: load {}: {}",
-                config.address,
+                addresses.join(" "),
                 crate::sys::os_reason(&e)
             );
             return ExitCode::FAILURE;

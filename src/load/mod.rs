@@ -131,8 +131,10 @@ pub enum Mode {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadConfig {
-    /// The server: a TCP address, a Unix socket's path, or a UDP address.
-    pub address: Address,
+    /// The servers: TCP addresses or Unix sockets' paths, or UDP addresses (never both kinds).
+    /// Connection `n` goes to `addresses[n % len]` (round-robin), and all are checked as one
+    /// run: for chat, one room across instances on one chat bus.
+    pub addresses: Vec<Address>,
     /// What the server speaks: upper, timestamp, echo or chat.
     pub protocol: ProtocolKind,
     /// Connections to open, shared out among the threads.
@@ -162,7 +164,7 @@ impl LoadConfig {
     /// connections, 10 s, 64-byte requests, pipeline 1, one thread.
     pub fn new(address: impl Into<Address>) -> LoadConfig {
         LoadConfig {
-            address: address.into(),
+            addresses: vec![address.into()],
             protocol: ProtocolKind::Echo,
             connections: 50,
             duration: Duration::from_secs(10),
@@ -182,6 +184,18 @@ impl LoadConfig {
             .unwrap_or_else(|| DEFAULT_WARMUP.min(self.duration / 10))
     }
 
+    /// The server connection `connection` (counted over the whole run) goes to: the addresses
+    /// in turn.
+    pub(crate) fn address_of(&self, connection: usize) -> &Address {
+        &self.addresses[connection % self.addresses.len()]
+    }
+
+    /// Whether the load is over UDP (the addresses are all UDP, as [`validate`](Self::validate)
+    /// checks).
+    pub(crate) fn is_udp(&self) -> bool {
+        matches!(self.addresses.first(), Some(Address::Udp(_)))
+    }
+
     /// Threads actually used: never more than connections.
     pub(crate) fn effective_threads(&self) -> usize {
         self.threads.clamp(1, self.connections.max(1))
@@ -189,6 +203,13 @@ impl LoadConfig {
 
     /// Checks the parameters; the error says what is wrong in a sentence.
     pub fn validate(&self) -> Result<(), String> {
+        if self.addresses.is_empty() {
+            return Err("a load needs at least one ADDRESS".into());
+        }
+        let is_udp = |address: &Address| matches!(address, Address::Udp(_));
+        if self.addresses.iter().any(is_udp) && !self.addresses.iter().all(is_udp) {
+            return Err("the ADDRESSes must be all udp: or all streams (tcp, unix:)".into());
+        }
         if self.protocol == ProtocolKind::Chat {
             self.validate_chat()?;
         } else if self.senders.is_some() {
@@ -207,7 +228,7 @@ impl LoadConfig {
         in_range("threads", self.threads, limits::MAX_THREADS)?;
         in_range("pipeline", self.pipeline, limits::MAX_PIPELINE)?;
         in_range("size", self.size, limits::MAX_SIZE)?;
-        if let Address::Udp(_) = self.address {
+        if self.is_udp() {
             if self.mode == Mode::Idle {
                 return Err("--idle holds connections: UDP has none to hold".into());
             }
@@ -243,7 +264,7 @@ impl LoadConfig {
 
 impl LoadConfig {
     fn validate_chat(&self) -> Result<(), String> {
-        if let Address::Udp(_) = self.address {
+        if self.is_udp() {
             return Err("chat runs over tcp or unix:, not UDP".into());
         }
         if self.threads != 1 {
@@ -477,10 +498,12 @@ impl Threads {
 /// One generator thread's run, by what it generates: chat members, UDP datagrams, or requests
 /// over streams.
 fn generate(plan: &driver::Plan, gate: &Gate, meter: &driver::Meter) -> io::Result<Counts> {
-    match plan.config.address {
-        _ if plan.config.protocol == ProtocolKind::Chat => chat::run(plan, gate, meter),
-        Address::Udp(_) => udp::run(plan, gate, meter),
-        Address::Tcp(_) | Address::Unix(_) => stream::run(plan, gate, meter),
+    if plan.config.protocol == ProtocolKind::Chat {
+        chat::run(plan, gate, meter)
+    } else if plan.config.is_udp() {
+        udp::run(plan, gate, meter)
+    } else {
+        stream::run(plan, gate, meter)
     }
 }
 

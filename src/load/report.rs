@@ -145,8 +145,8 @@ pub struct LoadReport {
     pub mode: Mode,
     /// The protocol spoken.
     pub protocol: ProtocolKind,
-    /// The server's address.
-    pub address: Address,
+    /// The servers' addresses (several: the connections went to them in turn).
+    pub addresses: Vec<Address>,
     /// Connections asked for.
     pub connections: u64,
     /// Generator threads used.
@@ -187,7 +187,7 @@ impl LoadReport {
         LoadReport {
             mode: config.mode,
             protocol: config.protocol,
-            address: config.address.clone(),
+            addresses: config.addresses.clone(),
             connections: config.connections as u64,
             threads: config.effective_threads(),
             pipeline: config.pipeline,
@@ -297,7 +297,8 @@ impl LoadReport {
     /// The report as one line of JSON: one object, nothing nested but one array of numbers,
     /// latencies in whole microseconds, times in seconds.
     ///
-    /// Keys: `mode`, `protocol`, `address`, `connections`, `interrupted` (Ctrl-C ended the run early), `established`, `threads`, `pipeline`,
+    /// Keys: `mode`, `protocol`, `address` (several: separated by spaces, as on the command
+    /// line), `connections`, `interrupted` (Ctrl-C ended the run early), `established`, `threads`, `pipeline`,
     /// `size`, `duration_s`, `warmup_s`, `requests`, `thread_requests` (an array: each thread's
     /// share of `requests`), `measured_s` (the time `rps` is over, to the microsecond), `rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`, `mean_us`, `errors`,
     /// `deliveries` and `delivery_rps` (chat: lines received by members, each checked; with chat
@@ -324,7 +325,10 @@ impl LoadReport {
         };
         field("mode", json_string(self.mode_name()));
         field("protocol", json_string(self.protocol.name()));
-        field("address", json_string(&address_label(&self.address)));
+        field(
+            "address",
+            json_string(&addresses_label(&self.addresses, " ")),
+        );
         field("connections", self.connections.to_string());
         field("interrupted", self.interrupted.to_string());
         field("established", self.counts.established.to_string());
@@ -422,6 +426,12 @@ impl LoadReport {
 
 /// An address as `oneloop load` takes it: `127.0.0.1:9000`, `unix:/tmp/x.sock`,
 /// `udp:127.0.0.1:9000`.
+fn addresses_label(addresses: &[Address], between: &str) -> String {
+    let labels: Vec<String> = addresses.iter().map(address_label).collect();
+    labels.join(between)
+}
+
+/// One address as `oneloop load` takes it.
 fn address_label(address: &Address) -> String {
     match address {
         Address::Tcp(addr) => addr.to_string(),
@@ -454,7 +464,7 @@ impl fmt::Display for LoadReport {
                     "{} load on {}: {} connection{} ({} up in {:.3} s), pipeline {}, {}-byte \
                      requests, {} thread{}",
                     self.protocol,
-                    address_label(&self.address),
+                    addresses_label(&self.addresses, ", "),
                     self.connections,
                     plural(self.connections),
                     self.counts.established,
@@ -490,7 +500,7 @@ impl fmt::Display for LoadReport {
                         self.delivery_rps()
                     )?;
                 }
-                if let Address::Udp(_) = self.address {
+                if let Some(Address::Udp(_)) = self.addresses.first() {
                     writeln!(
                         f,
                         "lost        {} (requests whose reply never came in time; {} came late, \
@@ -516,7 +526,7 @@ impl fmt::Display for LoadReport {
                     "idle {} connections on {}: {} of {} established, each with {check}, in \
                      {:.3} s; held {:.2} s",
                     self.protocol,
-                    address_label(&self.address),
+                    addresses_label(&self.addresses, ", "),
                     self.counts.established,
                     self.connections,
                     self.connect_time.as_secs_f64(),

@@ -319,7 +319,8 @@ impl<'a> StreamGenerator<'a> {
         };
         let conn = &mut self.conns[i];
         trace!("conn {}: connect attempt {attempt}", conn.id);
-        match self.driver.start_connect(&self.config.address, i) {
+        let address = self.config.address_of(conn.id);
+        match self.driver.start_connect(address, i) {
             Ok(stream) => {
                 conn.stream = Some(stream);
                 conn.registered = Interest::WRITABLE;

@@ -143,7 +143,8 @@ pub(crate) fn run(plan: &Plan, gate: &Gate, meter: &Meter) -> io::Result<Counts>
 struct UdpGenerator<'a> {
     plan: &'a Plan,
     driver: Driver<'a>,
-    server: SocketAddr,
+    /// The servers, socket `n` sending to `servers[n % len]`.
+    servers: Vec<SocketAddr>,
     socks: Vec<Sock>,
     requests: Requests,
     /// Where each datagram lands: room for the largest.
@@ -165,12 +166,17 @@ struct UdpGenerator<'a> {
 impl<'a> UdpGenerator<'a> {
     fn new(plan: &'a Plan, meter: &'a Meter) -> io::Result<UdpGenerator<'a>> {
         let config = &plan.config;
-        let Address::Udp(server) = config.address else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the UDP generator needs a UDP address",
-            ));
-        };
+        let servers = config
+            .addresses
+            .iter()
+            .map(|address| match address {
+                Address::Udp(server) => Ok(*server),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the UDP generator needs UDP addresses",
+                )),
+            })
+            .collect::<io::Result<Vec<SocketAddr>>>()?;
         let requests = Requests::new(config.protocol, config.size)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let socks = (0..plan.count)
@@ -186,7 +192,7 @@ impl<'a> UdpGenerator<'a> {
         Ok(UdpGenerator {
             plan,
             driver: Driver::new(meter, plan.count)?,
-            server,
+            servers,
             socks,
             requests,
             recv_buf: vec![0; MAX_DATAGRAM_PAYLOAD + 1].into_boxed_slice(),
@@ -203,14 +209,16 @@ impl<'a> UdpGenerator<'a> {
     /// Binds and connects every socket. Nothing goes over the wire yet, so a server that is not
     /// there shows only once the load starts (as refused datagrams).
     fn open_all(&mut self) {
-        let local: SocketAddr = if self.server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
         for i in 0..self.socks.len() {
+            // The servers in turn, by the socket's run-wide number.
+            let server = self.servers[self.socks[i].id % self.servers.len()];
+            let local: SocketAddr = if server.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
             let opened = UdpSocket::bind(local).and_then(|mut socket| {
-                socket.connect(self.server)?;
+                socket.connect(server)?;
                 // Writable too: a send refused by a full buffer is retried on that edge.
                 self.driver.registry().register(
                     &mut socket,
