@@ -1599,3 +1599,21 @@ fn udp_and_stream_addresses_do_not_mix() {
         outcome.stderr
     );
 }
+
+/// TCP and Unix addresses mix (both are streams): the connections alternate between the two
+/// transports of one echo server, and every reply is verified.
+#[test]
+fn tcp_and_unix_addresses_mix_in_one_run() {
+    let path = socket_path("mixed-echo");
+    let server = Server::start(&["echo@127.0.0.1:0", &format!("echo@unix:{}", path.display())]);
+    let outcome = load(&[
+        &address(&server, "echo"),
+        &format!("unix:{}", server.path("echo").display()),
+        "--connections",
+        "4",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    assert_clean(&outcome, 4.0);
+}

@@ -53,14 +53,8 @@ pub(crate) fn run(
     settings: Settings,
     signals: Signals,
 ) -> io::Result<()> {
-    let Settings {
-        options,
-        notifier,
-        watchdog_every,
-    } = settings;
     signals.add_signal(SIGCHLD)?;
-    let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(notifier, watchdog_every);
+    let (mut acceptor, options) = settings.into_acceptor(listeners, signals)?;
     let mut children = Children::default();
     loop {
         match acceptor.accept_next(None)? {

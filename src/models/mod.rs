@@ -6,7 +6,7 @@
 //! sockets on purpose: they are the foil for the reactor, and the point of the comparison is what
 //! blocking costs — a stack and a kernel task per waiting client, a context switch per request.
 //!
-//! Every model starts from the same [`BoundListener`](crate::net::BoundListener)s as the reactor and serves each connection
+//! Every model starts from the same [`BoundListener`]s as the reactor and serves each connection
 //! with [`serve_blocking`], which feeds the same [`Session`] state machines the reactor uses. So
 //! a benchmark of two models compares the models, not two implementations of a protocol. They
 //! accept through the same [`Acceptor`], which keeps the backlog moving when the process runs out
@@ -78,11 +78,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use signal_hook_mio::v1_0::Signals;
 use socket2::SockRef;
 
 use crate::clock::Clock;
 use crate::net::systemd::Notifier;
-use crate::net::{BlockingStream, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
+use crate::net::{BlockingStream, BoundListener, Peer, LINGER, TOO_MANY_CONNECTIONS_REPLY};
 use crate::options::ServeOptions;
 use crate::protocol::{Arrival, Flow, Session};
 use crate::service::ProtocolKind;
@@ -105,6 +106,20 @@ pub(crate) struct Settings {
     pub notifier: Arc<Notifier>,
     /// How often to send `WATCHDOG=1`, when systemd asked for it (`WATCHDOG_USEC`).
     pub watchdog_every: Option<Duration>,
+}
+
+impl Settings {
+    /// The acceptor every blocking model turns — over `listeners`, stopping on `signals`, and
+    /// telling systemd what it asked to hear — and the options its connections are served with.
+    pub(crate) fn into_acceptor(
+        self,
+        listeners: Vec<BoundListener>,
+        signals: Signals,
+    ) -> io::Result<(Acceptor, ServeOptions)> {
+        let mut acceptor = Acceptor::new(listeners, signals)?;
+        acceptor.notify_systemd(self.notifier, self.watchdog_every);
+        Ok((acceptor, self.options))
+    }
 }
 
 /// Refuses a connection over the limit: one best-effort line, then close.

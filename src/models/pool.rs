@@ -18,7 +18,7 @@ use crate::net::BoundListener;
 
 use super::admission::shut_down;
 use super::chat::ChatRooms;
-use super::{Acceptor, Admission, Admitted, Next, Settings};
+use super::{Admission, Admitted, Next, Settings};
 
 /// Serves connections on `workers` threads until SIGINT or SIGTERM. `--max-connections` counts
 /// the queued connections as well as those being served, so it also bounds the queue.
@@ -28,18 +28,12 @@ pub(crate) fn run(
     workers: usize,
     signals: Signals,
 ) -> io::Result<()> {
-    let Settings {
-        options,
-        notifier,
-        watchdog_every,
-    } = settings;
     let rooms = Arc::new(ChatRooms::new(
         &listeners,
-        options.limits,
-        options.output_limit,
+        settings.options.limits,
+        settings.options.output_limit,
     ));
-    let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(notifier, watchdog_every);
+    let (mut acceptor, options) = settings.into_acceptor(listeners, signals)?;
     let admission = Admission::new(options.max_connections, acceptor.waker()?);
     let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {

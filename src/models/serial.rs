@@ -17,7 +17,7 @@ use crate::net::BoundListener;
 
 use super::admission::shut_down;
 use super::chat::ChatRooms;
-use super::{Acceptor, Admission, Admitted, Next, Settings};
+use super::{Admission, Admitted, Next, Settings};
 
 /// Serves connections one after another until SIGINT or SIGTERM. (`--max-connections` is moot:
 /// one at a time.)
@@ -26,13 +26,7 @@ pub(crate) fn run(
     settings: Settings,
     signals: Signals,
 ) -> io::Result<()> {
-    let Settings {
-        options,
-        notifier,
-        watchdog_every,
-    } = settings;
-    let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(notifier, watchdog_every);
+    let (mut acceptor, options) = settings.into_acceptor(listeners, signals)?;
     // Rings when the client being served is done: the moment to accept the next.
     let admission = Admission::new(1, acceptor.waker()?);
     let (server, connections) = mpsc::channel::<Admitted>();

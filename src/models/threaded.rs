@@ -15,7 +15,7 @@ use crate::net::BoundListener;
 
 use super::admission::shut_down;
 use super::chat::ChatRooms;
-use super::{Acceptor, Admission, Next, Settings};
+use super::{Admission, Next, Settings};
 
 /// Serves every connection on a new thread until SIGINT or SIGTERM.
 pub(crate) fn run(
@@ -23,18 +23,12 @@ pub(crate) fn run(
     settings: Settings,
     signals: Signals,
 ) -> io::Result<()> {
-    let Settings {
-        options,
-        notifier,
-        watchdog_every,
-    } = settings;
     let rooms = Arc::new(ChatRooms::new(
         &listeners,
-        options.limits,
-        options.output_limit,
+        settings.options.limits,
+        settings.options.output_limit,
     ));
-    let mut acceptor = Acceptor::new(listeners, signals)?;
-    acceptor.notify_systemd(notifier, watchdog_every);
+    let (mut acceptor, options) = settings.into_acceptor(listeners, signals)?;
     let admission = Admission::new(options.max_connections, acceptor.waker()?);
     // Shared by every connection's thread, rather than cloned for each.
     let options = Arc::new(options);

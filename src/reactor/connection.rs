@@ -46,7 +46,7 @@ use crate::clock::Now;
 use crate::net::{write_until_blocked, Stream, LINGER};
 use crate::protocol::Arrival;
 
-use super::buffers::READ_BUFFER_BYTES;
+use super::buffers::{SharedBuffers, READ_BUFFER_BYTES};
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
 /// reads of the shared buffer: large enough for bulk transfers to be efficient, small enough that
@@ -219,11 +219,6 @@ impl Connection {
             moved_bytes: false,
             last_active: now.instant,
         }
-    }
-
-    /// Where in its life the connection is.
-    pub(super) fn phase(&self) -> Phase {
-        self.phase
     }
 
     /// Whether it still reads requests (not ending, draining, lingering or closed).
@@ -480,6 +475,22 @@ impl Connection {
     /// Bytes received and waiting in the socket, not yet read (`FIONREAD`; 0 if it cannot tell).
     pub(crate) fn queued_input_bytes(&self) -> usize {
         crate::sys::queued_input_bytes(self.stream.as_fd()).unwrap_or(0)
+    }
+
+    /// What a drive does with input, by phase: a serving connection's goes to the handler's
+    /// `read` (which reads with [`read_input`](Self::read_input)), a lingering one's is
+    /// discarded, and in the other phases none is read. Returns whether it stopped on the turn's
+    /// budget.
+    pub(super) fn take_input(
+        &mut self,
+        shared: &mut SharedBuffers,
+        read: impl FnOnce(&mut Connection, &mut SharedBuffers) -> bool,
+    ) -> bool {
+        match self.phase {
+            Phase::Serving => read(self, shared),
+            Phase::Lingering { .. } => self.discard_input(&mut shared.read),
+            Phase::Draining | Phase::Ending | Phase::Closed => false,
+        }
     }
 
     /// Lingering: reads and throws away whatever the peer still sends, until it closes. Returns

@@ -22,7 +22,7 @@ use crate::protocol::Arrival;
 
 use super::super::buffers::SharedBuffers;
 use super::super::connection::{
-    Connection, FirstInput, Input, Phase, Verdict, Written, MAX_READ_BYTES_PER_TURN,
+    Connection, FirstInput, Input, Verdict, Written, MAX_READ_BYTES_PER_TURN,
 };
 use super::super::fanout::{MemberOutput, RoomLog};
 
@@ -120,11 +120,9 @@ impl ChatMember {
         // it, at the end of the turn.
         conn.flush_unsent();
         self.flush_lines(conn, sink.log, sink.member);
-        let still_ready = match conn.phase() {
-            Phase::Serving => self.read_lines(conn, shared, &mut sink, first),
-            Phase::Lingering { .. } => conn.discard_input(&mut shared.read),
-            Phase::Draining | Phase::Ending | Phase::Closed => false,
-        };
+        let still_ready = conn.take_input(shared, |conn, shared| {
+            self.read_lines(conn, shared, &mut sink, first)
+        });
         conn.settle(&mut shared.read, now, still_ready, self.owed)
     }
 

@@ -15,9 +15,7 @@ use crate::clock::Now;
 use crate::protocol::{Arrival, Flow, Session};
 
 use super::super::buffers::SharedBuffers;
-use super::super::connection::{
-    Connection, FirstInput, Input, Phase, Verdict, MAX_READ_BYTES_PER_TURN,
-};
+use super::super::connection::{Connection, FirstInput, Input, Verdict, MAX_READ_BYTES_PER_TURN};
 use super::protocol_ended;
 
 /// Drives a byte-stream client: writes what is queued, reads and answers requests while it is
@@ -34,11 +32,9 @@ pub(crate) fn drive(
     // Once, before reading: replies produced by this drive are written as they are made, so
     // flushing again afterwards would only be a write that finds the socket full.
     conn.flush_unsent();
-    let still_ready = match conn.phase() {
-        Phase::Serving => read_requests(conn, session, held.as_deref_mut(), shared, now, first),
-        Phase::Lingering { .. } => conn.discard_input(&mut shared.read),
-        Phase::Draining | Phase::Ending | Phase::Closed => false,
-    };
+    let still_ready = conn.take_input(shared, |conn, shared| {
+        read_requests(conn, session, held.as_deref_mut(), shared, now, first)
+    });
     let holding = held.is_some_and(|held| !held.is_empty());
     conn.settle(&mut shared.read, now, still_ready, holding)
 }

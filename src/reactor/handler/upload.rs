@@ -19,9 +19,7 @@ use crate::protocol::Limits;
 use crate::storage::pool::{Completion, IoThread, Op, Outcome, SubmitError};
 
 use super::super::buffers::SharedBuffers;
-use super::super::connection::{
-    Connection, FirstInput, Input, Phase, Verdict, MAX_READ_BYTES_PER_TURN,
-};
+use super::super::connection::{Connection, FirstInput, Input, Verdict, MAX_READ_BYTES_PER_TURN};
 use super::super::upload::{Answer, UploadSink, CHUNK_BYTES, IN_LOOP};
 use super::protocol_ended;
 
@@ -36,11 +34,9 @@ pub(crate) fn drive(
     first: Option<FirstInput>,
 ) -> Verdict {
     conn.flush_unsent();
-    let still_ready = match conn.phase() {
-        Phase::Serving => read_upload(conn, work, shared, sink, first),
-        Phase::Lingering { .. } => conn.discard_input(&mut shared.read),
-        Phase::Draining | Phase::Ending | Phase::Closed => false,
-    };
+    let still_ready = conn.take_input(shared, |conn, shared| {
+        read_upload(conn, work, shared, sink, first)
+    });
     conn.settle(&mut shared.read, now, still_ready, work.is_storing())
 }
 
@@ -402,13 +398,7 @@ impl UploadWork {
     /// Why reading stops while chunks or ops wait for the I/O threads (at trace level).
     fn narrate_back_pressure(&self, held: usize) {
         match self.current.as_ref().filter(|_| self.waiting.is_empty()) {
-            Some(current) if current.committing => trace!(
-                "upload #{}: waits for the answer to its commit (from {}); its client is not \
-                 read until then{}",
-                current.serial,
-                current.thread,
-                Held(held)
-            ),
+            Some(current) if current.committing => self.narrate_wait(false, held),
             Some(current) => trace!(
                 "upload #{}: {} chunks with {}, the most; its client is not read until one is \
                  written (back-pressure){}",
