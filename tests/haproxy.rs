@@ -12,9 +12,12 @@
 //!   named by its own address, the one its socket's `local_addr()` gives, not by HAProxy's;
 //! * when one instance gets SIGTERM, HAProxy's health check marks it down within a bounded time
 //!   and every connection made from then on is served by the other;
-//! * the guide's own `haproxy.cfg` is one HAProxy accepts (`haproxy -c`).
+//! * the guide's own `haproxy.cfg` is one HAProxy accepts (`haproxy -c`);
+//! * with both instances on one chat bus (a real `redis-server`), members that HAProxy sends to
+//!   different instances are in one room, and a chat load through HAProxy is clean.
 //!
-//! Without HAProxy (Debian: `apt-get install haproxy`) each test skips, saying so in one line;
+//! Without HAProxy (Debian: `apt-get install haproxy`), or Redis for the chat bus tests
+//! (`apt-get install redis-server`), each test skips, saying so in one line;
 //! `.ci/run` installs it and sets `ONELOOP_TEST_REQUIRE_TOOLS=1`, under which they fail instead:
 //! there, scale-out is proven with the real balancer.
 
@@ -31,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use util::{parse_ctime, Server, DEADLINE, STAMP_LEN};
+use util::{parse_ctime, RedisServer, Server, DEADLINE, STAMP_LEN};
 
 /// The two instances, as HAProxy's configuration names them, and the time zone each one runs
 /// in (POSIX `TZ`): UTC, and six hours ahead of it. A timestamp reply's hour says which one
@@ -243,11 +246,16 @@ struct Pair {
 
 impl Pair {
     fn start(protocol: &str) -> Option<Pair> {
+        Pair::start_with(protocol, &[])
+    }
+
+    /// [`Pair::start`] with `extra` options for both instances (`--chat-bus URL`).
+    fn start_with(protocol: &str, extra: &[&str]) -> Option<Pair> {
         let binary = util::require_tool("haproxy")?;
         let service = format!("{protocol}@127.0.0.1:0");
-        let instances = INSTANCES.map(|(_, tz, _)| {
-            Server::start_with_env(&[&service, "--proxy-protocol"], &[("TZ", tz)])
-        });
+        let mut args = vec![service.as_str(), "--proxy-protocol"];
+        args.extend_from_slice(extra);
+        let instances = INSTANCES.map(|(_, tz, _)| Server::start_with_env(&args, &[("TZ", tz)]));
         let backends = [instances[0].addr(protocol), instances[1].addr(protocol)];
         let balancer = Balancer::start(&binary, &backends);
         for (name, _, _) in INSTANCES {
@@ -606,4 +614,108 @@ fn when_one_instance_stops_the_other_serves_every_new_connection() {
         in_window.len(),
         INSTANCES[survivor].0
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Both instances on one chat bus.
+
+/// A real Redis and two `--chat-bus` instances behind HAProxy; `None` (after the skip line)
+/// without Redis or HAProxy. Redis is returned too: it must outlive the instances.
+fn bus_pair() -> Option<(RedisServer, Pair)> {
+    if !util::require_tools(&["redis-server", "haproxy"]) {
+        return None;
+    }
+    let redis = RedisServer::start()?;
+    let pair = Pair::start_with("chat", &["--chat-bus", &redis.url()])?;
+    Some((redis, pair))
+}
+
+/// Round robin sends two members to different instances; on one bus they are still in one
+/// room (HAProxy's `stot` says which instance got which). HAProxy's health checks are members
+/// too, joining and leaving, so their notices are skipped.
+#[test]
+fn members_on_different_instances_behind_haproxy_share_one_room_on_one_bus() {
+    let Some((_redis, pair)) = bus_pair() else {
+        return;
+    };
+    let addr = pair.balancer.addr;
+    let (mut first, first_name) = Member::join(addr);
+    let (mut second, second_name) = Member::join(addr);
+    for (name, _, _) in INSTANCES {
+        let given = pair.balancer.server_stat(name, "stot");
+        pair.check(given == "1", || {
+            format!("haproxy gave {name} {given} of the 2 members: not one each")
+        });
+    }
+    let joined = format!("* {second_name} joined");
+    first.lines_until(|line| line == joined);
+
+    second.say("across instances");
+    let expected = format!("{second_name}: across instances");
+    let (skipped, line) = first.lines_until(|line| !line.starts_with("* "));
+    pair.check(line == expected, || {
+        format!("{first_name} got {line:?} (after {skipped:?}), expected {expected:?}")
+    });
+    first.say("and back");
+    let expected = format!("{first_name}: and back");
+    let (skipped, line) = second.lines_until(|line| !line.starts_with("* "));
+    pair.check(line == expected, || {
+        format!("{second_name} got {line:?} (after {skipped:?}), expected {expected:?}")
+    });
+
+    second.say("/who");
+    let (_, who) = second.lines_until(|line| line.starts_with("* members: "));
+    let names: BTreeSet<&str> = who["* members: ".len()..].split(", ").collect();
+    pair.check(
+        names.contains(first_name.as_str()) && names.contains(second_name.as_str()),
+        || format!("/who on {second_name}'s instance: {who:?}"),
+    );
+}
+
+/// `oneloop load --protocol chat` through HAProxy's frontend, its members spread over two
+/// instances on one bus, is clean: one room, every line delivered once, in one order.
+#[test]
+fn a_chat_load_through_haproxy_over_one_bus_is_clean() {
+    let Some((_redis, mut pair)) = bus_pair() else {
+        return;
+    };
+    let frontend = pair.balancer.addr.to_string();
+    let run = util::run(
+        &[
+            "load",
+            &frontend,
+            "--protocol",
+            "chat",
+            "--connections",
+            "40",
+            "--senders",
+            "5",
+            "--duration",
+            "3",
+            "--json",
+        ],
+        b"",
+    );
+    pair.check(run.status.success(), || {
+        format!(
+            "load through haproxy exited {:?}\nstdout: {}\nstderr: {}",
+            run.status, run.stdout, run.stderr
+        )
+    });
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim_end())
+        .unwrap_or_else(|e| panic!("the load's stdout is not JSON ({e}): {:?}", run.stdout));
+    for (key, expected) in [("errors", 0.0), ("dropped", 0.0), ("established", 40.0)] {
+        pair.check(json[key].as_f64() == Some(expected), || {
+            format!("{key} is not {expected} in the load's JSON: {json}")
+        });
+    }
+    for (name, _, _) in INSTANCES {
+        let given: usize = pair.balancer.server_stat(name, "stot").parse().unwrap();
+        pair.check(given >= 10, || {
+            format!("haproxy gave {name} only {given} of the 40 members")
+        });
+    }
+    for instance in &mut pair.instances {
+        instance.assert_running();
+    }
 }

@@ -1164,6 +1164,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("strace", "strace"),
     ("haproxy", "haproxy"),
+    ("redis-server", "redis-server"),
     ("systemd-socket-activate", "systemd"),
     ("systemd-analyze", "systemd"),
 ];
@@ -1293,4 +1294,240 @@ pub fn signal(pid: u32, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -s {name} {pid} failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real Redis, for the chat bus
+
+/// Gives each Redis's directory a unique name within this test process.
+static NEXT_REDIS: AtomicUsize = AtomicUsize::new(0);
+
+/// A real `redis-server` on a loopback port of its own, with persistence off, for the chat bus's
+/// tests: started by the test, signalled only by the PID it was started with (killed, stopped,
+/// continued, restarted on the same port), and killed and reaped when dropped. Its directory
+/// (its working directory and log) is removed then too.
+pub struct RedisServer {
+    binary: PathBuf,
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    /// Whether it is stopped (SIGSTOP): a stopped process must be continued before it can die
+    /// of anything but SIGKILL, and [`Drop`] continues it anyway so nothing is left frozen.
+    paused: bool,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port and waits until it answers `PING`. `None`
+    /// (after the skip line of [`require_tool`]) where it is not installed.
+    #[track_caller]
+    pub fn start() -> Option<RedisServer> {
+        let binary = require_tool("redis-server")?;
+        // A port free a moment ago may be taken before Redis binds it: then another one.
+        for _ in 0..5 {
+            let port = free_loopback_port();
+            if let Some(redis) = RedisServer::launch(binary.clone(), port) {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server could not bind any of 5 free loopback ports");
+    }
+
+    /// Starts `redis-server` on `port` (one a test chose, e.g. one a server was already told
+    /// to reach), retrying a few times if the port is briefly taken; `None` (after the skip
+    /// line) where Redis is not installed.
+    #[track_caller]
+    pub fn start_on(port: u16) -> Option<RedisServer> {
+        let binary = require_tool("redis-server")?;
+        Some(RedisServer::launch_retrying(binary, port))
+    }
+
+    /// `redis://127.0.0.1:PORT`: the `--chat-bus` URL of this Redis (database 0).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it has logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+
+    /// Sends one command (`&["HGETALL", "key"]`) on a connection of its own and returns the raw
+    /// RESP reply (`+OK\r\n`, `*2\r\n$1\r\na\r\n...`), waiting up to [`DEADLINE`].
+    /// Panics on an error or the deadline. A command that blocks (`DEBUG SLEEP 1`) blocks the
+    /// caller as long: run it on a thread to act meanwhile.
+    pub fn command(&self, args: &[&str]) -> String {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut stream = connect(addr);
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        send(&mut stream, request.as_bytes());
+        let mut reply = Vec::new();
+        read_until_within(&mut stream, &mut reply, |got| resp_end(got, 0).is_some());
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    /// Kills it with SIGKILL (no chance to say goodbye to its clients) and reaps it.
+    pub fn kill(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port (after [`kill`](RedisServer::kill)), empty, and waits
+    /// until it answers `PING`.
+    pub fn restart(&mut self) {
+        self.kill();
+        let fresh = RedisServer::launch_retrying(self.binary.clone(), self.port);
+        // Dropping the old one kills nothing (it is dead and reaped) and removes its directory.
+        drop(std::mem::replace(self, fresh));
+    }
+
+    /// Stops it with SIGSTOP: its sockets stay open and accept nothing more (a network
+    /// partition, as far as its clients can tell).
+    pub fn pause(&mut self) {
+        signal(self.pid(), "STOP");
+        self.paused = true;
+    }
+
+    /// Continues it after [`pause`](RedisServer::pause) (SIGCONT).
+    pub fn resume(&mut self) {
+        if self.paused {
+            signal(self.pid(), "CONT");
+            self.paused = false;
+        }
+    }
+
+    /// [`RedisServer::launch`] on one port, a few times: a port just given up (by a killed
+    /// Redis, or by the test's own probe) can be briefly taken by someone else.
+    fn launch_retrying(binary: PathBuf, port: u16) -> RedisServer {
+        for _ in 0..10 {
+            if let Some(redis) = RedisServer::launch(binary.clone(), port) {
+                return redis;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!("redis-server could not bind 127.0.0.1:{port} in 10 attempts");
+    }
+
+    /// Runs `redis-server` on `port` and waits (up to [`DEADLINE`]) for `+PONG`; `None` if it
+    /// exited first (the port was taken).
+    fn launch(binary: PathBuf, port: u16) -> Option<RedisServer> {
+        let dir = std::env::temp_dir().join(format!(
+            "oneloop-redis-{}-{}",
+            std::process::id(),
+            NEXT_REDIS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).expect("create the redis directory");
+        let log = fs::File::create(dir.join("redis.log")).expect("create the redis log");
+        let child = Command::new(&binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            // Nothing written to disk: each start is empty, and no test leaves files behind.
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--daemonize", "no"])
+            // `DEBUG SLEEP` (the slow-Redis test) is off by default since Redis 7.
+            .args(["--enable-debug-command", "local"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        let mut redis = RedisServer {
+            binary,
+            child,
+            port,
+            dir,
+            paused: false,
+        };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if redis.child.try_wait().expect("try_wait redis").is_some() {
+                return None; // Dropped: its directory goes.
+            }
+            if redis.pings() {
+                return Some(redis);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {port} did not answer PING within {DEADLINE:?}; log:\n{}",
+                redis.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether a `PING` on a fresh connection gets `+PONG` (within a second).
+    fn pings(&self) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        if stream.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut reply = [0; 7];
+        stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+pub fn free_loopback_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a port-0 listener on 127.0.0.1")
+        .port()
+}
+
+/// Where the RESP value starting at `at` in `bytes` ends, if it is complete: enough of the
+/// protocol to know when a reply is whole (simple strings, errors, integers, bulk strings and
+/// arrays of them), so [`RedisServer::command`] neither stops early nor waits for more.
+fn resp_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + bytes.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+    let after = line_end + 2;
+    let number = || -> Option<i64> {
+        std::str::from_utf8(&bytes[at + 1..line_end])
+            .ok()?
+            .parse()
+            .ok()
+    };
+    match bytes[at] {
+        b'+' | b'-' | b':' => Some(after),
+        b'$' => match number()? {
+            -1 => Some(after),
+            length => {
+                let end = after + length as usize + 2;
+                (bytes.len() >= end).then_some(end)
+            }
+        },
+        b'*' => {
+            let mut end = after;
+            for _ in 0..number()?.max(0) {
+                end = resp_end(bytes, end)?;
+            }
+            Some(end)
+        }
+        other => panic!("not a RESP reply: {:?} at {at}", other as char),
+    }
 }
