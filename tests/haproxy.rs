@@ -246,25 +246,43 @@ struct Pair {
 
 impl Pair {
     fn start(protocol: &str) -> Option<Pair> {
-        Pair::start_with(protocol, &[])
-    }
-
-    /// [`Pair::start`] with `extra` options for both instances (`--chat-bus URL`).
-    fn start_with(protocol: &str, extra: &[&str]) -> Option<Pair> {
         let binary = util::require_tool("haproxy")?;
         let service = format!("{protocol}@127.0.0.1:0");
-        let mut args = vec![service.as_str(), "--proxy-protocol"];
-        args.extend_from_slice(extra);
-        let instances = INSTANCES.map(|(_, tz, _)| Server::start_with_env(&args, &[("TZ", tz)]));
+        let instances = INSTANCES.map(|(_, tz, _)| {
+            Server::start_with_env(&[&service, "--proxy-protocol"], &[("TZ", tz)])
+        });
+        Some(Pair::balanced(&binary, protocol, instances))
+    }
+
+    /// Two chat instances on the chat bus `bus`, one room: a chat room is named by its port, so
+    /// the second listens on 127.0.0.2 at the port the first (on 127.0.0.1) was given.
+    fn start_on_bus(bus: &str) -> Option<Pair> {
+        let binary = util::require_tool("haproxy")?;
+        let common = ["--proxy-protocol", "--chat-bus", bus];
+        let (a_tz, b_tz) = (INSTANCES[0].1, INSTANCES[1].1);
+        let a = Server::start_with_env(
+            &[&["chat@127.0.0.1:0"], &common[..]].concat(),
+            &[("TZ", a_tz)],
+        );
+        let b_service = format!("chat@127.0.0.2:{}", a.addr("chat").port());
+        let b = Server::start_with_env(
+            &[&[b_service.as_str()], &common[..]].concat(),
+            &[("TZ", b_tz)],
+        );
+        Some(Pair::balanced(&binary, "chat", [a, b]))
+    }
+
+    /// HAProxy in front of `instances`, both marked up by its health checks.
+    fn balanced(binary: &Path, protocol: &str, instances: [Server; 2]) -> Pair {
         let backends = [instances[0].addr(protocol), instances[1].addr(protocol)];
-        let balancer = Balancer::start(&binary, &backends);
+        let balancer = Balancer::start(binary, &backends);
         for (name, _, _) in INSTANCES {
             balancer.wait_for_status(name, "UP", DEADLINE);
         }
-        Some(Pair {
+        Pair {
             instances,
             balancer,
-        })
+        }
     }
 
     /// Panics with both instances' and HAProxy's stderr if `condition` does not hold.
@@ -464,7 +482,10 @@ impl Member {
     }
 
     /// Reads lines up to the first that `last` accepts, and returns the ones before it and it.
+    /// Bounded by [`DEADLINE`] overall, not only per line: HAProxy's health checks join and
+    /// leave the room every 200 ms, so lines keep coming even when the awaited one never does.
     fn lines_until(&mut self, last: impl Fn(&str) -> bool) -> (Vec<String>, String) {
+        let deadline = Instant::now() + DEADLINE;
         let mut before = Vec::new();
         loop {
             let line = self.line();
@@ -472,6 +493,11 @@ impl Member {
                 return (before, line);
             }
             before.push(line);
+            assert!(
+                Instant::now() < deadline,
+                "{}: no awaited line within {DEADLINE:?}; received {before:?}",
+                self.local
+            );
         }
     }
 }
@@ -626,7 +652,14 @@ fn bus_pair() -> Option<(RedisServer, Pair)> {
         return None;
     }
     let redis = RedisServer::start()?;
-    let pair = Pair::start_with("chat", &["--chat-bus", &redis.url()])?;
+    let pair = Pair::start_on_bus(&redis.url())?;
+    // Each instance has reached Redis before a test's member can meet it (HAProxy would pass
+    // on its `error chat unavailable`). A PROXY header as HAProxy's, from a made-up client.
+    for instance in &pair.instances {
+        let addr = instance.addr("chat");
+        let header = format!("PROXY TCP4 192.0.2.9 127.0.0.1 9 {}\r\n", addr.port());
+        util::wait_until_chat_greets(addr, header.as_bytes());
+    }
     Some((redis, pair))
 }
 

@@ -1492,6 +1492,33 @@ impl Drop for RedisServer {
     }
 }
 
+/// Waits (up to [`DEADLINE`]) until the chat service at `addr` greets a new member, which then
+/// leaves. An instance on a chat bus listens before it has reached Redis (its loop never waits
+/// for Redis) and refuses chat (`error chat unavailable`) until it has; a test that hands the
+/// instance to something that must not meet that (the load generator) waits here first.
+/// `header` is sent first on each try: a PROXY header for a `--proxy-protocol` instance, or
+/// nothing.
+pub fn wait_until_chat_greets(addr: SocketAddr, header: &[u8]) {
+    let start = Instant::now();
+    loop {
+        let mut member = LineReader::new(connect(addr));
+        member.send(header);
+        let first = member.line();
+        if first.starts_with("* welcome ") {
+            return;
+        }
+        assert_eq!(
+            first, "error chat unavailable",
+            "the first line from {addr}"
+        );
+        assert!(
+            start.elapsed() < DEADLINE,
+            "chat at {addr} still unavailable after {DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A loopback port that was free a moment ago (bound to port 0, then released).
 pub fn free_loopback_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
