@@ -916,6 +916,16 @@ fn redis_unreachable_at_start_refuses_chat_until_it_comes_up() {
     expect_echo(echo);
     expect_unavailable(chat);
     server.assert_running();
+    // And says so: a warning (the default log level shows warnings).
+    let start = Instant::now();
+    while !server.stderr().lines().any(|line| line.contains("WARN")) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no warning on stderr while Redis is unreachable: {:?}",
+            server.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 
     let _redis = RedisServer::start_on(port).expect("redis-server was found a moment ago");
     let (_, _, took) = expect_chat_back(chat, &server, &[]);
