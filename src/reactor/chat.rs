@@ -52,6 +52,10 @@ pub(super) struct ChatRoom {
     listed: bool,
     /// Flow control: how much more the room takes, and the senders waiting for it.
     pub(super) pace: Pace,
+    /// A shared room's newcomers whose `joined` notice is not back from the bus yet, by slab
+    /// key: their serial and their greeting, sent when the notice comes back (their place in the
+    /// room's order). Empty for a room of one process.
+    pub(super) greetings: HashMap<usize, (u64, Vec<u8>)>,
 }
 
 impl ChatRoom {
@@ -67,6 +71,7 @@ impl ChatRoom {
             log: RoomLog::default(),
             listed: false,
             pace: Pace::new(output_limit),
+            greetings: HashMap::new(),
         }
     }
 }
@@ -697,6 +702,7 @@ impl Reactor {
             return;
         };
         chat.pace.forget(key);
+        chat.greetings.remove(&key);
         if chat.room.name(MemberId(key)).is_some() {
             trace!(
                 "{}: {} has gone (its connection closed); the others are told",
@@ -802,10 +808,12 @@ impl Tally {
         match self.published {
             0 => {}
             1 => trace!(
-                "{name}: 1 broadcast published on the chat bus; it enters the log when it comes                  back, in the room's order"
+                "{name}: 1 broadcast published on the chat bus; it enters the log when it comes \
+                 back, in the room's order"
             ),
             n => trace!(
-                "{name}: {n} broadcasts published on the chat bus; they enter the log when they                  come back, in the room's order"
+                "{name}: {n} broadcasts published on the chat bus; they enter the log when they \
+                 come back, in the room's order"
             ),
         }
     }

@@ -33,7 +33,7 @@ impl Reactor {
     pub(super) fn on_bus_ready(&mut self, token: mio::Token, now: &Now) {
         if let Some(bus) = self.bus.as_mut() {
             bus.on_ready(Some(token), self.poll.registry(), now.instant);
-            self.apply_bus_events(now);
+            self.apply_bus_events();
         }
     }
 
@@ -48,7 +48,7 @@ impl Reactor {
             bus.on_ready(None, self.poll.registry(), now.instant);
         }
         bus.flush(self.poll.registry(), now.instant);
-        self.apply_bus_events(now);
+        self.apply_bus_events();
         self.schedule_bus();
     }
 
@@ -57,7 +57,7 @@ impl Reactor {
         if let Some(bus) = self.bus.as_mut() {
             self.bus_wake = None;
             bus.on_timer(self.poll.registry(), now.instant);
-            self.apply_bus_events(now);
+            self.apply_bus_events();
             self.schedule_bus();
         }
     }
@@ -74,7 +74,7 @@ impl Reactor {
     }
 
     /// Hands what the bus found to the rooms and their members.
-    fn apply_bus_events(&mut self, now: &Now) {
+    fn apply_bus_events(&mut self) {
         let Some(bus) = self.bus.as_mut() else {
             return;
         };
@@ -97,9 +97,13 @@ impl Reactor {
                     }
                     // The sender is skipped only if it is still the same connection.
                     let except = except
-                        .filter(|&(key, serial)| serial_of(&self.clients, key) == Some(serial))
-                        .map(|(key, _)| MemberId(key));
-                    chat.log.append(bytes, except);
+                        .filter(|&(key, serial)| serial_of(&self.clients, key) == Some(serial));
+                    if let Some((key, serial)) = except {
+                        self.take_place(room, key, serial);
+                    }
+                    if let Some(chat) = self.rooms[room].as_mut() {
+                        chat.log.append(bytes, except.map(|(key, _)| MemberId(key)));
+                    }
                     self.list_room(room);
                 }
                 BusEvent::Joined {
@@ -108,7 +112,7 @@ impl Reactor {
                     serial,
                     name,
                     count,
-                } => self.joined(room, (key, serial), &name, count, now),
+                } => self.joined(room, (key, serial), &name, count),
                 BusEvent::Renamed {
                     room,
                     key,
@@ -163,18 +167,34 @@ impl Reactor {
         }
     }
 
-    /// The bus claimed `name` for the newcomer `key`: it joins the room now (its greeting, and
-    /// its `joined` notice published), and is read from now on. A newcomer gone meanwhile gives
-    /// the name back, unannounced.
-    fn joined(
-        &mut self,
-        room: usize,
-        (key, serial): (usize, u64),
-        name: &str,
-        count: usize,
-        now: &Now,
-    ) {
-        let _ = now;
+    /// If member `key` (serial `serial`) is a newcomer, the broadcast that skips it and comes
+    /// back now is its own `joined` notice: its place in the room's order. It is owed every
+    /// line from here on, after its greeting, and is read from now on.
+    fn take_place(&mut self, room: usize, key: usize, serial: u64) {
+        let Some(chat) = self.rooms[room].as_mut() else {
+            return;
+        };
+        if chat.greetings.get(&key).map_or(true, |(s, _)| *s != serial) {
+            return; // The steady state: a member's line, not a newcomer's notice.
+        }
+        let Some((_, greeting)) = chat.greetings.remove(&key) else {
+            return;
+        };
+        let Some((conn, member)) = self.clients.get_mut(key).and_then(Client::as_member_mut) else {
+            return;
+        };
+        member.joined_via_bus(&chat.log);
+        trace!("chat bus: conn #{serial}'s joined notice is back: it is in the room's order now");
+        if member.queue_own_line(conn, &chat.log, greeting.into()) {
+            self.outbox.members.push(key);
+        }
+        self.resume_member(key);
+    }
+
+    /// The bus claimed `name` for the newcomer `key`: it joins the room (its `joined` notice
+    /// published), and its greeting waits for that notice to come back (`take_place`). A
+    /// newcomer gone meanwhile gives the name back, unannounced.
+    fn joined(&mut self, room: usize, (key, serial): (usize, u64), name: &str, count: usize) {
         let Some(chat) = self.rooms[room].as_mut() else {
             return;
         };
@@ -183,19 +203,26 @@ impl Reactor {
             .get_mut(key)
             .filter(|c| c.conn.id == serial && !c.conn.is_closed())
             .and_then(Client::as_member_mut);
-        let Some((_, member)) = waiting else {
+        if waiting.is_none() {
             if let Some(bus) = self.bus.as_mut() {
                 bus.release(room, key, name, b"");
             }
             return;
-        };
-        // Owed nothing the room said before this moment.
-        member.joined_via_bus(&chat.log);
+        }
         trace!("chat bus: conn #{serial} joins as {name}; {count} in the room on every instance");
+        let before = self.deliveries.len();
         chat.room
             .join_as(MemberId(key), name, count, &mut self.deliveries);
+        // The greeting is the room's reply to it alone: it waits for its place.
+        if let Some(at) = self.deliveries[before..]
+            .iter()
+            .position(|d| matches!(d, Delivery::To { member, .. } if member.0 == key))
+        {
+            if let Delivery::To { bytes, .. } = self.deliveries.remove(before + at) {
+                chat.greetings.insert(key, (serial, bytes));
+            }
+        }
         self.route(room);
-        self.resume_member(key);
     }
 
     /// Whether member `key` (serial `serial`) of `room` is still that member, there to get
@@ -294,6 +321,7 @@ impl Reactor {
             if chat.room.is_shared() {
                 chat.room.clear();
                 chat.pace.reset();
+                chat.greetings.clear();
                 self.route(room);
             }
         }

@@ -59,8 +59,9 @@ enum Waiting {
     /// Parked: in its room's queue of senders, for the room to take more of its lines (see
     /// `reactor::chat`, flow control).
     Parked,
-    /// For the chat bus to claim its name (a shared room, see `reactor::chat_bus`): it is not
-    /// in the room yet, and neither read nor written.
+    /// For its place in a shared room's order (see `reactor::chat_bus`): its name to be claimed,
+    /// then its `joined` notice to come back from the bus. Neither read nor written meanwhile,
+    /// and owed nothing.
     Joining,
     /// The answer to its `/nick` or `/who`: written to, not read (its next line must follow the
     /// answer: carry the new name, or come after the list), and one question at a time.
@@ -163,6 +164,9 @@ impl ChatMember {
         me: MemberId,
     ) -> Verdict {
         self.dirty = false;
+        if self.waiting == Waiting::Joining {
+            return Verdict::default(); // Owed nothing yet.
+        }
         conn.flush_unsent();
         self.flush_lines(conn, log, me);
         conn.settle(&mut shared.read, now, false, self.owed)
@@ -387,14 +391,17 @@ impl ChatMember {
     /// Where this member stands in its room's log (`None` once it has left the room, or its
     /// connection closed): lines before every member's cursor can be trimmed.
     pub(crate) fn log_cursor(&self, conn: &Connection) -> Option<u64> {
-        if conn.is_closed() {
-            return None;
+        if conn.is_closed() || self.waiting == Waiting::Joining {
+            return None; // A newcomer's place is set when it is in the room's order.
         }
         self.output.cursor()
     }
 
     /// Bytes still owed to this member: what `--output-limit` bounds.
     pub(crate) fn backlog(&self, log: &RoomLog) -> usize {
+        if self.waiting == Waiting::Joining {
+            return 0;
+        }
         self.output.backlog(log)
     }
 
@@ -438,8 +445,8 @@ impl ChatMember {
         self.waiting == Waiting::Joining
     }
 
-    /// Its name is claimed (or the bus is gone): it is owed the room's lines from now on, none
-    /// that came before.
+    /// Its `joined` notice is back from the bus, at its place in the room's order (or the bus
+    /// is gone): it is owed the room's lines from now on, none that came before.
     pub(crate) fn joined_via_bus(&mut self, log: &RoomLog) {
         self.waiting = Waiting::Nothing;
         self.output = MemberOutput::joining(log);
