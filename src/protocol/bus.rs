@@ -349,7 +349,8 @@ pub(crate) fn encode_event(
 }
 
 /// A broadcast as [`encode_event`] framed it: its origin and the room's bytes. `None` for a
-/// payload that is not one (published by something else on the channel).
+/// payload that is not one (published by something else on the channel), or whose bytes are not
+/// whole lines.
 pub(crate) fn decode_event(payload: &[u8]) -> Option<(Origin<'_>, &[u8])> {
     let newline = memchr::memchr(b'\n', payload)?;
     let header = std::str::from_utf8(&payload[..newline]).ok()?;
@@ -359,7 +360,9 @@ pub(crate) fn decode_event(payload: &[u8]) -> Option<(Origin<'_>, &[u8])> {
         ("-", "-") => None,
         (key, serial) => Some((key.parse().ok()?, serial.parse().ok()?)),
     };
-    if words.next().is_some() {
+    let bytes = &payload[newline + 1..];
+    // The room only ever publishes whole lines: anything else would break its members' framing.
+    if words.next().is_some() || bytes.last() != Some(&b'\n') {
         return None;
     }
     Some((
@@ -367,7 +370,7 @@ pub(crate) fn decode_event(payload: &[u8]) -> Option<(Origin<'_>, &[u8])> {
             session: session.as_bytes(),
             except,
         },
-        &payload[newline + 1..],
+        bytes,
     ))
 }
 

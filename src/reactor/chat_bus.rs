@@ -203,7 +203,9 @@ impl Reactor {
             .get_mut(key)
             .filter(|c| c.conn.id == serial && !c.conn.is_closed())
             .and_then(Client::as_member_mut);
-        if waiting.is_none() {
+        // Gone meanwhile, or the server is shutting down (its members have left the room for
+        // the other instances already): the name goes back, never announced.
+        if waiting.is_none() || self.shutdown_deadline.is_some() {
             if let Some(bus) = self.bus.as_mut() {
                 bus.release(room, key, name, b"");
             }
