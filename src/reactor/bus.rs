@@ -711,7 +711,7 @@ impl Bus {
                                 }
                             );
                             self.events.push(BusEvent::Line {
-                                room,
+                                room: self.rooms[room].endpoint,
                                 except: origin.except.filter(|_| ours),
                                 ours,
                                 bytes: bytes.into(),

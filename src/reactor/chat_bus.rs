@@ -92,7 +92,9 @@ impl Reactor {
                     let Some(chat) = self.rooms[room].as_mut() else {
                         continue;
                     };
-                    if ours {
+                    // Only members' broadcasts were counted in flight (the notices the
+                    // scripts publish were not).
+                    if ours && except.is_some() {
                         chat.pace.returned(bytes.len());
                     }
                     // The sender is skipped only if it is still the same connection.
