@@ -104,7 +104,8 @@ impl BusRoom {
 pub(super) enum BusEvent {
     /// Connected and subscribed: chat works.
     Up,
-    /// The connection to Redis is gone: every shared room's members must be told and closed.
+    /// The connection to Redis is gone: every shared room's members (and newcomers waiting for
+    /// their names) must be told and closed.
     Lost,
     /// The member (slab key, connection serial) that asked to join has the name `name`, and
     /// the room has `count` members on all instances.
@@ -320,6 +321,10 @@ pub(super) struct Bus {
     scratch: Vec<u8>,
     /// What the last call found, for the loop to act on.
     pub(super) events: Vec<BusEvent>,
+    /// Names claimed while connecting, handed over once the subscription is confirmed too: a
+    /// newcomer's `joined` notice must not be published before this instance hears the channel
+    /// (it takes its place when the notice comes back).
+    deferred: Vec<BusEvent>,
 }
 
 impl Bus {
@@ -351,12 +356,15 @@ impl Bus {
             warned: false,
             scratch: Vec::new(),
             events: Vec::new(),
+            deferred: Vec::new(),
         }
     }
 
-    /// Whether chat works: connected and subscribed.
-    pub(super) fn is_up(&self) -> bool {
-        self.state == State::Up
+    /// Whether a newcomer can ask for its name: the bus is up, or connecting (its claim waits
+    /// behind the handshake, so a client that arrives just after the server started, or while
+    /// Redis comes back, is not turned away; if the connection fails, it is).
+    pub(super) fn takes_members(&self) -> bool {
+        self.commands.is_some()
     }
 
     /// Starts connecting (the first try, at start, or a retry).
@@ -407,7 +415,12 @@ impl Bus {
 
     /// Closes both connections and says the bus is lost (`why`, logged), then waits to retry.
     fn lose(&mut self, registry: &Registry, now: Instant, why: &str) {
-        let was_up = self.state == State::Up;
+        // Members to tell: those of a bus that was up, or newcomers waiting for the handshake.
+        let had_members = self.state == State::Up
+            || self
+                .awaiting
+                .iter()
+                .any(|(_, a)| matches!(a, Awaiting::Join { .. }));
         for mut link in [self.commands.take(), self.subscription.take()]
             .into_iter()
             .flatten()
@@ -415,6 +428,7 @@ impl Bus {
             let _ = registry.deregister(&mut link.stream);
         }
         self.awaiting.clear();
+        self.deferred.clear();
         self.more_to_read = false;
         if !std::mem::replace(&mut self.warned, true) {
             warn!(
@@ -433,7 +447,7 @@ impl Bus {
             retry_at: now + self.retry,
         };
         self.retry = (self.retry * 2).min(MAX_RETRY);
-        if was_up {
+        if had_members {
             self.events.push(BusEvent::Lost);
         }
     }
@@ -590,6 +604,7 @@ impl Bus {
                 );
             }
             self.events.push(BusEvent::Up);
+            self.events.append(&mut self.deferred);
         }
         Ok(())
     }
@@ -641,6 +656,7 @@ impl Bus {
             )?;
             link.decoded += used;
             match event {
+                Answered::Event(event) if self.state != State::Up => self.deferred.push(event),
                 Answered::Event(event) => self.events.push(event),
                 Answered::Release(releases) => {
                     for (room, name, holder) in releases {

@@ -256,7 +256,7 @@ impl Reactor {
     /// the bus down, it is told chat is unavailable and closed.
     pub(super) fn join_through_bus(&mut self, key: usize, room: usize, name: &str) {
         let serial = serial_of(&self.clients, key).unwrap_or_default();
-        match self.bus.as_mut().filter(|bus| bus.is_up()) {
+        match self.bus.as_mut().filter(|bus| bus.takes_members()) {
             Some(bus) => {
                 if let Some((_, member)) = self.clients.get_mut(key).and_then(Client::as_member_mut)
                 {
