@@ -524,7 +524,13 @@ impl Bus {
             .flatten()
             .find_map(|link| link.flush().err());
         if let Some(e) = failed {
-            return self.lose(registry, now, &format!("writing to Redis failed: {e}"));
+            let why = match self.state {
+                State::Connecting { .. } => {
+                    format!("cannot connect to Redis at {}: {e}", self.addr)
+                }
+                _ => format!("writing to Redis failed: {e}"),
+            };
+            return self.lose(registry, now, &why);
         }
         let unsent = self.commands.as_ref().map_or(0, Link::unsent);
         if unsent > self.queue_limit {
@@ -627,6 +633,9 @@ impl Bus {
             Ok(Filled::End) => Err("Redis closed the connection".to_owned()),
             Ok(filled) => Ok(Some(filled)),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(Some(Filled::Blocked)),
+            Err(e) if matches!(self.state, State::Connecting { .. }) => {
+                Err(format!("cannot connect to Redis at {}: {e}", self.addr))
+            }
             Err(e) => Err(format!("reading from Redis failed: {e}")),
         }
     }
