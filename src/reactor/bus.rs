@@ -321,6 +321,12 @@ pub(super) struct Bus {
     scratch: Vec<u8>,
     /// What the last call found, for the loop to act on.
     pub(super) events: Vec<BusEvent>,
+    /// The names this instance's members held when the bus was lost, as `(room, name, holder)`:
+    /// released with their `left` notices first thing when the bus is back (before any newcomer
+    /// claims a name), so the others hear at once, not when the old session's heartbeat expires.
+    orphans: Vec<(usize, String, String)>,
+    /// The session whose heartbeat to delete when the bus is back.
+    orphaned_session: Option<String>,
     /// Names claimed while connecting, handed over once the subscription is confirmed too: a
     /// newcomer's `joined` notice must not be published before this instance hears the channel
     /// (it takes its place when the notice comes back).
@@ -356,6 +362,8 @@ impl Bus {
             warned: false,
             scratch: Vec::new(),
             events: Vec::new(),
+            orphans: Vec::new(),
+            orphaned_session: None,
             deferred: Vec::new(),
         }
     }
@@ -403,6 +411,26 @@ impl Bus {
         commands.queue(&[b"SET", &heartbeat, b"1", b"PX", ttl.as_bytes()]);
         self.awaiting.push_back((now, Awaiting::Handshake));
         self.awaiting.push_back((now, Awaiting::Handshake));
+        for (room, name, holder) in &self.orphans {
+            self.scratch.clear();
+            encode_event(&mut self.scratch, &self.session, None, &left_notice(name));
+            let keys = &self.rooms[*room].keys;
+            commands.queue(&[
+                b"EVAL",
+                RELEASE_SCRIPT.as_bytes(),
+                b"2",
+                &keys.names,
+                &keys.channel,
+                name.as_bytes(),
+                holder.as_bytes(),
+                &self.scratch,
+            ]);
+            self.awaiting.push_back((now, Awaiting::Nothing));
+        }
+        if let Some(old) = &self.orphaned_session {
+            commands.queue(&[b"DEL", &heartbeat_key(old)]);
+            self.awaiting.push_back((now, Awaiting::Nothing));
+        }
         for room in &self.rooms {
             subscription.queue(&[b"SUBSCRIBE", &room.keys.channel]);
         }
@@ -597,6 +625,9 @@ impl Bus {
         {
             self.state = State::Up;
             self.retry = FIRST_RETRY;
+            // Released (the commands went before any other): forgotten.
+            self.orphans.clear();
+            self.orphaned_session = None;
             self.next_heartbeat = now + HEARTBEAT_EVERY;
             let rooms: Vec<&str> = self.rooms.iter().map(|r| r.name.as_str()).collect();
             if std::mem::replace(&mut self.warned, false) {
@@ -985,6 +1016,17 @@ impl Bus {
             &self.scratch,
         ]);
         self.awaiting.push_back((Instant::now(), Awaiting::Nothing));
+    }
+
+    /// The bus was lost while member `key` of room `endpoint` held `name`: it is released,
+    /// announced, when the bus is back.
+    pub(super) fn orphan(&mut self, endpoint: usize, key: usize, name: &str) {
+        let Some(room) = self.rooms.iter().position(|r| r.endpoint == endpoint) else {
+            return;
+        };
+        let holder = holder(&self.session, key);
+        self.orphaned_session = Some(self.session.clone());
+        self.orphans.push((room, name.to_owned(), holder));
     }
 
     /// At a graceful shutdown: this session's heartbeat goes at once (whatever is left of its

@@ -323,6 +323,13 @@ impl Reactor {
                 continue;
             };
             if chat.room.is_shared() {
+                if let Some(bus) = self.bus.as_mut() {
+                    for member in chat.room.members() {
+                        if let Some(name) = chat.room.name(member) {
+                            bus.orphan(room, member.0, name);
+                        }
+                    }
+                }
                 chat.room.clear();
                 chat.pace.reset();
                 chat.greetings.clear();
