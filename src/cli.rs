@@ -21,6 +21,7 @@ use crate::net::{self, BoundListener, Listening};
 use crate::options::{
     ServeOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_OUTPUT_LIMIT, DEFAULT_SHUTDOWN_TIMEOUT_SECS,
 };
+use crate::protocol::bus::BusUrl;
 use crate::protocol::{Limits, DEFAULT_MAX_LINE, DEFAULT_MAX_UPLOAD};
 use crate::reactor::{Config, Reactor};
 use crate::service::{ProtocolKind, ServiceSpec, SocketSource, DEFAULT_SERVICES};
@@ -134,6 +135,13 @@ pub(crate) struct ServeArgs {
     /// guessed from the bytes.
     #[arg(long)]
     pub proxy_protocol: bool,
+
+    /// Share every chat room with the other oneloop processes on this Redis
+    /// (redis://[[USER]:PASSWORD@]HOST:PORT[/DB]): one order, unique names and /who across
+    /// instances. The room is the port (tcp), the socket file's name (unix), or NAME (fd:NAME).
+    /// The reactor only; HOST is resolved once, at start.
+    #[arg(long, value_name = "URL", value_parser = parse_bus_url)]
+    pub chat_bus: Option<String>,
 
     /// Seconds (fractions allowed) that upper, timestamp and echo hold each reply after its
     /// request was read: the tutorial's demonstration of concurrency (the seeds'
@@ -260,6 +268,32 @@ fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `--chat-bus`'s value, checked as a URL (a bad one is a usage error).
+fn parse_bus_url(text: &str) -> Result<String, String> {
+    text.parse::<BusUrl>().map(|_| text.to_owned())
+}
+
+/// The chat bus's URL and its address, looked up once, now: the loop never resolves a name.
+/// A host that does not resolve is a failure to start (exit 1), as a bind failure is; a Redis
+/// that does not answer is not (the loop keeps trying).
+fn resolve_bus(text: &str) -> Result<(BusUrl, std::net::SocketAddr), ServeError> {
+    use std::net::ToSocketAddrs;
+    let url: BusUrl = text.parse().map_err(ServeError::refused)?;
+    let addr = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            ServeError::failed(format!(
+                "--chat-bus {url}: cannot resolve {}: {e}",
+                url.host
+            ))
+        })?
+        .next()
+        .ok_or_else(|| {
+            ServeError::failed(format!("--chat-bus {url}: {} has no address", url.host))
+        })?;
+    Ok((url, addr))
+}
+
 /// Which services this build can serve; the others are refused before anything is bound.
 fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
     match service.protocol {
@@ -333,6 +367,13 @@ fn try_serve(mut args: ServeArgs) -> Result<(), ServeError> {
         .find_map(|s| check_supported(s, args.model).err())
     {
         return Err(ServeError::refused(message));
+    }
+    if args.chat_bus.is_some() && args.model != Model::Reactor {
+        return Err(ServeError::refused(format!(
+            "--chat-bus: --model {} cannot share chat rooms through Redis; only the reactor \
+             does (its loop speaks to Redis without ever waiting for it)",
+            args.model.name()
+        )));
     }
     let options = serve_options(&args, &services)?;
     // Held until `serve` returns: dropping them removes the Unix socket files (if still ours).
@@ -515,9 +556,11 @@ impl Serving {
     ) -> Result<Serving, ServeError> {
         let model = match args.model {
             Model::Reactor => {
+                let chat_bus = args.chat_bus.as_deref().map(resolve_bus).transpose()?;
                 let config = Config {
                     options,
                     upload_io_in_loop: args.upload_io == UploadIo::Loop,
+                    chat_bus,
                 };
                 let reactor = Reactor::new(listeners, datagrams, config, Some(signals))
                     .map_err(|e| ServeError::failed(format!("cannot start the event loop: {e}")))?;

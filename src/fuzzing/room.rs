@@ -303,6 +303,7 @@ impl RoomRun {
                 );
                 assert_eq!(self.room.name(*member), None, "a closed member stays");
             }
+            Delivery::Bus(request) => panic!("a room of one process asked the bus {request:?}"),
         }
     }
 

@@ -603,6 +603,11 @@ impl ChatRoom {
                         }
                         closed.push(member);
                     }
+                    // The blocking models refuse `--chat-bus` at start: their rooms are never
+                    // shared.
+                    Delivery::Bus(request) => {
+                        unreachable!("a room of one process asked the bus {request:?}")
+                    }
                 }
             }
             if state.deliveries.is_empty() {

@@ -63,9 +63,27 @@ pub struct BoundListener {
     pub protocol: ProtocolKind,
     /// The address actually bound (the real port when port 0 was asked for), or the path.
     pub local: Address,
+    /// The `FileDescriptorName=` of a socket systemd passed in (`fd:NAME`), if it was.
+    pub passed_name: Option<String>,
 }
 
 impl BoundListener {
+    /// The name of the chat room this listener serves, as the chat bus shares it between
+    /// processes: the passed socket's name for `fd:NAME`, else the port (TCP) or the socket
+    /// file's name (Unix) — what two instances of one deployment have in common.
+    pub fn room_name(&self) -> String {
+        if let Some(name) = &self.passed_name {
+            return name.clone();
+        }
+        match &self.local {
+            Address::Tcp(addr) | Address::Udp(addr) => addr.port().to_string(),
+            Address::Unix(path) => path.file_name().map_or_else(
+                || path.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            ),
+        }
+    }
+
     /// Hands the socket to mio, registered for `READABLE` under `token`: how both the reactor
     /// and the blocking models' acceptor wait for connections.
     pub fn register(
@@ -165,12 +183,13 @@ impl Bound {
         protocol: ProtocolKind,
     ) -> Result<(), String> {
         let local = passed.local;
+        let name = Some(passed.name.clone());
         match passed.socket {
             ActivatedKind::Tcp(listener) => {
-                self.push_listener(ListenSocket::Tcp(listener), protocol, local);
+                self.push_listener(ListenSocket::Tcp(listener), protocol, local, name);
             }
             ActivatedKind::Unix(listener) => {
-                self.push_listener(ListenSocket::Unix(listener), protocol, local);
+                self.push_listener(ListenSocket::Unix(listener), protocol, local, name);
             }
             ActivatedKind::Udp(socket) => {
                 if matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload) {
@@ -190,7 +209,13 @@ impl Bound {
     }
 
     /// Adds a stream listener and its `listening` line.
-    fn push_listener(&mut self, socket: ListenSocket, protocol: ProtocolKind, local: Address) {
+    fn push_listener(
+        &mut self,
+        socket: ListenSocket,
+        protocol: ProtocolKind,
+        local: Address,
+        passed_name: Option<String>,
+    ) {
         self.lines.push(Listening {
             protocol,
             address: local.clone(),
@@ -199,6 +224,7 @@ impl Bound {
             socket,
             protocol,
             local,
+            passed_name,
         });
     }
 
@@ -255,7 +281,7 @@ pub(crate) fn bind_services(
             Address::Tcp(addr) => {
                 let socket = bind_tcp(*addr).map_err(fail)?;
                 let local = Address::Tcp(socket.local_addr().map_err(fail)?);
-                bound.push_listener(ListenSocket::Tcp(socket), protocol, local);
+                bound.push_listener(ListenSocket::Tcp(socket), protocol, local, None);
             }
             Address::Unix(path) => {
                 let (socket, file) = bind_unix(path, unix_mode).map_err(fail)?;
@@ -264,6 +290,7 @@ pub(crate) fn bind_services(
                     ListenSocket::Unix(socket),
                     protocol,
                     Address::Unix(path.clone()),
+                    None,
                 );
             }
             Address::Udp(addr) => {

@@ -47,6 +47,7 @@
 //! load balancer in front, before any protocol byte. [`proxy::ProxyHeader`] reads it (bytes in,
 //! the client's address out, bounded, no clock) and says where the session's bytes begin.
 
+pub(crate) mod bus;
 pub(crate) mod datagram;
 pub(crate) mod echo;
 pub mod proxy;

@@ -118,6 +118,41 @@ pub(crate) enum Delivery {
         /// The member to close.
         member: MemberId,
     },
+    /// A question only the chat bus can answer, from a [shared](Room::shared) room (never from
+    /// a room of one process).
+    Bus(BusRequest),
+}
+
+/// What a [shared](Room::shared) room asks of the chat bus (see [`super::bus`]): the
+/// decisions that need every instance's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BusRequest {
+    /// `/nick`: take `name` for `member` if no instance holds it, and publish `notice` (`* OLD
+    /// is now NEW`, for everyone) at that moment; answered by [`Room::renamed`] or
+    /// [`Room::rename_refused`]. The member's later lines wait for the answer.
+    Rename {
+        /// Who asks.
+        member: MemberId,
+        /// The name it wants (valid, and not its own).
+        name: Arc<str>,
+        /// The rename notice, for every member of every instance.
+        notice: Vec<u8>,
+    },
+    /// `/who`: list every instance's members to `member` ([`members_line`] formats them).
+    Who {
+        /// Who asks.
+        member: MemberId,
+    },
+    /// `member` has left (it is no longer in the room): free `name` and publish `notice` (`*
+    /// NAME left`) at that moment.
+    Release {
+        /// Who left.
+        member: MemberId,
+        /// The name it held.
+        name: Arc<str>,
+        /// The `left` notice, for the others.
+        notice: Vec<u8>,
+    },
 }
 
 /// One member's state.
@@ -138,6 +173,10 @@ pub(crate) struct Room {
     /// Every member's current name, for the uniqueness check.
     names: HashSet<Arc<str>>,
     limits: Limits,
+    /// Whether other processes share the room through the chat bus: then names are claimed,
+    /// and `/who` answered, by the bus ([`Delivery::Bus`]), and every broadcast is emitted
+    /// (members elsewhere may receive it).
+    shared: bool,
 }
 
 impl Room {
@@ -147,7 +186,78 @@ impl Room {
             members: HashMap::new(),
             names: HashSet::new(),
             limits,
+            shared: false,
         }
+    }
+
+    /// An empty room shared with other processes through the chat bus: the room still decides
+    /// and formats everything it can alone, and asks the bus ([`Delivery::Bus`]) what only
+    /// every instance's names can tell. Members join with [`Room::join_as`].
+    pub(crate) fn shared(limits: Limits) -> Room {
+        Room {
+            shared: true,
+            ..Room::new(limits)
+        }
+    }
+
+    /// Whether the room is shared through the chat bus.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Adds `member` to a shared room as `name`, which the bus has claimed for it, with
+    /// `count` members in the whole room (the newcomer included): the greeting goes to it, `*
+    /// NAME joined` to everyone else, on every instance.
+    pub(crate) fn join_as(
+        &mut self,
+        member: MemberId,
+        name: &str,
+        count: usize,
+        out: &mut Vec<Delivery>,
+    ) {
+        if self.members.contains_key(&member) {
+            self.leave(member, out);
+        }
+        let name: Arc<str> = name.into();
+        self.names.insert(name.clone());
+        self.welcome(member, &name, count, out);
+        out.push(Delivery::Broadcast {
+            except: Some(member),
+            bytes: notice(&name, " joined"),
+        });
+        self.members.insert(
+            member,
+            Member {
+                name,
+                partial: Vec::new(),
+            },
+        );
+    }
+
+    /// The bus took the name `member` asked for with `/nick` (its notice is on its way to
+    /// everyone): the member has it from now on.
+    pub(crate) fn renamed(&mut self, member: MemberId, name: &str) {
+        let Some(m) = self.members.get_mut(&member) else {
+            return;
+        };
+        let new: Arc<str> = name.into();
+        let old = std::mem::replace(&mut m.name, new.clone());
+        self.names.remove(&old);
+        self.names.insert(new);
+    }
+
+    /// The name `member` asked for with `/nick` is held on another instance.
+    pub(crate) fn rename_refused(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
+        if self.members.contains_key(&member) {
+            reply(member, NAME_TAKEN_REPLY, out);
+        }
+    }
+
+    /// Removes every member at once without a word to anyone (the chat bus is lost: the driver
+    /// tells each member and closes it; the other instances reap the names).
+    pub(crate) fn clear(&mut self) {
+        self.members.clear();
+        self.names.clear();
     }
 
     /// Adds `member` as `name` (a `-2`, `-3`, ... suffix is added if `name` is taken): the
@@ -159,13 +269,7 @@ impl Room {
         }
         let name = self.free_name(name);
         self.names.insert(name.clone());
-        let count = self.members.len() + 1;
-        let plural = if count == 1 { "member" } else { "members" };
-        out.push(Delivery::To {
-            member,
-            bytes: format!("* welcome {name}; {count} {plural} here; /nick NAME, /who, quit\n")
-                .into_bytes(),
-        });
+        self.welcome(member, &name, self.members.len() + 1, out);
         self.broadcast(Some(member), notice(&name, " joined"), out);
         self.members.insert(
             member,
@@ -233,7 +337,16 @@ impl Room {
     pub(crate) fn leave(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
         if let Some(m) = self.members.remove(&member) {
             self.names.remove(&m.name);
-            self.broadcast(Some(member), notice(&m.name, " left"), out);
+            let bytes = left_notice(&m.name);
+            if self.shared {
+                out.push(Delivery::Bus(BusRequest::Release {
+                    member,
+                    name: m.name,
+                    notice: bytes,
+                }));
+            } else {
+                self.broadcast(Some(member), bytes, out);
+            }
         }
     }
 
@@ -277,7 +390,7 @@ impl Room {
             return self.on_command(member, command, out);
         }
         let name = &self.members[&member].name;
-        if self.members.len() > 1 {
+        if self.members.len() > 1 || self.shared {
             let mut bytes = Vec::with_capacity(name.len() + 2 + line.len() + 1);
             bytes.extend_from_slice(name.as_bytes());
             bytes.extend_from_slice(b": ");
@@ -331,9 +444,17 @@ impl Room {
             return;
         }
         if self.names.contains(new) {
-            return reply(member, b"error name taken\n", out);
+            return reply(member, NAME_TAKEN_REPLY, out);
         }
         let new: Arc<str> = new.into();
+        if self.shared {
+            let notice = format!("* {} is now {new}\n", m.name).into_bytes();
+            return out.push(Delivery::Bus(BusRequest::Rename {
+                member,
+                name: new,
+                notice,
+            }));
+        }
         let old = std::mem::replace(&mut m.name, new.clone());
         self.names.remove(&old);
         self.names.insert(new.clone());
@@ -344,17 +465,21 @@ impl Room {
     }
 
     fn who(&self, member: MemberId, out: &mut Vec<Delivery>) {
-        let mut names: Vec<&str> = self.names.iter().map(|name| &**name).collect();
-        names.sort_unstable();
-        let mut bytes = b"* members: ".to_vec();
-        for (i, name) in names.iter().enumerate() {
-            if i > 0 {
-                bytes.extend_from_slice(b", ");
-            }
-            bytes.extend_from_slice(name.as_bytes());
+        if self.shared {
+            return out.push(Delivery::Bus(BusRequest::Who { member }));
         }
-        bytes.push(b'\n');
+        let bytes = members_line(self.names.iter().map(|name| name.as_bytes()));
         out.push(Delivery::To { member, bytes });
+    }
+
+    /// The greeting: `* welcome NAME; N members here; /nick NAME, /who, quit`.
+    fn welcome(&self, member: MemberId, name: &str, count: usize, out: &mut Vec<Delivery>) {
+        let plural = if count == 1 { "member" } else { "members" };
+        out.push(Delivery::To {
+            member,
+            bytes: format!("* welcome {name}; {count} {plural} here; /nick NAME, /who, quit\n")
+                .into_bytes(),
+        });
     }
 
     /// The member ends its conversation: it leaves, then is closed.
@@ -368,13 +493,14 @@ impl Room {
         self.depart(member, out);
     }
 
-    /// Emits a broadcast unless nobody but `except` could receive it. `except` must not be in
+    /// Emits a broadcast unless nobody but `except` could receive it (in a shared room, always:
+    /// members elsewhere may). `except` must not be in
     /// `members` yet (join) or any more (leave), or be its sender.
     fn broadcast(&self, except: Option<MemberId>, bytes: Vec<u8>, out: &mut Vec<Delivery>) {
         let others = self.members.len().saturating_sub(usize::from(
             except.is_some_and(|m| self.members.contains_key(&m)),
         ));
-        if others > 0 {
+        if others > 0 || self.shared {
             out.push(Delivery::Broadcast { except, bytes });
         }
     }
@@ -390,6 +516,31 @@ impl Room {
             .expect("a free suffix")
             .into()
     }
+}
+
+/// What a member is told when `/nick` asks for a name another member holds.
+const NAME_TAKEN_REPLY: &[u8] = b"error name taken\n";
+
+/// `/who`'s answer: `* members: a, b, c`, every name sorted bytewise (so the reply does not
+/// depend on hash order, or on which instance holds whom).
+pub(crate) fn members_line<'a>(names: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut names: Vec<&[u8]> = names.collect();
+    names.sort_unstable();
+    let mut bytes = b"* members: ".to_vec();
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            bytes.extend_from_slice(b", ");
+        }
+        bytes.extend_from_slice(name);
+    }
+    bytes.push(b'\n');
+    bytes
+}
+
+/// `* NAME left`: what the others are told when a member leaves (the chat bus also announces
+/// a dead instance's members with it).
+pub(crate) fn left_notice(name: &str) -> Vec<u8> {
+    notice(name, " left")
 }
 
 /// `* NAME` followed by `what` and a newline.
@@ -602,6 +753,7 @@ mod tests {
                         assert!(self.closed.insert(member), "closed twice");
                         assert_eq!(self.room.name(member), None);
                     }
+                    Delivery::Bus(request) => panic!("a room of one process asked {request:?}"),
                 }
             }
         }
@@ -632,6 +784,81 @@ mod tests {
         assert_eq!(net.got(A), "* unix-1 joined\n");
         assert_eq!(net.room.len(), 2);
         assert_eq!(net.room.name(B), Some("unix-1"));
+    }
+
+    /// A shared room: what it decides alone comes out as for one process, and what needs
+    /// every instance's names comes out as requests to the bus, in the order the room meant.
+    #[test]
+    fn a_shared_room_asks_the_bus_what_only_every_instance_knows() {
+        let mut room = Room::shared(Limits::default());
+        assert!(room.is_shared());
+        let mut out = Vec::new();
+        room.join_as(A, "alice", 3, &mut out);
+        assert_eq!(
+            out,
+            [
+                Delivery::To {
+                    member: A,
+                    bytes: b"* welcome alice; 3 members here; /nick NAME, /who, quit\n".to_vec()
+                },
+                // Members elsewhere may hear it, though none is here.
+                Delivery::Broadcast {
+                    except: Some(A),
+                    bytes: b"* alice joined\n".to_vec()
+                }
+            ]
+        );
+        out.clear();
+        room.on_input(A, b"hi\n/who\n/nick bob\n", &mut out);
+        assert_eq!(
+            out,
+            [
+                Delivery::Broadcast {
+                    except: Some(A),
+                    bytes: b"alice: hi\n".to_vec()
+                },
+                Delivery::Bus(BusRequest::Who { member: A }),
+                Delivery::Bus(BusRequest::Rename {
+                    member: A,
+                    name: "bob".into(),
+                    notice: b"* alice is now bob\n".to_vec()
+                }),
+            ]
+        );
+        assert_eq!(
+            room.name(A),
+            Some("alice"),
+            "not renamed before the bus says so"
+        );
+        out.clear();
+        room.rename_refused(A, &mut out);
+        assert_eq!(
+            out,
+            [Delivery::To {
+                member: A,
+                bytes: b"error name taken\n".to_vec()
+            }]
+        );
+        room.renamed(A, "bob");
+        assert_eq!(room.name(A), Some("bob"));
+        out.clear();
+        room.on_input(A, b"quit\n", &mut out);
+        assert_eq!(
+            out,
+            [
+                Delivery::Bus(BusRequest::Release {
+                    member: A,
+                    name: "bob".into(),
+                    notice: b"* bob left\n".to_vec()
+                }),
+                Delivery::Close { member: A }
+            ]
+        );
+        assert!(room.is_empty());
+        assert_eq!(
+            members_line([&b"b"[..], b"a", b"c"].into_iter()),
+            b"* members: a, b, c\n"
+        );
     }
 
     #[test]

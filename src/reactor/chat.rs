@@ -35,6 +35,7 @@ use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE};
 use crate::protocol::Limits;
 use crate::service::Address;
 
+use super::chat_bus::send_to_bus;
 use super::connection::FirstInput;
 use super::fanout::RoomLog;
 use super::handler::{ChatSink, Client, HeldInput};
@@ -51,16 +52,26 @@ pub(super) struct ChatRoom {
     listed: bool,
     /// Flow control: how much more the room takes, and the senders waiting for it.
     pub(super) pace: Pace,
+    /// A shared room's newcomers whose `joined` notice is not back from the bus yet, by slab
+    /// key: their serial and their greeting, sent when the notice comes back (their place in the
+    /// room's order). Empty for a room of one process.
+    pub(super) greetings: HashMap<usize, (u64, Vec<u8>)>,
 }
 
 impl ChatRoom {
-    /// An empty room whose members may be owed up to `output_limit` bytes each.
-    pub(super) fn new(limits: Limits, output_limit: usize) -> ChatRoom {
+    /// An empty room whose members may be owed up to `output_limit` bytes each; `shared`: on
+    /// the chat bus (see `reactor::chat_bus`).
+    pub(super) fn new(limits: Limits, output_limit: usize, shared: bool) -> ChatRoom {
         ChatRoom {
-            room: Room::new(limits),
+            room: if shared {
+                Room::shared(limits)
+            } else {
+                Room::new(limits)
+            },
             log: RoomLog::default(),
             listed: false,
             pace: Pace::new(output_limit),
+            greetings: HashMap::new(),
         }
     }
 }
@@ -108,6 +119,9 @@ pub(super) struct Pace {
     /// What parked senders read and the room did not take yet, by slab key (with the serial,
     /// so a key's next tenant never gets it).
     held: HashMap<usize, (u64, Box<HeldInput>)>,
+    /// Broadcast bytes published on the chat bus and not back yet: every member will be owed
+    /// them, so they count as backlog (always 0 for a room of one process).
+    in_flight: usize,
 }
 
 impl Pace {
@@ -122,7 +136,18 @@ impl Pace {
             draining_since: None,
             parked: VecDeque::new(),
             held: HashMap::new(),
+            in_flight: 0,
         }
+    }
+
+    /// Bytes this instance published came back from the chat bus (into the log).
+    pub(super) fn returned(&mut self, bytes: usize) {
+        self.in_flight = self.in_flight.saturating_sub(bytes);
+    }
+
+    /// The chat bus is lost and the room empty: nothing is in flight, nobody waits.
+    pub(super) fn reset(&mut self) {
+        *self = Pace::new(self.high * 2);
     }
 
     /// The input sender `key` (serial `id`) left unread by the room, if any.
@@ -170,6 +195,8 @@ impl Pace {
     /// takes lines again, goes on draining, or says that the grace is over (`true`), so the
     /// members holding the room back must be found and marked behind.
     fn settle(&mut self, largest: usize, now: Instant) -> Settled {
+        // What is on its way back from the chat bus is owed to every member already.
+        let largest = largest + self.in_flight;
         match self.draining_since {
             None if largest < self.high => {
                 self.headroom = self.high - largest;
@@ -257,6 +284,12 @@ impl Reactor {
 
     /// Adds the newly accepted connection `key` to the room of endpoint `room` as `peer`.
     pub(super) fn join_room(&mut self, key: usize, room: usize, peer: &Peer) {
+        if self.rooms[room]
+            .as_ref()
+            .is_some_and(|c| c.room.is_shared())
+        {
+            return self.join_through_bus(key, room, &peer.to_string());
+        }
         if let Some(chat) = self.rooms[room].as_mut() {
             chat.room
                 .join(MemberId(key), &peer.to_string(), &mut self.deliveries);
@@ -282,6 +315,23 @@ impl Reactor {
         let mut tally = log_enabled!(Level::Trace).then(Tally::default);
         for delivery in self.deliveries.drain(..) {
             match delivery {
+                // A shared room's broadcasts enter the log when they come back from the bus
+                // (`chat_bus`), at their place in the room's order; its questions go there too.
+                Delivery::Broadcast { .. } | Delivery::Bus(_) if chat.room.is_shared() => {
+                    if let Delivery::Broadcast { bytes, .. } = &delivery {
+                        if let Some(tally) = tally.as_mut() {
+                            tally.published += 1;
+                        }
+                        chat.pace.took(bytes.len());
+                        chat.pace.in_flight += bytes.len();
+                    }
+                    if let Some(bus) = self.bus.as_mut() {
+                        send_to_bus(bus, &self.clients, &chat.room, room, delivery);
+                    }
+                }
+                Delivery::Bus(request) => {
+                    debug!("{name}: a room of one process asked the bus {request:?}; ignored");
+                }
                 Delivery::Broadcast { except, bytes } => {
                     if let Some(tally) = tally.as_mut() {
                         let reach = Members(recipients(&chat.room, except));
@@ -652,6 +702,7 @@ impl Reactor {
             return;
         };
         chat.pace.forget(key);
+        chat.greetings.remove(&key);
         if chat.room.name(MemberId(key)).is_some() {
             trace!(
                 "{}: {} has gone (its connection closed); the others are told",
@@ -706,6 +757,8 @@ struct Tally {
     /// Who sent them: `Some(Some(key))` while it is one member.
     sender: Option<Option<usize>>,
     several: bool,
+    /// Broadcasts published on the chat bus (a shared room), to come back in the room's order.
+    published: usize,
 }
 
 impl Tally {
@@ -751,6 +804,17 @@ impl Tally {
                 "{name}: and {} more lines for members alone",
                 self.replies - 1
             );
+        }
+        match self.published {
+            0 => {}
+            1 => trace!(
+                "{name}: 1 broadcast published on the chat bus; it enters the log when it comes \
+                 back, in the room's order"
+            ),
+            n => trace!(
+                "{name}: {n} broadcasts published on the chat bus; they enter the log when they \
+                 come back, in the room's order"
+            ),
         }
     }
 }

@@ -43,7 +43,9 @@
 
 mod accept;
 mod buffers;
+mod bus;
 mod chat;
+mod chat_bus;
 mod connection;
 mod datagram;
 mod fanout;
@@ -55,6 +57,7 @@ mod upload;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,10 +72,12 @@ use crate::net::datagram::DatagramStats;
 use crate::net::systemd::Notifier;
 use crate::net::{BoundDatagram, BoundListener, ReserveFd, StreamListener};
 use crate::options::ServeOptions;
+use crate::protocol::bus::BusUrl;
 use crate::protocol::room::{Delivery, MemberId};
 use crate::service::{Address, ProtocolKind};
 
 pub(crate) use buffers::SharedBuffers;
+use bus::{Bus, BusRoom, BUS_COMMANDS_TOKEN, BUS_SUBSCRIPTION_TOKEN};
 use chat::{ChatRoom, Outbox};
 use connection::{FirstInput, Verdict};
 use handler::{Client, Handler};
@@ -109,6 +114,9 @@ pub(crate) struct Config {
     pub options: ServeOptions,
     /// `--upload-io loop`: file operations in the loop itself, a foil (normally: I/O threads).
     pub upload_io_in_loop: bool,
+    /// `--chat-bus`: the Redis that shares the chat rooms, and its address, resolved at start
+    /// (the loop never looks a name up).
+    pub chat_bus: Option<(BusUrl, SocketAddr)>,
 }
 
 /// A socket the loop owns for a whole service: a listener, whose clients become connections, or
@@ -182,6 +190,10 @@ pub(crate) struct Reactor {
     refusing: bool,
     /// When a graceful shutdown must be over; `None` while serving normally.
     shutdown_deadline: Option<Instant>,
+    /// The chat bus (`--chat-bus`), when a chat service is served with one.
+    bus: Option<Bus>,
+    /// When the bus's timer is set for (`None`: not set).
+    bus_wake: Option<Instant>,
 }
 
 impl Endpoint {
@@ -209,10 +221,16 @@ impl Reactor {
         let Config {
             options: config,
             upload_io_in_loop,
+            chat_bus,
         } = config;
         let poll = Poll::new()?;
         let mut endpoints = Vec::with_capacity(listeners.len() + datagrams.len());
+        let mut shared_rooms = Vec::new();
         for bound in listeners {
+            if let (ProtocolKind::Chat, Some((url, _))) = (bound.protocol, &chat_bus) {
+                let room = BusRoom::new(endpoints.len(), bound.room_name(), url.db);
+                shared_rooms.push(room);
+            }
             let (protocol, local) = (bound.protocol, bound.local.clone());
             let token = Token(LISTENER_TOKEN_BASE + endpoints.len());
             let socket = EndpointSocket::Listener(bound.register(poll.registry(), token)?);
@@ -238,14 +256,23 @@ impl Reactor {
                 local.transport()
             );
         }
-        // Each chat service is a room of its own.
+        // Each chat service is a room of its own, shared with other processes on the bus.
         let rooms = endpoints
             .iter()
             .map(|e| {
                 (e.protocol == ProtocolKind::Chat)
-                    .then(|| ChatRoom::new(config.limits, config.output_limit))
+                    .then(|| ChatRoom::new(config.limits, config.output_limit, chat_bus.is_some()))
             })
             .collect();
+        // Each room's pace keeps what it has in flight under half of --output-limit and a
+        // quantum: only a Redis that stops taking lines fills this.
+        let bus_queue_limit = config.output_limit.saturating_mul(shared_rooms.len() + 1);
+        let bus = match chat_bus {
+            Some((url, addr)) if !shared_rooms.is_empty() => {
+                Some(Bus::new(url, addr, shared_rooms, bus_queue_limit))
+            }
+            _ => None,
+        };
         let mut signals = signals;
         if let Some(signals) = signals.as_mut() {
             poll.registry()
@@ -281,6 +308,8 @@ impl Reactor {
             reserve_fd: ReserveFd::new(),
             refusing: false,
             shutdown_deadline: None,
+            bus,
+            bus_wake: None,
         })
     }
 
@@ -320,6 +349,10 @@ impl Reactor {
     /// The loop itself: poll, serve every event, then the work left over, until stopped.
     fn serve_until_stopped(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        if let Some(bus) = self.bus.as_mut() {
+            bus.start(self.poll.registry(), Instant::now());
+            self.schedule_bus();
+        }
         loop {
             let timeout = self.poll_timeout();
             trace!("poll: {}", describe_timeout(timeout));
@@ -352,6 +385,10 @@ impl Reactor {
                     }
                     continue;
                 }
+                if event.token() == BUS_COMMANDS_TOKEN || event.token() == BUS_SUBSCRIPTION_TOKEN {
+                    self.on_bus_ready(event.token(), &now);
+                    continue;
+                }
                 if let Some(client) = self.clients.get_mut(event.token().0) {
                     if event.is_read_closed() || event.is_error() {
                         client.conn.note_peer_closing();
@@ -363,6 +400,7 @@ impl Reactor {
                 self.dispatch(event.token(), &now);
             }
             self.serve_still_ready(&now);
+            self.serve_bus(&now);
             self.flush_chat_members(&now);
             self.fire_timers(&now);
             self.reap_finished();
@@ -393,6 +431,18 @@ impl Reactor {
         }
         if token == STORAGE_TOKEN {
             return "the I/O threads rang the waker: file operations finished".to_owned();
+        }
+        if token == BUS_COMMANDS_TOKEN {
+            return format!(
+                "the chat bus's command connection {}",
+                readiness("replies from Redis", "room to send commands")
+            );
+        }
+        if token == BUS_SUBSCRIPTION_TOKEN {
+            return format!(
+                "the chat bus's subscription {}",
+                readiness("the rooms' lines, in order", "room to send")
+            );
         }
         if token.0 >= LISTENER_TOKEN_BASE {
             let Some(endpoint) = self.endpoints.get(token.0 - LISTENER_TOKEN_BASE) else {
@@ -661,6 +711,8 @@ impl Reactor {
     /// Stops accepting, closes idle connections, and lets busy ones finish writing.
     fn begin_shutdown(&mut self, now: &Now) {
         self.notifier.stopping();
+        // The members of shared rooms leave them for the other instances, before they close.
+        self.leave_bus();
         self.shutdown_deadline = Some(now.instant + self.config.shutdown_timeout);
         for (index, endpoint) in self.endpoints.iter_mut().enumerate() {
             // Closing the socket deregisters it; clients connecting from now on are refused, and
@@ -704,7 +756,7 @@ impl Reactor {
         let Some(deadline) = self.shutdown_deadline else {
             return false;
         };
-        if self.clients.is_empty() {
+        if self.clients.is_empty() && self.bus.as_ref().map_or(true, Bus::is_settled) {
             info!("shutdown complete");
             return true;
         }

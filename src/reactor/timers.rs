@@ -35,6 +35,8 @@ pub(super) enum Wake {
     /// Look again at chat room `room`, which has waited for its members to drain since the
     /// timer was set (flow control's grace, see [`super::chat`]).
     Room { room: usize },
+    /// The chat bus: a retry, a heartbeat, or a reply's deadline is due (`super::bus`).
+    Bus,
 }
 
 /// A deadline: when, and what for. The connection's serial number travels with its key, so a
@@ -66,6 +68,7 @@ impl Reactor {
                     }
                 }
                 Wake::Room { room } => self.list_room(room),
+                Wake::Bus => self.bus_timer(now),
                 Wake::Reply { key, id } => {
                     let Some(client) = self.clients.get_mut(key) else {
                         continue;
@@ -127,7 +130,7 @@ impl Reactor {
             | Wake::Linger { key, id }
             | Wake::Header { key, id }
             | Wake::Reply { key, id } => clients.get(key).is_some_and(|c| c.conn.id == id),
-            Wake::Accept { .. } | Wake::Watchdog | Wake::Room { .. } => true,
+            Wake::Accept { .. } | Wake::Watchdog | Wake::Room { .. } | Wake::Bus => true,
         });
         self.timers.shrink_to(2 * self.timers.len());
         debug!(
@@ -138,7 +141,10 @@ impl Reactor {
 
     /// Zero if work is left over from the last turn; otherwise until the nearest deadline.
     pub(super) fn poll_timeout(&self) -> Option<Duration> {
-        if !self.still_ready.is_empty() || self.chat_output_waiting() {
+        if !self.still_ready.is_empty()
+            || self.chat_output_waiting()
+            || self.bus.as_ref().is_some_and(|bus| bus.has_more())
+        {
             return Some(Duration::ZERO);
         }
         let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use log::{debug, trace};
 
 use crate::clock::Now;
-use crate::protocol::room::{Delivery, MemberId, Room};
+use crate::protocol::room::{BusRequest, Delivery, MemberId, Room};
 use crate::protocol::Arrival;
 
 use super::super::buffers::SharedBuffers;
@@ -41,14 +41,31 @@ pub(crate) struct ChatMember {
     /// Whether lines were still owed to it when it was last written to (the socket was full):
     /// what its interest and phase decisions go by between writes.
     owed: bool,
-    /// Waiting in its room's queue of senders for the room to take more of its lines: it is not
-    /// read meanwhile (see `reactor::chat`, flow control).
-    parked: bool,
     /// It held the room back for too long: the room's pace no longer waits for it (it catches
     /// up, or it is dropped at `--output-limit`).
     behind: bool,
+    /// Whether it is read, and if not what it waits for (one byte: every member pays for it).
+    waiting: Waiting,
     /// Its cursor into the room's log, and lines for it alone.
     output: MemberOutput,
+}
+
+/// What stops a member from being read, if anything: at most one thing at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Waiting {
+    /// Nothing: it is read.
+    #[default]
+    Nothing,
+    /// Parked: in its room's queue of senders, for the room to take more of its lines (see
+    /// `reactor::chat`, flow control).
+    Parked,
+    /// For its place in a shared room's order (see `reactor::chat_bus`): its name to be claimed,
+    /// then its `joined` notice to come back from the bus. Neither read nor written meanwhile,
+    /// and owed nothing.
+    Joining,
+    /// The answer to its `/nick` or `/who`: written to, not read (its next line must follow the
+    /// answer: carry the new name, or come after the list), and one question at a time.
+    Answer,
 }
 
 /// A chat sender's input read but not yet handed to its room (it was parked in the middle of a
@@ -89,6 +106,9 @@ enum Fed {
     Stopped(usize),
     /// The member's conversation ended (or it was dropped): read no more.
     Ended,
+    /// The room asked the chat bus about this member (`/nick`, `/who`) after this many bytes:
+    /// read no more until the answer.
+    Asked(usize),
 }
 
 /// Driving: the read path, and the writes from the room's log.
@@ -100,8 +120,8 @@ impl ChatMember {
             room,
             dirty: false,
             owed: false,
-            parked: false,
             behind: false,
+            waiting: Waiting::Nothing,
             output: MemberOutput::joining(log),
         }
     }
@@ -116,6 +136,13 @@ impl ChatMember {
         mut sink: ChatSink<'_>,
         first: Option<FirstInput>,
     ) -> Verdict {
+        if self.waiting == Waiting::Joining {
+            trace!(
+                "conn #{}: its name is not claimed yet: not reading it",
+                conn.id
+            );
+            return Verdict::default();
+        }
         // Once, before reading: what the room decides in this drive is routed and written after
         // it, at the end of the turn.
         conn.flush_unsent();
@@ -137,6 +164,9 @@ impl ChatMember {
         me: MemberId,
     ) -> Verdict {
         self.dirty = false;
+        if self.waiting == Waiting::Joining {
+            return Verdict::default(); // Owed nothing yet.
+        }
         conn.flush_unsent();
         self.flush_lines(conn, log, me);
         conn.settle(&mut shared.read, now, false, self.owed)
@@ -157,6 +187,10 @@ impl ChatMember {
         let mut owed: Option<usize> = None;
         let limit = shared.output_limit;
         while conn.is_serving() {
+            if self.waiting == Waiting::Answer {
+                trace!("conn #{}: waiting for the chat bus to answer it", conn.id);
+                return false;
+            }
             // Input the room could not take last time goes first, then the socket, while the
             // room takes this member's lines.
             if let Some(mut held) = sink.held.take() {
@@ -166,10 +200,10 @@ impl ChatMember {
                         held.start = 0;
                         *sink.held = Some(held); // a flood goes on: keep the buffer
                     }
-                    Fed::Stopped(taken) => {
+                    Fed::Stopped(taken) | Fed::Asked(taken) => {
                         held.start += taken;
                         *sink.held = Some(held);
-                        self.parked = true;
+                        self.park();
                         return false;
                     }
                     Fed::Ended => return false,
@@ -180,7 +214,7 @@ impl ChatMember {
                     "conn #{}: its room takes no more of its lines for now: not reading it",
                     conn.id
                 );
-                self.parked = true;
+                self.park();
                 return false;
             }
             if conn.is_over_output_limit(0, limit) {
@@ -191,12 +225,12 @@ impl ChatMember {
                     Input::Bytes { len, arrival } => {
                         match self.feed_room(conn, &shared.read[..len], sink, &mut owed, limit) {
                             Fed::All => {}
-                            Fed::Stopped(taken) => {
+                            Fed::Stopped(taken) | Fed::Asked(taken) => {
                                 let held = sink.held.get_or_insert_with(Box::default);
                                 held.bytes.drain(..held.start);
                                 held.start = 0;
                                 held.bytes.extend_from_slice(&shared.read[taken..len]);
-                                self.parked = true;
+                                self.park();
                                 return false;
                             }
                             Fed::Ended => return false,
@@ -277,6 +311,10 @@ impl ChatMember {
                 self.close(conn, "over the output limit");
                 return Fed::Ended;
             }
+            if asks_bus(new, sink.member) {
+                self.waiting = Waiting::Answer;
+                return Fed::Asked(input.len() - rest.len());
+            }
         }
         Fed::All
     }
@@ -353,25 +391,30 @@ impl ChatMember {
     /// Where this member stands in its room's log (`None` once it has left the room, or its
     /// connection closed): lines before every member's cursor can be trimmed.
     pub(crate) fn log_cursor(&self, conn: &Connection) -> Option<u64> {
-        if conn.is_closed() {
-            return None;
+        if conn.is_closed() || self.waiting == Waiting::Joining {
+            return None; // A newcomer's place is set when it is in the room's order.
         }
         self.output.cursor()
     }
 
     /// Bytes still owed to this member: what `--output-limit` bounds.
     pub(crate) fn backlog(&self, log: &RoomLog) -> usize {
+        if self.waiting == Waiting::Joining {
+            return 0;
+        }
         self.output.backlog(log)
     }
 
     /// Whether it waits for its room to take more of its lines (not read meanwhile).
     pub(crate) fn is_parked(&self) -> bool {
-        self.parked
+        self.waiting == Waiting::Parked
     }
 
     /// The room can take its lines again: the next drive reads it.
     pub(crate) fn unpark(&mut self) {
-        self.parked = false;
+        if self.waiting == Waiting::Parked {
+            self.waiting = Waiting::Nothing;
+        }
     }
 
     /// Whether it no longer sets its room's pace (it held the room back too long).
@@ -382,6 +425,36 @@ impl ChatMember {
     /// Says whether it sets its room's pace (`false`) or not (`true`).
     pub(crate) fn set_behind(&mut self, behind: bool) {
         self.behind = behind;
+    }
+
+    /// Stops reading it until the room takes its lines again, unless it waits for the bus (the
+    /// bus's answer comes first; the room's pace then has it read as any sender).
+    fn park(&mut self) {
+        if self.waiting == Waiting::Nothing {
+            self.waiting = Waiting::Parked;
+        }
+    }
+
+    /// A newcomer to a shared room: not read or written until the bus claims its name.
+    pub(crate) fn wait_for_bus(&mut self) {
+        self.waiting = Waiting::Joining;
+    }
+
+    /// Whether it waits for its name to be claimed (not in its room yet).
+    pub(crate) fn is_joining(&self) -> bool {
+        self.waiting == Waiting::Joining
+    }
+
+    /// Its `joined` notice is back from the bus, at its place in the room's order (or the bus
+    /// is gone): it is owed the room's lines from now on, none that came before.
+    pub(crate) fn joined_via_bus(&mut self, log: &RoomLog) {
+        self.waiting = Waiting::Nothing;
+        self.output = MemberOutput::joining(log);
+    }
+
+    /// The bus answered its `/nick` or `/who` (or is gone): it is read again.
+    pub(crate) fn bus_answered(&mut self) {
+        self.waiting = Waiting::Nothing;
     }
 
     /// Puts it on the loop's flush list; whether it was not on it already.
@@ -410,6 +483,16 @@ fn broadcast_bytes(deliveries: &[Delivery]) -> usize {
             _ => 0,
         })
         .sum()
+}
+
+/// Whether `deliveries` ask the chat bus something for `member` (its `/nick`, its `/who`).
+fn asks_bus(deliveries: &[Delivery], member: MemberId) -> bool {
+    deliveries.iter().any(|d| match d {
+        Delivery::Bus(BusRequest::Rename { member: m, .. } | BusRequest::Who { member: m }) => {
+            *m == member
+        }
+        _ => false,
+    })
 }
 
 /// Whether `deliveries` end `member`'s conversation.
