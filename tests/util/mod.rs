@@ -1493,9 +1493,10 @@ impl Drop for RedisServer {
 }
 
 /// Waits (up to [`DEADLINE`]) until the chat service at `addr` greets a new member, which then
-/// leaves. An instance on a chat bus listens before it has reached Redis (its loop never waits
-/// for Redis) and refuses chat (`error chat unavailable`) until it has; a test that hands the
-/// instance to something that must not meet that (the load generator) waits here first.
+/// leaves. An instance on a chat bus may be listening before it has reached Redis (its loop
+/// never waits for Redis), and the contract lets it refuse chat (`error chat unavailable`)
+/// until it has; a test that hands the instance to something that must not meet that (the load
+/// generator, HAProxy) waits here first.
 /// `header` is sent first on each try: a PROXY header for a `--proxy-protocol` instance, or
 /// nothing.
 pub fn wait_until_chat_greets(addr: SocketAddr, header: &[u8]) {
