@@ -137,10 +137,13 @@ impl ChatMember {
         first: Option<FirstInput>,
     ) -> Verdict {
         if self.waiting == Waiting::Joining {
-            trace!(
-                "conn #{}: its name is not claimed yet: not reading it",
-                conn.id
-            );
+            trace!("conn #{}: not in its room's order yet: not reading it", conn.id);
+            if let Some(first) = first {
+                // What followed its PROXY header is in the loop's read buffer, lent for this
+                // drive only: the room keeps it until the member is in the order.
+                let held = sink.held.get_or_insert_with(Box::default);
+                held.bytes.extend_from_slice(&shared.read[..first.len]);
+            }
             return Verdict::default();
         }
         // Once, before reading: what the room decides in this drive is routed and written after
