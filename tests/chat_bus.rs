@@ -678,6 +678,56 @@ fn a_default_name_held_on_the_other_instance_gets_a_suffix() {
     third.expect("* members: 10.1.2.3:5555, 10.1.2.3:5555-2, 10.1.2.3:5555-3");
 }
 
+/// A client's first line sent in the same write as its PROXY header (as a relay may forward
+/// them) is not lost while the newcomer takes its place in the room: it reaches the members of
+/// both instances, after the newcomer's join.
+#[test]
+fn a_line_sent_with_the_proxy_header_reaches_both_instances() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (a, b) = pair([&url, &url], &["--proxy-protocol"]);
+    let (addr_a, addr_b) = (a.addr("chat"), b.addr("chat"));
+    let header = |client: &str, port: u16| {
+        format!("PROXY TCP4 {client} 127.0.0.1 4000 {port}\r\n").into_bytes()
+    };
+    let relayed = |addr: SocketAddr, bytes: Vec<u8>| {
+        move || {
+            let mut member = Member::tcp(addr);
+            member.send_raw(&bytes);
+            member
+        }
+    };
+    let (mut on_a, _) =
+        Member::join_by(relayed(addr_a, header("10.0.0.1", addr_a.port())), &mut []);
+    let (mut on_b, _) = Member::join_by(
+        relayed(addr_b, header("10.0.0.2", addr_b.port())),
+        &mut [&mut on_a],
+    );
+
+    let mut bytes = header("10.0.0.3", addr_a.port());
+    bytes.extend_from_slice(b"first words\n");
+    let (mut eager, _) = Member::join_by(relayed(addr_a, bytes), &mut [&mut on_a, &mut on_b]);
+    assert_eq!(eager.name, "10.0.0.3:4000");
+    for member in [&mut on_a, &mut on_b] {
+        member.expect("10.0.0.3:4000: first words");
+    }
+    eager.say("and more");
+    for member in [&mut on_a, &mut on_b] {
+        member.expect("10.0.0.3:4000: and more");
+    }
+
+    // And as the very first connection of a just-started instance, which may still be
+    // connecting to Redis: a `/who` in the header's write is answered once it is in the room.
+    let c = instance(&url, &["chat@127.0.0.1:0"], &["--proxy-protocol"]);
+    let addr_c = c.addr("chat");
+    let mut bytes = header("10.0.0.4", addr_c.port());
+    bytes.extend_from_slice(b"/who\n");
+    let (mut first, _) = Member::join_by(relayed(addr_c, bytes), &mut []);
+    first.expect("* members: 10.0.0.4:4000");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. One order.
 
