@@ -52,10 +52,11 @@ use std::io::{self, Read, Write as _};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use log::{debug, trace};
+use log::{debug, trace, warn};
 use mio::{Interest, Token};
 
 use super::driver::{self, Driver, Meter, Plan, Unsent};
+use super::order::OrderPrints;
 use super::report::Counts;
 use super::{Gate, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECT_ATTEMPTS};
 use crate::net::Stream;
@@ -144,6 +145,11 @@ struct Chat<'a> {
     sent: Vec<u64>,
     /// Load: lines of each sender its observer has received (or skipped past).
     observed: Vec<u64>,
+    /// Load: each member's order fingerprints of every pair of senders (the "one order" check).
+    order: OrderPrints,
+    /// Load: members with an error of their own (a wrong, skipped or missing line, or dropped),
+    /// whose order is therefore not compared.
+    faulty: Vec<bool>,
     /// Idle: when each member connected, until its greeting arrives (then `None`).
     awaiting_greeting: Vec<Option<Instant>>,
     /// Idle: members whose greeting has arrived.
@@ -212,6 +218,8 @@ impl<'a> Chat<'a> {
             expected: vec![0; n * senders],
             sent: vec![0; senders],
             observed: vec![0; senders],
+            order: OrderPrints::new(if idle { 0 } else { n }, senders),
+            faulty: vec![false; n],
             awaiting_greeting: vec![None; n],
             greeted: 0,
             start: Instant::now(),
@@ -386,6 +394,7 @@ impl<'a> Chat<'a> {
                 let lacking = self.sent[s] - self.expected[r * self.senders + s].min(self.sent[s]);
                 if s != r && lacking > 0 {
                     missing += lacking;
+                    self.faulty[r] = true;
                     first.get_or_insert((r, s, lacking));
                 }
             }
@@ -401,7 +410,29 @@ impl<'a> Chat<'a> {
                 )
             });
         }
+        self.check_one_order();
         Ok(())
+    }
+
+    /// The "one order" check, once every line has arrived or been counted missing: members
+    /// with no other error must agree on every pair of senders' interleaving
+    /// ([`super::order`]). Each member that does not is one wrong reply.
+    fn check_one_order(&mut self) {
+        let verdict = self.order.verdict(|r| !self.faulty[r]);
+        let Some(d) = verdict.first else {
+            return;
+        };
+        let differing = verdict.differing.len() as u64;
+        self.tally.wrong_replies += differing;
+        self.tally.order_differs += differing;
+        let (prefix, plural) = (&self.prefix, if differing == 1 { "" } else { "s" });
+        let what = format!(
+            "{differing} member{plural} saw another interleaving than the room's (first: \
+             {prefix}{} got {prefix}{}'s and {prefix}{}'s lines in another order than {prefix}{})",
+            d.member, d.a, d.b, d.reference
+        );
+        warn!("{what}");
+        self.tally.note_error(|| what);
     }
 
     fn all_closed(&self) -> bool {
@@ -622,6 +653,7 @@ impl<'a> Chat<'a> {
             });
         }
         if seq > expected {
+            self.faulty[r] = true;
             self.tally.missing_replies += seq - expected;
             let prefix = &self.prefix;
             self.tally.note_error(|| {
@@ -633,6 +665,7 @@ impl<'a> Chat<'a> {
             });
         }
         self.expected[slot] = seq + 1;
+        self.order.record(r, s);
         self.driver.completed(1);
         if sent_nanos >= self.warmup_nanos {
             self.tally.deliveries += 1;
@@ -646,6 +679,7 @@ impl<'a> Chat<'a> {
     }
 
     fn wrong(&mut self, r: usize, what: impl FnOnce() -> String) {
+        self.faulty[r] = true;
         self.tally.wrong_replies += 1;
         let prefix = &self.prefix;
         self.tally
@@ -660,6 +694,7 @@ impl<'a> Chat<'a> {
         if self.stopping && self.all_delivered() {
             debug!("member {i}: {reason} after the last delivery");
         } else {
+            self.faulty[i] = true;
             self.tally.dropped += 1;
             let prefix = &self.prefix;
             self.tally
