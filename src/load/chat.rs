@@ -1,6 +1,7 @@
 //! `oneloop load --protocol chat`: every connection is a member of one chat room; `--senders`
 //! of them send numbered lines, and every member checks that it receives each other sender's
-//! lines exactly once, in order, under the right name.
+//! lines exactly once, in order, under the right name — and, at the end, that all the members
+//! saw the senders' lines in one interleaving: the room's one order.
 //!
 //! All the members live on one thread and one `mio::Poll` (`--threads` must be 1): the start
 //! barrier and the closed loop below both need to see every member's state, and one thread sees
@@ -36,6 +37,29 @@
 //! a name that is not its ID's is a wrong reply; a higher SEQ is a gap, its skipped lines missing. Delivery latency is the
 //! receipt time less NANOS, on the same clock. At the end senders stop, and the last lines get
 //! [`GRACE`] to reach everyone; each one a member still lacks is missing.
+//!
+//! ## One order
+//!
+//! Per-sender checks pass a room that delivers each sender's lines in order but interleaves
+//! different senders' lines differently at different members — which a room spread over two
+//! instances (`oneloop load A B`, one Redis between them) could do, and which the contract
+//! forbids ("one order per room"). So each member also keeps [`super::order`]'s pairwise
+//! fingerprints: for each pair of senders, a 64-bit hash of how their lines interleaved as it
+//! received them, updated as each line is accepted (a line refused as a duplicate or out of
+//! order is not counted). After the grace, for each pair, every member that is neither of the two
+//! must hold the same hash. Why pairs suffice, and what is proven when every member sends
+//! (nothing with 3 members; everything from 4 on), is in that module. Fixed memory, no line
+//! stored: K (K − 1) / 2 hashes per member, for the first
+//! [`MAX_ORDERED_SENDERS`](super::order::MAX_ORDERED_SENDERS) (64) senders — beyond them the
+//! memory and the per-line cost would grow with K², so later senders' lines are checked per
+//! sender only.
+//!
+//! A member that already has an error of its own (a wrong, skipped or missing line, or dropped
+//! before the end) would differ for that reason alone, so it is left out: only members whose
+//! every line was right are compared, each member that disagrees with the room's order (the hash
+//! most of them hold, pair by pair) counts as one wrong reply — and as one `order_differs`, so
+//! the summary and the JSON say which kind of wrong it was — and the first error and a warning
+//! name the pair and two members that disagree.
 //!
 //! ## Idle members (`--idle`)
 //!
@@ -427,8 +451,8 @@ impl<'a> Chat<'a> {
         self.tally.order_differs += differing;
         let (prefix, plural) = (&self.prefix, if differing == 1 { "" } else { "s" });
         let what = format!(
-            "{differing} member{plural} saw another interleaving than the room's (first: \
-             {prefix}{} got {prefix}{}'s and {prefix}{}'s lines in another order than {prefix}{})",
+            "{prefix}{} got {prefix}{}'s and {prefix}{}'s lines in another order than {prefix}{} \
+             ({differing} member{plural} saw another interleaving than the room's)",
             d.member, d.a, d.b, d.reference
         );
         warn!("{what}");

@@ -404,14 +404,18 @@ impl LoadReport {
                 (self.counts.lost, "lost (no reply datagram)"),
                 (self.counts.dropped, "connections dropped by the server"),
             ] {
-                if count > 0 {
-                    parts.push(format!("{count} {what}"));
+                if count == 0 {
+                    continue;
                 }
-                if what == "wrong replies" && self.counts.order_differs > 0 {
+                let differs = self.counts.order_differs;
+                if what == "wrong replies" && differs > 0 {
+                    let whom = if differs == 1 { "a member" } else { "members" };
                     parts.push(format!(
-                        "{} of them members that saw another interleaving of the senders' lines",
-                        self.counts.order_differs
+                        "{count} {what} (of which {differs} for {whom} that saw another \
+                         interleaving of the senders' lines)"
                     ));
+                } else {
+                    parts.push(format!("{count} {what}"));
                 }
             }
             writeln!(f, "errors      {} ({})", self.errors(), parts.join(", "))?;
@@ -720,6 +724,26 @@ mod tests {
     }
 
     #[test]
+    fn members_that_saw_another_order_are_wrong_replies_said_apart() {
+        let mut report = report(Mode::Load);
+        report.counts.wrong_replies = 3;
+        report.counts.order_differs = 2;
+        assert_eq!(report.errors(), 3);
+        assert!(!report.succeeded());
+        let json = report.to_json();
+        assert!(json.contains("\"wrong_replies\":3,"), "{json}");
+        assert!(json.contains("\"order_differs\":2,"), "{json}");
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "errors      3 (3 wrong replies (of which 2 for members that saw another \
+                 interleaving of the senders' lines))"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn summary_labels_every_figure() {
         let text = report(Mode::Load).to_string();
         for label in [
@@ -752,11 +776,13 @@ mod tests {
         let mut b = Counts::new();
         b.requests = 4;
         b.wrong_replies = 1;
+        b.order_differs = 1;
         b.first_error = Some("boom".into());
         b.latency.record(3000).unwrap();
         let total = Counts::merge(vec![a, b]);
         assert_eq!(total.requests, 7);
         assert_eq!(total.wrong_replies, 1);
+        assert_eq!(total.order_differs, 1);
         assert_eq!(total.latency.len(), 2);
         assert_eq!(total.first_error.as_deref(), Some("boom"));
     }
