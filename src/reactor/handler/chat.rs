@@ -137,7 +137,10 @@ impl ChatMember {
         first: Option<FirstInput>,
     ) -> Verdict {
         if self.waiting == Waiting::Joining {
-            trace!("conn #{}: not in its room's order yet: not reading it", conn.id);
+            trace!(
+                "conn #{}: not in its room's order yet: not reading it",
+                conn.id
+            );
             if let Some(first) = first {
                 // What followed its PROXY header is in the loop's read buffer, lent for this
                 // drive only: the room keeps it until the member is in the order.
