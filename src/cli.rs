@@ -137,7 +137,7 @@ pub(crate) struct ServeArgs {
     pub proxy_protocol: bool,
 
     /// Share every chat room with the other oneloop processes on this Redis
-    /// (redis://[[USER]:PASSWORD@]HOST:PORT[/DB]): one order, unique names and /who across
+    /// (`redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`): one order, unique names and /who across
     /// instances. The room is the port (tcp), the socket file's name (unix), or NAME (fd:NAME).
     /// The reactor only; HOST is resolved once, at start.
     #[arg(long, value_name = "URL", value_parser = parse_bus_url)]

@@ -902,6 +902,11 @@ enum ChatFault {
     /// partner, so the last lines of a run are never held back.) The two members themselves see
     /// each other's lines faithfully.
     SwapNames,
+    /// From the 100th numbered line on, holds one sender's lines back from the member named
+    /// `…-4` (a listener: with five members and two senders, no sender's observer) until the
+    /// other sender's next line, which it gets first: every line, once, each sender's in order,
+    /// but interleaved otherwise than at every other member.
+    Reorder,
 }
 
 /// How long [`ChatFault::SwapNames`] holds a line for its partner.
@@ -922,6 +927,9 @@ struct RoomState {
     swap_held: [VecDeque<(u64, Instant, String)>; 2],
     /// Indices whose line went out under its own name: its partner's goes out so too.
     swap_unpaired: std::collections::HashSet<u64>,
+    /// [`ChatFault::Reorder`]: the held sender and its lines, as shown; whether it is done.
+    reorder_held: Vec<(usize, String)>,
+    reorder_done: bool,
 }
 
 type Room = Arc<std::sync::Mutex<RoomState>>;
@@ -1094,6 +1102,38 @@ fn relay_swapped(state: &mut RoomState, me: usize, text: &str) -> bool {
     true
 }
 
+/// [`ChatFault::Reorder`]: relays `shown`, numbered line `state.numbered` of member `me`, if the
+/// fault has a use for it; false if not, for the caller to relay it.
+fn relay_reordered(state: &mut RoomState, me: usize, shown: &str) -> bool {
+    let victim = state.members.iter().position(|m| {
+        m.as_ref()
+            .is_some_and(|(name, _)| name.starts_with("ld") && name.ends_with("-4"))
+    });
+    let Some(victim) = victim else { return false };
+    if state.reorder_done || me == victim || (state.reorder_held.is_empty() && state.numbered < 100)
+    {
+        return false;
+    }
+    if state
+        .reorder_held
+        .first()
+        .map_or(true, |&(held, _)| held == me)
+    {
+        write_to_all_but(&mut state.members, &[me, victim], shown);
+        state.reorder_held.push((me, shown.to_string()));
+        return true;
+    }
+    // Another sender's line: to everyone, the victim first of all, then the held ones.
+    broadcast(&mut state.members, me, shown.as_bytes(), 1);
+    if let Some((_, writer)) = &mut state.members[victim] {
+        for (_, held) in state.reorder_held.drain(..) {
+            let _ = writer.write_all(held.as_bytes());
+        }
+    }
+    state.reorder_done = true;
+    true
+}
+
 /// Adds a member to `room` and serves it on a thread of its own.
 fn chat_member(
     room: &Room,
@@ -1152,6 +1192,10 @@ fn chat_member(
                 if text.starts_with(|c: char| c.is_ascii_digit()) {
                     state.numbered += 1;
                     if fault == ChatFault::SwapNames && relay_swapped(state, me, &text) {
+                        continue;
+                    }
+                    let shown = format!("{name}: {text}\n");
+                    if fault == ChatFault::Reorder && relay_reordered(state, me, &shown) {
                         continue;
                     }
                     if state.numbered == 100 {
@@ -1290,6 +1334,24 @@ fn chat_lines_under_another_senders_name_are_wrong() {
     // sender's number each line carries gives it away. (The real room passes the same run in
     // `chat_load_against_the_real_reactor`.) The first error says whose line it was.
     assert_chat_fault_is_wrong(ChatFault::SwapNames, "'s name");
+}
+
+#[test]
+fn chat_lines_interleaved_otherwise_at_one_member_are_wrong() {
+    // Every member gets every line once and each sender's in order, but one listener sees two
+    // senders' lines in another order than the rest of the room: only the one-order check
+    // catches it, and counts that member once.
+    let server = FakeChat::tcp(ChatFault::Reorder);
+    let outcome = chat_load(&server.address, &[]);
+    assert!(!outcome.status.success(), "{}", outcome.json());
+    assert_eq!(outcome.number("order_differs"), 1.0, "{}", outcome.json());
+    assert_eq!(outcome.number("wrong_replies"), 1.0, "{}", outcome.json());
+    assert_eq!(outcome.number("missing_replies"), 0.0, "{}", outcome.json());
+    assert!(
+        outcome.stderr.contains("-4 got ") && outcome.stderr.contains("in another order than"),
+        "the first error should name the member: {}",
+        outcome.stderr
+    );
 }
 
 #[test]

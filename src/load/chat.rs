@@ -1,6 +1,7 @@
 //! `oneloop load --protocol chat`: every connection is a member of one chat room; `--senders`
 //! of them send numbered lines, and every member checks that it receives each other sender's
-//! lines exactly once, in order, under the right name.
+//! lines exactly once, in order, under the right name — and, at the end, that all the members
+//! saw the senders' lines in one interleaving: the room's one order.
 //!
 //! All the members live on one thread and one `mio::Poll` (`--threads` must be 1): the start
 //! barrier and the closed loop below both need to see every member's state, and one thread sees
@@ -37,6 +38,29 @@
 //! receipt time less NANOS, on the same clock. At the end senders stop, and the last lines get
 //! [`GRACE`] to reach everyone; each one a member still lacks is missing.
 //!
+//! ## One order
+//!
+//! Per-sender checks pass a room that delivers each sender's lines in order but interleaves
+//! different senders' lines differently at different members — which a room spread over two
+//! instances (`oneloop load A B`, one Redis between them) could do, and which the contract
+//! forbids ("one order per room"). So each member also keeps [`super::order`]'s pairwise
+//! fingerprints: for each pair of senders, a 64-bit hash of how their lines interleaved as it
+//! received them, updated as each line is accepted (a line refused as a duplicate or out of
+//! order is not counted). After the grace, for each pair, every member that is neither of the two
+//! must hold the same hash. Why pairs suffice, and what is proven when every member sends
+//! (nothing with 3 members; everything from 4 on), is in that module. Fixed memory, no line
+//! stored: K (K − 1) / 2 hashes per member, for the first
+//! [`MAX_ORDERED_SENDERS`](super::order::MAX_ORDERED_SENDERS) (64) senders — beyond them the
+//! memory and the per-line cost would grow with K², so later senders' lines are checked per
+//! sender only.
+//!
+//! A member that already has an error of its own (a wrong, skipped or missing line, or dropped
+//! before the end) would differ for that reason alone, so it is left out: only members whose
+//! every line was right are compared, each member that disagrees with the room's order (the hash
+//! most of them hold, pair by pair) counts as one wrong reply — and as one `order_differs`, so
+//! the summary and the JSON say which kind of wrong it was — and the first error and a warning
+//! name the pair and two members that disagree.
+//!
 //! ## Idle members (`--idle`)
 //!
 //! With `--idle`, members only join: each must receive its `* welcome` greeting (its one
@@ -52,10 +76,11 @@ use std::io::{self, Read, Write as _};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use log::{debug, trace};
+use log::{debug, trace, warn};
 use mio::{Interest, Token};
 
 use super::driver::{self, Driver, Meter, Plan, Unsent};
+use super::order::OrderPrints;
 use super::report::Counts;
 use super::{Gate, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECT_ATTEMPTS};
 use crate::net::Stream;
@@ -144,6 +169,11 @@ struct Chat<'a> {
     sent: Vec<u64>,
     /// Load: lines of each sender its observer has received (or skipped past).
     observed: Vec<u64>,
+    /// Load: each member's order fingerprints of every pair of senders (the "one order" check).
+    order: OrderPrints,
+    /// Load: members with an error of their own (a wrong, skipped or missing line, or dropped),
+    /// whose order is therefore not compared.
+    faulty: Vec<bool>,
     /// Idle: when each member connected, until its greeting arrives (then `None`).
     awaiting_greeting: Vec<Option<Instant>>,
     /// Idle: members whose greeting has arrived.
@@ -212,6 +242,8 @@ impl<'a> Chat<'a> {
             expected: vec![0; n * senders],
             sent: vec![0; senders],
             observed: vec![0; senders],
+            order: OrderPrints::new(if idle { 0 } else { n }, senders),
+            faulty: vec![false; n],
             awaiting_greeting: vec![None; n],
             greeted: 0,
             start: Instant::now(),
@@ -386,6 +418,7 @@ impl<'a> Chat<'a> {
                 let lacking = self.sent[s] - self.expected[r * self.senders + s].min(self.sent[s]);
                 if s != r && lacking > 0 {
                     missing += lacking;
+                    self.faulty[r] = true;
                     first.get_or_insert((r, s, lacking));
                 }
             }
@@ -401,7 +434,29 @@ impl<'a> Chat<'a> {
                 )
             });
         }
+        self.check_one_order();
         Ok(())
+    }
+
+    /// The "one order" check, once every line has arrived or been counted missing: members
+    /// with no other error must agree on every pair of senders' interleaving
+    /// ([`super::order`]). Each member that does not is one wrong reply.
+    fn check_one_order(&mut self) {
+        let verdict = self.order.verdict(|r| !self.faulty[r]);
+        let Some(d) = verdict.first else {
+            return;
+        };
+        let differing = verdict.differing.len() as u64;
+        self.tally.wrong_replies += differing;
+        self.tally.order_differs += differing;
+        let (prefix, plural) = (&self.prefix, if differing == 1 { "" } else { "s" });
+        let what = format!(
+            "{prefix}{} got {prefix}{}'s and {prefix}{}'s lines in another order than {prefix}{} \
+             ({differing} member{plural} saw another interleaving than the room's)",
+            d.member, d.a, d.b, d.reference
+        );
+        warn!("{what}");
+        self.tally.note_error(|| what);
     }
 
     fn all_closed(&self) -> bool {
@@ -622,6 +677,7 @@ impl<'a> Chat<'a> {
             });
         }
         if seq > expected {
+            self.faulty[r] = true;
             self.tally.missing_replies += seq - expected;
             let prefix = &self.prefix;
             self.tally.note_error(|| {
@@ -633,6 +689,7 @@ impl<'a> Chat<'a> {
             });
         }
         self.expected[slot] = seq + 1;
+        self.order.record(r, s);
         self.driver.completed(1);
         if sent_nanos >= self.warmup_nanos {
             self.tally.deliveries += 1;
@@ -646,6 +703,7 @@ impl<'a> Chat<'a> {
     }
 
     fn wrong(&mut self, r: usize, what: impl FnOnce() -> String) {
+        self.faulty[r] = true;
         self.tally.wrong_replies += 1;
         let prefix = &self.prefix;
         self.tally
@@ -660,6 +718,7 @@ impl<'a> Chat<'a> {
         if self.stopping && self.all_delivered() {
             debug!("member {i}: {reason} after the last delivery");
         } else {
+            self.faulty[i] = true;
             self.tally.dropped += 1;
             let prefix = &self.prefix;
             self.tally

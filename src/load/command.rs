@@ -48,7 +48,8 @@ pub(crate) struct LoadArgs {
     pub size: usize,
 
     /// Chat: how many members send numbered lines [default: all]; every member checks each
-    /// other sender's lines.
+    /// other sender's lines (exactly once, in order, under its name), and all the members must
+    /// see the first 64 senders' lines in one interleaving.
     #[arg(long, value_name = "K", value_parser = count_parser(limits::MAX_CONNECTIONS))]
     pub senders: Option<usize>,
 

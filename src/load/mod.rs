@@ -48,6 +48,7 @@
 mod chat;
 mod command;
 mod driver;
+mod order;
 mod report;
 mod stream;
 mod udp;

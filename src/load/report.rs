@@ -38,6 +38,9 @@ pub struct Counts {
     /// Requests that never got their reply (over a stream); chat: lines a member never
     /// received from a sender.
     pub missing_replies: u64,
+    /// Chat: members with no other error that saw two senders' lines interleaved otherwise
+    /// than the room did (the "one order" check). Each is also one of `wrong_replies`.
+    pub order_differs: u64,
     /// Chat: lines received, checked, from senders, sent after the warm-up (each line counts
     /// once per member that receives it). Zero for the other protocols.
     pub deliveries: u64,
@@ -76,6 +79,7 @@ impl Counts {
             connect_failures: 0,
             wrong_replies: 0,
             missing_replies: 0,
+            order_differs: 0,
             deliveries: 0,
             lines_received: 0,
             lost: 0,
@@ -98,6 +102,7 @@ impl Counts {
             total.connect_failures += tally.connect_failures;
             total.wrong_replies += tally.wrong_replies;
             total.missing_replies += tally.missing_replies;
+            total.order_differs += tally.order_differs;
             total.deliveries += tally.deliveries;
             total.lines_received += tally.lines_received;
             total.lost += tally.lost;
@@ -305,7 +310,8 @@ impl LoadReport {
     /// `requests` is lines sent and the latencies are delivery latencies; 0 for the others),
     /// `lines_received` (chat: every line received in the whole run, greetings, notices, the
     /// barrier and the warm-up included — what the server's CPU time is spent on),
-    /// `connect_failures`, `wrong_replies`, `missing_replies`, `lost` (UDP requests whose reply never
+    /// `connect_failures`, `wrong_replies`, `missing_replies`, `order_differs` (chat: members that
+    /// saw another interleaving than the room's, each also one of `wrong_replies`), `lost` (UDP requests whose reply never
     /// came; 0 over a stream), `late` (UDP replies that came after their request was lost, and
     /// were ignored; not an error), `dropped`, `warmup_requests`,
     /// `connect_s`, `wall_s`, `cpu_s` and `client_cpu_percent` (`null` if unknown),
@@ -356,6 +362,7 @@ impl LoadReport {
         field("connect_failures", self.counts.connect_failures.to_string());
         field("wrong_replies", self.counts.wrong_replies.to_string());
         field("missing_replies", self.counts.missing_replies.to_string());
+        field("order_differs", self.counts.order_differs.to_string());
         field("lost", self.counts.lost.to_string());
         field("late", self.counts.late.to_string());
         field("dropped", self.counts.dropped.to_string());
@@ -397,7 +404,17 @@ impl LoadReport {
                 (self.counts.lost, "lost (no reply datagram)"),
                 (self.counts.dropped, "connections dropped by the server"),
             ] {
-                if count > 0 {
+                if count == 0 {
+                    continue;
+                }
+                let differs = self.counts.order_differs;
+                if what == "wrong replies" && differs > 0 {
+                    let whom = if differs == 1 { "a member" } else { "members" };
+                    parts.push(format!(
+                        "{count} {what} (of which {differs} for {whom} that saw another \
+                         interleaving of the senders' lines)"
+                    ));
+                } else {
                     parts.push(format!("{count} {what}"));
                 }
             }
@@ -707,6 +724,26 @@ mod tests {
     }
 
     #[test]
+    fn members_that_saw_another_order_are_wrong_replies_said_apart() {
+        let mut report = report(Mode::Load);
+        report.counts.wrong_replies = 3;
+        report.counts.order_differs = 2;
+        assert_eq!(report.errors(), 3);
+        assert!(!report.succeeded());
+        let json = report.to_json();
+        assert!(json.contains("\"wrong_replies\":3,"), "{json}");
+        assert!(json.contains("\"order_differs\":2,"), "{json}");
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "errors      3 (3 wrong replies (of which 2 for members that saw another \
+                 interleaving of the senders' lines))"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn summary_labels_every_figure() {
         let text = report(Mode::Load).to_string();
         for label in [
@@ -739,11 +776,13 @@ mod tests {
         let mut b = Counts::new();
         b.requests = 4;
         b.wrong_replies = 1;
+        b.order_differs = 1;
         b.first_error = Some("boom".into());
         b.latency.record(3000).unwrap();
         let total = Counts::merge(vec![a, b]);
         assert_eq!(total.requests, 7);
         assert_eq!(total.wrong_replies, 1);
+        assert_eq!(total.order_differs, 1);
         assert_eq!(total.latency.len(), 2);
         assert_eq!(total.first_error.as_deref(), Some("boom"));
     }

@@ -190,8 +190,8 @@ pub(crate) fn holder_session(holder: &[u8]) -> Option<&str> {
     std::str::from_utf8(&holder[..end]).ok()
 }
 
-/// Claims a joining member's name: ARGV[1] if free, else the first free of ARGV[1]-2,
-/// ARGV[1]-3, ... (the room's suffix rule), for holder ARGV[2]. KEYS[1] is the names hash.
+/// Claims a joining member's name: `ARGV[1]` if free, else the first free of `ARGV[1]-2`,
+/// `ARGV[1]-3`, ... (the room's suffix rule), for holder `ARGV[2]`. `KEYS[1]` is the names hash.
 /// Returns `{name, members}`, the members counting the newcomer (its welcome says how many are
 /// here, on every instance).
 pub(crate) const JOIN_SCRIPT: &str = "\
@@ -203,8 +203,8 @@ while redis.call('HSETNX', KEYS[1], name, ARGV[2]) == 0 do
 end
 return {name, redis.call('HLEN', KEYS[1])}";
 
-/// Renames holder ARGV[3] from ARGV[1] to ARGV[2] if ARGV[2] is free, and then publishes
-/// ARGV[4] (the rename notice, as [`encode_event`] frames it) on KEYS[2]. KEYS[1] is the names
+/// Renames holder `ARGV[3]` from `ARGV[1]` to `ARGV[2]` if `ARGV[2]` is free, and then publishes
+/// `ARGV[4]` (the rename notice, as [`encode_event`] frames it) on `KEYS[2]`. `KEYS[1]` is the names
 /// hash. Returns 1 if renamed, 0 if the name is taken.
 pub(crate) const NICK_SCRIPT: &str = "\
 if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then
@@ -216,8 +216,8 @@ end
 redis.call('PUBLISH', KEYS[2], ARGV[4])
 return 1";
 
-/// Frees name ARGV[1] if holder ARGV[2] still holds it, and then publishes ARGV[3] (its `left`
-/// notice; nothing if empty: a member that never got to join) on KEYS[2]. KEYS[1] is the names
+/// Frees name `ARGV[1]` if holder `ARGV[2]` still holds it, and then publishes `ARGV[3]` (its `left`
+/// notice; nothing if empty: a member that never got to join) on `KEYS[2]`. `KEYS[1]` is the names
 /// hash. Returns 1 if released, 0 if it was not held by that holder (already released, by the
 /// instance itself or by another that reaped it).
 pub(crate) const RELEASE_SCRIPT: &str = "\
@@ -230,7 +230,7 @@ if ARGV[3] ~= '' then
 end
 return 1";
 
-/// The names in hash KEYS[1] whose holder's session has no heartbeat key (ARGV[1] followed by
+/// The names in hash `KEYS[1]` whose holder's session has no heartbeat key (`ARGV[1]` followed by
 /// the session) any more, as a flat `{name, holder, name, holder, ...}`.
 pub(crate) const DEAD_HOLDERS_SCRIPT: &str = "\
 local all = redis.call('HGETALL', KEYS[1])
