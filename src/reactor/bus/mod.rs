@@ -33,22 +33,25 @@
 //!   session held is reaped by whoever sees its heartbeat expire.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 
 use crate::protocol::bus::{
-    decode_event, encode_event, heartbeat_key, holder, next_reply, push_command, BusUrl, Reply,
-    RoomKeys, DEAD_HOLDERS_SCRIPT, HEARTBEAT_EVERY, HEARTBEAT_PREFIX, HEARTBEAT_TTL, JOIN_SCRIPT,
-    NICK_SCRIPT, RELEASE_SCRIPT,
+    decode_event, encode_event, heartbeat_key, next_reply, BusUrl, Reply, RoomKeys,
+    DEAD_HOLDERS_SCRIPT, HEARTBEAT_EVERY, HEARTBEAT_PREFIX, HEARTBEAT_TTL, RELEASE_SCRIPT,
 };
 use crate::protocol::room::{left_notice, members_line};
+
+use link::{Filled, Link, READ_CHUNK};
+
+mod link;
+mod requests;
 
 /// The token of the connection that carries commands.
 pub(crate) const BUS_COMMANDS_TOKEN: Token = Token(usize::MAX - 2);
@@ -66,16 +69,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// The longest wait between two tries (the contract: at most 5 s).
 pub(crate) const MAX_RETRY: Duration = Duration::from_secs(5);
 
-/// Bytes read from Redis per `read`.
-const READ_CHUNK: usize = 64 * 1024;
-
 /// Most bytes read from the subscription in one turn: a room busy on other instances must not
 /// keep this loop from its own clients. The rest is read at the turn's end ([`Bus::has_more`]).
 const READ_BUDGET: usize = 16 * READ_CHUNK;
-
-/// The largest reply taken from Redis (a broadcast is one line of at most `--max-line`, a
-/// `/who` one name per member): a peer sending more is not the Redis this was meant for.
-const MAX_REPLY: usize = 16 * 1024 * 1024;
 
 /// One shared room: which endpoint serves it, and its names in Redis.
 #[derive(Debug)]
@@ -198,96 +194,6 @@ enum State {
     Connecting { since: Instant },
     /// Connected and subscribed.
     Up,
-}
-
-/// One TCP connection to Redis: what waits to be sent, and what was read and not yet decoded.
-#[derive(Debug)]
-struct Link {
-    stream: TcpStream,
-    out: Vec<u8>,
-    /// How much of `out` is written.
-    written: usize,
-    input: Vec<u8>,
-    /// How much of `input` is decoded.
-    decoded: usize,
-}
-
-/// What one read of a link found.
-enum Filled {
-    Bytes,
-    Blocked,
-    End,
-}
-
-impl Link {
-    fn open(addr: SocketAddr, registry: &Registry, token: Token) -> io::Result<Link> {
-        let mut stream = TcpStream::connect(addr)?;
-        // Both, once: under edge triggering WRITABLE only reports the socket's buffer becoming
-        // free again after it was full, which is when the queue needs flushing.
-        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
-        Ok(Link {
-            stream,
-            out: Vec::new(),
-            written: 0,
-            input: Vec::new(),
-            decoded: 0,
-        })
-    }
-
-    fn queue(&mut self, args: &[&[u8]]) {
-        push_command(&mut self.out, args);
-    }
-
-    fn unsent(&self) -> usize {
-        self.out.len() - self.written
-    }
-
-    /// Writes until everything is sent or the socket is full.
-    fn flush(&mut self) -> io::Result<()> {
-        while self.written < self.out.len() {
-            match self.stream.write(&self.out[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => break, // still connecting
-                Err(e) => return Err(e),
-            }
-        }
-        if self.written == self.out.len() {
-            self.out.clear();
-            self.written = 0;
-        } else if self.written >= READ_CHUNK {
-            self.out.drain(..self.written);
-            self.written = 0;
-        }
-        Ok(())
-    }
-
-    /// One `read` into what waits to be decoded.
-    fn fill(&mut self) -> io::Result<Filled> {
-        if self.decoded > 0 {
-            self.input.drain(..self.decoded);
-            self.decoded = 0;
-        }
-        if self.input.len() > MAX_REPLY {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a reply of more than 16 MiB",
-            ));
-        }
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let read = self.stream.read(&mut self.input[start..]);
-        self.input.truncate(start + *read.as_ref().unwrap_or(&0));
-        match read {
-            Ok(0) => Ok(Filled::End),
-            Ok(_) => Ok(Filled::Bytes),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::Blocked),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Filled::Bytes),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// The chat bus: its two connections to Redis, what their replies answer, and its state.
@@ -895,147 +801,4 @@ fn auth_command(url: &BusUrl) -> Option<Vec<Vec<u8>>> {
     }
     command.push(password.clone().into_bytes());
     Some(command)
-}
-
-/// The room's requests, queued on the command connection (the loop's side calls them while
-/// routing what a shared room decided). Each is a no-op while the bus is not up: the loop
-/// has no shared member then.
-impl Bus {
-    /// Publishes a broadcast of room `endpoint` from this instance (`except`: the sender, by
-    /// key and serial).
-    pub(super) fn publish(&mut self, endpoint: usize, except: Option<(usize, u64)>, bytes: &[u8]) {
-        let Some(room) = self.rooms.iter().position(|r| r.endpoint == endpoint) else {
-            return;
-        };
-        let (Some(commands), State::Up) = (self.commands.as_mut(), self.state) else {
-            return;
-        };
-        self.scratch.clear();
-        encode_event(&mut self.scratch, &self.session, except, bytes);
-        commands.queue(&[b"PUBLISH", &self.rooms[room].keys.channel, &self.scratch]);
-        self.awaiting.push_back((Instant::now(), Awaiting::Nothing));
-    }
-
-    /// Claims `name` (or the first free suffix of it) for joining member `key`.
-    pub(super) fn join(&mut self, endpoint: usize, key: usize, serial: u64, name: &str) {
-        let Some(room) = self.rooms.iter().position(|r| r.endpoint == endpoint) else {
-            return;
-        };
-        let holder = holder(&self.session, key);
-        let Some(commands) = self.commands.as_mut() else {
-            return;
-        };
-        commands.queue(&[
-            b"EVAL",
-            JOIN_SCRIPT.as_bytes(),
-            b"1",
-            &self.rooms[room].keys.names,
-            name.as_bytes(),
-            holder.as_bytes(),
-        ]);
-        self.awaiting
-            .push_back((Instant::now(), Awaiting::Join { room, key, serial }));
-    }
-
-    /// Asks for `name` for member `key` (now `old`), publishing `notice` if it is free.
-    pub(super) fn rename(
-        &mut self,
-        endpoint: usize,
-        (key, serial): (usize, u64),
-        old: &str,
-        name: Arc<str>,
-        notice: &[u8],
-    ) {
-        let Some(room) = self.rooms.iter().position(|r| r.endpoint == endpoint) else {
-            return;
-        };
-        let holder = holder(&self.session, key);
-        let Some(commands) = self.commands.as_mut() else {
-            return;
-        };
-        self.scratch.clear();
-        encode_event(&mut self.scratch, &self.session, None, notice);
-        let keys = &self.rooms[room].keys;
-        commands.queue(&[
-            b"EVAL",
-            NICK_SCRIPT.as_bytes(),
-            b"2",
-            &keys.names,
-            &keys.channel,
-            old.as_bytes(),
-            name.as_bytes(),
-            holder.as_bytes(),
-            &self.scratch,
-        ]);
-        self.awaiting.push_back((
-            Instant::now(),
-            Awaiting::Rename {
-                room,
-                key,
-                serial,
-                name,
-            },
-        ));
-    }
-
-    /// Asks for every name in room `endpoint`, for member `key`'s `/who`.
-    pub(super) fn who(&mut self, endpoint: usize, key: usize, serial: u64) {
-        let Some(room) = self.rooms.iter().position(|r| r.endpoint == endpoint) else {
-            return;
-        };
-        let Some(commands) = self.commands.as_mut() else {
-            return;
-        };
-        commands.queue(&[b"HKEYS", &self.rooms[room].keys.names]);
-        self.awaiting
-            .push_back((Instant::now(), Awaiting::Who { room, key, serial }));
-    }
-
-    /// Frees member `key`'s `name`, publishing `notice` (nothing if empty) with it.
-    pub(super) fn release(&mut self, endpoint: usize, key: usize, name: &str, notice: &[u8]) {
-        let Some(room) = self.rooms.iter().position(|r| r.endpoint == endpoint) else {
-            return;
-        };
-        let holder = holder(&self.session, key);
-        let Some(commands) = self.commands.as_mut() else {
-            return;
-        };
-        self.scratch.clear();
-        if !notice.is_empty() {
-            encode_event(&mut self.scratch, &self.session, None, notice);
-        }
-        let keys = &self.rooms[room].keys;
-        commands.queue(&[
-            b"EVAL",
-            RELEASE_SCRIPT.as_bytes(),
-            b"2",
-            &keys.names,
-            &keys.channel,
-            name.as_bytes(),
-            holder.as_bytes(),
-            &self.scratch,
-        ]);
-        self.awaiting.push_back((Instant::now(), Awaiting::Nothing));
-    }
-
-    /// The bus was lost while member `key` of room `endpoint` held `name`: it is released,
-    /// announced, when the bus is back.
-    pub(super) fn orphan(&mut self, endpoint: usize, key: usize, name: &str) {
-        let Some(room) = self.rooms.iter().position(|r| r.endpoint == endpoint) else {
-            return;
-        };
-        let holder = holder(&self.session, key);
-        self.orphaned_session = Some(self.session.clone());
-        self.orphans.push((room, name.to_owned(), holder));
-    }
-
-    /// At a graceful shutdown: this session's heartbeat goes at once (whatever is left of its
-    /// names is reaped by the other instances at their next look).
-    pub(super) fn end_session(&mut self) {
-        let key = heartbeat_key(&self.session);
-        if let (Some(commands), State::Up) = (self.commands.as_mut(), self.state) {
-            commands.queue(&[b"DEL", &key]);
-            self.awaiting.push_back((Instant::now(), Awaiting::Nothing));
-        }
-    }
 }
