@@ -294,6 +294,28 @@ fn resolve_bus(text: &str) -> Result<(BusUrl, std::net::SocketAddr), ServeError>
     Ok((url, addr))
 }
 
+/// With `--chat-bus`, each room name (a port, a socket file's name) is one room on the bus: two
+/// chat services of one process with the same name (`chat@127.0.0.1:7002 chat@[::1]:7002`, two
+/// `room.sock` in two directories) would be one room in Redis but two in the loop. Refused
+/// (exit 2), rather than guessed.
+fn one_service_per_room(listeners: &[BoundListener]) -> Result<(), ServeError> {
+    let mut seen = std::collections::HashMap::new();
+    for listener in listeners
+        .iter()
+        .filter(|l| l.protocol == ProtocolKind::Chat)
+    {
+        let name = listener.room_name();
+        if let Some(first) = seen.insert(name.clone(), &listener.local) {
+            return Err(ServeError::refused(format!(
+                "--chat-bus: chat services on {first} and {} would share the room {name:?} on the \
+                 bus: give each chat service its own port or socket file name",
+                listener.local
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Which services this build can serve; the others are refused before anything is bound.
 fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
     match service.protocol {
@@ -557,6 +579,9 @@ impl Serving {
         let model = match args.model {
             Model::Reactor => {
                 let chat_bus = args.chat_bus.as_deref().map(resolve_bus).transpose()?;
+                if chat_bus.is_some() {
+                    one_service_per_room(&listeners)?;
+                }
                 let config = Config {
                     options,
                     upload_io_in_loop: args.upload_io == UploadIo::Loop,

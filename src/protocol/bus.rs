@@ -92,7 +92,12 @@ impl FromStr for BusUrl {
                     (!user.is_empty()).then(|| user.to_owned()),
                     Some(password.to_owned()),
                 ),
-                None => (Some(credentials.to_owned()), None),
+                // `AUTH` needs a password; a user alone would silently connect as `default`.
+                None => {
+                    return Err(format!(
+                        "{url:?}: a user needs a password (redis://USER:PASSWORD@HOST:PORT)"
+                    ))
+                }
             },
         };
         let (host, port) = place
@@ -229,6 +234,18 @@ if ARGV[3] ~= '' then
   redis.call('PUBLISH', KEYS[2], ARGV[3])
 end
 return 1";
+
+/// Frees every name in hash `KEYS[1]` that holder `ARGV[1]` holds, unannounced: a newcomer's
+/// claim whose answer was lost with the connection (its name, whatever suffix the claim gave,
+/// was never announced). Walks the hash: run only when the bus comes back, for such claims.
+pub(crate) const RELEASE_HOLDER_SCRIPT: &str = "\
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return 0";
 
 /// The names in hash `KEYS[1]` whose holder's session has no heartbeat key (`ARGV[1]` followed by
 /// the session) any more, as a flat `{name, holder, name, holder, ...}`.
@@ -405,6 +422,7 @@ mod tests {
             "redis://h:0",
             "redis://h:99999",
             "redis://h:1/x",
+            "redis://user@h:1",
             "http://h:1",
         ] {
             assert!(bad.parse::<BusUrl>().is_err(), "{bad}");

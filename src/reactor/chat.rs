@@ -147,7 +147,11 @@ impl Pace {
 
     /// The chat bus is lost and the room empty: nothing is in flight, nobody waits.
     pub(super) fn reset(&mut self) {
-        *self = Pace::new(self.high * 2);
+        self.headroom = self.high;
+        self.draining_since = None;
+        self.parked.clear();
+        self.held.clear();
+        self.in_flight = 0;
     }
 
     /// The input sender `key` (serial `id`) left unread by the room, if any.

@@ -208,6 +208,14 @@ impl Reactor {
         // Gone meanwhile, or the server is shutting down (its members have left the room for
         // the other instances already): the name goes back, never announced.
         if waiting.is_none() || self.shutdown_deadline.is_some() {
+            if let Some(client) = self
+                .clients
+                .get_mut(key)
+                .filter(|c| c.conn.id == serial && !c.conn.is_closed())
+            {
+                client.conn.close("shutting down before it joined");
+                self.finished.push(key);
+            }
             if let Some(bus) = self.bus.as_mut() {
                 bus.release(room, key, name, b"");
             }

@@ -264,8 +264,9 @@ impl Reactor {
                     .then(|| ChatRoom::new(config.limits, config.output_limit, chat_bus.is_some()))
             })
             .collect();
-        // Each room's pace keeps what it has in flight under half of --output-limit and a
-        // quantum: only a Redis that stops taking lines fills this.
+        // Each room's pace keeps its lines in flight under half of --output-limit and a
+        // quantum, and claims and releases are a few hundred bytes per member arriving or
+        // leaving: only a Redis that stops taking commands fills this.
         let bus_queue_limit = config.output_limit.saturating_mul(shared_rooms.len() + 1);
         let bus = match chat_bus {
             Some((url, addr)) if !shared_rooms.is_empty() => {
@@ -734,6 +735,13 @@ impl Reactor {
             // A chat member still in its room is told, after the lines it is already owed.
             let room = client.chat_room().and_then(|r| self.rooms[r].as_ref());
             if let (Some(chat), Some((conn, member))) = (room, client.as_member_mut()) {
+                if member.is_joining() {
+                    // Not in the room's order yet (its name, or its place, is on its way from
+                    // the chat bus): it never joined, so it just goes.
+                    conn.close("shutting down before it joined");
+                    self.settle(key, false);
+                    continue;
+                }
                 if chat.room.name(MemberId(key)).is_some() {
                     let notice = crate::protocol::room::SHUTDOWN_NOTICE;
                     member.queue_own_line(conn, &chat.log, notice.into());

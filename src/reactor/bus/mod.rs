@@ -43,8 +43,9 @@ use log::{debug, info, trace, warn};
 use mio::{Registry, Token};
 
 use crate::protocol::bus::{
-    decode_event, encode_event, heartbeat_key, next_reply, BusUrl, Reply, RoomKeys,
-    DEAD_HOLDERS_SCRIPT, HEARTBEAT_EVERY, HEARTBEAT_PREFIX, HEARTBEAT_TTL, RELEASE_SCRIPT,
+    decode_event, encode_event, heartbeat_key, holder, next_reply, BusUrl, Reply, RoomKeys,
+    DEAD_HOLDERS_SCRIPT, HEARTBEAT_EVERY, HEARTBEAT_PREFIX, HEARTBEAT_TTL, RELEASE_HOLDER_SCRIPT,
+    RELEASE_SCRIPT,
 };
 use crate::protocol::room::{left_notice, members_line};
 
@@ -180,6 +181,10 @@ enum Awaiting {
     },
     /// The names of a room whose holders' heartbeats are gone.
     DeadHolders { room: usize },
+    /// A refresh of this session's heartbeat (`SET ... XX`), sent at `sent`: `nil` means the
+    /// key had expired — the others have announced this instance's members as left and freed
+    /// their names — so the bus counts as lost.
+    Heartbeat { sent: Instant },
     /// A reply nothing depends on (`PUBLISH`'s count, a release, a heartbeat), though its
     /// lateness still counts.
     Nothing,
@@ -225,12 +230,18 @@ pub(super) struct Bus {
     warned: bool,
     /// A reused buffer for framing a broadcast.
     scratch: Vec<u8>,
+    /// When the last heartbeat Redis confirmed was sent: the session's key lives at least
+    /// [`HEARTBEAT_TTL`] from then. Past that without a newer confirmation (this process was
+    /// stopped, or Redis lags), the others may have reaped this instance's members.
+    beat_confirmed: Instant,
     /// What the last call found, for the loop to act on.
     pub(super) events: Vec<BusEvent>,
     /// The names this instance's members held when the bus was lost, as `(room, name, holder)`:
     /// released with their `left` notices first thing when the bus is back (before any newcomer
     /// claims a name), so the others hear at once, not when the old session's heartbeat expires.
-    orphans: Vec<(usize, String, String)>,
+    /// Without a name: a newcomer's claim whose answer was lost, or not yet announced — its name,
+    /// whatever the claim gave, is released by holder, unannounced.
+    orphans: Vec<(usize, Option<String>, String)>,
     /// The session whose heartbeat to delete when the bus is back.
     orphaned_session: Option<String>,
     /// Names claimed while connecting, handed over once the subscription is confirmed too: a
@@ -268,6 +279,7 @@ impl Bus {
             warned: false,
             scratch: Vec::new(),
             events: Vec::new(),
+            beat_confirmed: Instant::now(),
             orphans: Vec::new(),
             orphaned_session: None,
             deferred: Vec::new(),
@@ -318,19 +330,30 @@ impl Bus {
         self.awaiting.push_back((now, Awaiting::Handshake));
         self.awaiting.push_back((now, Awaiting::Handshake));
         for (room, name, holder) in &self.orphans {
-            self.scratch.clear();
-            encode_event(&mut self.scratch, &self.session, None, &left_notice(name));
             let keys = &self.rooms[*room].keys;
-            commands.queue(&[
-                b"EVAL",
-                RELEASE_SCRIPT.as_bytes(),
-                b"2",
-                &keys.names,
-                &keys.channel,
-                name.as_bytes(),
-                holder.as_bytes(),
-                &self.scratch,
-            ]);
+            match name {
+                Some(name) => {
+                    self.scratch.clear();
+                    encode_event(&mut self.scratch, &self.session, None, &left_notice(name));
+                    commands.queue(&[
+                        b"EVAL",
+                        RELEASE_SCRIPT.as_bytes(),
+                        b"2",
+                        &keys.names,
+                        &keys.channel,
+                        name.as_bytes(),
+                        holder.as_bytes(),
+                        &self.scratch,
+                    ]);
+                }
+                None => commands.queue(&[
+                    b"EVAL",
+                    RELEASE_HOLDER_SCRIPT.as_bytes(),
+                    b"1",
+                    &keys.names,
+                    holder.as_bytes(),
+                ]),
+            }
             self.awaiting.push_back((now, Awaiting::Nothing));
         }
         if let Some(old) = &self.orphaned_session {
@@ -351,6 +374,7 @@ impl Bus {
     fn lose(&mut self, registry: &Registry, now: Instant, why: &str) {
         // Members to tell: those of a bus that was up, or newcomers waiting for the handshake.
         let had_members = self.state == State::Up
+            || !self.deferred.is_empty()
             || self
                 .awaiting
                 .iter()
@@ -360,6 +384,33 @@ impl Bus {
             .flatten()
         {
             let _ = registry.deregister(&mut link.stream);
+        }
+        // Claims whose answers are lost: the names they took go back when the bus is back.
+        let session = &self.session;
+        let unanswered = self
+            .awaiting
+            .iter()
+            .filter_map(|(_, awaiting)| match awaiting {
+                Awaiting::Join { room, key, .. } => Some((*room, None, holder(session, *key))),
+                Awaiting::Rename {
+                    room, key, name, ..
+                } => {
+                    // Its rename notice may have gone out with the claim: announced as it left.
+                    Some((*room, Some(name.to_string()), holder(session, *key)))
+                }
+                _ => None,
+            });
+        let unannounced = self.deferred.iter().filter_map(|event| match event {
+            BusEvent::Joined { room, key, .. } => {
+                let room = self.rooms.iter().position(|r| r.endpoint == *room)?;
+                Some((room, None, holder(session, *key)))
+            }
+            _ => None,
+        });
+        let lost: Vec<_> = unanswered.chain(unannounced).collect();
+        if !lost.is_empty() {
+            self.orphaned_session = Some(self.session.clone());
+            self.orphans.extend(lost);
         }
         self.awaiting.clear();
         self.deferred.clear();
@@ -403,6 +454,9 @@ impl Bus {
 
     /// Acts on what is due: a retry, a late reply (lost), the heartbeat.
     pub(super) fn on_timer(&mut self, registry: &Registry, now: Instant) {
+        if self.has_stalled(now) {
+            return self.lose_stalled(registry, now);
+        }
         match self.state {
             State::Down { retry_at } if now >= retry_at => return self.start(registry, now),
             State::Down { .. } => return,
@@ -436,8 +490,11 @@ impl Bus {
         };
         let key = heartbeat_key(&self.session);
         let ttl = HEARTBEAT_TTL.as_millis().to_string();
-        commands.queue(&[b"SET", &key, b"1", b"PX", ttl.as_bytes()]);
-        self.awaiting.push_back((now, Awaiting::Nothing));
+        // XX: only refresh. Recreating an expired key would bring back a session whose members
+        // the others have already announced as gone.
+        commands.queue(&[b"SET", &key, b"1", b"PX", ttl.as_bytes(), b"XX"]);
+        self.awaiting
+            .push_back((now, Awaiting::Heartbeat { sent: now }));
         for (room, shared) in self.rooms.iter().enumerate() {
             commands.queue(&[
                 b"EVAL",
@@ -453,6 +510,10 @@ impl Bus {
 
     /// Sends what is queued; loses the bus if the connection broke or Redis takes too little.
     pub(super) fn flush(&mut self, registry: &Registry, now: Instant) {
+        if self.has_stalled(now) {
+            // Lines queued by members the others may have announced as gone must not go out.
+            return self.lose_stalled(registry, now);
+        }
         let failed = [self.commands.as_mut(), self.subscription.as_mut()]
             .into_iter()
             .flatten()
@@ -476,6 +537,23 @@ impl Bus {
         }
     }
 
+    /// Whether this session's heartbeat may have expired: up, and no heartbeat confirmed for
+    /// [`HEARTBEAT_TTL`] (the heartbeat goes every [`HEARTBEAT_EVERY`], and a reply later than
+    /// [`REPLY_TIMEOUT`] loses the bus first — unless this whole process was stopped).
+    fn has_stalled(&self, now: Instant) -> bool {
+        self.state == State::Up && now >= self.beat_confirmed + HEARTBEAT_TTL
+    }
+
+    /// Loses the bus because this session's heartbeat may have expired ([`Bus::has_stalled`]).
+    fn lose_stalled(&mut self, registry: &Registry, now: Instant) {
+        let quiet = now.duration_since(self.beat_confirmed).as_secs_f64();
+        let why = format!(
+            "no heartbeat confirmed for {quiet:.1} s (was this process stopped?): the other \
+             instances may have announced its members as left"
+        );
+        self.lose(registry, now, &why);
+    }
+
     /// Whether the subscription has bytes left that the read budget did not take.
     pub(super) fn has_more(&self) -> bool {
         self.more_to_read
@@ -492,6 +570,11 @@ impl Bus {
     /// a read the budget cut short).
     pub(super) fn on_ready(&mut self, token: Option<Token>, registry: &Registry, now: Instant) {
         self.more_to_read = false;
+        if self.has_stalled(now) {
+            // Before anything it read: what the others said meanwhile assumed this instance
+            // gone.
+            return self.lose_stalled(registry, now);
+        }
         if let Err(why) = self.serve(token, now) {
             return self.lose(registry, now, &why);
         }
@@ -521,6 +604,10 @@ impl Bus {
                     break;
                 }
             }
+        }
+        if let State::Connecting { since } = self.state {
+            // The handshake's heartbeat (sent at `since`) is confirmed with the rest of it.
+            self.beat_confirmed = since;
         }
         if matches!(self.state, State::Connecting { .. })
             && self.unconfirmed == 0
@@ -593,13 +680,7 @@ impl Bus {
             let Some((_, awaiting)) = self.awaiting.pop_front() else {
                 return Err("a reply to no command".to_owned());
             };
-            let event = answer(
-                &self.rooms,
-                &self.session,
-                awaiting,
-                reply,
-                &mut self.scratch,
-            )?;
+            let event = answer(&self.rooms, &self.session, awaiting, reply)?;
             link.decoded += used;
             match event {
                 Answered::Event(event) if self.state != State::Up => self.deferred.push(event),
@@ -628,6 +709,7 @@ impl Bus {
                         self.awaiting.push_back((Instant::now(), Awaiting::Nothing));
                     }
                 }
+                Answered::Beat(sent) => self.beat_confirmed = self.beat_confirmed.max(sent),
                 Answered::Nothing => {}
             }
         }
@@ -698,6 +780,8 @@ enum Answered {
     Event(BusEvent),
     /// Names to release, each with its `left` notice: `(room, name, holder)`.
     Release(Vec<(usize, String, Vec<u8>)>),
+    /// The heartbeat sent at this moment is confirmed.
+    Beat(Instant),
     Nothing,
 }
 
@@ -707,24 +791,34 @@ fn answer(
     session: &str,
     awaiting: Awaiting,
     reply: Reply<'_>,
-    _scratch: &mut Vec<u8>,
 ) -> Result<Answered, String> {
     if let Reply::Error(e) = reply {
         let e = String::from_utf8_lossy(e);
         return match awaiting {
-            // A command Redis refused outright (a wrong password, a refused script) means the
-            // bus cannot work as set up.
-            Awaiting::Handshake | Awaiting::Join { .. } | Awaiting::Rename { .. } => {
-                Err(format!("Redis refused: {e}"))
-            }
-            _ => {
-                warn!("chat bus: Redis refused a command: {e}");
+            // Looking for the dead is the one request the room does not wait on: the next look
+            // comes in 2 s.
+            Awaiting::DeadHolders { .. } => {
+                debug!("chat bus: Redis refused the look for dead instances: {e}");
                 Ok(Answered::Nothing)
             }
+            // Anything else refused (a wrong password, a refused script, a PUBLISH an ACL or
+            // `maxmemory` forbids) means a member would wait forever, a line would be lost,
+            // or a name would leak: the bus cannot work as set up.
+            _ => Err(format!("Redis refused: {e}")),
         };
     }
     Ok(match awaiting {
         Awaiting::Handshake | Awaiting::Nothing => Answered::Nothing,
+        Awaiting::Heartbeat { sent } => {
+            if reply == Reply::Bulk(None) {
+                return Err(
+                    "this instance's heartbeat had expired: the other instances have \
+                            announced its members as left"
+                        .to_owned(),
+                );
+            }
+            Answered::Beat(sent)
+        }
         Awaiting::Join { room, key, serial } => {
             let Reply::Array(parts) = reply else {
                 return Err("a join's answer is not a name and a count".to_owned());

@@ -11,8 +11,10 @@ use crate::protocol::bus::{
 use super::{Awaiting, Bus, State};
 
 /// The room's requests, queued on the command connection (the loop's side calls them while
-/// routing what a shared room decided). Each is a no-op while the bus is not up: the loop
-/// has no shared member then.
+/// routing what a shared room decided). A claim may be queued while the bus connects (it goes
+/// behind the handshake); a broadcast only once the bus is up (a newcomer's `joined` notice
+/// must come back to this instance). Each is a no-op while the bus is down: the loop has no
+/// shared member then.
 impl Bus {
     /// Publishes a broadcast of room `endpoint` from this instance (`except`: the sender, by
     /// key and serial).
@@ -156,7 +158,7 @@ impl Bus {
         };
         let holder = holder(&self.session, key);
         self.orphaned_session = Some(self.session.clone());
-        self.orphans.push((room, name.to_owned(), holder));
+        self.orphans.push((room, Some(name.to_owned()), holder));
     }
 
     /// At a graceful shutdown: this session's heartbeat goes at once (whatever is left of its

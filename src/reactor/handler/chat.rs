@@ -209,6 +209,8 @@ impl ChatMember {
                     Fed::Stopped(taken) | Fed::Asked(taken) => {
                         held.start += taken;
                         *sink.held = Some(held);
+                        // Parked by the room's pace, or waiting for the bus's answer (`Asked`
+                        // set that already; it comes first).
                         self.park();
                         return false;
                     }
@@ -236,7 +238,7 @@ impl ChatMember {
                                 held.bytes.drain(..held.start);
                                 held.start = 0;
                                 held.bytes.extend_from_slice(&shared.read[taken..len]);
-                                self.park();
+                                self.park(); // (as above)
                                 return false;
                             }
                             Fed::Ended => return false,
