@@ -234,6 +234,9 @@ pub(super) struct Bus {
     /// [`HEARTBEAT_TTL`] from then. Past that without a newer confirmation (this process was
     /// stopped, or Redis lags), the others may have reaped this instance's members.
     beat_confirmed: Instant,
+    /// A graceful shutdown has ended this session ([`Bus::end_session`]): no more heartbeats
+    /// (its key is gone on purpose) and no reconnecting, only the answers still awaited.
+    ending: bool,
     /// What the last call found, for the loop to act on.
     pub(super) events: Vec<BusEvent>,
     /// The names this instance's members held when the bus was lost, as `(room, name, holder)`:
@@ -279,6 +282,7 @@ impl Bus {
             warned: false,
             scratch: Vec::new(),
             events: Vec::new(),
+            ending: false,
             beat_confirmed: Instant::now(),
             orphans: Vec::new(),
             orphaned_session: None,
@@ -442,8 +446,10 @@ impl Bus {
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let deadline = self.awaiting.front().map(|(sent, _)| *sent + REPLY_TIMEOUT);
         let own = match self.state {
+            State::Down { .. } | State::Connecting { .. } if self.ending => None,
             State::Down { retry_at } => Some(retry_at),
             State::Connecting { since } => Some(since + REPLY_TIMEOUT),
+            State::Up if self.ending => None,
             State::Up => Some(self.next_heartbeat),
         };
         match (deadline, own) {
@@ -454,6 +460,9 @@ impl Bus {
 
     /// Acts on what is due: a retry, a late reply (lost), the heartbeat.
     pub(super) fn on_timer(&mut self, registry: &Registry, now: Instant) {
+        if self.ending && self.state != State::Up {
+            return; // Shutting down: nothing to connect for.
+        }
         if self.has_stalled(now) {
             return self.lose_stalled(registry, now);
         }
@@ -475,7 +484,7 @@ impl Bus {
                 );
             }
         }
-        if self.state == State::Up && now >= self.next_heartbeat {
+        if self.state == State::Up && now >= self.next_heartbeat && !self.ending {
             self.heartbeat(now);
             self.flush(registry, now);
         }
@@ -541,7 +550,7 @@ impl Bus {
     /// [`HEARTBEAT_TTL`] (the heartbeat goes every [`HEARTBEAT_EVERY`], and a reply later than
     /// [`REPLY_TIMEOUT`] loses the bus first — unless this whole process was stopped).
     fn has_stalled(&self, now: Instant) -> bool {
-        self.state == State::Up && now >= self.beat_confirmed + HEARTBEAT_TTL
+        self.state == State::Up && !self.ending && now >= self.beat_confirmed + HEARTBEAT_TTL
     }
 
     /// Loses the bus because this session's heartbeat may have expired ([`Bus::has_stalled`]).

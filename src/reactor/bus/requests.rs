@@ -164,6 +164,7 @@ impl Bus {
     /// At a graceful shutdown: this session's heartbeat goes at once (whatever is left of its
     /// names is reaped by the other instances at their next look).
     pub(in crate::reactor) fn end_session(&mut self) {
+        self.ending = true;
         let key = heartbeat_key(&self.session);
         if let (Some(commands), State::Up) = (self.commands.as_mut(), self.state) {
             commands.queue(&[b"DEL", &key]);
