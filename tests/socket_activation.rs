@@ -2,8 +2,9 @@
 //! which binds the sockets, sets `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES` and execs the
 //! server on the first connection): passed TCP, UDP and Unix sockets served, `PROTOCOL@fd:NAME`
 //! mapped by name and by number, a protocol taken from each socket's name when no `SERVICE` is
-//! given, the activated Unix socket left in place at exit, and the mistakes a unit file can make
-//! reported in one line with exit 1.
+//! given, the activated Unix socket left in place at exit, the mistakes a unit file can make
+//! reported in one line with exit 1, and a passed chat socket's room on the chat bus named by
+//! its name (with a real `redis-server` too).
 //!
 //! The building blocks (descriptor checks, the variables' removal) are tested in
 //! `tests/systemd.rs`; this file tests the program. Without the tool (Debian: `apt-get install
@@ -345,4 +346,58 @@ fn fd_services_without_activation_exit_1() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// With `--chat-bus`, a passed socket's room is named by its `FileDescriptorName=`: an instance
+/// serving `chat@fd:lobby` shares its room with one serving a Unix socket file named `lobby`
+/// (the contract's room names: NAME for `fd:NAME`, the file's name for `unix:`), over a real
+/// Redis.
+#[test]
+fn a_passed_chat_socket_shares_the_room_its_name_names() {
+    if !util::require_tools(&[TOOL, "redis-server"]) {
+        return;
+    }
+    let Some(redis) = util::RedisServer::start() else {
+        return;
+    };
+    let dir = temp_path("lobby-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lobby");
+    let url = redis.url();
+    let unix = format!("chat@unix:{}", file.display());
+    let mut other = util::Server::start(&[unix.as_str(), "--chat-bus", url.as_str()]);
+    let mut first = util::LineReader::new(UnixStream::connect(&file).unwrap());
+    let greeting = first.line();
+    assert!(
+        greeting.starts_with("* welcome unix-1; 1 member here"),
+        "{greeting}"
+    );
+    let port = free_port();
+    let mut child = activate(
+        &[
+            format!("--listen=127.0.0.1:{port}"),
+            "--fdname=lobby".into(),
+        ],
+        &["chat@fd:lobby", "--chat-bus", &url],
+    );
+    let stderr = wait_bound(&mut child, 1);
+    // The first connection makes the tool exec the server; it is answered once the bus is up.
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let me = stream.local_addr().unwrap();
+    let mut second = util::LineReader::new(stream);
+    assert_eq!(
+        second.line(),
+        format!("* welcome {me}; 2 members here; /nick NAME, /who, quit"),
+        "the passed socket's room is the unix socket's"
+    );
+    first.expect(&format!("* {me} joined"));
+    second.send(b"hello from fd:lobby\n");
+    first.expect(&format!("{me}: hello from fd:lobby"));
+    let (clean, rest) = stop(child, stderr);
+    assert!(clean, "{rest}");
+    first.expect(&format!("* {me} left"));
+    other.assert_running();
+    let _ = std::fs::remove_dir_all(&dir);
 }
