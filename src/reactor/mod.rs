@@ -196,6 +196,19 @@ pub(crate) struct Reactor {
     bus_wake: Option<Instant>,
 }
 
+/// The chat bus for `rooms` (none without a chat service: nothing to share).
+fn start_bus(
+    (url, addr): (BusUrl, SocketAddr),
+    rooms: Vec<BusRoom>,
+    output_limit: usize,
+) -> Option<Bus> {
+    // Each room's pace keeps its lines in flight under half of --output-limit and a quantum, and
+    // claims and releases are a few hundred bytes per member arriving or leaving: only a Redis
+    // that stops taking commands fills this.
+    let queue_limit = output_limit.saturating_mul(rooms.len() + 1);
+    (!rooms.is_empty()).then(|| Bus::new(url, addr, rooms, queue_limit))
+}
+
 impl Endpoint {
     fn new(socket: EndpointSocket, protocol: ProtocolKind, local: Address) -> Endpoint {
         Endpoint {
@@ -264,16 +277,7 @@ impl Reactor {
                     .then(|| ChatRoom::new(config.limits, config.output_limit, chat_bus.is_some()))
             })
             .collect();
-        // Each room's pace keeps its lines in flight under half of --output-limit and a
-        // quantum, and claims and releases are a few hundred bytes per member arriving or
-        // leaving: only a Redis that stops taking commands fills this.
-        let bus_queue_limit = config.output_limit.saturating_mul(shared_rooms.len() + 1);
-        let bus = match chat_bus {
-            Some((url, addr)) if !shared_rooms.is_empty() => {
-                Some(Bus::new(url, addr, shared_rooms, bus_queue_limit))
-            }
-            _ => None,
-        };
+        let bus = chat_bus.and_then(|bus| start_bus(bus, shared_rooms, config.output_limit));
         let mut signals = signals;
         if let Some(signals) = signals.as_mut() {
             poll.registry()
