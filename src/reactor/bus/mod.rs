@@ -339,16 +339,7 @@ impl Bus {
                 Some(name) => {
                     self.scratch.clear();
                     encode_event(&mut self.scratch, &self.session, None, &left_notice(name));
-                    commands.queue(&[
-                        b"EVAL",
-                        RELEASE_SCRIPT.as_bytes(),
-                        b"2",
-                        &keys.names,
-                        &keys.channel,
-                        name.as_bytes(),
-                        holder.as_bytes(),
-                        &self.scratch,
-                    ]);
+                    queue_release(&mut commands, keys, name, holder.as_bytes(), &self.scratch);
                 }
                 None => commands.queue(&[
                     b"EVAL",
@@ -705,16 +696,7 @@ impl Bus {
                              expired (its instance died or lost Redis): announcing it left",
                             self.rooms[room].name
                         );
-                        link.queue(&[
-                            b"EVAL",
-                            RELEASE_SCRIPT.as_bytes(),
-                            b"2",
-                            &keys.names,
-                            &keys.channel,
-                            name.as_bytes(),
-                            &holder,
-                            &self.scratch,
-                        ]);
+                        queue_release(link, keys, &name, &holder, &self.scratch);
                         self.awaiting.push_back((Instant::now(), Awaiting::Nothing));
                     }
                 }
@@ -893,6 +875,21 @@ fn answer(
             Answered::Release(dead)
         }
     })
+}
+
+/// Queues on `link` the release of `name` from `holder` in the room whose keys are `keys`,
+/// publishing `payload` with it (a framed `left` notice; empty: unannounced).
+fn queue_release(link: &mut Link, keys: &RoomKeys, name: &str, holder: &[u8], payload: &[u8]) {
+    link.queue(&[
+        b"EVAL",
+        RELEASE_SCRIPT.as_bytes(),
+        b"2",
+        &keys.names,
+        &keys.channel,
+        name.as_bytes(),
+        holder,
+        payload,
+    ]);
 }
 
 /// `AUTH [USER] PASSWORD`, when the URL has credentials.

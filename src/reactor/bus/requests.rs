@@ -4,11 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::protocol::bus::{
-    encode_event, heartbeat_key, holder, JOIN_SCRIPT, NICK_SCRIPT, RELEASE_SCRIPT,
-};
+use crate::protocol::bus::{encode_event, heartbeat_key, holder, JOIN_SCRIPT, NICK_SCRIPT};
 
-use super::{Awaiting, Bus, State};
+use super::{queue_release, Awaiting, Bus, State};
 
 /// The room's requests, queued on the command connection (the loop's side calls them while
 /// routing what a shared room decided). A claim may be queued while the bus connects (it goes
@@ -137,16 +135,7 @@ impl Bus {
             encode_event(&mut self.scratch, &self.session, None, notice);
         }
         let keys = &self.rooms[room].keys;
-        commands.queue(&[
-            b"EVAL",
-            RELEASE_SCRIPT.as_bytes(),
-            b"2",
-            &keys.names,
-            &keys.channel,
-            name.as_bytes(),
-            holder.as_bytes(),
-            &self.scratch,
-        ]);
+        queue_release(commands, keys, name, holder.as_bytes(), &self.scratch);
         self.awaiting.push_back((Instant::now(), Awaiting::Nothing));
     }
 
