@@ -1671,3 +1671,103 @@ fn a_bus_lost_while_connecting_answers_the_newcomer_and_frees_its_claim() {
     let (_, _, took) = expect_chat_back(chat, &server);
     eprintln!("chat came back {took:?} after the newcomer was closed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Adversaries across instances: a flood, garbage, a member that vanishes mid-line.
+
+/// One write of 200,000 empty lines on one instance: the members that keep reading, on both
+/// instances, get every line in order; a member on the other instance that never reads is
+/// dropped (announced as left to the others), and the bus is not lost: the flooder is paced by
+/// the round trip through Redis. Over Unix sockets, whose kernel buffers are small: over
+/// loopback TCP the kernel would take megabytes for the silent member, which would then never
+/// pass --output-limit (the same reason as `tests/chat.rs`'s burst test).
+#[test]
+fn a_flood_on_one_instance_reaches_the_readers_on_both_and_keeps_the_bus() {
+    const LINES: usize = 200_000;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let dir = TempDir::new();
+    let spec = |sub: &str| format!("chat@unix:{}", dir.file(sub, "room.sock").display());
+    let a = instance(&url, &[&spec("a")], &[]);
+    let b = instance(&url, &[&spec("b")], &[]);
+    let (path_a, path_b) = (a.path("chat"), b.path("chat"));
+    let (mut flooder, _) = Member::join_unix(&path_a, &mut []);
+    let (mut near, _) = Member::join_unix(&path_a, &mut [&mut flooder]);
+    let (mut far, _) = Member::join_unix(&path_b, &mut [&mut flooder, &mut near]);
+    let (silent, _) = Member::join_unix(&path_b, &mut [&mut flooder, &mut near, &mut far]);
+    let silent_name = silent.name.clone();
+    let line = format!("{}: ", flooder.name);
+    let readers: Vec<thread::JoinHandle<(usize, Vec<String>)>> = [near, far]
+        .into_iter()
+        .map(|mut reader| {
+            let line = line.clone();
+            thread::spawn(move || {
+                let (mut got, mut other) = (0, Vec::new());
+                while got < LINES {
+                    let next = reader.line();
+                    if next == line {
+                        got += 1;
+                    } else {
+                        other.push(next);
+                    }
+                }
+                (got, other)
+            })
+        })
+        .collect();
+    flooder.send_raw(&vec![b'\n'; LINES]);
+    for reader in readers {
+        let (got, other) = reader.join().expect("a reader panicked");
+        assert_eq!(got, LINES);
+        // 200,000 lines of `NAME: ` are megabytes: past --output-limit (1 MiB) the silent
+        // member's instance drops it, and everyone hears it leave.
+        assert_eq!(
+            other,
+            [format!("* {silent_name} left")],
+            "a reader got {other:?} besides the flood"
+        );
+    }
+    drop(silent);
+    // The bus held: a newcomer on each instance is greeted, not refused.
+    for path in [&path_a, &path_b] {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut member = Member::over(Conn::Unix(stream));
+        let greeting = member.line();
+        assert!(greeting.starts_with("* welcome "), "{greeting}");
+    }
+}
+
+/// Bytes that could act on a terminal reach the other instance escaped, exactly as within one
+/// (the room formats at the sender's instance; the bus carries its bytes unchanged), and a
+/// member that vanishes in the middle of a line leaves without that partial line reaching
+/// anyone, on either instance.
+#[test]
+fn garbage_arrives_escaped_and_a_vanished_members_partial_line_never_arrives() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (a, b) = pair([&url, &url], &[]);
+    let (addr_a, addr_b) = (a.addr("chat"), b.addr("chat"));
+    let (mut sender, _) = Member::join(addr_a, &mut []);
+    let (mut far, _) = Member::join(addr_b, &mut [&mut sender]);
+    sender.send_raw(b"\x1b[2J\xff\xc2\x9b bell\x07\r\n");
+    far.expect(&format!("{}: ^[[2J\\xff\\u{{9b}} bell^G", sender.name));
+    let (mut vanishing, _) = Member::join(addr_a, &mut [&mut sender, &mut far]);
+    let name = vanishing.name.clone();
+    vanishing.send_raw(b"half a line, never ended");
+    // A reset, not a clean end: the partial line is discarded with the member.
+    if let Conn::Tcp(stream) = &vanishing.conn {
+        socket2::SockRef::from(stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    drop(vanishing);
+    far.expect(&format!("* {name} left"));
+    sender.expect(&format!("* {name} left"));
+    sender.say("after");
+    far.expect(&format!("{}: after", sender.name));
+}
