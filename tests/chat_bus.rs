@@ -1771,3 +1771,51 @@ fn garbage_arrives_escaped_and_a_vanished_members_partial_line_never_arrives() {
     sender.say("after");
     far.expect(&format!("{}: after", sender.name));
 }
+
+/// Retries back off, but never past 5 s between two (the contract): with Redis unreachable for
+/// longer than the back-off takes to reach its cap (0.25 + 0.5 + 1 + 2 + 4 s), every wait the
+/// server announces (debug log: `trying again in …`) is at most 5 s and the last ones are 5 s;
+/// then chat comes back once Redis does.
+#[test]
+fn retries_back_off_to_at_most_five_seconds_apart() {
+    if !util::require_tools(&["redis-server"]) {
+        return;
+    }
+    let port = util::free_loopback_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut server = Server::start_with_env(
+        &["--chat-bus", &url, "chat@127.0.0.1:0"],
+        &[("RUST_LOG", "oneloop::reactor::bus=debug")],
+    );
+    let waits = |stderr: &str| -> Vec<Duration> {
+        stderr
+            .lines()
+            .filter_map(|line| line.split("trying again in ").nth(1))
+            .map(|wait| {
+                let wait = wait.trim();
+                match wait.strip_suffix("ms") {
+                    Some(ms) => Duration::from_millis(ms.parse().unwrap()),
+                    None => Duration::from_secs_f64(wait.trim_end_matches('s').parse().unwrap()),
+                }
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while !waits(&server.stderr()).contains(&Duration::from_secs(5)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the back-off never reached 5 s: {:?}",
+            waits(&server.stderr())
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let seen = waits(&server.stderr());
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]) && seen.iter().all(|w| *w <= Duration::from_secs(5)),
+        "waits between tries: {seen:?}"
+    );
+    let chat = server.addr("chat");
+    let _redis = RedisServer::start_on(port).expect("redis-server was found a moment ago");
+    expect_chat_back(chat, &server);
+    server.assert_running();
+}

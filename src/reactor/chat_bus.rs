@@ -81,7 +81,6 @@ impl Reactor {
         let mut events = std::mem::take(&mut bus.events);
         for event in events.drain(..) {
             match event {
-                BusEvent::Up => {}
                 BusEvent::Lost => self.evict_shared_members(),
                 BusEvent::Line {
                     room,

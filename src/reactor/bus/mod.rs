@@ -99,8 +99,6 @@ impl BusRoom {
 /// What the bus has to tell the loop, collected during a call and handed over after it.
 #[derive(Debug)]
 pub(super) enum BusEvent {
-    /// Connected and subscribed: chat works.
-    Up,
     /// The connection to Redis is gone: every shared room's members (and newcomers waiting for
     /// their names) must be told and closed.
     Lost,
@@ -633,7 +631,6 @@ impl Bus {
                     rooms.join(", ")
                 );
             }
-            self.events.push(BusEvent::Up);
             self.events.append(&mut self.deferred);
         }
         Ok(())
