@@ -5,6 +5,7 @@
 //! prints with a pointer to `--help`).
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::client::ClientArgs;
 use crate::models::{self, datagram::DatagramServers};
 use crate::net::systemd::{ActivatedSocket, Notifier};
+use crate::net::tls::{ServerTls, ServerTlsFiles};
 use crate::net::{self, BoundListener, Listening};
 use crate::options::{
     ServeOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_OUTPUT_LIMIT, DEFAULT_SHUTDOWN_TIMEOUT_SECS,
@@ -57,9 +59,9 @@ pub(crate) struct ServeArgs {
     #[arg(
         value_name = "SERVICE",
         help = "Services as PROTOCOL@ADDRESS: PROTOCOL is upper, timestamp, echo, chat or \
-                upload (chat and upload: tcp and unix); ADDRESS is HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 \
+                upload (chat and upload: tcp, tls and unix); ADDRESS is HOST:PORT or tcp:HOST:PORT (IPv6 as [::1]:PORT; port 0 \
                 picks a free port), \
-                udp:HOST:PORT, unix:PATH, or fd:NAME (a socket systemd passed in, by its \
+                udp:HOST:PORT, tls:HOST:PORT (TLS over TCP: see --tls-cert), unix:PATH, or fd:NAME (a socket systemd passed in, by its \
                 FileDescriptorName= or number; with no SERVICE, each passed socket serves the \
                 protocol its name names). Under the blocking models each UDP service is one \
                 thread (under forking, one process) blocked in recvmsg: a datagram service has \
@@ -142,6 +144,21 @@ pub(crate) struct ServeArgs {
     /// The reactor only; HOST is resolved once, at start.
     #[arg(long, value_name = "URL", value_parser = parse_bus_url)]
     pub chat_bus: Option<String>,
+
+    /// The certificate chain (PEM, leaf first) every tls: service presents; required when there
+    /// is one. Re-read at SIGHUP, with --tls-key and --tls-client-ca: new handshakes use the new
+    /// files, open connections are untouched, and a bad file keeps the old set.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); required with a tls: service.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Clients of tls: services must present a certificate signed by a CA in this PEM file; a
+    /// chat member is first named by its certificate's common name.
+    #[arg(long, value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Seconds (fractions allowed) that upper, timestamp and echo hold each reply after its
     /// request was read: the tutorial's demonstration of concurrency (the seeds'
@@ -318,6 +335,13 @@ fn one_service_per_room(listeners: &[BoundListener]) -> Result<(), ServeError> {
 
 /// Which services this build can serve; the others are refused before anything is bound.
 fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
+    let is_tls = matches!(&service.source, SocketSource::Bind(address) if address.is_tls());
+    if is_tls && !matches!(model, Model::Reactor) {
+        return Err(format!(
+            "{service}: --model {} does not serve tls: (the reactor does)",
+            model.name()
+        ));
+    }
     match service.protocol {
         ProtocolKind::Upper | ProtocolKind::Timestamp | ProtocolKind::Echo => Ok(()),
         ProtocolKind::Chat => match model {
@@ -474,7 +498,33 @@ fn serve_options(args: &ServeArgs, services: &[ServiceSpec]) -> Result<ServeOpti
         upload_dir,
         proxy_protocol: args.proxy_protocol,
         reply_delay: args.reply_delay.filter(|delay| !delay.is_zero()),
+        tls: server_tls(args, services)?,
     })
+}
+
+/// `--tls-cert`, `--tls-key` and `--tls-client-ca`, read, when a `tls:` service is served: both
+/// of the first two are required then (exit 2), and a file that cannot be used is a failure to
+/// start naming it (exit 1). Without a `tls:` service the files are not read.
+fn server_tls(args: &ServeArgs, services: &[ServiceSpec]) -> Result<Option<ServerTls>, ServeError> {
+    let Some(first) = services
+        .iter()
+        .find(|s| matches!(&s.source, SocketSource::Bind(address) if address.is_tls()))
+    else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Err(ServeError::refused(format!(
+            "{first}: a tls: service needs --tls-cert PEM and --tls-key PEM"
+        )));
+    };
+    let files = ServerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+    };
+    ServerTls::load(files)
+        .map(Some)
+        .map_err(|e| ServeError::failed(format!("cannot use TLS file {e}")))
 }
 
 /// Binds (or takes from `passed`) every service's socket. A passed socket no service names is

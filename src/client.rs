@@ -72,7 +72,7 @@ pub(crate) fn connect_stream(
     timeout: Option<Duration>,
 ) -> io::Result<BlockingStream> {
     match address {
-        Address::Tcp(addr) => Ok(BlockingStream::Tcp(match timeout {
+        Address::Tcp(addr) | Address::Tls { addr, .. } => Ok(BlockingStream::Tcp(match timeout {
             Some(timeout) => TcpStream::connect_timeout(addr, timeout)?,
             None => TcpStream::connect(addr)?,
         })),
@@ -87,6 +87,9 @@ pub(crate) fn connect_stream(
 fn talk(args: &ClientArgs) -> io::Result<()> {
     let stream = match &args.address {
         Address::Tcp(_) | Address::Unix(_) => connect_stream(&args.address, args.timeout)?,
+        Address::Tls { .. } => {
+            return Err(io::Error::other("tls: is not served by the client yet"));
+        }
         Address::Udp(addr) => {
             return datagrams(
                 *addr,

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::tls::ServerTls;
 use crate::protocol::Limits;
 use crate::storage::durable::UploadDir;
 
@@ -57,6 +58,8 @@ pub(crate) struct ServeOptions {
     /// `--reply-delay` (`None`: off): upper, timestamp and echo hold each reply this long after
     /// its request was read — on a timer in the reactor, in a `sleep` in the blocking models.
     pub reply_delay: Option<Duration>,
+    /// `--tls-cert`, `--tls-key` and `--tls-client-ca`, read, when a `tls:` service is served.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServeOptions {
@@ -71,6 +74,7 @@ impl Default for ServeOptions {
             upload_dir: None,
             proxy_protocol: false,
             reply_delay: None,
+            tls: None,
         }
     }
 }

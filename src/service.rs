@@ -100,16 +100,38 @@ pub enum Address {
     Udp(SocketAddr),
     /// A Unix stream socket: `unix:PATH`.
     Unix(PathBuf),
+    /// TLS over TCP: `tls:HOST:PORT`.
+    Tls {
+        /// The resolved socket address.
+        addr: SocketAddr,
+        /// HOST as written (without an IPv6 address's brackets): the name a client checks the
+        /// server's certificate against unless `--tls-server-name` says otherwise.
+        host: String,
+    },
 }
 
 impl Address {
-    /// The transport's name as the `listening` line prints it: `tcp`, `udp` or `unix`.
+    /// The transport's name as the `listening` line prints it: `tcp`, `udp`, `unix` or `tls`.
     pub fn transport(&self) -> &'static str {
         match self {
             Address::Tcp(_) => "tcp",
             Address::Udp(_) => "udp",
             Address::Unix(_) => "unix",
+            Address::Tls { .. } => "tls",
         }
+    }
+
+    /// The IP socket address of a TCP or TLS address (what a stream connects to over IP).
+    pub fn stream_ip(&self) -> Option<SocketAddr> {
+        match self {
+            Address::Tcp(addr) | Address::Tls { addr, .. } => Some(*addr),
+            Address::Udp(_) | Address::Unix(_) => None,
+        }
+    }
+
+    /// Whether it is a `tls:` address.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Address::Tls { .. })
     }
 }
 
@@ -124,7 +146,9 @@ impl fmt::Display for Address {
     /// The address without its transport: `127.0.0.1:9999`, `[::1]:7000` or the socket path.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Address::Tcp(addr) | Address::Udp(addr) => write!(f, "{addr}"),
+            Address::Tcp(addr) | Address::Udp(addr) | Address::Tls { addr, .. } => {
+                write!(f, "{addr}")
+            }
             Address::Unix(path) => write!(f, "{}", path.display()),
         }
     }
@@ -145,7 +169,7 @@ pub(crate) fn system_resolver(host: &str, port: u16) -> Result<SocketAddr, Strin
 impl FromStr for Address {
     type Err = String;
 
-    /// Parses `HOST:PORT`, `tcp:HOST:PORT`, `udp:HOST:PORT` or `unix:PATH`.
+    /// Parses `HOST:PORT`, `tcp:HOST:PORT`, `udp:HOST:PORT`, `tls:HOST:PORT` or `unix:PATH`.
     ///
     /// HOST is an IP address (IPv6 in brackets) or a name such as `localhost`, which is resolved
     /// here and the first address used, as `nc` does.
@@ -173,6 +197,18 @@ impl Address {
         }
         if let Some(host_port) = text.strip_prefix("udp:") {
             return parse_host_port(host_port, resolve).map(Address::Udp);
+        }
+        if let Some(host_port) = text.strip_prefix("tls:") {
+            let addr = parse_host_port(host_port, resolve)?;
+            // Parsed, so it has a colon; an IPv6 host is in brackets.
+            let host = host_port
+                .rsplit_once(':')
+                .map_or(host_port, |(host, _)| host);
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            return Ok(Address::Tls { addr, host });
         }
         let host_port = text.strip_prefix("tcp:").unwrap_or(text);
         parse_host_port(host_port, resolve).map(Address::Tcp)
@@ -204,7 +240,7 @@ fn parse_host_port(text: &str, resolve: Resolver<'_>) -> Result<SocketAddr, Stri
 /// Where a service's listening socket comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SocketSource {
-    /// oneloop binds it: `HOST:PORT`, `tcp:`, `udp:` or `unix:`.
+    /// oneloop binds it: `HOST:PORT`, `tcp:`, `udp:`, `tls:` or `unix:`.
     Bind(Address),
     /// systemd bound it and passed it in (socket activation): `fd:NAME` selects every passed
     /// socket whose `FileDescriptorName=` is NAME, or the one whose descriptor number is NAME.
@@ -316,6 +352,15 @@ mod tests {
         assert_eq!(v6.source, bind(Address::Tcp("[::1]:7000".parse().unwrap())));
         let udp = spec("echo@udp:[::1]:7000").unwrap();
         assert_eq!(udp.source.to_string(), "udp:[::1]:7000");
+        let tls = spec("chat@tls:[::1]:7000").unwrap();
+        assert_eq!(tls.source.to_string(), "tls:[::1]:7000");
+        match "tls:localhost:443".parse::<Address>().unwrap() {
+            Address::Tls { addr, host } => {
+                assert!(addr.ip().is_loopback());
+                assert_eq!((host.as_str(), addr.port()), ("localhost", 443));
+            }
+            other => panic!("{other:?}"),
+        }
         let unix = spec("chat@unix:/tmp/chat.sock").unwrap();
         assert_eq!(unix.source, bind(Address::Unix("/tmp/chat.sock".into())));
         assert_eq!(unix.protocol, ProtocolKind::Chat);
@@ -364,6 +409,7 @@ mod tests {
             ("echo@unix:", "socket path"),
             ("chat@udp:127.0.0.1:1", "not udp"),
             ("upload@udp:127.0.0.1:1", "not udp"),
+            ("echo@tls:127.0.0.1", "HOST:PORT"),
             ("upper@fd:", "FileDescriptorName"),
             ("upper@fd:a:b", "no ':'"),
             ("upper@fd:a b", "no ':' or space"),

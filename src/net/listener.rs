@@ -76,7 +76,9 @@ impl BoundListener {
             return name.clone();
         }
         match &self.local {
-            Address::Tcp(addr) | Address::Udp(addr) => addr.port().to_string(),
+            Address::Tcp(addr) | Address::Udp(addr) | Address::Tls { addr, .. } => {
+                addr.port().to_string()
+            }
             Address::Unix(path) => path.file_name().map_or_else(
                 || path.display().to_string(),
                 |name| name.to_string_lossy().into_owned(),
@@ -104,6 +106,11 @@ impl BoundListener {
             StreamListener::Unix(l) => registry.register(l, token, mio::Interest::READABLE)?,
         }
         Ok(listener)
+    }
+
+    /// Whether its connections speak TLS (a `tls:` service).
+    pub fn is_tls(&self) -> bool {
+        self.local.is_tls()
     }
 
     /// The `listening PROTOCOL TRANSPORT ADDRESS` line for this listener.
@@ -281,6 +288,14 @@ pub(crate) fn bind_services(
             Address::Tcp(addr) => {
                 let socket = bind_tcp(*addr).map_err(fail)?;
                 let local = Address::Tcp(socket.local_addr().map_err(fail)?);
+                bound.push_listener(ListenSocket::Tcp(socket), protocol, local, None);
+            }
+            Address::Tls { addr, host } => {
+                let socket = bind_tcp(*addr).map_err(fail)?;
+                let local = Address::Tls {
+                    addr: socket.local_addr().map_err(fail)?,
+                    host: host.clone(),
+                };
                 bound.push_listener(ListenSocket::Tcp(socket), protocol, local, None);
             }
             Address::Unix(path) => {

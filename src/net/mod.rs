@@ -15,6 +15,7 @@ pub(crate) mod nonblocking;
 pub(crate) mod reserve;
 pub(crate) mod stream;
 pub mod systemd;
+pub mod tls;
 pub(crate) mod unix;
 
 use std::time::Duration;

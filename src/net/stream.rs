@@ -128,7 +128,10 @@ impl Stream {
     pub fn connect(address: &crate::service::Address) -> io::Result<Stream> {
         use crate::service::Address;
         match address {
-            Address::Tcp(addr) => mio::net::TcpStream::connect(*addr).map(Stream::Tcp),
+            // TLS runs over the TCP stream; the handshake is the caller's.
+            Address::Tcp(addr) | Address::Tls { addr, .. } => {
+                mio::net::TcpStream::connect(*addr).map(Stream::Tcp)
+            }
             Address::Unix(path) => mio::net::UnixStream::connect(path).map(Stream::Unix),
             Address::Udp(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -9,6 +9,8 @@
 //! instead of hanging the suite.
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
+pub mod tls;
+
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
