@@ -553,3 +553,16 @@ fn a_handshake_past_max_connections_is_closed_and_the_others_are_served() {
     tls::send(&mut first, b"one");
     assert_eq!(tls::read_exact(&mut first, 3), b"one");
 }
+
+#[test]
+fn the_idle_timeout_ends_a_tls_session_with_close_notify() {
+    let dir = tls::scratch_dir("idle");
+    let pki = Pki::new(&dir);
+    let server = serve(&pki, &["echo@tls:127.0.0.1:0"], &["--idle-timeout", "1"]);
+    let mut idle = connect(&server, "echo", &pki);
+    tls::send(&mut idle, b"once");
+    assert_eq!(tls::read_exact(&mut idle, 4), b"once");
+    let (rest, end) = tls::read_to_close_notify(&mut idle);
+    assert!(rest.is_empty(), "{rest:?}");
+    end.expect("the idle timeout's close is a close_notify, not a truncation");
+}
