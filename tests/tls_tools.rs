@@ -164,6 +164,35 @@ impl Tool {
         }
     }
 
+    /// Waits until its standard output holds `needle` (anywhere); `false` if it ends without.
+    fn wait_for(&mut self, needle: &[u8]) -> bool {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.out.windows(needle.len()).any(|w| w == needle) {
+            if !self.pump(deadline) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until its standard error holds `needle` `count` times.
+    fn wait_for_stderr(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.stderr().matches(needle).count() < count {
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "waited for {needle:?} {count} times on its stderr"
+                ));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends it signal `name` (`STOP`, `CONT`), by its PID.
+    fn signal(&self, name: &str) {
+        util::signal(self.child.id(), name);
+    }
+
     /// Waits up to `within` for it to exit; `None` if it is still running.
     fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
@@ -226,10 +255,20 @@ fn serve(pki: &Pki, services: &[&str], extra: &[&str]) -> Server {
 /// no command letters (a line starting with `Q` or `R` is data) and ending at the end of its
 /// input with a close_notify. `extra`: `-tls1_2`, `-cert`, ...
 fn s_client(openssl: &Path, addr: SocketAddr, pki: &Pki, extra: &[&str]) -> Tool {
-    let mut args: Vec<String> = [
+    let quiet = ["-quiet", "-no_ign_eof", "-nocommands"];
+    s_client_as(openssl, addr, pki, &[&quiet[..], extra].concat())
+}
+
+/// `openssl s_client` to `addr`, checking the server's certificate as [`s_client`] does, with
+/// only `options` besides: without `-quiet` it prints the session on its standard output
+/// before the data, and takes lines that start with `R`, `k` or `K` (TLS 1.2 renegotiation,
+/// TLS 1.3 key updates) as commands.
+fn s_client_as(openssl: &Path, addr: SocketAddr, pki: &Pki, options: &[&str]) -> Tool {
+    let addr = addr.to_string();
+    let checks = [
         "s_client",
         "-connect",
-        &addr.to_string(),
+        &addr,
         "-CAfile",
         pki.ca.to_str().unwrap(),
         "-servername",
@@ -237,14 +276,12 @@ fn s_client(openssl: &Path, addr: SocketAddr, pki: &Pki, extra: &[&str]) -> Tool
         "-verify_hostname",
         "localhost",
         "-verify_return_error",
-        "-quiet",
-        "-no_ign_eof",
-        "-nocommands",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
+    ];
+    let args: Vec<String> = checks
+        .iter()
+        .chain(options)
+        .map(|s| s.to_string())
+        .collect();
     Tool::spawn(openssl, &args)
 }
 
@@ -359,7 +396,7 @@ fn s_client_over_tls_1_2_and_1_3_gets_upper_and_echo_byte_for_byte() {
 }
 
 #[test]
-fn s_client_with_alices_certificate_joins_chat_as_alice_and_one_without_is_refused() {
+fn s_client_with_alices_certificate_joins_chat_as_alice_and_others_are_refused() {
     if !util::require_tools(&["openssl"]) {
         return;
     }
@@ -381,19 +418,25 @@ fn s_client_with_alices_certificate_joins_chat_as_alice_and_one_without_is_refus
             member.fail(&format!("{version}: alice was greeted {welcome:?}"));
         }
 
-        // No certificate: refused in the handshake (TLS 1.3: the alert comes just after it,
-        // as the client sends its first flight), never a member.
-        let mut stranger = s_client(&openssl, addr, &pki, &[version]);
-        let Some(status) = stranger.wait(DEADLINE) else {
-            stranger.fail(&format!("{version}: no certificate, still connected"));
-        };
-        if status.success() && !stranger.stderr().contains("alert") {
-            stranger.fail(&format!("{version}: no certificate, and no alert"));
-        }
-        if !stranger.out.is_empty() {
-            stranger.fail(&format!(
-                "{version}: the server spoke to a client without one"
-            ));
+        // No certificate, or mallory's from another CA: refused in the handshake (TLS 1.3:
+        // by an alert just after it, once the client has sent its flight), never a member.
+        let mallory = [
+            "-cert",
+            pki.other_client_cert.to_str().unwrap(),
+            "-key",
+            pki.other_client_key.to_str().unwrap(),
+        ];
+        for (who, identity) in [("no certificate", &[][..]), ("mallory", &mallory[..])] {
+            let mut stranger = s_client(&openssl, addr, &pki, &[identity, &[version]].concat());
+            let Some(status) = stranger.wait(DEADLINE) else {
+                stranger.fail(&format!("{version}, {who}: still connected"));
+            };
+            if status.success() && !stranger.stderr().contains("alert") {
+                stranger.fail(&format!("{version}, {who}: no alert, exit {status}"));
+            }
+            if !stranger.out.is_empty() {
+                stranger.fail(&format!("{version}, {who}: the server spoke to it"));
+            }
         }
 
         // alice saw nobody join, and is alone.
@@ -409,6 +452,221 @@ fn s_client_with_alices_certificate_joins_chat_as_alice_and_one_without_is_refus
         }
     }
     server.assert_running();
+}
+
+#[test]
+fn s_client_key_updates_are_served_and_a_renegotiation_is_refused() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("key-update");
+    let pki = Pki::new(&dir);
+    let mut server = serve(&pki, &["echo@tls:127.0.0.1:0"], &[]);
+    let addr = server.addr_of("echo", "tls");
+    let baseline = server.open_fds();
+
+    // TLS 1.3: `K` updates s_client's keys and asks the server to update its own, `k` updates
+    // s_client's only; the session goes on under the new keys, many times over.
+    let mut client = s_client_as(&openssl, addr, &pki, &["-tls1_3", "-quiet", "-no_ign_eof"]);
+    for round in 0..20 {
+        let command = if round % 2 == 0 { "K" } else { "k" };
+        client.type_in(format!("{command}\n").as_bytes());
+        // s_client takes the rest of a read that starts with a command letter as part of the
+        // command: the data goes once the update is done.
+        client.wait_for_stderr("KEYUPDATE", round + 1);
+        let line = format!("after key update {round}\n");
+        client.type_in(line.as_bytes());
+        client.expect(line.as_bytes());
+    }
+    client.close_input();
+    let status = client.finish();
+    if !status.success() || client.stderr().matches("KEYUPDATE").count() != 20 {
+        client.fail(&format!("20 key updates: exited with {status}"));
+    }
+
+    // TLS 1.2: `R` asks for a renegotiation, which rustls refuses (a no_renegotiation alert);
+    // s_client gives that connection up, and the server closes it and serves on.
+    let mut client = s_client_as(&openssl, addr, &pki, &["-tls1_2", "-quiet", "-no_ign_eof"]);
+    client.type_in(b"before\n");
+    client.expect(b"before\n");
+    client.type_in(b"R\n");
+    if client.wait(DEADLINE).is_none() {
+        client.fail("still connected after asking for a renegotiation");
+    }
+    if !client.rest().is_empty() {
+        client.fail("the server answered a renegotiation with data");
+    }
+    wait_for_fds(&server, baseline, "after the refused renegotiation");
+    echo_round_trip(&openssl, addr, &pki, b"served\n");
+    server.assert_running();
+}
+
+/// A session saved by one `s_client` (`-sess_out`) and offered by the next (`-sess_in`): the
+/// second is served, resumed or not (the contract does not promise resumption; the test says
+/// which it was).
+#[test]
+fn s_client_offering_a_saved_session_is_served() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("resume");
+    let pki = Pki::new(&dir);
+    let mut server = serve(&pki, &["echo@tls:127.0.0.1:0"], &[]);
+    let addr = server.addr_of("echo", "tls");
+    for (version, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let session = dir.join(format!("session{version}.pem"));
+        let session = session.to_str().unwrap();
+        let mut first = s_client(&openssl, addr, &pki, &[version, "-sess_out", session]);
+        first.type_in(b"first\n");
+        first.expect(b"first\n");
+        first.close_input();
+        let status = first.finish();
+        if !status.success() || fs::metadata(session).map_or(true, |m| m.len() == 0) {
+            first.fail(&format!(
+                "{version}: exited with {status}, no session saved"
+            ));
+        }
+        // Without -quiet: the session (`New, ...` or `Reused, ...`) comes before the data.
+        let options = [version, "-sess_in", session, "-no_ign_eof", "-nocommands"];
+        let mut second = s_client_as(&openssl, addr, &pki, &options);
+        second.type_in(b"second\n");
+        if !second.wait_for(b"\nsecond\n") {
+            second.fail(&format!("{version}: no echo on the second session"));
+        }
+        second.close_input();
+        let status = second.finish();
+        if !status.success() {
+            second.fail(&format!(
+                "{version}: the second session exited with {status}"
+            ));
+        }
+        let resumed = second.wait_for(format!("Reused, {name}").as_bytes());
+        util::say(&format!(
+            "{version}: the saved session was resumed: {resumed}"
+        ));
+    }
+    server.assert_running();
+}
+
+/// `quit` and a line over `--max-line` end a chat member's connection from the server's side:
+/// after the last line, the server's close_notify (s_client exits 0, no `unexpected eof`).
+#[test]
+fn chat_ends_an_s_client_session_with_close_notify_after_quit_and_a_long_line() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("chat-ends");
+    let pki = Pki::new(&dir);
+    let mut server = serve(&pki, &["chat@tls:127.0.0.1:0"], &["--max-line", "100"]);
+    let addr = server.addr_of("chat", "tls");
+    let long = format!("{}\n", "x".repeat(300));
+    for (input, last) in [
+        ("quit\n", None),
+        (long.as_str(), Some("error line too long")),
+    ] {
+        let mut member = s_client(&openssl, addr, &pki, &[]);
+        let welcome = member.line();
+        if !welcome.starts_with("* welcome 127.0.0.1:") {
+            member.fail(&format!("greeted {welcome:?}"));
+        }
+        member.type_in(input.as_bytes());
+        if let Some(last) = last {
+            let line = member.line();
+            if line != last {
+                member.fail(&format!("got {line:?}, not {last:?}"));
+            }
+        }
+        // Its input still open: the end is the server's.
+        let status = member.finish();
+        if !status.success() || member.stderr().contains("unexpected eof") {
+            member.fail(&format!(
+                "ended without the server's close_notify: exit {status}"
+            ));
+        }
+        if !member.rest().is_empty() {
+            member.fail("more after the last line");
+        }
+    }
+    server.assert_running();
+}
+
+/// An `s_client` member stopped (SIGSTOP) while another floods the room: its output, counted
+/// with what waits to be encrypted, passes `--output-limit`, and it is dropped; the talker is
+/// never held to its pace for long, and stays.
+#[test]
+fn a_stopped_s_client_member_is_dropped_and_the_room_goes_on() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("stopped");
+    let pki = Pki::new(&dir);
+    let server = serve(
+        &pki,
+        &["chat@tls:127.0.0.1:0"],
+        &["--output-limit", "65536"],
+    );
+    let addr = server.addr_of("chat", "tls");
+    let baseline = server.open_fds();
+    let mut stopped = s_client(&openssl, addr, &pki, &[]);
+    let welcome = stopped.line();
+    let name = welcome
+        .strip_prefix("* welcome ")
+        .and_then(|rest| rest.split_once("; "))
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| stopped.fail(&format!("greeted {welcome:?}")));
+    let config = tls::client_config(&pki.ca, None);
+    let mut talker = tls::connect(addr, &config);
+    let greeting = tls::read_line(&mut talker);
+    assert!(greeting.contains("; 2 members here"), "{greeting:?}");
+    stopped.line(); // `* TALKER joined`
+    stopped.signal("STOP");
+
+    // The talker writes (on a thread: its writes may wait while the room is slowed) until
+    // the server has closed the stopped member's connection, at most 64 MiB.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let line = format!("{}\n", "f".repeat(99));
+            let chunk = line.repeat(1000);
+            let mut sent = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && sent < 64 << 20 {
+                tls::send(&mut talker, chunk.as_bytes());
+                sent += chunk.len();
+            }
+            (talker, sent)
+        })
+    };
+    let dropped = Instant::now();
+    let waited = wait_for_fds(&server, baseline + 1, "the stopped member dropped");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut talker, sent) = writer.join().expect("the talker");
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes sent, the stopped member still there"
+    );
+    util::say(&format!(
+        "the stopped member was dropped {:?} after the flood began ({waited:?} waited), \
+         {} MiB sent",
+        dropped.elapsed(),
+        sent >> 20
+    ));
+    assert_eq!(tls::read_line(&mut talker), format!("* {name} left"));
+    tls::send(&mut talker, b"/who\n");
+    let who = tls::read_line(&mut talker);
+    assert!(
+        who.starts_with("* members: ") && !who.contains(&name),
+        "{who:?}"
+    );
+    // Continued, s_client reads what had reached it, then the end of its connection.
+    stopped.signal("CONT");
+    if stopped.wait(DEADLINE).is_none() {
+        stopped.fail("continued, it never saw its connection end");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
