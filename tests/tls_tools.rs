@@ -812,6 +812,61 @@ fn socat_with_a_client_certificate_chats_as_alice() {
     assert_eq!(tls::read_line(&mut bob), "* members: bob");
 }
 
+/// The IEEE CRC-32 (`zlib.crc32`) of `bytes`, bit by bit: the upload protocol's checksum.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `socat` sends a header and 1 MiB at once, then the end of its input: its close_notify
+/// comes right behind the body, long before the file is stored. The server still stores it
+/// and answers `saved ...`, then ends with its own close_notify.
+#[test]
+fn socat_uploads_a_file_and_its_close_notify_behind_the_body_still_gets_saved() {
+    if !util::require_tools(&["socat"]) {
+        return;
+    }
+    let socat = program("socat");
+    let dir = tls::scratch_dir("socat-upload");
+    let pki = Pki::new(&dir);
+    let uploads = dir.join("uploads");
+    fs::create_dir(&uploads).unwrap();
+    let options = ["--upload-dir", uploads.to_str().unwrap(), "--min-free", "0"];
+    let mut server = serve(&pki, &["upload@tls:127.0.0.1:0"], &options);
+    let mut body = vec![0; 1 << 20];
+    util::Pseudo::new(20).fill(&mut body);
+    let mut client = socat_tls(&socat, server.addr_of("upload", "tls"), &pki, "");
+    client.type_in(format!("{} note.bin\n", body.len()).as_bytes());
+    client.type_in(&body);
+    client.close_input();
+    let status = client.finish();
+    let expected = format!("ok\nsaved note.bin {} {:08x}\n", body.len(), crc32(&body));
+    if !status.success() || client.rest() != expected.as_bytes() {
+        client.fail(&format!("exited with {status}; wanted {expected:?}"));
+    }
+    assert!(
+        fs::read(uploads.join("note.bin")).unwrap() == body,
+        "the stored file differs"
+    );
+    let left: Vec<_> = fs::read_dir(&uploads)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    server.assert_running();
+}
+
 // ---------------------------------------------------------------------------------------------
 // HAProxy in front: mode tcp, send-proxy-v2, TLS passed through
 
@@ -826,9 +881,14 @@ struct Passthrough {
 }
 
 impl Passthrough {
-    /// `mode tcp`, no `ssl` anywhere: HAProxy never sees the plaintext. No health checks: a
-    /// check would be one more handshake that never comes.
-    fn config(frontend: SocketAddr, backend: SocketAddr, stats: &Path) -> String {
+    /// `mode tcp`, no `ssl` anywhere: HAProxy never sees the plaintext. `server_options`:
+    /// `send-proxy-v2`, and health checks if wanted.
+    fn config(
+        frontend: SocketAddr,
+        backend: SocketAddr,
+        stats: &Path,
+        server_options: &str,
+    ) -> String {
         format!(
             "\
 global
@@ -846,7 +906,7 @@ defaults
 
 listen tls_passthrough
     bind {frontend}
-    server oneloop {backend} send-proxy-v2
+    server oneloop {backend} {server_options}
 ",
             stats = stats.display()
         )
@@ -854,13 +914,17 @@ listen tls_passthrough
 
     /// Starts HAProxy in front of `backend` and waits until its stats socket answers (it binds
     /// every listener before it serves any); a frontend port taken meanwhile is replaced.
-    fn start(binary: &Path, backend: SocketAddr) -> Passthrough {
+    fn start(binary: &Path, backend: SocketAddr, server_options: &str) -> Passthrough {
         let dir = tls::scratch_dir("haproxy");
         for _ in 0..5 {
             let addr = SocketAddr::from(([127, 0, 0, 1], util::free_loopback_port()));
             let cfg = dir.join("haproxy.cfg");
             let stats = dir.join("stats.sock");
-            fs::write(&cfg, Passthrough::config(addr, backend, &stats)).unwrap();
+            fs::write(
+                &cfg,
+                Passthrough::config(addr, backend, &stats, server_options),
+            )
+            .unwrap();
             let stderr = fs::File::create(dir.join("stderr")).unwrap();
             let child = Command::new(binary)
                 .arg("-db")
@@ -901,6 +965,25 @@ listen tls_passthrough
     fn stderr(&self) -> String {
         fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
     }
+
+    /// The `status` of the backend server in `show stat` (`UP`, `DOWN`, `no check`, ...).
+    fn status(&self) -> String {
+        let mut socket = UnixStream::connect(self.dir.join("stats.sock")).unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        socket.write_all(b"show stat\n").unwrap();
+        let mut stats = String::new();
+        socket.read_to_string(&mut stats).unwrap();
+        let header: Vec<&str> = stats.lines().next().unwrap_or("").split(',').collect();
+        let column = header
+            .iter()
+            .position(|&h| h == "status")
+            .expect("a status column");
+        stats
+            .lines()
+            .find(|line| line.starts_with("tls_passthrough,oneloop,"))
+            .and_then(|line| line.split(',').nth(column).map(str::to_string))
+            .unwrap_or_else(|| panic!("no tls_passthrough/oneloop in show stat:\n{stats}"))
+    }
 }
 
 impl Drop for Passthrough {
@@ -919,7 +1002,7 @@ fn behind_haproxy_send_proxy_v2_a_tls_member_is_named_by_its_real_address() {
     let dir = tls::scratch_dir("passthrough");
     let pki = Pki::new(&dir);
     let server = serve(&pki, &["chat@tls:127.0.0.1:0"], &["--proxy-protocol"]);
-    let proxy = Passthrough::start(&haproxy, server.addr_of("chat", "tls"));
+    let proxy = Passthrough::start(&haproxy, server.addr_of("chat", "tls"), "send-proxy-v2");
     let config = tls::client_config(&pki.ca, None);
     let join = || {
         let mut member = tls::connect(proxy.addr, &config);
@@ -963,6 +1046,46 @@ fn behind_haproxy_send_proxy_v2_a_tls_member_is_named_by_its_real_address() {
     assert!(rest.is_empty(), "{rest:?}");
     end.expect("the server's close_notify, through haproxy");
     assert_eq!(tls::read_line(&mut first), format!("* {second_local} left"));
+}
+
+/// HAProxy's health checks as `docs/DEPLOY.md` has them (`check check-send-proxy`: a
+/// connection with a PROXY v2 LOCAL header, then closed) on a TLS service: the server is marked
+/// up, a check is a handshake that never comes (no chat member ever sees one join), and the
+/// server logs nothing about them at its default level.
+#[test]
+fn haproxy_health_checks_on_a_tls_service_mark_it_up_and_never_join_the_room() {
+    let Some(haproxy) = util::require_tool("haproxy") else {
+        return;
+    };
+    let dir = tls::scratch_dir("checks");
+    let pki = Pki::new(&dir);
+    let server = serve(&pki, &["chat@tls:127.0.0.1:0"], &["--proxy-protocol"]);
+    let options = "send-proxy-v2 check check-send-proxy inter 100ms fall 1 rise 1";
+    let proxy = Passthrough::start(&haproxy, server.addr_of("chat", "tls"), options);
+    let start = Instant::now();
+    while proxy.status() != "UP" {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "haproxy has the TLS service {} after {DEADLINE:?}; haproxy:\n{}",
+            proxy.status(),
+            proxy.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let config = tls::client_config(&pki.ca, None);
+    let mut member = tls::connect(proxy.addr, &config);
+    let local = member.sock.local_addr().unwrap().to_string();
+    let welcome = tls::read_line(&mut member);
+    assert!(
+        welcome.starts_with(&format!("* welcome {local}; 1 member here")),
+        "{welcome:?}"
+    );
+    // Ten checks' time, then the room as the member sees it: nobody else joined.
+    thread::sleep(Duration::from_millis(1000));
+    tls::send(&mut member, b"/who\n");
+    assert_eq!(tls::read_line(&mut member), format!("* members: {local}"));
+    assert_eq!(proxy.status(), "UP", "haproxy:\n{}", proxy.stderr());
+    assert_eq!(server.stderr(), "", "the server's log at its default level");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1054,6 +1177,54 @@ fn sigterm_ends_an_s_client_session_with_its_close_notify() {
         client.fail(&format!("after SIGTERM: exited with {status}"));
     }
     assert!(server.wait_for_exit().success(), "{}", server.stderr());
+}
+
+/// Handshakes count against `--max-connections`: two `s_client`s that connect and send
+/// nothing (`-starttls smtp` waits for a banner first) hold both slots, a third is accepted and
+/// closed at once, and the handshake deadline (`--idle-timeout 2`, shorter than 10 s) frees
+/// the slots.
+#[test]
+fn stuck_handshakes_hold_their_slots_until_the_handshake_deadline() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("slots");
+    let pki = Pki::new(&dir);
+    let options = ["--max-connections", "2", "--idle-timeout", "2"];
+    let mut server = serve(&pki, &["echo@tls:127.0.0.1:0"], &options);
+    let addr = server.addr_of("echo", "tls");
+    let baseline = server.open_fds();
+    let connected = Instant::now();
+    let mut stuck: Vec<Tool> = (0..2)
+        .map(|_| s_client(&openssl, addr, &pki, &["-starttls", "smtp"]))
+        .collect();
+    wait_for_fds(&server, baseline + 2, "two stuck handshakes");
+    let mut third = s_client(&openssl, addr, &pki, &[]);
+    third.type_in(b"let me in\n");
+    let Some(status) = third.wait(DEADLINE) else {
+        third.fail("a connection over --max-connections was kept");
+    };
+    if status.success() || third.out.windows(9).any(|w| w == b"let me in") {
+        third.fail(&format!("over --max-connections, served: exit {status}"));
+    }
+    let refused = connected.elapsed();
+    assert!(
+        refused < Duration::from_millis(1500),
+        "the third was closed only {refused:?} after the others connected"
+    );
+    // The stuck ones: closed at their deadline, and s_client sees its connection end.
+    wait_for_fds(&server, baseline, "after the handshake deadline");
+    let freed = connected.elapsed();
+    assert!(
+        freed >= Duration::from_millis(1800) && freed < Duration::from_secs(6),
+        "the stuck handshakes were closed {freed:?} after they connected, not at 2 s"
+    );
+    for client in &mut stuck {
+        client.finish();
+    }
+    echo_round_trip(&openssl, addr, &pki, b"a free slot\n");
+    server.assert_running();
 }
 
 #[test]
