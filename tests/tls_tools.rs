@@ -812,6 +812,35 @@ fn socat_with_a_client_certificate_chats_as_alice() {
     assert_eq!(tls::read_line(&mut bob), "* members: bob");
 }
 
+/// A reply held by `--reply-delay` when socat's close_notify arrives: the server still sends
+/// it when it is due, then its own close_notify (a half-close over TLS, as over TCP).
+#[test]
+fn socat_gets_a_held_timestamp_reply_after_its_close_notify() {
+    if !util::require_tools(&["socat"]) {
+        return;
+    }
+    let socat = program("socat");
+    let dir = tls::scratch_dir("socat-delay");
+    let pki = Pki::new(&dir);
+    let options = ["--reply-delay", "1"];
+    let mut server = serve(&pki, &["timestamp@tls:127.0.0.1:0"], &options);
+    let mut client = socat_tls(&socat, server.addr_of("timestamp", "tls"), &pki, "");
+    let sent = Instant::now();
+    client.type_in(b"first\nsecond\n");
+    client.close_input();
+    let status = client.finish();
+    let took = sent.elapsed();
+    let reply = client.rest().to_vec();
+    if !status.success() || util::check_stamped_reply(&reply, b"first\nsecond\n") != Ok(2) {
+        client.fail(&format!("exited with {status}, not two stamped lines"));
+    }
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the held replies and the end came {took:?} after the requests"
+    );
+    server.assert_running();
+}
+
 /// The IEEE CRC-32 (`zlib.crc32`) of `bytes`, bit by bit: the upload protocol's checksum.
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
@@ -999,10 +1028,19 @@ fn behind_haproxy_send_proxy_v2_a_tls_member_is_named_by_its_real_address() {
     let Some(haproxy) = util::require_tool("haproxy") else {
         return;
     };
+    // The v2 header (binary) as the contract's deployment has it, and v1 (text) as well.
+    for header in ["send-proxy-v2", "send-proxy"] {
+        members_named_by_their_real_address(&haproxy, header);
+    }
+}
+
+/// Two rustls members through HAProxy (`server ... HEADER`) in front of a chat service: each
+/// named by its own address, lines and notices between them, close_notify both ways.
+fn members_named_by_their_real_address(haproxy: &Path, header: &str) {
     let dir = tls::scratch_dir("passthrough");
     let pki = Pki::new(&dir);
     let server = serve(&pki, &["chat@tls:127.0.0.1:0"], &["--proxy-protocol"]);
-    let proxy = Passthrough::start(&haproxy, server.addr_of("chat", "tls"), "send-proxy-v2");
+    let proxy = Passthrough::start(haproxy, server.addr_of("chat", "tls"), header);
     let config = tls::client_config(&pki.ca, None);
     let join = || {
         let mut member = tls::connect(proxy.addr, &config);
@@ -1021,8 +1059,9 @@ fn behind_haproxy_send_proxy_v2_a_tls_member_is_named_by_its_real_address() {
         assert_eq!(
             name,
             local,
-            "a member connected from {local} through haproxy (at {}) was named {name}: the \
-             server must name it by the PROXY header's address, not by haproxy's; haproxy:\n{}",
+            "{header}: a member connected from {local} through haproxy (at {}) was named \
+             {name}: the server must name it by the PROXY header's address, not by haproxy's; \
+             haproxy:\n{}",
             proxy.addr,
             proxy.stderr()
         );
@@ -1046,6 +1085,38 @@ fn behind_haproxy_send_proxy_v2_a_tls_member_is_named_by_its_real_address() {
     assert!(rest.is_empty(), "{rest:?}");
     end.expect("the server's close_notify, through haproxy");
     assert_eq!(tls::read_line(&mut first), format!("* {second_local} left"));
+}
+
+/// Through HAProxy with `--tls-client-ca`: alice's certificate still names her (the
+/// certificate before the PROXY header's address), and a client without one is refused in the
+/// handshake that HAProxy passes through.
+#[test]
+fn behind_haproxy_a_client_certificate_still_names_the_member() {
+    let Some(haproxy) = util::require_tool("haproxy") else {
+        return;
+    };
+    let dir = tls::scratch_dir("passthrough-ca");
+    let pki = Pki::new(&dir);
+    let ca = pki.ca.to_str().unwrap();
+    let options = ["--proxy-protocol", "--tls-client-ca", ca];
+    let server = serve(&pki, &["chat@tls:127.0.0.1:0"], &options);
+    let proxy = Passthrough::start(&haproxy, server.addr_of("chat", "tls"), "send-proxy-v2");
+    let alice = tls::client_config(&pki.ca, Some((&pki.client_cert, &pki.client_key)));
+    let mut member = tls::connect(proxy.addr, &alice);
+    let welcome = tls::read_line(&mut member);
+    assert!(
+        welcome.starts_with("* welcome alice; 1 member here"),
+        "{welcome:?}"
+    );
+    let anonymous = tls::client_config(&pki.ca, None);
+    let mut stranger = tls::connect(proxy.addr, &anonymous);
+    let refused = tls::handshake(&mut stranger).and_then(|()| stranger.read(&mut [0; 64]));
+    assert!(
+        !matches!(refused, Ok(n) if n > 0),
+        "a client without a certificate got {refused:?} through haproxy"
+    );
+    tls::send(&mut member, b"/who\n");
+    assert_eq!(tls::read_line(&mut member), "* members: alice");
 }
 
 /// HAProxy's health checks as `docs/DEPLOY.md` has them (`check check-send-proxy`: a
@@ -1225,6 +1296,51 @@ fn stuck_handshakes_hold_their_slots_until_the_handshake_deadline() {
     }
     echo_round_trip(&openssl, addr, &pki, b"a free slot\n");
     server.assert_running();
+}
+
+/// SIGTERM closes idle connections at once: handshakes that have not begun or are waiting
+/// for the client count as idle, so they neither delay the exit to `--shutdown-timeout` nor
+/// keep it from exiting 0.
+#[test]
+fn sigterm_does_not_wait_for_stuck_handshakes() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("sigterm-stuck");
+    let pki = Pki::new(&dir);
+    let mut server = serve(&pki, &["echo@tls:127.0.0.1:0"], &[]);
+    let addr = server.addr_of("echo", "tls");
+    let baseline = server.open_fds();
+    // One before its ClientHello, one in the middle of its handshake (the server's flight held
+    // back by the relay), one session that is served.
+    let mut early = s_client(&openssl, addr, &pki, &["-starttls", "smtp"]);
+    let mut relay = HoldingRelay::new();
+    let mut middle = s_client(&openssl, relay.addr, &pki, &[]);
+    let _upstream = relay.pass_client_hello(addr, &middle);
+    let mut served = s_client(&openssl, addr, &pki, &[]);
+    served.type_in(b"ping\n");
+    served.expect(b"ping\n");
+    wait_for_fds(&server, baseline + 3, "three connections");
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_for_exit();
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM took {took:?} with two stuck handshakes (--shutdown-timeout is 10 s)"
+    );
+    let status = served.finish();
+    if !status.success() || served.stderr().contains("unexpected eof") {
+        served.fail(&format!("the served session ended with exit {status}"));
+    }
+    early.finish();
+    middle.kill();
 }
 
 #[test]
