@@ -395,6 +395,64 @@ fn s_client_over_tls_1_2_and_1_3_gets_upper_and_echo_byte_for_byte() {
     server.assert_running();
 }
 
+/// Two handshake corner cases a real client brings: a HelloRetryRequest (s_client offers a key
+/// share only for P-521, which the server does not take, so it asks for X25519 and a second
+/// ClientHello follows), and records of 512 bytes (`-max_send_frag`), which split alice's
+/// certificate message and the text's two-byte characters across records.
+#[test]
+fn s_client_after_a_hello_retry_and_in_512_byte_records_is_served() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("hrr");
+    let pki = Pki::new(&dir);
+    let ca = pki.ca.to_str().unwrap();
+    let mut server = serve(&pki, &["upper@tls:127.0.0.1:0"], &["--tls-client-ca", ca]);
+    let addr = server.addr_of("upper", "tls");
+    let identity = alice(&pki);
+
+    // -msg: every handshake message s_client sends and gets, on its standard output.
+    let options = [
+        &identity[..],
+        &["-tls1_3", "-groups", "P-521:X25519", "-msg"],
+    ]
+    .concat();
+    let mut client = s_client(&openssl, addr, &pki, &options);
+    client.type_in(b"retried\n");
+    if !client.wait_for(b"RETRIED\n") {
+        client.fail("no reply after a HelloRetryRequest");
+    }
+    let hellos = client
+        .out
+        .windows(11)
+        .filter(|w| w == b"ClientHello")
+        .count();
+    if hellos != 2 {
+        client.fail(&format!(
+            "{hellos} ClientHellos, not 2: no HelloRetryRequest"
+        ));
+    }
+    client.close_input();
+    client.finish();
+
+    for version in ["-tls1_2", "-tls1_3"] {
+        let options = [&identity[..], &[version, "-max_send_frag", "512"]].concat();
+        let mut client = s_client(&openssl, addr, &pki, &options);
+        let text = format!("x{}\n", "ß".repeat(5000));
+        client.type_in(text.as_bytes());
+        client.expect(text.to_uppercase().as_bytes());
+        client.close_input();
+        let status = client.finish();
+        if !status.success() {
+            client.fail(&format!(
+                "{version}: 512-byte records: exited with {status}"
+            ));
+        }
+    }
+    server.assert_running();
+}
+
 #[test]
 fn s_client_with_alices_certificate_joins_chat_as_alice_and_others_are_refused() {
     if !util::require_tools(&["openssl"]) {
