@@ -1401,6 +1401,40 @@ fn sigterm_does_not_wait_for_stuck_handshakes() {
     middle.kill();
 }
 
+/// A connection over `--max-connections` on a TLS service: closed at once, as over TCP, but
+/// a plaintext `error ...` line there is not TLS — s_client reports `wrong version number` —
+/// so what may precede the close is no bytes or a TLS alert (the TLS section: a failed
+/// handshake closes the connection with no reply).
+#[test]
+#[ignore = "contract question: over --max-connections a tls: connection gets the plaintext line \
+            `error too many connections` before the close, which TLS clients report as `wrong \
+            version number`; the TCP rule allows an error line, the TLS section says no reply"]
+fn a_connection_over_max_connections_on_a_tls_service_gets_no_plaintext() {
+    if !util::require_tools(&["openssl"]) {
+        return;
+    }
+    let openssl = program("openssl");
+    let dir = tls::scratch_dir("over-limit");
+    let pki = Pki::new(&dir);
+    let server = serve(&pki, &["echo@tls:127.0.0.1:0"], &["--max-connections", "1"]);
+    let addr = server.addr_of("echo", "tls");
+    let baseline = server.open_fds();
+    let _holder = util::connect(addr);
+    wait_for_fds(&server, baseline + 1, "the slot taken");
+    let mut raw = util::connect(addr);
+    let (bytes, _) = util::try_read_to_end_within(&mut raw);
+    assert!(
+        bytes.is_empty() || bytes[0] == 21,
+        "over the limit, a TLS client got {:?}",
+        Snippet(&bytes)
+    );
+    let mut refused = s_client(&openssl, addr, &pki, &[]);
+    refused.finish();
+    if refused.stderr().contains("wrong version number") {
+        refused.fail("the server wrote plaintext on a TLS connection");
+    }
+}
+
 #[test]
 fn plain_text_is_closed_while_an_s_client_session_goes_on() {
     if !util::require_tools(&["openssl"]) {
