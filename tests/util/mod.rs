@@ -1164,6 +1164,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("ps", "procps"),
     ("socat", "socat"),
+    ("openssl", "openssl"),
     ("strace", "strace"),
     ("haproxy", "haproxy"),
     ("redis-server", "redis-server"),
