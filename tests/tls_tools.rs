@@ -1280,8 +1280,6 @@ fn an_s_client_that_says_nothing_is_closed_by_the_idle_timeout() {
 /// Over TCP an idle connection ends with a FIN, a clean end of stream; over TLS that is the
 /// server's close_notify (the contract: a close without it is an abrupt end, as a reset).
 #[test]
-#[ignore = "server bug: the idle timeout closes a TLS connection without its close_notify \
-            (Connection::close drops the session unsent); s_client reports `unexpected eof`"]
 fn the_idle_timeout_ends_a_tls_session_with_its_close_notify() {
     if !util::require_tools(&["openssl"]) {
         return;
@@ -1416,9 +1414,6 @@ fn sigterm_does_not_wait_for_stuck_handshakes() {
 /// so what may precede the close is no bytes or a TLS alert (the TLS section: a failed
 /// handshake closes the connection with no reply).
 #[test]
-#[ignore = "contract question: over --max-connections a tls: connection gets the plaintext line \
-            `error too many connections` before the close, which TLS clients report as `wrong \
-            version number`; the TCP rule allows an error line, the TLS section says no reply"]
 fn a_connection_over_max_connections_on_a_tls_service_gets_no_plaintext() {
     if !util::require_tools(&["openssl"]) {
         return;
