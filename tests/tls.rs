@@ -566,3 +566,92 @@ fn the_idle_timeout_ends_a_tls_session_with_close_notify() {
     assert!(rest.is_empty(), "{rest:?}");
     end.expect("the idle timeout's close is a close_notify, not a truncation");
 }
+
+/// An upload over TLS whose bytes reach the server while it is stopped, then SIGTERM and
+/// SIGCONT: the shutdown reads what had arrived (counted in records, not plaintext).
+fn upload_at_shutdown(body_len: usize, sent: usize, record: usize) -> (String, Duration) {
+    let dir = tls::scratch_dir("upload-shutdown");
+    let pki = Pki::new(&dir);
+    let uploads = dir.join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    let server = serve(
+        &pki,
+        &["upload@tls:127.0.0.1:0"],
+        &[
+            "--upload-dir",
+            uploads.to_str().unwrap(),
+            "--shutdown-timeout",
+            "8",
+        ],
+    );
+    let mut client = connect(&server, "upload", &pki);
+    tls::send(&mut client, format!("{body_len} part.bin\n").as_bytes());
+    assert_eq!(tls::read_line(&mut client), "ok");
+    server.signal("STOP");
+    let mut body = vec![0u8; sent];
+    util::Pseudo::new(3).fill(&mut body);
+    for piece in body.chunks(record) {
+        client.write_all(piece).unwrap(); // one record each
+    }
+    client.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.signal("CONT");
+    let answer = tls::read_line(&mut client);
+    (answer, started.elapsed())
+}
+
+#[test]
+fn sigterm_stores_a_tls_upload_whose_body_had_all_arrived() {
+    let (answer, _) = upload_at_shutdown(150_000, 150_000, 16 * 1024);
+    assert!(answer.starts_with("saved part.bin 150000 "), "{answer:?}");
+}
+
+#[test]
+fn sigterm_cuts_a_partial_tls_upload_short_at_once() {
+    let (answer, waited) = upload_at_shutdown(10_000_000, 150_000, 1000);
+    assert_eq!(answer, "error shutting down");
+    assert!(
+        waited < Duration::from_secs(4),
+        "answered after {waited:?}, not at once"
+    );
+}
+
+#[test]
+fn the_idle_timeout_closes_a_tls_chat_member_that_stopped_reading_while_the_room_talks() {
+    let dir = tls::scratch_dir("idle-member");
+    let pki = Pki::new(&dir);
+    let server = serve(
+        &pki,
+        &["chat@tls:127.0.0.1:0"],
+        &["--idle-timeout", "2", "--output-limit", "8000000"],
+    );
+    let mut silent = connect(&server, "chat", &pki);
+    tls::read_line(&mut silent); // welcome
+    let mut talker = connect(&server, "chat", &pki);
+    tls::read_line(&mut talker);
+    let line = [b'z'; 1023];
+    for _ in 0..6000 {
+        talker.write_all(&line).unwrap();
+        talker.write_all(b"\n").unwrap();
+    }
+    talker.flush().unwrap();
+    // The room goes on talking: its lines for the silent member only fill its socket.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        tls::send(&mut talker, b"tick\n");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (_, end) = tls::read_to_close_notify(&mut silent);
+    if let Err(e) = end {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the silent member was never closed: {e}"
+        );
+    }
+}

@@ -179,7 +179,7 @@ impl Reactor {
             // The protocol starts once the handshake is complete (`handshake.rs`).
             let handler = Handler::handshake(peer, endpoint);
             entry.insert(Client::new(id, stream, handler, now));
-            return self.start_handshake(key, &[], now);
+            return self.start_handshake(key, endpoint, &[], now);
         }
         let handler = match session {
             Some(session) => Handler::stream(session, &self.shared),

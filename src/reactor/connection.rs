@@ -31,8 +31,8 @@
 //!   discard for up to [`LINGER`]: closing with unread input would send an RST, and an RST makes
 //!   the peer's kernel throw away the reply it has not read yet.
 //! * **Deadlines are the loop's.** The connection only remembers when bytes last moved
-//!   ([`Connection::last_active`], what `--idle-timeout` measures from) and when its linger ends;
-//!   the loop's timer heap wakes it.
+//!   ([`Connection::last_active`], what `--idle-timeout` measures from); the loop's timer heap
+//!   holds every deadline (the end of a linger, a handshake's) and wakes it.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -292,7 +292,8 @@ impl Connection {
     /// sends its close_notify if the socket takes it at once (the idle timeout: the session is
     /// ended, not broken). Nothing waits for it.
     pub(super) fn close_notifying(&mut self, why: &str) {
-        if let Some(tls) = self.tls.as_deref_mut() {
+        // Mid-handshake there is no session to end: the peer just sees the close.
+        if let Some(tls) = self.tls.as_deref_mut().filter(|tls| !tls.is_handshaking()) {
             tls.queue_close_notify(self.id);
             let _ = tls.write_socket(&mut self.stream, self.id);
         }
@@ -322,7 +323,7 @@ impl Connection {
             wake_at: None,
         };
         let ending = matches!(self.phase, Phase::Draining | Phase::Ending);
-        if self.unsent.is_empty() && !handler_pending && (!ending || self.close_notify_written()) {
+        if self.unsent.is_empty() && !handler_pending && (!ending || self.send_close_notify()) {
             match self.phase {
                 Phase::Draining => self.close("peer finished and every reply is written"),
                 Phase::Ending => {
@@ -505,12 +506,28 @@ impl Connection {
         }
     }
 
-    /// Bytes received and waiting in the socket, not yet read (`FIONREAD`; 0 if it cannot tell),
-    /// and those a TLS session has decrypted and not handed on. (Over TLS the socket's bytes
-    /// are records, a little more than the plaintext they carry.)
-    pub(crate) fn queued_input_bytes(&self) -> usize {
-        let decrypted = self.tls.as_ref().map_or(0, |tls| tls.plaintext_pending());
-        crate::sys::queued_input_bytes(self.stream.as_fd()).unwrap_or(0) + decrypted
+    /// A graceful shutdown: from now on read only the bytes that have arrived. Over TCP that is
+    /// for the handler to count: `Some(bytes waiting in the socket)` (`FIONREAD`; 0 if it cannot
+    /// tell). Over TLS the socket's bytes are records, not the plaintext the handler sees, so the
+    /// connection counts them itself and says when they are read
+    /// ([`arrived_input_is_read`](Self::arrived_input_is_read)): `None`.
+    pub(crate) fn read_only_what_arrived(&mut self) -> Option<usize> {
+        let queued = crate::sys::queued_input_bytes(self.stream.as_fd()).unwrap_or(0);
+        match self.tls.as_deref_mut() {
+            Some(tls) => {
+                tls.read_only_what_arrived(queued);
+                None
+            }
+            None => Some(queued),
+        }
+    }
+
+    /// Whether, since [`read_only_what_arrived`](Self::read_only_what_arrived) on a TLS
+    /// connection, everything that had arrived has been read and handed on.
+    pub(crate) fn arrived_input_is_read(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|tls| tls.arrived_input_is_read())
     }
 
     /// What a drive does with input, by phase: a serving connection's goes to the handler's
@@ -715,9 +732,10 @@ impl Connection {
                     budget = budget.saturating_sub(count);
                     if drained && tls.is_handshaking() {
                         self.flush_tls();
-                        return match self.is_closed() {
-                            true => HandshakeStep::Failed,
-                            false => HandshakeStep::Pending,
+                        return if self.is_closed() {
+                            HandshakeStep::Failed
+                        } else {
+                            HandshakeStep::Pending
                         };
                     }
                 }
@@ -826,6 +844,15 @@ impl Connection {
     /// [`send`](Self::send) of a TLS connection: encrypted now, unless rustls's queue is full or
     /// plaintext already waits; what it will not take waits as plaintext (`--output-limit`).
     fn send_tls(&mut self, replies: &[u8]) {
+        if self.tls.as_ref().is_some_and(|tls| tls.is_notified()) {
+            // After our close_notify nothing may follow; the phases never send then.
+            debug!(
+                "conn #{}: {} bytes after close_notify dropped",
+                self.id,
+                replies.len()
+            );
+            return;
+        }
         match self.tls.as_deref_mut() {
             Some(tls) if self.unsent.is_empty() => {
                 let taken = tls.encrypt(replies);
@@ -846,12 +873,14 @@ impl Connection {
             let Some(tls) = self.tls.as_deref_mut() else {
                 return;
             };
-            let had_records = tls.wants_write();
             match tls.write_socket(&mut self.stream, self.id) {
-                Ok(true) => self.moved_bytes |= had_records,
-                Ok(false) => {
-                    self.moved_bytes |= had_records;
-                    return;
+                // Only bytes that left count as activity: a flush that found the socket full
+                // (a member that stopped reading) must not hold off its idle timeout.
+                Ok((written, all_out)) => {
+                    self.moved_bytes |= written > 0;
+                    if !all_out {
+                        return;
+                    }
                 }
                 Err(e) => return self.close_on_error("write", &e),
             }
@@ -861,7 +890,7 @@ impl Connection {
             let taken = tls.encrypt(self.unsent.pending());
             self.unsent.consume(taken);
             if taken == 0 {
-                return; // Cannot be: rustls's queue was just emptied.
+                return; // rustls took nothing although its queue is empty: the session failed.
             }
         }
     }
@@ -880,20 +909,25 @@ impl Connection {
         let Some(tls) = self.tls.as_deref_mut() else {
             return Written::Failed;
         };
+        if tls.is_notified() {
+            return Written::Failed; // Nothing may follow our close_notify.
+        }
         let taken = tls.encrypt_vectored(slices);
         if taken == 0 {
             return Written::Blocked; // rustls's queue is full: wait for WRITABLE.
         }
         self.flush_tls();
-        match self.is_closed() {
-            true => Written::Failed,
-            false => Written::Bytes(taken),
+        if self.is_closed() {
+            Written::Failed
+        } else {
+            Written::Bytes(taken)
         }
     }
 
-    /// Before a TLS connection's end (ours, or the peer's): queues our close_notify and writes
-    /// it. `true` once nothing is left to write — always, for a plain connection.
-    fn close_notify_written(&mut self) -> bool {
+    /// Before a TLS connection's end (ours, or the peer's): queues our close_notify (once) and
+    /// writes what the socket takes. `true` once it is all written — at once, for a plain
+    /// connection, which has none.
+    fn send_close_notify(&mut self) -> bool {
         let Some(tls) = self.tls.as_deref_mut() else {
             return true;
         };

@@ -32,7 +32,7 @@
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace, warn};
 use mio::Waker;
@@ -45,9 +45,12 @@ use crate::options::ServeOptions;
 use crate::protocol::room::is_valid_name;
 
 use super::connection::HandshakeStep;
-use super::handler::{Client, Handler};
+use super::handler::Handler;
 use super::timers::Wake;
 use super::Reactor;
+
+/// How long a reload may read before the next `SIGHUP` stops waiting for it.
+const RELOAD_STUCK_AFTER: Duration = Duration::from_secs(30);
 
 /// How long a handshake may take: the contract's 10 s, or `--idle-timeout` if shorter.
 pub(super) fn handshake_timeout(options: &ServeOptions) -> Duration {
@@ -66,8 +69,9 @@ pub(super) struct TlsServices {
     sender: Sender<Result<Arc<ServerConfig>, TlsFileError>>,
     /// Rung by a reload thread when its result is in the channel (the loop's one waker).
     waker: Arc<Waker>,
-    /// A reload thread is running; another `SIGHUP` meanwhile means one more read after it.
-    reloading: bool,
+    /// When the reload thread now running started; another `SIGHUP` meanwhile means one more
+    /// read after it.
+    reloading: Option<Instant>,
     /// A `SIGHUP` came while reading: read again once this read is in.
     again: bool,
 }
@@ -82,28 +86,48 @@ impl TlsServices {
             results,
             sender,
             waker,
-            reloading: false,
+            reloading: None,
             again: false,
         }
     }
 
-    /// Starts a thread that reads the files again.
-    fn start_reload(&mut self) {
-        if self.reloading {
-            self.again = true;
-            return;
+    /// Starts a thread that reads the files again — or, if one is still reading, asks for
+    /// another read after it. A read that has not finished in [`RELOAD_STUCK_AFTER`] (a file
+    /// that blocks, such as a FIFO or a hung network mount) no longer holds the next ones up:
+    /// its thread is left to it, and whichever result comes in last is used.
+    fn start_reload(&mut self, now: Instant) {
+        if let Some(started) = self.reloading {
+            if now.duration_since(started) < RELOAD_STUCK_AFTER {
+                warn!(
+                    "SIGHUP: the previous reload is still reading the files; one more follows it"
+                );
+                self.again = true;
+                return;
+            }
+            error!(
+                "SIGHUP: the previous reload has not finished in {} s (a file that blocks?); \
+                 starting another",
+                RELOAD_STUCK_AFTER.as_secs()
+            );
         }
-        self.reloading = true;
+        self.reloading = Some(now);
         let files = self.current.files.clone();
         let (sender, waker) = (self.sender.clone(), Arc::clone(&self.waker));
         let spawned = std::thread::Builder::new()
             .name("oneloop-tls-reload".into())
             .spawn(move || {
-                let _ = sender.send(files.load());
+                // A panic in the reading must not leave the loop waiting for an answer forever.
+                let result = std::panic::catch_unwind(|| files.load()).unwrap_or_else(|_| {
+                    Err(TlsFileError {
+                        path: files.cert.clone(),
+                        reason: "reading the TLS files panicked".into(),
+                    })
+                });
+                let _ = sender.send(result);
                 let _ = waker.wake();
             });
         if let Err(e) = spawned {
-            self.reloading = false;
+            self.reloading = None;
             error!("SIGHUP: cannot start reading the TLS files: {e}; keeping the current ones");
         }
     }
@@ -112,31 +136,33 @@ impl TlsServices {
 impl Reactor {
     /// Starts the TLS session of connection `key` (already a [`Handler::Handshake`]), with
     /// `early`, ciphertext already read, and sets its handshake deadline.
-    pub(super) fn start_handshake(&mut self, key: usize, early: &[u8], now: &Now) {
-        let Some(tls) = self.tls.as_ref() else {
-            return; // Not a tls: service: cannot be.
-        };
-        let config = Arc::clone(&tls.current.config);
+    pub(super) fn start_handshake(&mut self, key: usize, endpoint: usize, early: &[u8], now: &Now) {
         let timeout = handshake_timeout(&self.config);
+        let config = self.tls.as_ref().map(|tls| Arc::clone(&tls.current.config));
         let client = &mut self.clients[key];
         let id = client.conn.id;
-        let session = match ServerConnection::new(config) {
-            Ok(session) => session,
-            Err(e) => {
-                warn!("conn #{id}: cannot start a TLS session: {e}; closing");
+        let session = match config.map(ServerConnection::new) {
+            Some(Ok(session)) => session,
+            failed => {
+                match failed {
+                    Some(Err(e)) => warn!("conn #{id}: cannot start a TLS session: {e}; closing"),
+                    _ => warn!("conn #{id}: no TLS configuration for a tls: service; closing"),
+                }
                 client.conn.close("no TLS session");
-                return;
+                return self.settle(key, false);
             }
         };
         trace!(
             "conn #{id}: TLS: waiting for its handshake (at most {} s) before any byte of {}",
             timeout.as_secs_f64(),
-            self.endpoints[endpoint_of(client)].protocol
+            self.endpoints[endpoint].protocol
         );
         if client.conn.start_tls(session, early) {
             let deadline = now.instant + timeout;
             self.timers
                 .push(std::cmp::Reverse((deadline, Wake::Handshake { key, id })));
+        } else {
+            self.settle(key, false); // Not TLS: closed, reaped after the batch.
         }
     }
 
@@ -188,7 +214,7 @@ impl Reactor {
         match self.tls.as_mut() {
             Some(tls) => {
                 info!("SIGHUP: reading the TLS certificate, key and client CA again");
-                tls.start_reload();
+                tls.start_reload(Instant::now());
             }
             None => debug!("SIGHUP: no tls: service; ignored"),
         }
@@ -201,7 +227,7 @@ impl Reactor {
             return;
         };
         while let Ok(result) = tls.results.try_recv() {
-            tls.reloading = false;
+            tls.reloading = None;
             match result {
                 Ok(config) => {
                     tls.current.config = config;
@@ -212,17 +238,9 @@ impl Reactor {
                 ),
             }
         }
-        if !tls.reloading && std::mem::take(&mut tls.again) {
-            tls.start_reload();
+        if tls.reloading.is_none() && std::mem::take(&mut tls.again) {
+            tls.start_reload(Instant::now());
         }
-    }
-}
-
-/// The endpoint a connection in its handshake was accepted on.
-fn endpoint_of(client: &Client) -> usize {
-    match &client.handler {
-        Handler::Handshake(waiting) => waiting.endpoint,
-        _ => 0,
     }
 }
 

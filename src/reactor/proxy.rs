@@ -101,8 +101,11 @@ impl Reactor {
             // Its TLS handshake comes next; the bytes that followed the header begin it.
             client.handler = Handler::handshake(peer, endpoint);
             let early = self.shared.read[..first.len].to_vec();
-            self.start_handshake(key, &early, now);
-            return self.drive_handshake(key, now);
+            self.start_handshake(key, endpoint, &early, now);
+            if !self.clients[key].conn.is_closed() {
+                self.drive_handshake(key, now);
+            }
+            return;
         }
         let first = (first.len > 0).then_some(first);
         self.start_protocol(key, endpoint, &peer.to_string(), first, now);

@@ -10,7 +10,8 @@
 //! * **Drain or budget.** A socket read is one `read_tls` (rustls asks for up to 4 KiB past any
 //!   partial record it holds); [`TlsLayer::read_socket`] records how much it was asked, so a
 //!   short read still means "drained" and saves the `read` that would only say `WouldBlock`: one
-//!   `read` per request, as over TCP.
+//!   `read` per request of up to 4 KiB, as over TCP (a bigger one takes a `read` per 4 KiB:
+//!   rustls's choice, which bulk transfers pay in syscalls).
 //! * **Write eagerly, subscribe lazily.** Replies are encrypted the moment they exist and written
 //!   with one `writev` of the records; only then, if the socket refused some, does the
 //!   connection want `WRITABLE` — while rustls holds ciphertext, or plaintext waits to be
@@ -48,6 +49,10 @@ pub(super) struct TlsLayer {
     /// Whether the peer's close_notify has been processed: its end of stream waits behind
     /// the plaintext still pending, and no readiness edge will announce it.
     peer_notified: bool,
+    /// At a graceful shutdown, the ciphertext still to be read of what had arrived when it
+    /// began (`None`: no limit). Reads stop there, as over TCP an upload reads the bytes that
+    /// have arrived and no more; counted in ciphertext, which is what the socket can tell.
+    arrived_left: Option<usize>,
 }
 
 impl std::fmt::Debug for TlsLayer {
@@ -57,6 +62,8 @@ impl std::fmt::Debug for TlsLayer {
             .field("plaintext_pending", &self.plaintext_pending)
             .field("wants_write", &self.session.wants_write())
             .field("notified", &self.notified)
+            .field("peer_notified", &self.peer_notified)
+            .field("arrived_left", &self.arrived_left)
             .finish()
     }
 }
@@ -81,10 +88,14 @@ pub(super) enum SocketRead {
 struct Measured<'a, R> {
     inner: &'a mut R,
     asked: usize,
+    /// At most this much may be read (a shutdown's [`TlsLayer::arrived_left`]).
+    cap: usize,
 }
 
 impl<R: Read> Read for Measured<'_, R> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let len = buffer.len().min(self.cap);
+        let buffer = &mut buffer[..len];
         self.asked = buffer.len();
         loop {
             match self.inner.read(buffer) {
@@ -105,6 +116,7 @@ impl TlsLayer {
             plaintext_pending: 0,
             notified: false,
             peer_notified: false,
+            arrived_left: None,
         }
     }
 
@@ -121,11 +133,6 @@ impl TlsLayer {
     /// Whether ciphertext waits for the socket.
     pub(super) fn wants_write(&self) -> bool {
         self.session.wants_write()
-    }
-
-    /// Decrypted bytes not yet handed on.
-    pub(super) fn plaintext_pending(&self) -> usize {
-        self.plaintext_pending
     }
 
     /// Ciphertext that arrived before the session existed (what followed a PROXY header in its
@@ -149,9 +156,13 @@ impl TlsLayer {
         socket: &mut R,
         id: u64,
     ) -> io::Result<Result<SocketRead, rustls::Error>> {
+        if self.arrived_left == Some(0) {
+            return Ok(Ok(SocketRead::Blocked)); // A shutdown's reads are over.
+        }
         let mut measured = Measured {
             inner: socket,
             asked: 0,
+            cap: self.arrived_left.unwrap_or(usize::MAX),
         };
         let count = match self.session.read_tls(&mut measured) {
             Ok(0) => return Ok(Ok(SocketRead::End)),
@@ -159,6 +170,9 @@ impl TlsLayer {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Ok(SocketRead::Blocked)),
             Err(e) => return Err(e),
         };
+        if let Some(left) = self.arrived_left.as_mut() {
+            *left = left.saturating_sub(count);
+        }
         let drained = count < measured.asked;
         trace!(
             "conn #{id}: read {count} bytes of TLS records{}",
@@ -180,6 +194,22 @@ impl TlsLayer {
         self.plaintext_pending = state.plaintext_bytes_to_read();
         self.peer_notified = state.peer_has_closed();
         Ok(())
+    }
+
+    /// A graceful shutdown began with `queued` bytes in the socket: read those, and no more.
+    pub(super) fn read_only_what_arrived(&mut self, queued: usize) {
+        self.arrived_left = Some(queued);
+    }
+
+    /// Whether a shutdown's reads are over: what had arrived is read, and decrypted and handed
+    /// on (a record it left incomplete will never be: its rest did not arrive in time).
+    pub(super) fn arrived_input_is_read(&self) -> bool {
+        self.arrived_left == Some(0) && self.plaintext_pending == 0
+    }
+
+    /// Whether our close_notify is queued: nothing may be encrypted after it.
+    pub(super) fn is_notified(&self) -> bool {
+        self.notified
     }
 
     /// Whether everything decrypted has been handed on and no end of stream waits to be read:
@@ -209,21 +239,29 @@ impl TlsLayer {
         self.session.writer().write_vectored(slices).unwrap_or(0)
     }
 
-    /// Writes queued records until the socket is full or none is left: `Ok(true)` when
-    /// nothing waits any more, `Ok(false)` when the socket would block.
-    pub(super) fn write_socket<W: Write>(&mut self, socket: &mut W, id: u64) -> io::Result<bool> {
+    /// Writes queued records until the socket is full or none is left: how many bytes went,
+    /// and whether nothing waits any more (`false`: the socket would block).
+    pub(super) fn write_socket<W: Write>(
+        &mut self,
+        socket: &mut W,
+        id: u64,
+    ) -> io::Result<(usize, bool)> {
+        let mut written = 0;
         while self.session.wants_write() {
             match self.session.write_tls(socket) {
-                Ok(count) => trace!("conn #{id}: wrote {count} bytes of TLS records"),
+                Ok(count) => {
+                    trace!("conn #{id}: wrote {count} bytes of TLS records");
+                    written += count;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     trace!("conn #{id}: socket full; TLS records wait for WRITABLE");
-                    return Ok(false);
+                    return Ok((written, false));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        Ok((written, true))
     }
 
     /// Queues our close_notify, once: the last record before our side shuts down.

@@ -59,7 +59,7 @@ fn read_upload(
             );
             return false;
         }
-        if work.input_is_over() {
+        if work.input_is_over() || work.is_shutting_down() && conn.arrived_input_is_read() {
             trace!(
                 "conn #{}: shutdown: every byte that had arrived is read",
                 conn.id
@@ -88,10 +88,14 @@ fn read_upload(
                 end_input(conn, work, shared, false);
                 return false;
             }
+            // Over TLS the connection says when what had arrived is read: end it now, as no
+            // new readiness edge may come.
+            Input::Blocked if work.is_shutting_down() && conn.arrived_input_is_read() => continue,
             Input::Blocked | Input::Failed => return false,
             Input::BudgetSpent => return true,
         };
-        if !conn.reads_on(arrival) {
+        let shutdown_read_all = work.is_shutting_down() && conn.arrived_input_is_read();
+        if !(conn.reads_on(arrival) || shutdown_read_all) {
             return false;
         }
     }
@@ -143,10 +147,11 @@ fn end_input(
 /// host, so the bytes already in the socket are read (and no more), and an upload whose body is
 /// all here is still stored.
 pub(crate) fn begin_shutdown(conn: &mut Connection, work: &mut UploadWork) {
-    let queued = conn.queued_input_bytes();
+    let queued = conn.read_only_what_arrived();
     trace!(
-        "conn #{}: shutdown; the upload may still read the {queued} bytes that have arrived",
-        conn.id
+        "conn #{}: shutdown; the upload may still read the {} bytes that have arrived",
+        conn.id,
+        queued.map_or_else(|| "TLS".to_owned(), |queued| queued.to_string())
     );
     work.allow_until_shutdown(queued);
 }
@@ -318,9 +323,15 @@ impl UploadWork {
     }
 
     /// The graceful shutdown began with `queued` bytes waiting in the socket: read those and no
-    /// more.
-    pub(crate) fn allow_until_shutdown(&mut self, queued: usize) {
-        self.shutdown_allowance = Some(queued);
+    /// more. `None`: a TLS connection, which counts what had arrived itself (in records, not
+    /// plaintext) and says when it is read.
+    pub(crate) fn allow_until_shutdown(&mut self, queued: Option<usize>) {
+        self.shutdown_allowance = Some(queued.unwrap_or(usize::MAX));
+    }
+
+    /// Whether a graceful shutdown has limited what it reads.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutdown_allowance.is_some()
     }
 
     /// How much of `asked` may be read now: all of it normally; at a shutdown, what is left of
