@@ -1169,6 +1169,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("systemd-socket-activate", "systemd"),
     ("systemd-analyze", "systemd"),
+    ("openssl", "openssl"),
 ];
 
 /// The variable that turns a missing program from a skip into a failure: `.ci/run` sets it, so
