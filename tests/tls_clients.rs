@@ -305,3 +305,226 @@ fn bad_tls_files_and_options_are_named_before_connecting() {
         assert!(run.stderr.contains("--tls-key"), "{command}: {run:?}");
     }
 }
+
+// ---- Against oneloop's own tls: services. ----
+
+/// `oneloop serve SERVICES... --tls-cert .. --tls-key .. EXTRA...` with the test's certificates.
+fn serve_tls(pki: &Pki, services: &[&str], extra: &[String]) -> util::Server {
+    let mut args: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    args.extend(pki.server_args());
+    args.extend_from_slice(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    util::Server::start(&args)
+}
+
+/// `tls:localhost:PORT` of the server's `protocol` service.
+fn tls_address(server: &util::Server, protocol: &str) -> String {
+    format!("tls:localhost:{}", server.addr_of(protocol, "tls").port())
+}
+
+#[test]
+fn client_words_over_tls_to_upper() {
+    let dir = scratch("upper");
+    let pki = Pki::new(&dir);
+    let server = serve_tls(&pki, &["upper@tls:127.0.0.1:0"], &[]);
+    let address = tls_address(&server, "upper");
+    let ca = text(&pki.ca);
+    let run = util::run(
+        &[
+            "client",
+            &address,
+            "Hello",
+            "world",
+            "123",
+            "--tls-ca",
+            &ca,
+            "--timeout",
+            "5",
+        ],
+        b"",
+    );
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert_eq!(run.stdout, "HELLO WORLD 123");
+    // Interactive: each line answered, end of input ends it.
+    let run = util::run(
+        &["client", &address, "--tls-ca", &ca, "--timeout", "5"],
+        b"one\ntwo\n",
+    );
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert_eq!(run.stdout, "ONE\nTWO\n");
+}
+
+#[test]
+fn send_uploads_over_tls_and_checks_size_and_crc() {
+    let dir = scratch("send");
+    let pki = Pki::new(&dir);
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let extra = vec!["--upload-dir".to_string(), text(&store)];
+    let server = serve_tls(&pki, &["upload@tls:127.0.0.1:0"], &extra);
+    let address = tls_address(&server, "upload");
+    // Larger than every buffer on the way, so the upload really streams.
+    let file = dir.join("big.bin");
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    let run = util::run(
+        &["send", &address, &text(&file), "--tls-ca", &text(&pki.ca)],
+        b"",
+    );
+    assert_eq!(run.code(), 0, "{run:?}");
+    let crc = format!("{:08x}", crc32fast::hash(&body));
+    assert_eq!(
+        run.stdout.trim_end(),
+        format!("saved big.bin 3000000 {crc}")
+    );
+    assert_eq!(std::fs::read(store.join("big.bin")).unwrap(), body);
+}
+
+/// `oneloop load ARGS... --json`, parsed; the run's exit code too.
+fn load_json(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut argv = vec!["load"];
+    argv.extend_from_slice(args);
+    argv.push("--json");
+    let run = util::run(&argv, b"");
+    let value = serde_json::from_str(run.stdout.trim_end())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {run:?}"));
+    (run.code(), value, run.stderr)
+}
+
+fn number(value: &serde_json::Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .or_else(|| value[key].as_f64().map(|f| f as u64))
+        .unwrap_or_else(|| panic!("no {key} in {value}"))
+}
+
+#[test]
+fn load_over_tls_verifies_every_protocol() {
+    let dir = scratch("load");
+    let pki = Pki::new(&dir);
+    let server = serve_tls(
+        &pki,
+        &[
+            "echo@tls:127.0.0.1:0",
+            "upper@tls:127.0.0.1:0",
+            "timestamp@tls:127.0.0.1:0",
+            "chat@tls:127.0.0.1:0",
+        ],
+        &[],
+    );
+    let ca = text(&pki.ca);
+    for (protocol, extra) in [
+        (
+            "echo",
+            &["--pipeline", "4", "--size", "20000", "--threads", "2"][..],
+        ),
+        ("upper", &[][..]),
+        ("timestamp", &[][..]),
+        ("chat", &[][..]),
+    ] {
+        let address = tls_address(&server, protocol);
+        let mut args = vec![
+            &address[..],
+            "--protocol",
+            protocol,
+            "--tls-ca",
+            &ca,
+            "--connections",
+            "4",
+            "--duration",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let (code, json, stderr) = load_json(&args);
+        assert_eq!(code, 0, "{protocol}: {json} {stderr}");
+        assert_eq!(number(&json, "errors"), 0, "{protocol}: {json}");
+        assert!(number(&json, "requests") > 0, "{protocol}: {json}");
+        assert_eq!(number(&json, "handshakes"), 4, "{protocol}: {json}");
+    }
+}
+
+#[test]
+fn load_reconnect_makes_a_handshake_per_n_requests() {
+    let dir = scratch("reconnect");
+    let pki = Pki::new(&dir);
+    let server = serve_tls(&pki, &["echo@tls:127.0.0.1:0", "echo@127.0.0.1:0"], &[]);
+    let ca = text(&pki.ca);
+    let plain = server.addr_of("echo", "tcp").to_string();
+    for address in [tls_address(&server, "echo"), plain] {
+        let (code, json, stderr) = load_json(&[
+            &address,
+            "--tls-ca",
+            &ca,
+            "--connections",
+            "3",
+            "--duration",
+            "1",
+            "--reconnect",
+            "2",
+            "--warmup",
+            "0",
+        ]);
+        assert_eq!(code, 0, "{address}: {json} {stderr}");
+        assert_eq!(number(&json, "errors"), 0, "{address}: {json}");
+        let requests = number(&json, "requests") + number(&json, "warmup_requests");
+        let handshakes = number(&json, "handshakes");
+        // The first 3, then one for every 2 requests on each connection (the last one's
+        // handshake may be under way or done when the load stops).
+        assert!(handshakes > 3, "{address}: {json}");
+        let least = 3 + requests / 2 - 3;
+        assert!(
+            (least..=3 + requests / 2 + 3).contains(&handshakes),
+            "{address}: {handshakes} handshakes for {requests} requests: {json}"
+        );
+        assert!(number(&json, "handshake_rps") > 0, "{address}: {json}");
+    }
+}
+
+#[test]
+fn load_presents_its_client_certificate_to_a_server_that_requires_one() {
+    let dir = scratch("load-client-ca");
+    let pki = Pki::new(&dir);
+    let extra = vec!["--tls-client-ca".to_string(), text(&pki.ca)];
+    let server = serve_tls(&pki, &["echo@tls:127.0.0.1:0"], &extra);
+    let address = tls_address(&server, "echo");
+    let ca = text(&pki.ca);
+    let (cert, key) = (text(&pki.client_cert), text(&pki.client_key));
+    let (code, json, stderr) = load_json(&[
+        &address,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--connections",
+        "3",
+        "--duration",
+        "1",
+        "--reconnect",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{json} {stderr}");
+    assert_eq!(number(&json, "errors"), 0, "{json}");
+    assert!(number(&json, "handshakes") > 3, "{json}");
+    // Without it, or with another CA's: refused, and the run fails.
+    let (other_cert, other_key) = (text(&pki.other_client_cert), text(&pki.other_client_key));
+    for identity in [
+        vec![],
+        vec!["--tls-cert", &other_cert[..], "--tls-key", &other_key[..]],
+    ] {
+        let mut args = vec![
+            &address[..],
+            "--tls-ca",
+            &ca,
+            "--connections",
+            "1",
+            "--duration",
+            "1",
+        ];
+        args.extend(identity);
+        let (code, json, _) = load_json(&args);
+        assert_eq!(code, 1, "{json}");
+        assert!(number(&json, "errors") > 0, "{json}");
+    }
+}

@@ -279,3 +279,127 @@ impl ClientTls {
         Ok(stream)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A rustls server on a loopback port for one connection: it reads `ping`, answers with
+    /// `reply`, then its close_notify. Returns the port and the CA file (the self-signed
+    /// certificate) in `dir`.
+    fn server(dir: &std::path::Path, reply: Vec<u8>) -> (u16, PathBuf) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, certified.cert.pem()).unwrap();
+        let cert = CertificateDer::from_pem_slice(certified.cert.pem().as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(certified.signing_key.serialize_pem().as_bytes())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(super::super::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut ping = [0; 4];
+            if tls.read_exact(&mut ping).is_err() {
+                return; // the client refused the certificate
+            }
+            assert_eq!(&ping, b"ping");
+            tls.write_all(&reply).unwrap();
+            tls.conn.send_close_notify();
+            tls.flush().unwrap();
+            let _ = tls.sock.read(&mut [0; 64]); // until the client closes
+        });
+        (port, ca)
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("oneloop-tlsu-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn connect(port: u16, ca: Option<PathBuf>) -> (TcpStream, TlsClient) {
+        let options = ClientTlsOptions {
+            ca,
+            ..ClientTlsOptions::default()
+        };
+        let session = ClientTls::new(&options)
+            .unwrap()
+            .session("localhost")
+            .unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        (tcp, session)
+    }
+
+    /// Retries `step` (1 ms apart) until it gives something, within the deadline.
+    fn until<T>(mut step: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(value) = step() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "nothing within {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_session_over_a_non_blocking_socket_reads_everything_to_the_close_notify() {
+        let reply: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (port, ca) = server(&scratch("whole"), reply.clone());
+        let (mut tcp, mut session) = connect(port, Some(ca));
+        until(|| session.handshake(&mut tcp).unwrap().then_some(()));
+        until(|| match session.write(&mut tcp, b"ping") {
+            Ok(4) => Some(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            other => panic!("{other:?}"),
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0; 64 * 1024];
+        until(|| match session.read(&mut tcp, &mut buf) {
+            Ok(0) => Some(()),
+            Ok(count) => {
+                got.extend_from_slice(&buf[..count]);
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("{e}"),
+        });
+        assert!(got == reply, "{} bytes of {}", got.len(), reply.len());
+    }
+
+    #[test]
+    fn a_certificate_nobody_trusts_fails_the_handshake_naming_why() {
+        let dir = scratch("untrusted");
+        let (port, _ca) = server(&dir, Vec::new());
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other_ca = dir.join("other.pem");
+        std::fs::write(&other_ca, other.cert.pem()).unwrap();
+        let (mut tcp, mut session) = connect(port, Some(other_ca));
+        let error = until(|| match session.handshake(&mut tcp) {
+            Ok(false) => None,
+            Ok(true) => panic!("the handshake succeeded"),
+            Err(e) => Some(e),
+        });
+        assert_eq!(
+            error.to_string(),
+            "the TLS handshake failed: invalid peer certificate: UnknownIssuer"
+        );
+    }
+}
