@@ -236,7 +236,13 @@ impl Acceptor {
             }
             for event in self.events.iter() {
                 match event.token() {
-                    SIGNAL_TOKEN => self.pending_signals.extend(self.signals.pending()),
+                    // SIGHUP reloads the reactor's TLS files; these models serve no tls:, so
+                    // it changes nothing here.
+                    SIGNAL_TOKEN => self.pending_signals.extend(
+                        self.signals
+                            .pending()
+                            .filter(|&signal| signal != signal_hook::consts::SIGHUP),
+                    ),
                     WAKER_TOKEN => self.woken = true,
                     Token(index) => {
                         if let Some(listener) = self.listeners.get_mut(index) {

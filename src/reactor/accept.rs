@@ -164,6 +164,16 @@ impl Reactor {
                 .push(Reverse((deadline, Wake::Header { key, id })));
             return;
         }
+        if self
+            .endpoints
+            .get(endpoint)
+            .is_some_and(|e| e.local.is_tls())
+        {
+            // The protocol starts once the handshake is complete (`handshake.rs`).
+            let handler = Handler::handshake(peer, endpoint);
+            entry.insert(Client::new(id, stream, handler, now));
+            return self.start_handshake(key, &[], now);
+        }
         let handler = match session {
             Some(session) => Handler::stream(session, &self.shared),
             None if protocol == ProtocolKind::Upload => Handler::upload(self.config.limits),
@@ -176,7 +186,7 @@ impl Reactor {
         };
         entry.insert(Client::new(id, stream, handler, now));
         if protocol == ProtocolKind::Chat {
-            self.join_room(key, endpoint, &peer);
+            self.join_room(key, endpoint, &peer.to_string());
         }
     }
 }

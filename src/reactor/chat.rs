@@ -30,7 +30,6 @@ use slab::Slab;
 
 use super::connection::Verdict;
 use crate::clock::Now;
-use crate::net::Peer;
 use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE};
 use crate::protocol::Limits;
 use crate::service::Address;
@@ -286,17 +285,17 @@ impl Reactor {
         }
     }
 
-    /// Adds the newly accepted connection `key` to the room of endpoint `room` as `peer`.
-    pub(super) fn join_room(&mut self, key: usize, room: usize, peer: &Peer) {
+    /// Adds the newly accepted connection `key` to the room of endpoint `room`, first named
+    /// `name` (its address, or its TLS certificate's name).
+    pub(super) fn join_room(&mut self, key: usize, room: usize, name: &str) {
         if self.rooms[room]
             .as_ref()
             .is_some_and(|c| c.room.is_shared())
         {
-            return self.join_through_bus(key, room, &peer.to_string());
+            return self.join_through_bus(key, room, name);
         }
         if let Some(chat) = self.rooms[room].as_mut() {
-            chat.room
-                .join(MemberId(key), &peer.to_string(), &mut self.deliveries);
+            chat.room.join(MemberId(key), name, &mut self.deliveries);
             trace!(
                 "{}: {} joins; {} now",
                 RoomName(&self.endpoints[room].local),

@@ -47,6 +47,7 @@ use crate::net::{write_until_blocked, Stream, LINGER};
 use crate::protocol::Arrival;
 
 use super::buffers::{SharedBuffers, READ_BUFFER_BYTES};
+use super::tls::{SocketRead, TlsLayer};
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
 /// reads of the shared buffer: large enough for bulk transfers to be efficient, small enough that
@@ -67,11 +68,10 @@ pub(super) enum Phase {
     /// our sending side and linger.
     Ending,
     /// Our sending side is shut down; read and discard until the peer closes or the deadline
-    /// passes, so unread input does not turn our close into an RST.
-    Lingering {
-        /// When to give up waiting and close.
-        until: Instant,
-    },
+    /// passes, so unread input does not turn our close into an RST. The deadline is the
+    /// loop's `Wake::Linger` timer alone (set once, when lingering starts): a phase without
+    /// an `Instant` keeps every connection 8 bytes smaller.
+    Lingering,
     /// Finished. The loop removes it from the slab after the current batch of events.
     Closed,
 }
@@ -177,6 +177,20 @@ pub(super) enum Written {
     Failed,
 }
 
+/// How far a TLS handshake got in one [`Connection::drive_handshake`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HandshakeStep {
+    /// Waiting for the peer's next flight.
+    Pending,
+    /// The turn's read budget is spent mid-handshake: serve it again before the next `poll`.
+    BudgetSpent,
+    /// Complete: the protocol can start (plaintext that came with the client's last flight
+    /// waits in the session).
+    Done,
+    /// Failed or abandoned by the peer: the connection is closed.
+    Failed,
+}
+
 /// One accepted client's socket and where in its life it is. The handler that gives its bytes
 /// a meaning sits beside it (`handler::Client`).
 #[derive(Debug)]
@@ -186,6 +200,9 @@ pub(super) struct Connection {
     pub id: u64,
     /// The socket.
     pub stream: Stream,
+    /// A `tls:` connection's TLS session, through which every read and write passes (boxed:
+    /// rustls's state is a few kilobytes, which plain connections should not carry).
+    tls: Option<Box<TlsLayer>>,
     /// Replies waiting for the socket to accept them.
     unsent: Unsent,
     /// Where in its life the connection is.
@@ -211,6 +228,7 @@ impl Connection {
         Connection {
             id,
             stream,
+            tls: None,
             unsent: Unsent::default(),
             phase: Phase::Serving,
             registered: Interest::READABLE,
@@ -292,7 +310,8 @@ impl Connection {
             still_ready,
             wake_at: None,
         };
-        if self.unsent.is_empty() && !handler_pending {
+        let ending = matches!(self.phase, Phase::Draining | Phase::Ending);
+        if self.unsent.is_empty() && !handler_pending && (!ending || self.close_notify_written()) {
             match self.phase {
                 Phase::Draining => self.close("peer finished and every reply is written"),
                 Phase::Ending => {
@@ -303,7 +322,7 @@ impl Connection {
                     );
                     // Fails only if the peer is already gone, which the next read will report.
                     let _ = self.stream.shutdown(Shutdown::Write);
-                    self.phase = Phase::Lingering { until };
+                    self.phase = Phase::Lingering;
                     verdict.wake_at = Some(until);
                     verdict.still_ready = self.discard_input(read_buffer);
                 }
@@ -321,12 +340,11 @@ impl Connection {
         }
     }
 
-    /// The linger timer has fired: close if the linger time is really over.
-    pub(super) fn on_linger_deadline(&mut self, now: &Now) {
-        if let Phase::Lingering { until } = self.phase {
-            if until <= now.instant {
-                self.close("linger time is over");
-            }
+    /// The linger timer has fired (it is set once, when lingering starts, for the end of the
+    /// linger): close.
+    pub(super) fn on_linger_deadline(&mut self) {
+        if self.phase == Phase::Lingering {
+            self.close("linger time is over");
         }
     }
 
@@ -342,7 +360,7 @@ impl Connection {
         output_limit: usize,
         handler_writes: bool,
     ) -> Option<Interest> {
-        let writes_pending = !self.unsent.is_empty() || handler_writes;
+        let writes_pending = !self.unsent.is_empty() || handler_writes || self.tls_wants_write();
         match self.phase {
             Phase::Serving if self.unsent.len() > output_limit => Some(Interest::WRITABLE),
             Phase::Serving if !writes_pending => Some(Interest::READABLE),
@@ -350,7 +368,7 @@ impl Connection {
             // Nothing to write now (held replies, if any, wait for their timer).
             Phase::Draining | Phase::Ending if !writes_pending => Some(Interest::READABLE),
             Phase::Draining | Phase::Ending => Some(Interest::WRITABLE),
-            Phase::Lingering { .. } => Some(Interest::READABLE),
+            Phase::Lingering => Some(Interest::READABLE),
             Phase::Closed => None,
         }
     }
@@ -373,6 +391,10 @@ impl Connection {
             return Input::BudgetSpent;
         }
         let mut asked = (*budget).min(buffer.len()).min(allowance);
+        if self.tls.is_some() {
+            // What followed a PROXY header went into the session before its handshake.
+            return self.read_tls_input(&mut buffer[..asked], budget);
+        }
         let from_header = first.is_some_and(|first| first.len > 0);
         let read = match first.take().filter(|first| first.len > 0) {
             // Already at the start of the buffer; as for a read, fewer than there was room for
@@ -472,9 +494,12 @@ impl Connection {
         }
     }
 
-    /// Bytes received and waiting in the socket, not yet read (`FIONREAD`; 0 if it cannot tell).
+    /// Bytes received and waiting in the socket, not yet read (`FIONREAD`; 0 if it cannot tell),
+    /// and those a TLS session has decrypted and not handed on. (Over TLS the socket's bytes
+    /// are records, a little more than the plaintext they carry.)
     pub(crate) fn queued_input_bytes(&self) -> usize {
-        crate::sys::queued_input_bytes(self.stream.as_fd()).unwrap_or(0)
+        let decrypted = self.tls.as_ref().map_or(0, |tls| tls.plaintext_pending());
+        crate::sys::queued_input_bytes(self.stream.as_fd()).unwrap_or(0) + decrypted
     }
 
     /// What a drive does with input, by phase: a serving connection's goes to the handler's
@@ -488,7 +513,7 @@ impl Connection {
     ) -> bool {
         match self.phase {
             Phase::Serving => read(self, shared),
-            Phase::Lingering { .. } => self.discard_input(&mut shared.read),
+            Phase::Lingering => self.discard_input(&mut shared.read),
             Phase::Draining | Phase::Ending | Phase::Closed => false,
         }
     }
@@ -549,6 +574,9 @@ impl Connection {
         if replies.is_empty() || self.phase == Phase::Closed {
             return;
         }
+        if self.tls.is_some() {
+            return self.send_tls(replies);
+        }
         if !self.unsent.is_empty() {
             self.unsent.push(replies);
             self.flush_unsent();
@@ -582,6 +610,9 @@ impl Connection {
 
     /// Writes as much of the queue as the socket takes (nothing to do when it is empty).
     pub(super) fn flush_unsent(&mut self) {
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         if self.unsent.is_empty() {
             return;
         }
@@ -602,6 +633,9 @@ impl Connection {
     /// One `writev` of `slices` (bytes the handler keeps itself, such as a chat member's lines
     /// in its room's log), retried if a signal interrupted it.
     pub(super) fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Written {
+        if self.tls.is_some() {
+            return self.write_vectored_tls(slices);
+        }
         loop {
             match self.stream.write_vectored(slices) {
                 Ok(0) => {
@@ -620,6 +654,241 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// TLS: the same primitives, through the session (see `reactor::tls`).
+impl Connection {
+    /// Makes this a TLS connection: from now on every byte read or written passes through
+    /// `session`. `early`: ciphertext already read (what followed a PROXY header in its read).
+    /// `false` if those bytes are not TLS (the connection is closed).
+    pub(super) fn start_tls(&mut self, session: rustls::ServerConnection, early: &[u8]) -> bool {
+        let mut layer = TlsLayer::new(session);
+        if let Err(e) = layer.take_early(early) {
+            layer.log_failure(self.id, &e);
+            self.close("not a TLS client");
+            return false;
+        }
+        self.tls = Some(Box::new(layer));
+        true
+    }
+
+    /// The TLS session, for a `tls:` connection.
+    pub(super) fn tls(&self) -> Option<&TlsLayer> {
+        self.tls.as_deref()
+    }
+
+    /// Whether TLS records wait for the socket.
+    fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Moves the handshake on: reads the peer's flights and writes ours, until it is complete,
+    /// the socket has nothing more, or it fails (logged at debug; closed).
+    pub(super) fn drive_handshake(&mut self) -> HandshakeStep {
+        let mut budget = MAX_READ_BYTES_PER_TURN;
+        loop {
+            self.flush_tls();
+            let Some(tls) = self.tls.as_deref_mut() else {
+                return HandshakeStep::Failed; // closed while writing
+            };
+            if !tls.is_handshaking() {
+                return HandshakeStep::Done;
+            }
+            if budget == 0 {
+                return HandshakeStep::BudgetSpent;
+            }
+            match tls.read_socket(&mut self.stream, self.id) {
+                Ok(Ok(SocketRead::Bytes { count, drained })) => {
+                    self.moved_bytes = true;
+                    budget = budget.saturating_sub(count);
+                    if drained && tls.is_handshaking() {
+                        self.flush_tls();
+                        return match self.is_closed() {
+                            true => HandshakeStep::Failed,
+                            false => HandshakeStep::Pending,
+                        };
+                    }
+                }
+                Ok(Ok(SocketRead::Blocked)) => return HandshakeStep::Pending,
+                Ok(Ok(SocketRead::End)) => {
+                    debug!("conn #{}: peer left during the TLS handshake", self.id);
+                    self.close("end of stream during the TLS handshake");
+                    return HandshakeStep::Failed;
+                }
+                Ok(Err(e)) => {
+                    self.fail_tls(&e);
+                    return HandshakeStep::Failed;
+                }
+                Err(e) => {
+                    self.close_on_error("read of the TLS handshake", &e);
+                    return HandshakeStep::Failed;
+                }
+            }
+        }
+    }
+
+    /// The peer broke the protocol: the alert rustls queued goes out if the socket takes it at
+    /// once, and the connection closes.
+    fn fail_tls(&mut self, error: &rustls::Error) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.log_failure(self.id, error);
+            let _ = tls.write_socket(&mut self.stream, self.id);
+        }
+        self.close("TLS failure");
+    }
+
+    /// [`read_input`](Self::read_input) of a TLS connection: decrypted bytes, reading the socket
+    /// only when none wait. A short socket read means drained, as over TCP: the plaintext it
+    /// brought is then `Arrival::Drained`, and the `read` that would only say `WouldBlock` is
+    /// skipped. Plaintext left from an earlier call is `Partial`: the socket may have filled
+    /// since.
+    fn read_tls_input(&mut self, buffer: &mut [u8], budget: &mut usize) -> Input {
+        let mut drained_now = false;
+        loop {
+            let Some(tls) = self.tls.as_deref_mut() else {
+                return Input::Failed;
+            };
+            match tls.read_plaintext(buffer) {
+                Ok(0) if !buffer.is_empty() => {
+                    trace!(
+                        "conn #{}: TLS close_notify: end of stream (the peer shut down its writes)",
+                        self.id
+                    );
+                    return Input::End;
+                }
+                Ok(count) => {
+                    let arrival = if drained_now && tls.is_drained() {
+                        Arrival::Drained
+                    } else {
+                        Arrival::Partial
+                    };
+                    trace!("conn #{}: {count} bytes decrypted", self.id);
+                    return Input::Bytes {
+                        len: count,
+                        arrival,
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    debug!(
+                        "conn #{}: the peer closed without a TLS close_notify: an abrupt end",
+                        self.id
+                    );
+                    self.close("end of stream without close_notify");
+                    return Input::Failed;
+                }
+                Err(e) => {
+                    self.close_on_error("TLS read", &e);
+                    return Input::Failed;
+                }
+            }
+            if drained_now && !self.peer_closing {
+                return Input::Blocked; // The socket is empty; a record is incomplete.
+            }
+            if *budget == 0 {
+                return Input::BudgetSpent;
+            }
+            match tls.read_socket(&mut self.stream, self.id) {
+                Ok(Ok(SocketRead::Bytes { count, drained })) => {
+                    self.moved_bytes = true;
+                    *budget = budget.saturating_sub(count);
+                    drained_now = drained;
+                    // A post-handshake message (a key update) may want an answer.
+                    self.flush_tls();
+                }
+                // Its end comes out of the session next: close_notify, or an abrupt end.
+                Ok(Ok(SocketRead::End)) => drained_now = true,
+                Ok(Ok(SocketRead::Blocked)) => return Input::Blocked,
+                Ok(Err(e)) => {
+                    self.fail_tls(&e);
+                    return Input::Failed;
+                }
+                Err(e) => {
+                    self.close_on_error("read", &e);
+                    return Input::Failed;
+                }
+            }
+        }
+    }
+
+    /// [`send`](Self::send) of a TLS connection: encrypted now, unless rustls's queue is full or
+    /// plaintext already waits; what it will not take waits as plaintext (`--output-limit`).
+    fn send_tls(&mut self, replies: &[u8]) {
+        match self.tls.as_deref_mut() {
+            Some(tls) if self.unsent.is_empty() => {
+                let taken = tls.encrypt(replies);
+                if taken < replies.len() {
+                    self.unsent.push(&replies[taken..]);
+                }
+            }
+            _ => self.unsent.push(replies),
+        }
+        self.flush_tls();
+    }
+
+    /// [`flush_unsent`](Self::flush_unsent) of a TLS connection: writes the records rustls
+    /// holds, encrypting queued plaintext as it makes room, until the socket is full or
+    /// everything is out.
+    fn flush_tls(&mut self) {
+        loop {
+            let Some(tls) = self.tls.as_deref_mut() else {
+                return;
+            };
+            let had_records = tls.wants_write();
+            match tls.write_socket(&mut self.stream, self.id) {
+                Ok(true) => self.moved_bytes |= had_records,
+                Ok(false) => {
+                    self.moved_bytes |= had_records;
+                    return;
+                }
+                Err(e) => return self.close_on_error("write", &e),
+            }
+            if self.unsent.is_empty() {
+                return;
+            }
+            let taken = tls.encrypt(self.unsent.pending());
+            self.unsent.consume(taken);
+            if taken == 0 {
+                return; // Cannot be: rustls's queue was just emptied.
+            }
+        }
+    }
+
+    /// [`write_vectored`](Self::write_vectored) of a TLS connection: the slices are encrypted
+    /// into rustls's queue (after any plaintext already waiting), then written. `Bytes(n)`: the
+    /// first `n` bytes are taken — on their way, if not yet on the wire.
+    fn write_vectored_tls(&mut self, slices: &[IoSlice<'_>]) -> Written {
+        self.flush_tls();
+        if self.is_closed() {
+            return Written::Failed;
+        }
+        if !self.unsent.is_empty() {
+            return Written::Blocked;
+        }
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Written::Failed;
+        };
+        let taken = tls.encrypt_vectored(slices);
+        if taken == 0 {
+            return Written::Blocked; // rustls's queue is full: wait for WRITABLE.
+        }
+        self.flush_tls();
+        match self.is_closed() {
+            true => Written::Failed,
+            false => Written::Bytes(taken),
+        }
+    }
+
+    /// Before a TLS connection's end (ours, or the peer's): queues our close_notify and writes
+    /// it. `true` once nothing is left to write — always, for a plain connection.
+    fn close_notify_written(&mut self) -> bool {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return true;
+        };
+        tls.queue_close_notify(self.id);
+        self.flush_tls();
+        !self.tls_wants_write() && !self.is_closed()
     }
 }
 

@@ -50,8 +50,10 @@ mod connection;
 mod datagram;
 mod fanout;
 mod handler;
+mod handshake;
 mod proxy;
 mod timers;
+mod tls;
 mod upload;
 
 use std::cmp::Reverse;
@@ -88,10 +90,11 @@ use upload::{UploadSink, Uploads};
 /// is `LISTENER_TOKEN_BASE + i`).
 pub(crate) const LISTENER_TOKEN_BASE: usize = usize::MAX / 2;
 
-/// The token of the signal pipe (SIGINT, SIGTERM).
+/// The token of the signal pipe (SIGINT, SIGTERM, SIGHUP).
 pub(crate) const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
-/// The storage pool's waker: I/O threads have answered upload operations.
+/// The loop's one waker (mio allows one per poller), rung by its helper threads: the I/O threads
+/// have answered upload operations, or the TLS reload thread has read the files.
 pub(crate) const STORAGE_TOKEN: Token = Token(usize::MAX - 1);
 
 /// How long the loop, once stopped, waits for the I/O threads to finish what they were handed
@@ -194,6 +197,8 @@ pub(crate) struct Reactor {
     bus: Option<Bus>,
     /// When the bus's timer is set for (`None`: not set).
     bus_wake: Option<Instant>,
+    /// The configuration of the `tls:` services, when there are any, and its reloads.
+    tls: Option<handshake::TlsServices>,
 }
 
 /// The chat bus for `rooms` (none without a chat service: nothing to share).
@@ -207,6 +212,37 @@ fn start_bus(
     // that stops taking commands fills this.
     let queue_limit = output_limit.saturating_mul(rooms.len() + 1);
     (!rooms.is_empty()).then(|| Bus::new(url, addr, rooms, queue_limit))
+}
+
+/// What the loop's helper threads answer through its one waker: the `tls:` services' reloads
+/// and the upload I/O threads, each only when some endpoint needs it.
+fn start_helpers(
+    poll: &Poll,
+    endpoints: &[Endpoint],
+    config: &ServeOptions,
+    upload_io_in_loop: bool,
+) -> io::Result<(Option<handshake::TlsServices>, Option<Uploads>)> {
+    let serves_uploads = endpoints.iter().any(|e| e.protocol == ProtocolKind::Upload);
+    let serves_tls = endpoints.iter().any(|e| e.local.is_tls());
+    let waker = match serves_uploads || serves_tls {
+        true => Some(Arc::new(Waker::new(poll.registry(), STORAGE_TOKEN)?)),
+        false => None,
+    };
+    let tls = match (&config.tls, &waker) {
+        (Some(tls), Some(waker)) if serves_tls => {
+            Some(handshake::TlsServices::new(tls.clone(), Arc::clone(waker)))
+        }
+        _ => None,
+    };
+    let uploads = match (&config.upload_dir, &waker) {
+        (Some(dir), Some(waker)) if serves_uploads => Some(Uploads::start(
+            Arc::clone(dir),
+            Arc::clone(waker),
+            upload_io_in_loop,
+        )?),
+        _ => None,
+    };
+    Ok((tls, uploads))
 }
 
 impl Endpoint {
@@ -283,13 +319,7 @@ impl Reactor {
             poll.registry()
                 .register(signals, SIGNAL_TOKEN, Interest::READABLE)?;
         }
-        let uploads = match &config.upload_dir {
-            Some(dir) if endpoints.iter().any(|e| e.protocol == ProtocolKind::Upload) => {
-                let waker = Arc::new(Waker::new(poll.registry(), STORAGE_TOKEN)?);
-                Some(Uploads::start(Arc::clone(dir), waker, upload_io_in_loop)?)
-            }
-            _ => None,
-        };
+        let (tls, uploads) = start_helpers(&poll, &endpoints, &config, upload_io_in_loop)?;
         Ok(Reactor {
             uploads,
             upload_completions: Vec::new(),
@@ -315,6 +345,7 @@ impl Reactor {
             shutdown_deadline: None,
             bus,
             bus_wake: None,
+            tls,
         })
     }
 
@@ -382,6 +413,7 @@ impl Reactor {
                 trace!("event: {}", self.describe_event(event));
                 if event.token() == STORAGE_TOKEN {
                     self.on_storage_ready(&now);
+                    self.on_tls_reloaded();
                     continue;
                 }
                 if event.token() == SIGNAL_TOKEN {
@@ -435,7 +467,9 @@ impl Reactor {
             return "the signal pipe is readable: a signal arrived".to_owned();
         }
         if token == STORAGE_TOKEN {
-            return "the I/O threads rang the waker: file operations finished".to_owned();
+            return "a helper thread rang the waker: file operations finished, or the TLS files \
+                    were read again"
+                .to_owned();
         }
         if token == BUS_COMMANDS_TOKEN {
             return format!(
@@ -548,6 +582,7 @@ impl Reactor {
         let Client { conn, handler } = client;
         let verdict = match handler {
             Handler::Header(_) => return self.drive_header(key, now),
+            Handler::Handshake(_) => return self.drive_handshake(key, now),
             Handler::Chat(_) => return self.drive_member(key, now, first),
             Handler::Upload(work) => match self.uploads.as_mut() {
                 Some(uploads) => {
@@ -700,6 +735,10 @@ impl Reactor {
         };
         let received: Vec<i32> = signals.pending().collect();
         for signal in received {
+            if signal == signal_hook::consts::SIGHUP {
+                self.reload_tls();
+                continue;
+            }
             if self.shutdown_deadline.is_some() {
                 info!("second signal ({signal}): exiting at once");
                 return Stop::Now;

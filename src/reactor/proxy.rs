@@ -12,7 +12,7 @@
 //!   `* NAME joined` and in every line it sends. Bytes that followed the header in the same read
 //!   (a balancer may send the header and the client's first request in one segment) are the
 //!   protocol's first input, handed over from the shared read buffer before the socket is read
-//!   again ([`FirstInput`](super::connection::FirstInput)).
+//!   again ([`FirstInput`]).
 //! * **Bounded by the protocol, not by the peer.** The parser holds at most a few hundred bytes
 //!   and refuses a header at the first byte that proves it wrong, so a peer that is no balancer
 //!   (a client that bypassed it, a port scanner speaking HTTP) costs one small allocation, for a
@@ -54,6 +54,7 @@ use crate::net::Relayed;
 use crate::protocol::Session;
 use crate::service::ProtocolKind;
 
+use super::connection::FirstInput;
 use super::handler::header::{self, HeaderDone, HeaderRead};
 use super::handler::{Client, Handler};
 use super::Reactor;
@@ -96,6 +97,29 @@ impl Reactor {
                 client: peer
             }
         );
+        if self.endpoints[endpoint].local.is_tls() {
+            // Its TLS handshake comes next; the bytes that followed the header begin it.
+            client.handler = Handler::handshake(peer, endpoint);
+            let early = self.shared.read[..first.len].to_vec();
+            self.start_handshake(key, &early, now);
+            return self.drive_handshake(key, now);
+        }
+        let first = (first.len > 0).then_some(first);
+        self.start_protocol(key, endpoint, &peer.to_string(), first, now);
+    }
+
+    /// Starts connection `key`'s protocol (that of `endpoint`) now that nothing comes before
+    /// it — a chat member joins its room as `name` — and reads on at once: `first`, if any, is
+    /// its first input, and the socket may hold more that no new readiness edge will announce.
+    pub(super) fn start_protocol(
+        &mut self,
+        key: usize,
+        endpoint: usize,
+        name: &str,
+        first: Option<FirstInput>,
+        now: &Now,
+    ) {
+        let client = &mut self.clients[key];
         let protocol = self.endpoints[endpoint].protocol;
         match protocol {
             ProtocolKind::Chat => {
@@ -103,7 +127,7 @@ impl Reactor {
                     return self.refuse_to_start(key, protocol); // Not a chat endpoint: cannot be.
                 };
                 client.handler = Handler::chat(endpoint as u32, &chat.log);
-                self.join_room(key, endpoint, &peer);
+                self.join_room(key, endpoint, name);
             }
             ProtocolKind::Upload if self.uploads.is_some() => {
                 client.handler = Handler::upload(self.config.limits);
@@ -114,9 +138,6 @@ impl Reactor {
                 None => return self.refuse_to_start(key, protocol),
             },
         }
-        // Read on at once: the first bytes are here, and the socket may hold more that no new
-        // readiness edge will announce.
-        let first = (first.len > 0).then_some(first);
         self.drive_connection_from(key, now, first);
     }
 

@@ -26,6 +26,8 @@ pub(super) enum Wake {
     Linger { key: usize, id: u64 },
     /// Close connection `key` if its PROXY header is still incomplete (`--proxy-protocol`).
     Header { key: usize, id: u64 },
+    /// Close connection `key` if its TLS handshake is still under way (`tls:`).
+    Handshake { key: usize, id: u64 },
     /// Send connection `key`'s held replies that are due (`--reply-delay`).
     Reply { key: usize, id: u64 },
     /// Try accepting on listener `index` again after running out of file descriptors.
@@ -79,7 +81,10 @@ impl Reactor {
                     let verdict = client.release_replies(&mut self.shared, now);
                     self.apply(key, verdict);
                 }
-                Wake::Idle { key, id } | Wake::Linger { key, id } | Wake::Header { key, id } => {
+                Wake::Idle { key, id }
+                | Wake::Linger { key, id }
+                | Wake::Header { key, id }
+                | Wake::Handshake { key, id } => {
                     let Some(client) = self.clients.get_mut(key) else {
                         continue;
                     };
@@ -87,11 +92,13 @@ impl Reactor {
                         continue; // The connection this timer was for is gone.
                     }
                     if let Wake::Linger { .. } = wake {
-                        client.conn.on_linger_deadline(now);
+                        client.conn.on_linger_deadline();
                     } else if let Wake::Header { .. } = wake {
                         // Closes it only if it is still waiting: once read, the header's
                         // deadline means nothing.
                         client.on_header_deadline();
+                    } else if let Wake::Handshake { .. } = wake {
+                        client.on_handshake_deadline();
                     } else if let Some(idle) = self.config.idle_timeout {
                         let quiet_until = if client.server_is_waiting() {
                             now.instant + idle // the server's wait, not the client's silence
@@ -129,6 +136,7 @@ impl Reactor {
             Wake::Idle { key, id }
             | Wake::Linger { key, id }
             | Wake::Header { key, id }
+            | Wake::Handshake { key, id }
             | Wake::Reply { key, id } => clients.get(key).is_some_and(|c| c.conn.id == id),
             Wake::Accept { .. } | Wake::Watchdog | Wake::Room { .. } | Wake::Bus => true,
         });

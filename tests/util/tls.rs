@@ -111,6 +111,11 @@ impl Pki {
         )
     }
 
+    /// A client certificate with subject CN `common_name`, signed by the CA.
+    pub fn reissue_client(&self, dir: &Path, common_name: &str, stem: &str) -> (PathBuf, PathBuf) {
+        leaf(&self.issuer, &[], common_name, dir, stem)
+    }
+
     /// The server's oneloop arguments: `--tls-cert` and `--tls-key`.
     pub fn server_args(&self) -> Vec<String> {
         vec![
@@ -220,4 +225,38 @@ pub fn read_line(stream: &mut TlsStream) -> String {
 pub fn server_common_name(stream: &TlsStream) -> String {
     let certs = stream.conn.peer_certificates().expect("a certificate");
     oneloop::net::tls::common_name(&certs[0]).expect("a common name")
+}
+
+/// A fresh directory for one test's certificates (and uploads), under the system's temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "oneloop-tls-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A client configuration that speaks only `version` (to check TLS 1.2 and 1.3 apart).
+pub fn client_config_for(
+    ca: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
