@@ -764,6 +764,32 @@ mod tests {
     }
 
     #[test]
+    fn reconnect_is_for_request_streams_under_load() {
+        let mut config = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
+        config.reconnect = Some(3);
+        assert!(config.validate().is_ok());
+        let mut idle = config.clone();
+        idle.mode = Mode::Idle;
+        assert!(idle.validate().unwrap_err().contains("--reconnect"));
+        let mut chat = config.clone();
+        chat.protocol = ProtocolKind::Chat;
+        assert!(chat.validate().unwrap_err().contains("--reconnect"));
+        let mut udp = config.clone();
+        udp.addresses = vec!["udp:127.0.0.1:1".parse().unwrap()];
+        assert!(udp.validate().unwrap_err().contains("--reconnect"));
+        config.reconnect = Some(0);
+        assert!(config.validate().unwrap_err().contains("--reconnect"));
+    }
+
+    #[test]
+    fn a_tls_server_name_that_is_no_name_is_refused_at_start() {
+        let mut config = LoadConfig::new("tls:127.0.0.1:1".parse::<Address>().unwrap());
+        assert!(config.validate().is_ok());
+        config.tls.server_name = Some("not a name!".into());
+        assert!(config.validate().unwrap_err().contains("not a name!"));
+    }
+
+    #[test]
     fn threads_never_outnumber_connections() {
         let mut config = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         config.connections = 3;

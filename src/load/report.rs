@@ -819,6 +819,26 @@ mod tests {
     }
 
     #[test]
+    fn handshakes_are_counted_and_rated_over_the_measured_time() {
+        let mut report = report(Mode::Load);
+        report.counts.handshakes = 950;
+        report.counts.measured_handshakes = 900;
+        let json = report.to_json();
+        assert!(json.contains("\"handshakes\":950,"), "{json}");
+        assert!(json.contains("\"handshake_rps\":500.0,"), "{json}");
+        assert!(
+            !report.to_string().contains("handshakes"),
+            "plain, no --reconnect"
+        );
+        report.reconnect = Some(2);
+        let text = report.to_string();
+        assert!(
+            text.contains("handshakes  950 (500.0/s during the measured load; a new connection every 2 requests)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn json_strings_are_escaped() {
         assert_eq!(json_string("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
     }
