@@ -587,7 +587,11 @@ impl<'a> Chat<'a> {
                 Ok(count) => {
                     budget -= count;
                     self.feed(i, &buf[..count]);
-                    if count < asked {
+                    let ended = self.members[i]
+                        .stream
+                        .as_ref()
+                        .is_some_and(Transport::end_seen);
+                    if count < asked && !ended {
                         break;
                     }
                 }

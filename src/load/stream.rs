@@ -173,7 +173,7 @@ impl Conn {
                     if let Some(wrong) = fed.wrong {
                         return ReadOutcome::Wrong(wrong);
                     }
-                    if count < asked && !self.peer_closing {
+                    if count < asked && !self.peer_closing && !stream.end_seen() {
                         return ReadOutcome::Drained;
                     }
                 }

@@ -63,6 +63,16 @@ impl Transport {
         }
     }
 
+    /// Over TLS, whether the end has been read already, so a short read is not the end of what
+    /// there is to read (see [`TlsClient::end_seen`]); never for a plain stream, whose end is
+    /// the socket's own.
+    pub(super) fn end_seen(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(tls) => tls.session.end_seen(),
+        }
+    }
+
     /// Whether ciphertext waits for the socket to take it (never for a plain stream).
     pub(super) fn wants_write(&self) -> bool {
         match self {

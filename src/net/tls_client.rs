@@ -80,7 +80,11 @@ impl ClientTls {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let conn = ClientConnection::new(Arc::clone(&self.config), name)
             .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
-        Ok(TlsClient { conn, eof: false })
+        Ok(TlsClient {
+            conn,
+            eof: false,
+            closed: false,
+        })
     }
 }
 
@@ -90,6 +94,8 @@ pub struct TlsClient {
     conn: ClientConnection,
     /// The socket's end of stream has been read.
     eof: bool,
+    /// The server's close_notify has been read.
+    closed: bool,
 }
 
 /// A TLS failure as an I/O error whose text is one line naming the reason.
@@ -111,6 +117,13 @@ impl TlsClient {
     /// Whether the handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
+    }
+
+    /// Whether the end of the conversation has been read (the server's close_notify, or the
+    /// end of the TCP stream): after a short [`read`](Self::read), the next read says which
+    /// at once, and no readiness event may come to prompt it.
+    pub fn end_seen(&self) -> bool {
+        self.eof || self.closed
     }
 
     /// Whether rustls holds ciphertext the socket has not taken yet (wait for `WRITABLE`).
@@ -149,10 +162,13 @@ impl TlsClient {
             }
         }
         let handshaking = self.conn.is_handshaking();
-        if let Err(e) = self.conn.process_new_packets() {
-            // rustls has queued the alert that tells the server why: try to send it.
-            let _ = self.flush(socket);
-            return Err(tls_error(handshaking, e));
+        match self.conn.process_new_packets() {
+            Ok(state) => self.closed |= state.peer_has_closed(),
+            Err(e) => {
+                // rustls has queued the alert that tells the server why: try to send it.
+                let _ = self.flush(socket);
+                return Err(tls_error(handshaking, e));
+            }
         }
         self.flush(socket)?;
         Ok(true)
