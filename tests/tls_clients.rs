@@ -528,3 +528,45 @@ fn load_presents_its_client_certificate_to_a_server_that_requires_one() {
         assert!(number(&json, "errors") > 0, "{json}");
     }
 }
+
+#[test]
+fn send_and_load_name_a_refused_certificate() {
+    let dir = scratch("refused-send-load");
+    let pki = Pki::new(&dir);
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let extra = vec!["--upload-dir".to_string(), text(&store)];
+    let server = serve_tls(
+        &pki,
+        &["upload@tls:127.0.0.1:0", "echo@tls:127.0.0.1:0"],
+        &extra,
+    );
+    let other = text(&pki.other_ca);
+    let file = dir.join("small.txt");
+    std::fs::write(&file, b"hello").unwrap();
+    let upload = tls_address(&server, "upload");
+    let run = util::run(&["send", &upload, &text(&file), "--tls-ca", &other], b"");
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the TLS handshake failed: invalid peer certificate: UnknownIssuer"),
+        "{run:?}"
+    );
+    assert!(std::fs::read_dir(&store).unwrap().next().is_none());
+
+    let echo = tls_address(&server, "echo");
+    let (code, json, _) = load_json(&[
+        &echo,
+        "--tls-ca",
+        &other,
+        "--connections",
+        "2",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(number(&json, "connect_failures"), 2, "{json}");
+    let first = json["first_error"].as_str().unwrap();
+    assert!(first.contains("UnknownIssuer"), "{first}");
+}
