@@ -532,3 +532,37 @@ fn many_handshakes_at_once_are_all_served() {
         thread.join().unwrap();
     }
 }
+
+#[test]
+fn a_handshake_past_max_connections_is_closed_and_the_others_are_served() {
+    let dir = tls::scratch_dir("max-connections");
+    let pki = Pki::new(&dir);
+    let server = serve(&pki, &["echo@tls:127.0.0.1:0"], &["--max-connections", "1"]);
+    let mut first = connect(&server, "echo", &pki);
+    let config = tls::client_config(&pki.ca, None);
+    let mut second = tls::connect(server.addr_of("echo", "tls"), &config);
+    // Closed at once, without a plaintext line a TLS client would take for a broken record.
+    let refused = tls::handshake(&mut second).expect_err("a second connection got in");
+    assert!(
+        matches!(
+            refused.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        "{refused:?}"
+    );
+    tls::send(&mut first, b"one");
+    assert_eq!(tls::read_exact(&mut first, 3), b"one");
+}
+
+#[test]
+fn the_idle_timeout_ends_a_tls_session_with_close_notify() {
+    let dir = tls::scratch_dir("idle");
+    let pki = Pki::new(&dir);
+    let server = serve(&pki, &["echo@tls:127.0.0.1:0"], &["--idle-timeout", "1"]);
+    let mut idle = connect(&server, "echo", &pki);
+    tls::send(&mut idle, b"once");
+    assert_eq!(tls::read_exact(&mut idle, 4), b"once");
+    let (rest, end) = tls::read_to_close_notify(&mut idle);
+    assert!(rest.is_empty(), "{rest:?}");
+    end.expect("the idle timeout's close is a close_notify, not a truncation");
+}

@@ -116,8 +116,15 @@ impl Reactor {
             }
             self.refusing = true;
             debug!("refusing {peer}: too many connections");
-            // One best-effort write: the socket is new, so its buffer has room.
-            let _ = stream.write(TOO_MANY_CONNECTIONS_REPLY);
+            // One best-effort write: the socket is new, so its buffer has room. Not to a TLS
+            // client, for which a plaintext line is a broken record: it just sees the close.
+            if !self
+                .endpoints
+                .get(endpoint)
+                .is_some_and(|e| e.local.is_tls())
+            {
+                let _ = stream.write(TOO_MANY_CONNECTIONS_REPLY);
+            }
             return;
         }
         self.refusing = false;

@@ -288,6 +288,17 @@ impl Connection {
         self.unsent = Unsent::default();
     }
 
+    /// Closes the connection now, as [`close`](Self::close) does, but a TLS connection first
+    /// sends its close_notify if the socket takes it at once (the idle timeout: the session is
+    /// ended, not broken). Nothing waits for it.
+    pub(super) fn close_notifying(&mut self, why: &str) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.queue_close_notify(self.id);
+            let _ = tls.write_socket(&mut self.stream, self.id);
+        }
+        self.close(why);
+    }
+
     /// A client's socket error ends that client only, logged at debug: resets and broken pipes
     /// are everyday events for a server, not failures of it.
     pub(super) fn close_on_error(&mut self, during: &str, error: &io::Error) {

@@ -107,7 +107,7 @@ impl Reactor {
                         };
                         if quiet_until <= now.instant {
                             debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
-                            client.conn.close("idle timeout");
+                            client.conn.close_notifying("idle timeout");
                         } else {
                             self.timers.push(Reverse((quiet_until, wake)));
                         }
