@@ -759,6 +759,8 @@ impl<'a> StreamGenerator<'a> {
                 Ok(stream) => {
                     conn.stream = Some(stream);
                     conn.registered = Interest::WRITABLE;
+                    // A stale event of the old socket's last turn may have set it.
+                    conn.peer_closing = false;
                     conn.state = State::Reconnecting {
                         deadline: now + CONNECT_TIMEOUT,
                         connected: false,
