@@ -9,7 +9,14 @@
 //! `--timeout SECS` bounds every wait — the connect, and each wait for the server — like
 //! `nc -w`: a server silent for that long ends the client with exit code 1.
 //!
-//! `unix:PATH` works exactly as TCP. Over `udp:HOST:PORT` there is no connection to close: the
+//! `unix:PATH` works exactly as TCP. Over `tls:HOST:PORT` the conversation is the same, inside
+//! TLS (`--tls-ca`, `--tls-server-name`, `--tls-cert`, `--tls-key`): a failed handshake or a
+//! certificate that does not verify is one line naming why, exit 1; the close_notify stands for
+//! the shutdown of the sending side, and the server's close_notify is its end. One thread owns
+//! the session: the socket is non-blocking on a `mio::Poll`, and stdin lines come from a reader
+//! thread through a channel and a waker (a second thread writing into the same rustls session
+//! would need a lock held across a blocked write: a deadlock with a server that stops reading).
+//! Over `udp:HOST:PORT` there is no connection to close: the
 //! words are one datagram, or each stdin line (without its newline) is one; each reply is printed
 //! on a line of its own (a newline is added when the reply has none, as the seeds' UDP client's
 //! `print` does), and a reply that does not come within `--timeout` [5 s] is `no reply`, exit 1.
@@ -20,13 +27,15 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::net::tls_client::{ClientTls, ClientTlsArgs, TlsClient};
 use crate::net::BlockingStream;
 use crate::service::Address;
 
 /// `oneloop client ADDRESS [MESSAGE...]`
 #[derive(Debug, clap::Args)]
 pub(crate) struct ClientArgs {
-    /// Where to connect: HOST:PORT or tcp:HOST:PORT, unix:PATH, or udp:HOST:PORT.
+    /// Where to connect: HOST:PORT or tcp:HOST:PORT, unix:PATH, udp:HOST:PORT, or
+    /// tls:HOST:PORT (TLS over TCP: see --tls-ca).
     pub address: Address,
 
     /// Words to send, joined by single spaces; without them, stdin lines are sent.
@@ -36,6 +45,10 @@ pub(crate) struct ClientArgs {
     /// Longest wait, in seconds, for the connection and for each reply [udp: 5].
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,
+
+    /// The TLS options (with a tls: address).
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// Parses a positive number of seconds (fractions allowed).
@@ -87,9 +100,7 @@ pub(crate) fn connect_stream(
 fn talk(args: &ClientArgs) -> io::Result<()> {
     let stream = match &args.address {
         Address::Tcp(_) | Address::Unix(_) => connect_stream(&args.address, args.timeout)?,
-        Address::Tls { .. } => {
-            return Err(io::Error::other("tls: is not served by the client yet"));
-        }
+        Address::Tls { addr, host } => return talk_tls(args, *addr, host),
         Address::Udp(addr) => {
             return datagrams(
                 *addr,
@@ -229,4 +240,132 @@ fn print_until_closed(mut stream: BlockingStream) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The poll token of the TLS client's socket.
+const SOCKET: mio::Token = mio::Token(0);
+
+/// The poll token of the waker the stdin thread wakes the TLS client with.
+const STDIN: mio::Token = mio::Token(1);
+
+/// Where the TLS client's plaintext comes from.
+enum Input {
+    /// Stdin lines, from the reader thread (disconnected at end of input).
+    Lines(std::sync::mpsc::Receiver<Vec<u8>>),
+    /// Everything has been handed over: the close_notify goes once the handshake is done.
+    Ended,
+}
+
+/// The client over `tls:`: connect, then one loop drives the session (see the module doc).
+fn talk_tls(args: &ClientArgs, addr: SocketAddr, host: &str) -> io::Result<()> {
+    let tls = ClientTls::new(&args.tls.options()).map_err(io::Error::other)?;
+    let mut session = tls.session(host)?;
+    let tcp = match args.timeout {
+        Some(timeout) => TcpStream::connect_timeout(&addr, timeout)?,
+        None => TcpStream::connect(addr)?,
+    };
+    tcp.set_nodelay(true)?;
+    tcp.set_nonblocking(true)?;
+    let mut socket = mio::net::TcpStream::from_std(tcp);
+    let mut poll = mio::Poll::new()?;
+    let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+    poll.registry().register(&mut socket, SOCKET, interest)?;
+    let mut pending = Vec::new();
+    let mut input = if args.message.is_empty() {
+        let waker = mio::Waker::new(poll.registry(), STDIN)?;
+        let (lines, received) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || read_lines(io::stdin().lock(), lines, &waker));
+        Input::Lines(received)
+    } else {
+        pending.extend_from_slice(args.message.join(" ").as_bytes());
+        Input::Ended
+    };
+    let mut events = mio::Events::with_capacity(8);
+    let mut close_notify_sent = false;
+    let mut stdout = io::stdout().lock();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        session.flush(&mut socket)?;
+        loop {
+            match session.read(&mut socket, &mut buffer) {
+                Ok(0) => return Ok(()), // the server's close_notify: its end
+                Ok(count) => {
+                    stdout.write_all(&buffer[..count])?;
+                    stdout.flush()?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        send_input(&mut session, &mut socket, &mut pending, &mut input)?;
+        if matches!(input, Input::Ended)
+            && pending.is_empty()
+            && !session.is_handshaking()
+            && !close_notify_sent
+        {
+            session.close_notify(&mut socket)?;
+            close_notify_sent = true;
+        }
+        match poll.poll(&mut events, args.timeout) {
+            Ok(()) if events.is_empty() => return Err(io::ErrorKind::TimedOut.into()),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Hands `pending` and then each stdin line that has come to the session, as far as the socket
+/// takes them: a new line is taken only once everything before it is out, so a server that
+/// stops reading stops the stdin thread (the channel holds one line) instead of filling memory.
+fn send_input(
+    session: &mut TlsClient,
+    socket: &mut mio::net::TcpStream,
+    pending: &mut Vec<u8>,
+    input: &mut Input,
+) -> io::Result<()> {
+    loop {
+        while !pending.is_empty() {
+            match session.write(socket, pending) {
+                Ok(count) => drop(pending.drain(..count)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        if session.wants_write() {
+            return Ok(());
+        }
+        let Input::Lines(lines) = input else {
+            return Ok(());
+        };
+        match lines.try_recv() {
+            Ok(line) => *pending = line,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => *input = Input::Ended,
+        }
+    }
+}
+
+/// The TLS client's stdin thread: each line (newline included) to the channel, with a wake-up;
+/// at the end of input the channel is dropped (disconnected), with a last wake-up.
+fn read_lines(
+    mut input: impl BufRead,
+    lines: std::sync::mpsc::SyncSender<Vec<u8>>,
+    waker: &mio::Waker,
+) {
+    loop {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if lines.send(line).is_err() {
+                    return; // the client is done
+                }
+                let _ = waker.wake();
+            }
+        }
+    }
+    drop(lines);
+    let _ = waker.wake();
 }

@@ -15,6 +15,10 @@
 //! If the server refuses mid-body (`error storage failed: ...`, then it closes), sending fails;
 //! the client then reads what the server said and prints that line rather than a bare "broken
 //! pipe". Every wait is bounded by `--timeout`.
+//!
+//! Over `tls:HOST:PORT` the upload is the same conversation inside TLS (the `--tls-*` options as
+//! for `client`): the handshake is completed first (a refusal is one line naming why, exit 1),
+//! and the session ends with a close_notify once the `saved` line is in.
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
@@ -22,13 +26,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::net::tls_client::{BlockingTls, ClientTls, ClientTlsArgs};
 use crate::net::BlockingStream;
 use crate::service::Address;
 
 /// `oneloop send ADDRESS FILE [--name NAME]`
 #[derive(Debug, clap::Args)]
 pub(crate) struct SendArgs {
-    /// The upload service: HOST:PORT, tcp:HOST:PORT or unix:PATH.
+    /// The upload service: HOST:PORT, tcp:HOST:PORT, unix:PATH or tls:HOST:PORT.
     pub address: Address,
 
     /// The file to upload.
@@ -43,6 +48,10 @@ pub(crate) struct SendArgs {
     /// after the server has written and fsync'd the whole file).
     #[arg(long, value_name = "SECS", value_parser = crate::client::parse_seconds, default_value = "60")]
     pub timeout: Duration,
+
+    /// The TLS options (with a tls: address).
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// Bytes read from the file and written to the socket at a time.
@@ -55,7 +64,7 @@ const MAX_ANSWER_BYTES: usize = 4096;
 /// 1 on any failure or refusal, 2 for a name that cannot be sent.
 pub(crate) fn run(args: &SendArgs) -> ExitCode {
     if let Address::Udp(_) = args.address {
-        eprintln!("oneloop: send: uploads need a stream: a tcp or unix: address, not udp:");
+        eprintln!("oneloop: send: uploads need a stream: a tcp, unix: or tls: address, not udp:");
         return ExitCode::from(2);
     }
     let name = match header_name(args) {
@@ -139,13 +148,11 @@ fn header_name(args: &SendArgs) -> Result<String, String> {
 fn send(args: &SendArgs, name: &str) -> io::Result<Outcome> {
     let mut file = open_regular(&args.file)?;
     let size = file.metadata()?.len();
-    let stream = crate::client::connect_stream(&args.address, Some(args.timeout))?;
-    stream.set_read_timeout(Some(args.timeout))?;
-    stream.set_write_timeout(Some(args.timeout))?;
+    let mut stream = connect(args)?;
     let mut answers = Answers::default();
 
-    (&stream).write_all(format!("{size} {name}\n").as_bytes())?;
-    let answer = answers.line(&stream)?;
+    stream.write_all(format!("{size} {name}\n").as_bytes())?;
+    let answer = answers.line(&mut stream)?;
     if answer != "ok" {
         return Ok(first_answer_refusal(answer));
     }
@@ -171,10 +178,10 @@ fn send(args: &SendArgs, name: &str) -> io::Result<Outcome> {
             Err(e) => return Err(e),
         };
         crc.update(&buffer[..count]);
-        if let Err(e) = (&stream).write_all(&buffer[..count]) {
+        if let Err(e) = stream.write_all(&buffer[..count]) {
             // The server may have refused mid-body and closed: its reason beats "broken pipe".
             progress.finish();
-            return match answers.line(&stream) {
+            return match answers.line(&mut stream) {
                 Ok(line) if is_error_line(&line) => Ok(Outcome::Refused(line)),
                 _ => Err(e),
             };
@@ -183,9 +190,75 @@ fn send(args: &SendArgs, name: &str) -> io::Result<Outcome> {
         progress.set(sent);
     }
     progress.finish();
+    stream.flush()?;
     let crc = crc.finalize();
-    let answer = answers.line(&stream)?;
+    let answer = answers.line(&mut stream)?;
+    stream.finish();
     Ok(check_saved(answer, size, crc))
+}
+
+/// The upload's connection: a plain stream, or a TLS session over TCP.
+enum Connection {
+    /// TCP or Unix.
+    Plain(BlockingStream),
+    /// TLS over TCP, the handshake done.
+    Tls(Box<BlockingTls>),
+}
+
+/// Connects to the upload service, every wait bounded by `--timeout` (over `tls:` the
+/// handshake too).
+fn connect(args: &SendArgs) -> io::Result<Connection> {
+    let timeout = Some(args.timeout);
+    if let Address::Tls { addr, host } = &args.address {
+        let tls = ClientTls::new(&args.tls.options()).map_err(io::Error::other)?;
+        let tcp = std::net::TcpStream::connect_timeout(addr, args.timeout)?;
+        tcp.set_read_timeout(timeout)?;
+        tcp.set_write_timeout(timeout)?;
+        tcp.set_nodelay(true)?;
+        return Ok(Connection::Tls(Box::new(
+            tls.handshake_blocking(host, tcp)?,
+        )));
+    }
+    let stream = crate::client::connect_stream(&args.address, timeout)?;
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)?;
+    Ok(Connection::Plain(stream))
+}
+
+impl Connection {
+    /// Ends the conversation: over TLS, the close_notify (best effort: the answer is in).
+    fn finish(&mut self) {
+        if let Connection::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.read(buf),
+            Connection::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.write(bytes),
+            Connection::Tls(tls) => tls.write(bytes),
+        }
+    }
+
+    /// Over TLS, sends what rustls still holds (plain streams hold nothing).
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Connection::Plain(_) => Ok(()),
+            Connection::Tls(tls) => tls.flush(),
+        }
+    }
 }
 
 /// Opens `path` for reading, refusing what is not a regular file (a directory, a FIFO whose
@@ -253,7 +326,7 @@ struct Answers {
 impl Answers {
     /// The next line, without its newline (and `\r`). End of stream before a newline is an
     /// error, and so is a line longer than [`MAX_ANSWER_BYTES`].
-    fn line(&mut self, stream: &BlockingStream) -> io::Result<String> {
+    fn line(&mut self, stream: &mut impl Read) -> io::Result<String> {
         loop {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
@@ -267,7 +340,7 @@ impl Answers {
                 ));
             }
             let mut piece = [0; 1024];
-            let count = match (&*stream).read(&mut piece) {
+            let count = match stream.read(&mut piece) {
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

@@ -82,8 +82,8 @@ use mio::{Interest, Token};
 use super::driver::{self, Driver, Meter, Plan, Unsent};
 use super::order::OrderPrints;
 use super::report::Counts;
+use super::transport::Transport;
 use super::{Gate, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECT_ATTEMPTS};
-use crate::net::Stream;
 
 /// Longest the start barrier may take for `members`: 5 s, plus 10 µs for each of the N²
 /// deliveries the renames and hellos cost (a 1,000-member room: 15 s), so that a slow model
@@ -112,7 +112,7 @@ const MAX_READ_BYTES_PER_TURN: usize = 4 * READ_BUFFER_BYTES;
 /// One member of the room.
 #[derive(Debug)]
 struct Member {
-    stream: Option<Stream>,
+    stream: Option<Transport>,
     /// Bytes the socket has not taken yet.
     unsent: Unsent,
     /// The start of a line whose end has not arrived yet (capacity kept).
@@ -121,8 +121,9 @@ struct Member {
 }
 
 impl Member {
+    /// Whether bytes wait for the socket: lines, or over TLS ciphertext rustls holds.
     fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty()
+        !self.unsent.is_empty() || self.stream.as_ref().is_some_and(Transport::wants_write)
     }
 
     /// Writes `bytes` after anything still unsent (nothing once the member is closed).
@@ -136,7 +137,10 @@ impl Member {
     /// Writes as much of the unsent bytes as the socket takes.
     fn flush(&mut self) -> io::Result<()> {
         match self.stream.as_mut() {
-            Some(stream) => self.unsent.flush(stream),
+            Some(stream) => {
+                self.unsent.flush(stream)?;
+                stream.flush_tls()
+            }
             None => Ok(()),
         }
     }
@@ -226,7 +230,7 @@ impl<'a> Chat<'a> {
         let table = if idle { 0 } else { n };
         Ok(Chat {
             plan,
-            driver: Driver::new(meter, n)?,
+            driver: Driver::new(meter, n, plan.tls.clone())?,
             members: (0..n)
                 .map(|_| Member {
                     stream: None,
@@ -286,7 +290,12 @@ impl<'a> Chat<'a> {
                     }
                 }
             };
+            if stream.is_tls() {
+                // What came with the handshake's last flight may wait in rustls: no edge says so.
+                self.driver.keep_ready(i);
+            }
             self.members[i].stream = Some(stream);
+            self.tally.handshakes += 1;
             if let Some(awaiting) = self.awaiting_greeting.get_mut(i) {
                 *awaiting = Some(Instant::now());
             }
@@ -299,7 +308,7 @@ impl<'a> Chat<'a> {
     /// One connect attempt for member `i`: non-blocking, with the loop turning meanwhile (the
     /// members already in keep reading) until it is decided or [`CONNECT_TIMEOUT`] has passed.
     /// The outer error is the loop's own; the inner, the attempt's.
-    fn connect(&mut self, i: usize) -> io::Result<io::Result<Stream>> {
+    fn connect(&mut self, i: usize) -> io::Result<io::Result<Transport>> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut stream = match self
             .driver
@@ -309,7 +318,7 @@ impl<'a> Chat<'a> {
             Err(e) => return Ok(Err(e)),
         };
         loop {
-            match driver::connect_outcome(&stream, format_args!("member {i}")) {
+            match driver::connect_outcome(stream.socket(), format_args!("member {i}")) {
                 Ok(true) => break,
                 Ok(false) if Instant::now() >= deadline => {
                     let timed_out = io::Error::new(io::ErrorKind::TimedOut, "no answer");
@@ -318,6 +327,30 @@ impl<'a> Chat<'a> {
                 // Its events meanwhile find no stream in `members[i]` and are ignored.
                 Ok(false) => driver::turn(self, Some(deadline))?,
                 Err(e) => return Ok(Err(e)),
+            }
+        }
+        if stream.is_tls() {
+            let both = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self
+                .driver
+                .registry()
+                .reregister(&mut stream, Token(i), both)
+            {
+                return Ok(Err(e));
+            }
+            loop {
+                match stream.handshake() {
+                    Ok(true) => break,
+                    Ok(false) if Instant::now() >= deadline => {
+                        let timed_out = io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the TLS handshake did not complete in time",
+                        );
+                        return Ok(Err(timed_out));
+                    }
+                    Ok(false) => driver::turn(self, Some(deadline))?,
+                    Err(e) => return Ok(Err(e)),
+                }
             }
         }
         // A member only reads from now on (and writes when a write is refused).
@@ -554,7 +587,11 @@ impl<'a> Chat<'a> {
                 Ok(count) => {
                     budget -= count;
                     self.feed(i, &buf[..count]);
-                    if count < asked {
+                    let ended = self.members[i]
+                        .stream
+                        .as_ref()
+                        .is_some_and(Transport::end_seen);
+                    if count < asked && !ended {
                         break;
                     }
                 }
@@ -728,7 +765,8 @@ impl<'a> Chat<'a> {
     }
 
     fn close(&mut self, i: usize) {
-        if self.members[i].stream.take().is_some() {
+        if let Some(mut stream) = self.members[i].stream.take() {
+            stream.close_notify();
             self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
         }
     }

@@ -17,7 +17,8 @@ use crate::service::ProtocolKind;
 /// `oneloop load ADDRESS... [OPTIONS]`
 #[derive(Debug, clap::Args)]
 pub(crate) struct LoadArgs {
-    /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, or udp:HOST:PORT. Several: the
+    /// The server: HOST:PORT (or tcp:HOST:PORT), unix:PATH, udp:HOST:PORT, or tls:HOST:PORT
+    /// (each connection makes a TLS handshake first: see --tls-ca). Several: the
     /// connections go to them in turn and are checked as one run (chat: one room across
     /// instances on one --chat-bus).
     #[arg(required = true, num_args = 1.., value_name = "ADDRESS")]
@@ -77,6 +78,17 @@ pub(crate) struct LoadArgs {
     /// connection).
     #[arg(long)]
     pub idle: bool,
+
+    /// Each connection makes N requests, then closes and connects again (a new TCP connection
+    /// and, over tls:, a full handshake), to measure the cost of setting one up: the summary
+    /// counts handshakes and handshakes/s. Latencies stay per request (a handshake is never
+    /// part of one).
+    #[arg(long, value_name = "N", value_parser = count_parser(usize::MAX))]
+    pub reconnect: Option<usize>,
+
+    /// The TLS options (with tls: addresses).
+    #[command(flatten)]
+    pub tls: crate::net::tls_client::ClientTlsArgs,
 }
 
 impl LoadArgs {
@@ -94,6 +106,8 @@ impl LoadArgs {
             mode: if self.idle { Mode::Idle } else { Mode::Load },
             udp_timeout: self.udp_timeout,
             senders: self.senders,
+            reconnect: self.reconnect.map(|n| n as u64),
+            tls: self.tls.options(),
         }
     }
 }

@@ -51,7 +51,9 @@ use log::{debug, trace};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::report::Counts;
+use super::transport::Transport;
 use super::{LoadConfig, FIRST_RETRY_DELAY};
+use crate::net::tls_client::ClientTls;
 use crate::net::{write_until_blocked, Stream};
 use crate::service::Address;
 
@@ -68,6 +70,8 @@ pub(crate) struct Plan {
     pub count: usize,
     /// The run's parameters.
     pub config: LoadConfig,
+    /// The TLS configuration, read once for the run, when an address is `tls:`.
+    pub tls: Option<ClientTls>,
 }
 
 /// Counters the calling thread reads for the progress display, one per generator thread.
@@ -120,11 +124,17 @@ pub(super) struct Driver<'a> {
     pub(super) meter: &'a Meter,
     /// Replies verified since the meter was last updated.
     unpublished: u64,
+    /// What a `tls:` connection's session is made from.
+    tls: Option<ClientTls>,
 }
 
 impl<'a> Driver<'a> {
-    /// A loop for `entries` entries, publishing to `meter`.
-    pub(super) fn new(meter: &'a Meter, entries: usize) -> io::Result<Driver<'a>> {
+    /// A loop for `entries` entries, publishing to `meter`; `tls` for `tls:` addresses.
+    pub(super) fn new(
+        meter: &'a Meter,
+        entries: usize,
+        tls: Option<ClientTls>,
+    ) -> io::Result<Driver<'a>> {
         Ok(Driver {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_PER_POLL),
@@ -133,6 +143,7 @@ impl<'a> Driver<'a> {
             queued: vec![false; entries],
             meter,
             unpublished: 0,
+            tls,
         })
     }
 
@@ -188,11 +199,19 @@ impl<'a> Driver<'a> {
 
     /// Starts a non-blocking connect of entry `i` to `address`, registered for `WRITABLE`:
     /// the poller says when it may be decided, and [`connect_outcome`] says whether it is.
-    pub(super) fn start_connect(&self, address: &Address, i: usize) -> io::Result<Stream> {
+    /// Over `tls:` the session is made too; its handshake is the caller's, once connected.
+    pub(super) fn start_connect(&self, address: &Address, i: usize) -> io::Result<Transport> {
+        let session = match (address, &self.tls) {
+            (Address::Tls { host, .. }, Some(tls)) => Some(tls.session(host)?),
+            (Address::Tls { .. }, None) => {
+                return Err(io::Error::other("no TLS configuration for a tls: address"))
+            }
+            _ => None,
+        };
         let mut stream = Stream::connect(address)?;
         self.registry()
             .register(&mut stream, Token(i), Interest::WRITABLE)?;
-        Ok(stream)
+        Ok(Transport::new(stream, session))
     }
 }
 
@@ -213,7 +232,7 @@ impl Unsent {
 
     /// Writes `bytes` on `stream` after anything still unsent; keeps what the socket will not
     /// take.
-    pub(super) fn send(&mut self, stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn send(&mut self, stream: &mut impl io::Write, bytes: &[u8]) -> io::Result<()> {
         if !self.is_empty() {
             // Drop the bytes already written first: a socket that never quite drains would
             // otherwise grow the buffer by every request sent.
@@ -233,7 +252,7 @@ impl Unsent {
     }
 
     /// Writes as much of the unsent bytes on `stream` as it takes.
-    pub(super) fn flush(&mut self, stream: &mut Stream) -> io::Result<()> {
+    pub(super) fn flush(&mut self, stream: &mut impl io::Write) -> io::Result<()> {
         if self.is_empty() {
             return Ok(());
         }

@@ -51,6 +51,7 @@ mod driver;
 mod order;
 mod report;
 mod stream;
+mod transport;
 mod udp;
 pub mod verify;
 
@@ -60,6 +61,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::net::tls::ClientTlsOptions;
+use crate::net::tls_client::ClientTls;
 use crate::protocol::datagram::MAX_DATAGRAM_PAYLOAD;
 use crate::service::Address;
 use crate::service::ProtocolKind;
@@ -158,6 +161,12 @@ pub struct LoadConfig {
     pub udp_timeout: Duration,
     /// Chat only: how many members send lines (members `0..K`); `None` for all.
     pub senders: Option<usize>,
+    /// Each connection makes this many requests, then closes and connects again (a new TCP
+    /// connection and, over `tls:`, a full handshake), to measure what setting one up costs;
+    /// `None`: each connection lasts the whole run.
+    pub reconnect: Option<u64>,
+    /// Over `tls:`: whom to trust, the name to check, the certificate to present.
+    pub tls: ClientTlsOptions,
 }
 
 impl LoadConfig {
@@ -176,6 +185,8 @@ impl LoadConfig {
             mode: Mode::Load,
             udp_timeout: DEFAULT_UDP_TIMEOUT,
             senders: None,
+            reconnect: None,
+            tls: ClientTlsOptions::default(),
         }
     }
 
@@ -209,7 +220,15 @@ impl LoadConfig {
         }
         let is_udp = |address: &Address| matches!(address, Address::Udp(_));
         if self.addresses.iter().any(is_udp) && !self.addresses.iter().all(is_udp) {
-            return Err("the ADDRESSes must be all udp: or all streams (tcp, unix:)".into());
+            return Err("the ADDRESSes must be all udp: or all streams (tcp, unix:, tls:)".into());
+        }
+        if let Some(requests) = self.reconnect {
+            self.validate_reconnect(requests)?;
+        }
+        for address in &self.addresses {
+            if let Address::Tls { host, .. } = address {
+                self.tls.server_name(host)?;
+            }
         }
         if self.protocol == ProtocolKind::Chat {
             self.validate_chat()?;
@@ -264,6 +283,33 @@ impl LoadConfig {
 }
 
 impl LoadConfig {
+    fn validate_reconnect(&self, requests: u64) -> Result<(), String> {
+        if requests == 0 {
+            return Err("--reconnect needs at least 1 request per connection".into());
+        }
+        if self.is_udp() {
+            return Err("--reconnect is for streams: UDP has no connection to make".into());
+        }
+        if self.protocol == ProtocolKind::Chat {
+            return Err("--reconnect is for upper, timestamp and echo, not chat".into());
+        }
+        if self.mode == Mode::Idle {
+            return Err("--idle holds its connections: no --reconnect".into());
+        }
+        Ok(())
+    }
+
+    /// The TLS configuration, read once for the whole run, if an address is `tls:`: a bad file
+    /// is an error naming it.
+    fn client_tls(&self) -> io::Result<Option<ClientTls>> {
+        if !self.addresses.iter().any(Address::is_tls) {
+            return Ok(None);
+        }
+        ClientTls::new(&self.tls)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
     fn validate_chat(&self) -> Result<(), String> {
         if self.is_udp() {
             return Err("chat runs over tcp or unix:, not UDP".into());
@@ -345,8 +391,9 @@ pub fn run_with(
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     check_fd_limit(config.connections)?;
+    let tls = config.client_tls()?;
     let started = Instant::now();
-    let threads = Threads::spawn(config)?;
+    let threads = Threads::spawn(config, tls)?;
     threads.await_connected(&mut on_progress);
     let cpu_at_start = process_cpu_time();
     let opened = threads.gate.open();
@@ -388,7 +435,7 @@ struct Threads {
 impl Threads {
     /// Shares the connections out among [`LoadConfig::effective_threads`] threads and starts
     /// them: each connects its share, then waits at the gate.
-    fn spawn(config: &LoadConfig) -> io::Result<Threads> {
+    fn spawn(config: &LoadConfig, tls: Option<ClientTls>) -> io::Result<Threads> {
         let count = config.effective_threads();
         let (done_tx, done) = mpsc::channel();
         let mut threads = Threads {
@@ -406,6 +453,7 @@ impl Threads {
                 first_id,
                 count: share,
                 config: config.clone(),
+                tls: tls.clone(),
             };
             first_id += share;
             let (gate, meter) = (
@@ -713,6 +761,32 @@ mod tests {
         config.mode = Mode::Idle;
         config.warmup = Some(Duration::from_secs(60));
         assert!(config.validate().is_ok(), "idle mode has no warm-up");
+    }
+
+    #[test]
+    fn reconnect_is_for_request_streams_under_load() {
+        let mut config = LoadConfig::new("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
+        config.reconnect = Some(3);
+        assert!(config.validate().is_ok());
+        let mut idle = config.clone();
+        idle.mode = Mode::Idle;
+        assert!(idle.validate().unwrap_err().contains("--reconnect"));
+        let mut chat = config.clone();
+        chat.protocol = ProtocolKind::Chat;
+        assert!(chat.validate().unwrap_err().contains("--reconnect"));
+        let mut udp = config.clone();
+        udp.addresses = vec!["udp:127.0.0.1:1".parse().unwrap()];
+        assert!(udp.validate().unwrap_err().contains("--reconnect"));
+        config.reconnect = Some(0);
+        assert!(config.validate().unwrap_err().contains("--reconnect"));
+    }
+
+    #[test]
+    fn a_tls_server_name_that_is_no_name_is_refused_at_start() {
+        let mut config = LoadConfig::new("tls:127.0.0.1:1".parse::<Address>().unwrap());
+        assert!(config.validate().is_ok());
+        config.tls.server_name = Some("not a name!".into());
+        assert!(config.validate().unwrap_err().contains("not a name!"));
     }
 
     #[test]

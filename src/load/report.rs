@@ -68,6 +68,13 @@ pub struct Counts {
     pub latency: Histogram<u64>,
     /// A description of the first error, for the summary.
     pub first_error: Option<String>,
+    /// Connections set up over the whole run, the first ones included: TLS handshakes
+    /// completed over `tls:`, connects made otherwise (more than the connections with
+    /// `--reconnect`).
+    pub handshakes: u64,
+    /// Those of `handshakes` completed during the measured load (after the warm-up, before
+    /// the stop): what `handshake_rps` is over.
+    pub measured_handshakes: u64,
 }
 
 impl Counts {
@@ -89,6 +96,8 @@ impl Counts {
             latency: Histogram::new_with_bounds(1, LATENCY_CEILING_NS, LATENCY_SIGNIFICANT_DIGITS)
                 .expect("constant histogram bounds are valid"),
             first_error: None,
+            handshakes: 0,
+            measured_handshakes: 0,
         }
     }
 
@@ -108,6 +117,8 @@ impl Counts {
             total.lost += tally.lost;
             total.late += tally.late;
             total.dropped += tally.dropped;
+            total.handshakes += tally.handshakes;
+            total.measured_handshakes += tally.measured_handshakes;
             total.load_time = total.load_time.max(tally.load_time);
             total
                 .latency
@@ -180,6 +191,8 @@ pub struct LoadReport {
     /// Whether Ctrl-C ended the run before its duration was up: the figures are those of the
     /// time it ran.
     pub interrupted: bool,
+    /// `--reconnect`: requests per connection before it closes and connects again.
+    pub reconnect: Option<u64>,
 }
 
 impl LoadReport {
@@ -208,6 +221,7 @@ impl LoadReport {
             counts: tally,
             thread_requests,
             interrupted: false,
+            reconnect: config.reconnect,
         }
     }
 
@@ -275,6 +289,24 @@ impl LoadReport {
         }
     }
 
+    /// Connections set up (TLS handshakes over `tls:`) per second during the measured load,
+    /// over [`measured_time`]: with `--reconnect`, what setting up a connection costs.
+    ///
+    /// [`measured_time`]: LoadReport::measured_time
+    pub fn handshake_rps(&self) -> f64 {
+        let seconds = self.measured_time().as_secs_f64();
+        if seconds > 0.0 {
+            self.counts.measured_handshakes as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether the summary has a handshakes line: over `tls:`, or with `--reconnect`.
+    fn shows_handshakes(&self) -> bool {
+        self.reconnect.is_some() || self.addresses.iter().any(Address::is_tls)
+    }
+
     /// The latency at `quantile` (0.5 for the median), in whole microseconds; 0 with no samples.
     pub fn latency_us(&self, quantile: f64) -> u64 {
         nanos_to_micros(self.counts.latency.value_at_quantile(quantile))
@@ -310,6 +342,9 @@ impl LoadReport {
     /// `requests` is lines sent and the latencies are delivery latencies; 0 for the others),
     /// `lines_received` (chat: every line received in the whole run, greetings, notices, the
     /// barrier and the warm-up included — what the server's CPU time is spent on),
+    /// `handshakes` (connections set up in the whole run, the first ones included: TLS
+    /// handshakes over `tls:`, connects otherwise) and `handshake_rps` (those completed during
+    /// the measured load, per second of it: with `--reconnect`, the set-up rate),
     /// `connect_failures`, `wrong_replies`, `missing_replies`, `order_differs` (chat: members that
     /// saw another interleaving than the room's, each also one of `wrong_replies`), `lost` (UDP requests whose reply never
     /// came; 0 over a stream), `late` (UDP replies that came after their request was lost, and
@@ -358,6 +393,8 @@ impl LoadReport {
         field("deliveries", self.counts.deliveries.to_string());
         field("delivery_rps", format!("{:.1}", self.delivery_rps()));
         field("lines_received", self.counts.lines_received.to_string());
+        field("handshakes", self.counts.handshakes.to_string());
+        field("handshake_rps", format!("{:.1}", self.handshake_rps()));
         field("errors", self.errors().to_string());
         field("connect_failures", self.counts.connect_failures.to_string());
         field("wrong_replies", self.counts.wrong_replies.to_string());
@@ -424,6 +461,23 @@ impl LoadReport {
             }
         }
         Ok(())
+    }
+
+    /// Over `tls:` or with `--reconnect`: connections set up, and how fast during the load.
+    fn write_handshakes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.shows_handshakes() {
+            return Ok(());
+        }
+        let every = match self.reconnect {
+            Some(n) => format!("; a new connection every {n} request{}", plural(n)),
+            None => String::new(),
+        };
+        writeln!(
+            f,
+            "handshakes  {} ({:.1}/s during the measured load{every})",
+            self.counts.handshakes,
+            self.handshake_rps()
+        )
     }
 
     fn write_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -508,6 +562,7 @@ impl fmt::Display for LoadReport {
                 }
                 writeln!(f)?;
                 writeln!(f, "req/s       {:.1}", self.rps())?;
+                self.write_handshakes(f)?;
                 if self.protocol == ProtocolKind::Chat {
                     writeln!(
                         f,
@@ -761,6 +816,26 @@ mod tests {
         let idle = report(Mode::Idle).to_string();
         assert!(idle.contains("50 of 50 established"), "{idle}");
         assert_eq!(report(Mode::Idle).rps(), 0.0);
+    }
+
+    #[test]
+    fn handshakes_are_counted_and_rated_over_the_measured_time() {
+        let mut report = report(Mode::Load);
+        report.counts.handshakes = 950;
+        report.counts.measured_handshakes = 900;
+        let json = report.to_json();
+        assert!(json.contains("\"handshakes\":950,"), "{json}");
+        assert!(json.contains("\"handshake_rps\":500.0,"), "{json}");
+        assert!(
+            !report.to_string().contains("handshakes"),
+            "plain, no --reconnect"
+        );
+        report.reconnect = Some(2);
+        let text = report.to_string();
+        assert!(
+            text.contains("handshakes  950 (500.0/s during the measured load; a new connection every 2 requests)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //! for a new socket, but only at the start of a turn, after the batch of events that might still
 //! name the old one has been handled; an event that reaches a connection in the wrong state is
 //! ignored or checked, never trusted.
+//!
+//! Over `tls:` a connection's TLS handshake follows its connect (`Handshaking`), and requests
+//! are sent only once it is complete, so their latency never includes it. With `--reconnect N`
+//! a connection closes after its N-th reply (with a close_notify over TLS) and connects again
+//! (`Reconnecting`: a new socket, a full handshake), so what setting up a connection costs is
+//! measured as handshakes per second. The new connect starts at the top of the next turn, after
+//! the batch that might still name the old socket; a reconnect that fails is an error (it is
+//! not retried: the server was up a moment before).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -24,11 +32,11 @@ use mio::{Interest, Token};
 
 use super::driver::{self, Driver, Meter, Plan, Unsent};
 use super::report::Counts;
+use super::transport::Transport;
 use super::verify::{ReplyVerifier, Requests, WrongReply};
 use super::{
     Gate, LoadConfig, Mode, CONNECT_TIMEOUT, GRACE, MAX_CONNECTS_IN_FLIGHT, MAX_CONNECT_ATTEMPTS,
 };
-use crate::net::Stream;
 
 /// Size of the read buffer each thread shares among its connections.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -44,12 +52,17 @@ enum State {
     Waiting { attempt: u32 },
     /// A non-blocking connect is under way; `WRITABLE` will say when it is decided.
     Connecting { attempt: u32, deadline: Instant },
+    /// Over `tls:`: connected, the TLS handshake under way.
+    Handshaking { attempt: u32, deadline: Instant },
     /// Idle mode: connected, its one round trip under way.
     Probing { attempt: u32, deadline: Instant },
     /// Load mode: connected, waiting for the other connections and threads.
     Ready { attempt: u32 },
     /// Load mode: sending requests and verifying replies.
     Running,
+    /// Load mode, `--reconnect`: its requests done, connecting again (the connect starts at the
+    /// next turn); `connected` once the connect has succeeded and the handshake is under way.
+    Reconnecting { deadline: Instant, connected: bool },
     /// Idle mode: round trip verified; held open and quiet.
     Holding,
     /// Finished, for good or ill. The socket is closed.
@@ -62,7 +75,7 @@ struct Conn {
     /// The run-wide connection number, for messages.
     id: usize,
     /// The socket, from the start of a connect attempt until the connection is closed.
-    stream: Option<Stream>,
+    stream: Option<Transport>,
     state: State,
     /// Checks the reply stream.
     verifier: ReplyVerifier,
@@ -103,8 +116,9 @@ impl Conn {
         self.peer_closing = false;
     }
 
+    /// Whether bytes wait for the socket: requests, or over TLS ciphertext rustls holds.
     fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty()
+        !self.unsent.is_empty() || self.stream.as_ref().is_some_and(Transport::wants_write)
     }
 
     /// Writes `bytes` after anything still unsent; keeps what the socket will not take.
@@ -115,11 +129,13 @@ impl Conn {
 
     /// Writes as much of the unsent bytes as the socket takes.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.has_unsent() {
+        let Some(stream) = self.stream.as_mut() else {
             return Ok(());
+        };
+        if !self.unsent.is_empty() {
+            self.unsent.flush(stream)?;
         }
-        let stream = self.stream.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-        self.unsent.flush(stream)
+        stream.flush_tls()
     }
 
     /// Reads and verifies until drained, the budget is spent, the reply stream goes wrong, or the
@@ -157,7 +173,7 @@ impl Conn {
                     if let Some(wrong) = fed.wrong {
                         return ReadOutcome::Wrong(wrong);
                     }
-                    if count < asked && !self.peer_closing {
+                    if count < asked && !self.peer_closing && !stream.end_seen() {
                         return ReadOutcome::Drained;
                     }
                 }
@@ -225,8 +241,12 @@ struct StreamGenerator<'a> {
     warmup_end: Option<Instant>,
     /// Load phase: the run is over; no more requests are sent.
     stopping: bool,
-    /// Load phase: connections still running.
+    /// Load phase: connections still running (reconnecting ones included).
     running: usize,
+    /// Load phase: connections whose reconnect starts at the top of the next turn.
+    reconnect_queue: Vec<usize>,
+    /// Load phase: connections reconnecting, with a deadline to check.
+    reconnecting: Vec<usize>,
 }
 
 impl<'a> StreamGenerator<'a> {
@@ -240,7 +260,7 @@ impl<'a> StreamGenerator<'a> {
             .collect();
         Ok(StreamGenerator {
             config,
-            driver: Driver::new(meter, plan.count)?,
+            driver: Driver::new(meter, plan.count, plan.tls.clone())?,
             connect_queue: (0..plan.count).map(|i| Reverse((now, i))).collect(),
             unsettled: conns.len(),
             conns,
@@ -252,6 +272,8 @@ impl<'a> StreamGenerator<'a> {
             warmup_end: None,
             stopping: false,
             running: 0,
+            reconnect_queue: Vec::new(),
+            reconnecting: Vec::new(),
         })
     }
 
@@ -263,13 +285,16 @@ impl<'a> StreamGenerator<'a> {
             self.in_flight.retain(|&i| {
                 matches!(
                     self.conns[i].state,
-                    State::Connecting { .. } | State::Probing { .. }
+                    State::Connecting { .. } | State::Handshaking { .. } | State::Probing { .. }
                 )
             });
             for i in std::mem::take(&mut self.in_flight) {
                 match self.conns[i].state {
                     State::Connecting { deadline, .. } if deadline <= now => {
                         self.fail_attempt(i, "no answer to the connect".into());
+                    }
+                    State::Handshaking { deadline, .. } if deadline <= now => {
+                        self.fail_attempt(i, "the TLS handshake did not complete in time".into());
                     }
                     State::Probing { deadline, .. } if deadline <= now => {
                         self.fail_attempt(i, "no reply to the first request".into());
@@ -293,9 +318,9 @@ impl<'a> StreamGenerator<'a> {
                 .in_flight
                 .iter()
                 .filter_map(|&i| match self.conns[i].state {
-                    State::Connecting { deadline, .. } | State::Probing { deadline, .. } => {
-                        Some(deadline)
-                    }
+                    State::Connecting { deadline, .. }
+                    | State::Handshaking { deadline, .. }
+                    | State::Probing { deadline, .. } => Some(deadline),
                     _ => None,
                 });
             let mut next = wake.next();
@@ -340,12 +365,55 @@ impl<'a> StreamGenerator<'a> {
         let (State::Connecting { attempt, .. }, Some(stream)) = (conn.state, &conn.stream) else {
             return;
         };
-        match driver::connect_outcome(stream, format_args!("conn {}", conn.id)) {
+        match driver::connect_outcome(stream.socket(), format_args!("conn {}", conn.id)) {
             Ok(true) => {}
             Ok(false) => return, // not decided yet: a spurious or early event
             Err(e) => return self.fail_attempt(i, crate::sys::os_reason(&e)),
         }
         trace!("conn {}: connected", conn.id);
+        if stream.is_tls() {
+            conn.state = State::Handshaking {
+                attempt,
+                deadline: Instant::now() + CONNECT_TIMEOUT,
+            };
+            return self.handshake(i);
+        }
+        self.count_handshake();
+        self.connected(i, attempt);
+    }
+
+    /// Over `tls:`, in the connect phase: moves connection `i`'s handshake on.
+    fn handshake(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        let (State::Handshaking { attempt, .. }, Some(stream)) = (conn.state, &mut conn.stream)
+        else {
+            return;
+        };
+        match stream.handshake() {
+            Ok(true) => {
+                trace!("conn {}: TLS handshake complete", conn.id);
+                // What came with the last flight may already wait in rustls: no edge will say so.
+                self.driver.keep_ready(i);
+                self.count_handshake();
+                self.connected(i, attempt);
+            }
+            Ok(false) => self.update_interest(i),
+            Err(e) => self.fail_attempt(i, crate::sys::os_reason(&e)),
+        }
+    }
+
+    /// One more connection set up (a connect, or over `tls:` a handshake), counted for the
+    /// rate as well during the measured load.
+    fn count_handshake(&mut self) {
+        self.tally.handshakes += 1;
+        if !self.stopping && self.warmup_end.is_some_and(|end| Instant::now() >= end) {
+            self.tally.measured_handshakes += 1;
+        }
+    }
+
+    /// Connection `i` is up (connected, and over `tls:` its handshake complete).
+    fn connected(&mut self, i: usize, attempt: u32) {
+        let conn = &mut self.conns[i];
         match self.config.mode {
             Mode::Load => {
                 conn.state = State::Ready { attempt };
@@ -374,6 +442,7 @@ impl<'a> StreamGenerator<'a> {
         let attempt = match conn.state {
             State::Waiting { attempt }
             | State::Connecting { attempt, .. }
+            | State::Handshaking { attempt, .. }
             | State::Probing { attempt, .. } => attempt,
             State::Ready { attempt } => {
                 // It had been counted as up.
@@ -381,7 +450,7 @@ impl<'a> StreamGenerator<'a> {
                 self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
                 attempt
             }
-            State::Running | State::Holding | State::Closed => return,
+            State::Running | State::Reconnecting { .. } | State::Holding | State::Closed => return,
         };
         conn.close_socket(&self.requests);
         debug!("conn {}: attempt {attempt} failed: {reason}", conn.id);
@@ -435,7 +504,9 @@ impl<'a> StreamGenerator<'a> {
         trace!("load over: no more requests; waiting for the outstanding replies");
         self.stopping = true;
         for i in 0..self.conns.len() {
-            if self.conns[i].state == State::Running && self.conns[i].sent_at.is_empty() {
+            let conn = &self.conns[i];
+            let idle = conn.state == State::Running && conn.sent_at.is_empty();
+            if idle || matches!(conn.state, State::Reconnecting { .. }) {
                 self.close(i);
             }
         }
@@ -456,6 +527,8 @@ impl<'a> StreamGenerator<'a> {
     fn drive(&mut self, i: usize) {
         match self.conns[i].state {
             State::Connecting { .. } => self.finish_connect(i),
+            State::Handshaking { .. } => self.handshake(i),
+            State::Reconnecting { .. } => self.continue_reconnect(i),
             State::Probing { .. } | State::Ready { .. } | State::Running | State::Holding => {
                 self.serve(i)
             }
@@ -492,7 +565,12 @@ impl<'a> StreamGenerator<'a> {
             State::Running if self.stopping && self.conns[i].sent_at.is_empty() => {
                 return self.close(i);
             }
-            State::Running if !self.stopping => self.send_requests(i, completed),
+            State::Running if !self.stopping => {
+                if self.reconnect_due(i) {
+                    return self.queue_reconnect(i);
+                }
+                self.send_requests(i, completed);
+            }
             State::Probing { .. } if completed > 0 => {
                 self.conns[i].state = State::Holding;
                 self.settle_established();
@@ -502,12 +580,17 @@ impl<'a> StreamGenerator<'a> {
         self.update_interest(i);
     }
 
-    /// Builds and sends the next `count` requests of connection `i`.
+    /// Builds and sends the next `count` requests of connection `i` (with `--reconnect N`, no
+    /// more than N on one connection).
     fn send_requests(&mut self, i: usize, count: u64) {
+        let conn = &mut self.conns[i];
+        let count = match self.config.reconnect {
+            Some(most) => count.min(most.saturating_sub(conn.sent)),
+            None => count,
+        };
         if count == 0 {
             return;
         }
-        let conn = &mut self.conns[i];
         self.out.clear();
         for _ in 0..count {
             self.requests
@@ -527,6 +610,9 @@ impl<'a> StreamGenerator<'a> {
         let conn = &mut self.conns[i];
         let wanted = match conn.state {
             State::Connecting { .. } => Interest::WRITABLE,
+            State::Reconnecting {
+                connected: false, ..
+            } => Interest::WRITABLE,
             State::Closed | State::Waiting { .. } => return,
             _ if conn.has_unsent() => Interest::READABLE | Interest::WRITABLE,
             _ => Interest::READABLE,
@@ -553,8 +639,14 @@ impl<'a> StreamGenerator<'a> {
             State::Ready { .. } => {
                 return self.fail_attempt(i, format!("unexpected reply: {wrong}"))
             }
-            State::Running | State::Probing { .. } | State::Holding => {}
-            State::Waiting { .. } | State::Connecting { .. } | State::Closed => return,
+            State::Running
+            | State::Reconnecting { .. }
+            | State::Probing { .. }
+            | State::Holding => {}
+            State::Waiting { .. }
+            | State::Connecting { .. }
+            | State::Handshaking { .. }
+            | State::Closed => return,
         }
         let outstanding = conn.sent_at.len() as u64;
         self.tally.wrong_replies += 1;
@@ -572,7 +664,10 @@ impl<'a> StreamGenerator<'a> {
         let conn = &self.conns[i];
         let id = conn.id;
         match conn.state {
-            State::Probing { .. } | State::Ready { .. } => return self.fail_attempt(i, reason),
+            State::Probing { .. } | State::Ready { .. } | State::Handshaking { .. } => {
+                return self.fail_attempt(i, reason)
+            }
+            State::Reconnecting { .. } => return self.reconnect_failed(i, reason),
             State::Running => {
                 let missing = conn.sent_at.len() as u64;
                 if self.stopping && missing == 0 {
@@ -603,7 +698,7 @@ impl<'a> StreamGenerator<'a> {
     fn close(&mut self, i: usize) {
         let conn = &mut self.conns[i];
         match conn.state {
-            State::Running => {
+            State::Running | State::Reconnecting { .. } => {
                 self.running -= 1;
                 self.driver.meter.open.fetch_sub(1, Ordering::Relaxed);
             }
@@ -614,8 +709,131 @@ impl<'a> StreamGenerator<'a> {
             _ => {}
         }
         trace!("conn {}: closed", conn.id);
+        if let Some(stream) = conn.stream.as_mut() {
+            stream.close_notify();
+        }
         conn.close_socket(&self.requests);
         conn.state = State::Closed;
+    }
+
+    /// With `--reconnect N`: whether running connection `i` has had its N replies.
+    fn reconnect_due(&self, i: usize) -> bool {
+        let conn = &self.conns[i];
+        self.config
+            .reconnect
+            .is_some_and(|most| conn.sent >= most && conn.sent_at.is_empty())
+    }
+
+    /// Closes connection `i` (its conversation done) and queues its new connect for the top of
+    /// the next turn, after the events of this one that may still name the old socket.
+    fn queue_reconnect(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        trace!(
+            "conn {}: {} requests done: reconnecting",
+            conn.id,
+            conn.sent
+        );
+        if let Some(stream) = conn.stream.as_mut() {
+            stream.close_notify();
+        }
+        conn.close_socket(&self.requests);
+        conn.state = State::Reconnecting {
+            deadline: Instant::now() + CONNECT_TIMEOUT,
+            connected: false,
+        };
+        self.reconnect_queue.push(i);
+    }
+
+    /// Starts the queued reconnects and checks the deadlines of those under way; returns the
+    /// nearest deadline left.
+    fn reconnect_turn(&mut self, now: Instant) -> Option<Instant> {
+        for i in std::mem::take(&mut self.reconnect_queue) {
+            let conn = &mut self.conns[i];
+            if !matches!(conn.state, State::Reconnecting { .. }) || conn.stream.is_some() {
+                continue; // closed meanwhile (the stop)
+            }
+            match self
+                .driver
+                .start_connect(self.config.address_of(conn.id), i)
+            {
+                Ok(stream) => {
+                    conn.stream = Some(stream);
+                    conn.registered = Interest::WRITABLE;
+                    // A stale event of the old socket's last turn may have set it.
+                    conn.peer_closing = false;
+                    conn.state = State::Reconnecting {
+                        deadline: now + CONNECT_TIMEOUT,
+                        connected: false,
+                    };
+                    self.reconnecting.push(i);
+                }
+                Err(e) => self.reconnect_failed(i, crate::sys::os_reason(&e)),
+            }
+        }
+        let mut nearest: Option<Instant> = None;
+        for i in std::mem::take(&mut self.reconnecting) {
+            match self.conns[i].state {
+                State::Reconnecting { deadline, .. } if deadline <= now => {
+                    self.reconnect_failed(i, "no connection within the connect timeout".into());
+                }
+                State::Reconnecting { deadline, .. } => {
+                    nearest = Some(nearest.map_or(deadline, |n| n.min(deadline)));
+                    self.reconnecting.push(i);
+                }
+                _ => {}
+            }
+        }
+        nearest
+    }
+
+    /// Moves connection `i`'s reconnect on: the connect decided, then the handshake; once it is
+    /// up, its next requests go.
+    fn continue_reconnect(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        let (
+            State::Reconnecting {
+                deadline,
+                connected,
+            },
+            Some(stream),
+        ) = (conn.state, &mut conn.stream)
+        else {
+            return;
+        };
+        if !connected {
+            match driver::connect_outcome(stream.socket(), format_args!("conn {}", conn.id)) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return self.reconnect_failed(i, crate::sys::os_reason(&e)),
+            }
+            conn.state = State::Reconnecting {
+                deadline,
+                connected: true,
+            };
+        }
+        match stream.handshake() {
+            Ok(true) => {
+                conn.state = State::Running;
+                if stream.is_tls() {
+                    self.driver.keep_ready(i);
+                }
+                self.count_handshake();
+                self.send_requests(i, self.config.pipeline as u64);
+                self.update_interest(i);
+            }
+            Ok(false) => self.update_interest(i),
+            Err(e) => self.reconnect_failed(i, crate::sys::os_reason(&e)),
+        }
+    }
+
+    /// A reconnect failed: an error (a connection not made); the connection is done.
+    fn reconnect_failed(&mut self, i: usize, reason: String) {
+        let id = self.conns[i].id;
+        debug!("conn {id}: reconnect failed: {reason}");
+        self.tally.connect_failures += 1;
+        self.tally
+            .note_error(|| format!("connection {id}: cannot reconnect: {reason}"));
+        self.close(i);
     }
 }
 
@@ -635,6 +853,13 @@ impl<'a> driver::Generator<'a> for StreamGenerator<'a> {
 impl<'a> driver::Load<'a> for StreamGenerator<'a> {
     fn begin_stop(&mut self) {
         self.stop_sending();
+    }
+
+    fn each_turn(&mut self, now: Instant) -> Option<Instant> {
+        if self.reconnect_queue.is_empty() && self.reconnecting.is_empty() {
+            return None;
+        }
+        self.reconnect_turn(now)
     }
 
     /// With every connection closed (all lost, or finished after the stop) nothing more can

@@ -191,7 +191,7 @@ impl<'a> UdpGenerator<'a> {
             .collect();
         Ok(UdpGenerator {
             plan,
-            driver: Driver::new(meter, plan.count)?,
+            driver: Driver::new(meter, plan.count, None)?,
             servers,
             socks,
             requests,

@@ -16,6 +16,7 @@ pub(crate) mod reserve;
 pub(crate) mod stream;
 pub mod systemd;
 pub mod tls;
+pub mod tls_client;
 pub(crate) mod unix;
 
 use std::time::Duration;

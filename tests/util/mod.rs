@@ -1170,6 +1170,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("systemd-socket-activate", "systemd"),
     ("systemd-analyze", "systemd"),
+    ("openssl", "openssl"),
 ];
 
 /// The variable that turns a missing program from a skip into a failure: `.ci/run` sets it, so
