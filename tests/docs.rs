@@ -396,7 +396,8 @@ impl Runner {
             .replace("cargo run --release --", "oneloop")
             .replace("/tmp/", &self.scratch_prefix());
         // Every service on an ephemeral port: the doc's fixed ports may be taken here.
-        let service_port = Regex::new(r"(@(?:tcp:|udp:)?(?:\[[^\]]*\]|[^\s:@\[]+)):(\d+)").unwrap();
+        let service_port =
+            Regex::new(r"(@(?:tcp:|udp:|tls:)?(?:\[[^\]]*\]|[^\s:@\[]+)):(\d+)").unwrap();
         let has_services = service_port.is_match(&command) || command.contains("@unix:");
         command = service_port.replace_all(&command, "${1}:0").into_owned();
         if !has_services {

@@ -24,10 +24,12 @@
 //! ```text
 //! accept: conn #1 from 127.0.0.1:40000 for echo; token 0, registered for READABLE
 //! conn #1: TLS: waiting for its handshake (at most 10 s) before any byte of echo
-//! conn #1: read 1622 bytes of TLS records, fewer than asked: drained
-//! conn #1: wrote 1130 bytes of TLS records
-//! conn #1: read 80 bytes of TLS records, fewer than asked: drained
+//! conn #1: read 1462 bytes of TLS records, fewer than asked: drained
+//! conn #1: wrote 1843 bytes of TLS records
+//! conn #1: read 140 bytes of TLS records, fewer than asked: drained
+//! conn #1: wrote 184 bytes of TLS records
 //! conn #1: TLS handshake complete: TLSv1_3, TLS13_AES_256_GCM_SHA384; echo starts
+//! conn #1: 14 bytes decrypted
 //! ```
 
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -194,11 +196,13 @@ impl Reactor {
             .and_then(|certs| certs.first())
             .and_then(common_name);
         if log::log_enabled!(log::Level::Trace) {
+            let version = session.protocol_version();
+            let suite = session.negotiated_cipher_suite().map(|s| s.suite());
             trace!(
-                "conn #{}: TLS handshake complete: {:?}, {:?}{}; {} starts",
+                "conn #{}: TLS handshake complete: {}, {}{}; {} starts",
                 client.conn.id,
-                session.protocol_version(),
-                session.negotiated_cipher_suite().map(|s| s.suite()),
+                version.map_or_else(|| "?".to_owned(), |v| format!("{v:?}")),
+                suite.map_or_else(|| "?".to_owned(), |s| format!("{s:?}")),
                 certified
                     .as_deref()
                     .map_or(String::new(), |cn| format!(", client certificate CN={cn}")),
