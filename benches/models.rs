@@ -26,6 +26,12 @@
 //! joins, renames and the start barrier's hellos are fan-out work too). A pool must hold every
 //! member in a worker to be a room at all, so its chat cells run with one worker per member.
 //!
+//! **TLS cells** put the reactor against `threaded` serving `echo@tls:` (rustls in the loop, and
+//! rustls's `StreamOwned` in each connection's thread), with the ECDSA P-256 certificate of
+//! `examples/tls/`: over persistent connections (CPU per request: what record encryption costs)
+//! and with `oneloop load --reconnect 1` (every request on a new connection: CPU per full
+//! handshake).
+//!
 //! Each cell runs several times and the median run (by requests/s) is reported. Results go to
 //! stdout as a table and to `target/oneloop-bench/` as `results.csv`, `results.json` and an SVG
 //! chart `results.svg`.
@@ -75,6 +81,9 @@ struct Cell {
     protocol: &'static str,
     connections: usize,
     pipeline: usize,
+    /// `tls` cells: requests per connection before it reconnects (a new TCP connection and a
+    /// full handshake: `oneloop load --reconnect`); 0 keeps every connection for the whole run.
+    reconnect: usize,
 }
 
 impl Cell {
@@ -89,6 +98,8 @@ impl Cell {
             self.connections,
             if self.pipeline > 1 {
                 format!(" pipeline {}", self.pipeline)
+            } else if self.reconnect > 0 {
+                format!(" reconnect {}", self.reconnect)
             } else {
                 String::new()
             }
@@ -132,11 +143,21 @@ struct Sample {
     peak_threads: f64,
     peak_processes: f64,
     load_cpu_percent: f64,
+    /// Handshakes the load made (every connection it opened, over TLS).
+    handshakes: f64,
+    /// Server CPU per handshake, in a reconnecting cell (its CPU over its handshakes).
+    cpu_us_per_handshake: f64,
     /// The lowest and highest req/s of the cell's runs (on the median's sample): a difference
     /// between two cells inside this spread is not one the bench can tell.
     rps_low: f64,
     rps_high: f64,
 }
+
+/// Connection counts of the TLS cells.
+const TLS_CONNECTIONS: [usize; 2] = [50, 1000];
+
+/// The certificates the TLS cells use (examples/tls: ECDSA P-256, a CA and `localhost`).
+const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tls");
 
 /// Runs of a one-connection cell: one request in flight makes its req/s the round-trip time,
 /// which a scheduler's choice of core moves by a factor of four from one run to the next (threaded
@@ -193,6 +214,7 @@ fn main() {
                     protocol,
                     connections,
                     pipeline: 1,
+                    reconnect: 0,
                 });
             }
             cells.push(Cell {
@@ -201,6 +223,7 @@ fn main() {
                 protocol,
                 connections: 1000,
                 pipeline: 16,
+                reconnect: 0,
             });
         }
     }
@@ -212,7 +235,25 @@ fn main() {
             protocol: "echo",
             connections: 50,
             pipeline: 1,
+            reconnect: 0,
         });
+    }
+    // TLS: the reactor against a thread per connection, each running rustls, over persistent
+    // connections (record crypto) and connections that reconnect after every request (a full
+    // handshake per request).
+    for model in ["reactor", "threaded"] {
+        for reconnect in [0, 1] {
+            for connections in TLS_CONNECTIONS {
+                cells.push(Cell {
+                    model,
+                    transport: "tls",
+                    protocol: "echo",
+                    connections,
+                    pipeline: 1,
+                    reconnect,
+                });
+            }
+        }
     }
     for model in ["reactor", "threaded", "pool"] {
         for connections in CHAT_MEMBERS {
@@ -222,6 +263,7 @@ fn main() {
                 protocol: "chat",
                 connections,
                 pipeline: 1,
+                reconnect: 0,
             });
         }
     }
@@ -346,6 +388,14 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
         } else {
             Vec::new()
         })
+        .args(match cell.transport {
+            "tls" => vec!["--tls-ca".to_string(), format!("{TLS_DIR}/ca.pem")],
+            _ => Vec::new(),
+        })
+        .args(match cell.reconnect {
+            0 => Vec::new(),
+            n => vec!["--reconnect".to_string(), n.to_string()],
+        })
         .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run the load generator: {e}"))?;
@@ -388,6 +438,11 @@ fn run_cell(cell: &Cell, settings: &Settings) -> Result<Sample, String> {
         peak_threads: peaks.threads.load(Ordering::Relaxed) as f64,
         peak_processes: peaks.processes.load(Ordering::Relaxed) as f64,
         load_cpu_percent: number("client_cpu_percent"),
+        handshakes: number("handshakes") + number("warmup_handshakes"),
+        cpu_us_per_handshake: match number("handshakes") + number("warmup_handshakes") {
+            n if cell.reconnect > 0 && n > 0.0 => cpu_seconds * 1e6 / n,
+            _ => f64::NAN,
+        },
         // One run: its own range.
         rps_low: number(if chat { "delivery_rps" } else { "rps" }),
         rps_high: number(if chat { "delivery_rps" } else { "rps" }),
@@ -417,9 +472,19 @@ impl Server {
                 &match cell.transport {
                     "unix" => format!("{}@unix:{}", cell.protocol, unix_path().display()),
                     "udp" => format!("{}@udp:127.0.0.1:0", cell.protocol),
+                    "tls" => format!("{}@tls:127.0.0.1:0", cell.protocol),
                     _ => format!("{}@127.0.0.1:0", cell.protocol),
                 },
             ])
+            .args(match cell.transport {
+                "tls" => vec![
+                    "--tls-cert".to_string(),
+                    format!("{TLS_DIR}/localhost.pem"),
+                    "--tls-key".to_string(),
+                    format!("{TLS_DIR}/localhost.key"),
+                ],
+                _ => Vec::new(),
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -591,6 +656,47 @@ fn print_ratios(results: &[(Cell, Option<Sample>, Option<String>)]) {
             }
         }
     }
+    for (cell, reactor) in results
+        .iter()
+        .filter(|(cell, _, _)| cell.transport == "tls" && cell.model == "reactor")
+        .filter_map(|(cell, sample, _)| Some((cell, sample.as_ref()?)))
+    {
+        let threaded = results.iter().find_map(|(other, sample, _)| {
+            (other.model == "threaded"
+                && Cell {
+                    model: "reactor",
+                    ..*other
+                } == *cell)
+                .then_some(sample.as_ref())
+                .flatten()
+        });
+        let Some(threaded) = threaded else { continue };
+        let (what, ours, theirs) = match cell.reconnect {
+            0 => (
+                "request",
+                reactor.cpu_us_per_request,
+                threaded.cpu_us_per_request,
+            ),
+            _ => (
+                "handshake",
+                reactor.cpu_us_per_handshake,
+                threaded.cpu_us_per_handshake,
+            ),
+        };
+        println!(
+            "reactor vs threaded, tls echo, {} connections{}: {}, {ours:.1} vs {theirs:.1} µs \
+             of server CPU per {what} ({:.2}x), {:.3}x the peak private memory",
+            cell.connections,
+            if cell.reconnect > 0 {
+                ", reconnecting"
+            } else {
+                ""
+            },
+            rps_comparison(reactor, threaded),
+            ours / theirs,
+            reactor.peak_private_kib / threaded.peak_private_kib
+        );
+    }
     for protocol in ["echo", "upper"] {
         let Some(reactor) = find(results, "reactor", protocol, 1) else {
             continue;
@@ -633,7 +739,7 @@ fn write_outputs(
     let mut csv = String::from(
         "model,protocol,connections,pipeline,requests,errors,rps,p50_us,p99_us,\
          cpu_us_per_request,peak_memory_kib,peak_private_kib,peak_threads,peak_processes,\
-         load_cpu_percent,skipped,transport\n",
+         load_cpu_percent,skipped,transport,reconnect,handshakes,cpu_us_per_handshake\n",
     );
     let mut rows = Vec::new();
     for (cell, sample, skipped) in results {
@@ -641,7 +747,7 @@ fn write_outputs(
         let skipped = skipped.clone().unwrap_or_default();
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{:.0},{:.0},{:.0},{:.2},{:.0},{:.0},{:.0},{:.0},{:.0},\"{}\",{}",
+            "{},{},{},{},{},{},{:.0},{:.0},{:.0},{:.2},{:.0},{:.0},{:.0},{:.0},{:.0},\"{}\",{},{},{},{:.2}",
             cell.model,
             cell.protocol,
             cell.connections,
@@ -658,7 +764,10 @@ fn write_outputs(
             s.peak_processes,
             s.load_cpu_percent,
             skipped.replace('"', "'"),
-            cell.transport
+            cell.transport,
+            cell.reconnect,
+            s.handshakes,
+            s.cpu_us_per_handshake
         );
         rows.push(serde_json::json!({
             "model": cell.model, "transport": cell.transport, "protocol": cell.protocol,
@@ -672,6 +781,8 @@ fn write_outputs(
             "peak_memory_kib": s.peak_memory_kib, "peak_private_kib": s.peak_private_kib,
             "peak_threads": s.peak_threads,
             "peak_processes": s.peak_processes, "load_cpu_percent": s.load_cpu_percent,
+            "reconnect": cell.reconnect, "handshakes": s.handshakes,
+            "cpu_us_per_handshake": if s.cpu_us_per_handshake.is_finite() { s.cpu_us_per_handshake } else { 0.0 },
         }));
     }
     fs::write(dir.join("results.csv"), csv)?;
@@ -702,6 +813,9 @@ struct Panel {
     value: fn(&Sample) -> f64,
     /// A logarithmic y axis (memory spans three orders of magnitude across models).
     log_y: bool,
+    /// Which cells it plots: their transport, and (for `tls`) whether they reconnect.
+    transport: &'static str,
+    reconnect: usize,
 }
 
 const MODEL_COLOURS: [(&str, &str); 5] = [
@@ -712,9 +826,10 @@ const MODEL_COLOURS: [(&str, &str); 5] = [
     ("serial", "#7f7f7f"),
 ];
 
-/// Six panels against concurrent connections (log scale), one line per model: requests/s for
-/// echo and upper, server CPU per request and private memory for echo, then the chat room's
-/// deliveries/s and CPU per delivery against its members.
+/// Eight panels against concurrent connections (log scale), one line per model: requests/s for
+/// echo and upper, server CPU per request and private memory for echo, the chat room's
+/// deliveries/s and CPU per delivery against its members, then TLS: CPU per request over
+/// persistent connections and CPU per full handshake.
 fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
     const PANEL_W: f64 = 460.0;
     const PANEL_H: f64 = 260.0;
@@ -728,36 +843,64 @@ fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
             protocol: "echo",
             value: |s| s.rps,
             log_y: false,
+            transport: "tcp",
+            reconnect: 0,
         },
         Panel {
             title: "upper: requests/s",
             protocol: "upper",
             value: |s| s.rps,
             log_y: false,
+            transport: "tcp",
+            reconnect: 0,
         },
         Panel {
             title: "echo: server CPU µs per request (lower is better)",
             protocol: "echo",
             value: |s| s.cpu_us_per_request,
             log_y: false,
+            transport: "tcp",
+            reconnect: 0,
         },
         Panel {
             title: "echo: peak private memory, KiB (log scale, lower is better)",
             protocol: "echo",
             value: |s| s.peak_private_kib,
             log_y: true,
+            transport: "tcp",
+            reconnect: 0,
         },
         Panel {
             title: "chat, 10 senders: deliveries/s",
             protocol: "chat",
             value: |s| s.rps,
             log_y: false,
+            transport: "tcp",
+            reconnect: 0,
         },
         Panel {
             title: "chat: server CPU µs per delivery (lower is better)",
             protocol: "chat",
             value: |s| s.cpu_us_per_request,
             log_y: false,
+            transport: "tcp",
+            reconnect: 0,
+        },
+        Panel {
+            title: "tls echo, persistent: server CPU µs per request (lower is better)",
+            protocol: "echo",
+            value: |s| s.cpu_us_per_request,
+            log_y: false,
+            transport: "tls",
+            reconnect: 0,
+        },
+        Panel {
+            title: "tls, a handshake per request: server CPU µs per handshake",
+            protocol: "echo",
+            value: |s| s.cpu_us_per_handshake,
+            log_y: false,
+            transport: "tls",
+            reconnect: 1,
         },
     ];
     let width = LEFT + 2.0 * PANEL_W + GAP_X + 140.0;
@@ -800,7 +943,8 @@ fn draw_panel(
 ) {
     let mut series: BTreeMap<&str, Vec<(usize, f64)>> = BTreeMap::new();
     for (cell, sample, _) in results {
-        if let (Some(sample), 1, "tcp") = (sample, cell.pipeline, cell.transport) {
+        let plotted = cell.transport == panel.transport && cell.reconnect == panel.reconnect;
+        if let (Some(sample), 1, true) = (sample, cell.pipeline, plotted) {
             let value = (panel.value)(sample);
             if cell.protocol == panel.protocol && value.is_finite() && value > 0.0 {
                 series
