@@ -15,11 +15,7 @@ use util::{Server, DEADLINE};
 
 /// A reactor serving `services` over TLS with `pki`'s server certificate, plus `extra` options.
 fn serve(pki: &Pki, services: &[&str], extra: &[&str]) -> Server {
-    let mut args: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-    args.extend(pki.server_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(&args)
+    pki.serve(services, extra)
 }
 
 fn connect(server: &Server, protocol: &str, pki: &Pki) -> tls::TlsStream {

@@ -253,11 +253,7 @@ impl Drop for Tool {
 
 /// A reactor serving `services` with `pki`'s server certificate, plus `extra` options.
 fn serve(pki: &Pki, services: &[&str], extra: &[&str]) -> Server {
-    let mut args: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-    args.extend(pki.server_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(&args)
+    pki.serve(services, extra)
 }
 
 /// `openssl s_client` to `addr`, checking the server's certificate against `pki`'s CA for

@@ -116,6 +116,15 @@ impl Pki {
         leaf(&self.issuer, &[], common_name, dir, stem)
     }
 
+    /// `oneloop serve SERVICES...` with this server certificate and key, plus `extra` options.
+    pub fn serve(&self, services: &[&str], extra: &[&str]) -> super::Server {
+        let mut args: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        args.extend(self.server_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        super::Server::start(&args)
+    }
+
     /// The server's oneloop arguments: `--tls-cert` and `--tls-key`.
     pub fn server_args(&self) -> Vec<String> {
         vec![
