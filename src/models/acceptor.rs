@@ -295,6 +295,7 @@ impl Listener {
                         protocol: self.protocol,
                         service: self.service,
                         peer,
+                        tls: self.local.is_tls(),
                     })
                 }
                 None => Attempt::Again,

@@ -31,7 +31,9 @@ use crate::service::ProtocolKind;
 
 use super::acceptor::{Acceptor, Next};
 use super::chat::ChatRooms;
-use super::{refuse, serve_blocking, Accepted};
+use super::conn::Wire;
+use super::tls::{handshake, handshake_timeout, TlsSession};
+use super::{proxy, refuse, serve_stream, Accepted, Conn, BLOCKING_READ_BYTES};
 
 /// Counts and registers the connections being served.
 #[derive(Clone, Debug)]
@@ -83,6 +85,7 @@ impl Admission {
             protocol: accepted.protocol,
             service: accepted.service,
             peer: accepted.peer,
+            tls: accepted.tls,
             slot: Slot {
                 shared: Arc::clone(&self.shared),
                 key,
@@ -122,18 +125,76 @@ pub(crate) struct Admitted {
     protocol: ProtocolKind,
     service: usize,
     peer: Peer,
+    /// A `tls:` service's connection: the handshake comes first.
+    tls: bool,
     slot: Slot,
 }
 
 impl Admitted {
     /// Serves the connection to its end — a chat member in its service's room of `rooms`, any
-    /// other with [`serve_blocking`] — then closes it.
+    /// other with [`serve_stream`] — then closes it.
+    ///
+    /// Under `--proxy-protocol` its PROXY header is read first (the client it names is the peer
+    /// from then on; the bytes that followed it are the session's first input), then, on a
+    /// `tls:` service, the TLS handshake (see [`super::tls`]).
     pub(crate) fn serve(self, options: &ServeOptions, rooms: &ChatRooms) {
         let stopping = &self.slot.shared.stopping;
+        let mut input = [0u8; BLOCKING_READ_BYTES];
+        let Some((peer, mut first)) =
+            proxy::client(&self.stream, self.peer, options, stopping, &mut input)
+        else {
+            return;
+        };
+        let tls = if self.tls {
+            let Some(session) = self.handshake(options, &input[..first], peer) else {
+                return;
+            };
+            // What followed the PROXY header was the handshake's.
+            first = 0;
+            Some(Arc::new(TlsSession::new(Arc::clone(&self.stream), session)))
+        } else {
+            None
+        };
         if let Some(room) = rooms.get(self.service) {
-            return room.serve(&self.stream, self.peer, options, stopping);
+            let name = tls.as_ref().and_then(|session| session.chat_name());
+            let name = name.unwrap_or_else(|| peer.to_string());
+            let wire = Wire {
+                socket: Arc::clone(&self.stream),
+                tls,
+            };
+            return room.serve(&wire, peer, &name, options, stopping, &mut input, first);
         }
-        serve_blocking(&self.stream, self.protocol, self.peer, options, stopping);
+        let conn = match &tls {
+            Some(session) => Conn::Tls(session),
+            None => Conn::Plain(&self.stream),
+        };
+        serve_stream(
+            conn,
+            self.protocol,
+            peer,
+            options,
+            stopping,
+            &mut input,
+            first,
+        );
+    }
+
+    /// The TLS handshake of a `tls:` service's connection from `peer`; `first`: what followed
+    /// its PROXY header. `None`: the connection is to be closed (logged at debug).
+    fn handshake(
+        &self,
+        options: &ServeOptions,
+        first: &[u8],
+        peer: Peer,
+    ) -> Option<rustls::ServerConnection> {
+        let Some(tls) = &options.tls else {
+            // `serve` reads the TLS files whenever a tls: service is configured.
+            warn!("{peer}: no --tls-cert to serve TLS with; closing");
+            return None;
+        };
+        let timeout = handshake_timeout(options.idle_timeout);
+        let stopping = &self.slot.shared.stopping;
+        handshake(&self.stream, &tls.config, first, timeout, stopping, peer)
     }
 
     /// Closes a connection that was never served (it waited in the pool's queue until the

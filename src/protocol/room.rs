@@ -557,7 +557,7 @@ fn reply(member: MemberId, bytes: &[u8], out: &mut Vec<Delivery>) {
 
 /// `name` if `/nick` may take it: 1 to 32 bytes of UTF-8, no whitespace, control or format
 /// character, not starting with `*`, and not shaped like a name the room gives by default.
-fn valid_name(name: &[u8]) -> Option<&str> {
+pub(crate) fn valid_name(name: &[u8]) -> Option<&str> {
     let name = std::str::from_utf8(name).ok()?;
     let ok = (1..=MAX_NAME).contains(&name.len())
         && !name.starts_with('*')
