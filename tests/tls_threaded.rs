@@ -423,3 +423,156 @@ fn serial_and_forking_refuse_tls_services_with_exit_2() {
         assert!(outcome.stdout.is_empty(), "{model}: nothing listening");
     }
 }
+
+#[test]
+fn a_common_name_that_is_no_valid_chat_name_leaves_the_address() {
+    let dir = Dir::new("bad-cn");
+    let pki = Pki::new(&dir.0);
+    let ca = pki.ca.display().to_string();
+    let server = serve(
+        "threaded",
+        &pki,
+        &["--tls-client-ca", &ca],
+        &["chat@tls:127.0.0.1:0"],
+    );
+    // Signed by the client CA, so accepted; its CN has a space and a leading `*`.
+    let (cert, key) = pki.reissue(&dir.0, "*not a name", "odd");
+    let config = client_config(&pki.ca, Some((&cert, &key)));
+    let mut member = connect(server.addr_of("chat", "tls"), &config);
+    let line = read_line(&mut member);
+    assert_eq!(
+        welcome_name(&line),
+        member.sock.local_addr().unwrap().to_string()
+    );
+}
+
+#[test]
+fn an_upload_cut_short_by_the_shutdown_is_told_so_then_close_notify() {
+    let dir = Dir::new("upload-shutdown");
+    let pki = Pki::new(&dir.0);
+    let uploads = dir.0.join("uploads");
+    fs::create_dir(&uploads).unwrap();
+    let upload_dir = uploads.display().to_string();
+    let mut server = serve(
+        "threaded",
+        &pki,
+        &["--upload-dir", &upload_dir],
+        &["upload@tls:127.0.0.1:0"],
+    );
+    let config = anonymous(&pki);
+    let addr = server.addr_of("upload", "tls");
+    // One whose body has all arrived is stored; one cut short is removed.
+    let mut whole = connect(addr, &config);
+    send(&mut whole, b"5 whole.txt\n");
+    assert_eq!(read_line(&mut whole), "ok");
+    let mut cut = connect(addr, &config);
+    send(&mut cut, b"1000 cut.txt\n");
+    assert_eq!(read_line(&mut cut), "ok");
+    send(&mut cut, &[b'x'; 400]);
+    send(&mut whole, b"hello");
+    assert_eq!(read_line(&mut whole), "saved whole.txt 5 3610a686");
+    thread::sleep(Duration::from_millis(200));
+    server.signal("TERM");
+    let (rest, end) = read_to_close_notify(&mut cut);
+    assert_eq!(rest, b"error shutting down\n");
+    end.expect("close_notify after the error");
+    let (rest, end) = read_to_close_notify(&mut whole);
+    assert!(rest.is_empty(), "{rest:?}");
+    end.expect("close_notify for the idle upload connection");
+    assert_eq!(server.wait_for_exit().code(), Some(0));
+    let mut names: Vec<String> = fs::read_dir(&uploads)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["whole.txt"], "the cut-short upload left nothing");
+}
+
+#[test]
+fn a_burst_over_tls_reaches_a_member_that_keeps_reading_whole_and_in_order() {
+    let dir = Dir::new("chat-burst");
+    let pki = Pki::new(&dir.0);
+    let server = serve("threaded", &pki, &[], &["chat@tls:127.0.0.1:0"]);
+    let config = anonymous(&pki);
+    let addr = server.addr_of("chat", "tls");
+    let mut reader = connect(addr, &config);
+    read_line(&mut reader);
+    let mut sender = connect(addr, &config);
+    let name = welcome_name(&read_line(&mut sender)).to_string();
+    assert_eq!(read_line(&mut reader), format!("* {name} joined"));
+    const LINES: usize = 20_000;
+    let burst: String = (0..LINES).map(|i| format!("line {i}\n")).collect();
+    // Its own thread: the room reads the sender more slowly while the reader catches up.
+    let writer = thread::spawn(move || {
+        send(&mut sender, burst.as_bytes());
+        sender
+    });
+    for i in 0..LINES {
+        assert_eq!(read_line(&mut reader), format!("{name}: line {i}"));
+    }
+    let mut sender = writer.join().unwrap();
+    send(&mut sender, b"done\n");
+    assert_eq!(read_line(&mut reader), format!("{name}: done"));
+}
+
+/// The CN of the certificate a new handshake with `addr` gets.
+fn presented_name(addr: std::net::SocketAddr, config: &Arc<rustls::ClientConfig>) -> String {
+    let mut stream = connect(addr, config);
+    handshake(&mut stream).unwrap();
+    util::tls::server_common_name(&stream)
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_the_old_set() {
+    let dir = Dir::new("sighup");
+    let pki = Pki::new(&dir.0);
+    let mut server = serve("pool", &pki, &[], &["echo@tls:127.0.0.1:0"]);
+    let addr = server.addr_of("echo", "tls");
+    let config = anonymous(&pki);
+    assert_eq!(presented_name(addr, &config), "localhost");
+    let mut open = connect(addr, &config);
+    send(&mut open, b"before\n");
+    assert_eq!(read_exact(&mut open, 7), b"before\n");
+    // New files at the same paths, then SIGHUP.
+    pki.reissue(&dir.0, "reloaded", "server");
+    server.signal("HUP");
+    let deadline = Instant::now() + DEADLINE;
+    while presented_name(addr, &config) != "reloaded" {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded within {DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The open connection is untouched.
+    send(&mut open, b"after\n");
+    assert_eq!(read_exact(&mut open, 6), b"after\n");
+    // A bad key: one error line, and the whole previous set stays.
+    pki.reissue(&dir.0, "never", "server");
+    fs::write(&pki.server_key, b"not a key\n").unwrap();
+    server.signal("HUP");
+    let deadline = Instant::now() + DEADLINE;
+    while !server.stderr().contains("SIGHUP") {
+        assert!(
+            Instant::now() < deadline,
+            "no error line within {DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    server.assert_running();
+    assert_eq!(presented_name(addr, &config), "reloaded");
+    let errors = server.stderr();
+    assert_eq!(errors.lines().count(), 1, "one line: {errors}");
+    assert!(errors.contains("server.key"), "names the file: {errors}");
+}
+
+#[test]
+fn sighup_without_tls_services_is_ignored_under_threaded() {
+    let mut server = Server::start(&["--model", "threaded", "echo@127.0.0.1:0"]);
+    server.signal("HUP");
+    thread::sleep(Duration::from_millis(200));
+    server.assert_running();
+    let mut client = util::connect(server.addr("echo"));
+    util::send(&mut client, b"still\n");
+    assert_eq!(util::read_exact_within(&mut client, 6), b"still\n");
+}

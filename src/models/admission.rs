@@ -20,10 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::Waker;
+use rustls::ServerConfig;
+use signal_hook::consts::SIGHUP;
 use slab::Slab;
 
+use crate::net::tls::ServerTls;
 use crate::net::{BlockingStream, Peer};
 use crate::options::ServeOptions;
 
@@ -53,6 +56,9 @@ struct Shared {
     streams: Mutex<Slab<Arc<BlockingStream>>>,
     /// Rung whenever the last open connection closes: the acceptor may be waiting for that.
     waker: Arc<Waker>,
+    /// What new TLS handshakes use once a `SIGHUP` has reloaded the files (`None`: the
+    /// configuration read at start, `--tls-*` in [`ServeOptions`]).
+    tls_config: Mutex<Option<Arc<ServerConfig>>>,
 }
 
 impl Admission {
@@ -65,6 +71,7 @@ impl Admission {
                 stopping: AtomicBool::new(false),
                 streams: Mutex::new(Slab::new()),
                 waker,
+                tls_config: Mutex::new(None),
             }),
         }
     }
@@ -98,6 +105,25 @@ impl Admission {
         self.shared.open.load(Ordering::Acquire)
     }
 
+    /// `SIGHUP`: re-reads `--tls-cert`, `--tls-key` and `--tls-client-ca` (`tls`, from the
+    /// options). New handshakes use the new set; open connections keep theirs; a bad file
+    /// keeps the whole old set, with one error line. Without TLS services, nothing happens.
+    /// The file reads block the accepting thread for as long as they take, as any blocking
+    /// model's work does.
+    pub(crate) fn reload_tls(&self, tls: Option<&ServerTls>) {
+        let Some(tls) = tls else {
+            debug!("SIGHUP: no tls: service; ignored");
+            return;
+        };
+        match tls.files.load() {
+            Ok(config) => {
+                *lock(&self.shared.tls_config) = Some(config);
+                info!("SIGHUP: TLS certificate, key and client CA reloaded");
+            }
+            Err(e) => error!("SIGHUP: cannot use TLS file {e}; keeping the previous ones"),
+        }
+    }
+
     /// Begins a graceful shutdown of every admitted connection: each stops reading (its blocked
     /// `read` returns at once), finishes writing its replies, and closes.
     pub(crate) fn stop(&self) {
@@ -112,8 +138,14 @@ impl Admission {
 impl Shared {
     fn streams(&self) -> MutexGuard<'_, Slab<Arc<BlockingStream>>> {
         // The lock guards a slab insert or remove, which cannot leave it half-changed.
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.streams)
     }
+}
+
+/// Locks `mutex`; each lock here guards one insert, remove or replacement, which a panic
+/// cannot leave half-done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An admitted connection. Dropping it closes the socket, then frees its place in the count.
@@ -187,14 +219,16 @@ impl Admitted {
         first: &[u8],
         peer: Peer,
     ) -> Option<rustls::ServerConnection> {
-        let Some(tls) = &options.tls else {
+        let reloaded = lock(&self.slot.shared.tls_config).clone();
+        let Some(config) = reloaded.or_else(|| Some(Arc::clone(&options.tls.as_ref()?.config)))
+        else {
             // `serve` reads the TLS files whenever a tls: service is configured.
             warn!("{peer}: no --tls-cert to serve TLS with; closing");
             return None;
         };
         let timeout = handshake_timeout(options.idle_timeout);
         let stopping = &self.slot.shared.stopping;
-        handshake(&self.stream, &tls.config, first, timeout, stopping, peer)
+        handshake(&self.stream, &config, first, timeout, stopping, peer)
     }
 
     /// Closes a connection that was never served (it waited in the pool's queue until the
@@ -257,9 +291,14 @@ pub(crate) fn shut_down(
             warn!("shutdown timeout: closing {open} connections still busy");
             return Ok(());
         }
-        if let Next::Signal(signal) = acceptor.wait(left)? {
-            info!("second signal ({signal}): exiting at once");
-            return Ok(());
+        match acceptor.wait(left)? {
+            // Nothing to reload for: no handshake starts any more.
+            Next::Signal(SIGHUP) => debug!("SIGHUP during the shutdown: ignored"),
+            Next::Signal(signal) => {
+                info!("second signal ({signal}): exiting at once");
+                return Ok(());
+            }
+            Next::Accepted(_) | Next::Woken | Next::TimedOut => {}
         }
     }
 }

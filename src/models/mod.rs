@@ -21,6 +21,12 @@
 //! write, `fsync`, rename — in the serving thread or process itself, as these models naturally
 //! would. Every model serves it.
 //!
+//! Every driver reads and writes a [`Conn`]: the socket itself, or — for a `tls:` service,
+//! under `threaded` and `pool` — a rustls session over it ([`tls`]), whose handshake runs on the
+//! connection's own thread, after its PROXY header if there is one. The protocol inside is the
+//! one over TCP, byte for byte. `serial` (one slow handshake would hold the whole server) and
+//! `forking` refuse `tls:` at start.
+//!
 //! What a blocking model does not need: `--output-limit` for the stream protocols (a thread
 //! blocked in `write` stops reading, and the kernel's socket buffers are the bound; chat is the
 //! exception: each member has a bounded queue, see [`chat`]) and fairness budgets (the kernel
