@@ -576,3 +576,101 @@ fn sighup_without_tls_services_is_ignored_under_threaded() {
     util::send(&mut client, b"still\n");
     assert_eq!(util::read_exact_within(&mut client, 6), b"still\n");
 }
+
+#[test]
+fn tls_1_2_clients_are_served_too() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = Dir::new("tls12");
+    let pki = Pki::new(&dir.0);
+    let server = serve("threaded", &pki, &[], &["upper@tls:127.0.0.1:0"]);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut client = connect(server.addr_of("upper", "tls"), &Arc::new(config));
+    send(&mut client, b"twelve\n");
+    assert_eq!(read_exact(&mut client, 7), b"TWELVE\n");
+    assert_eq!(
+        client.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    close_notify(&mut client);
+    let (rest, end) = read_to_close_notify(&mut client);
+    assert!(rest.is_empty());
+    end.expect("close_notify from the server");
+}
+
+#[test]
+fn a_tls_member_that_stops_reading_is_dropped_and_the_room_goes_on() {
+    let dir = Dir::new("chat-stalled");
+    let pki = Pki::new(&dir.0);
+    let server = serve(
+        "threaded",
+        &pki,
+        &["--output-limit", "65536"],
+        &["chat@tls:127.0.0.1:0"],
+    );
+    let config = anonymous(&pki);
+    let addr = server.addr_of("chat", "tls");
+    let mut reader = connect(addr, &config);
+    read_line(&mut reader);
+    let mut stalled = connect(addr, &config);
+    let stalled_name = welcome_name(&read_line(&mut stalled)).to_string();
+    assert_eq!(read_line(&mut reader), format!("* {stalled_name} joined"));
+    let mut sender = connect(addr, &config);
+    let sender_name = welcome_name(&read_line(&mut sender)).to_string();
+    assert_eq!(read_line(&mut reader), format!("* {sender_name} joined"));
+    // Far more than the stalled member's socket buffers and its 64 KiB queue can hold.
+    let line = format!("{}\n", "y".repeat(1000));
+    let burst = line.repeat(20_000);
+    let writer = thread::spawn(move || {
+        send(&mut sender, burst.as_bytes());
+        sender
+    });
+    let expected = format!("{sender_name}: {}", &line[..line.len() - 1]);
+    let mut left = false;
+    for _ in 0..20_000 {
+        let got = read_line(&mut reader);
+        if got == format!("* {stalled_name} left") {
+            assert!(!left, "left once");
+            left = true;
+        } else {
+            assert_eq!(got, expected);
+        }
+    }
+    if !left {
+        assert_eq!(read_line(&mut reader), format!("* {stalled_name} left"));
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_tls_connection_over_max_connections_is_closed_without_a_plaintext_line() {
+    let dir = Dir::new("max-connections");
+    let pki = Pki::new(&dir.0);
+    let server = serve(
+        "threaded",
+        &pki,
+        &["--max-connections", "1"],
+        &["echo@tls:127.0.0.1:0"],
+    );
+    let addr = server.addr_of("echo", "tls");
+    let config = anonymous(&pki);
+    let mut first = connect(addr, &config);
+    send(&mut first, b"in\n");
+    assert_eq!(read_exact(&mut first, 3), b"in\n");
+    let mut over = TcpStream::connect(addr).unwrap();
+    over.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    let _ = over.read_to_end(&mut got);
+    assert!(got.is_empty(), "no plaintext on a TLS service: {got:?}");
+    send(&mut first, b"still\n");
+    assert_eq!(read_exact(&mut first, 6), b"still\n");
+}

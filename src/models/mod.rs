@@ -131,8 +131,12 @@ impl Settings {
     }
 }
 
-/// Refuses a connection over the limit: one best-effort line, then close.
+/// Refuses a connection over the limit: one best-effort line, then close. On a `tls:` service
+/// just the close: a plaintext line would only be a bad record to a TLS client.
 pub(crate) fn refuse(accepted: &mut Accepted) {
+    if accepted.tls {
+        return;
+    }
     let _ = accepted.stream.set_nonblocking(true);
     let _ = accepted.stream.write(TOO_MANY_CONNECTIONS_REPLY);
 }
