@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use log::error;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::client::ClientArgs;
@@ -435,7 +435,9 @@ fn try_serve(mut args: ServeArgs) -> Result<(), ServeError> {
     // The contract: signal handling is in place before the listening lines are printed. Every
     // model shuts down gracefully on SIGINT and SIGTERM: the handler only writes to a pipe that
     // the model's poll watches.
-    let signals = Signals::new([SIGINT, SIGTERM])
+    // SIGHUP too: it reloads the TLS files, and is ignored without a tls: service (it must not
+    // end the process, as its default action would).
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| ServeError::failed(format!("cannot install signal handlers: {e}")))?;
     // systemd (Type=notify); without NOTIFY_SOCKET every notification is a no-op.
     let notifier = Arc::new(Notifier::from_env());

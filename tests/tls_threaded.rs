@@ -567,14 +567,16 @@ fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_the_ol
 }
 
 #[test]
-fn sighup_without_tls_services_is_ignored_under_threaded() {
-    let mut server = Server::start(&["--model", "threaded", "echo@127.0.0.1:0"]);
-    server.signal("HUP");
-    thread::sleep(Duration::from_millis(200));
-    server.assert_running();
-    let mut client = util::connect(server.addr("echo"));
-    util::send(&mut client, b"still\n");
-    assert_eq!(util::read_exact_within(&mut client, 6), b"still\n");
+fn sighup_without_tls_services_is_ignored_under_every_blocking_model() {
+    for model in ["threaded", "pool", "serial", "forking"] {
+        let mut server = Server::start(&["--model", model, "echo@127.0.0.1:0"]);
+        server.signal("HUP");
+        thread::sleep(Duration::from_millis(200));
+        server.assert_running();
+        let mut client = util::connect(server.addr("echo"));
+        util::send(&mut client, b"still\n");
+        assert_eq!(util::read_exact_within(&mut client, 6), b"still\n", "{model}");
+    }
 }
 
 #[test]
@@ -673,4 +675,34 @@ fn a_tls_connection_over_max_connections_is_closed_without_a_plaintext_line() {
     assert!(got.is_empty(), "no plaintext on a TLS service: {got:?}");
     send(&mut first, b"still\n");
     assert_eq!(read_exact(&mut first, 6), b"still\n");
+}
+
+#[test]
+fn the_idle_timeout_ends_a_tls_connection_with_close_notify() {
+    let dir = Dir::new("idle");
+    let pki = Pki::new(&dir.0);
+    let server = serve(
+        "threaded",
+        &pki,
+        &["--idle-timeout", "1"],
+        &["echo@tls:127.0.0.1:0", "chat@tls:127.0.0.1:0"],
+    );
+    let config = anonymous(&pki);
+    let mut echo = connect(server.addr_of("echo", "tls"), &config);
+    send(&mut echo, b"once\n");
+    assert_eq!(read_exact(&mut echo, 5), b"once\n");
+    let mut member = connect(server.addr_of("chat", "tls"), &config);
+    read_line(&mut member);
+    let start = Instant::now();
+    let (rest, end) = read_to_close_notify(&mut echo);
+    assert!(rest.is_empty(), "{rest:?}");
+    end.expect("close_notify at the idle timeout");
+    let (rest, end) = read_to_close_notify(&mut member);
+    assert!(rest.is_empty(), "{rest:?}");
+    end.expect("a chat member's close_notify at the idle timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -395,10 +395,14 @@ impl ChatRoom {
                     let _ = writer.join();
                     linger_after_stop(stream, input);
                 }
-                Ending::Gone => {
+                Ending::Gone | Ending::Idle => {
                     outbox.abandon();
                     drop(guard);
                     let _ = writer.join();
+                    if matches!(end, Ending::Idle) {
+                        // Under TLS, its close_notify (one write, if the socket takes it).
+                        stream.finish_at_once();
+                    }
                 }
             }
         });
@@ -450,7 +454,7 @@ impl ChatRoom {
                         let left = idle.saturating_sub(last.elapsed());
                         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
                             debug!("{peer}: idle timeout; leaving");
-                            return Ending::Gone;
+                            return Ending::Idle;
                         }
                         shortened = true;
                         continue;
@@ -675,8 +679,10 @@ enum Ending {
     PeerFinished,
     /// A graceful shutdown.
     Stopping,
-    /// The idle timeout or a read error: it just goes.
+    /// A read error: it just goes.
     Gone,
+    /// The idle timeout: it goes (under TLS, with a close_notify if the socket takes it).
+    Idle,
 }
 
 /// How far [`ChatRoom::feed`] got.

@@ -85,6 +85,15 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Our orderly end of the stream when the peer may not be reading (the idle timeout): a
+    /// TLS close_notify in one write that does not wait, dropped if the socket cannot take it
+    /// at once; nothing on a plain socket.
+    pub(crate) fn finish_at_once(self) {
+        if let Conn::Tls(session) = self {
+            session.finish_at_once();
+        }
+    }
+
     /// Our end of stream now: [`finish`](Conn::finish), then the FIN.
     pub(crate) fn shutdown_write(self) {
         self.finish();

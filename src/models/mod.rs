@@ -297,6 +297,8 @@ pub(super) fn read_input(
             }
             Err(e) if crate::net::is_timeout(&e) => {
                 debug!("{peer}: idle timeout; closing");
+                // Under TLS, its close_notify (one write, if the socket takes it).
+                stream.finish_at_once();
                 return Input::Gone;
             }
             Err(e) => {

@@ -34,9 +34,9 @@ pub(crate) fn run(
         settings.options.limits,
         settings.options.output_limit,
     ));
-    // SIGHUP reloads the TLS files (ignored without a tls: service), rather than ending us.
-    signals.add_signal(SIGHUP)?;
     let (mut acceptor, options) = settings.into_acceptor(listeners, signals)?;
+    // SIGHUP reloads the TLS files (ignored without a tls: service).
+    acceptor.hear_hangups();
     let admission = Admission::new(options.max_connections, acceptor.waker()?);
     let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {

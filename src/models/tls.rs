@@ -39,7 +39,7 @@ use rustls::{ServerConfig, ServerConnection};
 
 use crate::net::tls::{common_name, HANDSHAKE_TIMEOUT};
 use crate::net::{is_timeout, BlockingStream, Peer};
-use crate::protocol::room::valid_name;
+use crate::protocol::room::is_valid_name;
 
 /// Ciphertext read from the socket at a time. At most one full record (16 KiB of plaintext)
 /// comes out of it, so rustls's received-plaintext buffer (16 KiB) never overflows: the socket
@@ -181,7 +181,7 @@ impl TlsSession {
         let session = self.session();
         let certificate = session.peer_certificates()?.first()?;
         let name = common_name(certificate)?;
-        valid_name(name.as_bytes()).is_some().then_some(name)
+        is_valid_name(&name).then_some(name)
     }
 
     /// Reads plaintext, blocking on the socket (its read timeout applies) until some arrives.
@@ -303,6 +303,29 @@ impl TlsSession {
             seal(&mut session, &mut outgoing)?;
         }
         write_out(&self.socket, &mut outgoing)
+    }
+
+    /// close_notify in one write that does not wait (`MSG_DONTWAIT`): best effort, for a peer
+    /// that may not be reading. Skipped if another thread is writing at this moment.
+    pub(crate) fn finish_at_once(&self) {
+        let Ok(mut outgoing) = self.outgoing.try_lock() else {
+            return;
+        };
+        {
+            let mut session = self.session();
+            session.send_close_notify();
+            if seal(&mut session, &mut outgoing).is_err() {
+                return;
+            }
+        }
+        let socket = match &*self.socket {
+            BlockingStream::Tcp(socket) => socket2::SockRef::from(socket),
+            BlockingStream::Unix(socket) => socket2::SockRef::from(socket),
+        };
+        // The connection ends next: whatever the socket did not take is dropped with it.
+        if let Err(e) = socket.send_with_flags(&outgoing, libc::MSG_DONTWAIT) {
+            debug!("close_notify not sent: {e}");
+        }
     }
 
     /// Whether plaintext is waiting: in the session, or (maybe) in ciphertext queued in the

@@ -555,9 +555,15 @@ fn reply(member: MemberId, bytes: &[u8], out: &mut Vec<Delivery>) {
     });
 }
 
+/// Whether `name` is one a member may go by (what `/nick` accepts): how a TLS client
+/// certificate's common name becomes a member's first name.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    valid_name(name.as_bytes()).is_some()
+}
+
 /// `name` if `/nick` may take it: 1 to 32 bytes of UTF-8, no whitespace, control or format
 /// character, not starting with `*`, and not shaped like a name the room gives by default.
-pub(crate) fn valid_name(name: &[u8]) -> Option<&str> {
+fn valid_name(name: &[u8]) -> Option<&str> {
     let name = std::str::from_utf8(name).ok()?;
     let ok = (1..=MAX_NAME).contains(&name.len())
         && !name.starts_with('*')
