@@ -1,8 +1,10 @@
 //! `tls:` services under the blocking models that serve them (`--model threaded`, and `pool`,
 //! which shares its code path): every protocol byte for byte as over TCP, close_notify as the
 //! end of stream both ways, client certificates and chat names, a bad or slow handshake that
-//! harms nobody else, close_notify at a graceful shutdown — and `serial` and `forking`, which
-//! refuse `tls:` at start.
+//! harms nobody else, close_notify at a graceful shutdown and at the idle timeout, SIGHUP's
+//! reload — and `serial` and `forking`, which refuse `tls:` at start. Each test runs once per
+//! model (`per_model!` at the end); adding `reactor` to its list checks the reactor with the
+//! same tests.
 //!
 //! Real sockets, port 0, the real rustls client of tests/util/tls.rs, certificates made for each
 //! test ([`Pki`]); every read is bounded by [`DEADLINE`].
@@ -14,6 +16,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,9 +33,11 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Dir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
-            "oneloop-tls-threaded-{}-{name}",
-            std::process::id()
+            "oneloop-tls-threaded-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
@@ -46,10 +51,10 @@ impl Drop for Dir {
     }
 }
 
-/// `oneloop serve --model MODEL` with the test certificates, `extra` options and `services`.
-fn serve(model: &str, pki: &Pki, extra: &[&str], services: &[&str]) -> Server {
-    let mut args: Vec<String> = vec!["--model".into(), model.into()];
-    args.extend(pki.server_args());
+/// `oneloop serve` (under the test's `--model`, see `per_model!`) with the test certificates,
+/// `extra` options and `services`.
+fn serve(pki: &Pki, extra: &[&str], services: &[&str]) -> Server {
+    let mut args: Vec<String> = pki.server_args();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(services.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -87,11 +92,10 @@ fn closed_within(stream: &mut TcpStream) -> Duration {
     took
 }
 
-fn stream_protocols_byte_for_byte(model: &str) {
-    let dir = Dir::new(&format!("stream-{model}"));
+fn stream_protocols_are_byte_for_byte_those_over_tcp() {
+    let dir = Dir::new("stream");
     let pki = Pki::new(&dir.0);
     let server = serve(
-        model,
         &pki,
         &[],
         &[
@@ -140,21 +144,10 @@ fn stream_protocols_byte_for_byte(model: &str) {
     );
 }
 
-#[test]
-fn stream_protocols_are_byte_for_byte_those_over_tcp_under_threaded() {
-    stream_protocols_byte_for_byte("threaded");
-}
-
-#[test]
-fn stream_protocols_are_byte_for_byte_those_over_tcp_under_pool() {
-    stream_protocols_byte_for_byte("pool");
-}
-
-#[test]
 fn an_abrupt_end_without_close_notify_is_like_a_reset() {
     let dir = Dir::new("abrupt");
     let pki = Pki::new(&dir.0);
-    let server = serve("threaded", &pki, &[], &["upper@tls:127.0.0.1:0"]);
+    let server = serve(&pki, &[], &["upper@tls:127.0.0.1:0"]);
     let config = anonymous(&pki);
     let mut upper = connect(server.addr_of("upper", "tls"), &config);
     send(&mut upper, b"x\xc3");
@@ -178,11 +171,10 @@ fn welcome_name(line: &str) -> &str {
     &rest[..rest.find(';').expect("a ;")]
 }
 
-#[test]
-fn chat_over_tls_under_threaded() {
+fn chat_over_tls() {
     let dir = Dir::new("chat");
     let pki = Pki::new(&dir.0);
-    let server = serve("threaded", &pki, &[], &["chat@tls:127.0.0.1:0"]);
+    let server = serve(&pki, &[], &["chat@tls:127.0.0.1:0"]);
     let config = anonymous(&pki);
     let addr = server.addr_of("chat", "tls");
     let mut first = connect(addr, &config);
@@ -213,13 +205,11 @@ fn chat_over_tls_under_threaded() {
     end.expect("quit ends with close_notify");
 }
 
-#[test]
 fn under_a_client_ca_the_certificate_names_the_chat_member_and_no_certificate_is_refused() {
     let dir = Dir::new("client-ca");
     let pki = Pki::new(&dir.0);
     let ca = pki.ca.display().to_string();
     let server = serve(
-        "threaded",
         &pki,
         &["--tls-client-ca", &ca],
         &["chat@tls:127.0.0.1:0", "echo@tls:127.0.0.1:0"],
@@ -259,15 +249,13 @@ fn under_a_client_ca_the_certificate_names_the_chat_member_and_no_certificate_is
     assert_eq!(read_line(&mut first), "alice-2: still here");
 }
 
-#[test]
-fn upload_over_tls_under_threaded() {
+fn upload_over_tls() {
     let dir = Dir::new("upload");
     let pki = Pki::new(&dir.0);
     let uploads = dir.0.join("uploads");
     fs::create_dir(&uploads).unwrap();
     let upload_dir = uploads.display().to_string();
     let server = serve(
-        "threaded",
         &pki,
         &["--upload-dir", &upload_dir],
         &["upload@tls:127.0.0.1:0"],
@@ -296,16 +284,10 @@ fn upload_over_tls_under_threaded() {
     end.expect("close_notify after the error line");
 }
 
-#[test]
 fn garbage_or_silence_instead_of_a_client_hello_closes_only_that_connection() {
     let dir = Dir::new("garbage");
     let pki = Pki::new(&dir.0);
-    let server = serve(
-        "threaded",
-        &pki,
-        &["--idle-timeout", "1"],
-        &["echo@tls:127.0.0.1:0"],
-    );
+    let server = serve(&pki, &["--idle-timeout", "1"], &["echo@tls:127.0.0.1:0"]);
     let addr = server.addr_of("echo", "tls");
     let config = anonymous(&pki);
     let mut before = connect(addr, &config);
@@ -342,16 +324,10 @@ fn garbage_or_silence_instead_of_a_client_hello_closes_only_that_connection() {
     assert_eq!(read_exact(&mut last, 5), b"four\n");
 }
 
-#[test]
 fn the_proxy_header_comes_first_then_the_handshake() {
     let dir = Dir::new("proxy");
     let pki = Pki::new(&dir.0);
-    let server = serve(
-        "threaded",
-        &pki,
-        &["--proxy-protocol"],
-        &["chat@tls:127.0.0.1:0"],
-    );
+    let server = serve(&pki, &["--proxy-protocol"], &["chat@tls:127.0.0.1:0"]);
     let mut tcp = TcpStream::connect(server.addr_of("chat", "tls")).unwrap();
     tcp.set_read_timeout(Some(DEADLINE)).unwrap();
     tcp.set_write_timeout(Some(DEADLINE)).unwrap();
@@ -364,15 +340,10 @@ fn the_proxy_header_comes_first_then_the_handshake() {
     assert_eq!(welcome_name(&read_line(&mut member)), "203.0.113.7:56324");
 }
 
-fn shutdown_ends_with_close_notify(model: &str) {
-    let dir = Dir::new(&format!("shutdown-{model}"));
+fn sigterm_ends_each_tls_connection_with_close_notify() {
+    let dir = Dir::new("shutdown");
     let pki = Pki::new(&dir.0);
-    let mut server = serve(
-        model,
-        &pki,
-        &[],
-        &["echo@tls:127.0.0.1:0", "chat@tls:127.0.0.1:0"],
-    );
+    let mut server = serve(&pki, &[], &["echo@tls:127.0.0.1:0", "chat@tls:127.0.0.1:0"]);
     let config = anonymous(&pki);
     let mut echo = connect(server.addr_of("echo", "tls"), &config);
     send(&mut echo, b"hi\n");
@@ -391,16 +362,6 @@ fn shutdown_ends_with_close_notify(model: &str) {
     end.expect("the chat member's connection ends with close_notify");
     let status = server.wait_for_exit();
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
-}
-
-#[test]
-fn sigterm_ends_each_tls_connection_with_close_notify_under_threaded() {
-    shutdown_ends_with_close_notify("threaded");
-}
-
-#[test]
-fn sigterm_ends_each_tls_connection_with_close_notify_under_pool() {
-    shutdown_ends_with_close_notify("pool");
 }
 
 #[test]
@@ -424,17 +385,11 @@ fn serial_and_forking_refuse_tls_services_with_exit_2() {
     }
 }
 
-#[test]
 fn a_common_name_that_is_no_valid_chat_name_leaves_the_address() {
     let dir = Dir::new("bad-cn");
     let pki = Pki::new(&dir.0);
     let ca = pki.ca.display().to_string();
-    let server = serve(
-        "threaded",
-        &pki,
-        &["--tls-client-ca", &ca],
-        &["chat@tls:127.0.0.1:0"],
-    );
+    let server = serve(&pki, &["--tls-client-ca", &ca], &["chat@tls:127.0.0.1:0"]);
     // Signed by the client CA, so accepted; its CN has a space and a leading `*`.
     let (cert, key) = pki.reissue(&dir.0, "*not a name", "odd");
     let config = client_config(&pki.ca, Some((&cert, &key)));
@@ -446,7 +401,6 @@ fn a_common_name_that_is_no_valid_chat_name_leaves_the_address() {
     );
 }
 
-#[test]
 fn an_upload_cut_short_by_the_shutdown_is_told_so_then_close_notify() {
     let dir = Dir::new("upload-shutdown");
     let pki = Pki::new(&dir.0);
@@ -454,7 +408,6 @@ fn an_upload_cut_short_by_the_shutdown_is_told_so_then_close_notify() {
     fs::create_dir(&uploads).unwrap();
     let upload_dir = uploads.display().to_string();
     let mut server = serve(
-        "threaded",
         &pki,
         &["--upload-dir", &upload_dir],
         &["upload@tls:127.0.0.1:0"],
@@ -488,11 +441,10 @@ fn an_upload_cut_short_by_the_shutdown_is_told_so_then_close_notify() {
     assert_eq!(names, ["whole.txt"], "the cut-short upload left nothing");
 }
 
-#[test]
 fn a_burst_over_tls_reaches_a_member_that_keeps_reading_whole_and_in_order() {
     let dir = Dir::new("chat-burst");
     let pki = Pki::new(&dir.0);
-    let server = serve("threaded", &pki, &[], &["chat@tls:127.0.0.1:0"]);
+    let server = serve(&pki, &[], &["chat@tls:127.0.0.1:0"]);
     let config = anonymous(&pki);
     let addr = server.addr_of("chat", "tls");
     let mut reader = connect(addr, &config);
@@ -522,11 +474,10 @@ fn presented_name(addr: std::net::SocketAddr, config: &Arc<rustls::ClientConfig>
     util::tls::server_common_name(&stream)
 }
 
-#[test]
 fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_the_old_set() {
     let dir = Dir::new("sighup");
     let pki = Pki::new(&dir.0);
-    let mut server = serve("pool", &pki, &[], &["echo@tls:127.0.0.1:0"]);
+    let mut server = serve(&pki, &[], &["echo@tls:127.0.0.1:0"]);
     let addr = server.addr_of("echo", "tls");
     let config = anonymous(&pki);
     assert_eq!(presented_name(addr, &config), "localhost");
@@ -566,25 +517,21 @@ fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_the_ol
     assert!(errors.contains("server.key"), "names the file: {errors}");
 }
 
-#[test]
-fn sighup_without_tls_services_is_ignored_under_every_blocking_model() {
-    for model in ["threaded", "pool", "serial", "forking"] {
-        let mut server = Server::start(&["--model", model, "echo@127.0.0.1:0"]);
-        server.signal("HUP");
-        thread::sleep(Duration::from_millis(200));
-        server.assert_running();
-        let mut client = util::connect(server.addr("echo"));
-        util::send(&mut client, b"still\n");
-        assert_eq!(util::read_exact_within(&mut client, 6), b"still\n", "{model}");
-    }
+fn sighup_without_tls_services_is_ignored() {
+    let mut server = Server::start(&["echo@127.0.0.1:0"]);
+    server.signal("HUP");
+    thread::sleep(Duration::from_millis(200));
+    server.assert_running();
+    let mut client = util::connect(server.addr("echo"));
+    util::send(&mut client, b"still\n");
+    assert_eq!(util::read_exact_within(&mut client, 6), b"still\n");
 }
 
-#[test]
 fn tls_1_2_clients_are_served_too() {
     use rustls::pki_types::pem::PemObject;
     let dir = Dir::new("tls12");
     let pki = Pki::new(&dir.0);
-    let server = serve("threaded", &pki, &[], &["upper@tls:127.0.0.1:0"]);
+    let server = serve(&pki, &[], &["upper@tls:127.0.0.1:0"]);
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -609,12 +556,10 @@ fn tls_1_2_clients_are_served_too() {
     end.expect("close_notify from the server");
 }
 
-#[test]
 fn a_tls_member_that_stops_reading_is_dropped_and_the_room_goes_on() {
     let dir = Dir::new("chat-stalled");
     let pki = Pki::new(&dir.0);
     let server = serve(
-        "threaded",
         &pki,
         &["--output-limit", "65536"],
         &["chat@tls:127.0.0.1:0"],
@@ -653,16 +598,10 @@ fn a_tls_member_that_stops_reading_is_dropped_and_the_room_goes_on() {
     writer.join().unwrap();
 }
 
-#[test]
 fn a_tls_connection_over_max_connections_is_closed_without_a_plaintext_line() {
     let dir = Dir::new("max-connections");
     let pki = Pki::new(&dir.0);
-    let server = serve(
-        "threaded",
-        &pki,
-        &["--max-connections", "1"],
-        &["echo@tls:127.0.0.1:0"],
-    );
+    let server = serve(&pki, &["--max-connections", "1"], &["echo@tls:127.0.0.1:0"]);
     let addr = server.addr_of("echo", "tls");
     let config = anonymous(&pki);
     let mut first = connect(addr, &config);
@@ -677,12 +616,10 @@ fn a_tls_connection_over_max_connections_is_closed_without_a_plaintext_line() {
     assert_eq!(read_exact(&mut first, 6), b"still\n");
 }
 
-#[test]
 fn the_idle_timeout_ends_a_tls_connection_with_close_notify() {
     let dir = Dir::new("idle");
     let pki = Pki::new(&dir.0);
     let server = serve(
-        "threaded",
         &pki,
         &["--idle-timeout", "1"],
         &["echo@tls:127.0.0.1:0", "chat@tls:127.0.0.1:0"],
@@ -706,3 +643,26 @@ fn the_idle_timeout_ends_a_tls_connection_with_close_notify() {
         start.elapsed()
     );
 }
+
+// Each test under every model that serves tls: (the reactor's own TLS tests are tests/tls.rs).
+per_model! { [threaded, pool]: [
+    stream_protocols_are_byte_for_byte_those_over_tcp,
+    sigterm_ends_each_tls_connection_with_close_notify,
+    an_abrupt_end_without_close_notify_is_like_a_reset,
+    chat_over_tls,
+    under_a_client_ca_the_certificate_names_the_chat_member_and_no_certificate_is_refused,
+    upload_over_tls,
+    garbage_or_silence_instead_of_a_client_hello_closes_only_that_connection,
+    the_proxy_header_comes_first_then_the_handshake,
+    a_common_name_that_is_no_valid_chat_name_leaves_the_address,
+    an_upload_cut_short_by_the_shutdown_is_told_so_then_close_notify,
+    a_burst_over_tls_reaches_a_member_that_keeps_reading_whole_and_in_order,
+    sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_the_old_set,
+    tls_1_2_clients_are_served_too,
+    a_tls_member_that_stops_reading_is_dropped_and_the_room_goes_on,
+    a_tls_connection_over_max_connections_is_closed_without_a_plaintext_line,
+    the_idle_timeout_ends_a_tls_connection_with_close_notify,
+] }
+
+// SIGHUP must never end a blocking model, whether or not it serves tls:.
+per_model! { hangup: [threaded, pool, serial, forking]: [sighup_without_tls_services_is_ignored] }
