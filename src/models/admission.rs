@@ -118,9 +118,12 @@ impl Admission {
         match tls.files.load() {
             Ok(config) => {
                 *lock(&self.shared.tls_config) = Some(config);
-                info!("SIGHUP: TLS certificate, key and client CA reloaded");
+                info!("TLS files reloaded: new handshakes use them");
             }
-            Err(e) => error!("SIGHUP: cannot use TLS file {e}; keeping the previous ones"),
+            // The reactor's wording (reactor::handshake), so the logs read the same.
+            Err(e) => {
+                error!("TLS reload failed: {e}; keeping the certificate, key and client CA in use")
+            }
         }
     }
 

@@ -41,9 +41,8 @@ use crate::net::tls::{common_name, HANDSHAKE_TIMEOUT};
 use crate::net::{is_timeout, BlockingStream, Peer};
 use crate::protocol::room::is_valid_name;
 
-/// Ciphertext read from the socket at a time. At most one full record (16 KiB of plaintext)
-/// comes out of it, so rustls's received-plaintext buffer (16 KiB) never overflows: the socket
-/// is read only once what the session held has been taken.
+/// Ciphertext read from the socket at a time. What the session cannot take yet (it has
+/// plaintext to give first) waits in the session's `inbound`, usually empty.
 const RAW_READ_BYTES: usize = 16 * 1024;
 
 /// How long a handshake may take: [`HANDSHAKE_TIMEOUT`], or `idle_timeout` if shorter.
@@ -146,6 +145,9 @@ fn process(session: &mut ServerConnection, peer: Peer) -> bool {
 pub(crate) struct TlsSession {
     socket: Arc<BlockingStream>,
     session: Mutex<ServerConnection>,
+    /// Ciphertext read from the socket and not yet fed to the session (it had plaintext to
+    /// give first). Only the reading thread uses it; taken before `session`.
+    inbound: Mutex<Vec<u8>>,
     /// Sealed records the socket has not taken yet; its lock is also the right to write to the
     /// socket, so records go out in order. Taken before `session` whenever both are.
     outgoing: Mutex<Vec<u8>>,
@@ -157,6 +159,7 @@ impl TlsSession {
         TlsSession {
             socket,
             session: Mutex::new(session),
+            inbound: Mutex::new(Vec::new()),
             outgoing: Mutex::new(Vec::new()),
         }
     }
@@ -169,6 +172,10 @@ impl TlsSession {
     fn session(&self) -> MutexGuard<'_, ServerConnection> {
         // rustls's calls do not leave the session half-changed when they fail.
         self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn inbound(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.inbound.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn outgoing(&self) -> MutexGuard<'_, Vec<u8>> {
@@ -193,6 +200,12 @@ impl TlsSession {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => return done,
             }
+            let mut inbound = self.inbound();
+            if !inbound.is_empty() {
+                let taken = self.take_in(&inbound, false)?;
+                inbound.drain(..taken);
+                continue;
+            }
             // Not under the session's lock: a writer may seal and send meanwhile.
             let count = loop {
                 match (&*self.socket).read(&mut raw) {
@@ -200,7 +213,8 @@ impl TlsSession {
                     read => break read?,
                 }
             };
-            self.take_in(&raw[..count])?;
+            let taken = self.take_in(&raw[..count], count == 0)?;
+            inbound.extend_from_slice(&raw[taken..count]);
         }
     }
 
@@ -216,10 +230,16 @@ impl TlsSession {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            if *raw_left == 0 {
-                return Ok(0);
+            let mut inbound = self.inbound();
+            if !inbound.is_empty() {
+                let taken = self.take_in(&inbound, false)?;
+                inbound.drain(..taken);
+                continue;
             }
             let want = (*raw_left).min(raw.len());
+            if want == 0 {
+                return Ok(0);
+            }
             let count = match (&*self.socket).read(&mut raw[..want]) {
                 Ok(0) => return Ok(0),
                 Ok(count) => count,
@@ -227,28 +247,32 @@ impl TlsSession {
                 Err(e) => return Err(e),
             };
             *raw_left -= count;
-            self.take_in(&raw[..count])?;
+            let taken = self.take_in(&raw[..count], false)?;
+            inbound.extend_from_slice(&raw[taken..count]);
         }
     }
 
-    /// Feeds ciphertext (empty: the socket's end) to the session, and sends what that made it
-    /// say (an alert, a key update's answer).
-    fn take_in(&self, mut raw: &[u8]) -> io::Result<()> {
+    /// Feeds ciphertext to the session until it yields plaintext, and says how much of `raw`
+    /// it took: the rest is to be fed once that plaintext is read (rustls refuses more while
+    /// its plaintext buffer is full). `ended`: the socket's end. Then sends what the records
+    /// made the session say (an alert, a key update's answer).
+    fn take_in(&self, raw: &[u8], ended: bool) -> io::Result<usize> {
+        let mut rest = raw;
         let (result, reply) = {
             let mut session = self.session();
             let mut feed = || -> io::Result<()> {
-                if raw.is_empty() {
+                if ended {
                     // Records the end: the reader then says whether a close_notify came first.
-                    session.read_tls(&mut raw)?;
+                    session.read_tls(&mut rest)?;
                 }
                 loop {
-                    if !raw.is_empty() {
-                        session.read_tls(&mut raw)?;
+                    if !rest.is_empty() {
+                        session.read_tls(&mut rest)?;
                     }
-                    session
+                    let state = session
                         .process_new_packets()
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    if raw.is_empty() {
+                    if rest.is_empty() || state.plaintext_bytes_to_read() > 0 {
                         return Ok(());
                     }
                 }
@@ -260,7 +284,7 @@ impl TlsSession {
             // Best effort: a failure shows at the next read or write.
             let _ = self.flush();
         }
-        result
+        result.map(|()| raw.len() - rest.len())
     }
 
     /// Seals `bytes` and writes the records; `Ok(bytes.len())` once they are sealed, even if
@@ -335,7 +359,7 @@ impl TlsSession {
             .session()
             .process_new_packets()
             .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
-        held || self.socket.input_waiting()
+        held || !self.inbound().is_empty() || self.socket.input_waiting()
     }
 }
 
