@@ -88,13 +88,17 @@ pub(crate) fn handshake(
             );
             return None;
         }
-        // The server's flight, an alert, or (once done) TLS 1.3's session tickets.
-        while session.wants_write() {
+        // The server's flight, an alert, or (once done) TLS 1.3's session tickets: sealed whole,
+        // then one write, so the flight leaves in as few packets as it can.
+        if session.wants_write() {
             if let Err(e) = socket.set_write_timeout(Some(left)) {
                 debug!("{peer}: cannot set the handshake's deadline: {e}; closing");
                 return None;
             }
-            if let Err(e) = session.write_tls(&mut io) {
+            let mut flight = Vec::new();
+            if let Err(e) =
+                seal(&mut session, &mut flight).and_then(|()| write_out(socket, &mut flight))
+            {
                 debug!("{peer}: TLS handshake: write failed: {e}; closing");
                 return None;
             }
