@@ -336,9 +336,12 @@ fn one_service_per_room(listeners: &[BoundListener]) -> Result<(), ServeError> {
 /// Which services this build can serve; the others are refused before anything is bound.
 fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
     let is_tls = matches!(&service.source, SocketSource::Bind(address) if address.is_tls());
-    if is_tls && !matches!(model, Model::Reactor) {
+    // Threaded and pool serve a connection on a thread of its own, handshake included; serial
+    // would let one slow handshake hold the whole server, and a forked child would hold a copy
+    // of the private key in every process.
+    if is_tls && !matches!(model, Model::Reactor | Model::Threaded | Model::Pool) {
         return Err(format!(
-            "{service}: --model {} does not serve tls: (the reactor does)",
+            "{service}: --model {} does not serve tls: (reactor, threaded and pool do)",
             model.name()
         ));
     }

@@ -96,6 +96,8 @@ pub(crate) struct Acceptor {
     signals: Signals,
     /// Signals read from the pipe and not yet reported.
     pending_signals: VecDeque<i32>,
+    /// Whether SIGHUP is reported ([`hear_hangups`](Acceptor::hear_hangups)); else ignored.
+    hangups: bool,
     /// Whether the waker rang and that is not reported yet.
     woken: bool,
     /// systemd's notifications (a no-op outside `Type=notify`): `STOPPING=1` at
@@ -136,6 +138,7 @@ impl Acceptor {
             reserve: ReserveFd::new(),
             signals,
             pending_signals: VecDeque::new(),
+            hangups: false,
             woken: false,
             notifier: Arc::new(Notifier::disabled()),
             watchdog: None,
@@ -156,6 +159,12 @@ impl Acceptor {
     ) {
         self.notifier = notifier;
         self.watchdog = watchdog_every.map(|every| (every, Instant::now() + every));
+    }
+
+    /// Reports SIGHUP as a [`Next::Signal`], for a model that reloads the TLS files at it
+    /// (threaded and pool). Without this it is ignored: it must never end the process.
+    pub(crate) fn hear_hangups(&mut self) {
+        self.hangups = true;
     }
 
     /// A waker that makes a waiting [`Acceptor::accept_next`] or [`Acceptor::wait`] return
@@ -236,13 +245,16 @@ impl Acceptor {
             }
             for event in self.events.iter() {
                 match event.token() {
-                    // SIGHUP reloads the reactor's TLS files; these models serve no tls:, so
-                    // it changes nothing here.
-                    SIGNAL_TOKEN => self.pending_signals.extend(
-                        self.signals
-                            .pending()
-                            .filter(|&signal| signal != signal_hook::consts::SIGHUP),
-                    ),
+                    // SIGHUP reloads the TLS files: reported only to the models that serve tls:
+                    // and asked for it; the others ignore it.
+                    SIGNAL_TOKEN => {
+                        let hangups = self.hangups;
+                        self.pending_signals.extend(
+                            self.signals
+                                .pending()
+                                .filter(|&signal| signal != signal_hook::consts::SIGHUP || hangups),
+                        );
+                    }
                     WAKER_TOKEN => self.woken = true,
                     Token(index) => {
                         if let Some(listener) = self.listeners.get_mut(index) {
@@ -301,6 +313,7 @@ impl Listener {
                         protocol: self.protocol,
                         service: self.service,
                         peer,
+                        tls: self.local.is_tls(),
                     })
                 }
                 None => Attempt::Again,

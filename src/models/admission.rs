@@ -20,10 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::Waker;
+use rustls::ServerConfig;
+use signal_hook::consts::SIGHUP;
 use slab::Slab;
 
+use crate::net::tls::ServerTls;
 use crate::net::{BlockingStream, Peer};
 use crate::options::ServeOptions;
 
@@ -31,7 +34,9 @@ use crate::service::ProtocolKind;
 
 use super::acceptor::{Acceptor, Next};
 use super::chat::ChatRooms;
-use super::{refuse, serve_blocking, Accepted};
+use super::conn::Wire;
+use super::tls::{handshake, handshake_timeout, TlsSession};
+use super::{proxy, refuse, serve_stream, Accepted, Conn, BLOCKING_READ_BYTES};
 
 /// Counts and registers the connections being served.
 #[derive(Clone, Debug)]
@@ -51,6 +56,9 @@ struct Shared {
     streams: Mutex<Slab<Arc<BlockingStream>>>,
     /// Rung whenever the last open connection closes: the acceptor may be waiting for that.
     waker: Arc<Waker>,
+    /// What new TLS handshakes use once a `SIGHUP` has reloaded the files (`None`: the
+    /// configuration read at start, `--tls-*` in [`ServeOptions`]).
+    tls_config: Mutex<Option<Arc<ServerConfig>>>,
 }
 
 impl Admission {
@@ -63,6 +71,7 @@ impl Admission {
                 stopping: AtomicBool::new(false),
                 streams: Mutex::new(Slab::new()),
                 waker,
+                tls_config: Mutex::new(None),
             }),
         }
     }
@@ -83,6 +92,7 @@ impl Admission {
             protocol: accepted.protocol,
             service: accepted.service,
             peer: accepted.peer,
+            tls: accepted.tls,
             slot: Slot {
                 shared: Arc::clone(&self.shared),
                 key,
@@ -93,6 +103,28 @@ impl Admission {
     /// How many admitted connections are still open.
     pub(crate) fn open(&self) -> usize {
         self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// `SIGHUP`: re-reads `--tls-cert`, `--tls-key` and `--tls-client-ca` (`tls`, from the
+    /// options). New handshakes use the new set; open connections keep theirs; a bad file
+    /// keeps the whole old set, with one error line. Without TLS services, nothing happens.
+    /// The file reads block the accepting thread for as long as they take, as any blocking
+    /// model's work does.
+    pub(crate) fn reload_tls(&self, tls: Option<&ServerTls>) {
+        let Some(tls) = tls else {
+            debug!("SIGHUP: no tls: service; ignored");
+            return;
+        };
+        match tls.files.load() {
+            Ok(config) => {
+                *lock(&self.shared.tls_config) = Some(config);
+                info!("TLS files reloaded: new handshakes use them");
+            }
+            // The reactor's wording (reactor::handshake), so the logs read the same.
+            Err(e) => {
+                error!("TLS reload failed: {e}; keeping the certificate, key and client CA in use")
+            }
+        }
     }
 
     /// Begins a graceful shutdown of every admitted connection: each stops reading (its blocked
@@ -109,8 +141,14 @@ impl Admission {
 impl Shared {
     fn streams(&self) -> MutexGuard<'_, Slab<Arc<BlockingStream>>> {
         // The lock guards a slab insert or remove, which cannot leave it half-changed.
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.streams)
     }
+}
+
+/// Locks `mutex`; each lock here guards one insert, remove or replacement, which a panic
+/// cannot leave half-done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An admitted connection. Dropping it closes the socket, then frees its place in the count.
@@ -122,18 +160,78 @@ pub(crate) struct Admitted {
     protocol: ProtocolKind,
     service: usize,
     peer: Peer,
+    /// A `tls:` service's connection: the handshake comes first.
+    tls: bool,
     slot: Slot,
 }
 
 impl Admitted {
     /// Serves the connection to its end — a chat member in its service's room of `rooms`, any
-    /// other with [`serve_blocking`] — then closes it.
+    /// other with [`serve_stream`] — then closes it.
+    ///
+    /// Under `--proxy-protocol` its PROXY header is read first (the client it names is the peer
+    /// from then on; the bytes that followed it are the session's first input), then, on a
+    /// `tls:` service, the TLS handshake (see [`super::tls`]).
     pub(crate) fn serve(self, options: &ServeOptions, rooms: &ChatRooms) {
         let stopping = &self.slot.shared.stopping;
+        let mut input = [0u8; BLOCKING_READ_BYTES];
+        let Some((peer, mut first)) =
+            proxy::client(&self.stream, self.peer, options, stopping, &mut input)
+        else {
+            return;
+        };
+        let tls = if self.tls {
+            let Some(session) = self.handshake(options, &input[..first], peer) else {
+                return;
+            };
+            // What followed the PROXY header was the handshake's.
+            first = 0;
+            Some(Arc::new(TlsSession::new(Arc::clone(&self.stream), session)))
+        } else {
+            None
+        };
         if let Some(room) = rooms.get(self.service) {
-            return room.serve(&self.stream, self.peer, options, stopping);
+            let name = tls.as_ref().and_then(|session| session.chat_name());
+            let name = name.unwrap_or_else(|| peer.to_string());
+            let wire = Wire {
+                socket: Arc::clone(&self.stream),
+                tls,
+            };
+            return room.serve(&wire, peer, &name, options, stopping, &mut input, first);
         }
-        serve_blocking(&self.stream, self.protocol, self.peer, options, stopping);
+        let conn = match &tls {
+            Some(session) => Conn::Tls(session),
+            None => Conn::Plain(&self.stream),
+        };
+        serve_stream(
+            conn,
+            self.protocol,
+            peer,
+            options,
+            stopping,
+            &mut input,
+            first,
+        );
+    }
+
+    /// The TLS handshake of a `tls:` service's connection from `peer`; `first`: what followed
+    /// its PROXY header. `None`: the connection is to be closed (logged at debug).
+    fn handshake(
+        &self,
+        options: &ServeOptions,
+        first: &[u8],
+        peer: Peer,
+    ) -> Option<rustls::ServerConnection> {
+        let reloaded = lock(&self.slot.shared.tls_config).clone();
+        let Some(config) = reloaded.or_else(|| Some(Arc::clone(&options.tls.as_ref()?.config)))
+        else {
+            // `serve` reads the TLS files whenever a tls: service is configured.
+            warn!("{peer}: no --tls-cert to serve TLS with; closing");
+            return None;
+        };
+        let timeout = handshake_timeout(options.idle_timeout);
+        let stopping = &self.slot.shared.stopping;
+        handshake(&self.stream, &config, first, timeout, stopping, peer)
     }
 
     /// Closes a connection that was never served (it waited in the pool's queue until the
@@ -196,9 +294,14 @@ pub(crate) fn shut_down(
             warn!("shutdown timeout: closing {open} connections still busy");
             return Ok(());
         }
-        if let Next::Signal(signal) = acceptor.wait(left)? {
-            info!("second signal ({signal}): exiting at once");
-            return Ok(());
+        match acceptor.wait(left)? {
+            // Nothing to reload for: no handshake starts any more.
+            Next::Signal(SIGHUP) => debug!("SIGHUP during the shutdown: ignored"),
+            Next::Signal(signal) => {
+                info!("second signal ({signal}): exiting at once");
+                return Ok(());
+            }
+            Next::Accepted(_) | Next::Woken | Next::TimedOut => {}
         }
     }
 }

@@ -77,13 +77,14 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::net::{is_timeout, BlockingStream, BoundListener, Peer};
+use crate::net::{is_timeout, BoundListener, Peer};
 use crate::options::ServeOptions;
 use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE, SHUTDOWN_NOTICE};
 use crate::protocol::Limits;
 use crate::service::ProtocolKind;
 
-use super::{linger, linger_after_stop, BLOCKING_READ_BYTES};
+use super::conn::{Conn, Wire};
+use super::{linger, linger_after_stop};
 
 /// How long a writer's blocked `write` waits before it looks whether its member is still served
 /// (the socket's send timeout; a write that moved nothing is then simply tried again).
@@ -158,7 +159,7 @@ struct Outbox {
     queue: Mutex<Queue>,
     /// Signalled when a line is queued, or the queue is closed or abandoned.
     ready: Condvar,
-    stream: Arc<BlockingStream>,
+    stream: Wire,
 }
 
 #[derive(Debug)]
@@ -177,7 +178,7 @@ struct Queue {
 }
 
 impl Outbox {
-    fn new(stream: Arc<BlockingStream>) -> Outbox {
+    fn new(stream: Wire) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue {
                 lines: VecDeque::new(),
@@ -226,7 +227,7 @@ impl Outbox {
 
     /// The writer thread's loop: each queued line, in order, with a blocking `write`.
     fn write_out(&self, drained: &Condvar) {
-        let mut writer: &BlockingStream = &self.stream;
+        let mut writer = self.stream.conn();
         loop {
             let line = {
                 let mut queue = self.lock();
@@ -247,9 +248,19 @@ impl Outbox {
                 }
             };
             let mut written = 0;
-            while written < line.len() {
-                match writer.write(&line[written..]) {
-                    Ok(0) => return self.abandon(),
+            // Under TLS, sealed records can still wait for the socket once the line is written.
+            let mut flushed = false;
+            while !flushed {
+                let result = if written < line.len() {
+                    writer.write(&line[written..])
+                } else {
+                    writer.flush().map(|()| {
+                        flushed = true;
+                        0
+                    })
+                };
+                match result {
+                    Ok(0) if !flushed => return self.abandon(),
                     Ok(count) => written += count,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     // Its socket is still full: go on waiting, unless the member is gone.
@@ -262,7 +273,7 @@ impl Outbox {
                         // A reset: its reader thread sees the end too, and leaves the room.
                         debug!("chat member: write failed: {e}; it leaves");
                         self.abandon();
-                        let _ = self.stream.shutdown(Shutdown::Both);
+                        let _ = self.stream.socket.shutdown(Shutdown::Both);
                         return;
                     }
                 }
@@ -312,20 +323,22 @@ impl ChatRoom {
     /// Serves one member on the calling thread until it leaves, is dropped, or the server stops;
     /// its writer runs on a second thread meanwhile.
     ///
-    /// Under `--proxy-protocol` it joins only once its PROXY header is read, under the name the
-    /// header carries, and the bytes that followed the header are its first input.
+    /// It joins as `name`: the client's address (under `--proxy-protocol`, the one its PROXY
+    /// header carries), or under `--tls-client-ca` its certificate's common name. `input` is the
+    /// read buffer, whose first `first` bytes are already its input (what followed a PROXY
+    /// header).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn serve(
         &self,
-        stream: &Arc<BlockingStream>,
+        wire: &Wire,
         peer: Peer,
+        name: &str,
         options: &ServeOptions,
         stopping: &AtomicBool,
+        input: &mut [u8],
+        first: usize,
     ) {
-        let mut input = [0u8; BLOCKING_READ_BYTES];
-        let Some((peer, first)) = super::proxy::client(stream, peer, options, stopping, &mut input)
-        else {
-            return;
-        };
+        let stream = wire.conn();
         if stream.set_read_timeout(options.idle_timeout).is_err()
             || stream
                 .set_write_timeout(Some(WRITE_CHECK_INTERVAL))
@@ -333,7 +346,7 @@ impl ChatRoom {
         {
             return;
         }
-        let outbox = Arc::new(Outbox::new(Arc::clone(stream)));
+        let outbox = Arc::new(Outbox::new(wire.clone()));
         thread::scope(|scope| {
             let writer = thread::Builder::new()
                 .name(format!("chat writer {peer}"))
@@ -354,7 +367,7 @@ impl ChatRoom {
                 let State {
                     room, deliveries, ..
                 } = &mut *state;
-                room.join(member, &peer.to_string(), deliveries);
+                room.join(member, name, deliveries);
                 self.route(&mut state);
                 member
             };
@@ -363,29 +376,33 @@ impl ChatRoom {
                 member,
                 outbox: &outbox,
             };
-            let end = self.read_member(&guard, stream, peer, options, stopping, &mut input, first);
+            let end = self.read_member(&guard, stream, peer, options, stopping, input, first);
             match end {
                 Ending::Closed => {
                     // Its last lines are queued (or it was dropped): write them, then close.
                     drop(guard);
                     let _ = writer.join();
-                    linger(stream, &mut input);
+                    linger(stream, input);
                 }
                 Ending::PeerFinished => {
                     guard.end();
                     let _ = writer.join();
                     // The client has finished sending: nothing to linger for.
-                    let _ = stream.shutdown(Shutdown::Write);
+                    stream.shutdown_write();
                 }
                 Ending::Stopping => {
                     guard.stop();
                     let _ = writer.join();
-                    linger_after_stop(stream, &mut input);
+                    linger_after_stop(stream, input);
                 }
-                Ending::Gone => {
+                Ending::Gone | Ending::Idle => {
                     outbox.abandon();
                     drop(guard);
                     let _ = writer.join();
+                    if matches!(end, Ending::Idle) {
+                        // Under TLS, its close_notify (one write, if the socket takes it).
+                        stream.finish_at_once();
+                    }
                 }
             }
         });
@@ -396,14 +413,14 @@ impl ChatRoom {
     fn read_member(
         &self,
         guard: &Membership<'_>,
-        stream: &BlockingStream,
+        stream: Conn<'_>,
         peer: Peer,
         options: &ServeOptions,
         stopping: &AtomicBool,
         input: &mut [u8],
         mut first: usize,
     ) -> Ending {
-        let mut reader: &BlockingStream = stream;
+        let mut reader = stream;
         let mut last_read = Instant::now();
         // Whether the read timeout is shorter than `--idle-timeout` (see the timeout below).
         let mut shortened = false;
@@ -423,6 +440,13 @@ impl ChatRoom {
                     }
                     Ok(count) => count,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Under TLS, the shutdown's SHUT_RD is an end without close_notify.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::UnexpectedEof
+                            && stopping.load(Ordering::Acquire) =>
+                    {
+                        return Ending::Stopping;
+                    }
                     Err(e) if is_timeout(&e) => {
                         // Nothing read for the idle timeout; but lines written to it count too.
                         let idle = options.idle_timeout.unwrap_or(Duration::ZERO);
@@ -430,7 +454,7 @@ impl ChatRoom {
                         let left = idle.saturating_sub(last.elapsed());
                         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
                             debug!("{peer}: idle timeout; leaving");
-                            return Ending::Gone;
+                            return Ending::Idle;
                         }
                         shortened = true;
                         continue;
@@ -617,7 +641,7 @@ impl ChatRoom {
                 if let Some(outbox) = state.outboxes.remove(&member) {
                     outbox.abandon();
                     // Wakes its reader, blocked in `read`, with an end of stream.
-                    let _ = outbox.stream.shutdown(Shutdown::Both);
+                    let _ = outbox.stream.socket.shutdown(Shutdown::Both);
                 }
                 state.room.leave(member, &mut state.deliveries);
                 closed.push(member);
@@ -655,8 +679,10 @@ enum Ending {
     PeerFinished,
     /// A graceful shutdown.
     Stopping,
-    /// The idle timeout or a read error: it just goes.
+    /// A read error: it just goes.
     Gone,
+    /// The idle timeout: it goes (under TLS, with a close_notify if the socket takes it).
+    Idle,
 }
 
 /// How far [`ChatRoom::feed`] got.
@@ -723,12 +749,16 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
+    use crate::net::BlockingStream;
 
     /// A member of `chat` named `name`, with a queue but no writer: its lines stay queued, as
     /// for a client that never reads.
     fn member(chat: &ChatRoom, n: usize, name: &str) -> (Arc<Outbox>, UnixStream) {
         let (server, client) = UnixStream::pair().unwrap();
-        let outbox = Arc::new(Outbox::new(Arc::new(BlockingStream::Unix(server))));
+        let outbox = Arc::new(Outbox::new(Wire {
+            socket: Arc::new(BlockingStream::Unix(server)),
+            tls: None,
+        }));
         let mut state = chat.lock();
         state.outboxes.insert(MemberId(n), Arc::clone(&outbox));
         let State {

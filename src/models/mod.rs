@@ -21,6 +21,12 @@
 //! write, `fsync`, rename — in the serving thread or process itself, as these models naturally
 //! would. Every model serves it.
 //!
+//! Every driver reads and writes a [`Conn`]: the socket itself, or — for a `tls:` service,
+//! under `threaded` and `pool` — a rustls session over it ([`tls`]), whose handshake runs on the
+//! connection's own thread, after its PROXY header if there is one. The protocol inside is the
+//! one over TCP, byte for byte. `serial` (one slow handshake would hold the whole server) and
+//! `forking` refuse `tls:` at start.
+//!
 //! What a blocking model does not need: `--output-limit` for the stream protocols (a thread
 //! blocked in `write` stops reading, and the kernel's socket buffers are the bound; chat is the
 //! exception: each member has a bounded queue, see [`chat`]) and fairness budgets (the kernel
@@ -61,12 +67,14 @@
 pub(crate) mod acceptor;
 pub(crate) mod admission;
 pub(crate) mod chat;
+pub(crate) mod conn;
 pub(crate) mod datagram;
 pub(crate) mod forking;
 pub(crate) mod pool;
 mod proxy;
 pub(crate) mod serial;
 pub(crate) mod threaded;
+pub(crate) mod tls;
 pub(crate) mod upload;
 
 use std::io::{self, Read, Write};
@@ -91,6 +99,7 @@ use crate::sys::unacknowledged_bytes;
 
 pub(crate) use acceptor::{Acceptor, Next};
 pub(crate) use admission::{Admission, Admitted};
+pub(crate) use conn::Conn;
 
 /// What a blocking model needs from the command line: the options every driver shares, and
 /// systemd's notifications, which only the accepting thread sends.
@@ -122,8 +131,12 @@ impl Settings {
     }
 }
 
-/// Refuses a connection over the limit: one best-effort line, then close.
+/// Refuses a connection over the limit: one best-effort line, then close. On a `tls:` service
+/// just the close: a plaintext line would only be a bad record to a TLS client.
 pub(crate) fn refuse(accepted: &mut Accepted) {
+    if accepted.tls {
+        return;
+    }
     let _ = accepted.stream.set_nonblocking(true);
     let _ = accepted.stream.write(TOO_MANY_CONNECTIONS_REPLY);
 }
@@ -144,6 +157,8 @@ pub(crate) struct Accepted {
     pub service: usize,
     /// The client's address, for logs.
     pub peer: Peer,
+    /// Whether the listener is a `tls:` service: a handshake comes first.
+    pub tls: bool,
 }
 
 /// Serves one connection on a blocking socket until it ends: read, feed the session, write the
@@ -167,9 +182,25 @@ pub(crate) fn serve_blocking(
 ) {
     // `&BlockingStream` reads and writes: the socket may be shared with the shutdown registry.
     let mut input = [0u8; BLOCKING_READ_BYTES];
-    let Some((peer, mut first)) = proxy::client(stream, peer, options, stopping, &mut input) else {
+    let Some((peer, first)) = proxy::client(stream, peer, options, stopping, &mut input) else {
         return;
     };
+    let conn = Conn::Plain(stream);
+    serve_stream(conn, protocol, peer, options, stopping, &mut input, first);
+}
+
+/// [`serve_blocking`] once the connection's stream is known (after its PROXY header, and under
+/// TLS its handshake): `input` is the read buffer, whose first `first` bytes are already the
+/// session's first input.
+pub(crate) fn serve_stream(
+    stream: Conn<'_>,
+    protocol: ProtocolKind,
+    peer: Peer,
+    options: &ServeOptions,
+    stopping: &AtomicBool,
+    input: &mut [u8],
+    mut first: usize,
+) {
     if stream.set_read_timeout(options.idle_timeout).is_err()
         || stream.set_write_timeout(options.idle_timeout).is_err()
     {
@@ -191,15 +222,17 @@ pub(crate) fn serve_blocking(
             // Whether that read was short is not known here: the socket is asked below.
             (std::mem::take(&mut first), false)
         } else {
-            match read_input(stream, &mut input, stopping, peer) {
+            match read_input(stream, input, stopping, peer) {
                 Input::Bytes(count) => (count, count < input.len()),
                 Input::Stopping => {
-                    return end_for_shutdown(stream, peer, &mut session, options, &mut input);
+                    return end_for_shutdown(stream, peer, &mut session, options, input);
                 }
                 Input::End => {
                     replies.clear();
                     session.on_end(&clock.now(), &mut replies);
-                    let _ = write_reply(stream, &replies, options.reply_delay);
+                    if write_reply(stream, &replies, options.reply_delay).is_ok() {
+                        stream.finish();
+                    }
                     return;
                 }
                 Input::Gone => return,
@@ -208,7 +241,7 @@ pub(crate) fn serve_blocking(
         // As in the reactor, a short read has taken everything there was: the peer has paused.
         // A full read may have emptied the socket exactly, and the next blocking read would wait
         // for ever for a client that is waiting for us: look first, without blocking.
-        let arrival = if short || !more_input_waiting(stream) {
+        let arrival = if (short && stream.short_read_drains()) || !more_input_waiting(stream) {
             Arrival::Drained
         } else {
             Arrival::Partial
@@ -220,7 +253,7 @@ pub(crate) fn serve_blocking(
             return;
         }
         if flow == Flow::Close {
-            linger(stream, &mut input);
+            linger(stream, input);
             return;
         }
     }
@@ -242,7 +275,7 @@ pub(super) enum Input {
 /// One read, the way every blocking driver reads: the shutdown checked around it, an
 /// interrupted read retried, the idle timeout and errors ending the connection.
 pub(super) fn read_input(
-    mut stream: &BlockingStream,
+    mut stream: Conn<'_>,
     buffer: &mut [u8],
     stopping: &AtomicBool,
     peer: Peer,
@@ -256,8 +289,16 @@ pub(super) fn read_input(
             Ok(0) => return Input::End,
             Ok(count) => return Input::Bytes(count),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Under TLS, the shutdown's SHUT_RD is an end without close_notify.
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof && stopping.load(Ordering::Acquire) =>
+            {
+                return Input::Stopping;
+            }
             Err(e) if crate::net::is_timeout(&e) => {
                 debug!("{peer}: idle timeout; closing");
+                // Under TLS, its close_notify (one write, if the socket takes it).
+                stream.finish_at_once();
                 return Input::Gone;
             }
             Err(e) => {
@@ -272,7 +313,7 @@ pub(super) fn read_input(
 /// holds is answered as at the client's end of stream (a timestamp line without its newline, the
 /// tail of a UTF-8 sequence), written, and the connection ends with [`linger_after_stop`].
 fn end_for_shutdown(
-    stream: &BlockingStream,
+    stream: Conn<'_>,
     peer: Peer,
     session: &mut Session,
     options: &ServeOptions,
@@ -280,7 +321,7 @@ fn end_for_shutdown(
 ) {
     debug!("{peer}: shutting down");
     // Usually done already by whoever set the stop flag; `linger_after_stop` relies on it.
-    let _ = stream.shutdown(Shutdown::Read);
+    let _ = stream.socket().shutdown(Shutdown::Read);
     let mut replies = Vec::new();
     session.on_end(&Clock::default().now(), &mut replies);
     if let Err(e) = write_reply(stream, &replies, options.reply_delay) {
@@ -293,29 +334,29 @@ fn end_for_shutdown(
 /// Writes a reply, after sleeping `--reply-delay` if it is set: the blocking models' way of
 /// holding a reply (the seeds' `time.sleep(5)`), which holds the whole thread — under `serial`,
 /// the whole server. Nothing is slept for an empty reply.
-fn write_reply(
-    mut stream: &BlockingStream,
-    replies: &[u8],
-    delay: Option<Duration>,
-) -> io::Result<()> {
+fn write_reply(mut stream: Conn<'_>, replies: &[u8], delay: Option<Duration>) -> io::Result<()> {
     if replies.is_empty() {
         return Ok(());
     }
     if let Some(delay) = delay {
         thread::sleep(delay);
     }
-    stream.write_all(replies)
+    stream.write_all(replies)?;
+    stream.flush()
 }
 
 /// Whether bytes are waiting to be read, checked without blocking.
-fn more_input_waiting(stream: &BlockingStream) -> bool {
+fn more_input_waiting(stream: Conn<'_>) -> bool {
     stream.input_waiting()
 }
 
 /// The lingering close, blocking version: shut down our sending side, then read and discard until
 /// the peer closes or [`LINGER`] passes, so unread input does not turn the close into an RST.
-pub(super) fn linger(mut stream: &BlockingStream, scratch: &mut [u8]) {
-    let _ = stream.shutdown(Shutdown::Write);
+///
+/// Under TLS our close_notify goes first, and what is discarded is ciphertext.
+pub(super) fn linger(conn: Conn<'_>, scratch: &mut [u8]) {
+    conn.shutdown_write();
+    let mut stream = conn.socket();
     let deadline = Instant::now() + LINGER;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -348,7 +389,12 @@ const LINGER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 /// update on a socket whose reading side is shut down, so such a client would wait on a closed
 /// window — for its own timeout — instead of learning that nobody reads any more. (The reactor's
 /// close with unread input does the same.)
-pub(super) fn linger_after_stop(mut stream: &BlockingStream, scratch: &mut [u8]) {
+///
+/// Under TLS our close_notify is sealed and written first (the last of the replies), and what
+/// is discarded is ciphertext.
+pub(super) fn linger_after_stop(conn: Conn<'_>, scratch: &mut [u8]) {
+    conn.finish();
+    let mut stream = conn.socket();
     let deadline = Instant::now() + LINGER;
     let mut end_of_stream_sent = false;
     let mut client_kept_sending = false;

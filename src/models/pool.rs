@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use log::debug;
+use signal_hook::consts::SIGHUP;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::net::BoundListener;
@@ -34,6 +35,8 @@ pub(crate) fn run(
         settings.options.output_limit,
     ));
     let (mut acceptor, options) = settings.into_acceptor(listeners, signals)?;
+    // SIGHUP reloads the TLS files (ignored without a tls: service).
+    acceptor.hear_hangups();
     let admission = Admission::new(options.max_connections, acceptor.waker()?);
     let queue = Arc::new(Queue::default());
     for worker in 0..workers.max(1) {
@@ -56,6 +59,7 @@ pub(crate) fn run(
                     queue.push(connection);
                 }
             }
+            Next::Signal(SIGHUP) => admission.reload_tls(options.tls.as_ref()),
             Next::Signal(signal) => {
                 // Queued connections have not been read: nothing is owed to them, and no worker
                 // may be free to close them before the timeout. Close them now.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread;
 
 use log::warn;
+use signal_hook::consts::SIGHUP;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::net::BoundListener;
@@ -29,6 +30,8 @@ pub(crate) fn run(
         settings.options.output_limit,
     ));
     let (mut acceptor, options) = settings.into_acceptor(listeners, signals)?;
+    // SIGHUP reloads the TLS files (ignored without a tls: service).
+    acceptor.hear_hangups();
     let admission = Admission::new(options.max_connections, acceptor.waker()?);
     // Shared by every connection's thread, rather than cloned for each.
     let options = Arc::new(options);
@@ -49,6 +52,7 @@ pub(crate) fn run(
                     warn!("{peer}: cannot start a thread: {e}; closing");
                 }
             }
+            Next::Signal(SIGHUP) => admission.reload_tls(options.tls.as_ref()),
             Next::Signal(signal) => {
                 return shut_down(&mut acceptor, &admission, signal, options.shutdown_timeout);
             }

@@ -45,7 +45,7 @@
 //! `--shutdown-timeout` is abandoned with the process (or its forked child is killed): its
 //! temporary file is then a crash's leftover, which the next start removes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::sync::atomic::AtomicBool;
@@ -53,14 +53,14 @@ use std::sync::Arc;
 
 use log::{debug, warn};
 
-use crate::net::{BlockingStream, Peer};
+use crate::net::Peer;
 use crate::options::ServeOptions;
 use crate::protocol::upload::{End, Step, UploadSession};
 use crate::protocol::{Flow, Limits};
 use crate::storage::{Room, TempFile, UploadDir};
 use crate::sys;
 
-use super::{linger, linger_after_stop, read_input, Input};
+use super::{linger, linger_after_stop, read_input, Conn, Input};
 
 /// Bytes an upload connection reads at a time. Larger than [`super::BLOCKING_READ_BYTES`]: each
 /// read is followed by a write to the file, and 64 KiB (the size `oneloop send` writes) makes
@@ -73,7 +73,7 @@ pub(crate) const UPLOAD_READ_BYTES: usize = 64 * 1024;
 /// (`--idle-timeout`) are already set. `first`: bytes already read for the session (what followed
 /// a PROXY header), taken before the socket is read.
 pub(crate) fn serve(
-    stream: &BlockingStream,
+    stream: Conn<'_>,
     peer: Peer,
     options: &ServeOptions,
     stopping: &AtomicBool,
@@ -97,7 +97,9 @@ pub(crate) fn serve(
                 Input::Stopping => return connection.end_for_shutdown(stream, &mut input),
                 Input::End => {
                     connection.end();
-                    let _ = connection.flush(stream);
+                    if connection.flush(stream).is_ok() {
+                        stream.finish();
+                    }
                     return;
                 }
                 // An upload in progress goes with the connection: its file is removed.
@@ -279,30 +281,28 @@ impl<'a> Connection<'a> {
     }
 
     /// Writes the replies gathered so far.
-    fn flush(&mut self, mut stream: &BlockingStream) -> io::Result<()> {
-        let written = stream.write_all(&self.out);
+    fn flush(&mut self, mut stream: Conn<'_>) -> io::Result<()> {
+        let written = stream.write_all(&self.out).and_then(|()| stream.flush());
         self.out.clear();
         written
     }
 
     /// A graceful shutdown (see the module docs): what had arrived is still read and served, then
     /// the end of stream decides — a complete body is stored and answered, a partial one removed.
-    fn end_for_shutdown(mut self, stream: &BlockingStream, scratch: &mut [u8]) {
+    fn end_for_shutdown(mut self, stream: Conn<'_>, scratch: &mut [u8]) {
         debug!("{}: shutting down", self.peer);
         // Usually done already by whoever set the stop flag; the reads below rely on it: after
         // it a `read` never waits.
-        let _ = stream.shutdown(Shutdown::Read);
-        let mut arrived = sys::queued_input_bytes(stream.as_fd()).unwrap_or(0);
-        let mut reader = stream;
-        while arrived > 0 {
-            let want = arrived.min(scratch.len());
-            let count = match reader.read(&mut scratch[..want]) {
+        let _ = stream.socket().shutdown(Shutdown::Read);
+        let mut arrived = sys::queued_input_bytes(stream.socket().as_fd()).unwrap_or(0);
+        loop {
+            // Under TLS, also the plaintext the session already holds.
+            let count = match stream.read_queued(scratch, &mut arrived) {
                 Ok(0) => break,
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
-            arrived -= count;
             let flow = self.feed(&scratch[..count]);
             if self.flush(stream).is_err() {
                 return;
