@@ -903,8 +903,21 @@ fn chart(results: &[(Cell, Option<Sample>, Option<String>)]) -> String {
             reconnect: 1,
         },
     ];
+    // A filtered run (`cargo bench --bench models -- tls`) charts only the panels it has data for.
+    let panels: Vec<&Panel> = panels
+        .iter()
+        .filter(|panel| {
+            results.iter().any(|(cell, sample, _)| {
+                sample.is_some()
+                    && cell.pipeline == 1
+                    && cell.protocol == panel.protocol
+                    && cell.transport == panel.transport
+                    && cell.reconnect == panel.reconnect
+            })
+        })
+        .collect();
     let width = LEFT + 2.0 * PANEL_W + GAP_X + 140.0;
-    let rows = panels.len().div_ceil(2) as f64;
+    let rows = panels.len().max(1).div_ceil(2) as f64;
     let height = TOP + rows * PANEL_H + (rows - 1.0) * GAP_Y + 60.0;
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">

@@ -61,14 +61,25 @@ pub(super) fn handshake_timeout(options: &ServeOptions) -> Duration {
         .map_or(HANDSHAKE_TIMEOUT, |idle| idle.min(HANDSHAKE_TIMEOUT))
 }
 
+/// What one reload thread read: its number (in the order reloads started), and the new
+/// configuration or why there is none.
+struct Reloaded {
+    number: u64,
+    result: Result<Arc<ServerConfig>, TlsFileError>,
+}
+
 /// What the reactor keeps for its `tls:` services: the configuration new handshakes take, and
 /// the way reloads come back.
 pub(super) struct TlsServices {
     /// The files, and the configuration made from them last.
     current: ServerTls,
     /// Where reload threads send what they read.
-    results: Receiver<Result<Arc<ServerConfig>, TlsFileError>>,
-    sender: Sender<Result<Arc<ServerConfig>, TlsFileError>>,
+    results: Receiver<Reloaded>,
+    sender: Sender<Reloaded>,
+    /// The number of the last reload started, and of the last one whose result was taken: a
+    /// read that was stuck and finishes after a newer one must not put older files back.
+    started: u64,
+    taken: u64,
     /// Rung by a reload thread when its result is in the channel (the loop's one waker).
     waker: Arc<Waker>,
     /// When the reload thread now running started; another `SIGHUP` meanwhile means one more
@@ -90,13 +101,16 @@ impl TlsServices {
             waker,
             reloading: None,
             again: false,
+            started: 0,
+            taken: 0,
         }
     }
 
     /// Starts a thread that reads the files again — or, if one is still reading, asks for
     /// another read after it. A read that has not finished in [`RELOAD_STUCK_AFTER`] (a file
     /// that blocks, such as a FIFO or a hung network mount) no longer holds the next ones up:
-    /// its thread is left to it, and whichever result comes in last is used.
+    /// its thread is left to it, and its result, if it ever comes, is used only if no newer
+    /// reload's has been.
     fn start_reload(&mut self, now: Instant) {
         if let Some(started) = self.reloading {
             if now.duration_since(started) < RELOAD_STUCK_AFTER {
@@ -113,6 +127,8 @@ impl TlsServices {
             );
         }
         self.reloading = Some(now);
+        self.started += 1;
+        let number = self.started;
         let files = self.current.files.clone();
         let (sender, waker) = (self.sender.clone(), Arc::clone(&self.waker));
         let spawned = std::thread::Builder::new()
@@ -125,7 +141,7 @@ impl TlsServices {
                         reason: "reading the TLS files panicked".into(),
                     })
                 });
-                let _ = sender.send(result);
+                let _ = sender.send(Reloaded { number, result });
                 let _ = waker.wake();
             });
         if let Err(e) = spawned {
@@ -230,8 +246,15 @@ impl Reactor {
         let Some(tls) = self.tls.as_mut() else {
             return;
         };
-        while let Ok(result) = tls.results.try_recv() {
-            tls.reloading = None;
+        while let Ok(Reloaded { number, result }) = tls.results.try_recv() {
+            if number == tls.started {
+                tls.reloading = None; // The newest read is in; none is running any more.
+            }
+            if number <= tls.taken {
+                warn!("a TLS reload stuck earlier has finished; newer files are in use: ignored");
+                continue;
+            }
+            tls.taken = number;
             match result {
                 Ok(config) => {
                     tls.current.config = config;
