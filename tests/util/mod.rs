@@ -443,6 +443,21 @@ pub fn parse_listening(line: &str) -> Listening {
     }
 }
 
+/// Forwards what a child writes on `output` to a channel, a read's worth at a time, until it
+/// closes (or nobody listens any more): a test can then wait for output with a deadline.
+pub fn forward_output(mut output: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buffer = [0; 4096];
+        while let Ok(count @ 1..) = output.read(&mut buffer) {
+            if sender.send(buffer[..count].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
 /// Forwards each stdout line of the child to a channel until stdout closes.
 fn spawn_line_reader(stdout: ChildStdout) -> Receiver<String> {
     let (sender, receiver) = mpsc::channel();
@@ -806,16 +821,8 @@ impl Interactive {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn oneloop");
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let (sender, receiver) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buffer = [0; 4096];
-            while let Ok(count @ 1..) = stdout.read(&mut buffer) {
-                if sender.send(buffer[..count].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let receiver = forward_output(stdout);
         Interactive {
             stdin: child.stdin.take(),
             child,
