@@ -362,6 +362,15 @@ fn check_supported(service: &ServiceSpec, model: Model) -> Result<(), String> {
         },
         // Every model: the blocking ones store each upload in the thread or process serving it.
         ProtocolKind::Upload => Ok(()),
+        // The counters are the loop's own plain integers; the blocking models keep none that a
+        // scrape could read across their threads and processes.
+        ProtocolKind::Metrics => match model {
+            Model::Reactor => Ok(()),
+            _ => Err(format!(
+                "{service}: --model {} does not serve metrics (the reactor does)",
+                model.name()
+            )),
+        },
     }
 }
 

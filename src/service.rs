@@ -35,16 +35,19 @@ pub enum ProtocolKind {
     Chat,
     /// File upload with a size header.
     Upload,
+    /// The server's own counters, for Prometheus: HTTP `GET /metrics` (contract v3).
+    Metrics,
 }
 
 impl ProtocolKind {
     /// Every protocol, in the order the contract lists them.
-    pub(crate) const ALL: [ProtocolKind; 5] = [
+    pub(crate) const ALL: [ProtocolKind; 6] = [
         ProtocolKind::Upper,
         ProtocolKind::Timestamp,
         ProtocolKind::Echo,
         ProtocolKind::Chat,
         ProtocolKind::Upload,
+        ProtocolKind::Metrics,
     ];
 
     /// The name used on the command line and in `listening` lines.
@@ -55,6 +58,7 @@ impl ProtocolKind {
             ProtocolKind::Echo => "echo",
             ProtocolKind::Chat => "chat",
             ProtocolKind::Upload => "upload",
+            ProtocolKind::Metrics => "metrics",
         }
     }
 }
@@ -314,9 +318,19 @@ impl ServiceSpec {
         let source = SocketSource::parse_with(source, resolve)?;
         // A passed socket's transport is checked when it is taken (`Bound::add_passed`).
         if matches!(source, SocketSource::Bind(Address::Udp(_)))
-            && matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload)
+            && matches!(
+                protocol,
+                ProtocolKind::Chat | ProtocolKind::Upload | ProtocolKind::Metrics
+            )
         {
             return Err(format!("{protocol} runs over tcp or unix, not udp"));
+        }
+        // A scraper that can reach the metrics port can read them; TLS in front of them is a
+        // reverse proxy's job (Prometheus's own exporters serve plain HTTP by default too).
+        if matches!(&source, SocketSource::Bind(address) if address.is_tls())
+            && protocol == ProtocolKind::Metrics
+        {
+            return Err(format!("{protocol} runs over tcp or unix, not tls"));
         }
         Ok(ServiceSpec { protocol, source })
     }

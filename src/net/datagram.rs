@@ -108,6 +108,10 @@ pub(crate) struct DatagramStats {
     pub reflection: u64,
     /// Replies the socket would not take at once (full buffer, `ENOBUFS`) or refused, dropped.
     pub replies_dropped: u64,
+    /// Payload bytes of the datagrams received (the metrics' received bytes).
+    pub received_bytes: u64,
+    /// Payload bytes of the replies sent.
+    pub sent_bytes: u64,
 }
 
 impl fmt::Display for DatagramStats {
@@ -137,6 +141,7 @@ impl DatagramStats {
         from: SocketAddr,
     ) -> bool {
         self.received += 1;
+        self.received_bytes += length as u64;
         if length > MAX_DATAGRAM_PAYLOAD {
             self.oversize += 1;
             debug!(
@@ -168,6 +173,7 @@ impl DatagramStats {
         match result {
             Ok(count) => {
                 self.answered += 1;
+                self.sent_bytes += count as u64;
                 trace!("{service}: a reply of {count} bytes goes back to {to}");
             }
             Err(e) => {

@@ -199,7 +199,10 @@ impl Bound {
                 self.push_listener(ListenSocket::Unix(listener), protocol, local, name);
             }
             ActivatedKind::Udp(socket) => {
-                if matches!(protocol, ProtocolKind::Chat | ProtocolKind::Upload) {
+                if matches!(
+                    protocol,
+                    ProtocolKind::Chat | ProtocolKind::Upload | ProtocolKind::Metrics
+                ) {
                     return Err(format!(
                         "passed socket fd {} ({:?}) is udp {local}: {protocol} runs over tcp or \
                          unix, not udp",

@@ -62,7 +62,7 @@ pub(crate) fn reply(
             out.extend_from_slice(payload);
         }
         ProtocolKind::Echo => out.extend_from_slice(payload),
-        ProtocolKind::Chat | ProtocolKind::Upload => return None,
+        ProtocolKind::Chat | ProtocolKind::Upload | ProtocolKind::Metrics => return None,
     }
     if out.len() - start > MAX_DATAGRAM_PAYLOAD {
         out.truncate(start);

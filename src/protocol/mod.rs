@@ -41,6 +41,13 @@
 //! (header accepted, body bytes to write, body complete, refused) and the driver does the file
 //! work, then reports how storing went — still no file inside.
 //!
+//! ## Metrics
+//!
+//! The `metrics` service is not a [`Session`] either: its answer is the server's own counters.
+//! [`http::read_request`] reads a scrape's request head (bytes in, which answer out) and
+//! [`exposition::Exposition`] writes the counters the driver hands it in Prometheus's text
+//! format — still no socket, and no counter, inside.
+//!
 //! ## PROXY header
 //!
 //! Under `--proxy-protocol`, a stream connection starts with a PROXY protocol header from the
@@ -50,6 +57,8 @@
 pub(crate) mod bus;
 pub(crate) mod datagram;
 pub(crate) mod echo;
+pub mod exposition;
+pub mod http;
 pub mod proxy;
 pub(crate) mod room;
 pub(crate) mod timestamp;
@@ -137,13 +146,14 @@ pub enum Session {
 
 impl Session {
     /// A fresh session of `kind`, or `None` for protocols that are not byte-stream transforms:
-    /// chat ([`room::Room`]) and upload ([`upload::UploadSession`]).
+    /// chat ([`room::Room`]), upload ([`upload::UploadSession`]) and metrics (the driver's own
+    /// counters, through [`http`] and [`exposition`]).
     pub fn new(kind: ProtocolKind, limits: Limits) -> Option<Session> {
         match kind {
             ProtocolKind::Upper => Some(Session::Upper(Upper::default())),
             ProtocolKind::Timestamp => Some(Session::Timestamp(Timestamp::new(limits.max_line))),
             ProtocolKind::Echo => Some(Session::Echo(Echo)),
-            ProtocolKind::Chat | ProtocolKind::Upload => None,
+            ProtocolKind::Chat | ProtocolKind::Upload | ProtocolKind::Metrics => None,
         }
     }
 

@@ -14,6 +14,8 @@ use crate::protocol::proxy::HEADER_TIMEOUT;
 use crate::protocol::Session;
 use crate::service::ProtocolKind;
 
+use super::connection::Connection;
+use super::counters::AccessRecord;
 use super::handler::{Client, Handler};
 use super::timers::Wake;
 use super::{EndpointSocket, Reactor, LISTENER_TOKEN_BASE, MAX_ACCEPTS_PER_TURN};
@@ -51,7 +53,9 @@ impl Reactor {
                     debug!("accept on {}: {e}", listener.local);
                 }
                 Err(e) if is_out_of_descriptors(&e) => match self.shed_one_connection(index, &e) {
-                    Shed::ClosedOne => {}
+                    Shed::ClosedOne => {
+                        self.endpoints[index].counters.refused_out_of_descriptors += 1;
+                    }
                     Shed::BacklogEmpty => return,
                     Shed::NoReserve => return self.pause_listener(index, now),
                 },
@@ -98,6 +102,34 @@ impl Reactor {
         })
     }
 
+    /// Whether the server is at `--max-connections`: then `stream`, just accepted on
+    /// `endpoint`, is refused (told so, unless it is TLS) and counted.
+    fn is_full(&mut self, stream: &mut Stream, peer: Peer, endpoint: usize) -> bool {
+        let open = self.open_connection_count();
+        if open < self.config.max_connections {
+            self.refusing = false;
+            return false;
+        }
+        if !self.refusing {
+            warn!("{open} connections open (--max-connections): closing new ones until some leave");
+        }
+        self.refusing = true;
+        debug!("refusing {peer}: too many connections");
+        if let Some(endpoint) = self.endpoints.get_mut(endpoint) {
+            endpoint.counters.refused_max_connections += 1;
+        }
+        // One best-effort write: the socket is new, so its buffer has room. Not to a TLS
+        // client, for which a plaintext line is a broken record: it just sees the close.
+        if !self
+            .endpoints
+            .get(endpoint)
+            .is_some_and(|e| e.local.is_tls())
+        {
+            let _ = stream.write(TOO_MANY_CONNECTIONS_REPLY);
+        }
+        true
+    }
+
     /// Makes an accepted `stream` from `peer` a client of `endpoint` (speaking `protocol`):
     /// refused at once past `--max-connections`, else registered for `READABLE`, given its idle
     /// timer and its handler — or, under `--proxy-protocol`, its header deadline first.
@@ -109,25 +141,9 @@ impl Reactor {
         endpoint: usize,
         now: &Now,
     ) {
-        let open = self.open_connection_count();
-        if open >= self.config.max_connections {
-            if !self.refusing {
-                warn!("{open} connections open (--max-connections): closing new ones until some leave");
-            }
-            self.refusing = true;
-            debug!("refusing {peer}: too many connections");
-            // One best-effort write: the socket is new, so its buffer has room. Not to a TLS
-            // client, for which a plaintext line is a broken record: it just sees the close.
-            if !self
-                .endpoints
-                .get(endpoint)
-                .is_some_and(|e| e.local.is_tls())
-            {
-                let _ = stream.write(TOO_MANY_CONNECTIONS_REPLY);
-            }
+        if self.is_full(&mut stream, peer, endpoint) {
             return;
         }
-        self.refusing = false;
         let id = self.next_connection_id;
         self.next_connection_id += 1;
         // Replies are written whole, once per request: Nagle's delay would only add latency.
@@ -153,6 +169,13 @@ impl Reactor {
         trace!(
             "accept: conn #{id} from {peer} for {protocol}; token {key}, registered for READABLE"
         );
+        if let Some(endpoint) = self.endpoints.get_mut(endpoint) {
+            endpoint.counters.accepted += 1;
+        }
+        // Endpoints are the command line's services: `Reactor::new` refuses more than fit.
+        let endpoint_index = u16::try_from(endpoint).unwrap_or(u16::MAX);
+        let access = AccessRecord::if_logging(&peer, now);
+        let conn = Connection::new(id, stream, endpoint_index, access, now);
         if let Some(idle) = self.config.idle_timeout {
             self.timers
                 .push(Reverse((now.instant + idle, Wake::Idle { key, id })));
@@ -165,7 +188,7 @@ impl Reactor {
                 HEADER_TIMEOUT.as_secs()
             );
             let handler = Handler::awaiting_header(peer, endpoint);
-            entry.insert(Client::new(id, stream, handler, now));
+            entry.insert(Client::new(conn, handler));
             let deadline = now.instant + HEADER_TIMEOUT;
             self.timers
                 .push(Reverse((deadline, Wake::Header { key, id })));
@@ -178,12 +201,13 @@ impl Reactor {
         {
             // The protocol starts once the handshake is complete (`handshake.rs`).
             let handler = Handler::handshake(peer, endpoint);
-            entry.insert(Client::new(id, stream, handler, now));
+            entry.insert(Client::new(conn, handler));
             return self.start_handshake(key, endpoint, &[], now);
         }
         let handler = match session {
             Some(session) => Handler::stream(session, &self.shared),
             None if protocol == ProtocolKind::Upload => Handler::upload(self.config.limits),
+            None if protocol == ProtocolKind::Metrics => Handler::Metrics(Default::default()),
             None => {
                 let Some(chat) = self.rooms[endpoint].as_ref() else {
                     return; // Not a chat endpoint: cannot happen, checked above.
@@ -191,7 +215,7 @@ impl Reactor {
                 Handler::chat(endpoint as u32, &chat.log)
             }
         };
-        entry.insert(Client::new(id, stream, handler, now));
+        entry.insert(Client::new(conn, handler));
         if protocol == ProtocolKind::Chat {
             self.join_room(key, endpoint, &peer.to_string());
         }

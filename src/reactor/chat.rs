@@ -34,8 +34,10 @@ use crate::protocol::room::{Delivery, MemberId, Room, PACE_GRACE};
 use crate::protocol::Limits;
 use crate::service::Address;
 
+use super::access;
 use super::chat_bus::send_to_bus;
 use super::connection::FirstInput;
+use super::counters::EndCause;
 use super::fanout::RoomLog;
 use super::handler::{ChatSink, Client, HeldInput};
 use super::Reactor;
@@ -55,6 +57,8 @@ pub(super) struct ChatRoom {
     /// key: their serial and their greeting, sent when the notice comes back (their place in the
     /// room's order). Empty for a room of one process.
     pub(super) greetings: HashMap<usize, (u64, Vec<u8>)>,
+    /// Lines written whole to a member, each member counted apart (the metrics' deliveries).
+    pub(super) delivered: u64,
 }
 
 impl ChatRoom {
@@ -71,6 +75,7 @@ impl ChatRoom {
             listed: false,
             pace: Pace::new(output_limit),
             greetings: HashMap::new(),
+            delivered: 0,
         }
     }
 }
@@ -265,8 +270,12 @@ impl Reactor {
             // A parked member waits its turn in the room's queue of senders.
             allowance: if was_parked { 0 } else { chat.pace.allowance() },
             held: &mut held,
+            delivered: &mut chat.delivered,
         };
         let verdict = member.drive(conn, &mut self.shared, now, sink, first);
+        if let Some(record) = conn.access_mut() {
+            record.note_name(chat.room.name(MemberId(key))); // it may have taken a /nick
+        }
         if let Some(held) = held.filter(|_| !conn.is_closed()) {
             chat.pace.put_back_held(key, conn.id, held);
         }
@@ -296,6 +305,9 @@ impl Reactor {
         }
         if let Some(chat) = self.rooms[room].as_mut() {
             chat.room.join(MemberId(key), name, &mut self.deliveries);
+            if let Some(client) = self.clients.get_mut(key) {
+                access::log_join(&mut client.conn, self.endpoints[room].service(), name);
+            }
             trace!(
                 "{}: {} joins; {} now",
                 RoomName(&self.endpoints[room].local),
@@ -460,13 +472,14 @@ impl Reactor {
         let Some((conn, member)) = self.clients.get_mut(key).and_then(Client::as_member_mut) else {
             return;
         };
-        let Some(chat) = self.rooms[member.room()].as_ref() else {
+        let Some(chat) = self.rooms[member.room()].as_mut() else {
             return;
         };
         if conn.is_closed() {
             return;
         }
-        let verdict = member.drive_output(conn, &mut self.shared, now, &chat.log, MemberId(key));
+        let room = (&chat.log, &mut chat.delivered);
+        let verdict = member.drive_output(conn, &mut self.shared, now, room, MemberId(key));
         self.apply(
             key,
             Verdict {
@@ -685,7 +698,7 @@ impl Reactor {
             if conn.is_closed() {
                 continue;
             }
-            joined.close(conn, "over the output limit");
+            joined.close(conn, EndCause::FellBehind, "over the output limit");
             self.finished.push(key);
             if let Some(chat) = self.rooms[room].as_mut() {
                 chat.pace.forget(key);

@@ -18,7 +18,9 @@ use slab::Slab;
 use crate::clock::Now;
 use crate::protocol::room::{BusRequest, Delivery, MemberId, Room};
 
+use super::access;
 use super::bus::{Bus, BusEvent};
+use super::counters::EndCause;
 use super::handler::Client;
 use super::Reactor;
 
@@ -140,6 +142,11 @@ impl Reactor {
                     } else {
                         trace!("chat bus: conn #{serial} is {name} now, on every instance");
                         chat.room.renamed(MemberId(key), &name);
+                        if let Some(record) =
+                            self.clients.get_mut(key).and_then(|c| c.conn.access_mut())
+                        {
+                            record.note_name(Some(&name));
+                        }
                     }
                     self.route(room);
                     self.resume_member(key);
@@ -212,7 +219,9 @@ impl Reactor {
                 .get_mut(key)
                 .filter(|c| c.conn.id == serial && !c.conn.is_closed())
             {
-                client.conn.close("shutting down before it joined");
+                client
+                    .conn
+                    .close(EndCause::Shutdown, "shutting down before it joined");
                 self.finished.push(key);
             }
             if let Some(bus) = self.bus.as_mut() {
@@ -224,6 +233,9 @@ impl Reactor {
         let before = self.deliveries.len();
         chat.room
             .join_as(MemberId(key), name, count, &mut self.deliveries);
+        if let Some(client) = self.clients.get_mut(key) {
+            access::log_join(&mut client.conn, self.endpoints[room].service(), name);
+        }
         // The greeting is the room's reply to it alone: it waits for its place.
         if let Some(at) = self.deliveries[before..]
             .iter()

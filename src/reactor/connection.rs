@@ -47,7 +47,11 @@ use crate::net::{write_until_blocked, Stream, LINGER};
 use crate::protocol::Arrival;
 
 use super::buffers::{SharedBuffers, READ_BUFFER_BYTES};
+use super::counters::AccessRecord;
+use super::counters::EndCause;
 use super::tls::{SocketRead, TlsLayer};
+use super::unsent::Unsent;
+use super::wire::Wire;
 
 /// Input bytes one connection may consume per loop turn before the others get theirs. Four full
 /// reads of the shared buffer: large enough for bulk transfers to be efficient, small enough that
@@ -84,52 +88,6 @@ pub(super) struct Verdict {
     pub still_ready: bool,
     /// A deadline the loop must wake up for (the end of a linger).
     pub wake_at: Option<Instant>,
-}
-
-/// Reply bytes the socket has not accepted yet, oldest first.
-///
-/// Empty — and unallocated — whenever the peer keeps up, which is the steady state.
-#[derive(Debug, Default)]
-pub(super) struct Unsent {
-    bytes: Vec<u8>,
-    /// How much of the front of `bytes` has already been written.
-    written: usize,
-}
-
-impl Unsent {
-    /// Queued bytes not yet written.
-    pub(super) fn len(&self) -> usize {
-        self.bytes.len() - self.written
-    }
-
-    /// Whether nothing is queued.
-    pub(super) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn pending(&self) -> &[u8] {
-        &self.bytes[self.written..]
-    }
-
-    fn push(&mut self, more: &[u8]) {
-        // Move the unwritten rest to the front only when that halves the buffer, so each byte is
-        // moved O(1) times however the writes are split.
-        if self.written > 0 && self.written >= self.bytes.len() / 2 {
-            self.bytes.drain(..self.written);
-            self.written = 0;
-        }
-        self.bytes.extend_from_slice(more);
-    }
-
-    fn consume(&mut self, count: usize) {
-        self.written += count;
-        if self.written == self.bytes.len() {
-            // Drained: give the memory back, so a connection that once had a burst of output
-            // does not keep its high-water mark while idle.
-            self.bytes = Vec::new();
-            self.written = 0;
-        }
-    }
 }
 
 /// Bytes read for a protocol before it started: what followed a PROXY header in the read that
@@ -198,8 +156,8 @@ pub(super) struct Connection {
     /// A serial number for logs, and to tell a reused slab key's new connection from the old
     /// one's leftover timers.
     pub id: u64,
-    /// The socket.
-    pub stream: Stream,
+    /// The socket, counting the bytes it moves.
+    stream: Wire,
     /// A `tls:` connection's TLS session, through which every read and write passes (boxed:
     /// rustls's state is a few kilobytes, which plain connections should not carry).
     tls: Option<Box<TlsLayer>>,
@@ -219,15 +177,28 @@ pub(super) struct Connection {
     moved_bytes: bool,
     /// When bytes were last read or written: what `--idle-timeout` measures from.
     last_active: Instant,
+    /// Which of the loop's endpoints accepted it (what its counters add up under).
+    endpoint: u16,
+    /// Why it is ending, once something has ended it (the first cause sticks).
+    end: Option<EndCause>,
+    /// What the access log says when it ends: only kept while that log is on (`info`), so at
+    /// the default level a connection pays 8 bytes (a null pointer) for it.
+    access: Option<Box<AccessRecord>>,
 }
 
 /// Its life: phases, and the transitions the handler or the loop asks for.
 impl Connection {
     /// The socket of a client just accepted and registered for `READABLE`.
-    pub(super) fn new(id: u64, stream: Stream, now: &Now) -> Connection {
+    pub(super) fn new(
+        id: u64,
+        stream: Stream,
+        endpoint: u16,
+        access: Option<Box<AccessRecord>>,
+        now: &Now,
+    ) -> Connection {
         Connection {
             id,
-            stream,
+            stream: Wire::new(stream),
             tls: None,
             unsent: Unsent::default(),
             phase: Phase::Serving,
@@ -236,7 +207,45 @@ impl Connection {
             peer_closing: false,
             moved_bytes: false,
             last_active: now.instant,
+            endpoint,
+            end: None,
+            access,
         }
+    }
+
+    /// The socket, for the poller.
+    pub(super) fn socket_mut(&mut self) -> &mut Stream {
+        self.stream.socket_mut()
+    }
+
+    /// Which endpoint accepted it (its index in the loop's list).
+    pub(super) fn endpoint(&self) -> usize {
+        usize::from(self.endpoint)
+    }
+
+    /// Bytes read off and written to its socket so far (under TLS, records).
+    pub(super) fn bytes_moved(&self) -> (u64, u64) {
+        (self.stream.received, self.stream.sent)
+    }
+
+    /// Why it ended (or is ending); `None` while nothing has ended it.
+    pub(super) fn end_cause(&self) -> Option<EndCause> {
+        self.end
+    }
+
+    /// Records why the connection is ending, unless something ended it first.
+    pub(super) fn end_as(&mut self, cause: EndCause) {
+        self.end.get_or_insert(cause);
+    }
+
+    /// Its access-log record, while that log is on.
+    pub(super) fn access(&self) -> Option<&AccessRecord> {
+        self.access.as_deref()
+    }
+
+    /// [`access`](Self::access), to change it (a chat member's name, a certificate's).
+    pub(super) fn access_mut(&mut self) -> Option<&mut AccessRecord> {
+        self.access.as_deref_mut()
     }
 
     /// Whether it still reads requests (not ending, draining, lingering or closed).
@@ -269,6 +278,7 @@ impl Connection {
 
     /// The peer's input is over: write what is queued, then close.
     pub(super) fn drain(&mut self) {
+        self.end_as(EndCause::ClientClosed);
         self.phase = Phase::Draining;
     }
 
@@ -276,14 +286,16 @@ impl Connection {
     /// shut down our side and linger.
     pub(super) fn end_conversation(&mut self) {
         if self.phase == Phase::Serving {
+            self.end_as(EndCause::ServerEnded);
             self.phase = Phase::Ending;
         }
     }
 
     /// Closes the connection now, whatever its phase (the idle timeout, the end of a shutdown,
-    /// a refused header).
-    pub(super) fn close(&mut self, why: &str) {
+    /// a refused header), for `cause` unless something ended it first.
+    pub(super) fn close(&mut self, cause: EndCause, why: &str) {
         trace!("conn #{}: closing: {why}", self.id);
+        self.end_as(cause);
         self.phase = Phase::Closed;
         self.unsent = Unsent::default();
     }
@@ -291,20 +303,25 @@ impl Connection {
     /// Closes the connection now, as [`close`](Self::close) does, but a TLS connection first
     /// sends its close_notify if the socket takes it at once (the idle timeout: the session is
     /// ended, not broken). Nothing waits for it.
-    pub(super) fn close_notifying(&mut self, why: &str) {
+    pub(super) fn close_notifying(&mut self, cause: EndCause, why: &str) {
         // Mid-handshake there is no session to end: the peer just sees the close.
         if let Some(tls) = self.tls.as_deref_mut().filter(|tls| !tls.is_handshaking()) {
             tls.queue_close_notify(self.id);
             let _ = tls.write_socket(&mut self.stream, self.id);
         }
-        self.close(why);
+        self.close(cause, why);
     }
 
     /// A client's socket error ends that client only, logged at debug: resets and broken pipes
     /// are everyday events for a server, not failures of it.
     pub(super) fn close_on_error(&mut self, during: &str, error: &io::Error) {
         debug!("conn #{}: {during} failed: {error}; closing", self.id);
-        self.close("socket error");
+        // A handshake that breaks off is one that failed.
+        let cause = match self.tls.as_deref().is_some_and(TlsLayer::is_handshaking) {
+            true => EndCause::TlsHandshake,
+            false => EndCause::Error,
+        };
+        self.close(cause, "socket error");
     }
 
     /// Moves on the phases that wait for the queued output to be written, and records when
@@ -325,7 +342,10 @@ impl Connection {
         let ending = matches!(self.phase, Phase::Draining | Phase::Ending);
         if self.unsent.is_empty() && !handler_pending && (!ending || self.send_close_notify()) {
             match self.phase {
-                Phase::Draining => self.close("peer finished and every reply is written"),
+                Phase::Draining => self.close(
+                    EndCause::ClientClosed,
+                    "peer finished and every reply is written",
+                ),
                 Phase::Ending => {
                     let until = now.instant + LINGER;
                     trace!(
@@ -356,7 +376,7 @@ impl Connection {
     /// linger): close.
     pub(super) fn on_linger_deadline(&mut self) {
         if self.phase == Phase::Lingering {
-            self.close("linger time is over");
+            self.close(EndCause::ServerEnded, "linger time is over");
         }
     }
 
@@ -556,7 +576,7 @@ impl Connection {
             }
             match self.stream.read(buffer) {
                 Ok(0) => {
-                    self.close("peer closed while we lingered");
+                    self.close(EndCause::ClientClosed, "peer closed while we lingered");
                     return false;
                 }
                 Ok(count) => {
@@ -694,7 +714,7 @@ impl Connection {
         let mut layer = TlsLayer::new(session);
         if let Err(e) = layer.take_early(early) {
             layer.log_failure(self.id, &e);
-            self.close("not a TLS client");
+            self.close(EndCause::TlsHandshake, "not a TLS client");
             return false;
         }
         self.tls = Some(Box::new(layer));
@@ -742,7 +762,10 @@ impl Connection {
                 Ok(Ok(SocketRead::Blocked)) => return HandshakeStep::Pending,
                 Ok(Ok(SocketRead::End)) => {
                     debug!("conn #{}: peer left during the TLS handshake", self.id);
-                    self.close("end of stream during the TLS handshake");
+                    self.close(
+                        EndCause::TlsHandshake,
+                        "end of stream during the TLS handshake",
+                    );
                     return HandshakeStep::Failed;
                 }
                 Ok(Err(e)) => {
@@ -764,7 +787,11 @@ impl Connection {
             tls.log_failure(self.id, error);
             let _ = tls.write_socket(&mut self.stream, self.id);
         }
-        self.close("TLS failure");
+        let cause = match self.tls.as_deref().is_some_and(TlsLayer::is_handshaking) {
+            true => EndCause::TlsHandshake,
+            false => EndCause::Error,
+        };
+        self.close(cause, "TLS failure");
     }
 
     /// [`read_input`](Self::read_input) of a TLS connection: decrypted bytes, reading the socket
@@ -804,7 +831,7 @@ impl Connection {
                         "conn #{}: the peer closed without a TLS close_notify: an abrupt end",
                         self.id
                     );
-                    self.close("end of stream without close_notify");
+                    self.close(EndCause::ClientClosed, "end of stream without close_notify");
                     return Input::Failed;
                 }
                 Err(e) => {
@@ -934,39 +961,5 @@ impl Connection {
         tls.queue_close_notify(self.id);
         self.flush_tls();
         !self.tls_wants_write() && !self.is_closed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unsent_frees_its_buffer_once_drained() {
-        let mut unsent = Unsent::default();
-        unsent.push(b"hello world");
-        unsent.consume(6);
-        assert_eq!(unsent.pending(), b"world");
-        unsent.push(b"!");
-        assert_eq!(unsent.pending(), b"world!");
-        unsent.consume(6);
-        assert!(unsent.is_empty());
-        assert_eq!(unsent.bytes.capacity(), 0);
-    }
-
-    #[test]
-    fn unsent_compacts_only_when_half_is_written() {
-        let mut unsent = Unsent::default();
-        unsent.push(&[1; 10]);
-        unsent.consume(3);
-        unsent.push(&[2; 2]);
-        assert_eq!(
-            unsent.written, 3,
-            "no move while most of the buffer is unwritten"
-        );
-        unsent.consume(4);
-        unsent.push(&[3; 1]);
-        assert_eq!(unsent.written, 0);
-        assert_eq!(unsent.pending(), &[1, 1, 1, 2, 2, 3]);
     }
 }

@@ -252,24 +252,27 @@ impl MemberOutput {
     }
 
     /// Records that the first `written` bytes of what [`gather`](Self::gather) returned have
-    /// been written, and moves past the log lines it does not receive.
-    pub(super) fn consume(&mut self, log: &RoomLog, me: MemberId, mut written: usize) {
+    /// been written, and moves past the log lines it does not receive. Returns how many lines
+    /// the member has now been written whole (the metrics' deliveries).
+    pub(super) fn consume(&mut self, log: &RoomLog, me: MemberId, mut written: usize) -> usize {
+        let mut lines = 0;
         loop {
             self.skip_excluded(log, me);
             if written == 0 {
-                return;
+                return lines;
             }
             let Some((front, len)) = self.front(log) else {
                 debug_assert!(false, "consumed more than was gathered");
-                return;
+                return lines;
             };
             let rest = len - self.written;
             if written < rest {
                 self.written += written;
-                return;
+                return lines;
             }
             written -= rest;
             self.written = 0;
+            lines += 1;
             match front {
                 Front::Own => {
                     let own = self.own.as_mut().expect("an own line");

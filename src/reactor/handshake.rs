@@ -47,6 +47,7 @@ use crate::options::ServeOptions;
 use crate::protocol::room::is_valid_name;
 
 use super::connection::HandshakeStep;
+use super::counters::EndCause;
 use super::handler::Handler;
 use super::timers::Wake;
 use super::Reactor;
@@ -166,7 +167,7 @@ impl Reactor {
                     Some(Err(e)) => warn!("conn #{id}: cannot start a TLS session: {e}; closing"),
                     _ => warn!("conn #{id}: no TLS configuration for a tls: service; closing"),
                 }
-                client.conn.close("no TLS session");
+                client.conn.close(EndCause::TlsHandshake, "no TLS session");
                 return self.settle(key, false);
             }
         };
@@ -224,6 +225,9 @@ impl Reactor {
                     .map_or(String::new(), |cn| format!(", client certificate CN={cn}")),
                 self.endpoints[endpoint].protocol
             );
+        }
+        if let (Some(record), Some(cn)) = (client.conn.access_mut(), certified.as_ref()) {
+            record.name = Some(cn.clone());
         }
         let name = name_of(&peer, certified.as_deref());
         self.start_protocol(key, endpoint, &name, None, now);

@@ -42,19 +42,24 @@
 //! will ever reach, and the signal pipe has the very last token, [`SIGNAL_TOKEN`].
 
 mod accept;
+mod access;
 mod buffers;
 mod bus;
 mod chat;
 mod chat_bus;
 mod connection;
+mod counters;
 mod datagram;
 mod fanout;
 mod handler;
 mod handshake;
+mod metrics;
 mod proxy;
 mod timers;
 mod tls;
+mod unsent;
 mod upload;
+mod wire;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -82,6 +87,7 @@ pub(crate) use buffers::SharedBuffers;
 use bus::{Bus, BusRoom, BUS_COMMANDS_TOKEN, BUS_SUBSCRIPTION_TOKEN};
 use chat::{ChatRoom, Outbox};
 use connection::{FirstInput, Verdict};
+use counters::EndCause;
 use handler::{Client, Handler};
 use timers::{describe_timeout, Timer, Wake};
 use upload::{UploadSink, Uploads};
@@ -137,6 +143,8 @@ struct Endpoint {
     paused: bool,
     /// What a datagram endpoint has done (all zero for a listener).
     stats: DatagramStats,
+    /// What its connections have done, for the metrics (all zero for a datagram endpoint).
+    counters: counters::EndpointCounters,
 }
 
 /// The two kinds of endpoint.
@@ -199,6 +207,10 @@ pub(crate) struct Reactor {
     bus_wake: Option<Instant>,
     /// The configuration of the `tls:` services, when there are any, and its reloads.
     tls: Option<handshake::TlsServices>,
+    /// The loop's own figures: turns, events, time busy (the metrics).
+    loop_counters: counters::LoopCounters,
+    /// The last exposition rendered, its buffer kept for the next scrape.
+    exposition: Vec<u8>,
 }
 
 /// The chat bus for `rooms` (none without a chat service: nothing to share).
@@ -246,6 +258,11 @@ fn start_helpers(
 }
 
 impl Endpoint {
+    /// Its protocol and address, as the access log names them.
+    fn service(&self) -> (ProtocolKind, &Address) {
+        (self.protocol, &self.local)
+    }
+
     fn new(socket: EndpointSocket, protocol: ProtocolKind, local: Address) -> Endpoint {
         Endpoint {
             socket: Some(socket),
@@ -254,6 +271,7 @@ impl Endpoint {
             queued: false,
             paused: false,
             stats: DatagramStats::default(),
+            counters: counters::EndpointCounters::default(),
         }
     }
 }
@@ -272,6 +290,10 @@ impl Reactor {
             upload_io_in_loop,
             chat_bus,
         } = config;
+        if listeners.len() + datagrams.len() > usize::from(u16::MAX) {
+            // A connection names its endpoint in 16 bits (it fits in the padding of its flags).
+            return Err(io::Error::other("more than 65,535 services"));
+        }
         let poll = Poll::new()?;
         let mut endpoints = Vec::with_capacity(listeners.len() + datagrams.len());
         let mut shared_rooms = Vec::new();
@@ -346,6 +368,8 @@ impl Reactor {
             bus,
             bus_wake: None,
             tls,
+            loop_counters: counters::LoopCounters::default(),
+            exposition: Vec::new(),
         })
     }
 
@@ -389,7 +413,12 @@ impl Reactor {
             bus.start(self.poll.registry(), Instant::now());
             self.schedule_bus();
         }
+        // When the turn being served began (poll's return), and how many events it brought.
+        let mut turn: Option<(Instant, usize)> = None;
         loop {
+            if let Some((began, count)) = turn.take() {
+                self.loop_counters.end_turn(count, began.elapsed());
+            }
             let timeout = self.poll_timeout();
             trace!("poll: {}", describe_timeout(timeout));
             match self.poll.poll(&mut events, timeout) {
@@ -401,6 +430,7 @@ impl Reactor {
                 Err(e) => return Err(e),
             }
             let now = self.clock.now();
+            turn = Some((now.instant, events.iter().count()));
             if log::log_enabled!(log::Level::Trace) {
                 match events.iter().count() {
                     0 if timeout == Some(Duration::ZERO) => trace!("poll: no new event"),
@@ -582,20 +612,25 @@ impl Reactor {
         let Client { conn, handler } = client;
         let verdict = match handler {
             Handler::Header(_) => return self.drive_header(key, now),
+            Handler::Metrics(_) => return self.drive_scraper(key, now, first),
             Handler::Handshake(_) => return self.drive_handshake(key, now),
             Handler::Chat(_) => return self.drive_member(key, now, first),
             Handler::Upload(work) => match self.uploads.as_mut() {
                 Some(uploads) => {
+                    let endpoint = &mut self.endpoints[conn.endpoint()];
                     let mut sink = upload::UploadSink {
                         uploads,
                         key,
                         conn: conn.id,
+                        counters: &mut endpoint.counters,
+                        service: (endpoint.protocol, &endpoint.local),
+                        stored: None,
                     };
                     handler::upload::drive(conn, work, &mut self.shared, now, &mut sink, first)
                 }
                 None => {
                     // Refused at the accept when nothing stores uploads: cannot be.
-                    conn.close("no storage for uploads");
+                    conn.close(EndCause::Error, "no storage for uploads");
                     Verdict::default()
                 }
             },
@@ -651,7 +686,7 @@ impl Reactor {
             match self
                 .poll
                 .registry()
-                .reregister(&mut connection.stream, Token(key), interest)
+                .reregister(connection.socket_mut(), Token(key), interest)
             {
                 Ok(()) => connection.registered = interest,
                 Err(e) => {
@@ -660,7 +695,7 @@ impl Reactor {
                         "conn #{}: cannot change poller interest: {e}",
                         connection.id
                     );
-                    connection.close("poller refused the interest change");
+                    connection.close(EndCause::Error, "poller refused the interest change");
                     self.finished.push(key);
                 }
             }
@@ -708,6 +743,7 @@ impl Reactor {
                 let Some(connection) = self.clients.try_remove(key) else {
                     continue;
                 };
+                self.count_and_log_end(&connection);
                 trace!(
                     "conn #{}: removed (token {key} is free again)",
                     connection.conn.id
@@ -781,7 +817,7 @@ impl Reactor {
                 if member.is_joining() {
                     // Not in the room's order yet (its name, or its place, is on its way from
                     // the chat bus): it never joined, so it just goes.
-                    conn.close("shutting down before it joined");
+                    conn.close(EndCause::Shutdown, "shutting down before it joined");
                     self.settle(key, false);
                     continue;
                 }
@@ -816,6 +852,13 @@ impl Reactor {
                 "shutdown timeout: closing {} connections still busy",
                 self.clients.len()
             );
+            // They end here, for the shutdown: counted, and in the access log.
+            for (_, client) in self.clients.iter_mut() {
+                client.conn.end_as(EndCause::Shutdown);
+            }
+            for (_, client) in std::mem::take(&mut self.clients) {
+                self.count_and_log_end(&client);
+            }
             return true;
         }
         false
@@ -871,10 +914,14 @@ impl Reactor {
         else {
             return;
         };
+        let endpoint = &mut self.endpoints[conn.endpoint()];
         let mut sink = UploadSink {
             uploads,
             key,
             conn: conn.id,
+            counters: &mut endpoint.counters,
+            service: (endpoint.protocol, &endpoint.local),
+            stored: None,
         };
         let verdict = handler::upload::on_completion(
             conn,
@@ -953,7 +1000,7 @@ mod tests {
         for &key in &keys {
             reactor.clients[key].conn.queued = true;
             reactor.still_ready.push(Token(key));
-            reactor.clients[key].conn.close("test");
+            reactor.clients[key].conn.close(EndCause::Error, "test");
             reactor.finished.push(key);
         }
         reactor.reap_finished();
@@ -1124,7 +1171,7 @@ mod tests {
         let (mut reactor, _clients, _now) = reactor_with_connections(3);
         assert_eq!(reactor.open_connection_count(), 3);
         let key = reactor.clients.iter().next().unwrap().0;
-        reactor.clients[key].conn.close("test");
+        reactor.clients[key].conn.close(EndCause::Error, "test");
         reactor.settle(key, false);
         assert_eq!(reactor.open_connection_count(), 2);
         reactor.reap_finished();

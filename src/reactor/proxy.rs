@@ -55,6 +55,7 @@ use crate::protocol::Session;
 use crate::service::ProtocolKind;
 
 use super::connection::FirstInput;
+use super::counters::EndCause;
 use super::handler::header::{self, HeaderDone, HeaderRead};
 use super::handler::{Client, Handler};
 use super::Reactor;
@@ -88,6 +89,9 @@ impl Reactor {
         } = done;
         let peer = via.relayed_client(&header);
         let client = &mut self.clients[key];
+        if let Some(record) = client.conn.access_mut() {
+            record.peer = peer.to_string();
+        }
         let (id, header) = (client.conn.id, &header);
         debug!(
             "conn #{id}: PROXY header: {}",
@@ -135,6 +139,7 @@ impl Reactor {
             ProtocolKind::Upload if self.uploads.is_some() => {
                 client.handler = Handler::upload(self.config.limits);
             }
+            ProtocolKind::Metrics => client.handler = Handler::Metrics(Default::default()),
             _ => match Session::new(protocol, self.config.limits) {
                 Some(session) => client.handler = Handler::stream(session, &self.shared),
                 // Upload without storage: refused at the accept already, so cannot be.
@@ -151,7 +156,7 @@ impl Reactor {
             "conn #{}: {protocol} is not served by this build; closing",
             conn.id
         );
-        conn.close("protocol not served");
+        conn.close(EndCause::Error, "protocol not served");
         self.settle(key, false);
     }
 }

@@ -15,6 +15,7 @@ use log::debug;
 
 use crate::clock::Now;
 
+use super::counters::EndCause;
 use super::Reactor;
 
 /// What a deadline is for.
@@ -107,7 +108,9 @@ impl Reactor {
                         };
                         if quiet_until <= now.instant {
                             debug!("conn #{id}: idle for {} s; closing", idle.as_secs_f64());
-                            client.conn.close_notifying("idle timeout");
+                            client
+                                .conn
+                                .close_notifying(EndCause::IdleTimeout, "idle timeout");
                         } else {
                             self.timers.push(Reverse((quiet_until, wake)));
                         }

@@ -38,11 +38,14 @@ use std::sync::Arc;
 use log::{debug, trace, warn};
 use mio::Waker;
 
+use crate::service::{Address, ProtocolKind};
 use crate::storage::durable::UploadDir;
 use crate::storage::pool::{
     Completion, IoThread, Op, Outcome, StoragePool, SubmitError, DEFAULT_IO_THREADS,
     DEFAULT_QUEUE_PER_THREAD,
 };
+
+use super::counters::{EndpointCounters, UploadFailure};
 
 /// Body bytes gathered before they are handed to an I/O thread as one write.
 pub(super) const CHUNK_BYTES: usize = 64 * 1024;
@@ -260,6 +263,28 @@ pub(super) struct UploadSink<'a> {
     pub key: usize,
     /// The connection's serial number, as the trace names it (`conn #N`).
     pub conn: u64,
+    /// Its endpoint's counters, which the uploads' outcomes add to (the metrics).
+    pub counters: &'a mut EndpointCounters,
+    /// Its endpoint's protocol and address, as the access log names them.
+    pub service: (ProtocolKind, &'a Address),
+    /// The name and size of an upload stored in this call, for the access log.
+    pub stored: Option<(String, u64)>,
+}
+
+impl UploadSink<'_> {
+    /// An upload failed for `reason`.
+    pub(super) fn count_failure(&mut self, reason: UploadFailure) {
+        self.counters.uploads_failed[reason.index()] += 1;
+    }
+
+    /// An upload was stored as `name`, `size` bytes.
+    pub(super) fn count_stored(&mut self, name: &str, size: u64) {
+        self.counters.uploads_stored += 1;
+        self.counters.upload_stored_bytes += size;
+        if log::log_enabled!(target: super::counters::ACCESS_TARGET, log::Level::Info) {
+            self.stored = Some((name.to_owned(), size));
+        }
+    }
 }
 
 /// An I/O thread's answer, in words: `wrote a chunk`, `stored it durably as photo.jpg`.

@@ -24,6 +24,7 @@ use super::super::buffers::SharedBuffers;
 use super::super::connection::{
     Connection, FirstInput, Input, Verdict, Written, MAX_READ_BYTES_PER_TURN,
 };
+use super::super::counters::EndCause;
 use super::super::fanout::{MemberOutput, RoomLog};
 
 /// Most lines handed to one `writev`: enough that a member who fell behind catches up in few
@@ -96,6 +97,8 @@ pub(crate) struct ChatSink<'a> {
     pub allowance: usize,
     /// Its input read but not yet handed to the room, if any (taken first, before the socket).
     pub held: &'a mut Option<Box<HeldInput>>,
+    /// The room's count of lines written whole to a member, which this drive adds to.
+    pub delivered: &'a mut u64,
 }
 
 /// How far [`ChatMember::feed_room`] got.
@@ -152,7 +155,7 @@ impl ChatMember {
         // Once, before reading: what the room decides in this drive is routed and written after
         // it, at the end of the turn.
         conn.flush_unsent();
-        self.flush_lines(conn, sink.log, sink.member);
+        *sink.delivered += self.flush_lines(conn, sink.log, sink.member) as u64;
         let still_ready = conn.take_input(shared, |conn, shared| {
             self.read_lines(conn, shared, &mut sink, first)
         });
@@ -160,13 +163,14 @@ impl ChatMember {
     }
 
     /// Writes what is owed and makes the transitions that waited for it, without reading: a
-    /// member that was sent lines at the end of the turn.
+    /// member that was sent lines at the end of the turn. `delivered`: the room's count of
+    /// lines written whole to a member.
     pub(crate) fn drive_output(
         &mut self,
         conn: &mut Connection,
         shared: &mut SharedBuffers,
         now: &Now,
-        log: &RoomLog,
+        (log, delivered): (&RoomLog, &mut u64),
         me: MemberId,
     ) -> Verdict {
         self.dirty = false;
@@ -174,7 +178,7 @@ impl ChatMember {
             return Verdict::default(); // Owed nothing yet.
         }
         conn.flush_unsent();
-        self.flush_lines(conn, log, me);
+        *delivered += self.flush_lines(conn, log, me) as u64;
         conn.settle(&mut shared.read, now, false, self.owed)
     }
 
@@ -316,7 +320,7 @@ impl ChatMember {
                      --output-limit; dropping it",
                     conn.id
                 );
-                self.close(conn, "over the output limit");
+                self.close(conn, EndCause::FellBehind, "over the output limit");
                 return Fed::Ended;
             }
             if asks_bus(new, sink.member) {
@@ -329,9 +333,11 @@ impl ChatMember {
 
     /// Writes the lines owed to the member with as few `writev` calls as the socket takes: up
     /// to [`MAX_LINES_PER_WRITE`] lines each, until none is left or the socket is full.
-    fn flush_lines(&mut self, conn: &mut Connection, log: &RoomLog, me: MemberId) {
+    /// Returns how many lines were written whole.
+    fn flush_lines(&mut self, conn: &mut Connection, log: &RoomLog, me: MemberId) -> usize {
+        let mut lines = 0;
         if conn.is_closed() {
-            return;
+            return lines;
         }
         loop {
             let mut slices = [IoSlice::new(&[]); MAX_LINES_PER_WRITE];
@@ -343,22 +349,23 @@ impl ChatMember {
             match conn.write_vectored(&slices[..count]) {
                 Written::Bytes(written) => {
                     trace!("conn #{}: wrote {written} bytes of chat lines", conn.id);
-                    self.output.consume(log, me, written);
+                    lines += self.output.consume(log, me, written);
                 }
                 Written::Blocked => break,
                 Written::Failed => {
                     // Owed lines are dropped with the connection: nothing more will be written.
                     self.owed = false;
-                    return;
+                    return lines;
                 }
             }
         }
         self.owed = self.output.backlog(log) > 0;
+        lines
     }
 
     /// Closes the member's connection now; the lines it was owed go with it.
-    pub(crate) fn close(&mut self, conn: &mut Connection, why: &str) {
-        conn.close(why);
+    pub(crate) fn close(&mut self, conn: &mut Connection, cause: EndCause, why: &str) {
+        conn.close(cause, why);
         self.owed = false;
     }
 }

@@ -12,6 +12,7 @@ use log::debug;
 use crate::net::Peer;
 
 use super::super::connection::Connection;
+use super::super::counters::EndCause;
 
 /// A connection in its TLS handshake: who it is, and where its protocol will start.
 #[derive(Debug)]
@@ -29,5 +30,5 @@ pub(crate) fn on_deadline(conn: &mut Connection, waiting: &AwaitingHandshake) {
         "conn #{}: no complete TLS handshake from {} in time; closing",
         conn.id, waiting.peer
     );
-    conn.close("TLS handshake deadline");
+    conn.close(EndCause::TlsHandshake, "TLS handshake deadline");
 }

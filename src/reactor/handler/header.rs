@@ -13,6 +13,7 @@ use crate::protocol::proxy::{Header, Parse, ProxyHeader, HEADER_TIMEOUT};
 
 use super::super::buffers::SharedBuffers;
 use super::super::connection::{Connection, FirstInput};
+use super::super::counters::EndCause;
 
 /// A connection waiting for its PROXY protocol header: the parser, and what starting its
 /// protocol will need once the header is read.
@@ -106,7 +107,10 @@ fn read_header_bytes(
                     "conn #{}: {} closed before its PROXY header was complete",
                     conn.id, waiting.via
                 );
-                conn.close("end of stream before the PROXY header");
+                conn.close(
+                    EndCause::ProxyHeader,
+                    "end of stream before the PROXY header",
+                );
                 return HeaderRead::Closed;
             }
             Ok(count) => count,
@@ -156,7 +160,7 @@ fn read_header_bytes(
                     "conn #{}: refusing {}: {reason}; closing",
                     conn.id, waiting.via
                 );
-                conn.close("no valid PROXY header");
+                conn.close(EndCause::ProxyHeader, "no valid PROXY header");
                 return HeaderRead::Closed;
             }
         }
@@ -172,6 +176,6 @@ pub(crate) fn on_deadline(conn: &mut Connection, waiting: &AwaitingHeader) {
             waiting.via,
             HEADER_TIMEOUT.as_secs()
         );
-        conn.close("PROXY header deadline");
+        conn.close(EndCause::ProxyHeader, "PROXY header deadline");
     }
 }

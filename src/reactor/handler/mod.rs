@@ -10,6 +10,7 @@
 //! | [`Handler::Upload`] | [`upload`] | an [`UploadWork`]: the session, its chunks and ops in flight | the I/O threads ([`UploadSink`](super::upload::UploadSink)) |
 //! | [`Handler::Header`] | [`header`] | the PROXY header parser (`--proxy-protocol`) | nothing yet: the step *before* one of the others |
 //! | [`Handler::Handshake`] | [`handshake`] | who it is and where it will be served (`tls:`) | nothing yet: its TLS handshake comes first |
+//! | [`Handler::Metrics`] | [`metrics`] | the request heads not answered yet | the loop's counters, rendered when asked (`reactor::metrics`) |
 //!
 //! ## Why an enum, not a trait
 //!
@@ -52,6 +53,7 @@
 pub(super) mod chat;
 pub(super) mod handshake;
 pub(super) mod header;
+pub(super) mod metrics;
 pub(super) mod stream;
 pub(super) mod upload;
 
@@ -61,11 +63,12 @@ use log::debug;
 use mio::Interest;
 
 use crate::clock::Now;
-use crate::net::{Peer, Stream};
+use crate::net::Peer;
 use crate::protocol::{Limits, Session};
 
 use super::buffers::SharedBuffers;
 use super::connection::Connection;
+use super::counters::EndCause;
 use super::fanout::RoomLog;
 use upload::UploadWork;
 
@@ -95,6 +98,8 @@ pub(super) enum Handler {
     /// Not started yet: in its TLS handshake (a `tls:` service). Its session is the
     /// connection's; this is only what starting its protocol will need.
     Handshake(Box<handshake::AwaitingHandshake>),
+    /// A Prometheus scraper: its HTTP requests, answered with the loop's counters.
+    Metrics(metrics::MetricsRequests),
 }
 
 impl Handler {
@@ -140,12 +145,9 @@ pub(super) struct Client {
 
 /// The questions the loop asks of every client, each answered by kind here and nowhere else.
 impl Client {
-    /// A client just accepted and registered, served by `handler`.
-    pub(super) fn new(id: u64, stream: Stream, handler: Handler, now: &Now) -> Client {
-        Client {
-            conn: Connection::new(id, stream, now),
-            handler,
-        }
+    /// A client just accepted and registered, on its connection, served by `handler`.
+    pub(super) fn new(conn: Connection, handler: Handler) -> Client {
+        Client { conn, handler }
     }
 
     /// Output the handler still owes besides the connection's queue: lines owed to a chat
@@ -159,7 +161,10 @@ impl Client {
             Handler::Chat(member) => member.is_owed(),
             Handler::Upload(work) => work.is_storing(),
             Handler::Delayed(delayed) => delayed.holds_replies(),
-            Handler::Stream(_) | Handler::Header(_) | Handler::Handshake(_) => false,
+            Handler::Stream(_)
+            | Handler::Header(_)
+            | Handler::Handshake(_)
+            | Handler::Metrics(_) => false,
         }
     }
 
@@ -181,7 +186,10 @@ impl Client {
             Handler::Upload(work) => work.waits_for_disk(),
             Handler::Delayed(delayed) => delayed.holds_replies(),
             Handler::Chat(member) => member.is_parked(),
-            Handler::Stream(_) | Handler::Header(_) | Handler::Handshake(_) => false,
+            Handler::Stream(_)
+            | Handler::Header(_)
+            | Handler::Handshake(_)
+            | Handler::Metrics(_) => false,
         }
     }
 
@@ -242,6 +250,8 @@ impl Client {
     /// file discarded when it is reaped.
     pub(super) fn begin_shutdown(&mut self, shared: &mut SharedBuffers, now: &Now) {
         let conn = &mut self.conn;
+        // Whatever happens to it from here, the shutdown ended it (unless it was ending).
+        conn.end_as(EndCause::Shutdown);
         match &mut self.handler {
             Handler::Header(waiting) => {
                 // Nothing of its protocol has started, so nothing is owed to it.
@@ -250,14 +260,14 @@ impl Client {
                     conn.id,
                     waiting.via()
                 );
-                conn.close("shutdown before the PROXY header");
+                conn.close(EndCause::Shutdown, "shutdown before the PROXY header");
             }
             Handler::Handshake(waiting) => {
                 debug!(
                     "conn #{}: shutting down during {}'s TLS handshake; closing",
                     conn.id, waiting.peer
                 );
-                conn.close("shutdown during the TLS handshake");
+                conn.close(EndCause::Shutdown, "shutdown during the TLS handshake");
             }
             Handler::Upload(work) if conn.is_serving() && work.is_busy() => {
                 upload::begin_shutdown(conn, work);
@@ -269,7 +279,7 @@ impl Client {
                 let (session, held) = delayed.parts();
                 stream::begin_shutdown(conn, session, Some(held), shared, now);
             }
-            Handler::Chat(_) | Handler::Upload(_) if conn.is_serving() => {
+            Handler::Chat(_) | Handler::Upload(_) | Handler::Metrics(_) if conn.is_serving() => {
                 conn.end_conversation();
             }
             _ => {}
@@ -328,6 +338,8 @@ mod size {
         // socket, the TLS session's pointer (null over plain TCP), the session (a timestamp
         // session is the largest), an empty reply queue, the phase, the idle clock and a few
         // flags. It was 144 before TLS: the linger deadline left the phase for the timer heap.
+        // The metrics' byte counters (16 bytes), the endpoint's index, the end cause and the
+        // access log's pointer (8) were paid for by boxing the reply queue (24 saved).
         let size = std::mem::size_of::<Client>();
         assert!(size <= 136, "Client grew to {size} bytes");
     }

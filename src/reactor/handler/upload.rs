@@ -20,6 +20,8 @@ use crate::storage::pool::{Completion, IoThread, Op, Outcome, SubmitError};
 
 use super::super::buffers::SharedBuffers;
 use super::super::connection::{Connection, FirstInput, Input, Verdict, MAX_READ_BYTES_PER_TURN};
+use super::super::counters::EndCause;
+use super::super::counters::UploadFailure;
 use super::super::upload::{Answer, UploadSink, CHUNK_BYTES, IN_LOOP};
 use super::protocol_ended;
 
@@ -64,7 +66,7 @@ fn read_upload(
                 "conn #{}: shutdown: every byte that had arrived is read",
                 conn.id
             );
-            end_input(conn, work, shared, true);
+            end_input(conn, work, shared, sink, true);
             return false;
         }
         if conn.is_over_output_limit(0, shared.output_limit) {
@@ -85,7 +87,7 @@ fn read_upload(
                 arrival
             }
             Input::End => {
-                end_input(conn, work, shared, false);
+                end_input(conn, work, shared, sink, false);
                 return false;
             }
             // Over TLS the connection says when what had arrived is read: end it now, as no
@@ -113,6 +115,7 @@ fn end_input(
     conn: &mut Connection,
     work: &mut UploadWork,
     shared: &mut SharedBuffers,
+    sink: &mut UploadSink<'_>,
     unread_may_follow: bool,
 ) {
     shared.replies.clear();
@@ -123,6 +126,7 @@ fn end_input(
     };
     conn.send(&shared.replies);
     if let End::CutShort { received, size } = end {
+        sink.count_failure(UploadFailure::CutShort);
         debug!(
             "conn #{}: upload cut short at {received} of {size} bytes",
             conn.id
@@ -132,7 +136,7 @@ fn end_input(
             // temporary file is discarded when the connection is reaped.
             conn.end_conversation();
         } else {
-            conn.close("upload cut short");
+            conn.close(EndCause::ClientClosed, "upload cut short");
         }
     } else if unread_may_follow {
         // Waits for the answer of an upload being stored, if any, then lingers.
@@ -176,7 +180,7 @@ pub(crate) fn on_completion(
     }
     shared.replies.clear();
     let mut feed = match completion {
-        Some(completion) => work.on_completion(completion, &mut shared.replies),
+        Some(completion) => work.on_completion(completion, sink, &mut shared.replies),
         None => Feed::Continue,
     };
     if feed == Feed::Continue && conn.is_serving() {
@@ -188,6 +192,9 @@ pub(crate) fn on_completion(
         let held = work.take_held();
         feed = work.feed(&held, sink, &mut shared.replies);
         work.return_held(held);
+    }
+    if let Some((name, size)) = sink.stored.take() {
+        super::super::access::log_stored(conn, sink.service, &name, size);
     }
     let paused = work.is_paused();
     conn.send(&shared.replies);
@@ -396,6 +403,7 @@ impl UploadWork {
                 Step::Admitting => return self.wait_for_answer(true, rest),
                 Step::Refused(refusal) => {
                     debug!("upload refused from conn #{}: {refusal}", sink.conn);
+                    sink.count_failure(UploadFailure::of(&refusal));
                     return Feed::End;
                 }
                 Step::Closed => return Feed::End,
@@ -574,7 +582,7 @@ impl UploadWork {
                 Some(Feed::Pause)
             }
             Err(SubmitError::Closed) => {
-                self.fail("the I/O thread is gone", out);
+                self.fail("the I/O thread is gone", sink, out);
                 Some(Feed::End)
             }
         }
@@ -602,7 +610,7 @@ impl UploadWork {
                     return Feed::Pause;
                 }
                 Err(SubmitError::Closed) => {
-                    self.fail("the I/O thread is gone", out);
+                    self.fail("the I/O thread is gone", sink, out);
                     return Feed::End;
                 }
             }
@@ -682,7 +690,12 @@ impl UploadWork {
     }
 
     /// An answer from the I/O threads for this connection's upload. Returns what to do next.
-    pub(crate) fn on_completion(&mut self, completion: &Completion, out: &mut Vec<u8>) -> Feed {
+    pub(crate) fn on_completion(
+        &mut self,
+        completion: &Completion,
+        sink: &mut UploadSink<'_>,
+        out: &mut Vec<u8>,
+    ) -> Feed {
         if completion.buffer.is_some() {
             self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
         }
@@ -726,6 +739,7 @@ impl UploadWork {
                     current.serial, current.thread
                 );
                 // The I/O thread has removed the file and forgotten the upload.
+                sink.count_failure(UploadFailure::NoSpace);
                 self.current = None;
                 self.waiting.clear();
                 self.held.clear();
@@ -743,6 +757,7 @@ impl UploadWork {
             }
             Outcome::Committed(stored) => {
                 let name = stored.name.clone();
+                sink.count_stored(&name, stored.size);
                 let (serial, thread) = (current.serial, current.thread);
                 self.current = None;
                 let start = out.len();
@@ -763,20 +778,22 @@ impl UploadWork {
                     return Feed::End; // told already; later ops of it fail the same way
                 }
                 let reason = reason.clone();
-                self.fail(&reason, out);
+                self.fail(&reason, sink, out);
                 Feed::End
             }
         }
     }
 
     /// The storage failed: the client is told once, and the connection ends.
-    fn fail(&mut self, reason: &str, out: &mut Vec<u8>) {
+    fn fail(&mut self, reason: &str, sink: &mut UploadSink<'_>, out: &mut Vec<u8>) {
         if let Some(current) = self.current.as_mut() {
             debug!(
                 "upload #{}: storage failed: {reason}; the client is told",
                 current.serial
             );
-            current.failed = true;
+            if !std::mem::replace(&mut current.failed, true) {
+                sink.count_failure(UploadFailure::StorageFailed);
+            }
         }
         self.waiting.clear();
         self.held.clear();
