@@ -66,6 +66,7 @@ pub mod load;
 pub(crate) mod models;
 pub mod net;
 pub(crate) mod options;
+pub(crate) mod process;
 pub mod protocol;
 pub(crate) mod reactor;
 pub(crate) mod send;

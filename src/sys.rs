@@ -21,6 +21,36 @@ pub struct FdLimit {
     pub hard: u64,
 }
 
+/// The soft open-file limit now (`process_max_fds`).
+pub(crate) fn fd_soft_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a valid, owned struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`) and the page size (`_SC_PAGESIZE`): the units of
+/// `/proc/self/stat`'s times and resident size.
+pub(crate) fn clock_ticks_and_page_size() -> (u64, u64) {
+    // SAFETY: sysconf reads a configuration value; it takes no pointer and cannot fail for
+    // these two names on Linux (a -1 would only mean "unknown", mapped to the usual values).
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (
+        u64::try_from(ticks).unwrap_or(100),
+        u64::try_from(page).unwrap_or(4096),
+    )
+}
+
 /// Raises the soft open-file limit to the hard limit.
 ///
 /// Each connection is a file descriptor, and many systems still start processes with a soft

@@ -32,8 +32,9 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     // The fuzz targets' checks of the protocols and the spec parser (tests and `fuzz/` only).
     &["fuzzing"],
-    // Sockets, streams, datagrams, systemd | durable files and the I/O threads.
-    &["net", "storage"],
+    // Sockets, streams, datagrams, systemd | durable files and the I/O threads | the process's
+    // own figures from /proc (the metrics' process_* families).
+    &["net", "storage", "process"],
     // What `serve` was asked for, as plain data every driver shares (it holds protocol limits
     // and the opened upload directory, so it sits above them).
     &["options"],

@@ -37,6 +37,7 @@ use super::handler::metrics::Drive;
 use super::handler::{self, Client, Handler};
 use super::{EndpointSocket, Reactor};
 use crate::clock::Now;
+use crate::process::ProcessStats;
 use crate::protocol::exposition::{Exposition, Kind};
 
 /// Counting and logging the end of a connection.
@@ -110,6 +111,7 @@ impl Reactor {
         self.render_chat(&mut exposition, &labels);
         self.render_uploads(&mut exposition, &labels);
         self.render_loop(&mut exposition);
+        render_process(&mut exposition);
     }
 
     /// The stream endpoints' connection families, and every endpoint's bytes.
@@ -398,4 +400,53 @@ fn is_datagram(endpoint: &super::Endpoint) -> bool {
 /// `labels` and one more.
 fn with<'a>(labels: &[(&'a str, &'a str); 3], more: (&'a str, &'a str)) -> [(&'a str, &'a str); 4] {
     [labels[0], labels[1], labels[2], more]
+}
+
+/// One process family: its name, type, help, and its value among the readings.
+type ProcessFamily = (&'static str, Kind, &'static str, fn(&ProcessStats) -> f64);
+
+/// The standard process families, as every Prometheus client names them. If `/proc` cannot be
+/// read they are declared without samples (and the reason is logged at debug).
+fn render_process(e: &mut Exposition<'_>) {
+    let stats = crate::process::ProcessStats::read()
+        .map_err(|error| log::debug!("metrics: cannot read the process's figures: {error}"))
+        .ok();
+    let families: [ProcessFamily; 5] = [
+        (
+            "process_cpu_seconds_total",
+            Kind::Counter,
+            "Total user and system CPU time spent in seconds.",
+            |s| s.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            Kind::Gauge,
+            "Resident memory size in bytes.",
+            |s| s.resident_bytes as f64,
+        ),
+        (
+            "process_open_fds",
+            Kind::Gauge,
+            "Number of open file descriptors.",
+            |s| s.open_fds as f64,
+        ),
+        (
+            "process_max_fds",
+            Kind::Gauge,
+            "Maximum number of open file descriptors.",
+            |s| s.max_fds as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            Kind::Gauge,
+            "Start time of the process since unix epoch in seconds.",
+            |s| s.start_time_seconds,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        e.family(name, kind, help);
+        if let Some(stats) = &stats {
+            e.sample(name, &[], value(stats));
+        }
+    }
 }
