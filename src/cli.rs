@@ -1,4 +1,4 @@
-//! The command line: `oneloop serve`, `client`, `load` and `send`.
+//! The command line: `oneloop serve`, `client`, `load`, `send` and `generate`.
 //!
 //! Exit codes follow the contract: 0 on success, 1 when the job fails (a bind failure, a client
 //! that cannot connect), 2 for a bad command line (clap's own code for usage errors, which it
@@ -49,6 +49,8 @@ pub(crate) enum Command {
     Load(crate::load::LoadArgs),
     /// Upload FILE to an upload service and check the server's size and CRC-32 against its own.
     Send(crate::send::SendArgs),
+    /// Print the man page or a shell's completion script, made from this command line.
+    Generate(crate::generate::GenerateArgs),
 }
 
 /// `oneloop serve [OPTIONS] [SERVICE...]`
@@ -260,6 +262,19 @@ pub fn main() -> ExitCode {
             Ok(()) => crate::load::main(&args),
         },
         Command::Send(args) => crate::send::run(&args),
+        Command::Generate(args) => generate(&args),
+    }
+}
+
+/// `oneloop generate`: what it prints is made from [`Cli`]'s own definition; a failed write
+/// (stdout closed, a full disk) is one line and exit 1.
+fn generate(args: &crate::generate::GenerateArgs) -> ExitCode {
+    match crate::generate::write(args.what, Cli::command(), &mut io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oneloop: cannot write to standard output: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

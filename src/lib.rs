@@ -37,6 +37,8 @@
 //! * [`storage`] — where uploads go: a hidden temporary file, `fsync`, a rename that never
 //!   replaces a file, a directory `fsync`; and the I/O threads that do it for the reactor, so the
 //!   loop never waits for a disk.
+//! * [`generate`] — `oneloop generate`: the man page and the bash, zsh and fish completions, made
+//!   from the command line's clap definition (so only [`cli`] uses it).
 //! * [`cli`] — the command line (clap), and the exit-code policy.
 //! * [`sys`] — the one module allowed `unsafe`: raw syscalls (`setrlimit`, `fork`, `waitpid`,
 //!   `kill`, the forked child's signal handler, `SIOCOUTQ` and `FIONREAD`, the `*at` file calls of
@@ -57,6 +59,7 @@
 pub mod cli;
 pub(crate) mod client;
 pub mod clock;
+pub(crate) mod generate;
 // The fuzz targets' property checks: for the crate's tests and `fuzz/` only, never part of the
 // interface (see the module's own documentation).
 #[cfg(any(test, feature = "fuzzing"))]

@@ -44,6 +44,8 @@ const LAYERS: &[&[&str]] = &[
     &["client"],
     // `oneloop send`, the upload client.
     &["send"],
+    // `oneloop generate`: the man page and completions, from the command line's definition.
+    &["generate"],
     // The command line.
     &["cli"],
     // The binary, which only calls `cli::main`.
