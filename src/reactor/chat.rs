@@ -305,8 +305,10 @@ impl Reactor {
         }
         if let Some(chat) = self.rooms[room].as_mut() {
             chat.room.join(MemberId(key), name, &mut self.deliveries);
+            // The name the room gave: `name` with a `-2` suffix if another member has it.
+            let given = chat.room.name(MemberId(key)).unwrap_or(name);
             if let Some(client) = self.clients.get_mut(key) {
-                access::log_join(&mut client.conn, self.endpoints[room].service(), name);
+                access::log_join(&mut client.conn, self.endpoints[room].service(), given);
             }
             trace!(
                 "{}: {} joins; {} now",

@@ -421,15 +421,16 @@ fn expected_services(args: &[&str]) -> usize {
     }
 }
 
-/// Parses `listening PROTOCOL TRANSPORT ADDRESS`, strictly.
+/// Parses `listening PROTOCOL TRANSPORT ADDRESS`, strictly (a socket path, the last word, may
+/// hold spaces).
 pub fn parse_listening(line: &str) -> Listening {
     let words: Vec<&str> = line.split(' ').collect();
     match words.as_slice() {
-        ["listening", protocol, "unix", path] => Listening {
+        ["listening", protocol, "unix", path @ ..] if !path.is_empty() => Listening {
             protocol: protocol.to_string(),
             transport: "unix".to_string(),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            path: Some(PathBuf::from(path)),
+            path: Some(PathBuf::from(path.join(" "))),
         },
         ["listening", protocol, transport, address] => Listening {
             protocol: protocol.to_string(),

@@ -304,6 +304,10 @@ impl ChatMember {
             let before = sink.deliveries.len();
             sink.room
                 .on_input(sink.member, &rest[..cut], sink.deliveries);
+            if let Some(record) = conn.access_mut() {
+                // A `/nick` followed by `quit` in one read: the leave is under the new name.
+                record.note_name(sink.room.name(sink.member));
+            }
             rest = &rest[cut..];
             let new = &sink.deliveries[before..];
             if ends_member(new, sink.member) {
