@@ -14,7 +14,8 @@
 //! `Connection: close` (or speaks HTTP/1.0 without `Connection: keep-alive`). A request with a
 //! body (`Content-Length` above 0, or any `Transfer-Encoding`) is answered and then the
 //! connection is closed: reading and throwing away a body is not worth its bugs here, and a
-//! scraper never sends one. `HEAD` is another method (405): the contract names `GET` alone.
+//! scraper never sends one. `HEAD` is another method (405): the contract names `GET` alone;
+//! its answer says the length of its body but does not carry it (RFC 9112 6.3).
 
 /// The most a request head may take, request line and headers included (8 KiB, as nginx's
 /// and Apache's defaults): more without its blank line is a 400.
@@ -47,6 +48,9 @@ pub enum Request {
         route: Route,
         /// Whether the connection stays open after the answer.
         keep_alive: bool,
+        /// Whether the answer carries its body: not for `HEAD`, whose answer never has one
+        /// (RFC 9112 6.3), or a keep-alive client would read the body as its next answer.
+        with_body: bool,
     },
     /// Malformed, or too long: 400, then close.
     Bad,
@@ -68,6 +72,7 @@ pub fn read_request(input: &[u8]) -> Request {
                 len,
                 route,
                 keep_alive,
+                with_body: request.method != Some("HEAD"),
             }
         }
         Ok(httparse::Status::Partial) if input.len() < MAX_HEAD_BYTES => Request::Partial,
@@ -177,6 +182,7 @@ mod tests {
             len,
             route,
             keep_alive,
+            with_body: true,
         }
     }
 
@@ -219,6 +225,7 @@ mod tests {
             read_request(head),
             Request::Complete {
                 route: Route::MethodNotAllowed,
+                with_body: false,
                 ..
             }
         ));

@@ -65,16 +65,18 @@ pub(crate) fn drive(
                 len,
                 route,
                 keep_alive,
+                with_body,
             } => {
                 if route == Route::Metrics {
                     let Some(body) = exposition.take() else {
                         return Drive::NeedsExposition;
                     };
+                    let body = (body, with_body);
                     answer(conn, shared, Status::Ok, CONTENT_TYPE, body, keep_alive);
                 } else {
                     let status = Status::of(route);
                     let body = status.error_body().as_bytes();
-                    answer(conn, shared, status, TEXT, body, keep_alive);
+                    answer(conn, shared, status, TEXT, (body, with_body), keep_alive);
                 }
                 requests.head.drain(..len);
                 requests.drained = false;
@@ -85,7 +87,7 @@ pub(crate) fn drive(
             }
             Request::Bad => {
                 let body = Status::BadRequest.error_body().as_bytes();
-                answer(conn, shared, Status::BadRequest, TEXT, body, false);
+                answer(conn, shared, Status::BadRequest, TEXT, (body, true), false);
                 requests.head = Vec::new();
                 protocol_ended(conn);
                 break;
@@ -122,13 +124,14 @@ pub(crate) fn drive(
 /// The content type of the error answers' short bodies.
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// Sends one answer: its head and its body, in one write.
+/// Sends one answer: its head and its body, in one write. `(body, with_body)`: the body, and
+/// whether it is sent (not to a `HEAD`, whose answer only says its length).
 fn answer(
     conn: &mut Connection,
     shared: &mut SharedBuffers,
     status: Status,
     content_type: &str,
-    body: &[u8],
+    (body, with_body): (&[u8], bool),
     keep_alive: bool,
 ) {
     shared.replies.clear();
@@ -139,7 +142,9 @@ fn answer(
         body.len(),
         keep_alive,
     );
-    shared.replies.extend_from_slice(body);
+    if with_body {
+        shared.replies.extend_from_slice(body);
+    }
     trace!(
         "conn #{}: HTTP answer {status:?}, {} bytes of body{}",
         conn.id,
