@@ -541,8 +541,6 @@ fn a_rename_and_quit_in_one_packet_still_leave_under_the_new_name() {
 }
 
 #[test]
-#[ignore = "defect: a `/nick` as the last, unterminated line before the end of stream is not \
-            seen by the access log (the room renames and departs inside Room::on_end)"]
 fn a_rename_cut_short_by_the_end_of_stream_still_leaves_under_the_new_name() {
     let server = logging_server(&["chat@127.0.0.1:0"]);
     let addr = server.addr("chat");

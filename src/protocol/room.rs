@@ -316,19 +316,22 @@ impl Room {
     }
 
     /// The peer will send nothing more: a held partial line is handled as a final line, then the
-    /// member leaves (`* NAME left` to the others) and is closed. Nothing for a non-member.
-    pub(crate) fn on_end(&mut self, member: MemberId, out: &mut Vec<Delivery>) {
-        let Some(m) = self.members.get_mut(&member) else {
-            return;
-        };
+    /// member leaves (`* NAME left` to the others) and is closed. Gives the name it left under —
+    /// which that final line may have changed (`/nick dave` without its newline), so the driver
+    /// cannot ask [`name`](Room::name) afterwards. Nothing, and `None`, for a non-member.
+    pub(crate) fn on_end(&mut self, member: MemberId, out: &mut Vec<Delivery>) -> Option<Arc<str>> {
+        let m = self.members.get_mut(&member)?;
+        let mut name = Arc::clone(&m.name);
         let held = std::mem::take(&mut m.partial);
         if !held.is_empty() {
             self.on_line(member, &held, out);
         }
         // The final line may have been `quit`, which has already closed it.
-        if self.members.contains_key(&member) {
+        if let Some(m) = self.members.get(&member) {
+            name = Arc::clone(&m.name);
             self.depart(member, out);
         }
+        Some(name)
     }
 
     /// `member` was dropped or disconnected by the driver: `* NAME left` to the others, and any
@@ -1099,6 +1102,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_end_of_stream_gives_the_name_the_member_left_under() {
+        let mut room = Room::new(Limits::default());
+        let mut out = Vec::new();
+        room.join(A, "a", &mut out);
+        room.join(B, "b", &mut out);
+        room.join(C, "c", &mut out);
+        // A rename as the last, unterminated line: it takes effect, then the member leaves.
+        room.on_input(A, b"/nick dave", &mut out);
+        assert_eq!(room.on_end(A, &mut out).as_deref(), Some("dave"));
+        assert_eq!(room.name(A), None);
+        // `quit` as the last line has closed it already: the name it had.
+        room.on_input(B, b"quit", &mut out);
+        assert_eq!(room.on_end(B, &mut out).as_deref(), Some("b"));
+        room.on_end(C, &mut out);
+        assert_eq!(room.on_end(C, &mut out), None, "no longer a member");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! instead of hanging the suite.
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
+pub mod metrics;
 pub mod tls;
 
 use std::fs;
@@ -1178,7 +1179,11 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("systemd-socket-activate", "systemd"),
     ("systemd-analyze", "systemd"),
-    ("openssl", "openssl"),
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
+    ("zsh", "zsh"),
+    ("fish", "fish"),
+    ("man", "man-db"),
 ];
 
 /// The variable that turns a missing program from a skip into a failure: `.ci/run` sets it, so

@@ -256,7 +256,11 @@ impl ChatMember {
                         // The room answers the last partial line (perhaps to this member: `/who`
                         // without its newline) and says Close; the loop routes both, and the close
                         // waits until what was queued is written.
-                        sink.room.on_end(sink.member, sink.deliveries);
+                        let left_as = sink.room.on_end(sink.member, sink.deliveries);
+                        if let Some(record) = conn.access_mut() {
+                            // Gone from the room now: the loop can no longer ask its name.
+                            record.note_name(left_as.as_deref());
+                        }
                         if !ends_member(&sink.deliveries[..], sink.member) {
                             conn.drain();
                         }
