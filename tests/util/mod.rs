@@ -1181,9 +1181,6 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
-    ("zsh", "zsh"),
-    ("fish", "fish"),
-    ("man", "man-db"),
 ];
 
 /// The variable that turns a missing program from a skip into a failure: `.ci/run` sets it, so
